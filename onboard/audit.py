@@ -1,0 +1,279 @@
+"""The audit workbook: every pass issued and every row that failed or was skipped, with why.
+
+Written with openpyxl's write-only mode (constant memory however many rows), to a temporary file
+created owner-only in the output directory, flushed to disk, then renamed into place: a reader
+never sees half a workbook, and nobody but the owner can read the passes in it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from openpyxl import Workbook
+from openpyxl.cell import WriteOnlyCell
+from openpyxl.styles import Font
+from openpyxl.utils import get_column_letter
+from openpyxl.worksheet._write_only import WriteOnlyWorksheet
+
+from .outcomes import Failed, Issued, Skipped
+
+ISSUED_COLUMNS = (
+    "Source file",
+    "Row",
+    "User",
+    "Display name",
+    "Temporary Access Pass",
+    "Starts (UTC)",
+    "Expires (UTC)",
+    "Lifetime (minutes)",
+    "One-time",
+    "Method ID",
+    "Created (UTC)",
+    "Attempts",
+    "Request ID",
+    "Note",
+)
+FAILED_COLUMNS = (
+    "Source file",
+    "Row",
+    "User",
+    "Reason",
+    "Detail",
+    "HTTP status",
+    "Graph error code",
+    "Attempts",
+    "Request ID",
+    "Column",
+)
+SKIPPED_COLUMNS = ("Source file", "Row", "User", "Reason")
+SUMMARY_COLUMNS = ("Item", "Value", "Detail")
+DATE_FORMAT = "yyyy-mm-dd hh:mm:ss"
+# Text starting with these would be read as a formula (or DDE) by a spreadsheet program.
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+_WIDTHS = {
+    "Source file": 22,
+    "Row": 6,
+    "User": 34,
+    "Display name": 24,
+    "Temporary Access Pass": 24,
+    "Starts (UTC)": 20,
+    "Expires (UTC)": 20,
+    "Created (UTC)": 20,
+    "Lifetime (minutes)": 10,
+    "One-time": 9,
+    "Method ID": 38,
+    "Attempts": 9,
+    "Request ID": 38,
+    "Note": 50,
+    "Reason": 30,
+    "Detail": 80,
+    "HTTP status": 8,
+    "Graph error code": 22,
+    "Column": 16,
+    "Item": 24,
+    "Value": 66,
+    "Previous run": 22,
+    "Issued at": 20,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class FileSummary:
+    path: str
+    sha256: str
+    rows: int
+    sheet: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RunSummary:
+    run_id: str
+    started: datetime
+    finished: datetime
+    version: str
+    files: Sequence[FileSummary]
+    settings: Sequence[tuple[str, str]]
+    status: str = "completed"
+    notes: Sequence[tuple[str, str]] = field(default_factory=tuple)
+
+
+def write_audit(
+    path: Path,
+    summary: RunSummary,
+    issued: Sequence[Issued],
+    failed: Sequence[Failed],
+    skipped: Sequence[Skipped],
+) -> Path:
+    """Write the workbook atomically at `path` (mode 0600) and return it."""
+    workbook = Workbook(write_only=True)
+    _summary_sheet(workbook, summary, issued, failed, skipped)
+    rows = sorted(issued, key=lambda i: (i.origin.source, i.origin.row))
+    _sheet(
+        workbook,
+        "Issued",
+        ISSUED_COLUMNS,
+        (
+            (
+                i.origin.source,
+                i.origin.row,
+                _Text(i.request.user),
+                _Text(i.request.display_name),
+                _Text(i.temporary_access_pass),
+                i.starts,
+                i.expires,
+                i.lifetime_minutes,
+                "yes" if i.usable_once else "no",
+                i.method_id,
+                i.created,
+                i.attempts,
+                i.request_id,
+                i.note,
+            )
+            for i in rows
+        ),
+    )
+    _sheet(
+        workbook,
+        "Failed",
+        FAILED_COLUMNS,
+        (
+            (
+                f.origin.source,
+                f.origin.row,
+                _Text(f.user),
+                f.reason,
+                _Text(f.detail),
+                f.http_status,
+                f.graph_code,
+                f.attempts or None,
+                f.request_id,
+                _Text(f.column),
+            )
+            for f in sorted(failed, key=lambda f: (f.origin.source, f.origin.row))
+        ),
+    )
+    _sheet(
+        workbook,
+        "Skipped",
+        SKIPPED_COLUMNS,
+        (
+            (s.origin.source, s.origin.row, _Text(s.user), _Text(s.reason))
+            for s in sorted(skipped, key=lambda s: (s.origin.source, s.origin.row))
+        ),
+    )
+    return _save_atomically(workbook, path)
+
+
+class _Text(str):
+    """A value that must land in the workbook as text, never as a formula."""
+
+    __slots__ = ()
+
+    def __new__(cls, value: object) -> _Text:
+        return super().__new__(cls, "" if value is None else str(value))
+
+
+def _summary_sheet(
+    workbook: Workbook,
+    s: RunSummary,
+    issued: Sequence[Issued],
+    failed: Sequence[Failed],
+    skipped: Sequence[Skipped],
+) -> None:
+    rows: list[tuple[Any, ...]] = [
+        ("Run ID", s.run_id, None),
+        ("Status", s.status, None),
+        ("Started (UTC)", s.started, None),
+        ("Finished (UTC)", s.finished, None),
+        ("Issued", len(issued), None),
+        ("Failed", len(failed), None),
+        ("Skipped", len(skipped), None),
+        ("Rows read", sum(f.rows for f in s.files), None),
+        ("Tool version", f"onboard {s.version}", None),
+    ]
+    rows.extend((name, _Text(value), None) for name, value in s.notes)
+    for f in s.files:
+        detail = f"{f.rows} rows" + (f", sheet '{f.sheet}'" if f.sheet else "")
+        rows.append(("Input file", _Text(f.path), _Text(f"SHA-256 {f.sha256}; {detail}")))
+    rows.extend((f"Setting {name}", _Text(value), None) for name, value in s.settings)
+    _sheet(workbook, "Summary", SUMMARY_COLUMNS, rows, filters=False)
+
+
+def _sheet(
+    workbook: Workbook,
+    title: str,
+    columns: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    *,
+    filters: bool = True,
+) -> None:
+    sheet: WriteOnlyWorksheet = workbook.create_sheet(title)
+    for index, name in enumerate(columns, start=1):
+        sheet.column_dimensions[get_column_letter(index)].width = _WIDTHS.get(name, 16)
+    sheet.freeze_panes = "A2"
+    bold = Font(bold=True)
+    header = []
+    for name in columns:
+        cell = WriteOnlyCell(sheet, value=name)
+        cell.font = bold
+        header.append(cell)
+    sheet.append(header)
+    count = 0
+    for row in rows:
+        sheet.append([_cell(sheet, value) for value in row])
+        count += 1
+    if filters:
+        sheet.auto_filter.ref = f"A1:{get_column_letter(len(columns))}{count + 1}"
+
+
+def _cell(sheet: WriteOnlyWorksheet, value: Any) -> Any:
+    if isinstance(value, datetime):
+        cell = WriteOnlyCell(sheet, value=value.astimezone(UTC).replace(tzinfo=None))
+        cell.number_format = DATE_FORMAT
+        return cell
+    if isinstance(value, _Text):
+        cell = WriteOnlyCell(sheet, value=str(value))
+        cell.data_type = "s"  # openpyxl would otherwise store "=..." as a formula
+        if value.startswith(FORMULA_PREFIXES):
+            cell.quotePrefix = True  # Excel keeps it text when the cell is edited
+        return cell
+    if isinstance(value, str) and value.startswith(FORMULA_PREFIXES):
+        return _cell(sheet, _Text(value))
+    return value
+
+
+def _save_atomically(workbook: Workbook, path: Path) -> Path:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd, temp_name = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".tmp", dir=path.parent)
+    temp = Path(temp_name)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            workbook.save(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)
+    return path
+
+
+def _fsync_directory(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

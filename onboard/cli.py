@@ -1,0 +1,273 @@
+"""The command line: parse options, call the library, print, and map errors to exit codes.
+
+Exit codes (documented in the README):
+    0  every row issued (or skipped on purpose)
+    1  the run finished, but some rows failed (see the Failed sheet)
+    2  bad usage, config or input file: nothing was sent
+    3  the run aborted: sign-in failed, or Graph refused our token; nothing more was sent
+  130  interrupted (Ctrl-C); the audit workbook holds what was done
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from . import __version__, job
+from .config import Config, load_config
+from .errors import AuthError, ConfigError, InputFileError
+from .outcomes import Failed, Outcome, Skipped
+from .reader import plan
+
+EXIT_OK = 0
+EXIT_ROWS_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_ABORTED = 3
+EXIT_INTERRUPTED = 130
+DEFAULT_CONFIG = "config.yaml"
+PROGRESS_EVERY_SECONDS = 10.0
+SHOW_FAILURES = 20
+
+log = logging.getLogger("onboard")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return int(args.handler(args))
+    except (ConfigError, InputFileError) as exc:
+        print(f"onboard: {exc}", file=sys.stderr)
+        print("nothing was sent to Graph.", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except AuthError as exc:
+        print(f"onboard: run aborted: {exc}", file=sys.stderr)
+        print("no pass was created.", file=sys.stderr)
+        return EXIT_ABORTED
+    except KeyboardInterrupt:
+        print("onboard: interrupted.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="onboard",
+        description="Issue Microsoft Entra ID Temporary Access Passes for a new-hire spreadsheet.",
+        epilog="Exit codes: 0 all issued, 1 some rows failed, 2 bad usage/config/input "
+        "(nothing sent), 3 aborted (sign-in failed), 130 interrupted.",
+    )
+    parser.add_argument("--version", action="version", version=f"onboard {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "-c",
+            "--config",
+            metavar="FILE",
+            help=f"configuration file (default: ./{DEFAULT_CONFIG} if present, else built-in "
+            "defaults, which use the simulator)",
+        )
+        p.add_argument(
+            "-v",
+            "--verbose",
+            action="count",
+            default=0,
+            help="more log output: -v lists every row, -vv every request",
+        )
+
+    run = commands.add_parser(
+        "run",
+        help="issue passes for every row and write the audit workbook",
+        description="Read the spreadsheets, issue one pass per user through Graph, and write "
+        "the audit workbook (the only place pass values are written).",
+    )
+    run.add_argument("inputs", nargs="+", metavar="INPUT", help=".xlsx or .csv new-hire files")
+    run.add_argument("--out", metavar="DIR", help="folder for the audit workbook (output.dir)")
+    common(run)
+    run.set_defaults(handler=_run)
+
+    validate = commands.add_parser(
+        "validate",
+        help="check the spreadsheets without sending anything",
+        description="Read and check every row as 'run' would, with no network; list problems.",
+    )
+    validate.add_argument("inputs", nargs="+", metavar="INPUT", help=".xlsx or .csv files")
+    common(validate)
+    validate.set_defaults(handler=_validate)
+
+    simulate = commands.add_parser(
+        "simulate",
+        help="serve the built-in Graph simulator until Ctrl-C",
+        description="Serve the Graph simulator over HTTPS on loopback, for trying a config that "
+        "points at a URL (as a real tenant would) without a tenant.",
+    )
+    simulate.add_argument("--port", type=int, default=8443, help="port (default 8443; 0: any)")
+    simulate.add_argument(
+        "--cert-dir",
+        metavar="DIR",
+        default="simulator-certs",
+        help="where to write the simulator's CA certificate (default ./simulator-certs)",
+    )
+    common(simulate)
+    simulate.set_defaults(handler=_simulate)
+    return parser
+
+
+def _load(args: argparse.Namespace) -> Config:
+    path = args.config
+    if path is None and Path(DEFAULT_CONFIG).is_file():
+        path = DEFAULT_CONFIG
+    return load_config(path, os.environ)
+
+
+class _Progress:
+    """A progress bar on a terminal; a plain line every few seconds otherwise (cron)."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+        self.total = 0
+        self.done = 0
+        self.failed = 0
+        self.last = time.monotonic()
+
+    def start(self, total: int) -> None:
+        self.total = total
+        if sys.stderr.isatty() and total:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="row", file=sys.stderr, dynamic_ncols=True)
+
+    def __call__(self, outcome: Outcome) -> None:
+        self.done += 1
+        self.failed += isinstance(outcome, Failed)
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(failed=self.failed, refresh=False)
+            return
+        now = time.monotonic()
+        if now - self.last >= PROGRESS_EVERY_SECONDS:
+            self.last = now
+            print(
+                f"progress: {self.done}/{self.total} rows done, {self.failed} failed",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _run(args: argparse.Namespace) -> int:
+    config = _load(args)
+    progress = _Progress()
+    out = Path(args.out) if args.out else None
+    try:
+        report = asyncio.run(
+            job.run(
+                config,
+                args.inputs,
+                env=os.environ,
+                out_dir=out,
+                on_outcome=progress,
+                on_start=progress.start,
+            )
+        )
+    finally:
+        progress.close()
+    _print_report(report)
+    if report.stopped and report.stopped.startswith("aborted"):
+        return EXIT_ABORTED
+    return EXIT_ROWS_FAILED if report.failed else EXIT_OK
+
+
+def _print_report(report: job.RunReport) -> None:
+    print(
+        f"onboard run {report.run_id}: {report.rows} rows: {len(report.issued)} issued, "
+        f"{len(report.failed)} failed, {len(report.skipped)} skipped"
+    )
+    if report.stopped:
+        print(f"the run stopped early ({report.stopped})")
+    for f in sorted(report.failed, key=lambda f: (f.origin.source, f.origin.row))[:SHOW_FAILURES]:
+        print(f"  failed  {f.origin.source} row {f.origin.row}  {f.user or '-'}: {f.reason}")
+    if len(report.failed) > SHOW_FAILURES:
+        print(f"  ... and {len(report.failed) - SHOW_FAILURES} more in the Failed sheet")
+    if report.audit_path is not None:
+        print(f"audit workbook: {report.audit_path}")
+        if report.issued:
+            print(
+                "it holds the pass values: keep it private, and delete it once they are handed out"
+            )
+
+
+def _validate(args: argparse.Namespace) -> int:
+    config = _load(args)
+    files = job.read_all(config, args.inputs, datetime.now(UTC))
+    requests, conflicts, repeats = plan(files)
+    failed: list[Failed] = [*conflicts]
+    skipped: list[Skipped] = [*repeats]
+    for file in files:
+        failed.extend(file.failed)
+        skipped.extend(file.skipped)
+        sheet = f" (sheet '{file.sheet}')" if file.sheet else ""
+        print(f"{file.path}: {file.row_count} rows{sheet}")
+    for f in sorted(failed, key=lambda f: (f.origin.source, f.origin.row)):
+        print(f"  problem  {f.origin.source} row {f.origin.row}  {f.user or '-'}: {f.detail}")
+    for s in sorted(skipped, key=lambda s: (s.origin.source, s.origin.row)):
+        print(f"  skip     {s.origin.source} row {s.origin.row}  {s.user or '-'}: {s.reason}")
+    print(
+        f"{len(requests)} rows ready to send, {len(failed)} with problems, {len(skipped)} to skip"
+    )
+    return EXIT_ROWS_FAILED if failed else EXIT_OK
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    config = _load(args)
+    cert_dir = Path(args.cert_dir).resolve()
+
+    async def serve_forever() -> None:
+        from .simulator import DEFAULT_CLIENT_SECRET, serve
+
+        state = job.simulator_state(config)
+        async with serve(state, port=args.port, cert_dir=cert_dir) as running:
+            print(f"Graph simulator listening on {running.url} (Ctrl-C to stop)")
+            print("point a config at it with:")
+            print(f"  graph:\n    endpoint: {running.url}\n    ca_bundle: {running.ca_file}")
+            print(
+                f"  auth:\n    authority: {running.url}\n    tenant_id: {job.SIMULATOR_TENANT}"
+                f"\n    client_id: {job.SIMULATOR_CLIENT_ID}"
+            )
+            print(
+                f"and the demo client secret: export {config.auth.client_secret_env}="
+                f"{DEFAULT_CLIENT_SECRET}",
+                flush=True,
+            )
+            await asyncio.Event().wait()
+
+    asyncio.run(serve_forever())
+    return EXIT_OK
+
+
+def _setup_logging(verbosity: int) -> None:
+    level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # msal's and urllib3's debug output carries request details we do not need to show.
+    for noisy in ("msal", "urllib3", "asyncio"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,441 @@
+"""Configuration: config.yaml, named defaults, and ONBOARD_* environment overrides.
+
+Every scalar key can be overridden by an environment variable named
+``ONBOARD_<SECTION>_<KEY>`` in upper case, e.g. ``ONBOARD_AUTH_TENANT_ID`` or
+``ONBOARD_RUN_CONCURRENCY``; the value is read as YAML (so ``8``, ``true``, ``null`` work).
+Secrets never live here: only the *names* of the variables or files that hold them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+
+from .errors import ConfigError
+
+DEFAULT_LIFETIME_MINUTES = 480
+DEFAULT_START_TIME = "08:00"
+DEFAULT_CONCURRENCY = 8
+DEFAULT_MAX_ATTEMPTS = 8
+DEFAULT_TIMEOUT_SECONDS = 60.0
+DEFAULT_BACKOFF_SECONDS = 1.0
+DEFAULT_BACKOFF_MAX_SECONDS = 60.0
+MIN_LIFETIME_MINUTES = 10
+MAX_LIFETIME_MINUTES = 43200
+SIMULATOR = "simulator"
+ENV_PREFIX = "ONBOARD_"
+
+
+@dataclass(frozen=True, slots=True)
+class Cloud:
+    graph_root: str
+    authority_host: str
+
+
+CLOUDS: dict[str, Cloud] = {
+    "global": Cloud("https://graph.microsoft.com", "https://login.microsoftonline.com"),
+    "usgov": Cloud("https://graph.microsoft.us", "https://login.microsoftonline.us"),
+    "usgov-dod": Cloud("https://dod-graph.microsoft.us", "https://login.microsoftonline.us"),
+    "china": Cloud(
+        "https://microsoftgraph.chinacloudapi.cn", "https://login.partner.microsoftonline.cn"
+    ),
+}
+
+DEFAULT_COLUMNS: dict[str, tuple[str, ...]] = {
+    "user": ("userPrincipalName", "UPN", "Work Email", "Email"),
+    "start_date": ("Start Date", "Hire Date"),
+    "lifetime_minutes": ("Lifetime", "Lifetime (minutes)"),
+    "usable_once": ("One-time", "Usable Once"),
+    "display_name": ("Display Name", "Name"),
+}
+
+_DEFAULTS: dict[str, dict[str, Any]] = {
+    "graph": {"endpoint": SIMULATOR, "cloud": "global", "api_version": "v1.0", "ca_bundle": None},
+    "auth": {
+        "tenant_id": None,
+        "client_id": None,
+        "method": "client_secret",
+        "client_secret_env": "ONBOARD_CLIENT_SECRET",
+        "certificate_path": None,
+        "certificate_password_env": None,
+        "authority": None,
+    },
+    "input": {"sheet": None, "columns": {k: list(v) for k, v in DEFAULT_COLUMNS.items()}},
+    "pass": {
+        "lifetime_minutes": DEFAULT_LIFETIME_MINUTES,
+        "usable_once": True,
+        "start_time": DEFAULT_START_TIME,
+        "timezone": "UTC",
+    },
+    "run": {
+        "concurrency": DEFAULT_CONCURRENCY,
+        "max_attempts": DEFAULT_MAX_ATTEMPTS,
+        "timeout_seconds": DEFAULT_TIMEOUT_SECONDS,
+        "backoff_seconds": DEFAULT_BACKOFF_SECONDS,
+        "backoff_max_seconds": DEFAULT_BACKOFF_MAX_SECONDS,
+    },
+    "output": {"dir": "audit"},
+    "simulator": {
+        "tenant": None,
+        "latency_ms": 0,
+        "fault_rate": 0.0,
+        "throttle_rate": None,
+        "throttle_burst": 100,
+        "retry_after_seconds": None,
+        "seed": None,
+    },
+}
+
+_AUTH_METHODS = ("client_secret", "certificate", "managed_identity")
+_UNSAFE_TENANTS = {"common", "organizations", "consumers"}
+_GUID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
+_DOMAIN = re.compile(r"^[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
+
+
+@dataclass(frozen=True, slots=True)
+class GraphSettings:
+    endpoint: str = SIMULATOR
+    cloud: str = "global"
+    api_version: str = "v1.0"
+    ca_bundle: Path | None = None
+
+    @property
+    def is_simulator(self) -> bool:
+        return self.endpoint == SIMULATOR
+
+    @property
+    def graph_root(self) -> str:
+        return CLOUDS[self.cloud].graph_root
+
+
+@dataclass(frozen=True, slots=True)
+class AuthSettings:
+    tenant_id: str | None = None
+    client_id: str | None = None
+    method: str = "client_secret"
+    client_secret_env: str = "ONBOARD_CLIENT_SECRET"  # noqa: S105 - a variable name
+    certificate_path: Path | None = None
+    certificate_password_env: str | None = None
+    authority: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InputSettings:
+    sheet: str | int | None = None
+    columns: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: dict(DEFAULT_COLUMNS))
+
+
+@dataclass(frozen=True, slots=True)
+class PassSettings:
+    lifetime_minutes: int = DEFAULT_LIFETIME_MINUTES
+    usable_once: bool = True
+    start_time: time = time(8, 0)
+    timezone: str = "UTC"
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+
+@dataclass(frozen=True, slots=True)
+class RunSettings:
+    concurrency: int = DEFAULT_CONCURRENCY
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
+    backoff_seconds: float = DEFAULT_BACKOFF_SECONDS
+    backoff_max_seconds: float = DEFAULT_BACKOFF_MAX_SECONDS
+
+
+@dataclass(frozen=True, slots=True)
+class OutputSettings:
+    dir: Path = Path("audit")
+
+
+@dataclass(frozen=True, slots=True)
+class SimulatorSettings:
+    tenant: Path | None = None
+    latency_ms: float = 0
+    fault_rate: float = 0.0
+    throttle_rate: float | None = None
+    throttle_burst: int = 100
+    retry_after_seconds: float | None = None
+    seed: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    graph: GraphSettings = field(default_factory=GraphSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    input: InputSettings = field(default_factory=InputSettings)
+    pass_: PassSettings = field(default_factory=PassSettings)
+    run: RunSettings = field(default_factory=RunSettings)
+    output: OutputSettings = field(default_factory=OutputSettings)
+    simulator: SimulatorSettings = field(default_factory=SimulatorSettings)
+    source: Path | None = None
+
+    def public_settings(self) -> list[tuple[str, str]]:
+        """Settings worth recording in the audit (names of secret variables, never values)."""
+        rows: list[tuple[str, str]] = [("config file", str(self.source or "(defaults)"))]
+        for section, obj in (
+            ("graph", self.graph),
+            ("auth", self.auth),
+            ("pass", self.pass_),
+            ("run", self.run),
+            ("output", self.output),
+        ):
+            for name in obj.__dataclass_fields__:
+                value = getattr(obj, name)
+                rows.append((f"{section}.{name}", "" if value is None else str(value)))
+        return rows
+
+
+def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -> Config:
+    """Read config.yaml (or only defaults when path is None) and apply ONBOARD_* overrides."""
+    env = env or {}
+    raw: dict[str, Any] = {}
+    base = Path.cwd()
+    source: Path | None = None
+    if path is not None:
+        source = Path(path)
+        try:
+            text = source.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {source}: {exc.strerror}") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{source} is not valid YAML: {exc}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{source}: expected sections like 'graph:' and 'auth:' at the top")
+        raw = loaded
+        base = source.resolve().parent
+    merged = _merge(raw, source)
+    _apply_env(merged, env)
+    return _build(merged, base, source)
+
+
+def _merge(raw: dict[str, Any], source: Path | None) -> dict[str, dict[str, Any]]:
+    where = source or "config"
+    merged: dict[str, dict[str, Any]] = {}
+    for section, defaults in _DEFAULTS.items():
+        given = raw.get(section) or {}
+        if not isinstance(given, dict):
+            raise ConfigError(f"{where}: '{section}' must be a mapping of keys")
+        unknown = set(given) - set(defaults)
+        if unknown:
+            raise ConfigError(
+                f"{where}: unknown key(s) in '{section}': {', '.join(sorted(unknown))}; "
+                f"known: {', '.join(defaults)}"
+            )
+        section_values = dict(defaults)
+        section_values.update(given)
+        merged[section] = section_values
+    unknown_sections = set(raw) - set(_DEFAULTS)
+    if unknown_sections:
+        raise ConfigError(
+            f"{where}: unknown section(s): {', '.join(sorted(unknown_sections))}; "
+            f"known: {', '.join(_DEFAULTS)}"
+        )
+    columns = dict(DEFAULT_COLUMNS)
+    given_columns = merged["input"]["columns"] or {}
+    if not isinstance(given_columns, dict):
+        raise ConfigError(f"{where}: input.columns must map a field to a list of header names")
+    for key, names in given_columns.items():
+        if key not in DEFAULT_COLUMNS:
+            raise ConfigError(
+                f"{where}: unknown column field '{key}'; known: {', '.join(DEFAULT_COLUMNS)}"
+            )
+        if isinstance(names, str):
+            names = [names]
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ConfigError(f"{where}: input.columns.{key} must be a list of header names")
+        columns[key] = tuple(names)
+    merged["input"]["columns"] = columns
+    return merged
+
+
+def _apply_env(merged: dict[str, dict[str, Any]], env: Mapping[str, str]) -> None:
+    for section, values in merged.items():
+        for key in values:
+            if section == "input" and key == "columns":
+                continue
+            name = f"{ENV_PREFIX}{section}_{key}".upper()
+            if name in env:
+                try:
+                    values[key] = yaml.safe_load(env[name])
+                except yaml.YAMLError:
+                    values[key] = env[name]
+
+
+def env_override_names() -> list[str]:
+    """Every ONBOARD_* variable that overrides a config key (for the docs and tests)."""
+    return [
+        f"{ENV_PREFIX}{section}_{key}".upper()
+        for section, values in _DEFAULTS.items()
+        for key in values
+        if not (section == "input" and key == "columns")
+    ]
+
+
+def _build(m: dict[str, dict[str, Any]], base: Path, source: Path | None) -> Config:
+    where = str(source or "config")
+
+    def path_or_none(value: Any) -> Path | None:
+        if value in (None, ""):
+            return None
+        p = Path(str(value)).expanduser()
+        return p if p.is_absolute() else base / p
+
+    def number(section: str, key: str, kind: type, low: float, high: float | None = None) -> Any:
+        value = m[section][key]
+        try:
+            if isinstance(value, bool):
+                raise ValueError
+            converted = kind(value)
+            if kind is int and converted != float(value):
+                raise ValueError
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: {section}.{key} must be a number, got {value!r}") from None
+        if converted < low or (high is not None and converted > high):
+            bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+            raise ConfigError(f"{where}: {section}.{key} must be {bound}, got {value!r}")
+        return converted
+
+    def boolean(section: str, key: str) -> bool:
+        value = m[section][key]
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: {section}.{key} must be true or false, got {value!r}")
+        return value
+
+    g = m["graph"]
+    cloud = str(g["cloud"])
+    if cloud not in CLOUDS:
+        raise ConfigError(f"{where}: graph.cloud must be one of {', '.join(CLOUDS)}, got {cloud!r}")
+    endpoint = g["endpoint"]
+    if endpoint in (None, ""):
+        endpoint = CLOUDS[cloud].graph_root
+    endpoint = str(endpoint).rstrip("/")
+    if endpoint != SIMULATOR:
+        _check_https(endpoint, "graph.endpoint", where)
+    api_version = str(g["api_version"])
+    if api_version not in ("v1.0", "beta"):
+        raise ConfigError(f"{where}: graph.api_version must be v1.0 or beta, got {api_version!r}")
+    ca_bundle = path_or_none(g["ca_bundle"])
+    if ca_bundle is not None and not ca_bundle.is_file():
+        raise ConfigError(f"{where}: graph.ca_bundle {ca_bundle} does not exist")
+    graph = GraphSettings(endpoint, cloud, api_version, ca_bundle)
+
+    a = m["auth"]
+    method = str(a["method"])
+    if method not in _AUTH_METHODS:
+        raise ConfigError(
+            f"{where}: auth.method must be one of {', '.join(_AUTH_METHODS)}, got {method!r}"
+        )
+    tenant = None if a["tenant_id"] in (None, "") else str(a["tenant_id"]).strip()
+    client = None if a["client_id"] in (None, "") else str(a["client_id"]).strip()
+    if tenant is not None:
+        if tenant.lower() in _UNSAFE_TENANTS:
+            raise ConfigError(
+                f"{where}: auth.tenant_id must be your tenant's id or domain, not '{tenant}'"
+            )
+        if not (_GUID.match(tenant) or _DOMAIN.match(tenant)):
+            raise ConfigError(
+                f"{where}: auth.tenant_id {tenant!r} is neither a GUID nor a domain name"
+            )
+    authority = a["authority"]
+    if authority not in (None, ""):
+        authority = str(authority).rstrip("/")
+        _check_https(authority, "auth.authority", where)
+    else:
+        authority = None
+    auth = AuthSettings(
+        tenant_id=tenant,
+        client_id=client,
+        method=method,
+        client_secret_env=str(a["client_secret_env"] or "ONBOARD_CLIENT_SECRET"),
+        certificate_path=path_or_none(a["certificate_path"]),
+        certificate_password_env=a["certificate_password_env"] or None,
+        authority=authority,
+    )
+    if not graph.is_simulator:
+        if tenant is None:
+            raise ConfigError(f"{where}: auth.tenant_id is required for a real tenant")
+        if client is None and method != "managed_identity":
+            raise ConfigError(f"{where}: auth.client_id is required for a real tenant")
+        if method == "certificate" and auth.certificate_path is None:
+            raise ConfigError(f"{where}: auth.method certificate needs auth.certificate_path")
+
+    i = m["input"]
+    sheet = i["sheet"]
+    if sheet is not None and not isinstance(sheet, (str, int)):
+        raise ConfigError(f"{where}: input.sheet must be a sheet name or a 0-based index")
+    inp = InputSettings(sheet=sheet, columns=i["columns"])
+
+    p = m["pass"]
+    start_time = _parse_time(p["start_time"], where)
+    zone = str(p["timezone"])
+    try:
+        ZoneInfo(zone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(
+            f"{where}: pass.timezone {zone!r} is not an IANA time zone (e.g. Europe/London)"
+        ) from None
+    pass_ = PassSettings(
+        lifetime_minutes=number(
+            "pass", "lifetime_minutes", int, MIN_LIFETIME_MINUTES, MAX_LIFETIME_MINUTES
+        ),
+        usable_once=boolean("pass", "usable_once"),
+        start_time=start_time,
+        timezone=zone,
+    )
+
+    run = RunSettings(
+        concurrency=number("run", "concurrency", int, 1, 256),
+        max_attempts=number("run", "max_attempts", int, 1, 100),
+        timeout_seconds=number("run", "timeout_seconds", float, 1),
+        backoff_seconds=number("run", "backoff_seconds", float, 0),
+        backoff_max_seconds=number("run", "backoff_max_seconds", float, 0),
+    )
+    out_dir = path_or_none(m["output"]["dir"]) or base / "audit"
+    s = m["simulator"]
+    throttle_rate = s["throttle_rate"]
+    simulator = SimulatorSettings(
+        tenant=path_or_none(s["tenant"]),
+        latency_ms=number("simulator", "latency_ms", float, 0),
+        fault_rate=number("simulator", "fault_rate", float, 0, 1),
+        throttle_rate=None
+        if throttle_rate is None
+        else number("simulator", "throttle_rate", float, 0.001),
+        throttle_burst=number("simulator", "throttle_burst", int, 1),
+        retry_after_seconds=None
+        if s["retry_after_seconds"] is None
+        else number("simulator", "retry_after_seconds", float, 0),
+        seed=None if s["seed"] is None else number("simulator", "seed", int, 0),
+    )
+    return Config(graph, auth, inp, pass_, run, OutputSettings(out_dir), simulator, source)
+
+
+def _check_https(url: str, key: str, where: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme != "https" or not parts.hostname:
+        raise ConfigError(f"{where}: {key} must be an https:// URL, got {url!r}")
+
+
+def _parse_time(value: Any, where: str) -> time:
+    if isinstance(value, int) and not isinstance(value, bool):
+        # YAML 1.1 reads an unquoted 08:00 as the sexagesimal number 480.
+        value = f"{value // 60:02d}:{value % 60:02d}"
+    match = re.fullmatch(r"(\d{1,2}):(\d{2})", str(value).strip())
+    if not match or int(match.group(1)) > 23 or int(match.group(2)) > 59:
+        raise ConfigError(f"{where}: pass.start_time must be HH:MM (24-hour), got {value!r}")
+    return time(int(match.group(1)), int(match.group(2)))

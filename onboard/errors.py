@@ -1,0 +1,74 @@
+"""Exceptions that stop a whole run (a single row's problem is an outcome, not an exception).
+
+    OnboardError                 base of everything onboard raises on purpose
+    ├── ConfigError              config.yaml or an environment override is wrong
+    ├── InputFileError           an input file is missing, unreadable or has no user column
+    ├── AuthError                no token could be obtained (wrong secret, certificate, tenant)
+    └── GraphError               Graph answered with an error (status, code, request_id)
+        ├── ThrottledError       429: retry after `retry_after` seconds
+        └── TransientError       500/502/503/504, timeouts and dropped connections
+
+GraphError and its subclasses are raised by the Graph client for one request; the worker pool
+turns them into Failed outcomes, so only ConfigError, InputFileError and AuthError reach the CLI.
+No message ever holds a pass value or a secret.
+"""
+
+from __future__ import annotations
+
+
+class OnboardError(Exception):
+    """Base of onboard's own errors."""
+
+
+class ConfigError(OnboardError):
+    """The configuration is invalid; nothing was sent."""
+
+
+class InputFileError(OnboardError):
+    """An input file cannot be used at all; nothing was sent."""
+
+    def __init__(self, message: str, *, path: str) -> None:
+        super().__init__(f"{path}: {message}")
+        self.path = path
+
+
+class AuthError(OnboardError):
+    """A token could not be obtained; the run cannot go on."""
+
+    def __init__(self, message: str, *, error: str | None = None) -> None:
+        super().__init__(message)
+        self.error = error
+
+
+class GraphError(OnboardError):
+    """Graph answered one request with an error."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None,
+        code: str | None = None,
+        request_id: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.code = code
+        self.request_id = request_id
+        self.retry_after = retry_after
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({self.message!r}, status={self.status}, "
+            f"code={self.code!r}, request_id={self.request_id!r})"
+        )
+
+
+class ThrottledError(GraphError):
+    """429 Too Many Requests."""
+
+
+class TransientError(GraphError):
+    """A server or network failure worth retrying."""

@@ -1,0 +1,172 @@
+"""The worker pool: how many requests at once, and what each row ends as.
+
+"What to do with one row" is the `create` callable (GraphClient.create_pass); this module only
+decides how many run at once, retries them, and turns every result into an outcome. Rows are
+unique per user before they get here (reader.plan), so no two requests for one user are ever in
+flight. An AuthError stops the pool: rows not yet sent end as Failed "Not sent".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+from .errors import AuthError, GraphError
+from .graph import CreatedPass, explain
+from .outcomes import Failed, Issued, Outcome, PassRequest
+from .retrying import RETRYABLE, Sleep, ThrottleGate, make_retrying
+
+log = logging.getLogger(__name__)
+
+Create = Callable[[PassRequest], Awaitable[CreatedPass]]
+OnOutcome = Callable[[Outcome], None]
+
+
+@dataclass(slots=True)
+class PoolResult:
+    outcomes: list[Outcome] = field(default_factory=list)
+    aborted: AuthError | None = None
+    retries: int = 0
+    throttled: int = 0
+
+
+async def issue_all(
+    requests: Sequence[PassRequest],
+    create: Create,
+    *,
+    concurrency: int,
+    max_attempts: int,
+    backoff_seconds: float = 1.0,
+    backoff_max_seconds: float = 60.0,
+    gate: ThrottleGate | None = None,
+    sleep: Sleep = asyncio.sleep,
+    on_outcome: OnOutcome | None = None,
+) -> PoolResult:
+    """Issue one pass per request, at most `concurrency` in flight; every row gets an outcome."""
+    gate = gate or ThrottleGate(limit=concurrency, sleep=sleep)
+    result = PoolResult()
+    queue: asyncio.Queue[PassRequest] = asyncio.Queue()
+    for request in requests:
+        queue.put_nowait(request)
+
+    def record(outcome: Outcome) -> None:
+        result.outcomes.append(outcome)
+        if on_outcome is not None:
+            on_outcome(outcome)
+
+    async def one(request: PassRequest) -> Outcome:
+        retrying = make_retrying(
+            max_attempts=max_attempts,
+            gate=gate,
+            backoff_seconds=backoff_seconds,
+            backoff_max_seconds=backoff_max_seconds,
+            sleep=sleep,
+        )
+        attempts = 0
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    attempts = attempt.retry_state.attempt_number
+                    if attempts > 1:
+                        result.retries += 1
+                    async with gate.slot():
+                        try:
+                            created = await create(request)
+                        except GraphError as exc:
+                            if exc.status == 429:
+                                result.throttled += 1
+                            elif not isinstance(exc, RETRYABLE):
+                                gate.answered()
+                            log.debug(
+                                "row %s %s attempt %d: HTTP %s %s",
+                                request.origin.row,
+                                request.user,
+                                attempts,
+                                exc.status,
+                                exc.code,
+                            )
+                            raise
+                        gate.answered()
+        except GraphError as exc:
+            reason, detail = explain(exc, request.user, attempts)
+            log.warning(
+                "%s row %d %s: %s (HTTP %s, request-id %s)",
+                request.origin.source,
+                request.origin.row,
+                request.user,
+                reason,
+                exc.status,
+                exc.request_id,
+            )
+            return Failed(
+                request.origin,
+                request.user,
+                reason,
+                detail,
+                exc.status,
+                exc.code,
+                attempts,
+                exc.request_id,
+            )
+        log.info(
+            "%s row %d %s: pass issued (method %s, request-id %s)",
+            request.origin.source,
+            request.origin.row,
+            request.user,
+            created.method_id,
+            created.request_id,
+        )
+        return Issued(
+            request,
+            created.value,
+            created.method_id,
+            created.starts,
+            created.expires,
+            created.lifetime_minutes,
+            created.usable_once,
+            created.created,
+            attempts,
+            created.request_id,
+            created.note,
+        )
+
+    async def worker() -> None:
+        while result.aborted is None:
+            try:
+                request = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            try:
+                record(await one(request))
+            except AuthError as exc:
+                if result.aborted is None:
+                    result.aborted = exc
+                record(_not_sent(request, exc))
+            except Exception as exc:  # a bug must not lose the row: report it and go on
+                log.exception("unexpected error for row %d", request.origin.row)
+                record(
+                    Failed(
+                        request.origin,
+                        request.user,
+                        "Internal error",
+                        f"{type(exc).__name__} while issuing; report this to onboard's maintainers",
+                    )
+                )
+
+    await asyncio.gather(*(worker() for _ in range(max(1, min(concurrency, len(requests))))))
+    while not queue.empty():
+        request = queue.get_nowait()
+        assert result.aborted is not None
+        record(_not_sent(request, result.aborted))
+    return result
+
+
+def _not_sent(request: PassRequest, cause: AuthError) -> Failed:
+    return Failed(
+        request.origin,
+        request.user,
+        "Not sent: run stopped",
+        f"The run stopped before this row got a pass: {cause}. Fix that and run again.",
+    )

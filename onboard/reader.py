@@ -1,0 +1,434 @@
+"""Reading the new-hire spreadsheet (.xlsx or .csv) into validated rows.
+
+A file that cannot be used at all raises InputFileError before anything is sent. A row with a
+problem becomes a Failed outcome naming the column and what to fix; it is never sent.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import math
+import re
+import unicodedata
+import zipfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .config import MAX_LIFETIME_MINUTES, MIN_LIFETIME_MINUTES, InputSettings, PassSettings
+from .errors import InputFileError
+from .outcomes import Failed, Origin, PassRequest, Skipped
+
+EXCEL_SUFFIXES = (".xlsx", ".xlsm")
+CSV_SUFFIXES = (".csv", ".txt")
+GUEST_MARKER = "#EXT#"
+GUEST_REFUSAL = "Temporary Access Pass cannot be added to an external guest user."
+
+_TRUE = {"true", "yes", "y", "1", "x"}
+_FALSE = {"false", "no", "n", "0"}
+_GUID = re.compile(r"^[0-9a-f]{8}-([0-9a-f]{4}-){3}[0-9a-f]{12}$", re.IGNORECASE)
+# A UPN: local part without spaces, '@', or path characters; a dotted domain.
+_UPN = re.compile(r"^[^@\s/\\?%]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
+_ISO_DATE = re.compile(r"^(\d{4})-(\d{1,2})-(\d{1,2})(?:[T ]00:00(?::00(?:\.0+)?)?)?$")
+_INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff"), None)
+# Excel serial day numbers for 1954..2119: anything else is not a plausible start date.
+_SERIAL_RANGE = (20000, 80000)
+_EXCEL_EPOCH = date(1899, 12, 30)
+
+
+@dataclass(frozen=True, slots=True)
+class InputFile:
+    """One input file as read: its digest, how many data rows it had, and what they became."""
+
+    path: Path
+    sha256: str
+    sheet: str | None
+    headers: tuple[str, ...]
+    row_count: int
+    requests: list[PassRequest] = field(default_factory=list)
+    failed: list[Failed] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+
+
+def read_input(
+    path: str | Path,
+    settings: InputSettings,
+    defaults: PassSettings,
+    *,
+    now: datetime | None = None,
+) -> InputFile:
+    """Read and validate one file. Raises InputFileError when the file is unusable."""
+    path = Path(path)
+    now = now or datetime.now(UTC)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise InputFileError("file not found", path=str(path)) from None
+    except IsADirectoryError:
+        raise InputFileError("is a directory, not a spreadsheet", path=str(path)) from None
+    except OSError as exc:
+        raise InputFileError(f"cannot read: {exc.strerror}", path=str(path)) from None
+    digest = hashlib.sha256(data).hexdigest()
+    suffix = path.suffix.lower()
+    if suffix in EXCEL_SUFFIXES:
+        sheet, table = _read_excel(data, path, settings)
+    elif suffix in CSV_SUFFIXES:
+        sheet, table = None, _read_csv(data, path)
+    else:
+        raise InputFileError(
+            f"unsupported file type '{path.suffix}'; use .xlsx or .csv", path=str(path)
+        )
+    if not table:
+        raise InputFileError("the file is empty: no header row found", path=str(path))
+    headers = tuple(_text(h) or "" for h in table[0])
+    columns = _map_columns(headers, settings)
+    if "user" not in columns:
+        found = ", ".join(repr(h) for h in headers if h) or "none"
+        wanted = ", ".join(settings.columns["user"])
+        raise InputFileError(
+            f"no user column: expected one of {wanted}; headers found: {found}", path=str(path)
+        )
+    body = table[1:]
+    while body and all(_blank(v) for v in body[-1]):
+        body.pop()
+    result = InputFile(path, digest, sheet, headers, len(body))
+    for index, values in enumerate(body):
+        origin = Origin(path.name, index + 2)
+        if all(_blank(v) for v in values):
+            result.skipped.append(Skipped(origin, "", "blank row"))
+            continue
+        outcome = _validate_row(origin, values, columns, headers, defaults, now)
+        if isinstance(outcome, Failed):
+            result.failed.append(outcome)
+        else:
+            result.requests.append(outcome)
+    return result
+
+
+def _read_excel(data: bytes, path: Path, settings: InputSettings) -> tuple[str, list[list[Any]]]:
+    if not zipfile.is_zipfile(io.BytesIO(data)):
+        raise InputFileError(
+            "not a valid .xlsx workbook (is it an old .xls, password-protected, or renamed?)",
+            path=str(path),
+        )
+    try:
+        sheets: dict[str, pd.DataFrame] = pd.read_excel(
+            io.BytesIO(data), sheet_name=None, header=None, dtype=object, engine="openpyxl"
+        )
+    except Exception as exc:  # openpyxl raises many kinds for a damaged file
+        raise InputFileError(f"cannot open the workbook: {exc}", path=str(path)) from None
+    names = list(sheets)
+    wanted = settings.sheet
+    if wanted is not None:
+        if isinstance(wanted, int):
+            if not 0 <= wanted < len(names):
+                raise InputFileError(
+                    f"sheet index {wanted} does not exist; sheets: {', '.join(names)}",
+                    path=str(path),
+                )
+            name = names[wanted]
+        else:
+            matches = [n for n in names if n.casefold() == str(wanted).casefold()]
+            if not matches:
+                raise InputFileError(
+                    f"no sheet named '{wanted}'; sheets: {', '.join(names)}", path=str(path)
+                )
+            name = matches[0]
+        return name, _rows(sheets[name])
+    first_headers: list[str] = []
+    for name, frame in sheets.items():
+        rows = _rows(frame)
+        if rows:
+            headers = tuple(_text(h) or "" for h in rows[0])
+            if "user" in _map_columns(headers, settings):
+                return name, rows
+            if not first_headers:
+                first_headers = [h for h in headers if h]
+    wanted_names = ", ".join(settings.columns["user"])
+    found = ", ".join(repr(h) for h in first_headers) or "none"
+    raise InputFileError(
+        f"no sheet has a user column (expected one of {wanted_names}); "
+        f"sheets: {', '.join(names)}; headers found: {found}",
+        path=str(path),
+    )
+
+
+def _rows(frame: pd.DataFrame) -> list[list[Any]]:
+    return [[None if _is_missing(v) else v for v in row] for row in frame.itertuples(index=False)]
+
+
+def _read_csv(data: bytes, path: Path) -> list[list[Any]]:
+    if b"\x00" in data[:4096] and not data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise InputFileError("not a text CSV file (it contains binary data)", path=str(path))
+    text = _decode(data)
+    sample = text[:8192]
+    try:
+        dialect = csv.Sniffer().sniff(sample.splitlines()[0] if sample else ",", ",;\t")
+        sep = dialect.delimiter
+    except (csv.Error, IndexError):
+        sep = ","
+    try:
+        frame = pd.read_csv(
+            io.StringIO(text),
+            sep=sep,
+            header=None,
+            dtype=str,
+            keep_default_na=False,
+            skip_blank_lines=False,
+        )
+    except pd.errors.EmptyDataError:
+        return []
+    except (pd.errors.ParserError, ValueError) as exc:
+        raise InputFileError(f"cannot parse as CSV: {exc}", path=str(path)) from None
+    return [[None if v == "" else v for v in row] for row in frame.itertuples(index=False)]
+
+
+def _decode(data: bytes) -> str:
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return data.decode("utf-16")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return data.decode("cp1252", errors="replace")
+
+
+def _map_columns(headers: Sequence[str], settings: InputSettings) -> dict[str, int]:
+    folded = [_clean(h).casefold() for h in headers]
+    found: dict[str, int] = {}
+    for key, names in settings.columns.items():
+        for name in names:
+            target = _clean(name).casefold()
+            if target in folded:
+                found[key] = folded.index(target)
+                break
+    return found
+
+
+def _validate_row(
+    origin: Origin,
+    values: Sequence[Any],
+    columns: dict[str, int],
+    headers: Sequence[str],
+    defaults: PassSettings,
+    now: datetime,
+) -> PassRequest | Failed:
+    def cell(key: str) -> Any:
+        index = columns.get(key)
+        return values[index] if index is not None and index < len(values) else None
+
+    def header(key: str) -> str:
+        return headers[columns[key]]
+
+    problems: list[tuple[str, str]] = []
+    user = _clean(_text(cell("user")) or "")
+    if not user:
+        problems.append((header("user"), "is empty; enter the user's UPN (name@domain)"))
+    elif GUEST_MARKER.casefold() in user.casefold():
+        return Failed(
+            origin,
+            user,
+            "External guest user",
+            f"{GUEST_REFUSAL} Guests sign in with their home organisation's credentials.",
+            column=header("user"),
+        )
+    elif not (_UPN.match(user) or _GUID.match(user)):
+        problems.append(
+            (header("user"), f"{user!r} is not a UPN (name@domain) or an object id (GUID)")
+        )
+
+    lifetime = defaults.lifetime_minutes
+    if "lifetime_minutes" in columns and not _blank(cell("lifetime_minutes")):
+        parsed = _parse_int(cell("lifetime_minutes"))
+        if parsed is None or not MIN_LIFETIME_MINUTES <= parsed <= MAX_LIFETIME_MINUTES:
+            problems.append(
+                (
+                    header("lifetime_minutes"),
+                    f"{_shown(cell('lifetime_minutes'))} is not a whole number of minutes between "
+                    f"{MIN_LIFETIME_MINUTES} and {MAX_LIFETIME_MINUTES}",
+                )
+            )
+        else:
+            lifetime = parsed
+
+    usable_once = defaults.usable_once
+    if "usable_once" in columns and not _blank(cell("usable_once")):
+        flag = _parse_bool(cell("usable_once"))
+        if flag is None:
+            problems.append(
+                (
+                    header("usable_once"),
+                    f"{_shown(cell('usable_once'))} is not yes/no, true/false or 1/0",
+                )
+            )
+        else:
+            usable_once = flag
+
+    start: datetime | None = None
+    note = ""
+    if "start_date" in columns:
+        raw = cell("start_date")
+        if _blank(raw):
+            problems.append(
+                (header("start_date"), "is empty; enter the first working day as YYYY-MM-DD")
+            )
+        else:
+            day = parse_date(raw)
+            if day is None:
+                problems.append(
+                    (
+                        header("start_date"),
+                        f"{_shown(raw)} is not a date; use YYYY-MM-DD or an Excel date cell",
+                    )
+                )
+            else:
+                local = datetime.combine(day, defaults.start_time, tzinfo=defaults.zone)
+                start = local.astimezone(UTC)
+                if start <= now:
+                    note = (
+                        f"start {day.isoformat()} {defaults.start_time:%H:%M} "
+                        f"{defaults.timezone} is in the past: pass usable at once"
+                    )
+                    start = None
+    else:
+        note = "no start date column: pass usable at once"
+
+    if problems:
+        return Failed(
+            origin,
+            user,
+            "Invalid row" if len(problems) > 1 else f"Invalid {problems[0][0]}",
+            "; ".join(f"{column} {problem}" for column, problem in problems),
+            column=", ".join(column for column, _ in problems),
+        )
+    display = _clean(_text(cell("display_name")) or "") or None
+    return PassRequest(origin, user, display, start, lifetime, usable_once, note)
+
+
+def parse_date(value: Any) -> date | None:
+    """A date from an Excel date cell, an Excel serial number, or ISO text; None otherwise."""
+    if isinstance(value, pd.Timestamp):
+        return None if pd.isna(value) else value.date()
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if math.isfinite(value) and _SERIAL_RANGE[0] <= value <= _SERIAL_RANGE[1]:
+            return _EXCEL_EPOCH + timedelta(days=int(value))
+        return None
+    text = _clean(_text(value) or "")
+    match = _ISO_DATE.match(text)
+    if match:
+        try:
+            return date(int(match.group(1)), int(match.group(2)), int(match.group(3)))
+        except ValueError:
+            return None
+    return None
+
+
+def _parse_int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return int(value) if math.isfinite(value) and value.is_integer() else None
+    text = _clean(_text(value) or "")
+    if re.fullmatch(r"\d+(\.0+)?", text):
+        return int(float(text))
+    return None
+
+
+def _parse_bool(value: Any) -> bool | None:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    text = _clean(_text(value) or "").casefold()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    return None
+
+
+def _text(value: Any) -> str | None:
+    if _is_missing(value):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _clean(text: str) -> str:
+    text = unicodedata.normalize("NFC", text.translate(_INVISIBLE)).replace("\u00a0", " ")
+    return text.strip()
+
+
+def _blank(value: Any) -> bool:
+    return _is_missing(value) or (isinstance(value, str) and not _clean(value))
+
+
+def _is_missing(value: Any) -> bool:
+    if value is None:
+        return True
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _shown(value: Any) -> str:
+    text = _text(value) or ""
+    return repr(text if len(text) <= 60 else text[:57] + "...")
+
+
+def plan(files: Iterable[InputFile]) -> tuple[list[PassRequest], list[Failed], list[Skipped]]:
+    """Keep one request per user across all files.
+
+    Identical repeats are skipped ("same as row N"); repeats that disagree on start, lifetime or
+    one-time use are all failed as a conflict, since only one pass per user can exist.
+    """
+    by_user: dict[str, list[PassRequest]] = {}
+    for f in files:
+        for request in f.requests:
+            by_user.setdefault(request.key, []).append(request)
+    requests: list[PassRequest] = []
+    failed: list[Failed] = []
+    skipped: list[Skipped] = []
+    for group in by_user.values():
+        first = group[0]
+        if len(group) == 1:
+            requests.append(first)
+            continue
+        shape = {(r.start, r.lifetime_minutes, r.usable_once) for r in group}
+        if len(shape) == 1:
+            requests.append(first)
+            for repeat in group[1:]:
+                where = _where(first.origin, repeat.origin)
+                skipped.append(Skipped(repeat.origin, repeat.user, f"same as {where}"))
+            continue
+        rows = ", ".join(f"{r.origin.source} row {r.origin.row}" for r in group)
+        for r in group:
+            failed.append(
+                Failed(
+                    r.origin,
+                    r.user,
+                    "Conflicting rows",
+                    f"{r.user} appears in {rows} with different start date, lifetime or one-time "
+                    "setting; a user can hold only one pass: keep one row and run again",
+                )
+            )
+    return requests, failed, skipped
+
+
+def _where(first: Origin, repeat: Origin) -> str:
+    if first.source == repeat.source:
+        return f"row {first.row}"
+    return f"{first.source} row {first.row}"

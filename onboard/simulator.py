@@ -1,0 +1,646 @@
+"""A local stand-in for Microsoft Graph and the Entra sign-in endpoint, as a real aiohttp app.
+
+It serves, over HTTPS with a throwaway certificate authority:
+
+- ``GET  /{tenant}/v2.0/.well-known/openid-configuration`` and
+  ``POST /{tenant}/oauth2/v2.0/token`` (client credentials), so msal runs unchanged;
+- ``POST|GET /{version}/users/{id|upn}/authentication/temporaryAccessPassMethods`` and
+  ``DELETE .../temporaryAccessPassMethods/{id}``, with Graph's rules: one pass per user, a new
+  one replaces the old, the value is returned only in the 201 response;
+- ``GET /{version}/policies/authenticationMethodsPolicy/authenticationMethodConfigurations/
+  temporaryAccessPass``.
+
+Errors have Graph's shape. Latency, transient 503/504 answers, responses lost after the pass was
+created, and throttling (a token bucket answering 429 with Retry-After) can be switched on.
+`SimulatorState` keeps every pass it issued so tests can check an audit against it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import random
+import secrets
+import ssl
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+import yaml
+from aiohttp import web
+
+from .errors import ConfigError
+
+DEFAULT_CLIENT_SECRET = "simulator-secret"
+DEFAULT_TOKEN_LIFETIME = 3599
+POLICY_REFUSAL = (
+    "Converged UserCredentialPolicy does not allow creating or updating this authentication "
+    "method. AuthMethodType [TemporaryAccessPass]."
+)
+GUEST_REFUSAL = "Temporary Access Pass cannot be added to an external guest user."
+PASS_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789+-=!@#$%&*"
+DEFAULT_POLICY: dict[str, Any] = {
+    "state": "enabled",
+    "defaultLifetimeInMinutes": 60,
+    "minimumLifetimeInMinutes": 60,
+    "maximumLifetimeInMinutes": 480,
+    "isUsableOnce": False,
+    "defaultLength": 8,
+    "includeTargets": [{"targetType": "group", "id": "all_users", "isRegistrationRequired": False}],
+    "excludeTargets": [],
+}
+_TAP_PATH = "authentication/temporaryAccessPassMethods"
+_POLICY_PATH = (
+    "policies/authenticationMethodsPolicy/authenticationMethodConfigurations/temporaryAccessPass"
+)
+
+
+@dataclass(slots=True)
+class SimUser:
+    id: str
+    user_principal_name: str
+    display_name: str = ""
+    user_type: str = "Member"
+    in_pass_policy: bool = True
+    forbidden: bool = False  # e.g. an admin the app's role may not touch: 403
+
+
+@dataclass(slots=True)
+class SimPass:
+    id: str
+    user_id: str
+    value: str = field(repr=False)
+    created: dt.datetime
+    start: dt.datetime
+    lifetime_minutes: int
+    usable_once: bool
+
+
+@dataclass(slots=True)
+class Faults:
+    """What can go wrong, and how often. All rates are probabilities per request."""
+
+    latency_ms: float = 0.0
+    fault_rate: float = 0.0  # 503/504 before anything happens
+    lost_response_rate: float = 0.0  # create succeeds, then the answer is a 504
+    throttle_rate: float | None = None  # requests per second; None: never throttle
+    throttle_burst: int = 100
+    retry_after_seconds: float | None = None  # fixed Retry-After; None: time until a token
+    conflict_on_existing: bool = False  # old behaviour: 409 while a valid pass exists
+    token_lifetime: int = DEFAULT_TOKEN_LIFETIME
+
+
+class SimulatorState:
+    """The simulated tenant: users, policy, passes, tokens and counters."""
+
+    def __init__(
+        self,
+        users: list[SimUser] | None = None,
+        *,
+        policy: dict[str, Any] | None = None,
+        faults: Faults | None = None,
+        client_secret: str = DEFAULT_CLIENT_SECRET,
+        auto_users: bool = False,
+        seed: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.users: dict[str, SimUser] = {}
+        for user in users or []:
+            self.add_user(user)
+        self.policy = dict(DEFAULT_POLICY if policy is None else {**DEFAULT_POLICY, **policy})
+        self.faults = faults or Faults()
+        self.client_secret = client_secret
+        self.auto_users = auto_users
+        self.random = random.Random(seed)
+        self.clock = clock
+        self.passes: dict[str, SimPass] = {}  # user id -> the one current pass
+        self.issued: list[SimPass] = []  # every pass ever created, in order
+        self.tokens: dict[str, float] = {}  # access token -> expiry (clock)
+        self.counts: dict[str, int] = {}
+        self.create_attempts: dict[str, int] = {}  # user id -> POSTs that reached the handler
+        self._bucket = float(self.faults.throttle_burst)
+        self._bucket_at = clock()
+
+    # --- tenant ---------------------------------------------------------------------------
+    def add_user(self, user: SimUser) -> None:
+        self.users[user.id.casefold()] = user
+        self.users[user.user_principal_name.casefold()] = user
+
+    def find_user(self, key: str) -> SimUser | None:
+        user = self.users.get(key.casefold())
+        if user is None and self.auto_users and "@" in key and "#EXT#" not in key.upper():
+            user = SimUser(_stable_id(key), key)
+            self.add_user(user)
+        return user
+
+    def current_pass(self, user: str) -> str | None:
+        """The pass value Graph would hold for this user now (tests only)."""
+        found = self.find_user(user)
+        if found is None or found.id not in self.passes:
+            return None
+        return self.passes[found.id].value
+
+    def passes_created_for(self, user: str) -> int:
+        found = self.find_user(user)
+        return 0 if found is None else sum(1 for p in self.issued if p.user_id == found.id)
+
+    def revoke_tokens(self) -> None:
+        """Make every issued access token invalid, as if it had expired early."""
+        self.tokens.clear()
+
+    def count(self, name: str) -> None:
+        self.counts[name] = self.counts.get(name, 0) + 1
+
+    # --- throttling -----------------------------------------------------------------------
+    def take_token(self) -> float | None:
+        """Spend one request from the bucket; return seconds to wait when empty."""
+        rate = self.faults.throttle_rate
+        if rate is None:
+            return None
+        now = self.clock()
+        self._bucket = min(
+            float(self.faults.throttle_burst), self._bucket + (now - self._bucket_at) * rate
+        )
+        self._bucket_at = now
+        if self._bucket >= 1:
+            self._bucket -= 1
+            return None
+        return (1 - self._bucket) / rate
+
+    @classmethod
+    def from_file(cls, path: Path, **kwargs: Any) -> SimulatorState:
+        """Load users and the pass policy from a tenant YAML file (see samples/tenant.yaml)."""
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read simulator tenant file {path}: {exc}") from None
+        users = []
+        for entry in data.get("users") or []:
+            upn = str(entry["userPrincipalName"])
+            users.append(
+                SimUser(
+                    id=str(entry.get("id") or _stable_id(upn)),
+                    user_principal_name=upn,
+                    display_name=str(entry.get("displayName") or ""),
+                    user_type=str(entry.get("userType") or "Member"),
+                    in_pass_policy=bool(entry.get("inPassPolicy", True)),
+                    forbidden=bool(entry.get("forbidden", False)),
+                )
+            )
+        return cls(users, policy=data.get("policy"), **kwargs)
+
+
+def _stable_id(upn: str) -> str:
+    return str(uuid.UUID(hashlib.md5(upn.casefold().encode()).hexdigest()))
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _iso(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def _graph_error(
+    request: web.Request,
+    status: int,
+    code: str,
+    message: str,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
+    body = {
+        "error": {
+            "code": code,
+            "message": message,
+            "innerError": {
+                "date": _iso(_now())[:-5],
+                "request-id": request["request_id"],
+                "client-request-id": request.headers.get("client-request-id", ""),
+            },
+        }
+    }
+    return web.json_response(body, status=status, headers=headers)
+
+
+def _state(request: web.Request) -> SimulatorState:
+    state: SimulatorState = request.app["state"]
+    return state
+
+
+@web.middleware
+async def _graph_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    state = _state(request)
+    request["request_id"] = str(uuid.uuid4())
+    faults = state.faults
+    is_graph = request.path.startswith(("/v1.0/", "/beta/"))
+    if faults.latency_ms:
+        await asyncio.sleep(faults.latency_ms / 1000)
+    response: web.StreamResponse
+    if is_graph:
+        state.count("graph_requests")
+        auth = request.headers.get("Authorization", "")
+        token = auth[7:] if auth.startswith("Bearer ") else ""
+        expiry = state.tokens.get(token)
+        if expiry is None or expiry < state.clock():
+            state.count("401")
+            response = _graph_error(
+                request,
+                401,
+                "InvalidAuthenticationToken",
+                "Access token has expired or is not yet valid.",
+            )
+        elif (wait := state.take_token()) is not None:
+            state.count("429")
+            retry_after = faults.retry_after_seconds
+            if retry_after is None:
+                retry_after = wait
+            shown = f"{retry_after:.3f}".rstrip("0").rstrip(".") or "0"
+            response = _graph_error(
+                request,
+                429,
+                "TooManyRequests",
+                "Too many requests.",
+                {
+                    "Retry-After": shown,
+                    "x-ms-throttle-scope": "Tenant_Application/WriteLimit",
+                    "x-ms-throttle-information": "WriteLimitExceeded",
+                },
+            )
+        elif faults.fault_rate and state.random.random() < faults.fault_rate:
+            status = state.random.choice([503, 504])
+            state.count(str(status))
+            code = "serviceNotAvailable" if status == 503 else "gatewayTimeout"
+            response = _graph_error(
+                request, status, code, "The service is temporarily unavailable."
+            )
+        else:
+            response = await handler(request)
+    else:
+        response = await handler(request)
+    response.headers["request-id"] = request["request_id"]
+    response.headers["client-request-id"] = request.headers.get("client-request-id", "")
+    return response
+
+
+async def _openid_configuration(request: web.Request) -> web.Response:
+    tenant = request.match_info["tenant"]
+    base = f"{request.scheme}://{request.host}/{tenant}"
+    return web.json_response(
+        {
+            "issuer": f"{base}/v2.0",
+            "authorization_endpoint": f"{base}/oauth2/v2.0/authorize",
+            "token_endpoint": f"{base}/oauth2/v2.0/token",
+            "device_authorization_endpoint": f"{base}/oauth2/v2.0/devicecode",
+        }
+    )
+
+
+async def _token(request: web.Request) -> web.Response:
+    state = _state(request)
+    form = await request.post()
+    state.count("token_requests")
+    if form.get("grant_type") != "client_credentials":
+        return web.json_response(
+            {"error": "unsupported_grant_type", "error_description": "AADSTS70003"}, status=400
+        )
+    secret = form.get("client_secret")
+    has_assertion = bool(form.get("client_assertion"))
+    if not has_assertion and secret != state.client_secret:
+        return web.json_response(
+            {
+                "error": "invalid_client",
+                "error_description": "AADSTS7000215: Invalid client secret provided. Ensure the "
+                "secret being sent in the request is the client secret value, not the client "
+                "secret ID.",
+            },
+            status=401,
+        )
+    token = secrets.token_urlsafe(32)
+    state.tokens[token] = state.clock() + state.faults.token_lifetime
+    return web.json_response(
+        {
+            "token_type": "Bearer",
+            "expires_in": state.faults.token_lifetime,
+            "ext_expires_in": state.faults.token_lifetime,
+            "access_token": token,
+        }
+    )
+
+
+def _user_from_path(raw: str) -> tuple[str, str] | None:
+    """Split a raw path after ``/users`` into (user key, remainder); None if malformed."""
+    if raw.startswith("('"):
+        end = raw.find("')")
+        if end < 0:
+            return None
+        return unquote(raw[2:end]), raw[end + 2 :].lstrip("/")
+    if not raw.startswith("/"):
+        return None
+    segment, _, rest = raw[1:].partition("/")
+    return unquote(segment), rest
+
+
+async def _graph(request: web.Request) -> web.StreamResponse:
+    state = _state(request)
+    raw_path = request.raw_path.split("?", 1)[0]
+    _version, _, rest = raw_path.lstrip("/").partition("/")
+    if rest == _POLICY_PATH and request.method == "GET":
+        body = {
+            "@odata.type": "#microsoft.graph.temporaryAccessPassAuthenticationMethodConfiguration",
+            "id": "TemporaryAccessPass",
+            **state.policy,
+        }
+        return web.json_response(body)
+    if rest.startswith("users"):
+        parsed = _user_from_path(rest[len("users") :])
+        if parsed is not None:
+            key, remainder = parsed
+            if remainder == _TAP_PATH:
+                if request.method == "POST":
+                    return await _create_pass(request, state, key)
+                if request.method == "GET":
+                    return _list_passes(request, state, key)
+            elif remainder.startswith(_TAP_PATH + "/") and request.method == "DELETE":
+                return _delete_pass(request, state, key, remainder[len(_TAP_PATH) + 1 :])
+    return _graph_error(
+        request, 400, "BadRequest", f"Resource not found for the segment '{rest.split('/')[0]}'."
+    )
+
+
+def _not_found(request: web.Request, key: str) -> web.Response:
+    return _graph_error(
+        request,
+        404,
+        "Request_ResourceNotFound",
+        f"Resource '{key}' does not exist or one of its queried reference-property objects "
+        "are not present.",
+    )
+
+
+async def _create_pass(request: web.Request, state: SimulatorState, key: str) -> web.Response:
+    try:
+        body = await request.json()
+    except json.JSONDecodeError:
+        return _graph_error(request, 400, "BadRequest", "Unable to read JSON request payload.")
+    if not isinstance(body, dict):
+        return _graph_error(request, 400, "BadRequest", "Unable to read JSON request payload.")
+    user = state.find_user(key)
+    if user is None:
+        state.count("404")
+        return _not_found(request, key)
+    state.create_attempts[user.id] = state.create_attempts.get(user.id, 0) + 1
+    policy = state.policy
+    if user.forbidden:
+        return _graph_error(request, 403, "accessDenied", "Request Authorization failed")
+    if user.user_type == "Guest" or "#EXT#" in user.user_principal_name.upper():
+        return _graph_error(request, 400, "badRequest", GUEST_REFUSAL)
+    if policy.get("state") != "enabled" or not user.in_pass_policy:
+        return _graph_error(request, 400, "badRequest", POLICY_REFUSAL)
+    lifetime = body.get("lifetimeInMinutes", policy["defaultLifetimeInMinutes"])
+    low, high = policy["minimumLifetimeInMinutes"], policy["maximumLifetimeInMinutes"]
+    if not isinstance(lifetime, int) or not low <= lifetime <= high:
+        return _graph_error(
+            request,
+            400,
+            "badRequest",
+            f"Invalid LifetimeInMinutes specified. The valid range between {low} and {high}.",
+        )
+    usable_once = body.get("isUsableOnce", policy["isUsableOnce"])
+    if policy.get("isUsableOnce") and usable_once is False:
+        return _graph_error(
+            request,
+            400,
+            "badRequest",
+            "The tenant policy requires one-time use Temporary Access Passes.",
+        )
+    now = _now()
+    start = now
+    if body.get("startDateTime") is not None:
+        try:
+            start = dt.datetime.fromisoformat(str(body["startDateTime"]).replace("Z", "+00:00"))
+            if start.tzinfo is None:
+                raise ValueError
+        except ValueError:
+            return _graph_error(request, 400, "badRequest", "Invalid StartDateTime specified.")
+        if start < now - dt.timedelta(minutes=1):
+            return _graph_error(
+                request,
+                400,
+                "badRequest",
+                "Invalid StartDateTime specified. It can not be a time in the past.",
+            )
+    existing = state.passes.get(user.id)
+    if existing is not None and state.faults.conflict_on_existing:
+        expires = existing.start + dt.timedelta(minutes=existing.lifetime_minutes)
+        if expires > now:
+            return _graph_error(
+                request, 409, "conflict", "A Temporary Access Pass already exists for this user."
+            )
+    length = int(policy.get("defaultLength", 8))
+    value = "".join(secrets.choice(PASS_ALPHABET) for _ in range(length))
+    created = SimPass(str(uuid.uuid4()), user.id, value, now, start, lifetime, bool(usable_once))
+    state.passes[user.id] = created  # a new pass replaces the old one
+    state.issued.append(created)
+    state.count("201")
+    faults = state.faults
+    if faults.lost_response_rate and state.random.random() < faults.lost_response_rate:
+        state.count("lost")
+        return _graph_error(request, 504, "gatewayTimeout", "The gateway timed out.")
+    reason = "NotYetValid" if start > now + dt.timedelta(seconds=5) else "EnabledByPolicy"
+    return web.json_response(
+        {
+            "@odata.context": f"{request.scheme}://{request.host}/v1.0/$metadata#users('{user.id}')"
+            "/authentication/temporaryAccessPassMethods/$entity",
+            "id": created.id,
+            "temporaryAccessPass": value,
+            "createdDateTime": _iso(now),
+            "startDateTime": _iso(start),
+            "lifetimeInMinutes": lifetime,
+            "isUsableOnce": bool(usable_once),
+            "isUsable": reason == "EnabledByPolicy",
+            "methodUsabilityReason": reason,
+        },
+        status=201,
+    )
+
+
+def _list_passes(request: web.Request, state: SimulatorState, key: str) -> web.Response:
+    user = state.find_user(key)
+    if user is None:
+        return _not_found(request, key)
+    current = state.passes.get(user.id)
+    items = []
+    if current is not None:
+        items.append(
+            {
+                "id": current.id,
+                "temporaryAccessPass": None,
+                "createdDateTime": _iso(current.created),
+                "startDateTime": _iso(current.start),
+                "lifetimeInMinutes": current.lifetime_minutes,
+                "isUsableOnce": current.usable_once,
+            }
+        )
+    return web.json_response({"value": items})
+
+
+def _delete_pass(
+    request: web.Request, state: SimulatorState, key: str, method_id: str
+) -> web.Response:
+    user = state.find_user(key)
+    current = None if user is None else state.passes.get(user.id)
+    if user is None or current is None or current.id != method_id:
+        return _not_found(request, method_id)
+    del state.passes[user.id]
+    return web.Response(status=204)
+
+
+def make_app(state: SimulatorState) -> web.Application:
+    """The simulator as an aiohttp application (usable with aiohttp's TestServer too)."""
+    app = web.Application(middlewares=[_graph_middleware], client_max_size=1024**2)
+    app["state"] = state
+    app.router.add_get("/{tenant}/v2.0/.well-known/openid-configuration", _openid_configuration)
+    app.router.add_post("/{tenant}/oauth2/v2.0/token", _token)
+    app.router.add_route("*", "/v1.0/{path:.*}", _graph)
+    app.router.add_route("*", "/beta/{path:.*}", _graph)
+    return app
+
+
+# --- TLS: a throwaway CA so the simulator speaks HTTPS like the real service --------------
+@dataclass(frozen=True, slots=True)
+class Certificates:
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+
+    def server_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.cert_file, self.key_file)
+        return context
+
+
+def make_certificates(directory: Path) -> Certificates:
+    """Write a new CA and a server certificate for localhost/127.0.0.1 into directory."""
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = dt.datetime.now(dt.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "onboard simulator CA")])
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [
+                    x509.DNSName("localhost"),
+                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                ]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    files = Certificates(
+        directory / "simulator-ca.pem",
+        directory / "simulator-cert.pem",
+        directory / "simulator-key.pem",
+    )
+    files.ca_file.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    files.cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    files.key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    files.key_file.chmod(0o600)
+    return files
+
+
+@dataclass(frozen=True, slots=True)
+class RunningSimulator:
+    url: str
+    ca_file: Path
+    state: SimulatorState
+
+
+@contextlib.asynccontextmanager
+async def serve(
+    state: SimulatorState,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    cert_dir: Path | None = None,
+) -> AsyncIterator[RunningSimulator]:
+    """Run the simulator on the current event loop (port 0: a free port) until the block ends."""
+    with contextlib.ExitStack() as stack:
+        if cert_dir is None:
+            cert_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="onboard-sim-")))
+        certs = make_certificates(cert_dir)
+        runner = web.AppRunner(make_app(state), access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port, ssl_context=certs.server_context())
+        await site.start()
+        try:
+            bound = port or runner.addresses[0][1]
+            yield RunningSimulator(f"https://{host}:{bound}", certs.ca_file, state)
+        finally:
+            await runner.cleanup()

@@ -1,0 +1,60 @@
+"""One TLS policy for every connection: always verified, system trust plus an optional extra CA.
+
+The same SSLContext serves aiohttp (Graph) and requests (msal's sign-in calls), so a
+TLS-inspecting proxy's CA in ``graph.ca_bundle`` (or SSL_CERT_FILE) works for both. Nothing here
+can turn verification off.
+"""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+from typing import Any
+
+import certifi
+import requests
+from requests.adapters import HTTPAdapter
+
+
+def make_ssl_context(ca_bundle: Path | None = None) -> ssl.SSLContext:
+    """System trust store (honours SSL_CERT_FILE/SSL_CERT_DIR), certifi's roots, and ca_bundle."""
+    context = ssl.create_default_context()
+    context.load_verify_locations(cafile=certifi.where())
+    if ca_bundle is not None:
+        context.load_verify_locations(cafile=str(ca_bundle))
+    return context
+
+
+class _ContextAdapter(HTTPAdapter):
+    """A requests adapter that always uses our verified context, whatever `verify` says."""
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        self._context = context
+        super().__init__()
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["ssl_context"] = self._context
+        super().init_poolmanager(*args, **kwargs)
+
+    def proxy_manager_for(self, proxy: str, **kwargs: Any) -> Any:
+        kwargs["ssl_context"] = self._context
+        return super().proxy_manager_for(proxy, **kwargs)
+
+    def build_connection_pool_key_attributes(
+        self, request: Any, verify: Any, cert: Any = None
+    ) -> Any:
+        host, pool = super().build_connection_pool_key_attributes(request, True, cert)
+        pool["ssl_context"] = self._context
+        pool["cert_reqs"] = "CERT_REQUIRED"
+        return host, pool
+
+    def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
+        # REQUESTS_CA_BUNDLE or verify=False must not replace or disable our trust.
+        super().cert_verify(conn, url, True, cert)  # type: ignore[no-untyped-call]
+
+
+def requests_session(context: ssl.SSLContext) -> requests.Session:
+    """A requests session (for msal's http_client) that trusts exactly what aiohttp trusts."""
+    session = requests.Session()
+    session.mount("https://", _ContextAdapter(context))
+    return session
