@@ -238,6 +238,8 @@ def _cell(sheet: WriteOnlyWorksheet, value: Any) -> Any:
         cell.number_format = DATE_FORMAT
         return cell
     if isinstance(value, _Text):
+        if not value:
+            return None
         cell = WriteOnlyCell(sheet, value=str(value))
         cell.data_type = "s"  # openpyxl would otherwise store "=..." as a formula
         if value.startswith(FORMULA_PREFIXES):

@@ -58,6 +58,7 @@ DEFAULT_POLICY: dict[str, Any] = {
     "excludeTargets": [],
 }
 _TAP_PATH = "authentication/temporaryAccessPassMethods"
+REQUEST_ID_KEY = web.RequestKey("request_id", str)
 _POLICY_PATH = (
     "policies/authenticationMethodsPolicy/authenticationMethodConfigurations/temporaryAccessPass"
 )
@@ -223,7 +224,7 @@ def _graph_error(
             "message": message,
             "innerError": {
                 "date": _iso(_now())[:-5],
-                "request-id": request["request_id"],
+                "request-id": request[REQUEST_ID_KEY],
                 "client-request-id": request.headers.get("client-request-id", ""),
             },
         }
@@ -231,8 +232,11 @@ def _graph_error(
     return web.json_response(body, status=status, headers=headers)
 
 
+STATE_KEY = web.AppKey("state", SimulatorState)
+
+
 def _state(request: web.Request) -> SimulatorState:
-    state: SimulatorState = request.app["state"]
+    state: SimulatorState = request.app[STATE_KEY]
     return state
 
 
@@ -241,7 +245,7 @@ async def _graph_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
     state = _state(request)
-    request["request_id"] = str(uuid.uuid4())
+    request[REQUEST_ID_KEY] = str(uuid.uuid4())
     faults = state.faults
     is_graph = request.path.startswith(("/v1.0/", "/beta/"))
     if faults.latency_ms:
@@ -288,7 +292,7 @@ async def _graph_middleware(
             response = await handler(request)
     else:
         response = await handler(request)
-    response.headers["request-id"] = request["request_id"]
+    response.headers["request-id"] = request[REQUEST_ID_KEY]
     response.headers["client-request-id"] = request.headers.get("client-request-id", "")
     return response
 
@@ -509,7 +513,7 @@ def _delete_pass(
 def make_app(state: SimulatorState) -> web.Application:
     """The simulator as an aiohttp application (usable with aiohttp's TestServer too)."""
     app = web.Application(middlewares=[_graph_middleware], client_max_size=1024**2)
-    app["state"] = state
+    app[STATE_KEY] = state
     app.router.add_get("/{tenant}/v2.0/.well-known/openid-configuration", _openid_configuration)
     app.router.add_post("/{tenant}/oauth2/v2.0/token", _token)
     app.router.add_route("*", "/v1.0/{path:.*}", _graph)

@@ -1,0 +1,89 @@
+"""Shared fixtures: a Graph simulator served on loopback in a background thread."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from onboard.simulator import DEFAULT_CLIENT_SECRET, Faults, SimulatorState, SimUser, serve
+
+TENANT = "contoso.onmicrosoft.com"
+CLIENT_ID = "11111111-2222-3333-4444-555555555555"
+
+
+@dataclass
+class Served:
+    url: str
+    ca_file: Path
+    state: SimulatorState
+
+    def config(self, path: Path, **sections: dict[str, Any]) -> Path:
+        """Write a config.yaml pointing at this simulator as if it were a real tenant."""
+        data: dict[str, Any] = {
+            "graph": {"endpoint": self.url, "ca_bundle": str(self.ca_file)},
+            "auth": {"tenant_id": TENANT, "client_id": CLIENT_ID, "authority": self.url},
+            "pass": {"timezone": "UTC"},
+            "run": {"concurrency": 4, "backoff_seconds": 0.01, "backoff_max_seconds": 0.05},
+            "output": {"dir": str(path.parent / "audit")},
+        }
+        for section, values in sections.items():
+            data.setdefault(section, {}).update(values)
+        path.write_text(yaml.safe_dump(data), encoding="utf-8")
+        return path
+
+
+def users(*names: str, **flags: dict[str, Any]) -> list[SimUser]:
+    """Simulator users for the given UPNs; flags maps a UPN to SimUser overrides."""
+    made = []
+    for index, upn in enumerate(names):
+        extra = flags.get(upn.split("@")[0], {})
+        made.append(SimUser(f"00000000-0000-0000-0000-{index:012d}", upn, **extra))
+    return made
+
+
+@pytest.fixture
+def serve_simulator(tmp_path: Path) -> Iterator[Any]:
+    """Start a simulator for a given state in a thread; stopped at the end of the test."""
+    stops: list[tuple[asyncio.AbstractEventLoop, asyncio.Event, threading.Thread]] = []
+
+    def start(state: SimulatorState) -> Served:
+        loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        box: dict[str, Any] = {}
+
+        async def main() -> None:
+            stop = asyncio.Event()
+            async with serve(state, cert_dir=tmp_path / f"certs{len(stops)}") as running:
+                box["served"] = Served(running.url, running.ca_file, state)
+                box["stop"] = stop
+                ready.set()
+                await stop.wait()
+
+        thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
+        thread.start()
+        assert ready.wait(10), "simulator did not start"
+        stops.append((loop, box["stop"], thread))
+        served: Served = box["served"]
+        return served
+
+    yield start
+    for loop, stop, thread in stops:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(10)
+        loop.close()
+
+
+@pytest.fixture
+def secret_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    monkeypatch.setenv("ONBOARD_CLIENT_SECRET", DEFAULT_CLIENT_SECRET)
+    return {"ONBOARD_CLIENT_SECRET": DEFAULT_CLIENT_SECRET}
+
+
+__all__ = ["CLIENT_ID", "TENANT", "Faults", "Served", "SimulatorState", "users"]

@@ -1,0 +1,203 @@
+"""Real msal and the real Graph client against the simulator served over HTTPS on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from pathlib import Path
+
+import aiohttp
+import pytest
+from conftest import CLIENT_ID, TENANT, users
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.serialization import pkcs12
+from cryptography.x509.oid import NameOID
+
+from onboard.auth import Credential, MsalTokenProvider, load_credential
+from onboard.config import AuthSettings
+from onboard.errors import AuthError, ConfigError, GraphError
+from onboard.graph import GraphClient, user_path
+from onboard.outcomes import Origin, PassRequest
+from onboard.simulator import DEFAULT_CLIENT_SECRET, SimulatorState
+from onboard.tls import make_ssl_context, requests_session
+
+SCOPE = "https://graph.microsoft.com/.default"
+
+
+def provider(url: str, ca_file: Path | None, material: object = DEFAULT_CLIENT_SECRET,
+             method: str = "client_secret") -> MsalTokenProvider:
+    return MsalTokenProvider(
+        method=method, credential=Credential(CLIENT_ID, material),
+        authority=f"{url}/{TENANT}", scope=SCOPE,
+        http_client=requests_session(make_ssl_context(ca_file)),
+    )
+
+
+def pass_request(user: str, row: int = 2) -> PassRequest:
+    start = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=30)
+    return PassRequest(Origin("t.csv", row), user, None, start, 120, True)
+
+
+async def create_two(url: str, ca_file: Path, state: SimulatorState,
+                     tokens: MsalTokenProvider) -> list[str]:
+    context = make_ssl_context(ca_file)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as session:
+        client = GraphClient(session, url, tokens)
+        first = await client.create_pass(pass_request("ada@contoso.com"))
+        state.revoke_tokens()  # the next request is answered 401
+        second = await client.create_pass(pass_request("alan@contoso.com", 3))
+    return [first.value, second.value]
+
+
+def test_401_gets_one_fresh_token_through_msal(serve_simulator) -> None:
+    """A 401 makes msal fetch a new token (bypassing its cache) and the request is retried once."""
+    state = SimulatorState(users("ada@contoso.com", "alan@contoso.com"))
+    sim = serve_simulator(state)
+    tokens = provider(sim.url, sim.ca_file)
+    values = asyncio.run(create_two(sim.url, sim.ca_file, state, tokens))
+    assert values == [state.current_pass("ada@contoso.com"), state.current_pass("alan@contoso.com")]
+    assert state.counts["token_requests"] == 2
+    assert state.counts["401"] == 1
+    assert tokens.acquired == 2
+
+
+def test_token_is_shared_and_cached_across_requests(serve_simulator) -> None:
+    """Many requests, one token request: msal's cache and ours serve the whole pool."""
+    state = SimulatorState(users(*(f"u{n}@contoso.com" for n in range(10))))
+    sim = serve_simulator(state)
+    tokens = provider(sim.url, sim.ca_file)
+
+    async def main() -> None:
+        context = make_ssl_context(sim.ca_file)
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as s:
+            client = GraphClient(s, sim.url, tokens)
+            await asyncio.gather(*(client.create_pass(pass_request(f"u{n}@contoso.com", n))
+                                   for n in range(10)))
+
+    asyncio.run(main())
+    assert state.counts["token_requests"] == 1
+    assert state.counts["201"] == 10
+
+
+def test_wrong_secret_is_an_auth_error_without_the_secret(serve_simulator) -> None:
+    """A refused secret raises AuthError with advice; the secret is not in the message."""
+    sim = serve_simulator(SimulatorState())
+    tokens = provider(sim.url, sim.ca_file, material="Wr0ng-S3cret-value")
+    with pytest.raises(AuthError) as caught:
+        asyncio.run(tokens.token())
+    assert caught.value.error == "invalid_client"
+    assert "secret" in str(caught.value) and "Wr0ng-S3cret-value" not in str(caught.value)
+
+
+def test_untrusted_certificate_is_refused(serve_simulator) -> None:
+    """TLS is verified: without the simulator's CA, sign-in fails instead of going on."""
+    sim = serve_simulator(SimulatorState())
+    with pytest.raises(AuthError, match="cannot reach the sign-in service"):
+        asyncio.run(provider(sim.url, None).token())
+
+
+def make_certificate(tmp_path: Path, password: bytes | None) -> tuple[Path, Path]:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "onboard test")])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(1)
+            .not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
+            .sign(key, hashes.SHA256()))
+    encryption = (serialization.BestAvailableEncryption(password) if password
+                  else serialization.NoEncryption())
+    pem = tmp_path / "app.pem"
+    pem.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                      serialization.PrivateFormat.PKCS8, encryption)
+                    + cert.public_bytes(serialization.Encoding.PEM))
+    pfx = tmp_path / "app.pfx"
+    pfx.write_bytes(pkcs12.serialize_key_and_certificates(b"app", key, cert, None, encryption))
+    return pem, pfx
+
+
+@pytest.mark.parametrize("kind", ["pem", "pfx"])
+def test_certificate_credentials_sign_in_through_msal(serve_simulator, tmp_path: Path,
+                                                      kind: str) -> None:
+    """A PEM or PFX certificate (with its password from the environment) gets a token."""
+    pem, pfx = make_certificate(tmp_path, b"pfx-pass-123")
+    settings = AuthSettings(client_id=CLIENT_ID, method="certificate",
+                            certificate_path=pem if kind == "pem" else pfx,
+                            certificate_password_env="CERT_PASSWORD")
+    credential = load_credential(settings, {"CERT_PASSWORD": "pfx-pass-123"})
+    assert "pfx-pass-123" not in repr(credential)
+    state = SimulatorState()
+    sim = serve_simulator(state)
+    token = asyncio.run(provider(sim.url, sim.ca_file, credential.material).token())
+    assert token in state.tokens
+
+
+def test_missing_secret_variable_is_a_config_error() -> None:
+    """No secret in the environment: a ConfigError naming the variable, before any network."""
+    with pytest.raises(ConfigError, match="ONBOARD_CLIENT_SECRET, which is not set"):
+        load_credential(AuthSettings(client_id=CLIENT_ID), {})
+
+
+def test_managed_identity_uses_msal_managed_identity_client() -> None:
+    """managed_identity asks msal's ManagedIdentityClient (here against a fake IMDS endpoint)."""
+    class FakeResponse:
+        status_code = 200
+        headers: dict[str, str] = {}
+        text = ('{"access_token": "mi-token", "expires_in": "3599", "token_type": "Bearer", '
+                '"resource": "https://graph.microsoft.com"}')
+
+        def raise_for_status(self) -> None:
+            pass
+
+    class FakeHttp:
+        def __init__(self) -> None:
+            self.urls: list[str] = []
+
+        def get(self, url: str, **kwargs: object) -> FakeResponse:
+            self.urls.append(url)
+            return FakeResponse()
+
+        post = get
+
+        def close(self) -> None:
+            pass
+
+    http = FakeHttp()
+    tokens = MsalTokenProvider(method="managed_identity", credential=Credential(None, None),
+                               authority="https://login.microsoftonline.com/x", scope=SCOPE,
+                               http_client=http)  # type: ignore[arg-type]
+    assert asyncio.run(tokens.token()) == "mi-token"
+    assert http.urls and "169.254.169.254" in http.urls[0]
+
+
+@pytest.mark.parametrize(
+    ("user", "path"),
+    [("ada@contoso.com", "users/ada@contoso.com"),
+     ("o'neil#1@contoso.com", "users/o%27neil%231@contoso.com"),
+     ("a/../b@contoso.com", "users/a%2F..%2Fb@contoso.com"),
+     ("$admin@contoso.com", "users('%24admin@contoso.com')")],
+)
+def test_user_path_is_percent_encoded(user: str, path: str) -> None:
+    """UPNs are percent-encoded ('#' as %23, no '/' survives) and '$' uses the users('') form."""
+    assert user_path(user) == path
+
+
+def test_graph_errors_keep_status_code_and_request_id(serve_simulator) -> None:
+    """A 404 from Graph raises GraphError carrying status, code and request id as attributes."""
+    state = SimulatorState()
+    sim = serve_simulator(state)
+
+    async def main() -> GraphError:
+        context = make_ssl_context(sim.ca_file)
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as s:
+            client = GraphClient(s, sim.url, provider(sim.url, sim.ca_file))
+            try:
+                await client.create_pass(pass_request("ghost@contoso.com"))
+            except GraphError as exc:
+                return exc
+        raise AssertionError("no error")
+
+    error = asyncio.run(main())
+    assert (error.status, error.code) == (404, "Request_ResourceNotFound")
+    assert error.request_id and len(error.request_id) == 36

@@ -1,0 +1,197 @@
+"""End to end: the CLI against the simulator, as an admin would run it."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import users
+from openpyxl import load_workbook
+
+from onboard.cli import (
+    EXIT_ABORTED,
+    EXIT_BAD_INPUT,
+    EXIT_OK,
+    EXIT_ROWS_FAILED,
+    _parser,
+    main,
+)
+from onboard.simulator import Faults, SimulatorState
+
+ROOT = Path(__file__).resolve().parent.parent
+GOOD = [f"hire{n:02d}@contoso.com" for n in range(40)]
+
+
+@pytest.fixture(autouse=True)
+def restore_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:], root.level = handlers, level
+
+
+def sheet(tmp_path: Path, extra: str = "") -> Path:
+    lines = ["Name,Work Email,Start Date,Lifetime"]
+    lines += [f"Hire {n},{upn},2099-01-0{1 + n % 5}," for n, upn in enumerate(GOOD)]
+    path = tmp_path / "hires.csv"
+    path.write_text("\n".join(lines) + "\n" + extra, encoding="utf-8")
+    return path
+
+
+def audit_rows(path: Path) -> dict[str, list[dict[str, object]]]:
+    book = load_workbook(path)
+    out = {}
+    for name in ("Issued", "Failed", "Skipped"):
+        rows = list(book[name].iter_rows(values_only=True))
+        out[name] = [dict(zip(rows[0], row, strict=True)) for row in rows[1:]]
+    return out
+
+
+def latest_audit(directory: Path) -> Path:
+    (path,) = sorted(directory.glob("onboard-*.xlsx"))
+    return path
+
+
+def test_run_with_throttling_and_faults_accounts_for_every_row(
+    tmp_path: Path, serve_simulator, secret_env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Throttled, flaky Graph that loses answers: every row ends exactly once, passes match Graph."""
+    state = SimulatorState(
+        users(*GOOD, "outsider@contoso.com", "admin@contoso.com",
+              outsider={"in_pass_policy": False}, admin={"forbidden": True}),
+        faults=Faults(latency_ms=2, fault_rate=0.15, lost_response_rate=0.1,
+                      throttle_rate=100, throttle_burst=3),
+        seed=11,
+    )
+    sim = serve_simulator(state)
+    extra = ("Ghost,ghost@contoso.com,2099-01-01,\n"
+             "Out,outsider@contoso.com,2099-01-01,\n"
+             "Admin,admin@contoso.com,2099-01-01,\n"
+             "Bad date,baddate@contoso.com,someday,\n"
+             f"Again,{GOOD[3]},2099-01-04,\n")
+    path = sheet(tmp_path, extra)
+    config = sim.config(tmp_path / "config.yaml", run={"max_attempts": 20})
+    code = main(["run", str(path), "-c", str(config), "-vv"])
+    printed = capsys.readouterr()
+    assert code == EXIT_ROWS_FAILED
+    rows = audit_rows(latest_audit(tmp_path / "audit"))
+
+    seen = [r["Row"] for sheet_rows in rows.values() for r in sheet_rows]
+    assert sorted(seen) == list(range(2, 2 + len(GOOD) + 5))  # every row exactly once
+    assert {r["User"]: r["Reason"] for r in rows["Failed"]} == {
+        "ghost@contoso.com": "User not found",
+        "outsider@contoso.com": "Outside the pass policy",
+        "admin@contoso.com": "Permission denied",
+        "baddate@contoso.com": "Invalid Start Date",
+    }
+    assert [(r["Row"], r["Reason"]) for r in rows["Skipped"]] == [(46, "same as row 5")]
+    assert len(rows["Issued"]) == len(GOOD)
+    for row in rows["Issued"]:  # the audited pass is the one Graph holds now
+        assert row["Temporary Access Pass"] == state.current_pass(str(row["User"]))
+    assert state.counts.get("429", 0) > 0 and state.counts.get("lost", 0) > 0
+    assert max(r["Attempts"] for r in rows["Issued"]) > 1
+    everything = printed.out + printed.err
+    assert "request-id" in everything  # -vv really logged requests
+    for created in state.issued:  # no pass value, current or replaced, was printed or logged
+        assert created.value not in everything
+    assert "simulator-secret" not in everything
+
+
+def test_all_issued_exits_zero_and_names_the_audit(
+    tmp_path: Path, serve_simulator, secret_env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A clean run exits 0 and prints the counts and the audit workbook's path."""
+    sim = serve_simulator(SimulatorState(users(*GOOD)))
+    code = main(["run", str(sheet(tmp_path)), "-c", str(sim.config(tmp_path / "c.yaml"))])
+    out = capsys.readouterr().out
+    assert code == EXIT_OK
+    assert f"{len(GOOD)} rows: {len(GOOD)} issued, 0 failed, 0 skipped" in out
+    assert str(latest_audit(tmp_path / "audit")) in out
+
+
+def test_missing_input_is_bad_input_and_sends_nothing(
+    tmp_path: Path, serve_simulator, secret_env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A missing file exits 2 with its name, before any request reaches Graph."""
+    state = SimulatorState(users(*GOOD))
+    sim = serve_simulator(state)
+    missing = tmp_path / "nope.xlsx"
+    code = main(["run", str(missing), "-c", str(sim.config(tmp_path / "c.yaml"))])
+    err = capsys.readouterr().err
+    assert code == EXIT_BAD_INPUT
+    assert f"{missing}: file not found" in err
+    assert state.counts == {}
+
+
+def test_wrong_secret_aborts_before_any_pass(
+    tmp_path: Path, serve_simulator, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A refused client secret exits 3 with advice; no create request is sent."""
+    monkeypatch.setenv("ONBOARD_CLIENT_SECRET", "not-the-secret")
+    state = SimulatorState(users(*GOOD))
+    sim = serve_simulator(state)
+    code = main(["run", str(sheet(tmp_path)), "-c", str(sim.config(tmp_path / "c.yaml"))])
+    err = capsys.readouterr().err
+    assert code == EXIT_ABORTED
+    assert "invalid_client" in err and "not-the-secret" not in err
+    assert state.issued == [] and "graph_requests" not in state.counts
+
+
+def test_unwritable_output_dir_fails_before_any_request(
+    tmp_path: Path, serve_simulator, secret_env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """If the audit cannot be written, the run stops first: no pass is created and lost."""
+    state = SimulatorState(users(*GOOD))
+    sim = serve_simulator(state)
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    code = main(["run", str(sheet(tmp_path)), "-c", str(sim.config(tmp_path / "c.yaml")),
+                 "--out", str(blocker / "audit")])
+    assert code == EXIT_BAD_INPUT
+    assert "cannot write the audit workbook" in capsys.readouterr().err
+    assert state.issued == []
+
+
+def test_validate_lists_problems_without_network(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """validate prints each problem with file and row, and exits 1 when there are any."""
+    path = sheet(tmp_path, "Bad,bad@contoso.com,31/02/2099,\n")
+    code = main(["validate", str(path), "-c", str(ROOT / "config.yaml")])
+    out = capsys.readouterr().out
+    assert code == EXIT_ROWS_FAILED
+    assert "hires.csv row 42  bad@contoso.com: Start Date '31/02/2099' is not a date" in out
+    assert f"{len(GOOD)} rows ready to send, 1 with problems" in out
+
+
+def test_every_command_has_help() -> None:
+    """Each subcommand documents itself."""
+    parser = _parser()
+    commands = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    assert set(commands) == {"run", "validate", "simulate"}
+    for name, sub in commands.items():
+        assert sub.description, name
+        assert all(a.help for a in sub._actions if a.dest != "help"), name
+
+
+def test_quick_start_demo_runs_on_the_sample(tmp_path: Path) -> None:
+    """The README's demo: the shipped config and sample against the built-in simulator."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ONBOARD_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "onboard", "run", "samples/new_hires.xlsx", "--out",
+         str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == EXIT_ROWS_FAILED, done.stderr
+    assert "55 rows: 50 issued, 4 failed, 1 skipped" in done.stdout
+    rows = audit_rows(latest_audit(tmp_path))
+    assert {r["Reason"] for r in rows["Failed"]} == {
+        "Lifetime refused by the pass policy", "Invalid Start Date", "User not found",
+        "Outside the pass policy"}
+    for row in rows["Issued"]:
+        assert str(row["Temporary Access Pass"]) not in done.stdout + done.stderr

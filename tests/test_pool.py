@@ -1,0 +1,185 @@
+"""The worker pool with hand-written fake Graph answers and a fake clock (no real sleeping)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import datetime, timezone
+
+from onboard.errors import AuthError, GraphError, ThrottledError, TransientError
+from onboard.graph import CreatedPass
+from onboard.outcomes import Failed, Issued, Origin, PassRequest
+from onboard.pool import issue_all
+from onboard.retrying import ThrottleGate
+
+START = datetime(2027, 1, 4, 8, tzinfo=timezone.utc)
+
+
+def request(row: int, user: str | None = None) -> PassRequest:
+    return PassRequest(Origin("hires.csv", row), user or f"user{row}@contoso.com", None, START,
+                       480, True)
+
+
+def created(value: str = "+Secret1") -> CreatedPass:
+    return CreatedPass(value, "method-1", START, START, 480, True, "req-ok")
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += seconds
+        await asyncio.sleep(0)
+
+
+class Script:
+    """A fake create(): answers for each user from a list, in order, then succeeds."""
+
+    def __init__(self, answers: dict[str, list[Exception]], clock: FakeClock | None = None):
+        self.answers = answers
+        self.calls: list[tuple[str, float]] = []
+        self.clock = clock
+
+    async def __call__(self, req: PassRequest) -> CreatedPass:
+        self.calls.append((req.user, self.clock.now if self.clock else 0.0))
+        await asyncio.sleep(0)
+        queue = self.answers.get(req.user, [])
+        if queue:
+            raise queue.pop(0)
+        return created(f"+pass-{req.user}")
+
+
+def run(requests: list[PassRequest], create: Callable, clock: FakeClock | None = None,
+        **kwargs) -> object:
+    clock = clock or FakeClock()
+    gate = ThrottleGate(limit=kwargs.pop("concurrency", 4), clock=clock, sleep=clock.sleep,
+                        jitter=lambda spread: 0.0)
+    return asyncio.run(issue_all(
+        requests, create, concurrency=gate.max_limit, max_attempts=kwargs.pop("max_attempts", 5),
+        backoff_seconds=1.0, backoff_max_seconds=8.0, gate=gate, sleep=clock.sleep, **kwargs,
+    ))
+
+
+def throttled(seconds: float | None = 2.0) -> ThrottledError:
+    return ThrottledError("Too many requests", status=429, code="TooManyRequests",
+                          request_id="req-429", retry_after=seconds)
+
+
+def test_429_then_success_is_retried_after_retry_after() -> None:
+    """A 429 with Retry-After 2 is retried once 2 s have passed; the pass is issued."""
+    clock = FakeClock()
+    script = Script({"user2@contoso.com": [throttled(2.0)]}, clock)
+    result = run([request(2)], script, clock)
+    (outcome,) = result.outcomes
+    assert isinstance(outcome, Issued)
+    assert (outcome.attempts, outcome.temporary_access_pass) == (2, "+pass-user2@contoso.com")
+    assert script.calls == [("user2@contoso.com", 0.0), ("user2@contoso.com", 2.0)]
+    assert result.throttled == 1 and result.retries == 1
+
+
+def test_503_then_success_backs_off_exponentially() -> None:
+    """Two 503s without Retry-After wait 1 s then 2 s (each plus up to 1 s jitter), then succeed."""
+    clock = FakeClock()
+    boom = [TransientError("unavailable", status=503) for _ in range(2)]
+    script = Script({"user2@contoso.com": boom}, clock)
+    result = run([request(2)], script, clock)
+    times = [t for _, t in script.calls]
+    assert times[0] == 0.0
+    assert 1.0 <= times[1] <= 2.0
+    assert 2.0 <= times[2] - times[1] <= 3.0
+    assert isinstance(result.outcomes[0], Issued) and result.outcomes[0].attempts == 3
+
+
+def test_404_and_403_are_not_retried() -> None:
+    """Definite answers fail the row after one attempt, with status, code and request id."""
+    script = Script({
+        "user2@contoso.com": [GraphError("Resource 'x' does not exist", status=404,
+                                         code="Request_ResourceNotFound", request_id="r404")],
+        "user3@contoso.com": [GraphError("Request Authorization failed", status=403,
+                                         code="accessDenied", request_id="r403")],
+    })
+    result = run([request(2), request(3)], script)
+    assert len(script.calls) == 2
+    failed = sorted(result.outcomes, key=lambda o: o.origin.row)
+    assert [(f.reason, f.http_status, f.graph_code, f.attempts, f.request_id) for f in failed] == [
+        ("User not found", 404, "Request_ResourceNotFound", 1, "r404"),
+        ("Permission denied", 403, "accessDenied", 1, "r403"),
+    ]
+    assert "UserAuthenticationMethod.ReadWrite.All" in failed[1].detail
+
+
+def test_policy_refusal_is_translated() -> None:
+    """Graph's 'Converged UserCredentialPolicy' message becomes advice on the pass policy."""
+    refusal = GraphError(
+        "Converged UserCredentialPolicy does not allow creating or updating this authentication "
+        "method. AuthMethodType [TemporaryAccessPass].", status=400, code="badRequest")
+    result = run([request(2)], Script({"user2@contoso.com": [refusal]}))
+    (failed,) = result.outcomes
+    assert isinstance(failed, Failed)
+    assert failed.reason == "Outside the pass policy"
+    assert "target groups" in failed.detail and "Authentication methods" in failed.detail
+
+
+def test_throttle_seen_by_one_worker_holds_back_the_others() -> None:
+    """After one worker's 429 (Retry-After 5), no worker sends anything for those 5 s."""
+    clock = FakeClock()
+    script = Script({"user2@contoso.com": [throttled(5.0)]}, clock)
+    run([request(n) for n in range(2, 12)], script, clock, concurrency=4)
+    first_429_at = 0.0
+    later = [t for user, t in script.calls[1:] if user != "user2@contoso.com"]
+    sent_during_pause = [t for t in later if first_429_at < t < 5.0]
+    assert sent_during_pause == []
+    assert max(t for _, t in script.calls) >= 5.0
+
+
+def test_retries_stop_at_max_attempts() -> None:
+    """A row throttled on every attempt fails after max_attempts with the last status."""
+    script = Script({"user2@contoso.com": [throttled(0.5) for _ in range(10)]})
+    result = run([request(2)], script, max_attempts=3)
+    (failed,) = result.outcomes
+    assert isinstance(failed, Failed)
+    assert (failed.reason, failed.attempts, failed.http_status) == ("Gave up after retries", 3, 429)
+    assert len(script.calls) == 3
+
+
+def test_auth_failure_stops_the_pool_and_every_row_gets_an_outcome() -> None:
+    """An AuthError stops new sends; the rows not sent fail as 'Not sent', none are lost."""
+    script = Script({"user2@contoso.com": [AuthError("token refused")]})
+    result = run([request(n) for n in range(2, 8)], script, concurrency=1)
+    assert result.aborted is not None
+    rows = sorted(o.origin.row for o in result.outcomes)
+    assert rows == [2, 3, 4, 5, 6, 7]
+    assert all(isinstance(o, Failed) and o.reason == "Not sent: run stopped"
+               for o in result.outcomes)
+    assert len(script.calls) == 1
+
+
+def test_never_more_in_flight_than_concurrency() -> None:
+    """With concurrency 3 and 20 rows, at most 3 creates run at the same time."""
+    in_flight = 0
+    peak = 0
+
+    async def create(req: PassRequest) -> CreatedPass:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        in_flight -= 1
+        return created()
+
+    result = run([request(n) for n in range(2, 22)], create, concurrency=3)
+    assert peak == 3
+    assert len(result.outcomes) == 20
+
+
+def test_issued_repr_hides_the_pass() -> None:
+    """The record holding a pass never shows it in its repr."""
+    result = run([request(2)], Script({}))
+    (issued,) = result.outcomes
+    assert "+pass-" not in repr(issued)
+    assert "+pass-" not in repr(created("+pass-x"))

@@ -1,0 +1,210 @@
+"""Reading and validating the new-hire spreadsheet."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timezone
+from pathlib import Path
+
+import pytest
+from openpyxl import Workbook
+
+from onboard.config import InputSettings, PassSettings, load_config
+from onboard.errors import InputFileError
+from onboard.outcomes import Failed, Origin, PassRequest, Skipped
+from onboard.reader import parse_date, plan, read_input
+
+NOW = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc)
+SETTINGS = InputSettings()
+UTC8 = PassSettings(lifetime_minutes=480, usable_once=True, timezone="UTC")
+
+
+def write_csv(tmp_path: Path, text: str, name: str = "hires.csv") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_valid_rows_become_requests_with_utc_start(tmp_path: Path) -> None:
+    """A clean row becomes a request; the start is the start date at 08:00 in the zone, in UTC."""
+    path = write_csv(
+        tmp_path,
+        "Display Name,Work Email,Start Date,Lifetime,One-time\n"
+        "Ada Lovelace,ada@contoso.com,2027-01-04,,\n"
+        "Alan Turing,alan@contoso.com,2027-07-05,240,no\n",
+    )
+    london = PassSettings(timezone="Europe/London")
+    result = read_input(path, SETTINGS, london, now=NOW)
+    assert result.failed == [] and result.skipped == []
+    assert result.requests == [
+        PassRequest(Origin("hires.csv", 2), "ada@contoso.com", "Ada Lovelace",
+                    datetime(2027, 1, 4, 8, 0, tzinfo=timezone.utc), 480, True),
+        # British Summer Time: 08:00 local is 07:00 UTC
+        PassRequest(Origin("hires.csv", 3), "alan@contoso.com", "Alan Turing",
+                    datetime(2027, 7, 5, 7, 0, tzinfo=timezone.utc), 240, False),
+    ]
+    assert result.row_count == 2
+    assert len(result.sha256) == 64
+
+
+def test_each_bad_cell_fails_its_row_naming_the_column(tmp_path: Path) -> None:
+    """Bad user, lifetime, flag and date each fail the row with the column and the problem."""
+    path = write_csv(
+        tmp_path,
+        "Work Email,Start Date,Lifetime,One-time\n"
+        "not-an-email,2027-01-04,,\n"
+        "b@contoso.com,next Monday,,\n"
+        "c@contoso.com,2027-01-04,5,\n"
+        "d@contoso.com,2027-01-04,60.5,\n"
+        "e@contoso.com,2027-01-04,,maybe\n"
+        ",2027-01-04,,\n"
+        "f@contoso.com,,,\n"
+        "g@contoso.com,2027-02-30,99999,perhaps\n",
+    )
+    result = read_input(path, SETTINGS, UTC8, now=NOW)
+    assert result.requests == []
+    got = [(f.origin.row, f.user, f.reason, f.column) for f in result.failed]
+    assert got == [
+        (2, "not-an-email", "Invalid Work Email", "Work Email"),
+        (3, "b@contoso.com", "Invalid Start Date", "Start Date"),
+        (4, "c@contoso.com", "Invalid Lifetime", "Lifetime"),
+        (5, "d@contoso.com", "Invalid Lifetime", "Lifetime"),
+        (6, "e@contoso.com", "Invalid One-time", "One-time"),
+        (7, "", "Invalid Work Email", "Work Email"),
+        (8, "f@contoso.com", "Invalid Start Date", "Start Date"),
+        (9, "g@contoso.com", "Invalid row", "Lifetime, One-time, Start Date"),
+    ]
+    by_row = {f.origin.row: f.detail for f in result.failed}
+    assert by_row[3] == "Start Date 'next Monday' is not a date; use YYYY-MM-DD or an Excel date cell"
+    assert by_row[4] == "Lifetime '5' is not a whole number of minutes between 10 and 43200"
+    assert "'maybe' is not yes/no" in by_row[6]
+
+
+def test_start_in_the_past_means_usable_at_once_with_a_note(tmp_path: Path) -> None:
+    """A start date already past is sent without a start time, and the audit note says so."""
+    path = write_csv(tmp_path, "UPN,Start Date\nold@contoso.com,2026-01-05\n")
+    (request,) = read_input(path, SETTINGS, UTC8, now=NOW).requests
+    assert request.start is None
+    assert request.note == "start 2026-01-05 08:00 UTC is in the past: pass usable at once"
+
+
+def test_guest_users_fail_before_sending(tmp_path: Path) -> None:
+    """An #EXT# guest UPN fails with Microsoft's reason and is never sent."""
+    path = write_csv(tmp_path, "UPN\nbob_fabrikam.com#EXT#@contoso.onmicrosoft.com\n")
+    result = read_input(path, SETTINGS, UTC8, now=NOW)
+    assert result.requests == []
+    assert result.failed[0].reason == "External guest user"
+    assert "cannot be added to an external guest user" in result.failed[0].detail
+
+
+def test_xlsx_with_real_dates_serials_and_booleans(tmp_path: Path) -> None:
+    """Excel date cells, serial numbers and TRUE/FALSE cells are read as what they mean."""
+    book = Workbook()
+    sheet = book.active
+    sheet.append(["userPrincipalName", "Hire Date", "Usable Once", "Name"])
+    sheet.append(["a@contoso.com", datetime(2027, 3, 1), True, "  Ana  "])
+    sheet.append(["b@contoso.com", 46388, False, None])  # 46388 = 2027-01-01
+    sheet.append([None, None, None, None])
+    sheet.append(["c@contoso.com", date(2027, 3, 2), "yes", "Cy"])
+    path = tmp_path / "hires.xlsx"
+    book.save(path)
+    result = read_input(path, SETTINGS, UTC8, now=NOW)
+    assert [(r.origin.row, r.user, r.start, r.usable_once, r.display_name)
+            for r in result.requests] == [
+        (2, "a@contoso.com", datetime(2027, 3, 1, 8, tzinfo=timezone.utc), True, "Ana"),
+        (3, "b@contoso.com", datetime(2027, 1, 1, 8, tzinfo=timezone.utc), False, None),
+        (5, "c@contoso.com", datetime(2027, 3, 2, 8, tzinfo=timezone.utc), True, "Cy"),
+    ]
+    assert result.skipped == [Skipped(Origin("hires.xlsx", 4), "", "blank row")]
+    assert result.sheet == "Sheet"
+
+
+def test_sheet_is_found_by_its_user_column(tmp_path: Path) -> None:
+    """With no input.sheet, the first sheet holding a user column is used."""
+    book = Workbook()
+    book.active.title = "Notes"
+    book.active.append(["Read me first"])
+    hires = book.create_sheet("Hires")
+    hires.append(["Email"])
+    hires.append(["a@contoso.com"])
+    path = tmp_path / "hires.xlsx"
+    book.save(path)
+    result = read_input(path, SETTINGS, UTC8, now=NOW)
+    assert result.sheet == "Hires"
+    assert [r.user for r in result.requests] == ["a@contoso.com"]
+
+
+@pytest.mark.parametrize(
+    ("content", "name", "message"),
+    [
+        (None, "missing.xlsx", "missing.xlsx: file not found"),
+        (b"hello", "renamed.xlsx", "not a valid .xlsx workbook"),
+        (b"Name,Department\nAda,Eng\n", "hires.csv",
+         "no user column: expected one of userPrincipalName, UPN, Work Email, Email; "
+         "headers found: 'Name', 'Department'"),
+        (b"", "empty.csv", "the file is empty"),
+        (b"a,b", "hires.pdf", "unsupported file type '.pdf'"),
+        (b"\x00\x01\x02garbage\x00", "binary.csv", "contains binary data"),
+    ],
+)
+def test_unusable_files_stop_with_a_message_naming_the_file(
+    tmp_path: Path, content: bytes | None, name: str, message: str
+) -> None:
+    """A missing, unreadable or wrong file raises InputFileError naming it (and the headers)."""
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(InputFileError) as caught:
+        read_input(path, SETTINGS, UTC8, now=NOW)
+    assert message in str(caught.value)
+    assert str(caught.value).startswith(str(path))
+
+
+def test_csv_with_bom_and_semicolons(tmp_path: Path) -> None:
+    """Excel's UTF-8-with-BOM and ';' delimited CSV reads like any other."""
+    path = tmp_path / "excel.csv"
+    path.write_bytes("\ufeffUPN;Start Date;Name\nzoë@contoso.com;2027-01-04;Zoë\n".encode())
+    (request,) = read_input(path, SETTINGS, UTC8, now=NOW).requests
+    assert (request.user, request.display_name) == ("zoë@contoso.com", "Zoë")
+
+
+def test_plan_keeps_one_request_per_user() -> None:
+    """Identical repeats are skipped as 'same as row N'; disagreeing repeats all fail."""
+    def req(row: int, user: str, lifetime: int = 480) -> PassRequest:
+        return PassRequest(Origin("a.csv", row), user, None, None, lifetime, True)
+
+    class F:
+        def __init__(self, requests: list[PassRequest]) -> None:
+            self.requests = requests
+
+    requests, failed, skipped = plan([F([req(2, "a@x.com"), req(3, "A@X.com"),
+                                         req(4, "b@x.com", 60), req(5, "b@x.com", 120),
+                                         req(6, "c@x.com")])])  # type: ignore[list-item]
+    assert [r.origin.row for r in requests] == [2, 6]
+    assert skipped == [Skipped(Origin("a.csv", 3), "A@X.com", "same as row 2")]
+    assert [(f.origin.row, f.reason) for f in failed] == [
+        (4, "Conflicting rows"), (5, "Conflicting rows")]
+    assert isinstance(failed[0], Failed) and "a.csv row 4, a.csv row 5" in failed[0].detail
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("2027-01-04", date(2027, 1, 4)), ("2027-01-04 00:00:00", date(2027, 1, 4)),
+     (46388, date(2027, 1, 1)), (46388.0, date(2027, 1, 1)), ("04/01/2027", None),
+     ("2027-13-01", None), (12, None), ("", None), (True, None)],
+)
+def test_parse_date(value: object, expected: date | None) -> None:
+    """ISO text and Excel serials are dates; ambiguous or impossible text is not."""
+    assert parse_date(value) == expected
+
+
+def test_sample_sheet_has_the_intended_rows() -> None:
+    """The shipped sample reads as 55 rows: one bad date fails in the reader, one repeat skips."""
+    root = Path(__file__).resolve().parent.parent
+    config = load_config(root / "config.yaml")
+    for name in ("new_hires.xlsx", "new_hires.csv"):
+        result = read_input(root / "samples" / name, config.input, config.pass_, now=NOW)
+        assert result.row_count == 55
+        assert [(f.origin.row, f.reason) for f in result.failed] == [(32, "Invalid Start Date")]
+        requests, failed, skipped = plan([result])
+        assert (len(requests), len(failed)) == (53, 0)
+        assert [(s.origin.row, s.reason) for s in skipped] == [(56, "same as row 5")]
