@@ -54,7 +54,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("no pass was created.", file=sys.stderr)
         return EXIT_ABORTED
     except KeyboardInterrupt:
-        print("onboard: interrupted.", file=sys.stderr)
+        print(
+            "onboard: interrupted. The audit workbook in the output folder holds what was done;"
+            " rows marked Interrupted may or may not have a pass.",
+            file=sys.stderr,
+        )
         return EXIT_INTERRUPTED
 
 

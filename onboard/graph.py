@@ -234,7 +234,8 @@ def explain(exc: GraphError, user: str, attempts: int) -> tuple[str, str]:
         return (
             "Gave up after retries",
             f"Graph kept failing ({what}) for {attempts} attempts; nothing is wrong with the "
-            "row: run it again later",
+            "row: run it again later. If an attempt created a pass whose answer was lost, it "
+            "cannot be read back; the new pass replaces it.",
         )
     if POLICY_REFUSAL_MARKER in message:
         return (

@@ -289,12 +289,22 @@ async def _graph_middleware(
                 request, status, code, "The service is temporarily unavailable."
             )
         else:
-            response = await handler(request)
+            response = await _answer(handler, request)
     else:
-        response = await handler(request)
+        response = await _answer(handler, request)
     response.headers["request-id"] = request[REQUEST_ID_KEY]
     response.headers["client-request-id"] = request.headers.get("client-request-id", "")
     return response
+
+
+async def _answer(
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]], request: web.Request
+) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ConnectionError:
+        # The client went away mid-request (a killed run): nobody is left to answer.
+        return web.Response(status=499)
 
 
 async def _openid_configuration(request: web.Request) -> web.Response:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from pathlib import Path
+from typing import ClassVar
 
 import aiohttp
 import pytest
@@ -143,7 +144,7 @@ def test_managed_identity_uses_msal_managed_identity_client() -> None:
     """managed_identity asks msal's ManagedIdentityClient (here against a fake IMDS endpoint)."""
     class FakeResponse:
         status_code = 200
-        headers: dict[str, str] = {}
+        headers: ClassVar[dict[str, str]] = {}
         text = ('{"access_token": "mi-token", "expires_in": "3599", "token_type": "Bearer", '
                 '"resource": "https://graph.microsoft.com"}')
 

@@ -60,7 +60,7 @@ def latest_audit(directory: Path) -> Path:
 def test_run_with_throttling_and_faults_accounts_for_every_row(
     tmp_path: Path, serve_simulator, secret_env, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Throttled, flaky Graph that loses answers: every row ends exactly once, passes match Graph."""
+    """Throttled, flaky Graph losing answers: every row ends once, each pass is Graph's own."""
     state = SimulatorState(
         users(*GOOD, "outsider@contoso.com", "admin@contoso.com",
               outsider={"in_pass_policy": False}, admin={"forbidden": True}),

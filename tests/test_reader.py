@@ -74,7 +74,9 @@ def test_each_bad_cell_fails_its_row_naming_the_column(tmp_path: Path) -> None:
         (9, "g@contoso.com", "Invalid row", "Lifetime, One-time, Start Date"),
     ]
     by_row = {f.origin.row: f.detail for f in result.failed}
-    assert by_row[3] == "Start Date 'next Monday' is not a date; use YYYY-MM-DD or an Excel date cell"
+    assert by_row[3] == (
+        "Start Date 'next Monday' is not a date; use YYYY-MM-DD or an Excel date cell"
+    )
     assert by_row[4] == "Lifetime '5' is not a whole number of minutes between 10 and 43200"
     assert "'maybe' is not yes/no" in by_row[6]
 
