@@ -93,7 +93,7 @@ class GraphClient:
                 body["startDateTime"] = request.start.strftime("%Y-%m-%dT%H:%M:%SZ")
         url = f"{self._root}/{user_path(request.user)}/{TAP_PATH}"
         status, data, request_id = await self._send("POST", url, body)
-        if status != 201:
+        if not 200 <= status < 300:
             raise _error(status, data, request_id, None)
         try:
             return CreatedPass(

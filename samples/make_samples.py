@@ -18,6 +18,8 @@ import yaml
 from openpyxl import Workbook
 from openpyxl.styles import Font
 
+from onboard.simulator import DEFAULT_POLICY
+
 HERE = Path(__file__).resolve().parent
 DOMAIN = "contoso.com"
 FIRST = [
@@ -109,14 +111,8 @@ def write_tenant(rows: list[list[object]], path: Path) -> None:
             user["inPassPolicy"] = False
         users.append(user)
     tenant = {
-        "policy": {
-            "state": "enabled",
-            "defaultLifetimeInMinutes": 60,
-            "minimumLifetimeInMinutes": 60,
-            "maximumLifetimeInMinutes": 480,
-            "isUsableOnce": False,
-            "defaultLength": 8,
-        },
+        # The simulator's default policy: the portal's defaults, lifetimes 60..480 minutes.
+        "policy": {k: v for k, v in DEFAULT_POLICY.items() if not k.endswith("Targets")},
         "users": users,
     }
     header = (

@@ -195,3 +195,38 @@ def test_quick_start_demo_runs_on_the_sample(tmp_path: Path) -> None:
         "Outside the pass policy"}
     for row in rows["Issued"]:
         assert str(row["Temporary Access Pass"]) not in done.stdout + done.stderr
+
+
+def test_simulate_serves_a_tenant_a_config_can_point_at(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`onboard simulate` prints the URL and CA to put in a config; a run against it works."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ONBOARD_")}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "onboard", "simulate", "--port", "0", "--cert-dir",
+         str(tmp_path / "certs"), "-c", str(ROOT / "config.yaml")],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert server.stdout is not None
+        lines = [server.stdout.readline() for _ in range(10)]
+        printed = "".join(lines)
+        url = next(line.split()[-1] for line in lines if "endpoint:" in line)
+        ca = next(line.split()[-1] for line in lines if "ca_bundle:" in line)
+        assert url.startswith("https://127.0.0.1:") and "export ONBOARD_CLIENT_SECRET=" in printed
+        config = tmp_path / "url.yaml"
+        config.write_text(
+            f"graph:\n  endpoint: {url}\n  ca_bundle: {ca}\n"
+            f"auth:\n  authority: {url}\n  tenant_id: contoso.onmicrosoft.com\n"
+            "  client_id: 00000000-0000-0000-0000-0000000000aa\n"
+            f"output:\n  dir: {tmp_path / 'audit'}\n"
+            "run:\n  backoff_seconds: 0.01\n"
+        )
+        monkeypatch.setenv("ONBOARD_CLIENT_SECRET", "simulator-secret")
+        code = main(["run", str(ROOT / "samples" / "new_hires.csv"), "-c", str(config)])
+        out = capsys.readouterr().out
+        assert code == EXIT_ROWS_FAILED
+        assert "55 rows: 50 issued, 4 failed, 1 skipped" in out
+    finally:
+        server.terminate()
+        server.wait(10)
