@@ -8,6 +8,7 @@ never sees half a workbook, and nobody but the owner can read the passes in it.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from typing import Any
 
 from openpyxl import Workbook
 from openpyxl.cell import WriteOnlyCell
+from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
 from openpyxl.styles import Font
 from openpyxl.utils import get_column_letter
 from openpyxl.worksheet._write_only import WriteOnlyWorksheet
@@ -100,7 +102,7 @@ class RunSummary:
     files: Sequence[FileSummary]
     settings: Sequence[tuple[str, str]]
     status: str = "completed"
-    notes: Sequence[tuple[str, str]] = field(default_factory=tuple)
+    notes: Sequence[tuple[str, str | int]] = field(default_factory=tuple)
 
 
 def write_audit(
@@ -197,12 +199,14 @@ def _summary_sheet(
         ("Rows read", sum(f.rows for f in s.files), None),
         ("Tool version", f"onboard {s.version}", None),
     ]
-    rows.extend((name, _Text(value), None) for name, value in s.notes)
+    rows.extend(
+        (name, value if isinstance(value, int) else _Text(value), None) for name, value in s.notes
+    )
     for f in s.files:
         detail = f"{f.rows} rows" + (f", sheet '{f.sheet}'" if f.sheet else "")
         rows.append(("Input file", _Text(f.path), _Text(f"SHA-256 {f.sha256}; {detail}")))
     rows.extend((f"Setting {name}", _Text(value), None) for name, value in s.settings)
-    _sheet(workbook, "Summary", SUMMARY_COLUMNS, rows, filters=False)
+    _sheet(workbook, "Summary", SUMMARY_COLUMNS, rows)
 
 
 def _sheet(
@@ -210,8 +214,6 @@ def _sheet(
     title: str,
     columns: Sequence[str],
     rows: Iterable[Sequence[Any]],
-    *,
-    filters: bool = True,
 ) -> None:
     sheet: WriteOnlyWorksheet = workbook.create_sheet(title)
     for index, name in enumerate(columns, start=1):
@@ -228,8 +230,7 @@ def _sheet(
     for row in rows:
         sheet.append([_cell(sheet, value) for value in row])
         count += 1
-    if filters:
-        sheet.auto_filter.ref = f"A1:{get_column_letter(len(columns))}{count + 1}"
+    sheet.auto_filter.ref = f"A1:{get_column_letter(len(columns))}{count + 1}"
 
 
 def _cell(sheet: WriteOnlyWorksheet, value: Any) -> Any:
@@ -237,17 +238,23 @@ def _cell(sheet: WriteOnlyWorksheet, value: Any) -> Any:
         cell = WriteOnlyCell(sheet, value=value.astimezone(UTC).replace(tzinfo=None))
         cell.number_format = DATE_FORMAT
         return cell
-    if isinstance(value, _Text):
-        if not value:
-            return None
-        cell = WriteOnlyCell(sheet, value=str(value))
-        cell.data_type = "s"  # openpyxl would otherwise store "=..." as a formula
-        if value.startswith(FORMULA_PREFIXES):
-            cell.quotePrefix = True  # Excel keeps it text when the cell is edited
-        return cell
-    if isinstance(value, str) and value.startswith(FORMULA_PREFIXES):
-        return _cell(sheet, _Text(value))
-    return value
+    if not isinstance(value, str):
+        return value
+    # openpyxl refuses control characters: show them escaped rather than fail the whole write.
+    text = ILLEGAL_CHARACTERS_RE.sub(_escape, value)
+    if not isinstance(value, _Text) and not text.startswith(FORMULA_PREFIXES):
+        return text
+    if not text:
+        return None
+    cell = WriteOnlyCell(sheet, value=text)
+    cell.data_type = "s"  # openpyxl would otherwise store "=..." as a formula
+    if text.startswith(FORMULA_PREFIXES):
+        cell.quotePrefix = True  # Excel keeps it text when the cell is edited
+    return cell
+
+
+def _escape(match: re.Match[str]) -> str:
+    return "".join(f"\\x{ord(c):02x}" for c in match.group(0))
 
 
 def _save_atomically(workbook: Workbook, path: Path) -> Path:

@@ -182,6 +182,13 @@ class MsalTokenProvider:
                 result = app.acquire_token_for_client(scopes=[self._scope])
         except AuthError:
             raise
+        except requests.exceptions.SSLError:
+            raise AuthError(
+                f"the TLS certificate of the sign-in service at {self._authority} is not "
+                "trusted; if a proxy inspects TLS, set graph.ca_bundle to its CA file"
+            ) from None
+        except requests.exceptions.Timeout:
+            raise AuthError(f"the sign-in service at {self._authority} did not answer") from None
         except (ValueError, requests.RequestException, msal.exceptions.MsalError) as exc:
             raise AuthError(
                 f"cannot reach the sign-in service at {self._authority}: {_short(exc)}"

@@ -5,7 +5,9 @@ Exit codes (documented in the README):
     1  the run finished, but some rows failed (see the Failed sheet)
     2  bad usage, config or input file: nothing was sent
     3  the run aborted: sign-in failed, or Graph refused our token; nothing more was sent
+    4  internal error (a bug); the audit workbook holds what was done
   130  interrupted (Ctrl-C); the audit workbook holds what was done
+  143  stopped by SIGTERM; the audit workbook holds what was done
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import argparse
 import asyncio
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -31,7 +34,13 @@ EXIT_OK = 0
 EXIT_ROWS_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_ABORTED = 3
+EXIT_INTERNAL = 4
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
+_STOPPED_NOTE = (
+    "The audit workbook in the output folder holds what was done; rows marked Interrupted may "
+    "or may not have a pass."
+)
 DEFAULT_CONFIG = "config.yaml"
 PROGRESS_EVERY_SECONDS = 10.0
 SHOW_FAILURES = 20
@@ -54,12 +63,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("no pass was created.", file=sys.stderr)
         return EXIT_ABORTED
     except KeyboardInterrupt:
+        print(f"onboard: interrupted. {_STOPPED_NOTE}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # a bug: say so plainly, never with the data it held
+        log.debug("internal error", exc_info=True)
         print(
-            "onboard: interrupted. The audit workbook in the output folder holds what was done;"
-            " rows marked Interrupted may or may not have a pass.",
+            f"onboard: internal error ({type(exc).__name__}). If passes were being issued, the "
+            "audit workbook in the output folder holds what was done. Run again with -vv for "
+            "the details and report it.",
             file=sys.stderr,
         )
-        return EXIT_INTERRUPTED
+        return EXIT_INTERNAL
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -67,12 +81,13 @@ def _parser() -> argparse.ArgumentParser:
         prog="onboard",
         description="Issue Microsoft Entra ID Temporary Access Passes for a new-hire spreadsheet.",
         epilog="Exit codes: 0 all issued, 1 some rows failed, 2 bad usage/config/input "
-        "(nothing sent), 3 aborted (sign-in failed), 130 interrupted.",
+        "(nothing sent), 3 aborted (sign-in failed), 4 internal error, 130 interrupted "
+        "(Ctrl-C), 143 stopped by SIGTERM.",
     )
     parser.add_argument("--version", action="version", version=f"onboard {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def common(p: argparse.ArgumentParser) -> None:
+    def common(p: argparse.ArgumentParser, verbose: str = "more log output") -> None:
         p.add_argument(
             "-c",
             "--config",
@@ -80,13 +95,7 @@ def _parser() -> argparse.ArgumentParser:
             help=f"configuration file (default: ./{DEFAULT_CONFIG} if present, else built-in "
             "defaults, which use the simulator)",
         )
-        p.add_argument(
-            "-v",
-            "--verbose",
-            action="count",
-            default=0,
-            help="more log output: -v lists every row, -vv every request",
-        )
+        p.add_argument("-v", "--verbose", action="count", default=0, help=verbose)
 
     run = commands.add_parser(
         "run",
@@ -96,7 +105,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("inputs", nargs="+", metavar="INPUT", help=".xlsx or .csv new-hire files")
     run.add_argument("--out", metavar="DIR", help="folder for the audit workbook (output.dir)")
-    common(run)
+    common(run, "more log output: -v a line per row, -vv a line per request")
     run.set_defaults(handler=_run)
 
     validate = commands.add_parser(
@@ -175,17 +184,28 @@ def _run(args: argparse.Namespace) -> int:
     config = _load(args)
     progress = _Progress()
     out = Path(args.out) if args.out else None
-    try:
-        report = asyncio.run(
-            job.run(
-                config,
-                args.inputs,
-                env=os.environ,
-                out_dir=out,
-                on_outcome=progress,
-                on_start=progress.start,
-            )
+
+    async def run_until_signalled() -> job.RunReport:
+        # SIGTERM (cron's timeout, systemd, a container stop) stops the run like Ctrl-C: the
+        # audit workbook is still written for what was done.
+        task = asyncio.current_task()
+        assert task is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        return await job.run(
+            config,
+            args.inputs,
+            env=os.environ,
+            out_dir=out,
+            on_outcome=progress,
+            on_start=progress.start,
         )
+
+    try:
+        report = asyncio.run(run_until_signalled())
+    except asyncio.CancelledError:
+        progress.close()
+        print(f"onboard: stopped by SIGTERM. {_STOPPED_NOTE}", file=sys.stderr)
+        return EXIT_TERMINATED
     finally:
         progress.close()
     _print_report(report)
@@ -196,7 +216,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _print_report(report: job.RunReport) -> None:
     print(
-        f"onboard run {report.run_id}: {report.rows} rows: {len(report.issued)} issued, "
+        f"onboard run {report.run_id}: {_count(report.rows, 'row')}: {len(report.issued)} issued, "
         f"{len(report.failed)} failed, {len(report.skipped)} skipped"
     )
     if report.stopped:
@@ -229,7 +249,8 @@ def _validate(args: argparse.Namespace) -> int:
     for s in sorted(skipped, key=lambda s: (s.origin.source, s.origin.row)):
         print(f"  skip     {s.origin.source} row {s.origin.row}  {s.user or '-'}: {s.reason}")
     print(
-        f"{len(requests)} rows ready to send, {len(failed)} with problems, {len(skipped)} to skip"
+        f"{_count(len(requests), 'row')} ready to send, {len(failed)} with problems, "
+        f"{len(skipped)} to skip"
     )
     return EXIT_ROWS_FAILED if failed else EXIT_OK
 
@@ -259,6 +280,10 @@ def _simulate(args: argparse.Namespace) -> int:
 
     asyncio.run(serve_forever())
     return EXIT_OK
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _setup_logging(verbosity: int) -> None:

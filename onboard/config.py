@@ -9,6 +9,7 @@ Secrets never live here: only the *names* of the variables or files that hold th
 from __future__ import annotations
 
 import re
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import time
@@ -28,6 +29,8 @@ DEFAULT_MAX_ATTEMPTS = 8
 DEFAULT_TIMEOUT_SECONDS = 60.0
 DEFAULT_BACKOFF_SECONDS = 1.0
 DEFAULT_BACKOFF_MAX_SECONDS = 60.0
+# After a create whose answer was lost, wait this long before asking Graph which pass it holds.
+DEFAULT_SETTLE_SECONDS = 10.0
 MIN_LIFETIME_MINUTES = 10
 MAX_LIFETIME_MINUTES = 43200
 SIMULATOR = "simulator"
@@ -81,12 +84,14 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
         "timeout_seconds": DEFAULT_TIMEOUT_SECONDS,
         "backoff_seconds": DEFAULT_BACKOFF_SECONDS,
         "backoff_max_seconds": DEFAULT_BACKOFF_MAX_SECONDS,
+        "settle_seconds": DEFAULT_SETTLE_SECONDS,
     },
     "output": {"dir": "audit"},
     "simulator": {
         "tenant": None,
         "latency_ms": 0,
         "fault_rate": 0.0,
+        "lost_response_rate": 0.0,
         "throttle_rate": None,
         "throttle_burst": 100,
         "retry_after_seconds": None,
@@ -152,6 +157,7 @@ class RunSettings:
     timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
     backoff_seconds: float = DEFAULT_BACKOFF_SECONDS
     backoff_max_seconds: float = DEFAULT_BACKOFF_MAX_SECONDS
+    settle_seconds: float = DEFAULT_SETTLE_SECONDS
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +170,7 @@ class SimulatorSettings:
     tenant: Path | None = None
     latency_ms: float = 0
     fault_rate: float = 0.0
+    lost_response_rate: float = 0.0
     throttle_rate: float | None = None
     throttle_burst: int = 100
     retry_after_seconds: float | None = None
@@ -184,15 +191,23 @@ class Config:
     def public_settings(self) -> list[tuple[str, str]]:
         """Settings worth recording in the audit (names of secret variables, never values)."""
         rows: list[tuple[str, str]] = [("config file", str(self.source or "(defaults)"))]
-        for section, obj in (
+        sections: list[tuple[str, Any]] = [
             ("graph", self.graph),
             ("auth", self.auth),
+            ("input", self.input),
             ("pass", self.pass_),
             ("run", self.run),
             ("output", self.output),
-        ):
+        ]
+        if self.graph.is_simulator:
+            sections.append(("simulator", self.simulator))
+        for section, obj in sections:
             for name in obj.__dataclass_fields__:
                 value = getattr(obj, name)
+                if isinstance(value, Mapping):
+                    value = "; ".join(f"{k}: {', '.join(v)}" for k, v in value.items())
+                elif isinstance(value, time):
+                    value = f"{value:%H:%M}"
                 rows.append((f"{section}.{name}", "" if value is None else str(value)))
         return rows
 
@@ -220,8 +235,8 @@ def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -
         raw = loaded
         base = source.resolve().parent
     merged = _merge(raw, source)
-    _apply_env(merged, env)
-    return _build(merged, base, source)
+    overrides = _apply_env(merged, env)
+    return _build(merged, base, source, overrides)
 
 
 def _merge(raw: dict[str, Any], source: Path | None) -> dict[str, dict[str, Any]]:
@@ -264,17 +279,35 @@ def _merge(raw: dict[str, Any], source: Path | None) -> dict[str, dict[str, Any]
     return merged
 
 
-def _apply_env(merged: dict[str, dict[str, Any]], env: Mapping[str, str]) -> None:
+def _apply_env(
+    merged: dict[str, dict[str, Any]], env: Mapping[str, str]
+) -> dict[tuple[str, str], str]:
+    """Apply ONBOARD_<SECTION>_<KEY> variables; return which keys they set, by variable name."""
+    overrides: dict[tuple[str, str], str] = {}
+    known: set[str] = set()
     for section, values in merged.items():
         for key in values:
             if section == "input" and key == "columns":
                 continue
             name = f"{ENV_PREFIX}{section}_{key}".upper()
+            known.add(name)
             if name in env:
+                overrides[(section, key)] = name
                 try:
                     values[key] = yaml.safe_load(env[name])
                 except yaml.YAMLError:
                     values[key] = env[name]
+    secrets = {merged["auth"]["client_secret_env"], merged["auth"]["certificate_password_env"]}
+    prefixes = tuple(f"{ENV_PREFIX}{section.upper()}_" for section in merged)
+    for name in env:
+        if name.startswith(prefixes) and name not in known and name not in secrets:
+            section = next(s for s in merged if name.startswith(f"{ENV_PREFIX}{s.upper()}_"))
+            close = sorted(n for n in known if n.startswith(f"{ENV_PREFIX}{section.upper()}_"))
+            raise ConfigError(
+                f"environment variable {name} is not a setting; "
+                f"the {section} settings are {', '.join(close)}"
+            )
+    return overrides
 
 
 def env_override_names() -> list[str]:
@@ -287,8 +320,18 @@ def env_override_names() -> list[str]:
     ]
 
 
-def _build(m: dict[str, dict[str, Any]], base: Path, source: Path | None) -> Config:
+def _build(
+    m: dict[str, dict[str, Any]],
+    base: Path,
+    source: Path | None,
+    overrides: dict[tuple[str, str], str],
+) -> Config:
     where = str(source or "config")
+
+    def at(section: str, key: str) -> str:
+        """Where a value came from, for error messages: the file or the variable."""
+        name = overrides.get((section, key))
+        return f"environment variable {name}" if name else where
 
     def path_or_none(value: Any) -> Path | None:
         if value in (None, ""):
@@ -305,57 +348,69 @@ def _build(m: dict[str, dict[str, Any]], base: Path, source: Path | None) -> Con
             if kind is int and converted != float(value):
                 raise ValueError
         except (TypeError, ValueError):
-            raise ConfigError(f"{where}: {section}.{key} must be a number, got {value!r}") from None
+            raise ConfigError(
+                f"{at(section, key)}: {section}.{key} must be a number, got {value!r}"
+            ) from None
         if converted < low or (high is not None and converted > high):
             bound = f"between {low} and {high}" if high is not None else f"at least {low}"
-            raise ConfigError(f"{where}: {section}.{key} must be {bound}, got {value!r}")
+            raise ConfigError(f"{at(section, key)}: {section}.{key} must be {bound}, got {value!r}")
         return converted
 
     def boolean(section: str, key: str) -> bool:
         value = m[section][key]
         if not isinstance(value, bool):
-            raise ConfigError(f"{where}: {section}.{key} must be true or false, got {value!r}")
+            raise ConfigError(
+                f"{at(section, key)}: {section}.{key} must be true or false, got {value!r}"
+            )
         return value
 
     g = m["graph"]
     cloud = str(g["cloud"])
     if cloud not in CLOUDS:
-        raise ConfigError(f"{where}: graph.cloud must be one of {', '.join(CLOUDS)}, got {cloud!r}")
+        raise ConfigError(
+            f"{at('graph', 'cloud')}: graph.cloud must be one of {', '.join(CLOUDS)}, got {cloud!r}"
+        )
     endpoint = g["endpoint"]
     if endpoint in (None, ""):
         endpoint = CLOUDS[cloud].graph_root
     endpoint = str(endpoint).rstrip("/")
     if endpoint != SIMULATOR:
-        _check_https(endpoint, "graph.endpoint", where)
+        _check_https(endpoint, "graph.endpoint", at("graph", "endpoint"))
     api_version = str(g["api_version"])
     if api_version not in ("v1.0", "beta"):
-        raise ConfigError(f"{where}: graph.api_version must be v1.0 or beta, got {api_version!r}")
+        raise ConfigError(
+            f"{at('graph', 'api_version')}: graph.api_version must be v1.0 or beta, "
+            f"got {api_version!r}"
+        )
     ca_bundle = path_or_none(g["ca_bundle"])
-    if ca_bundle is not None and not ca_bundle.is_file():
-        raise ConfigError(f"{where}: graph.ca_bundle {ca_bundle} does not exist")
+    if ca_bundle is not None:
+        _check_ca_bundle(ca_bundle, at("graph", "ca_bundle"))
     graph = GraphSettings(endpoint, cloud, api_version, ca_bundle)
 
     a = m["auth"]
     method = str(a["method"])
     if method not in _AUTH_METHODS:
         raise ConfigError(
-            f"{where}: auth.method must be one of {', '.join(_AUTH_METHODS)}, got {method!r}"
+            f"{at('auth', 'method')}: auth.method must be one of "
+            f"{', '.join(_AUTH_METHODS)}, got {method!r}"
         )
     tenant = None if a["tenant_id"] in (None, "") else str(a["tenant_id"]).strip()
     client = None if a["client_id"] in (None, "") else str(a["client_id"]).strip()
     if tenant is not None:
         if tenant.lower() in _UNSAFE_TENANTS:
             raise ConfigError(
-                f"{where}: auth.tenant_id must be your tenant's id or domain, not '{tenant}'"
+                f"{at('auth', 'tenant_id')}: auth.tenant_id must be your tenant's id or "
+                f"domain, not '{tenant}'"
             )
         if not (_GUID.match(tenant) or _DOMAIN.match(tenant)):
             raise ConfigError(
-                f"{where}: auth.tenant_id {tenant!r} is neither a GUID nor a domain name"
+                f"{at('auth', 'tenant_id')}: auth.tenant_id {tenant!r} is neither a GUID "
+                "nor a domain name"
             )
     authority = a["authority"]
     if authority not in (None, ""):
         authority = str(authority).rstrip("/")
-        _check_https(authority, "auth.authority", where)
+        _check_https(authority, "auth.authority", at("auth", "authority"))
     else:
         authority = None
     auth = AuthSettings(
@@ -369,26 +424,35 @@ def _build(m: dict[str, dict[str, Any]], base: Path, source: Path | None) -> Con
     )
     if not graph.is_simulator:
         if tenant is None:
-            raise ConfigError(f"{where}: auth.tenant_id is required for a real tenant")
+            raise ConfigError(
+                f"{at('auth', 'tenant_id')}: auth.tenant_id is required for a real tenant"
+            )
         if client is None and method != "managed_identity":
-            raise ConfigError(f"{where}: auth.client_id is required for a real tenant")
+            raise ConfigError(
+                f"{at('auth', 'client_id')}: auth.client_id is required for a real tenant"
+            )
         if method == "certificate" and auth.certificate_path is None:
-            raise ConfigError(f"{where}: auth.method certificate needs auth.certificate_path")
+            raise ConfigError(
+                f"{at('auth', 'method')}: auth.method certificate needs auth.certificate_path"
+            )
 
     i = m["input"]
     sheet = i["sheet"]
     if sheet is not None and not isinstance(sheet, (str, int)):
-        raise ConfigError(f"{where}: input.sheet must be a sheet name or a 0-based index")
+        raise ConfigError(
+            f"{at('input', 'sheet')}: input.sheet must be a sheet name or a 0-based index"
+        )
     inp = InputSettings(sheet=sheet, columns=i["columns"])
 
     p = m["pass"]
-    start_time = _parse_time(p["start_time"], where)
+    start_time = _parse_time(p["start_time"], at("pass", "start_time"))
     zone = str(p["timezone"])
     try:
         ZoneInfo(zone)
     except (ZoneInfoNotFoundError, ValueError):
         raise ConfigError(
-            f"{where}: pass.timezone {zone!r} is not an IANA time zone (e.g. Europe/London)"
+            f"{at('pass', 'timezone')}: pass.timezone {zone!r} is not an IANA time zone "
+            "(e.g. Europe/London)"
         ) from None
     pass_ = PassSettings(
         lifetime_minutes=number(
@@ -402,9 +466,10 @@ def _build(m: dict[str, dict[str, Any]], base: Path, source: Path | None) -> Con
     run = RunSettings(
         concurrency=number("run", "concurrency", int, 1, 256),
         max_attempts=number("run", "max_attempts", int, 1, 100),
-        timeout_seconds=number("run", "timeout_seconds", float, 1),
+        timeout_seconds=number("run", "timeout_seconds", float, 0.1),
         backoff_seconds=number("run", "backoff_seconds", float, 0),
         backoff_max_seconds=number("run", "backoff_max_seconds", float, 0),
+        settle_seconds=number("run", "settle_seconds", float, 0),
     )
     out_dir = path_or_none(m["output"]["dir"]) or base / "audit"
     s = m["simulator"]
@@ -413,6 +478,7 @@ def _build(m: dict[str, dict[str, Any]], base: Path, source: Path | None) -> Con
         tenant=path_or_none(s["tenant"]),
         latency_ms=number("simulator", "latency_ms", float, 0),
         fault_rate=number("simulator", "fault_rate", float, 0, 1),
+        lost_response_rate=number("simulator", "lost_response_rate", float, 0, 1),
         throttle_rate=None
         if throttle_rate is None
         else number("simulator", "throttle_rate", float, 0.001),
@@ -423,6 +489,18 @@ def _build(m: dict[str, dict[str, Any]], base: Path, source: Path | None) -> Con
         seed=None if s["seed"] is None else number("simulator", "seed", int, 0),
     )
     return Config(graph, auth, inp, pass_, run, OutputSettings(out_dir), simulator, source)
+
+
+def _check_ca_bundle(path: Path, where: str) -> None:
+    if not path.is_file():
+        raise ConfigError(f"{where}: graph.ca_bundle {path} does not exist")
+    try:
+        ssl.create_default_context().load_verify_locations(cafile=str(path))
+    except (ssl.SSLError, ValueError, OSError):
+        raise ConfigError(
+            f"{where}: graph.ca_bundle {path} holds no PEM certificate (export the proxy's CA "
+            "certificate as Base-64 / PEM)"
+        ) from None
 
 
 def _check_https(url: str, key: str, where: str) -> None:

@@ -112,6 +112,17 @@ class GraphClient:
                 "Graph's answer had no readable pass", status=status, request_id=request_id
             ) from None
 
+    async def current_pass_id(self, user: str) -> str | None:
+        """The id of the pass Graph holds for this user now (None if it holds none)."""
+        url = f"{self._root}/{user_path(user)}/{TAP_PATH}"
+        status, data, request_id = await self._send("GET", url, None)
+        if status != 200:
+            raise _error(status, data, request_id, None)
+        items = data.get("value") or []
+        if not isinstance(items, list) or not items or not isinstance(items[0], dict):
+            return None
+        return str(items[0].get("id")) if items[0].get("id") else None
+
     async def get_policy(self) -> dict[str, Any]:
         """The tenant's Temporary Access Pass policy (needs Policy.Read.AuthenticationMethod)."""
         status, data, request_id = await self._send("GET", f"{self._root}/{POLICY_PATH}", None)

@@ -13,21 +13,23 @@ import logging
 import os
 import secrets
 import tempfile
+import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aiohttp
 
 from . import __version__
 from .audit import FileSummary, RunSummary, write_audit
 from .auth import MsalTokenProvider, load_credential
-from .config import CLOUDS, Config
-from .errors import ConfigError, GraphError
+from .config import CLOUDS, Config, OutputSettings
+from .errors import ConfigError, GraphError, InputFileError
 from .graph import GraphClient
 from .outcomes import Failed, Issued, Outcome, PassRequest, Skipped
-from .pool import OnOutcome, issue_all
+from .pool import Confirmation, OnOutcome, PoolResult, confirm, issue_all
 from .reader import InputFile, plan, read_input
 from .simulator import DEFAULT_CLIENT_SECRET, Faults, RunningSimulator, SimulatorState, serve
 from .tls import make_ssl_context, requests_session
@@ -71,12 +73,33 @@ def new_run_id(now: datetime) -> str:
 
 
 def read_all(config: Config, inputs: Sequence[str | Path], now: datetime) -> list[InputFile]:
-    """Read every input file; raises InputFileError on the first unusable one."""
-    return [read_input(path, config.input, config.pass_, now=now) for path in inputs]
+    """Read every input file; raises InputFileError on the first unusable one.
+
+    Rows are traced by file name, or by the path as given when two inputs share a name.
+    """
+    paths = [Path(p) for p in inputs]
+    names = [p.name for p in paths]
+    files: list[InputFile] = []
+    for path in paths:
+        source = path.name if names.count(path.name) == 1 else str(path)
+        read = read_input(path, config.input, config.pass_, now=now, source=source)
+        for earlier in files:
+            if earlier.sha256 == read.sha256:
+                raise InputFileError(
+                    f"has the same content as {earlier.path}; give each file once",
+                    path=str(path),
+                )
+        files.append(read)
+    return files
 
 
 def check_output_dir(directory: Path) -> None:
     """Create the output directory (owner-only) and prove it is writable, before any request."""
+    if directory.exists() and not directory.is_dir():
+        raise ConfigError(
+            f"cannot write the audit workbook into {directory}: it is a file, not a folder; "
+            "set output.dir or --out to a folder"
+        )
     try:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=directory):
@@ -97,20 +120,26 @@ async def run(
     on_outcome: OnOutcome | None = None,
     on_start: Callable[[int], None] | None = None,
 ) -> RunReport:
-    """Run the whole job. Raises ConfigError, InputFileError or AuthError before any request."""
+    """Run the whole job.
+
+    Raises ConfigError, InputFileError or AuthError before any pass is created. Once passes may
+    exist, the audit workbook is written whatever happens (an error, Ctrl-C, SIGTERM as a
+    cancellation), and only then is the exception passed on.
+    """
     started = datetime.now(UTC)
+    if out_dir is not None:
+        config = replace(config, output=OutputSettings(out_dir))
+    directory = config.output.dir
     report = RunReport(new_run_id(started), started)
     report.files = read_all(config, inputs, started)
     requests, conflicts, repeats = plan(report.files)
+    checked: list[Outcome] = [*conflicts, *repeats]
     for f in report.files:
-        report.failed.extend(f.failed)
-        report.skipped.extend(f.skipped)
-    report.failed.extend(conflicts)
-    report.skipped.extend(repeats)
-    directory = out_dir or config.output.dir
+        checked.extend(f.failed)
+        checked.extend(f.skipped)
     check_output_dir(directory)
     if on_start is not None:
-        on_start(len(requests))
+        on_start(len(requests) + len(checked))
 
     def record(outcome: Outcome) -> None:
         if isinstance(outcome, Issued):
@@ -122,77 +151,176 @@ async def run(
         if on_outcome is not None:
             on_outcome(outcome)
 
-    pending = {r.origin: r for r in requests}
-
-    def track(outcome: Outcome) -> None:
-        pending.pop(outcome.origin, None)
+    for outcome in sorted(checked, key=lambda o: (o.origin.source, o.origin.row)):
+        _log_checked(outcome)
         record(outcome)
 
-    try:
-        if requests:
-            async with _endpoint(config, env) as endpoint:
-                await _issue(config, endpoint, requests, report, track)
-    except asyncio.CancelledError:
-        report.stopped = "interrupted"
-        for r in pending.values():
-            record(
-                Failed(
-                    r.origin,
-                    r.user,
-                    "Interrupted",
-                    "The run was interrupted while this row was waiting or in flight; it may "
-                    "or may not have a pass. Run again for this row (a new pass replaces any "
-                    "earlier one).",
-                )
-            )
-        _write(config, report, directory)
-        raise
+    if requests:
+        async with contextlib.AsyncExitStack() as stack:
+            endpoint = await stack.enter_async_context(_endpoint(config, env))
+            client = await _connect(config, endpoint, stack)  # nothing sent if this fails
+            pending = {r.origin: r for r in requests}
+
+            def track(outcome: Outcome) -> None:
+                pending.pop(outcome.origin, None)
+                record(outcome)
+
+            try:
+                await _issue(config, client, requests, report, track)
+            except BaseException as exc:
+                interrupted = isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt))
+                report.stopped = "interrupted" if interrupted else f"crashed ({type(exc).__name__})"
+                for r in pending.values():
+                    record(_unfinished(r, interrupted))
+                _write(config, report, directory)
+                raise
     _write(config, report, directory)
     return report
 
 
-async def _issue(
-    config: Config,
-    endpoint: Endpoint,
-    requests: list[PassRequest],
-    report: RunReport,
-    record: OnOutcome,
-) -> None:
+def _unfinished(request: PassRequest, interrupted: bool) -> Failed:
+    why = "interrupted" if interrupted else "stopped by an internal error"
+    return Failed(
+        request.origin,
+        request.user,
+        "Interrupted" if interrupted else "Not finished",
+        f"The run was {why} while this row was waiting or in flight; it may or may not have a "
+        "pass. Run again for this row (a new pass replaces any earlier one).",
+    )
+
+
+def _log_checked(outcome: Outcome) -> None:
+    where = f"{outcome.origin.source} row {outcome.origin.row}"
+    if isinstance(outcome, Failed):
+        log.warning("%s %s: %s: %s", where, outcome.user or "-", outcome.reason, outcome.detail)
+    elif isinstance(outcome, Skipped):
+        log.info("%s %s: skipped: %s", where, outcome.user or "-", outcome.reason)
+
+
+async def _connect(
+    config: Config, endpoint: Endpoint, stack: contextlib.AsyncExitStack
+) -> GraphClient:
+    """Credential, TLS, a first token and the HTTP session: everything before the first create."""
     credential = load_credential(config.auth, endpoint.secret_env)
     context = make_ssl_context(endpoint.ca_bundle)
-    http = requests_session(context)
-    scope = f"{CLOUDS[config.graph.cloud].graph_root}/.default"
+    http = stack.enter_context(contextlib.closing(requests_session(context)))
     tokens = MsalTokenProvider(
         method=config.auth.method,
         credential=credential,
         authority=endpoint.authority,
-        scope=scope,
+        scope=f"{CLOUDS[config.graph.cloud].graph_root}/.default",
         http_client=http,
     )
-    try:
-        await tokens.token()  # fail fast, before any pass is created
-        connector = aiohttp.TCPConnector(ssl=context, limit=config.run.concurrency * 2)
-        async with aiohttp.ClientSession(connector=connector, trust_env=True) as session:
-            client = GraphClient(
-                session,
-                endpoint.graph_url,
-                tokens,
-                api_version=config.graph.api_version,
-                timeout_seconds=config.run.timeout_seconds,
+    await tokens.token()  # fail fast, before any pass is created
+    connector = aiohttp.TCPConnector(ssl=context, limit=config.run.concurrency * 2)
+    session = await stack.enter_async_context(
+        aiohttp.ClientSession(connector=connector, trust_env=True)
+    )
+    return GraphClient(
+        session,
+        endpoint.graph_url,
+        tokens,
+        api_version=config.graph.api_version,
+        timeout_seconds=config.run.timeout_seconds,
+    )
+
+
+async def _issue(
+    config: Config,
+    client: GraphClient,
+    requests: list[PassRequest],
+    report: RunReport,
+    record: OnOutcome,
+) -> None:
+    report.notes.extend(await _policy_notes(client))
+    run = config.run
+
+    async def issue(batch: list[PassRequest], on_outcome: OnOutcome) -> PoolResult:
+        return await issue_all(
+            batch,
+            client.create_pass,
+            concurrency=run.concurrency,
+            max_attempts=run.max_attempts,
+            backoff_seconds=run.backoff_seconds,
+            backoff_max_seconds=run.backoff_max_seconds,
+            on_outcome=on_outcome,
+        )
+
+    async def check(suspects: list[Issued]) -> Confirmation:
+        return await confirm(
+            suspects,
+            client.current_pass_id,
+            concurrency=run.concurrency,
+            max_attempts=run.max_attempts,
+            backoff_seconds=run.backoff_seconds,
+            backoff_max_seconds=run.backoff_max_seconds,
+        )
+
+    result = await issue(requests, record)
+    _add_stats(report, result)
+    unclear = result.unclear
+    for _ in range(CONFIRM_ROUNDS):
+        if not unclear or report.stopped:
+            break
+        # Give a request whose answer was lost time to finish at Graph before asking.
+        settled_at = max(unclear.values()) + run.settle_seconds
+        await asyncio.sleep(max(0.0, settled_at - time.monotonic()))
+        suspects = [i for i in report.issued if i.origin in unclear]
+        found = await check(suspects)
+        _swap(report.issued, found.confirmed + found.unknown)
+        if not found.replaced:
+            return
+        for item in found.replaced:
+            report.issued.remove(item)
+            log.warning(
+                "%s row %d %s: Graph holds a different pass than the one it returned (a slower "
+                "earlier request finished late); issuing again",
+                item.origin.source,
+                item.origin.row,
+                item.request.user,
             )
-            report.notes.extend(await _policy_notes(client))
-            result = await issue_all(
-                requests,
-                client.create_pass,
-                concurrency=config.run.concurrency,
-                max_attempts=config.run.max_attempts,
-                backoff_seconds=config.run.backoff_seconds,
-                backoff_max_seconds=config.run.backoff_max_seconds,
-                on_outcome=record,
+        again = [replace(i.request, note=_REISSUE_NOTE) for i in found.replaced]
+        result = await issue(again, _quiet(report))
+        _add_stats(report, result)
+        unclear = {r.origin: time.monotonic() for r in again}
+    else:
+        for item in [i for i in report.issued if i.origin in unclear]:
+            report.issued.remove(item)
+            report.failed.append(
+                Failed(
+                    item.origin,
+                    item.request.user,
+                    "Pass not confirmed",
+                    "Graph kept holding a different pass than the one it returned. Run this "
+                    "row again.",
+                    attempts=item.attempts,
+                    request_id=item.request_id,
+                )
             )
-    finally:
-        http.close()
-    report.retries, report.throttled = result.retries, result.throttled
+
+
+CONFIRM_ROUNDS = 3
+_REISSUE_NOTE = "issued again: a slower earlier request had replaced the first pass"
+
+
+def _swap(issued: list[Issued], updated: Sequence[Issued]) -> None:
+    by_origin = {i.origin: i for i in updated}
+    issued[:] = [by_origin.get(i.origin, i) for i in issued]
+
+
+def _quiet(report: RunReport) -> OnOutcome:
+    def record(outcome: Outcome) -> None:
+        if isinstance(outcome, Issued):
+            report.issued.append(outcome)
+        elif isinstance(outcome, Failed):
+            report.failed.append(outcome)
+
+    return record
+
+
+def _add_stats(report: RunReport, result: PoolResult) -> None:
+    report.retries += result.retries
+    report.throttled += result.throttled
     if result.aborted is not None:
         report.stopped = f"aborted: {result.aborted}"
 
@@ -229,10 +357,7 @@ async def _policy_notes(client: GraphClient) -> list[tuple[str, str]]:
 @contextlib.asynccontextmanager
 async def _endpoint(config: Config, env: Mapping[str, str]) -> AsyncIterator[Endpoint]:
     if not config.graph.is_simulator:
-        host = config.auth.authority or CLOUDS[config.graph.cloud].authority_host
-        yield Endpoint(
-            config.graph.endpoint, f"{host}/{config.auth.tenant_id}", config.graph.ca_bundle, env
-        )
+        yield Endpoint(config.graph.endpoint, authority_url(config), config.graph.ca_bundle, env)
         return
     yield_env = dict(env)
     secret_env = config.auth.client_secret_env
@@ -241,6 +366,14 @@ async def _endpoint(config: Config, env: Mapping[str, str]) -> AsyncIterator[End
         tenant = config.auth.tenant_id or SIMULATOR_TENANT
         log.info("running against the built-in Graph simulator at %s", sim.url)
         yield Endpoint(sim.url, f"{sim.url}/{tenant}", sim.ca_file, yield_env)
+
+
+def authority_url(config: Config) -> str:
+    """The tenant-specific sign-in authority: `auth.authority` (host, or a full URL) + tenant."""
+    host = config.auth.authority or CLOUDS[config.graph.cloud].authority_host
+    if urlsplit(host).path.strip("/"):
+        return host  # already names the tenant
+    return f"{host}/{config.auth.tenant_id}"
 
 
 def simulator_state(config: Config) -> SimulatorState:
@@ -252,6 +385,7 @@ def simulator_state(config: Config) -> SimulatorState:
         throttle_rate=s.throttle_rate,
         throttle_burst=s.throttle_burst,
         retry_after_seconds=s.retry_after_seconds,
+        lost_response_rate=s.lost_response_rate,
     )
     if s.tenant is not None:
         return SimulatorState.from_file(s.tenant, faults=faults, seed=s.seed)
@@ -275,11 +409,7 @@ def _write(config: Config, report: RunReport, directory: Path) -> None:
         files=[FileSummary(str(f.path), f.sha256, f.row_count, f.sheet) for f in report.files],
         settings=config.public_settings(),
         status=report.stopped or "completed",
-        notes=[
-            *report.notes,
-            ("Retries", str(report.retries)),
-            ("429 answers", str(report.throttled)),
-        ],
+        notes=[*report.notes, ("Retries", report.retries), ("429 answers", report.throttled)],
     )
     path = directory / f"onboard-{report.run_id}.xlsx"
     report.audit_path = write_audit(path, summary, report.issued, report.failed, report.skipped)

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .errors import AuthError, GraphError
 from .graph import CreatedPass, explain
-from .outcomes import Failed, Issued, Outcome, PassRequest
-from .retrying import RETRYABLE, Sleep, ThrottleGate, make_retrying
+from .outcomes import Failed, Issued, Origin, Outcome, PassRequest
+from .retrying import RETRYABLE, Sleep, ThrottleGate, is_unclear, make_retrying
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,8 @@ class PoolResult:
     aborted: AuthError | None = None
     retries: int = 0
     throttled: int = 0
+    # Rows issued after an attempt of unknown fate, with when (time.monotonic) that attempt ended.
+    unclear: dict[Origin, float] = field(default_factory=dict)
 
 
 async def issue_all(
@@ -65,6 +68,7 @@ async def issue_all(
             sleep=sleep,
         )
         attempts = 0
+        unclear: float | None = None
         try:
             async for attempt in retrying:
                 with attempt:
@@ -75,6 +79,8 @@ async def issue_all(
                         try:
                             created = await create(request)
                         except GraphError as exc:
+                            if is_unclear(exc):
+                                unclear = time.monotonic()
                             if exc.status == 429:
                                 result.throttled += 1
                             elif not isinstance(exc, RETRYABLE):
@@ -110,6 +116,8 @@ async def issue_all(
                 attempts,
                 exc.request_id,
             )
+        if unclear is not None:
+            result.unclear[request.origin] = unclear
         log.info(
             "%s row %d %s: pass issued (method %s, request-id %s)",
             request.origin.source,
@@ -170,3 +178,67 @@ def _not_sent(request: PassRequest, cause: AuthError) -> Failed:
         "Not sent: run stopped",
         f"The run stopped before this row got a pass: {cause}. Fix that and run again.",
     )
+
+
+Current = Callable[[str], Awaitable[str | None]]
+
+
+@dataclass(slots=True)
+class Confirmation:
+    confirmed: list[Issued] = field(default_factory=list)  # Graph holds exactly this pass
+    replaced: list[Issued] = field(default_factory=list)  # Graph holds another: issue again
+    unknown: list[Issued] = field(default_factory=list)  # could not ask; kept, with a note
+
+
+async def confirm(
+    issued: Sequence[Issued],
+    current: Current,
+    *,
+    concurrency: int,
+    max_attempts: int,
+    backoff_seconds: float = 1.0,
+    backoff_max_seconds: float = 60.0,
+    sleep: Sleep = asyncio.sleep,
+) -> Confirmation:
+    """Ask Graph which pass each user holds now, for passes issued after an unclear attempt.
+
+    A request that timed out may still complete at Graph after its retry did; its pass then
+    replaces the one we were given. Comparing method ids finds those users.
+    """
+    gate = ThrottleGate(limit=concurrency, sleep=sleep)
+    found = Confirmation()
+    limit = asyncio.Semaphore(max(1, concurrency))
+
+    async def check(item: Issued) -> None:
+        retrying = make_retrying(
+            max_attempts=max_attempts,
+            gate=gate,
+            backoff_seconds=backoff_seconds,
+            backoff_max_seconds=backoff_max_seconds,
+            sleep=sleep,
+        )
+        try:
+            async with limit:
+                async for attempt in retrying:
+                    with attempt:
+                        async with gate.slot():
+                            held = await current(item.request.user)
+        except GraphError as exc:
+            note = (
+                f"could not confirm with Graph (HTTP {exc.status}) after an unclear attempt: if "
+                "this pass does not work, run this row again"
+            )
+            found.unknown.append(replace(item, note=_join(item.note, note)))
+            return
+        if held == item.method_id:
+            note = "confirmed with Graph after an unclear attempt"
+            found.confirmed.append(replace(item, note=_join(item.note, note)))
+        else:
+            found.replaced.append(item)
+
+    await asyncio.gather(*(check(item) for item in issued))
+    return found
+
+
+def _join(first: str, second: str) -> str:
+    return f"{first}; {second}" if first else second

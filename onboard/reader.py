@@ -34,12 +34,16 @@ _TRUE = {"true", "yes", "y", "1", "x"}
 _FALSE = {"false", "no", "n", "0"}
 _GUID = re.compile(r"^[0-9a-f]{8}-([0-9a-f]{4}-){3}[0-9a-f]{12}$", re.IGNORECASE)
 # A UPN: local part without spaces, '@', or path characters; a dotted domain.
-_UPN = re.compile(r"^[^@\s/\\?%]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
+_UPN = re.compile(r"^[^@\s/\\?%\x00-\x1f\x7f]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
+# Graph documents no limit on how far ahead a pass may start; a start more than this far ahead
+# is almost certainly a typo in the year.
+MAX_DAYS_AHEAD = 366
 _ISO_DATE = re.compile(r"^(\d{4})-(\d{1,2})-(\d{1,2})(?:[T ]00:00(?::00(?:\.0+)?)?)?$")
 _INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff"), None)
 # Excel serial day numbers for 1954..2119: anything else is not a plausible start date.
 _SERIAL_RANGE = (20000, 80000)
 _EXCEL_EPOCH = date(1899, 12, 30)
+_AHEAD = timedelta(days=MAX_DAYS_AHEAD)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,8 +66,12 @@ def read_input(
     defaults: PassSettings,
     *,
     now: datetime | None = None,
+    source: str | None = None,
 ) -> InputFile:
-    """Read and validate one file. Raises InputFileError when the file is unusable."""
+    """Read and validate one file. Raises InputFileError when the file is unusable.
+
+    `source` names the file in outcomes (default: its file name).
+    """
     path = Path(path)
     now = now or datetime.now(UTC)
     try:
@@ -99,7 +107,7 @@ def read_input(
         body.pop()
     result = InputFile(path, digest, sheet, headers, len(body))
     for index, values in enumerate(body):
-        origin = Origin(path.name, index + 2)
+        origin = Origin(source or path.name, index + 2)
         if all(_blank(v) for v in values):
             result.skipped.append(Skipped(origin, "", "blank row"))
             continue
@@ -288,8 +296,16 @@ def _validate_row(
                 )
             else:
                 local = datetime.combine(day, defaults.start_time, tzinfo=defaults.zone)
-                start = local.astimezone(UTC)
-                if start <= now:
+                start = local.astimezone(UTC) if day < (now + _AHEAD).date() else None
+                if start is None:
+                    problems.append(
+                        (
+                            header("start_date"),
+                            f"{day.isoformat()} is more than {MAX_DAYS_AHEAD} days ahead; "
+                            "check the year",
+                        )
+                    )
+                elif start <= now:
                     note = (
                         f"start {day.isoformat()} {defaults.start_time:%H:%M} "
                         f"{defaults.timezone} is in the past: pass usable at once"
@@ -402,6 +418,22 @@ def plan(files: Iterable[InputFile]) -> tuple[list[PassRequest], list[Failed], l
     requests: list[PassRequest] = []
     failed: list[Failed] = []
     skipped: list[Skipped] = []
+    by_id = [key for key in by_user if _GUID.match(key)]
+    if by_id and len(by_id) < len(by_user):
+        # An object id and a UPN may be the same person; two creates for one user would leave
+        # only the later pass valid. Without reading the directory we cannot tell, so refuse.
+        for key in by_id:
+            for r in by_user.pop(key):
+                failed.append(
+                    Failed(
+                        r.origin,
+                        r.user,
+                        "Mixed user identifiers",
+                        "This run names some users by object id and others by UPN, so onboard "
+                        "cannot tell whether two rows are the same person. Use the UPN in this "
+                        "row (or object ids in every row).",
+                    )
+                )
     for group in by_user.values():
         first = group[0]
         if len(group) == 1:

@@ -29,12 +29,20 @@ from tenacity.wait import wait_base
 from .errors import ThrottledError, TransientError
 
 RETRYABLE = (ThrottledError, TransientError)
+# Answers after which Graph may or may not have created the pass: no answer at all, or a
+# gateway/server failure that can happen after the work was done.
+UNCLEAR_STATUS = frozenset({500, 502, 504})
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 MAX_RETRY_AFTER_SECONDS = 600.0
 MAX_SPREAD_SECONDS = 5.0
 
 Sleep = Callable[[float], Awaitable[None]]
 Clock = Callable[[], float]
+
+
+def is_unclear(exc: BaseException) -> bool:
+    """True when a failed create may still have created a pass (so the result must be checked)."""
+    return isinstance(exc, TransientError) and (exc.status is None or exc.status in UNCLEAR_STATUS)
 
 
 def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:

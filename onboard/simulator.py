@@ -90,8 +90,10 @@ class Faults:
     """What can go wrong, and how often. All rates are probabilities per request."""
 
     latency_ms: float = 0.0
-    fault_rate: float = 0.0  # 503/504 before anything happens
+    fault_rate: float = 0.0  # 503 before anything happens
     lost_response_rate: float = 0.0  # create succeeds, then the answer is a 504
+    late_create_rate: float = 0.0  # the create waits `late_create_seconds`, then happens anyway
+    late_create_seconds: float = 1.0  # (longer than the client's timeout: it finishes late)
     throttle_rate: float | None = None  # requests per second; None: never throttle
     throttle_burst: int = 100
     retry_after_seconds: float | None = None  # fixed Retry-After; None: time until a token
@@ -282,11 +284,9 @@ async def _graph_middleware(
                 },
             )
         elif faults.fault_rate and state.random.random() < faults.fault_rate:
-            status = state.random.choice([503, 504])
-            state.count(str(status))
-            code = "serviceNotAvailable" if status == 503 else "gatewayTimeout"
+            state.count("503")
             response = _graph_error(
-                request, status, code, "The service is temporarily unavailable."
+                request, 503, "serviceNotAvailable", "The service is temporarily unavailable."
             )
         else:
             response = await _answer(handler, request)
@@ -414,6 +414,11 @@ async def _create_pass(request: web.Request, state: SimulatorState, key: str) ->
         state.count("404")
         return _not_found(request, key)
     state.create_attempts[user.id] = state.create_attempts.get(user.id, 0) + 1
+    faults = state.faults
+    if faults.late_create_rate and state.random.random() < faults.late_create_rate:
+        # The client gives up waiting and retries; this request still completes afterwards.
+        state.count("late")
+        await asyncio.sleep(faults.late_create_seconds)
     policy = state.policy
     if user.forbidden:
         return _graph_error(request, 403, "accessDenied", "Request Authorization failed")
@@ -467,7 +472,6 @@ async def _create_pass(request: web.Request, state: SimulatorState, key: str) ->
     state.passes[user.id] = created  # a new pass replaces the old one
     state.issued.append(created)
     state.count("201")
-    faults = state.faults
     if faults.lost_response_rate and state.random.random() < faults.lost_response_rate:
         state.count("lost")
         return _graph_error(request, 504, "gatewayTimeout", "The gateway timed out.")

@@ -15,6 +15,8 @@ import certifi
 import requests
 from requests.adapters import HTTPAdapter
 
+SIGN_IN_TIMEOUT = (10.0, 30.0)  # seconds to connect, seconds to wait for an answer
+
 
 def make_ssl_context(ca_bundle: Path | None = None) -> ssl.SSLContext:
     """System trust store (honours SSL_CERT_FILE/SSL_CERT_DIR), certifi's roots, and ca_bundle."""
@@ -47,6 +49,19 @@ class _ContextAdapter(HTTPAdapter):
         pool["ssl_context"] = self._context
         pool["cert_reqs"] = "CERT_REQUIRED"
         return host, pool
+
+    def send(
+        self,
+        request: Any,
+        stream: bool = False,
+        timeout: Any = None,
+        verify: Any = True,
+        cert: Any = None,
+        proxies: Any = None,
+    ) -> Any:
+        # msal sets no timeout on its own http_client: a sign-in host that never answers must
+        # not hang the run.
+        return super().send(request, stream, timeout or SIGN_IN_TIMEOUT, verify, cert, proxies)
 
     def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
         # REQUESTS_CA_BUNDLE or verify=False must not replace or disable our trust.

@@ -96,3 +96,11 @@ def test_file_is_owner_only_and_written_whole(tmp_path: Path) -> None:
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     assert [p.name for p in path.parent.iterdir()] == ["audit.xlsx"]
+
+
+def test_control_characters_are_escaped_not_fatal(tmp_path: Path) -> None:
+    """A control character from the sheet is shown escaped; the workbook is still written."""
+    failed = Failed(Origin("a.csv", 2), "bob@contoso.com", "Invalid row", "Name 'Bob\x01' x")
+    summary = RunSummary("r", START, END, "0", [], [])
+    path = write_audit(tmp_path / "a.xlsx", summary, [], [failed], [])
+    assert load_workbook(path)["Failed"]["E2"].value == "Name 'Bob\\x01' x"

@@ -95,7 +95,7 @@ def test_wrong_secret_is_an_auth_error_without_the_secret(serve_simulator) -> No
 def test_untrusted_certificate_is_refused(serve_simulator) -> None:
     """TLS is verified: without the simulator's CA, sign-in fails instead of going on."""
     sim = serve_simulator(SimulatorState())
-    with pytest.raises(AuthError, match="cannot reach the sign-in service"):
+    with pytest.raises(AuthError, match=r"is not trusted; if a proxy inspects TLS, set graph\.ca"):
         asyncio.run(provider(sim.url, None).token())
 
 

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from openpyxl import load_workbook
 from onboard.cli import (
     EXIT_ABORTED,
     EXIT_BAD_INPUT,
+    EXIT_INTERNAL,
     EXIT_OK,
     EXIT_ROWS_FAILED,
     _parser,
@@ -35,9 +37,12 @@ def restore_logging() -> Iterator[None]:
     root.handlers[:], root.level = handlers, level
 
 
+SOON = [(date.today() + timedelta(days=30 + n)).isoformat() for n in range(5)]
+
+
 def sheet(tmp_path: Path, extra: str = "") -> Path:
     lines = ["Name,Work Email,Start Date,Lifetime"]
-    lines += [f"Hire {n},{upn},2099-01-0{1 + n % 5}," for n, upn in enumerate(GOOD)]
+    lines += [f"Hire {n},{upn},{SOON[n % 5]}," for n, upn in enumerate(GOOD)]
     path = tmp_path / "hires.csv"
     path.write_text("\n".join(lines) + "\n" + extra, encoding="utf-8")
     return path
@@ -69,11 +74,11 @@ def test_run_with_throttling_and_faults_accounts_for_every_row(
         seed=11,
     )
     sim = serve_simulator(state)
-    extra = ("Ghost,ghost@contoso.com,2099-01-01,\n"
-             "Out,outsider@contoso.com,2099-01-01,\n"
-             "Admin,admin@contoso.com,2099-01-01,\n"
+    extra = (f"Ghost,ghost@contoso.com,{SOON[0]},\n"
+             f"Out,outsider@contoso.com,{SOON[0]},\n"
+             f"Admin,admin@contoso.com,{SOON[0]},\n"
              "Bad date,baddate@contoso.com,someday,\n"
-             f"Again,{GOOD[3]},2099-01-04,\n")
+             f"Again,{GOOD[3]},{SOON[3]},\n")
     path = sheet(tmp_path, extra)
     config = sim.config(tmp_path / "config.yaml", run={"max_attempts": 20})
     code = main(["run", str(path), "-c", str(config), "-vv"])
@@ -162,11 +167,11 @@ def test_validate_lists_problems_without_network(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """validate prints each problem with file and row, and exits 1 when there are any."""
-    path = sheet(tmp_path, "Bad,bad@contoso.com,31/02/2099,\n")
+    path = sheet(tmp_path, "Bad,bad@contoso.com,31/02/2027,\n")
     code = main(["validate", str(path), "-c", str(ROOT / "config.yaml")])
     out = capsys.readouterr().out
     assert code == EXIT_ROWS_FAILED
-    assert "hires.csv row 42  bad@contoso.com: Start Date '31/02/2099' is not a date" in out
+    assert "hires.csv row 42  bad@contoso.com: Start Date '31/02/2027' is not a date" in out
     assert f"{len(GOOD)} rows ready to send, 1 with problems" in out
 
 
@@ -230,3 +235,91 @@ def test_simulate_serves_a_tenant_a_config_can_point_at(
     finally:
         server.terminate()
         server.wait(10)
+
+
+def test_late_completing_requests_are_caught_and_issued_again(
+    tmp_path: Path, serve_simulator, secret_env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A create that times out but completes at Graph after its retry is found and fixed."""
+    state = SimulatorState(
+        users(*GOOD[:12]),
+        faults=Faults(late_create_rate=0.4, late_create_seconds=0.5),
+        seed=5,
+    )
+    sim = serve_simulator(state)
+    lines = ["UPN,Start Date"] + [f"{upn},{SOON[0]}" for upn in GOOD[:12]]
+    path = tmp_path / "hires.csv"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    config = sim.config(tmp_path / "c.yaml",
+                        run={"timeout_seconds": 0.2, "settle_seconds": 0.6, "max_attempts": 10})
+    code = main(["run", str(path), "-c", str(config)])
+    capsys.readouterr()
+    assert code == EXIT_OK
+    assert state.counts.get("late", 0) > 0
+    rows = audit_rows(latest_audit(tmp_path / "audit"))
+    assert len(rows["Issued"]) == 12
+    for row in rows["Issued"]:
+        assert row["Temporary Access Pass"] == state.current_pass(str(row["User"]))
+    notes = " ".join(str(r["Note"]) for r in rows["Issued"])
+    assert "confirmed with Graph" in notes or "issued again" in notes
+
+
+def test_sigterm_writes_the_audit_and_exits_143(tmp_path: Path) -> None:
+    """SIGTERM mid-run stops it like Ctrl-C: every row is in the workbook, exit code 143."""
+    import signal
+    import time
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ONBOARD_")}
+    env.update(ONBOARD_SIMULATOR_LATENCY_MS="300", ONBOARD_SIMULATOR_FAULT_RATE="0",
+               ONBOARD_SIMULATOR_THROTTLE_RATE="null", ONBOARD_RUN_CONCURRENCY="2")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "onboard", "run", "samples/new_hires.xlsx", "--out",
+         str(tmp_path)], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(4)  # started, and some passes issued
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert "stopped by SIGTERM" in err
+    book = load_workbook(latest_audit(tmp_path))
+    summary = {r[0]: r[1] for r in book["Summary"].iter_rows(values_only=True)}
+    assert summary["Status"] == "interrupted"
+    rows = audit_rows(latest_audit(tmp_path))
+    assert sorted(r["Row"] for s in rows.values() for r in s) == list(range(2, 57))
+    assert rows["Issued"] and any(r["Reason"] == "Interrupted" for r in rows["Failed"])
+
+
+def test_internal_error_still_writes_the_audit(
+    tmp_path: Path, serve_simulator, secret_env, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A bug mid-run exits 4 with a short message; the rows are all in the workbook."""
+    from onboard import job
+
+    async def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("secret detail")
+
+    monkeypatch.setattr(job, "_issue", broken)
+    sim = serve_simulator(SimulatorState(users(*GOOD)))
+    code = main(["run", str(sheet(tmp_path)), "-c", str(sim.config(tmp_path / "c.yaml"))])
+    err = capsys.readouterr().err
+    assert code == EXIT_INTERNAL
+    assert "internal error (RuntimeError)" in err and "secret detail" not in err
+    rows = audit_rows(latest_audit(tmp_path / "audit"))
+    assert [r["Reason"] for r in rows["Failed"]] == ["Not finished"] * len(GOOD)
+
+
+def test_same_file_twice_and_same_names_in_two_folders(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The same file given twice is refused; two files with one name are told apart by path."""
+    first = sheet(tmp_path)
+    assert main(["validate", str(first), str(first)]) == EXIT_BAD_INPUT
+    assert "has the same content as" in capsys.readouterr().err
+    other = tmp_path / "site2"
+    other.mkdir()
+    (other / "hires.csv").write_text(f"UPN,Start Date\nzed@contoso.com,{SOON[0]}\n")
+    assert main(["validate", str(first), str(other / "hires.csv")]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert f"{other / 'hires.csv'}: 1 rows" in out or f"{other / 'hires.csv'}: 1 row" in out

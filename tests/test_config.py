@@ -82,3 +82,30 @@ def test_bad_config_is_a_clear_error(tmp_path: Path, text: str, message: str) ->
 def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read config file"):
         load_config(tmp_path / "absent.yaml")
+
+
+def test_mistyped_environment_variable_is_refused() -> None:
+    """ONBOARD_RUN_CONCURENCY (a typo) is an error listing the real names, not silently ignored."""
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, {"ONBOARD_RUN_CONCURENCY": "2"})
+    assert "ONBOARD_RUN_CONCURENCY is not a setting" in str(caught.value)
+    assert "ONBOARD_RUN_CONCURRENCY" in str(caught.value)
+    # the variables that hold secrets are not settings, and are allowed
+    load_config(None, {"ONBOARD_CLIENT_SECRET": "x"})
+
+
+def test_bad_environment_value_names_the_variable(tmp_path: Path) -> None:
+    """An invalid override is blamed on its variable, not on config.yaml."""
+    path = write(tmp_path, "run:\n  concurrency: 8\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, {"ONBOARD_RUN_CONCURRENCY": "abc"})
+    assert str(caught.value).startswith("environment variable ONBOARD_RUN_CONCURRENCY: ")
+
+
+def test_ca_bundle_must_hold_a_certificate(tmp_path: Path) -> None:
+    """A ca_bundle that is not PEM is a config error, before any connection."""
+    bundle = tmp_path / "proxy.cer"
+    bundle.write_bytes(b"\x30\x82garbage")
+    path = write(tmp_path, f"graph:\n  ca_bundle: {bundle}\n")
+    with pytest.raises(ConfigError, match="holds no PEM certificate"):
+        load_config(path)

@@ -125,15 +125,28 @@ def test_policy_refusal_is_translated() -> None:
 
 
 def test_throttle_seen_by_one_worker_holds_back_the_others() -> None:
-    """After one worker's 429 (Retry-After 5), no worker sends anything for those 5 s."""
-    clock = FakeClock()
-    script = Script({"user2@contoso.com": [throttled(5.0)]}, clock)
-    run([request(n) for n in range(2, 12)], script, clock, concurrency=4)
-    first_429_at = 0.0
-    later = [t for user, t in script.calls[1:] if user != "user2@contoso.com"]
-    sent_during_pause = [t for t in later if first_429_at < t < 5.0]
-    assert sent_during_pause == []
-    assert max(t for _, t in script.calls) >= 5.0
+    """After one worker's 429 (Retry-After 0.3 s), no worker sends until the 0.3 s have passed."""
+    sends: list[tuple[str, float]] = []
+    answered_429_at: list[float] = []
+
+    async def create(req: PassRequest) -> CreatedPass:
+        loop = asyncio.get_running_loop()
+        sends.append((req.user, loop.time()))
+        await asyncio.sleep(0.01)  # latency: the other workers keep wanting to send
+        if req.user == "user2@contoso.com" and not answered_429_at:
+            answered_429_at.append(loop.time())
+            raise throttled(0.3)
+        return created()
+
+    async def main() -> None:
+        await issue_all([request(n) for n in range(2, 40)], create, concurrency=4,
+                        max_attempts=3, backoff_seconds=0.01, backoff_max_seconds=0.01)
+
+    asyncio.run(main())
+    (paused_at,) = answered_429_at
+    during = [user for user, at in sends if paused_at < at < paused_at + 0.3]
+    assert during == []
+    assert len(sends) == 38 + 1  # every row sent, the throttled one twice
 
 
 def test_retries_stop_at_max_attempts() -> None:

@@ -11,11 +11,15 @@ from openpyxl import Workbook
 from onboard.config import InputSettings, PassSettings, load_config
 from onboard.errors import InputFileError
 from onboard.outcomes import Failed, Origin, PassRequest, Skipped
-from onboard.reader import parse_date, plan, read_input
+from onboard.reader import InputFile, parse_date, plan, read_input
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc)
 SETTINGS = InputSettings()
 UTC8 = PassSettings(lifetime_minutes=480, usable_once=True, timezone="UTC")
+
+
+def input_file(*requests: PassRequest) -> InputFile:
+    return InputFile(Path("a.csv"), "0" * 64, None, ("UPN",), len(requests), list(requests))
 
 
 def write_csv(tmp_path: Path, text: str, name: str = "hires.csv") -> Path:
@@ -174,13 +178,9 @@ def test_plan_keeps_one_request_per_user() -> None:
     def req(row: int, user: str, lifetime: int = 480) -> PassRequest:
         return PassRequest(Origin("a.csv", row), user, None, None, lifetime, True)
 
-    class F:
-        def __init__(self, requests: list[PassRequest]) -> None:
-            self.requests = requests
-
-    requests, failed, skipped = plan([F([req(2, "a@x.com"), req(3, "A@X.com"),
-                                         req(4, "b@x.com", 60), req(5, "b@x.com", 120),
-                                         req(6, "c@x.com")])])  # type: ignore[list-item]
+    requests, failed, skipped = plan([input_file(req(2, "a@x.com"), req(3, "A@X.com"),
+                                                 req(4, "b@x.com", 60), req(5, "b@x.com", 120),
+                                                 req(6, "c@x.com"))])
     assert [r.origin.row for r in requests] == [2, 6]
     assert skipped == [Skipped(Origin("a.csv", 3), "A@X.com", "same as row 2")]
     assert [(f.origin.row, f.reason) for f in failed] == [
@@ -210,3 +210,27 @@ def test_sample_sheet_has_the_intended_rows() -> None:
         requests, failed, skipped = plan([result])
         assert (len(requests), len(failed)) == (53, 0)
         assert [(s.origin.row, s.reason) for s in skipped] == [(56, "same as row 5")]
+
+
+def test_control_characters_and_far_starts_fail_the_row(tmp_path: Path) -> None:
+    """A UPN with a control character, or a start more than a year ahead, fails its row."""
+    path = write_csv(tmp_path, "UPN,Start Date\nbo\x01b@contoso.com,2027-01-04\n"
+                     "far@contoso.com,2029-01-04\n")
+    result = read_input(path, SETTINGS, UTC8, now=NOW)
+    assert result.requests == []
+    assert [(f.origin.row, f.column) for f in result.failed] == [(2, "UPN"), (3, "Start Date")]
+    assert "more than 366 days ahead; check the year" in result.failed[1].detail
+
+
+def test_mixing_object_ids_and_upns_fails_the_id_rows() -> None:
+    """An object id might be the same person as a UPN row: those rows fail instead of risking two
+    passes for one user."""
+    guid = "7c9e6679-7425-40de-944b-e07fc1f90ae7"
+
+    by_upn = PassRequest(Origin("a.csv", 2), "ada@contoso.com", None, None, 480, True)
+    by_id = PassRequest(Origin("a.csv", 3), guid, None, None, 480, True)
+    requests, failed, _ = plan([input_file(by_upn, by_id)])
+    assert [r.user for r in requests] == ["ada@contoso.com"]
+    assert [(f.origin.row, f.reason) for f in failed] == [(3, "Mixed user identifiers")]
+    only_ids, failed, _ = plan([input_file(by_id)])
+    assert [r.user for r in only_ids] == [guid] and failed == []
