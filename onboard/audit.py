@@ -53,7 +53,7 @@ FAILED_COLUMNS = (
     "Request ID",
     "Column",
 )
-SKIPPED_COLUMNS = ("Source file", "Row", "User", "Reason")
+SKIPPED_COLUMNS = ("Source file", "Row", "User", "Reason", "Previous run", "Issued at")
 SUMMARY_COLUMNS = ("Item", "Value", "Detail")
 DATE_FORMAT = "yyyy-mm-dd hh:mm:ss"
 # Text starting with these would be read as a formula (or DDE) by a spreadsheet program.
@@ -165,7 +165,14 @@ def write_audit(
         "Skipped",
         SKIPPED_COLUMNS,
         (
-            (s.origin.source, s.origin.row, _Text(s.user), _Text(s.reason))
+            (
+                s.origin.source,
+                s.origin.row,
+                _Text(s.user),
+                _Text(s.reason),
+                s.previous_run,
+                s.issued_at,
+            )
             for s in sorted(skipped, key=lambda s: (s.origin.source, s.origin.row))
         ),
     )

@@ -4,10 +4,13 @@ Exit codes (documented in the README):
     0  every row issued (or skipped on purpose)
     1  the run finished, but some rows failed (see the Failed sheet)
     2  bad usage, config or input file: nothing was sent
-    3  the run aborted: sign-in failed, or Graph refused our token; nothing more was sent
+    3  the run aborted: sign-in failed, Graph refused our token, or the audit could not be
+       written (the passes are kept in the journal)
     4  internal error (a bug); the audit workbook holds what was done
-  130  interrupted (Ctrl-C); the audit workbook holds what was done
-  143  stopped by SIGTERM; the audit workbook holds what was done
+    5  another onboard run holds the journal: nothing was done
+  130  stopped by SIGINT (Ctrl-C); 143 stopped by SIGTERM. After one signal the run finishes
+       the requests in flight and writes the audit; after a second it stops at once, and the
+       same command resumes it.
 """
 
 from __future__ import annotations
@@ -24,9 +27,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import __version__, job
+from . import __version__, history, job
 from .config import Config, load_config
-from .errors import AuthError, ConfigError, InputFileError
+from .errors import AuditWriteError, AuthError, ConfigError, InputFileError, JournalLocked
+from .journal import Journal
 from .outcomes import Failed, Outcome, Skipped
 from .reader import plan
 
@@ -35,12 +39,10 @@ EXIT_ROWS_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_ABORTED = 3
 EXIT_INTERNAL = 4
+EXIT_LOCKED = 5
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
-_STOPPED_NOTE = (
-    "The audit workbook in the output folder holds what was done; rows marked Interrupted may "
-    "or may not have a pass."
-)
+SIGNAL_EXIT = {signal.SIGINT: EXIT_INTERRUPTED, signal.SIGTERM: EXIT_TERMINATED}
 DEFAULT_CONFIG = "config.yaml"
 PROGRESS_EVERY_SECONDS = 10.0
 SHOW_FAILURES = 20
@@ -51,7 +53,13 @@ log = logging.getLogger("onboard")
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    _setup_logging(args.verbose)
+    try:
+        _setup_logging(args.verbose, getattr(args, "log_file", None))
+    except OSError as exc:
+        print(
+            f"onboard: cannot write the log file {args.log_file}: {exc.strerror}", file=sys.stderr
+        )
+        return EXIT_BAD_INPUT
     try:
         return int(args.handler(args))
     except (ConfigError, InputFileError) as exc:
@@ -62,8 +70,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"onboard: run aborted: {exc}", file=sys.stderr)
         print("no pass was created.", file=sys.stderr)
         return EXIT_ABORTED
+    except AuditWriteError as exc:
+        print(f"onboard: run aborted: {exc}", file=sys.stderr)
+        return EXIT_ABORTED
+    except JournalLocked as exc:
+        print(f"onboard: {exc}", file=sys.stderr)
+        return EXIT_LOCKED
     except KeyboardInterrupt:
-        print(f"onboard: interrupted. {_STOPPED_NOTE}", file=sys.stderr)
+        print("onboard: interrupted; run the same command again to finish.", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:  # a bug: say so plainly, never with the data it held
         log.debug("internal error", exc_info=True)
@@ -81,8 +95,9 @@ def _parser() -> argparse.ArgumentParser:
         prog="onboard",
         description="Issue Microsoft Entra ID Temporary Access Passes for a new-hire spreadsheet.",
         epilog="Exit codes: 0 all issued, 1 some rows failed, 2 bad usage/config/input "
-        "(nothing sent), 3 aborted (sign-in failed), 4 internal error, 130 interrupted "
-        "(Ctrl-C), 143 stopped by SIGTERM.",
+        "(nothing sent), 3 aborted (sign-in failed, or the audit could not be written), "
+        "4 internal error, 5 another run holds the journal, 130 stopped by SIGINT (Ctrl-C), "
+        "143 stopped by SIGTERM.",
     )
     parser.add_argument("--version", action="version", version=f"onboard {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -105,8 +120,51 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("inputs", nargs="+", metavar="INPUT", help=".xlsx or .csv new-hire files")
     run.add_argument("--out", metavar="DIR", help="folder for the audit workbook (output.dir)")
+    run.add_argument(
+        "--reissue",
+        action="store_true",
+        help="issue again for every row, even users who already got a pass for the same start "
+        "(each new pass replaces the earlier one)",
+    )
+    run.add_argument(
+        "--reissue-user",
+        action="append",
+        default=[],
+        metavar="UPN",
+        help="issue again for this user even if they already got a pass (repeatable)",
+    )
+    run.add_argument(
+        "--due-within",
+        type=int,
+        metavar="DAYS",
+        help="only rows whose start is within DAYS days; the rest wait for a later run "
+        "(run.due_within_days)",
+    )
+    run.add_argument(
+        "--log-file", metavar="FILE", help="also append timestamped log lines to FILE (owner-only)"
+    )
     common(run, "more log output: -v a line per row, -vv a line per request")
     run.set_defaults(handler=_run)
+
+    report = commands.add_parser(
+        "report",
+        help="rebuild the audit workbook of a past run from the journal",
+        description="Write the audit workbook of a past run from the journal. Pass values are "
+        "included only where the journal still holds them: for a run killed before it wrote its "
+        "own audit (this then becomes its audit, and the values are wiped from the journal).",
+    )
+    report.add_argument("run_id", metavar="RUN_ID", help="a run id, as 'onboard runs' lists")
+    report.add_argument("--out", metavar="DIR", help="folder for the workbook (output.dir)")
+    common(report)
+    report.set_defaults(handler=_report)
+
+    runs = commands.add_parser(
+        "runs",
+        help="list past runs from the journal, with their counts",
+        description="List the runs the journal knows, oldest first, with their outcome counts.",
+    )
+    common(runs)
+    runs.set_defaults(handler=_runs)
 
     validate = commands.add_parser(
         "validate",
@@ -184,13 +242,34 @@ def _run(args: argparse.Namespace) -> int:
     config = _load(args)
     progress = _Progress()
     out = Path(args.out) if args.out else None
+    received: list[signal.Signals] = []
 
     async def run_until_signalled() -> job.RunReport:
-        # SIGTERM (cron's timeout, systemd, a container stop) stops the run like Ctrl-C: the
-        # audit workbook is still written for what was done.
+        # The first SIGINT or SIGTERM (Ctrl-C, cron's timeout, systemd, a container stop) stops
+        # taking rows, lets requests in flight finish and writes the audit; a second stops now.
         task = asyncio.current_task()
         assert task is not None
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def on_signal(signum: signal.Signals) -> None:
+            received.append(signum)
+            if stop.is_set():
+                print(
+                    "onboard: stopping at once; the journal keeps every pass issued so far",
+                    file=sys.stderr,
+                )
+                task.cancel()
+                return
+            stop.set()
+            print(
+                f"onboard: {signum.name}: finishing the requests in flight, then writing the "
+                "audit (send it again to stop at once)",
+                file=sys.stderr,
+            )
+
+        for signum in SIGNAL_EXIT:
+            loop.add_signal_handler(signum, on_signal, signum)
         return await job.run(
             config,
             args.inputs,
@@ -198,29 +277,42 @@ def _run(args: argparse.Namespace) -> int:
             out_dir=out,
             on_outcome=progress,
             on_start=progress.start,
+            stop=stop,
+            reissue=args.reissue,
+            reissue_users=args.reissue_user,
+            due_within_days=args.due_within,
         )
 
     try:
         report = asyncio.run(run_until_signalled())
     except asyncio.CancelledError:
         progress.close()
-        print(f"onboard: stopped by SIGTERM. {_STOPPED_NOTE}", file=sys.stderr)
-        return EXIT_TERMINATED
+        print(
+            "onboard: stopped before writing the audit workbook. Run the same command again: it "
+            "resumes this run and writes it.",
+            file=sys.stderr,
+        )
+        return SIGNAL_EXIT[received[-1]] if received else EXIT_INTERRUPTED
     finally:
         progress.close()
     _print_report(report)
+    if received:
+        return SIGNAL_EXIT[received[0]]
     if report.stopped and report.stopped.startswith("aborted"):
         return EXIT_ABORTED
     return EXIT_ROWS_FAILED if report.failed else EXIT_OK
 
 
 def _print_report(report: job.RunReport) -> None:
+    if report.resumed:
+        print(f"resumed run {report.run_id}, which had stopped before it finished")
     print(
         f"onboard run {report.run_id}: {_count(report.rows, 'row')}: {len(report.issued)} issued, "
         f"{len(report.failed)} failed, {len(report.skipped)} skipped"
+        + (f" ({report.not_yet_due} not yet due)" if report.not_yet_due else "")
     )
     if report.stopped:
-        print(f"the run stopped early ({report.stopped})")
+        print(f"the run stopped early ({report.stopped}); run the same command again to finish")
     for f in sorted(report.failed, key=lambda f: (f.origin.source, f.origin.row))[:SHOW_FAILURES]:
         print(f"  failed  {f.origin.source} row {f.origin.row}  {f.user or '-'}: {f.reason}")
     if len(report.failed) > SHOW_FAILURES:
@@ -282,17 +374,68 @@ def _simulate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _report(args: argparse.Namespace) -> int:
+    config = _load(args)
+    out = Path(args.out) if args.out else config.output.dir
+    job.check_output_dir(out)
+    with Journal(config.state.path) as journal:
+        path, run, with_values = history.report(journal, args.run_id, out)
+    print(f"run {run.run_id} ({run.status}): audit workbook rebuilt from the journal: {path}")
+    if with_values:
+        print("it holds the pass values the journal kept: keep it private")
+    else:
+        print(
+            "pass values are not in it: the journal wiped them once the run's own audit was "
+            f"written ({run.audit_path or 'see onboard runs'})"
+        )
+    return EXIT_OK
+
+
+def _runs(args: argparse.Namespace) -> int:
+    config = _load(args)
+    if not config.state.path.exists():
+        print(f"no runs yet (no journal at {config.state.path})")
+        return EXIT_OK
+    journal = Journal(config.state.path).open(lock=False)
+    try:
+        runs = journal.runs()
+    finally:
+        journal.close()
+    print(
+        f"{'run id':<24} {'started (UTC)':<20} {'status':<10} {'issued':>6} {'failed':>6} "
+        f"{'skipped':>7} {'in flight':>9}  audit workbook"
+    )
+    for r in runs:
+        c = r.counts
+        print(
+            f"{r.run_id:<24} {r.started:%Y-%m-%d %H:%M:%S} {r.status:<10} "
+            f"{c.get('issued', 0):>6} {c.get('failed', 0):>6} {c.get('skipped', 0):>7} "
+            f"{c.get('in_flight', 0):>9}  {r.audit_path or '-'}"
+        )
+    return EXIT_OK
+
+
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
-def _setup_logging(verbosity: int) -> None:
+def _setup_logging(verbosity: int, log_file: str | None = None) -> None:
     level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler: logging.Handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter)
+    handlers = [handler]
+    if log_file:
+        # The log holds user names and request ids (never passes): owner-only all the same.
+        os.close(os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+        to_file = logging.FileHandler(log_file, encoding="utf-8")
+        to_file.setFormatter(formatter)
+        to_file.setLevel(min(level, logging.INFO))
+        handlers.append(to_file)
     root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
+    root.handlers[:] = handlers
+    root.setLevel(min(level, logging.INFO) if log_file else level)
+    handler.setLevel(level)
     # msal's and urllib3's debug output carries request details we do not need to show.
     for noisy in ("msal", "urllib3", "asyncio"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))

@@ -31,6 +31,8 @@ DEFAULT_BACKOFF_SECONDS = 1.0
 DEFAULT_BACKOFF_MAX_SECONDS = 60.0
 # After a create whose answer was lost, wait this long before asking Graph which pass it holds.
 DEFAULT_SETTLE_SECONDS = 10.0
+DEFAULT_STOP_GRACE_SECONDS = 15.0
+DEFAULT_STATE_PATH = "state/onboard-journal.sqlite"
 MIN_LIFETIME_MINUTES = 10
 MAX_LIFETIME_MINUTES = 43200
 SIMULATOR = "simulator"
@@ -85,8 +87,11 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
         "backoff_seconds": DEFAULT_BACKOFF_SECONDS,
         "backoff_max_seconds": DEFAULT_BACKOFF_MAX_SECONDS,
         "settle_seconds": DEFAULT_SETTLE_SECONDS,
+        "stop_grace_seconds": DEFAULT_STOP_GRACE_SECONDS,
+        "due_within_days": None,
     },
     "output": {"dir": "audit"},
+    "state": {"path": DEFAULT_STATE_PATH},
     "simulator": {
         "tenant": None,
         "latency_ms": 0,
@@ -158,11 +163,18 @@ class RunSettings:
     backoff_seconds: float = DEFAULT_BACKOFF_SECONDS
     backoff_max_seconds: float = DEFAULT_BACKOFF_MAX_SECONDS
     settle_seconds: float = DEFAULT_SETTLE_SECONDS
+    stop_grace_seconds: float = DEFAULT_STOP_GRACE_SECONDS
+    due_within_days: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class OutputSettings:
     dir: Path = Path("audit")
+
+
+@dataclass(frozen=True, slots=True)
+class StateSettings:
+    path: Path = Path(DEFAULT_STATE_PATH)
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +198,7 @@ class Config:
     run: RunSettings = field(default_factory=RunSettings)
     output: OutputSettings = field(default_factory=OutputSettings)
     simulator: SimulatorSettings = field(default_factory=SimulatorSettings)
+    state: StateSettings = field(default_factory=StateSettings)
     source: Path | None = None
 
     def public_settings(self) -> list[tuple[str, str]]:
@@ -198,6 +211,7 @@ class Config:
             ("pass", self.pass_),
             ("run", self.run),
             ("output", self.output),
+            ("state", self.state),
         ]
         if self.graph.is_simulator:
             sections.append(("simulator", self.simulator))
@@ -470,6 +484,10 @@ def _build(
         backoff_seconds=number("run", "backoff_seconds", float, 0),
         backoff_max_seconds=number("run", "backoff_max_seconds", float, 0),
         settle_seconds=number("run", "settle_seconds", float, 0),
+        stop_grace_seconds=number("run", "stop_grace_seconds", float, 0),
+        due_within_days=None
+        if m["run"]["due_within_days"] is None
+        else number("run", "due_within_days", int, 0, 366),
     )
     out_dir = path_or_none(m["output"]["dir"]) or base / "audit"
     s = m["simulator"]
@@ -488,7 +506,8 @@ def _build(
         else number("simulator", "retry_after_seconds", float, 0),
         seed=None if s["seed"] is None else number("simulator", "seed", int, 0),
     )
-    return Config(graph, auth, inp, pass_, run, OutputSettings(out_dir), simulator, source)
+    state = StateSettings(path_or_none(m["state"]["path"]) or base / DEFAULT_STATE_PATH)
+    return Config(graph, auth, inp, pass_, run, OutputSettings(out_dir), simulator, state, source)
 
 
 def _check_ca_bundle(path: Path, where: str) -> None:

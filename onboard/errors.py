@@ -4,12 +4,14 @@
     ├── ConfigError              config.yaml or an environment override is wrong
     ├── InputFileError           an input file is missing, unreadable or has no user column
     ├── AuthError                no token could be obtained (wrong secret, certificate, tenant)
+    ├── JournalLocked            another onboard run holds the journal (`holder` says which)
+    ├── AuditWriteError          the audit workbook could not be written (passes kept in journal)
     └── GraphError               Graph answered with an error (status, code, request_id)
         ├── ThrottledError       429: retry after `retry_after` seconds
         └── TransientError       500/502/503/504, timeouts and dropped connections
 
 GraphError and its subclasses are raised by the Graph client for one request; the worker pool
-turns them into Failed outcomes, so only ConfigError, InputFileError and AuthError reach the CLI.
+turns them into Failed outcomes; the others reach the CLI, which maps each to an exit code.
 No message ever holds a pass value or a secret.
 """
 
@@ -38,6 +40,18 @@ class AuthError(OnboardError):
     def __init__(self, message: str, *, error: str | None = None) -> None:
         super().__init__(message)
         self.error = error
+
+
+class JournalLocked(OnboardError):
+    """Another onboard process holds the journal; nothing was sent."""
+
+    def __init__(self, message: str, *, holder: str) -> None:
+        super().__init__(message)
+        self.holder = holder
+
+
+class AuditWriteError(OnboardError):
+    """The audit workbook could not be written; the passes are still in the journal."""
 
 
 class GraphError(OnboardError):

@@ -10,13 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import secrets
+import shutil
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -26,8 +26,10 @@ from . import __version__
 from .audit import FileSummary, RunSummary, write_audit
 from .auth import MsalTokenProvider, load_credential
 from .config import CLOUDS, Config, OutputSettings
-from .errors import ConfigError, GraphError, InputFileError
+from .errors import AuditWriteError, ConfigError, GraphError, InputFileError
 from .graph import GraphClient
+from .history import recover_unfinished
+from .journal import Journal, input_key
 from .outcomes import Failed, Issued, Outcome, PassRequest, Skipped
 from .pool import Confirmation, OnOutcome, PoolResult, confirm, issue_all
 from .reader import InputFile, plan, read_input
@@ -51,6 +53,8 @@ class RunReport:
     skipped: list[Skipped] = field(default_factory=list)
     audit_path: Path | None = None
     stopped: str | None = None  # why the run stopped early, if it did
+    resumed: bool = False  # this run continues one that was killed before it finished
+    not_yet_due: int = 0
     retries: int = 0
     throttled: int = 0
     notes: list[tuple[str, str]] = field(default_factory=list)
@@ -93,6 +97,22 @@ def read_all(config: Config, inputs: Sequence[str | Path], now: datetime) -> lis
     return files
 
 
+def check_free_space(folders: Sequence[Path], rows: int) -> None:
+    """Stop before the first request when the audit or the journal may not fit on the disk."""
+    need = MIN_FREE_BYTES + rows * BYTES_PER_ROW
+    for folder in folders:
+        free = shutil.disk_usage(folder).free
+        if free < need:
+            raise ConfigError(
+                f"not enough free disk space in {folder}: {free // 2**20} MB free, at least "
+                f"{need // 2**20 + 1} MB needed for the journal and the audit workbook"
+            )
+
+
+MIN_FREE_BYTES = 20 * 2**20
+BYTES_PER_ROW = 4096
+
+
 def check_output_dir(directory: Path) -> None:
     """Create the output directory (owner-only) and prove it is writable, before any request."""
     if directory.exists() and not directory.is_dir():
@@ -119,73 +139,230 @@ async def run(
     out_dir: Path | None = None,
     on_outcome: OnOutcome | None = None,
     on_start: Callable[[int], None] | None = None,
+    stop: asyncio.Event | None = None,
+    reissue: bool = False,
+    reissue_users: Collection[str] = (),
+    due_within_days: int | None = None,
 ) -> RunReport:
-    """Run the whole job.
+    """Run the whole job, journalled: safe to kill, to re-run, and to schedule.
 
-    Raises ConfigError, InputFileError or AuthError before any pass is created. Once passes may
-    exist, the audit workbook is written whatever happens (an error, Ctrl-C, SIGTERM as a
-    cancellation), and only then is the exception passed on.
+    Raises ConfigError, InputFileError, JournalLocked or AuthError before any pass is created.
+    Running the same inputs again after a crash resumes that run; re-running a finished sheet
+    skips users who already got a pass for the same start (unless `reissue`). Once `stop` is
+    set, no new row is started and the audit is written for what was done.
     """
     started = datetime.now(UTC)
     if out_dir is not None:
         config = replace(config, output=OutputSettings(out_dir))
     directory = config.output.dir
-    report = RunReport(new_run_id(started), started)
-    report.files = read_all(config, inputs, started)
-    requests, conflicts, repeats = plan(report.files)
+    files = read_all(config, inputs, started)
+    requests, conflicts, repeats = plan(files)
     checked: list[Outcome] = [*conflicts, *repeats]
-    for f in report.files:
+    for f in files:
         checked.extend(f.failed)
         checked.extend(f.skipped)
     check_output_dir(directory)
-    if on_start is not None:
-        on_start(len(requests) + len(checked))
+    journal = Journal(config.state.path).open()
+    try:
+        check_free_space([directory, config.state.path.parent], len(requests) + len(checked))
+        for other in recover_unfinished(journal, config, exclude=_key(files)):
+            log.warning(
+                "run %s had stopped before writing its audit; its passes are now in %s",
+                other.run_id,
+                other.audit_path,
+            )
+        report = _start(journal, config, files, started)
+        ledger = _Ledger(report, journal, on_outcome)
+        due = due_within_days if due_within_days is not None else config.run.due_within_days
+        if on_start is not None:
+            on_start(len(requests) + len(checked))
+        to_send = _sort(
+            ledger, requests, checked, started, due, reissue, {u.casefold() for u in reissue_users}
+        )
+        if to_send:
+            await _send(config, env, ledger, to_send, stop)
+        _finish(journal, config, report, directory)
+        return report
+    finally:
+        journal.close()
 
-    def record(outcome: Outcome) -> None:
+
+class _Ledger:
+    """Every outcome goes three places at once: the report, the journal, and the progress."""
+
+    def __init__(self, report: RunReport, journal: Journal, on_outcome: OnOutcome | None):
+        self.report = report
+        self.journal = journal
+        self.on_outcome = on_outcome
+
+    def add(self, outcome: Outcome, *, progress: bool = True) -> None:
+        self.journal.record(self.report.run_id, outcome)
         if isinstance(outcome, Issued):
-            report.issued.append(outcome)
+            self.report.issued.append(outcome)
         elif isinstance(outcome, Failed):
-            report.failed.append(outcome)
+            self.report.failed.append(outcome)
         else:
-            report.skipped.append(outcome)
-        if on_outcome is not None:
-            on_outcome(outcome)
+            self.report.skipped.append(outcome)
+        if progress and self.on_outcome is not None:
+            self.on_outcome(outcome)
 
-    for outcome in sorted(checked, key=lambda o: (o.origin.source, o.origin.row)):
-        _log_checked(outcome)
-        record(outcome)
+    def replace(self, outcome: Outcome) -> None:
+        """Put a new outcome in place of the row's earlier one (confirmation, re-issue)."""
+        r = self.report
+        r.issued = [i for i in r.issued if i.origin != outcome.origin]
+        r.failed = [f for f in r.failed if f.origin != outcome.origin]
+        self.add(outcome, progress=False)
 
-    if requests:
-        async with contextlib.AsyncExitStack() as stack:
-            endpoint = await stack.enter_async_context(_endpoint(config, env))
-            client = await _connect(config, endpoint, stack)  # nothing sent if this fails
-            pending = {r.origin: r for r in requests}
+    def sending(self, request: PassRequest) -> None:
+        self.journal.sending(self.report.run_id, request)
 
-            def track(outcome: Outcome) -> None:
-                pending.pop(outcome.origin, None)
-                record(outcome)
 
-            try:
-                await _issue(config, client, requests, report, track)
-            except BaseException as exc:
-                interrupted = isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt))
-                report.stopped = "interrupted" if interrupted else f"crashed ({type(exc).__name__})"
-                for r in pending.values():
-                    record(_unfinished(r, interrupted))
-                _write(config, report, directory)
-                raise
-    _write(config, report, directory)
+def _key(files: Sequence[InputFile]) -> str:
+    return input_key([(f.path, f.sha256) for f in files])
+
+
+def _start(
+    journal: Journal, config: Config, files: list[InputFile], started: datetime
+) -> RunReport:
+    """Resume the unfinished run of these same inputs, or begin a new one."""
+    key = _key(files)
+    resumed = next((r for r in journal.unfinished_runs() if r.input_key == key), None)
+    run_id = resumed.run_id if resumed else new_run_id(started)
+    report = RunReport(run_id, resumed.started if resumed else started, files=files)
+    if resumed is not None:
+        report.resumed = True
+        report.notes.append(("Resumed", f"at {started:%Y-%m-%d %H:%M:%S} UTC after a stop"))
+        log.warning("resuming run %s, which stopped before it finished", run_id)
+    meta = {
+        "files": [[str(f.path), f.sha256, f.row_count, f.sheet] for f in files],
+        "settings": config.public_settings(),
+    }
+    journal.begin(run_id, report.started, key, meta)
     return report
 
 
-def _unfinished(request: PassRequest, interrupted: bool) -> Failed:
-    why = "interrupted" if interrupted else "stopped by an internal error"
+def _sort(
+    ledger: _Ledger,
+    requests: list[PassRequest],
+    checked: list[Outcome],
+    now: datetime,
+    due_within_days: int | None,
+    reissue: bool,
+    reissue_users: set[str],
+) -> list[PassRequest]:
+    """Decide, for every row, whether it is sent now; record the outcome of each that is not."""
+    journal, run_id = ledger.journal, ledger.report.run_id
+    known = journal.rows(run_id)
+    for outcome in sorted(checked, key=lambda o: (o.origin.source, o.origin.row)):
+        _log_checked(outcome)
+        ledger.add(outcome)
+    horizon = now + timedelta(days=due_within_days) if due_within_days is not None else None
+    to_send: list[PassRequest] = []
+    for request in requests:
+        earlier = known.get(request.origin)
+        if earlier is not None and earlier.outcome is not None and earlier.state != "in_flight":
+            ledger.add(earlier.outcome)  # done before the stop: kept, pass value included
+            continue
+        if earlier is not None:  # in flight when the last run stopped: it may have a pass
+            to_send.append(
+                replace(
+                    request,
+                    note=_join(
+                        request.note,
+                        "issued again: the previous run stopped while this "
+                        "request was in flight (the new pass replaces any it created)",
+                    ),
+                    prior_attempts=earlier.attempts,
+                )
+            )
+            continue
+        if horizon is not None and request.start is not None and request.start > horizon:
+            ledger.report.not_yet_due += 1
+            assert request.start_date is not None
+            ledger.add(
+                Skipped(
+                    request.origin,
+                    request.user,
+                    f"not yet due: starts {request.start_date.isoformat()}, more than "
+                    f"{due_within_days} days ahead; a later run issues it",
+                )
+            )
+            continue
+        previous = journal.previous_pass(request.key, excluding=run_id)
+        wanted = reissue or request.key in reissue_users
+        if previous is not None and previous.start_key == request.start_key and not wanted:
+            ledger.add(
+                Skipped(
+                    request.origin,
+                    request.user,
+                    "already issued for this start date by an earlier run (use --reissue-user to "
+                    "replace it)",
+                    previous.run_id,
+                    previous.issued_at,
+                )
+            )
+            continue
+        if previous is not None:
+            why = (
+                "issued again on request (--reissue)"
+                if wanted
+                else f"start moved from {previous.start_key or '(none)'} to "
+                f"{request.start_key or '(none)'}"
+            )
+            request = replace(
+                request,
+                note=_join(
+                    request.note,
+                    f"{why}: this pass replaces the one run {previous.run_id} issued",
+                ),
+            )
+        to_send.append(request)
+    return to_send
+
+
+def _join(first: str, second: str) -> str:
+    return f"{first}; {second}" if first else second
+
+
+async def _send(
+    config: Config,
+    env: Mapping[str, str],
+    ledger: _Ledger,
+    requests: list[PassRequest],
+    stop: asyncio.Event | None,
+) -> None:
+    """Connect, then issue; whatever happens once passes may exist, the audit gets written."""
+    report = ledger.report
+    async with contextlib.AsyncExitStack() as stack:
+        endpoint = await stack.enter_async_context(_endpoint(config, env))
+        client = await _connect(config, endpoint, stack)  # nothing sent if this fails
+        pending = {r.origin: r for r in requests}
+
+        def track(outcome: Outcome) -> None:
+            pending.pop(outcome.origin, None)
+            ledger.add(outcome)
+
+        try:
+            await _issue(config, client, requests, ledger, track, stop)
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            # Stopped at once: the journal holds every outcome and pass so far, and the rows in
+            # flight; running the same command again resumes this run and writes its audit.
+            raise
+        except BaseException as exc:
+            report.stopped = f"crashed ({type(exc).__name__})"
+            for r in pending.values():
+                ledger.add(_unfinished(r), progress=False)
+            _finish(ledger.journal, config, report, config.output.dir)
+            raise
+
+
+def _unfinished(request: PassRequest) -> Failed:
     return Failed(
         request.origin,
         request.user,
-        "Interrupted" if interrupted else "Not finished",
-        f"The run was {why} while this row was waiting or in flight; it may or may not have a "
-        "pass. Run again for this row (a new pass replaces any earlier one).",
+        "Not finished",
+        "An internal error stopped the run while this row was waiting or in flight; it may or "
+        "may not have a pass. Run again for this row (a new pass replaces any earlier one).",
     )
 
 
@@ -229,9 +406,11 @@ async def _issue(
     config: Config,
     client: GraphClient,
     requests: list[PassRequest],
-    report: RunReport,
+    ledger: _Ledger,
     record: OnOutcome,
+    stop: asyncio.Event | None,
 ) -> None:
+    report = ledger.report
     report.notes.extend(await _policy_notes(client))
     run = config.run
 
@@ -244,6 +423,9 @@ async def _issue(
             backoff_seconds=run.backoff_seconds,
             backoff_max_seconds=run.backoff_max_seconds,
             on_outcome=on_outcome,
+            on_send=ledger.sending,
+            stop=stop,
+            grace_seconds=run.stop_grace_seconds,
         )
 
     async def check(suspects: list[Issued]) -> Confirmation:
@@ -258,20 +440,26 @@ async def _issue(
 
     result = await issue(requests, record)
     _add_stats(report, result)
+    if stop is not None and stop.is_set() and not report.stopped:
+        report.stopped = "stopped"
     unclear = result.unclear
     for _ in range(CONFIRM_ROUNDS):
-        if not unclear or report.stopped:
+        if not unclear:
+            break
+        if report.stopped:
+            for item in [i for i in report.issued if i.origin in unclear]:
+                ledger.replace(replace(item, note=_join(item.note, _UNCONFIRMED_NOTE)))
             break
         # Give a request whose answer was lost time to finish at Graph before asking.
         settled_at = max(unclear.values()) + run.settle_seconds
         await asyncio.sleep(max(0.0, settled_at - time.monotonic()))
         suspects = [i for i in report.issued if i.origin in unclear]
         found = await check(suspects)
-        _swap(report.issued, found.confirmed + found.unknown)
+        for item in found.confirmed + found.unknown:
+            ledger.replace(item)
         if not found.replaced:
             return
         for item in found.replaced:
-            report.issued.remove(item)
             log.warning(
                 "%s row %d %s: Graph holds a different pass than the one it returned (a slower "
                 "earlier request finished late); issuing again",
@@ -279,14 +467,16 @@ async def _issue(
                 item.origin.row,
                 item.request.user,
             )
-        again = [replace(i.request, note=_REISSUE_NOTE) for i in found.replaced]
-        result = await issue(again, _quiet(report))
+        again = [
+            replace(i.request, note=_REISSUE_NOTE, prior_attempts=i.attempts)
+            for i in found.replaced
+        ]
+        result = await issue(again, ledger.replace)
         _add_stats(report, result)
         unclear = {r.origin: time.monotonic() for r in again}
     else:
         for item in [i for i in report.issued if i.origin in unclear]:
-            report.issued.remove(item)
-            report.failed.append(
+            ledger.replace(
                 Failed(
                     item.origin,
                     item.request.user,
@@ -301,21 +491,10 @@ async def _issue(
 
 CONFIRM_ROUNDS = 3
 _REISSUE_NOTE = "issued again: a slower earlier request had replaced the first pass"
-
-
-def _swap(issued: list[Issued], updated: Sequence[Issued]) -> None:
-    by_origin = {i.origin: i for i in updated}
-    issued[:] = [by_origin.get(i.origin, i) for i in issued]
-
-
-def _quiet(report: RunReport) -> OnOutcome:
-    def record(outcome: Outcome) -> None:
-        if isinstance(outcome, Issued):
-            report.issued.append(outcome)
-        elif isinstance(outcome, Failed):
-            report.failed.append(outcome)
-
-    return record
+_UNCONFIRMED_NOTE = (
+    "not confirmed with Graph after an unclear attempt (the run was stopped): if this pass "
+    "does not work, run again with --reissue-user"
+)
 
 
 def _add_stats(report: RunReport, result: PoolResult) -> None:
@@ -399,8 +578,15 @@ async def simulator_for(config: Config) -> AsyncIterator[RunningSimulator]:
         yield running
 
 
-def _write(config: Config, report: RunReport, directory: Path) -> None:
+def _finish(journal: Journal, config: Config, report: RunReport, directory: Path) -> None:
+    """Write the audit workbook, then (only then) mark the run finished and wipe its passes."""
     report.finished = datetime.now(UTC)
+    notes: list[tuple[str, str | int]] = [
+        *report.notes,
+        ("Not yet due", report.not_yet_due),
+        ("Retries", report.retries),
+        ("429 answers", report.throttled),
+    ]
     summary = RunSummary(
         run_id=report.run_id,
         started=report.started,
@@ -409,8 +595,16 @@ def _write(config: Config, report: RunReport, directory: Path) -> None:
         files=[FileSummary(str(f.path), f.sha256, f.row_count, f.sheet) for f in report.files],
         settings=config.public_settings(),
         status=report.stopped or "completed",
-        notes=[*report.notes, ("Retries", report.retries), ("429 answers", report.throttled)],
+        notes=notes,
     )
     path = directory / f"onboard-{report.run_id}.xlsx"
-    report.audit_path = write_audit(path, summary, report.issued, report.failed, report.skipped)
-    os.chmod(report.audit_path, 0o600)
+    try:
+        report.audit_path = write_audit(path, summary, report.issued, report.failed, report.skipped)
+    except OSError as exc:
+        raise AuditWriteError(
+            f"could not write the audit workbook {path}: {exc.strerror}. The passes are kept in "
+            f"the journal {journal.path}: make room, then run the same command again (or "
+            f"'onboard report {report.run_id}')"
+        ) from None
+    status = "completed" if not report.stopped else report.stopped.split(":")[0].split(" ")[0]
+    journal.finish(report.run_id, status, report.audit_path)

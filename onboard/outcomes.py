@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, order=True)
 class Origin:
     """Where a row came from: the input file's name and its spreadsheet row (header = row 1)."""
 
@@ -25,6 +25,13 @@ class PassRequest:
     lifetime_minutes: int
     usable_once: bool
     note: str = ""
+    start_date: date | None = None  # the start date as the sheet gave it (local)
+    prior_attempts: int = 0  # sends made for this row by an earlier, stopped invocation
+
+    @property
+    def start_key(self) -> str:
+        """What "the same start" means for re-runs: the start date from the sheet."""
+        return self.start_date.isoformat() if self.start_date else ""
 
     @property
     def key(self) -> str:
@@ -69,6 +76,8 @@ class Skipped:
     origin: Origin
     user: str
     reason: str
+    previous_run: str | None = None  # the run that already issued this user's pass
+    issued_at: datetime | None = None
 
 
 Outcome = Issued | Failed | Skipped

@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from .errors import AuthError, GraphError
 from .graph import CreatedPass, explain
@@ -23,6 +24,8 @@ log = logging.getLogger(__name__)
 
 Create = Callable[[PassRequest], Awaitable[CreatedPass]]
 OnOutcome = Callable[[Outcome], None]
+OnSend = Callable[[PassRequest], None]
+DEFAULT_GRACE_SECONDS = 15.0
 
 
 @dataclass(slots=True)
@@ -46,15 +49,26 @@ async def issue_all(
     gate: ThrottleGate | None = None,
     sleep: Sleep = asyncio.sleep,
     on_outcome: OnOutcome | None = None,
+    on_send: OnSend | None = None,
+    stop: asyncio.Event | None = None,
+    grace_seconds: float = DEFAULT_GRACE_SECONDS,
 ) -> PoolResult:
-    """Issue one pass per request, at most `concurrency` in flight; every row gets an outcome."""
+    """Issue one pass per request, at most `concurrency` in flight; every row gets an outcome.
+
+    `on_send` runs before every request (the journal marks the row in flight); `on_outcome` as
+    soon as a row's outcome is known, before its worker takes another row. Once `stop` is set,
+    no new row is started; rows in flight get `grace_seconds` to finish, then are cancelled.
+    """
     gate = gate or ThrottleGate(limit=concurrency, sleep=sleep)
     result = PoolResult()
     queue: asyncio.Queue[PassRequest] = asyncio.Queue()
     for request in requests:
         queue.put_nowait(request)
 
+    in_hand: dict[Origin, PassRequest] = {}
+
     def record(outcome: Outcome) -> None:
+        in_hand.pop(outcome.origin, None)
         result.outcomes.append(outcome)
         if on_outcome is not None:
             on_outcome(outcome)
@@ -72,10 +86,12 @@ async def issue_all(
         try:
             async for attempt in retrying:
                 with attempt:
-                    attempts = attempt.retry_state.attempt_number
-                    if attempts > 1:
+                    attempts = request.prior_attempts + attempt.retry_state.attempt_number
+                    if attempt.retry_state.attempt_number > 1:
                         result.retries += 1
                     async with gate.slot():
+                        if on_send is not None:
+                            on_send(request)
                         try:
                             created = await create(request)
                         except GraphError as exc:
@@ -141,11 +157,12 @@ async def issue_all(
         )
 
     async def worker() -> None:
-        while result.aborted is None:
+        while result.aborted is None and not (stop is not None and stop.is_set()):
             try:
                 request = queue.get_nowait()
             except asyncio.QueueEmpty:
                 return
+            in_hand[request.origin] = request
             try:
                 record(await one(request))
             except AuthError as exc:
@@ -163,20 +180,74 @@ async def issue_all(
                     )
                 )
 
-    await asyncio.gather(*(worker() for _ in range(max(1, min(concurrency, len(requests))))))
+    workers = [
+        asyncio.create_task(worker()) for _ in range(max(1, min(concurrency, len(requests))))
+    ]
+    try:
+        await _until_done_or_stopped(workers, stop, grace_seconds)
+    except BaseException:
+        for task in workers:
+            task.cancel()
+        raise
+    for request in list(in_hand.values()):
+        record(_interrupted(request))
     while not queue.empty():
         request = queue.get_nowait()
-        assert result.aborted is not None
         record(_not_sent(request, result.aborted))
     return result
 
 
-def _not_sent(request: PassRequest, cause: AuthError) -> Failed:
+async def _until_done_or_stopped(
+    workers: list[asyncio.Task[None]], stop: asyncio.Event | None, grace_seconds: float
+) -> None:
+    everything: asyncio.Future[list[None]] = asyncio.gather(*workers)
+    if stop is None:
+        await everything
+        return
+    stopping: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
+    try:
+        pending: list[asyncio.Future[Any]] = [everything, stopping]
+        await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        if everything.done():
+            return
+        log.warning(
+            "stopping: no new rows; waiting up to %.0f s for requests in flight", grace_seconds
+        )
+        try:
+            await asyncio.wait_for(asyncio.shield(everything), grace_seconds)
+        except TimeoutError:
+            for task in workers:
+                task.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+    finally:
+        stopping.cancel()
+
+
+def _not_sent(request: PassRequest, cause: AuthError | None) -> Failed:
+    if cause is None:
+        return Failed(
+            request.origin,
+            request.user,
+            "Not sent: run stopped",
+            "The run was stopped before this row was sent. Run the same command again to issue "
+            "it (rows already issued are not sent again).",
+        )
     return Failed(
         request.origin,
         request.user,
         "Not sent: run stopped",
         f"The run stopped before this row got a pass: {cause}. Fix that and run again.",
+    )
+
+
+def _interrupted(request: PassRequest) -> Failed:
+    return Failed(
+        request.origin,
+        request.user,
+        "Interrupted",
+        "The run was stopped while this row's request was in flight; it may or may not have a "
+        "pass. Run the same command again: it issues a new pass, which replaces any earlier one.",
+        attempts=request.prior_attempts,
     )
 
 

@@ -278,6 +278,7 @@ def _validate_row(
             usable_once = flag
 
     start: datetime | None = None
+    start_day: date | None = None
     note = ""
     if "start_date" in columns:
         raw = cell("start_date")
@@ -295,6 +296,7 @@ def _validate_row(
                     )
                 )
             else:
+                start_day = day
                 local = datetime.combine(day, defaults.start_time, tzinfo=defaults.zone)
                 start = local.astimezone(UTC) if day < (now + _AHEAD).date() else None
                 if start is None:
@@ -323,7 +325,9 @@ def _validate_row(
             column=", ".join(column for column, _ in problems),
         )
     display = _clean(_text(cell("display_name")) or "") or None
-    return PassRequest(origin, user, display, start, lifetime, usable_once, note)
+    return PassRequest(
+        origin, user, display, start, lifetime, usable_once, note, start_date=start_day
+    )
 
 
 def parse_date(value: Any) -> date | None:

@@ -33,6 +33,7 @@ class Served:
             "run": {"concurrency": 4, "backoff_seconds": 0.01, "backoff_max_seconds": 0.05,
                     "settle_seconds": 0.2},
             "output": {"dir": str(path.parent / "audit")},
+            "state": {"path": str(path.parent / "state" / "journal.sqlite")},
         }
         for section, values in sections.items():
             data.setdefault(section, {}).update(values)

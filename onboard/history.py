@@ -1,0 +1,87 @@
+"""Past runs, from the journal: list them, rebuild an audit workbook, recover an unfinished run.
+
+A run killed before writing its audit (kill -9, power loss, a full disk) left its outcomes and
+pass values in the journal. Running the same command again resumes it; running anything else
+first recovers it here, so its passes reach a workbook before any new pass is created.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+from . import __version__
+from .audit import FileSummary, RunSummary, write_audit
+from .config import Config
+from .errors import ConfigError
+from .journal import Journal, RowState, RunInfo
+from .outcomes import Failed, Issued, Origin, Outcome, Skipped
+
+IN_FLIGHT = (
+    "The run was killed while this row's request was in flight; it may or may not have a pass. "
+    "Run the sheet again: it issues a new pass, which replaces any earlier one."
+)
+
+
+def recover_unfinished(journal: Journal, config: Config, *, exclude: str) -> list[RunInfo]:
+    """Write the audit of every unfinished run except the one for `exclude` (to be resumed)."""
+    recovered = []
+    for run in journal.unfinished_runs():
+        if run.input_key == exclude:
+            continue
+        path = rebuild(journal, run, config.output.dir / f"onboard-{run.run_id}.xlsx")
+        journal.finish(run.run_id, "recovered", path)
+        recovered.append(replace(run, status="recovered", audit_path=str(path)))
+    return recovered
+
+
+def report(journal: Journal, run_id: str, directory: Path) -> tuple[Path, RunInfo, bool]:
+    """`onboard report`: the audit workbook of a past run, rebuilt from the journal.
+
+    Returns the workbook, the run, and whether pass values are in it (only for a run killed
+    before it wrote its own audit; its values are then wiped from the journal).
+    """
+    run = journal.run(run_id)
+    if run is None:
+        raise ConfigError(
+            f"no run {run_id} in the journal {journal.path}; 'onboard runs' lists them"
+        )
+    if run.status == "running":  # killed before its audit: this is its audit, values included
+        path = rebuild(journal, run, directory / f"onboard-{run.run_id}.xlsx")
+        journal.finish(run.run_id, "recovered", path)
+        return path, replace(run, status="recovered", audit_path=str(path)), True
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    path = rebuild(journal, run, directory / f"onboard-{run.run_id}-rebuilt-{stamp}.xlsx")
+    return path, run, False
+
+
+def rebuild(journal: Journal, run: RunInfo, path: Path) -> Path:
+    """Write a workbook from what the journal holds (pass values only where still held)."""
+    issued: list[Issued] = []
+    failed: list[Failed] = []
+    skipped: list[Skipped] = []
+    for origin, state in sorted(journal.rows(run.run_id).items()):
+        outcome: Outcome = state.outcome or _in_flight(origin, state)
+        if isinstance(outcome, Issued):
+            issued.append(outcome)
+        elif isinstance(outcome, Failed):
+            failed.append(outcome)
+        else:
+            skipped.append(outcome)
+    meta = run.meta
+    summary = RunSummary(
+        run_id=run.run_id,
+        started=run.started,
+        finished=run.finished or datetime.now(UTC),
+        version=__version__,
+        files=[FileSummary(str(p), sha, rows, sheet) for p, sha, rows, sheet in meta["files"]],
+        settings=[tuple(pair) for pair in meta["settings"]],
+        status="recovered from the journal" if run.status == "running" else run.status,
+        notes=[("Rebuilt from the journal", datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"))],
+    )
+    return write_audit(path, summary, issued, failed, skipped)
+
+
+def _in_flight(origin: Origin, state: RowState) -> Failed:
+    return Failed(origin, state.user_key, "Interrupted", IN_FLIGHT, attempts=state.attempts)

@@ -1,0 +1,406 @@
+"""The run journal: a SQLite file that makes onboard safe to kill, safe to re-run, safe to schedule.
+
+Every row of a run is written here the moment something happens to it: marked in flight (with
+its attempt count) before each request is sent, and its outcome committed as soon as it is
+known. A pass value is kept only until the audit workbook holding it is on disk; `finish` wipes
+the values in the same transaction that marks the run finished. What stays: each row's outcome,
+user, start date, method id, request id and times, so later runs know who already has a pass.
+
+A lock file beside the journal keeps two runs from using it at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import sqlite3
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, JournalLocked
+from .outcomes import Failed, Issued, Origin, Outcome, PassRequest, Skipped
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    started TEXT NOT NULL,
+    finished TEXT,
+    status TEXT NOT NULL,    -- running; then completed, stopped, aborted, crashed, recovered
+    input_key TEXT NOT NULL,         -- the input files and their SHA-256: "the same command"
+    meta TEXT NOT NULL,              -- JSON: files, settings, notes (never a secret)
+    audit_path TEXT
+);
+CREATE TABLE IF NOT EXISTS rows (
+    run_id TEXT NOT NULL REFERENCES runs(run_id),
+    source TEXT NOT NULL,
+    row INTEGER NOT NULL,
+    user_key TEXT NOT NULL,
+    state TEXT NOT NULL,             -- in_flight, issued, failed, skipped
+    start_key TEXT NOT NULL DEFAULT '',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    record TEXT,                     -- JSON of the outcome, without the pass value
+    pass_value TEXT,                 -- only until the audit workbook is written
+    issued_at TEXT,
+    PRIMARY KEY (run_id, source, row)
+);
+CREATE INDEX IF NOT EXISTS rows_by_user ON rows (user_key, state);
+"""
+FINISHED = ("completed", "stopped", "aborted", "crashed", "recovered")
+
+
+@dataclass(frozen=True, slots=True)
+class RunInfo:
+    run_id: str
+    started: datetime
+    finished: datetime | None
+    status: str
+    input_key: str
+    meta: dict[str, Any]
+    audit_path: str | None
+    counts: dict[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class PreviousPass:
+    run_id: str
+    start_key: str
+    issued_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class RowState:
+    state: str
+    user_key: str
+    attempts: int
+    outcome: Outcome | None  # None while in flight
+
+
+class Journal:
+    """One SQLite journal, opened and locked for the length of a run."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock_fd: int | None = None
+        self._db: sqlite3.Connection | None = None
+
+    # --- opening, locking ---------------------------------------------------------------------
+    def open(self, *, lock: bool = True) -> Journal:
+        """Create (owner-only) or open the journal and take its lock. Raises JournalLocked.
+
+        lock=False only reads (listing runs while another run holds the lock).
+        """
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if lock:
+                self._lock()
+            if not self.path.exists():
+                os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
+            db = sqlite3.connect(self.path, isolation_level=None)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot open the run journal {self.path}: {exc.strerror}; set state.path to a "
+                "writable file"
+            ) from None
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")  # a committed outcome survives power loss
+            db.executescript(SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            db.close()
+            raise ConfigError(f"the run journal {self.path} is unusable: {exc}") from None
+        for suffix in ("-wal", "-shm"):
+            side = self.path.with_name(self.path.name + suffix)
+            if side.exists():
+                side.chmod(0o600)
+        self._db = db
+        return self
+
+    def _lock(self) -> None:
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise JournalLocked(
+                f"another onboard run is using the journal {self.path} ({holder}); this run "
+                "stopped before sending anything",
+                holder=holder,
+            ) from None
+        os.ftruncate(fd, 0)
+        stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        os.pwrite(fd, f"pid {os.getpid()}, started {stamp}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing releases the flock
+            self._lock_fd = None
+
+    def __enter__(self) -> Journal:
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        assert self._db is not None, "journal not open"
+        return self._db
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    # --- runs ---------------------------------------------------------------------------------
+    def unfinished_runs(self) -> list[RunInfo]:
+        return [r for r in self.runs() if r.status == "running"]
+
+    def runs(self) -> list[RunInfo]:
+        rows = self.db.execute(
+            "SELECT run_id, started, finished, status, input_key, meta, audit_path FROM runs "
+            "ORDER BY started"
+        ).fetchall()
+        counts: dict[str, dict[str, int]] = {}
+        for run_id, state, n in self.db.execute(
+            "SELECT run_id, state, count(*) FROM rows GROUP BY run_id, state"
+        ):
+            counts.setdefault(run_id, {})[state] = n
+        return [
+            RunInfo(
+                r[0],
+                _time(r[1]) or datetime.min,
+                _time(r[2]),
+                r[3],
+                r[4],
+                json.loads(r[5]),
+                r[6],
+                counts.get(r[0], {}),
+            )
+            for r in rows
+        ]
+
+    def run(self, run_id: str) -> RunInfo | None:
+        return next((r for r in self.runs() if r.run_id == run_id), None)
+
+    def begin(self, run_id: str, started: datetime, input_key: str, meta: dict[str, Any]) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO runs (run_id, started, status, input_key, meta) "
+                "VALUES (?, ?, 'running', ?, ?) "
+                "ON CONFLICT(run_id) DO UPDATE SET status='running', meta=excluded.meta",
+                (run_id, started.isoformat(), input_key, json.dumps(meta)),
+            )
+
+    def finish(self, run_id: str, status: str, audit_path: Path | None) -> None:
+        """Mark the run finished and wipe its pass values: call only once the audit is on disk."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE runs SET status=?, finished=?, audit_path=? WHERE run_id=?",
+                (status, datetime.now(UTC).isoformat(), str(audit_path or ""), run_id),
+            )
+            db.execute("UPDATE rows SET pass_value=NULL WHERE run_id=?", (run_id,))
+
+    # --- rows ---------------------------------------------------------------------------------
+    def sending(self, run_id: str, request: PassRequest) -> None:
+        """Before each request: the row is in flight, and one more attempt is counted."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO rows (run_id, source, row, user_key, state, start_key, attempts) "
+                "VALUES (?, ?, ?, ?, 'in_flight', ?, 1) "
+                "ON CONFLICT(run_id, source, row) DO UPDATE SET state='in_flight', "
+                "attempts=attempts+1, pass_value=NULL",
+                (run_id, request.origin.source, request.origin.row, request.key, request.start_key),
+            )
+
+    def record(self, run_id: str, outcome: Outcome) -> None:
+        """Commit one row's outcome (with its pass value, if issued) the moment it is known."""
+        value: str | None = None
+        issued_at: str | None = None
+        start_key = ""
+        attempts = 0
+        if isinstance(outcome, Issued):
+            state, user = "issued", outcome.request.key
+            value, start_key = outcome.temporary_access_pass, outcome.request.start_key
+            attempts = outcome.attempts
+            issued_at = (outcome.created or datetime.now(UTC)).isoformat()
+        elif isinstance(outcome, Failed):
+            state, user, attempts = "failed", outcome.user.casefold(), outcome.attempts
+        else:
+            state, user = "skipped", outcome.user.casefold()
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO rows (run_id, source, row, user_key, state, start_key, attempts, "
+                "record, pass_value, issued_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT(run_id, source, row) DO UPDATE SET state=excluded.state, "
+                "start_key=excluded.start_key, attempts=max(attempts, excluded.attempts), "
+                "record=excluded.record, pass_value=excluded.pass_value, "
+                "issued_at=excluded.issued_at",
+                (
+                    run_id,
+                    outcome.origin.source,
+                    outcome.origin.row,
+                    user,
+                    state,
+                    start_key,
+                    attempts,
+                    json.dumps(to_record(outcome)),
+                    value,
+                    issued_at,
+                ),
+            )
+
+    def rows(self, run_id: str) -> dict[Origin, RowState]:
+        """Every row of a run as the journal knows it, outcomes rebuilt (values where held)."""
+        found: dict[Origin, RowState] = {}
+        for source, row, state, user_key, attempts, record, value in self.db.execute(
+            "SELECT source, row, state, user_key, attempts, record, pass_value FROM rows "
+            "WHERE run_id=?",
+            (run_id,),
+        ):
+            outcome = from_record(json.loads(record), value) if record else None
+            found[Origin(source, row)] = RowState(state, user_key, attempts, outcome)
+        return found
+
+    def previous_pass(self, user_key: str, *, excluding: str) -> PreviousPass | None:
+        """The latest pass issued to this user by a finished run (one whose audit was written)."""
+        row = self.db.execute(
+            "SELECT rows.run_id, start_key, issued_at FROM rows JOIN runs USING (run_id) "
+            "WHERE user_key=? AND state='issued' AND runs.status != 'running' "
+            "AND rows.run_id != ? ORDER BY issued_at DESC LIMIT 1",
+            (user_key, excluding),
+        ).fetchone()
+        return PreviousPass(row[0], row[1], _time(row[2])) if row else None
+
+    def held_values(self) -> int:
+        """How many pass values the journal holds right now (tests and `onboard runs`)."""
+        return int(
+            self.db.execute("SELECT count(*) FROM rows WHERE pass_value IS NOT NULL").fetchone()[0]
+        )
+
+
+# --- outcomes to and from JSON (never the pass value: it has its own column) -----------------
+def to_record(outcome: Outcome) -> dict[str, Any]:
+    if isinstance(outcome, Issued):
+        return {
+            "kind": "issued",
+            "request": _request(outcome.request),
+            "method_id": outcome.method_id,
+            "starts": outcome.starts.isoformat(),
+            "expires": outcome.expires.isoformat(),
+            "lifetime_minutes": outcome.lifetime_minutes,
+            "usable_once": outcome.usable_once,
+            "created": outcome.created.isoformat() if outcome.created else None,
+            "attempts": outcome.attempts,
+            "request_id": outcome.request_id,
+            "note": outcome.note,
+        }
+    if isinstance(outcome, Failed):
+        return {
+            "kind": "failed",
+            "origin": [outcome.origin.source, outcome.origin.row],
+            "user": outcome.user,
+            "reason": outcome.reason,
+            "detail": outcome.detail,
+            "http_status": outcome.http_status,
+            "graph_code": outcome.graph_code,
+            "attempts": outcome.attempts,
+            "request_id": outcome.request_id,
+            "column": outcome.column,
+        }
+    return {
+        "kind": "skipped",
+        "origin": [outcome.origin.source, outcome.origin.row],
+        "user": outcome.user,
+        "reason": outcome.reason,
+        "previous_run": outcome.previous_run,
+        "issued_at": outcome.issued_at.isoformat() if outcome.issued_at else None,
+    }
+
+
+def from_record(data: dict[str, Any], value: str | None) -> Outcome:
+    """Rebuild an outcome. An issued row whose value was wiped shows a placeholder."""
+    kind = data["kind"]
+    if kind == "issued":
+        return Issued(
+            _unrequest(data["request"]),
+            value if value is not None else WIPED,
+            data["method_id"],
+            _time(data["starts"]) or datetime.min,
+            _time(data["expires"]) or datetime.min,
+            data["lifetime_minutes"],
+            data["usable_once"],
+            _time(data["created"]),
+            data["attempts"],
+            data["request_id"],
+            data["note"],
+        )
+    origin = Origin(*data["origin"])
+    if kind == "failed":
+        return Failed(
+            origin,
+            data["user"],
+            data["reason"],
+            data["detail"],
+            data["http_status"],
+            data["graph_code"],
+            data["attempts"],
+            data["request_id"],
+            data["column"],
+        )
+    return Skipped(
+        origin, data["user"], data["reason"], data["previous_run"], _time(data["issued_at"])
+    )
+
+
+WIPED = "(not kept: see the run's own audit workbook)"
+
+
+def _request(r: PassRequest) -> dict[str, Any]:
+    return {
+        "origin": [r.origin.source, r.origin.row],
+        "user": r.user,
+        "display_name": r.display_name,
+        "start": r.start.isoformat() if r.start else None,
+        "lifetime_minutes": r.lifetime_minutes,
+        "usable_once": r.usable_once,
+        "note": r.note,
+        "start_date": r.start_date.isoformat() if r.start_date else None,
+    }
+
+
+def _unrequest(d: dict[str, Any]) -> PassRequest:
+    return PassRequest(
+        Origin(*d["origin"]),
+        d["user"],
+        d["display_name"],
+        _time(d["start"]),
+        d["lifetime_minutes"],
+        d["usable_once"],
+        d["note"],
+        start_date=date.fromisoformat(d["start_date"]) if d["start_date"] else None,
+    )
+
+
+def _time(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text) if text else None
+
+
+def input_key(files: Sequence[tuple[Path, str]]) -> str:
+    """What makes two invocations "the same command": the same files with the same contents."""
+    return json.dumps(sorted([str(path.resolve()), digest] for path, digest in files))

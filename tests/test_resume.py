@@ -1,0 +1,370 @@
+"""The journal: kill -9 and resume, safe re-runs, signals, the lock, due dates, report and runs."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sqlite3
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import date, timedelta
+from pathlib import Path
+
+import pytest
+from conftest import users
+from openpyxl import load_workbook
+
+from onboard.cli import EXIT_LOCKED, EXIT_OK, EXIT_ROWS_FAILED, EXIT_TERMINATED, main
+from onboard.errors import ConfigError
+from onboard.job import check_free_space
+from onboard.journal import Journal
+from onboard.simulator import Faults, SimulatorState
+
+ROOT = Path(__file__).resolve().parent.parent
+HIRES = [f"new{n:02d}@contoso.com" for n in range(60)]
+SOON = (date.today() + timedelta(days=3)).isoformat()
+LATER = (date.today() + timedelta(days=40)).isoformat()
+
+
+@pytest.fixture(autouse=True)
+def restore_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:], root.level = handlers, level
+
+
+def write_sheet(path: Path, rows: list[tuple[str, str]]) -> Path:
+    path.write_text("UPN,Start Date\n" + "".join(f"{u},{d}\n" for u, d in rows), encoding="utf-8")
+    return path
+
+
+def audit(path: Path) -> dict[str, list[dict[str, object]]]:
+    book = load_workbook(path)
+    out: dict[str, list[dict[str, object]]] = {}
+    for name in ("Summary", "Issued", "Failed", "Skipped"):
+        rows = list(book[name].iter_rows(values_only=True))
+        out[name] = [dict(zip(rows[0], row, strict=True)) for row in rows[1:]]
+    return out
+
+
+def summary(sheets: dict[str, list[dict[str, object]]]) -> dict[object, object]:
+    return {r["Item"]: r["Value"] for r in sheets["Summary"]}
+
+
+def run_cli(config: Path, *args: str) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ONBOARD_")}
+    env["ONBOARD_CLIENT_SECRET"] = "simulator-secret"
+    return subprocess.Popen(
+        [sys.executable, "-m", "onboard", "run", *args, "-c", str(config)],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def audit_path_from(stdout: str) -> Path:
+    line = next(line for line in stdout.splitlines() if line.startswith("audit workbook: "))
+    return Path(line.removeprefix("audit workbook: "))
+
+
+def wait_until(condition, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    """Poll (the simulator runs in another thread) until condition() holds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.02)
+
+
+def held_values(journal: Path) -> int:
+    with sqlite3.connect(journal) as db:
+        return int(db.execute("SELECT count(*) FROM rows WHERE pass_value IS NOT NULL")
+                   .fetchone()[0])
+
+
+def test_kill_9_at_several_points_then_the_same_command_finishes_the_job(
+    tmp_path: Path, serve_simulator
+) -> None:
+    """SIGKILL part-way, three times, then run again: every row once, passes match Graph."""
+    state = SimulatorState(users(*HIRES), faults=Faults(latency_ms=40), seed=3)
+    sim = serve_simulator(state)
+    sheet = write_sheet(tmp_path / "hires.csv",
+                        [(u, SOON) for u in HIRES] + [("ghost@contoso.com", SOON)])
+    config = sim.config(tmp_path / "c.yaml", run={"concurrency": 3})
+    journal = tmp_path / "state" / "journal.sqlite"
+    for created in (5, 20, 35):  # kill at three different points
+        proc = run_cli(config, str(sheet))
+        wait_until(lambda n=created: len(state.issued) >= n)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=30)
+        assert proc.returncode == -signal.SIGKILL
+    created_before_final = len(state.issued)
+    assert 0 < created_before_final < len(HIRES)  # the kills really landed part-way
+    assert held_values(journal) > 0  # passes issued so far wait in the journal
+
+    final = run_cli(config, str(sheet))
+    out, err = final.communicate(timeout=120)
+    assert final.returncode == EXIT_ROWS_FAILED, err
+    assert "resumed run" in out
+    sheets = audit(audit_path_from(out))
+    rows = [r["Row"] for name in ("Issued", "Failed", "Skipped") for r in sheets[name]]
+    assert sorted(rows) == list(range(2, len(HIRES) + 3))  # every row exactly once
+    assert [r["User"] for r in sheets["Failed"]] == ["ghost@contoso.com"]
+    assert len(sheets["Issued"]) == len(HIRES)
+    for row in sheets["Issued"]:
+        user = str(row["User"])
+        assert row["Temporary Access Pass"] == state.current_pass(user)
+        # every pass Graph created for this user was a request the audit counts
+        assert state.passes_created_for(user) <= int(row["Attempts"])  # type: ignore[arg-type]
+    assert held_values(journal) == 0  # wiped once the audit was on disk
+
+
+def test_rerun_of_a_finished_sheet_sends_nothing_and_reissue_user_overrides(
+    tmp_path: Path, serve_simulator, secret_env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Running a finished sheet again creates no pass; --reissue-user replaces just one."""
+    state = SimulatorState(users(*HIRES[:10]))
+    sim = serve_simulator(state)
+    sheet = write_sheet(tmp_path / "hires.csv", [(u, SOON) for u in HIRES[:10]])
+    config = sim.config(tmp_path / "c.yaml")
+    assert main(["run", str(sheet), "-c", str(config)]) == EXIT_OK
+    first_run = capsys.readouterr().out.split()[2].rstrip(":")
+    created = len(state.issued)
+
+    assert main(["run", str(sheet), "-c", str(config)]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert len(state.issued) == created  # no create request at all
+    sheets = audit(audit_path_from(out))
+    assert sheets["Issued"] == []
+    assert {r["Previous run"] for r in sheets["Skipped"]} == {first_run}
+    assert all(str(r["Reason"]).startswith("already issued") and r["Issued at"]
+               for r in sheets["Skipped"])
+
+    assert main(["run", str(sheet), "-c", str(config), "--reissue-user", HIRES[4].upper()]) == 0
+    sheets = audit(audit_path_from(capsys.readouterr().out))
+    assert len(state.issued) == created + 1
+    (again,) = sheets["Issued"]
+    assert again["User"] == HIRES[4]
+    assert again["Temporary Access Pass"] == state.current_pass(HIRES[4])
+    assert f"replaces the one run {first_run} issued" in str(again["Note"])
+
+
+def test_moved_start_date_issues_a_new_pass_and_says_so(
+    tmp_path: Path, serve_simulator, secret_env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """HR moves a start date after the pass was issued: the next run issues for the new date."""
+    state = SimulatorState(users(*HIRES[:3]))
+    sim = serve_simulator(state)
+    config = sim.config(tmp_path / "c.yaml")
+    sheet = write_sheet(tmp_path / "hires.csv", [(u, SOON) for u in HIRES[:3]])
+    assert main(["run", str(sheet), "-c", str(config)]) == EXIT_OK
+    capsys.readouterr()
+    moved = (date.today() + timedelta(days=5)).isoformat()
+    write_sheet(sheet, [(HIRES[0], SOON), (HIRES[1], moved), (HIRES[2], SOON)])
+    assert main(["run", str(sheet), "-c", str(config)]) == EXIT_OK
+    sheets = audit(audit_path_from(capsys.readouterr().out))
+    (issued,) = sheets["Issued"]
+    assert issued["User"] == HIRES[1]
+    assert f"start moved from {SOON} to {moved}" in str(issued["Note"])
+    assert issued["Temporary Access Pass"] == state.current_pass(HIRES[1])
+    assert len(sheets["Skipped"]) == 2
+
+
+def test_due_within_issues_only_rows_starting_soon(
+    tmp_path: Path, serve_simulator, secret_env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--due-within 7 issues the rows starting within 7 days; the rest wait, counted."""
+    state = SimulatorState(users(*HIRES[:4]))
+    sim = serve_simulator(state)
+    config = sim.config(tmp_path / "c.yaml")
+    sheet = write_sheet(tmp_path / "hires.csv", [(HIRES[0], SOON), (HIRES[1], LATER),
+                                                  (HIRES[2], SOON), (HIRES[3], LATER)])
+    assert main(["run", str(sheet), "-c", str(config), "--due-within", "7"]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert "(2 not yet due)" in out
+    sheets = audit(audit_path_from(out))
+    assert sorted(r["User"] for r in sheets["Issued"]) == [HIRES[0], HIRES[2]]
+    assert all(str(r["Reason"]).startswith("not yet due") for r in sheets["Skipped"])
+    assert summary(sheets)["Not yet due"] == 2
+    # a daily job later: with a wider window the waiting rows are issued, the others skipped
+    assert main(["run", str(sheet), "-c", str(config), "--due-within", "60"]) == EXIT_OK
+    sheets = audit(audit_path_from(capsys.readouterr().out))
+    assert sorted(r["User"] for r in sheets["Issued"]) == [HIRES[1], HIRES[3]]
+    assert len(state.issued) == 4
+
+
+def test_sigterm_finishes_in_flight_writes_the_audit_and_a_rerun_completes(
+    tmp_path: Path, serve_simulator
+) -> None:
+    """SIGTERM: no new rows, the audit is written (exit 143); the same command finishes later."""
+    state = SimulatorState(users(*HIRES), faults=Faults(latency_ms=60))
+    sim = serve_simulator(state)
+    sheet = write_sheet(tmp_path / "hires.csv", [(u, SOON) for u in HIRES])
+    config = sim.config(tmp_path / "c.yaml", run={"concurrency": 2})
+    proc = run_cli(config, str(sheet))
+    wait_until(lambda: len(state.issued) >= 5)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == EXIT_TERMINATED, err
+    assert "finishing the requests in flight" in err
+    sheets = audit(audit_path_from(out))
+    assert summary(sheets)["Status"] == "stopped"
+    rows = sorted(r["Row"] for n in ("Issued", "Failed", "Skipped") for r in sheets[n])
+    assert rows == list(range(2, len(HIRES) + 2))
+    issued_first = {r["User"] for r in sheets["Issued"]}
+    assert 0 < len(issued_first) < len(HIRES)
+    assert {r["Reason"] for r in sheets["Failed"]} == {"Not sent: run stopped"}
+    for row in sheets["Issued"]:
+        assert row["Temporary Access Pass"] == state.current_pass(str(row["User"]))
+
+    again = run_cli(config, str(sheet))
+    out, err = again.communicate(timeout=120)
+    assert again.returncode == EXIT_OK, err
+    sheets = audit(audit_path_from(out))
+    assert {r["User"] for r in sheets["Skipped"]} == issued_first
+    assert len(sheets["Issued"]) == len(HIRES) - len(issued_first)
+    assert len(state.issued) == len(HIRES)
+
+
+def test_second_run_on_the_same_journal_exits_with_the_lock_code(
+    tmp_path: Path, serve_simulator, secret_env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """While one run holds the journal, another exits 5 at once, naming the holder."""
+    state = SimulatorState(users(*HIRES[:2]))
+    sim = serve_simulator(state)
+    config = sim.config(tmp_path / "c.yaml")
+    sheet = write_sheet(tmp_path / "hires.csv", [(u, SOON) for u in HIRES[:2]])
+    with Journal(tmp_path / "state" / "journal.sqlite"):
+        assert main(["run", str(sheet), "-c", str(config)]) == EXIT_LOCKED
+    err = capsys.readouterr().err
+    assert "another onboard run is using the journal" in err and f"pid {os.getpid()}" in err
+    assert state.counts == {}
+
+
+def test_report_recovers_a_killed_run_and_runs_lists_it(
+    tmp_path: Path, serve_simulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`onboard report` writes a killed run's audit with the passes it held; `runs` lists it."""
+    state = SimulatorState(users(*HIRES), faults=Faults(latency_ms=40))
+    sim = serve_simulator(state)
+    sheet = write_sheet(tmp_path / "hires.csv", [(u, SOON) for u in HIRES])
+    config = sim.config(tmp_path / "c.yaml", run={"concurrency": 2})
+    proc = run_cli(config, str(sheet))
+    wait_until(lambda: len(state.issued) >= 5)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=30)
+
+    assert main(["runs", "-c", str(config)]) == EXIT_OK
+    listing = capsys.readouterr().out
+    (line,) = [line for line in listing.splitlines() if "running" in line]
+    run_id = line.split()[0]
+    assert main(["report", run_id, "-c", str(config)]) == EXIT_OK
+    out = capsys.readouterr().out
+    path = Path(out.split("journal: ")[1].split()[0])
+    sheets = audit(path)
+    assert sheets["Issued"]
+    for row in sheets["Issued"]:
+        assert row["Temporary Access Pass"] == state.current_pass(str(row["User"]))
+    assert held_values(tmp_path / "state" / "journal.sqlite") == 0
+    assert main(["report", run_id, "-c", str(config)]) == EXIT_OK  # again: no values now
+    out = capsys.readouterr().out
+    assert "pass values are not in it" in out
+    rebuilt = audit(Path(out.split("journal: ")[1].split()[0]))
+    assert all(str(r["Temporary Access Pass"]).startswith("(not kept") for r in rebuilt["Issued"])
+
+
+def test_journal_and_log_file_are_owner_only_and_hold_no_passes(
+    tmp_path: Path, serve_simulator, secret_env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """After a run the journal (0600) holds no pass values; --log-file has timestamped lines."""
+    state = SimulatorState(users(*HIRES[:5]))
+    sim = serve_simulator(state)
+    config = sim.config(tmp_path / "c.yaml")
+    sheet = write_sheet(tmp_path / "hires.csv", [(u, SOON) for u in HIRES[:5]])
+    log_file = tmp_path / "onboard.log"
+    assert main(["run", str(sheet), "-c", str(config), "--log-file", str(log_file)]) == EXIT_OK
+    capsys.readouterr()
+    journal = tmp_path / "state" / "journal.sqlite"
+    assert stat.S_IMODE(journal.stat().st_mode) == 0o600
+    assert stat.S_IMODE(journal.parent.stat().st_mode) == 0o700
+    assert held_values(journal) == 0
+    logged = log_file.read_text()
+    assert stat.S_IMODE(log_file.stat().st_mode) == 0o600
+    assert "pass issued" in logged and logged[:4].isdigit()
+    everything = logged + journal.read_bytes().decode("latin-1")
+    for created in state.issued:
+        assert created.value not in everything
+
+
+def test_too_little_disk_space_stops_before_sending(tmp_path: Path) -> None:
+    """The free-space check refuses a run whose journal and audit may not fit."""
+    with pytest.raises(ConfigError, match="not enough free disk space"):
+        check_free_space([tmp_path], 10**12)
+
+
+def test_a_killed_run_of_another_sheet_is_recovered_before_a_new_run(
+    tmp_path: Path, serve_simulator, secret_env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A killed run's passes reach its own audit workbook when a different sheet runs next."""
+    state = SimulatorState(users(*HIRES), faults=Faults(latency_ms=40))
+    sim = serve_simulator(state)
+    config = sim.config(tmp_path / "c.yaml", run={"concurrency": 2})
+    first = write_sheet(tmp_path / "january.csv", [(u, SOON) for u in HIRES[:40]])
+    proc = run_cli(config, str(first))
+    wait_until(lambda: len(state.issued) >= 5)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=30)
+
+    second = write_sheet(tmp_path / "february.csv", [(u, LATER) for u in HIRES[40:45]])
+    assert main(["run", str(second), "-c", str(config)]) == EXIT_OK
+    capsys.readouterr()
+    recovered = [p for p in (tmp_path / "audit").glob("onboard-*.xlsx")
+                 if summary(audit(p))["Status"] == "recovered from the journal"]
+    (path,) = recovered
+    sheets = audit(path)
+    assert sheets["Issued"]
+    for row in sheets["Issued"]:
+        assert row["Temporary Access Pass"] == state.current_pass(str(row["User"]))
+    assert held_values(tmp_path / "state" / "journal.sqlite") == 0
+
+
+def test_readme_crontab_line_works(tmp_path: Path) -> None:
+    """The README's crontab command, run by /bin/sh as cron would: logs, and alerts on exit 1."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = readme.split("```cron\n", 1)[1].split("```", 1)[0]
+    (entry,) = [line for line in block.splitlines() if line.strip() and not line.startswith("#")]
+    command = entry.split(None, 5)[5]  # drop the five schedule fields
+    env_file = tmp_path / "env"
+    env_file.write_text(
+        "export ONBOARD_CLIENT_SECRET=simulator-secret\n"
+        f"export ONBOARD_STATE_PATH={tmp_path / 'journal.sqlite'}\n"
+        f"export ONBOARD_OUTPUT_DIR={tmp_path / 'audit'}\n"
+        "export ONBOARD_SIMULATOR_TENANT=null\n"  # every name@domain exists
+    )
+    tomorrow = (date.today() + timedelta(days=1)).isoformat()
+    sheet = write_sheet(tmp_path / "hires.csv", [
+        ("a@contoso.com", tomorrow), ("b@contoso.com", tomorrow), ("c@contoso.com", LATER),
+        ("d@contoso.com", "someday"), ("e@contoso.com", LATER), ("f@contoso.com", tomorrow),
+    ])
+    for old, new in {
+        "/opt/onboard": str(ROOT),
+        "/etc/onboard/env": str(env_file),
+        ".venv/bin/onboard": f"{sys.executable} -m onboard",
+        "/srv/hr/new-hires.xlsx": str(sheet),
+        "/var/log/onboard.log": str(tmp_path / "onboard.log"),
+        "/var/log/onboard-run.log": str(tmp_path / "onboard-run.log"),
+    }.items():
+        assert old in command, old
+        command = command.replace(old, new)
+    mail_at = command.index("mail ")
+    command = command[:mail_at] + f"cat > {tmp_path / 'mail'}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ONBOARD_")}
+    done = subprocess.run(["/bin/sh", "-c", command], env=env, timeout=120,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    log = (tmp_path / "onboard.log").read_text()
+    assert "6 rows: 3 issued, 1 failed, 2 skipped (2 not yet due)" in log
+    assert "onboard exit 1" in (tmp_path / "mail").read_text()  # the unreadable date
+    assert "Invalid Start Date" in (tmp_path / "onboard-run.log").read_text()
