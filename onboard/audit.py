@@ -7,10 +7,12 @@ never sees half a workbook, and nobody but the owner can read the passes in it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import shutil
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -112,7 +114,42 @@ def write_audit(
     failed: Sequence[Failed],
     skipped: Sequence[Skipped],
 ) -> Path:
-    """Write the workbook atomically at `path` (mode 0600) and return it."""
+    """Write the workbook atomically at `path` (mode 0600) and return it.
+
+    Every byte on the way, openpyxl's per-sheet scratch files included, stays in an owner-only
+    folder beside it (`.<name>.partial`), removed once the workbook is in place; one left by a
+    killed write is cleared by the next write of the same workbook.
+    """
+    scratch = path.parent / f".{path.stem}.partial"
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(mode=0o700)
+    try:
+        with _temporary_files_in(scratch):
+            return _write(path, scratch, summary, issued, failed, skipped)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _temporary_files_in(directory: Path) -> Iterator[None]:
+    # openpyxl's write-only sheets stream rows (pass values too) to tempfile's default folder.
+    previous = tempfile.tempdir
+    tempfile.tempdir = str(directory)
+    try:
+        yield
+    finally:
+        tempfile.tempdir = previous
+
+
+def _write(
+    path: Path,
+    scratch: Path,
+    summary: RunSummary,
+    issued: Sequence[Issued],
+    failed: Sequence[Failed],
+    skipped: Sequence[Skipped],
+) -> Path:
     workbook = Workbook(write_only=True)
     _summary_sheet(workbook, summary, issued, failed, skipped)
     rows = sorted(issued, key=lambda i: (i.origin.source, i.origin.row))
@@ -176,7 +213,7 @@ def write_audit(
             for s in sorted(skipped, key=lambda s: (s.origin.source, s.origin.row))
         ),
     )
-    return _save_atomically(workbook, path)
+    return _save_atomically(workbook, path, scratch)
 
 
 class _Text(str):
@@ -264,9 +301,8 @@ def _escape(match: re.Match[str]) -> str:
     return "".join(f"\\x{ord(c):02x}" for c in match.group(0))
 
 
-def _save_atomically(workbook: Workbook, path: Path) -> Path:
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd, temp_name = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".tmp", dir=path.parent)
+def _save_atomically(workbook: Workbook, path: Path, scratch: Path) -> Path:
+    fd, temp_name = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".tmp", dir=scratch)
     temp = Path(temp_name)
     try:
         os.fchmod(fd, 0o600)

@@ -18,6 +18,10 @@ from .errors import ConfigError
 from .journal import Journal, RowState, RunInfo
 from .outcomes import Failed, Issued, Origin, Outcome, Skipped
 
+UNCONFIRMED = (
+    "not confirmed with Graph: a request of unknown fate was sent for this user; the next run "
+    "of the sheet checks it with Graph"
+)
 IN_FLIGHT = (
     "The run was killed while this row's request was in flight; it may or may not have a pass. "
     "Run the sheet again: it issues a new pass, which replaces any earlier one."
@@ -63,6 +67,8 @@ def rebuild(journal: Journal, run: RunInfo, path: Path) -> Path:
     skipped: list[Skipped] = []
     for origin, state in sorted(journal.rows(run.run_id).items()):
         outcome: Outcome = state.outcome or _in_flight(origin, state)
+        if isinstance(outcome, Issued) and outcome.unconfirmed:
+            outcome = replace(outcome, note=f"{outcome.note}; {UNCONFIRMED}".lstrip("; "))
         if isinstance(outcome, Issued):
             issued.append(outcome)
         elif isinstance(outcome, Failed):

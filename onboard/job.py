@@ -26,12 +26,12 @@ from . import __version__
 from .audit import FileSummary, RunSummary, write_audit
 from .auth import MsalTokenProvider, load_credential
 from .config import CLOUDS, Config, OutputSettings
-from .errors import AuditWriteError, ConfigError, GraphError, InputFileError
+from .errors import AuditWriteError, AuthError, ConfigError, GraphError, InputFileError
 from .graph import GraphClient
 from .history import recover_unfinished
-from .journal import Journal, input_key
-from .outcomes import Failed, Issued, Outcome, PassRequest, Skipped
-from .pool import Confirmation, OnOutcome, PoolResult, confirm, issue_all
+from .journal import REDECIDE, Journal, PreviousPass, input_key
+from .outcomes import Failed, Issued, Origin, Outcome, PassRequest, Skipped
+from .pool import Confirmation, OnOutcome, PoolResult, confirm, current_passes, issue_all
 from .reader import InputFile, plan, read_input
 from .simulator import DEFAULT_CLIENT_SECRET, Faults, RunningSimulator, SimulatorState, serve
 from .tls import make_ssl_context, requests_session
@@ -176,11 +176,16 @@ async def run(
         due = due_within_days if due_within_days is not None else config.run.due_within_days
         if on_start is not None:
             on_start(len(requests) + len(checked))
-        to_send = _sort(
+        to_send, to_check = _sort(
             ledger, requests, checked, started, due, reissue, {u.casefold() for u in reissue_users}
         )
-        if to_send:
-            await _send(config, env, ledger, to_send, stop)
+        if to_send or to_check or any(i.unconfirmed for i in report.issued):
+            try:
+                await _send(config, env, ledger, to_send, to_check, stop)
+            except (AuthError, ConfigError):
+                if not report.resumed:  # nothing was sent and no pass is held: close it
+                    journal.finish(report.run_id, "aborted", None)
+                raise
         _finish(journal, config, report, directory)
         return report
     finally:
@@ -241,6 +246,14 @@ def _start(
     return report
 
 
+@dataclass(frozen=True, slots=True)
+class _Check:
+    """A row whose earlier pass may have been replaced at Graph: ask before skipping it."""
+
+    request: PassRequest
+    previous: PreviousPass
+
+
 def _sort(
     ledger: _Ledger,
     requests: list[PassRequest],
@@ -249,31 +262,39 @@ def _sort(
     due_within_days: int | None,
     reissue: bool,
     reissue_users: set[str],
-) -> list[PassRequest]:
-    """Decide, for every row, whether it is sent now; record the outcome of each that is not."""
+) -> tuple[list[PassRequest], list[_Check]]:
+    """Decide, for every row, whether it is sent now; record the outcome of each that is not.
+
+    Returns the rows to send, and the rows to decide once Graph has said which pass it holds.
+    """
     journal, run_id = ledger.journal, ledger.report.run_id
     known = journal.rows(run_id)
     for outcome in sorted(checked, key=lambda o: (o.origin.source, o.origin.row)):
         _log_checked(outcome)
         ledger.add(outcome)
+    unknown_users = reissue_users - {r.key for r in requests}
+    if unknown_users:
+        log.warning(
+            "--reissue-user names no row of the sheet: %s", ", ".join(sorted(unknown_users))
+        )
     horizon = now + timedelta(days=due_within_days) if due_within_days is not None else None
     to_send: list[PassRequest] = []
+    to_check: list[_Check] = []
     for request in requests:
         earlier = known.get(request.origin)
-        if earlier is not None and earlier.outcome is not None and earlier.state != "in_flight":
-            ledger.add(earlier.outcome)  # done before the stop: kept, pass value included
+        if earlier is not None and earlier.outcome is not None and earlier.state not in REDECIDE:
+            # Done before the stop: kept, pass value included. An 'unclear' pass stays flagged
+            # and is checked with Graph before this run finishes.
+            ledger.add(earlier.outcome)
             continue
-        if earlier is not None:  # in flight when the last run stopped: it may have a pass
+        if earlier is not None and earlier.state in ("in_flight", "interrupted"):
+            # Its request may still be at Graph: send again, then check which pass Graph holds.
+            note = (
+                "issued again: the previous run stopped while this request was in flight (the "
+                "new pass replaces any it created)"
+            )
             to_send.append(
-                replace(
-                    request,
-                    note=_join(
-                        request.note,
-                        "issued again: the previous run stopped while this "
-                        "request was in flight (the new pass replaces any it created)",
-                    ),
-                    prior_attempts=earlier.attempts,
-                )
+                replace(request, note=_join(request.note, note), prior_attempts=earlier.attempts)
             )
             continue
         if horizon is not None and request.start is not None and request.start > horizon:
@@ -290,34 +311,34 @@ def _sort(
             continue
         previous = journal.previous_pass(request.key, excluding=run_id)
         wanted = reissue or request.key in reissue_users
-        if previous is not None and previous.start_key == request.start_key and not wanted:
-            ledger.add(
-                Skipped(
-                    request.origin,
-                    request.user,
-                    "already issued for this start date by an earlier run (use --reissue-user to "
-                    "replace it)",
-                    previous.run_id,
-                    previous.issued_at,
-                )
-            )
-            continue
-        if previous is not None:
+        if previous is None:
+            to_send.append(request)
+        elif wanted or previous.start_key != request.start_key:
             why = (
                 "issued again on request (--reissue)"
                 if wanted
                 else f"start moved from {previous.start_key or '(none)'} to "
                 f"{request.start_key or '(none)'}"
             )
-            request = replace(
-                request,
-                note=_join(
-                    request.note,
-                    f"{why}: this pass replaces the one run {previous.run_id} issued",
-                ),
-            )
-        to_send.append(request)
-    return to_send
+            note = f"{why}: this pass replaces the one run {previous.run_id} issued"
+            to_send.append(replace(request, note=_join(request.note, note)))
+        elif previous.stands:
+            ledger.add(_already_issued(request, previous, confirmed=False))
+        else:
+            to_check.append(_Check(request, previous))
+    return to_send, to_check
+
+
+def _already_issued(request: PassRequest, previous: PreviousPass, *, confirmed: bool) -> Skipped:
+    how = " (confirmed with Graph)" if confirmed else ""
+    return Skipped(
+        request.origin,
+        request.user,
+        f"already issued for this start date by an earlier run{how}; use --reissue-user to "
+        "replace it",
+        previous.run_id,
+        previous.issued_at,
+    )
 
 
 def _join(first: str, second: str) -> str:
@@ -329,6 +350,7 @@ async def _send(
     env: Mapping[str, str],
     ledger: _Ledger,
     requests: list[PassRequest],
+    to_check: list[_Check],
     stop: asyncio.Event | None,
 ) -> None:
     """Connect, then issue; whatever happens once passes may exist, the audit gets written."""
@@ -337,13 +359,10 @@ async def _send(
         endpoint = await stack.enter_async_context(_endpoint(config, env))
         client = await _connect(config, endpoint, stack)  # nothing sent if this fails
         pending = {r.origin: r for r in requests}
-
-        def track(outcome: Outcome) -> None:
-            pending.pop(outcome.origin, None)
-            ledger.add(outcome)
-
+        pending.update((c.request.origin, c.request) for c in to_check)
         try:
-            await _issue(config, client, requests, ledger, track, stop)
+            requests = requests + await _decide(config, client, ledger, to_check, pending)
+            await _issue(config, client, requests, ledger, pending, stop)
         except (asyncio.CancelledError, KeyboardInterrupt):
             # Stopped at once: the journal holds every outcome and pass so far, and the rows in
             # flight; running the same command again resumes this run and writes its audit.
@@ -351,9 +370,45 @@ async def _send(
         except BaseException as exc:
             report.stopped = f"crashed ({type(exc).__name__})"
             for r in pending.values():
-                ledger.add(_unfinished(r), progress=False)
+                ledger.replace(_unfinished(r))
             _finish(ledger.journal, config, report, config.output.dir)
             raise
+
+
+async def _decide(
+    config: Config,
+    client: GraphClient,
+    ledger: _Ledger,
+    to_check: list[_Check],
+    pending: dict[Origin, PassRequest],
+) -> list[PassRequest]:
+    """Skip the rows whose earlier pass Graph still holds; return the others, to be sent."""
+    if not to_check:
+        return []
+    run = config.run
+    answers = await current_passes(
+        [c.request.user for c in to_check],
+        client.current_pass_id,
+        concurrency=run.concurrency,
+        max_attempts=run.max_attempts,
+        backoff_seconds=run.backoff_seconds,
+        backoff_max_seconds=run.backoff_max_seconds,
+    )
+    send = []
+    for check in to_check:
+        held = answers[check.request.user]
+        if held is not None and held == check.previous.method_id:
+            pending.pop(check.request.origin, None)
+            ledger.add(_already_issued(check.request, check.previous, confirmed=True))
+            continue
+        why = (
+            f"could not ask Graph (HTTP {held.status})"
+            if isinstance(held, GraphError)
+            else "Graph no longer holds it (a later request of unknown fate replaced it)"
+        )
+        note = f"the pass run {check.previous.run_id} issued may not stand: {why}; issued again"
+        send.append(replace(check.request, note=_join(check.request.note, note)))
+    return send
 
 
 def _unfinished(request: PassRequest) -> Failed:
@@ -363,6 +418,7 @@ def _unfinished(request: PassRequest) -> Failed:
         "Not finished",
         "An internal error stopped the run while this row was waiting or in flight; it may or "
         "may not have a pass. Run again for this row (a new pass replaces any earlier one).",
+        may_have_pass=True,
     )
 
 
@@ -407,12 +463,20 @@ async def _issue(
     client: GraphClient,
     requests: list[PassRequest],
     ledger: _Ledger,
-    record: OnOutcome,
+    pending: dict[Origin, PassRequest],
     stop: asyncio.Event | None,
 ) -> None:
     report = ledger.report
     report.notes.extend(await _policy_notes(client))
     run = config.run
+
+    def track(outcome: Outcome) -> None:
+        pending.pop(outcome.origin, None)
+        ledger.add(outcome)
+
+    def track_again(outcome: Outcome) -> None:
+        pending.pop(outcome.origin, None)
+        ledger.replace(outcome)
 
     async def issue(batch: list[PassRequest], on_outcome: OnOutcome) -> PoolResult:
         return await issue_all(
@@ -438,25 +502,31 @@ async def _issue(
             backoff_max_seconds=run.backoff_max_seconds,
         )
 
-    result = await issue(requests, record)
+    result = await issue(requests, track)
     _add_stats(report, result)
     if stop is not None and stop.is_set() and not report.stopped:
         report.stopped = "stopped"
-    unclear = result.unclear
+    # When each unconfirmed pass's doubtful request was last sent (resumed ones: now, which is
+    # later than any request of the run that stopped).
+    sent_at = dict(result.unclear)
+    given_up: set[Origin] = set()
     for _ in range(CONFIRM_ROUNDS):
-        if not unclear:
-            break
-        if report.stopped:
-            for item in [i for i in report.issued if i.origin in unclear]:
+        suspects = [i for i in report.issued if i.unconfirmed and i.origin not in given_up]
+        if not suspects:
+            return
+        settled_at = max(sent_at.get(i.origin, time.monotonic()) for i in suspects)
+        if report.stopped or await _stopped_within(
+            stop, settled_at + run.settle_seconds - time.monotonic()
+        ):
+            # Stopping: leave them flagged in the journal; the next run checks them with Graph.
+            report.stopped = report.stopped or "stopped"
+            for item in suspects:
                 ledger.replace(replace(item, note=_join(item.note, _UNCONFIRMED_NOTE)))
-            break
-        # Give a request whose answer was lost time to finish at Graph before asking.
-        settled_at = max(unclear.values()) + run.settle_seconds
-        await asyncio.sleep(max(0.0, settled_at - time.monotonic()))
-        suspects = [i for i in report.issued if i.origin in unclear]
+            return
         found = await check(suspects)
         for item in found.confirmed + found.unknown:
             ledger.replace(item)
+        given_up.update(item.origin for item in found.unknown)
         if not found.replaced:
             return
         for item in found.replaced:
@@ -467,33 +537,47 @@ async def _issue(
                 item.origin.row,
                 item.request.user,
             )
+            pending[item.origin] = item.request
         again = [
             replace(i.request, note=_REISSUE_NOTE, prior_attempts=i.attempts)
             for i in found.replaced
         ]
-        result = await issue(again, ledger.replace)
+        result = await issue(again, track_again)
         _add_stats(report, result)
-        unclear = {r.origin: time.monotonic() for r in again}
-    else:
-        for item in [i for i in report.issued if i.origin in unclear]:
-            ledger.replace(
-                Failed(
-                    item.origin,
-                    item.request.user,
-                    "Pass not confirmed",
-                    "Graph kept holding a different pass than the one it returned. Run this "
-                    "row again.",
-                    attempts=item.attempts,
-                    request_id=item.request_id,
-                )
+        sent_at.update(result.unclear)
+    for item in [i for i in report.issued if i.unconfirmed and i.origin not in given_up]:
+        ledger.replace(
+            Failed(
+                item.origin,
+                item.request.user,
+                "Pass not confirmed",
+                "Graph kept holding a different pass than the one it returned. Run this row again.",
+                attempts=item.attempts,
+                request_id=item.request_id,
+                may_have_pass=True,
             )
+        )
+
+
+async def _stopped_within(stop: asyncio.Event | None, seconds: float) -> bool:
+    """Wait `seconds`, or less if asked to stop; True if asked to stop."""
+    if stop is None:
+        await asyncio.sleep(max(0.0, seconds))
+        return False
+    if seconds <= 0:
+        return stop.is_set()
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except TimeoutError:
+        return False
+    return True
 
 
 CONFIRM_ROUNDS = 3
 _REISSUE_NOTE = "issued again: a slower earlier request had replaced the first pass"
 _UNCONFIRMED_NOTE = (
-    "not confirmed with Graph after an unclear attempt (the run was stopped): if this pass "
-    "does not work, run again with --reissue-user"
+    "not yet confirmed with Graph after an unclear attempt (the run was stopped): the next run "
+    "checks it"
 )
 
 

@@ -40,16 +40,27 @@ CREATE TABLE IF NOT EXISTS rows (
     source TEXT NOT NULL,
     row INTEGER NOT NULL,
     user_key TEXT NOT NULL,
-    state TEXT NOT NULL,             -- in_flight, issued, failed, skipped
+    state TEXT NOT NULL,             -- see STATES
     start_key TEXT NOT NULL DEFAULT '',
     attempts INTEGER NOT NULL DEFAULT 0,
+    may_have_pass INTEGER NOT NULL DEFAULT 0,  -- a create of unknown fate was sent
+    method_id TEXT,
     record TEXT,                     -- JSON of the outcome, without the pass value
     pass_value TEXT,                 -- only until the audit workbook is written
     issued_at TEXT,
+    updated TEXT NOT NULL,
     PRIMARY KEY (run_id, source, row)
 );
-CREATE INDEX IF NOT EXISTS rows_by_user ON rows (user_key, state);
+CREATE INDEX IF NOT EXISTS rows_by_user ON rows (user_key, updated);
 """
+# A row's states. in_flight: a create was sent, no answer recorded yet. issued: Graph returned
+# the pass and nothing sent since can have replaced it. unclear: issued, but a request whose
+# answer was lost may still replace it: check with Graph before trusting it. interrupted: the
+# run stopped with the request in flight. not_sent: the run stopped before sending. failed,
+# skipped: as in the audit.
+STATES = ("in_flight", "issued", "unclear", "interrupted", "not_sent", "failed", "skipped")
+# Rows a resumed run decides again rather than keeping.
+REDECIDE = ("in_flight", "interrupted", "not_sent", "skipped")
 FINISHED = ("completed", "stopped", "aborted", "crashed", "recovered")
 
 
@@ -67,9 +78,13 @@ class RunInfo:
 
 @dataclass(frozen=True, slots=True)
 class PreviousPass:
+    """The last pass an earlier run audited for a user."""
+
     run_id: str
+    stands: bool  # False: a later request of unknown fate may have replaced it at Graph
     start_key: str
     issued_at: datetime | None
+    method_id: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +124,7 @@ class Journal:
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")  # a committed outcome survives power loss
+            db.execute("PRAGMA secure_delete=ON")  # a wiped pass value is overwritten on disk
             db.executescript(SCHEMA)
         except sqlite3.DatabaseError as exc:
             db.close()
@@ -215,42 +231,68 @@ class Journal:
                 (status, datetime.now(UTC).isoformat(), str(audit_path or ""), run_id),
             )
             db.execute("UPDATE rows SET pass_value=NULL WHERE run_id=?", (run_id,))
+        # Fold the WAL into the database file and empty it, so no old page keeps a value.
+        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     # --- rows ---------------------------------------------------------------------------------
     def sending(self, run_id: str, request: PassRequest) -> None:
-        """Before each request: the row is in flight, and one more attempt is counted."""
+        """Before each request: the row is in flight, and one more attempt is counted.
+
+        Its earlier outcome (and pass) is dropped: once this request is sent, Graph may replace
+        that pass, so it must never be reported as if it still stood.
+        """
         with self._transaction() as db:
             db.execute(
-                "INSERT INTO rows (run_id, source, row, user_key, state, start_key, attempts) "
-                "VALUES (?, ?, ?, ?, 'in_flight', ?, 1) "
+                "INSERT INTO rows (run_id, source, row, user_key, state, start_key, attempts, "
+                "may_have_pass, updated) VALUES (?, ?, ?, ?, 'in_flight', ?, ?, 1, ?) "
                 "ON CONFLICT(run_id, source, row) DO UPDATE SET state='in_flight', "
-                "attempts=attempts+1, pass_value=NULL",
-                (run_id, request.origin.source, request.origin.row, request.key, request.start_key),
+                "attempts=max(attempts + 1, excluded.attempts), may_have_pass=1, record=NULL, "
+                "pass_value=NULL, method_id=NULL, updated=excluded.updated",
+                (
+                    run_id,
+                    request.origin.source,
+                    request.origin.row,
+                    request.key,
+                    request.start_key,
+                    request.prior_attempts + 1,
+                    _now(),
+                ),
             )
 
     def record(self, run_id: str, outcome: Outcome) -> None:
         """Commit one row's outcome (with its pass value, if issued) the moment it is known."""
-        value: str | None = None
-        issued_at: str | None = None
+        value = method_id = issued_at = None
         start_key = ""
         attempts = 0
+        may_have_pass = False
         if isinstance(outcome, Issued):
-            state, user = "issued", outcome.request.key
-            value, start_key = outcome.temporary_access_pass, outcome.request.start_key
-            attempts = outcome.attempts
+            state = "unclear" if outcome.unconfirmed else "issued"
+            user, value = outcome.request.key, outcome.temporary_access_pass
+            start_key, attempts = outcome.request.start_key, outcome.attempts
+            method_id, may_have_pass = outcome.method_id, True
             issued_at = (outcome.created or datetime.now(UTC)).isoformat()
         elif isinstance(outcome, Failed):
-            state, user, attempts = "failed", outcome.user.casefold(), outcome.attempts
+            user, attempts, may_have_pass = (
+                outcome.user.casefold(),
+                outcome.attempts,
+                (outcome.may_have_pass),
+            )
+            state = {"Interrupted": "interrupted", "Not sent: run stopped": "not_sent"}.get(
+                outcome.reason, "failed"
+            )
         else:
             state, user = "skipped", outcome.user.casefold()
         with self._transaction() as db:
             db.execute(
                 "INSERT INTO rows (run_id, source, row, user_key, state, start_key, attempts, "
-                "record, pass_value, issued_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "may_have_pass, method_id, record, pass_value, issued_at, updated) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT(run_id, source, row) DO UPDATE SET state=excluded.state, "
                 "start_key=excluded.start_key, attempts=max(attempts, excluded.attempts), "
-                "record=excluded.record, pass_value=excluded.pass_value, "
-                "issued_at=excluded.issued_at",
+                "may_have_pass=max(may_have_pass, excluded.may_have_pass), "
+                "method_id=excluded.method_id, record=excluded.record, "
+                "pass_value=excluded.pass_value, issued_at=excluded.issued_at, "
+                "updated=excluded.updated",
                 (
                     run_id,
                     outcome.origin.source,
@@ -259,9 +301,12 @@ class Journal:
                     state,
                     start_key,
                     attempts,
+                    int(may_have_pass),
+                    method_id,
                     json.dumps(to_record(outcome)),
                     value,
                     issued_at,
+                    _now(),
                 ),
             )
 
@@ -278,14 +323,30 @@ class Journal:
         return found
 
     def previous_pass(self, user_key: str, *, excluding: str) -> PreviousPass | None:
-        """The latest pass issued to this user by a finished run (one whose audit was written)."""
-        row = self.db.execute(
-            "SELECT rows.run_id, start_key, issued_at FROM rows JOIN runs USING (run_id) "
-            "WHERE user_key=? AND state='issued' AND runs.status != 'running' "
-            "AND rows.run_id != ? ORDER BY issued_at DESC LIMIT 1",
+        """The last pass a finished run audited for this user, and whether it still stands.
+
+        It stands when nothing of unknown fate was sent for the user after it (a request whose
+        answer was lost, a run stopped with the request in flight): otherwise Graph may hold a
+        different pass, and it must be asked before the row is skipped.
+        """
+        audited = self.db.execute(
+            "SELECT rows.run_id, state, start_key, issued_at, method_id, updated FROM rows "
+            "JOIN runs USING (run_id) WHERE user_key=? AND runs.status != 'running' "
+            "AND rows.run_id != ? AND state IN ('issued', 'unclear') "
+            "ORDER BY updated DESC LIMIT 1",
             (user_key, excluding),
         ).fetchone()
-        return PreviousPass(row[0], row[1], _time(row[2])) if row else None
+        if audited is None:
+            return None
+        run_id, state, start_key, issued_at, method_id, updated = audited
+        later = self.db.execute(
+            "SELECT 1 FROM rows JOIN runs USING (run_id) WHERE user_key=? "
+            "AND runs.status != 'running' AND rows.run_id != ? AND may_have_pass=1 "
+            "AND state NOT IN ('issued', 'unclear') AND updated > ? LIMIT 1",
+            (user_key, excluding, updated),
+        ).fetchone()
+        stands = state == "issued" and later is None
+        return PreviousPass(run_id, stands, start_key, _time(issued_at), method_id)
 
     def held_values(self) -> int:
         """How many pass values the journal holds right now (tests and `onboard runs`)."""
@@ -309,6 +370,7 @@ def to_record(outcome: Outcome) -> dict[str, Any]:
             "attempts": outcome.attempts,
             "request_id": outcome.request_id,
             "note": outcome.note,
+            "unconfirmed": outcome.unconfirmed,
         }
     if isinstance(outcome, Failed):
         return {
@@ -322,6 +384,7 @@ def to_record(outcome: Outcome) -> dict[str, Any]:
             "attempts": outcome.attempts,
             "request_id": outcome.request_id,
             "column": outcome.column,
+            "may_have_pass": outcome.may_have_pass,
         }
     return {
         "kind": "skipped",
@@ -349,6 +412,7 @@ def from_record(data: dict[str, Any], value: str | None) -> Outcome:
             data["attempts"],
             data["request_id"],
             data["note"],
+            unconfirmed=data.get("unconfirmed", False),
         )
     origin = Origin(*data["origin"])
     if kind == "failed":
@@ -362,6 +426,7 @@ def from_record(data: dict[str, Any], value: str | None) -> Outcome:
             data["attempts"],
             data["request_id"],
             data["column"],
+            may_have_pass=data.get("may_have_pass", False),
         )
     return Skipped(
         origin, data["user"], data["reason"], data["previous_run"], _time(data["issued_at"])
@@ -395,6 +460,10 @@ def _unrequest(d: dict[str, Any]) -> PassRequest:
         d["note"],
         start_date=date.fromisoformat(d["start_date"]) if d["start_date"] else None,
     )
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
 
 
 def _time(text: str | None) -> datetime | None:

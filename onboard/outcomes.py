@@ -52,6 +52,9 @@ class Issued:
     attempts: int
     request_id: str | None
     note: str = ""
+    # An attempt's answer was lost, so a slower request may still replace this pass at Graph:
+    # it must be checked against what Graph holds before it is trusted.
+    unconfirmed: bool = False
 
     @property
     def origin(self) -> Origin:
@@ -69,6 +72,7 @@ class Failed:
     attempts: int = 0
     request_id: str | None = None
     column: str | None = None
+    may_have_pass: bool = False  # a request of unknown fate was sent: Graph may hold a pass
 
 
 @dataclass(frozen=True, slots=True)

@@ -66,6 +66,7 @@ async def issue_all(
         queue.put_nowait(request)
 
     in_hand: dict[Origin, PassRequest] = {}
+    sent: dict[Origin, int] = {}  # attempts made so far, per row
 
     def record(outcome: Outcome) -> None:
         in_hand.pop(outcome.origin, None)
@@ -82,11 +83,13 @@ async def issue_all(
             sleep=sleep,
         )
         attempts = 0
-        unclear: float | None = None
+        # A row sent before by a run that stopped: that request's fate is unknown too.
+        unclear: float | None = time.monotonic() if request.prior_attempts else None
         try:
             async for attempt in retrying:
                 with attempt:
                     attempts = request.prior_attempts + attempt.retry_state.attempt_number
+                    sent[request.origin] = attempts
                     if attempt.retry_state.attempt_number > 1:
                         result.retries += 1
                     async with gate.slot():
@@ -131,6 +134,7 @@ async def issue_all(
                 exc.code,
                 attempts,
                 exc.request_id,
+                may_have_pass=unclear is not None or request.prior_attempts > 0,
             )
         if unclear is not None:
             result.unclear[request.origin] = unclear
@@ -154,6 +158,7 @@ async def issue_all(
             attempts,
             created.request_id,
             created.note,
+            unconfirmed=unclear is not None,
         )
 
     async def worker() -> None:
@@ -190,7 +195,7 @@ async def issue_all(
             task.cancel()
         raise
     for request in list(in_hand.values()):
-        record(_interrupted(request))
+        record(_interrupted(request, sent.get(request.origin, request.prior_attempts)))
     while not queue.empty():
         request = queue.get_nowait()
         record(_not_sent(request, result.aborted))
@@ -240,14 +245,15 @@ def _not_sent(request: PassRequest, cause: AuthError | None) -> Failed:
     )
 
 
-def _interrupted(request: PassRequest) -> Failed:
+def _interrupted(request: PassRequest, attempts: int) -> Failed:
     return Failed(
         request.origin,
         request.user,
         "Interrupted",
         "The run was stopped while this row's request was in flight; it may or may not have a "
         "pass. Run the same command again: it issues a new pass, which replaces any earlier one.",
-        attempts=request.prior_attempts,
+        attempts=attempts,
+        may_have_pass=True,
     )
 
 
@@ -259,6 +265,40 @@ class Confirmation:
     confirmed: list[Issued] = field(default_factory=list)  # Graph holds exactly this pass
     replaced: list[Issued] = field(default_factory=list)  # Graph holds another: issue again
     unknown: list[Issued] = field(default_factory=list)  # could not ask; kept, with a note
+
+
+async def current_passes(
+    users: Sequence[str],
+    current: Current,
+    *,
+    concurrency: int,
+    max_attempts: int,
+    backoff_seconds: float = 1.0,
+    backoff_max_seconds: float = 60.0,
+    sleep: Sleep = asyncio.sleep,
+) -> dict[str, str | GraphError | None]:
+    """Ask Graph which pass (method id) each user holds now; a GraphError where it would not say."""
+    gate = ThrottleGate(limit=concurrency, sleep=sleep)
+    answers: dict[str, str | GraphError | None] = {}
+
+    async def ask(user: str) -> None:
+        retrying = make_retrying(
+            max_attempts=max_attempts,
+            gate=gate,
+            backoff_seconds=backoff_seconds,
+            backoff_max_seconds=backoff_max_seconds,
+            sleep=sleep,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    async with gate.slot():
+                        answers[user] = await current(user)
+        except GraphError as exc:
+            answers[user] = exc
+
+    await asyncio.gather(*(ask(user) for user in dict.fromkeys(users)))
+    return answers
 
 
 async def confirm(
@@ -276,38 +316,29 @@ async def confirm(
     A request that timed out may still complete at Graph after its retry did; its pass then
     replaces the one we were given. Comparing method ids finds those users.
     """
-    gate = ThrottleGate(limit=concurrency, sleep=sleep)
+    answers = await current_passes(
+        [item.request.user for item in issued],
+        current,
+        concurrency=concurrency,
+        max_attempts=max_attempts,
+        backoff_seconds=backoff_seconds,
+        backoff_max_seconds=backoff_max_seconds,
+        sleep=sleep,
+    )
     found = Confirmation()
-    limit = asyncio.Semaphore(max(1, concurrency))
-
-    async def check(item: Issued) -> None:
-        retrying = make_retrying(
-            max_attempts=max_attempts,
-            gate=gate,
-            backoff_seconds=backoff_seconds,
-            backoff_max_seconds=backoff_max_seconds,
-            sleep=sleep,
-        )
-        try:
-            async with limit:
-                async for attempt in retrying:
-                    with attempt:
-                        async with gate.slot():
-                            held = await current(item.request.user)
-        except GraphError as exc:
+    for item in issued:
+        held = answers[item.request.user]
+        if isinstance(held, GraphError):
             note = (
-                f"could not confirm with Graph (HTTP {exc.status}) after an unclear attempt: if "
+                f"could not confirm with Graph (HTTP {held.status}) after an unclear attempt: if "
                 "this pass does not work, run this row again"
             )
             found.unknown.append(replace(item, note=_join(item.note, note)))
-            return
-        if held == item.method_id:
+        elif held == item.method_id:
             note = "confirmed with Graph after an unclear attempt"
-            found.confirmed.append(replace(item, note=_join(item.note, note)))
+            found.confirmed.append(replace(item, note=_join(item.note, note), unconfirmed=False))
         else:
             found.replaced.append(item)
-
-    await asyncio.gather(*(check(item) for item in issued))
     return found
 
 

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -27,14 +25,6 @@ from onboard.simulator import Faults, SimulatorState
 
 ROOT = Path(__file__).resolve().parent.parent
 GOOD = [f"hire{n:02d}@contoso.com" for n in range(40)]
-
-
-@pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:], root.level = handlers, level
 
 
 SOON = [(date.today() + timedelta(days=30 + n)).isoformat() for n in range(5)]

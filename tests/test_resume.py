@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import sqlite3
@@ -10,7 +9,6 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -28,14 +26,6 @@ ROOT = Path(__file__).resolve().parent.parent
 HIRES = [f"new{n:02d}@contoso.com" for n in range(60)]
 SOON = (date.today() + timedelta(days=3)).isoformat()
 LATER = (date.today() + timedelta(days=40)).isoformat()
-
-
-@pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:], root.level = handlers, level
 
 
 def write_sheet(path: Path, rows: list[tuple[str, str]]) -> Path:
