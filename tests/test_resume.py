@@ -78,11 +78,18 @@ def test_kill_9_at_several_points_then_the_same_command_finishes_the_job(
     tmp_path: Path, serve_simulator
 ) -> None:
     """SIGKILL part-way, three times, then run again: every row once, passes match Graph."""
-    state = SimulatorState(users(*HIRES), faults=Faults(latency_ms=40), seed=3)
+    # Some creates finish at Graph only after the client gave up on them (and retried), so a
+    # kill can leave a request at Graph that lands after the resumed run's new pass.
+    state = SimulatorState(
+        users(*HIRES),
+        faults=Faults(latency_ms=40, late_create_rate=0.15, late_create_seconds=0.6),
+        seed=3,
+    )
     sim = serve_simulator(state)
     sheet = write_sheet(tmp_path / "hires.csv",
                         [(u, SOON) for u in HIRES] + [("ghost@contoso.com", SOON)])
-    config = sim.config(tmp_path / "c.yaml", run={"concurrency": 3})
+    config = sim.config(tmp_path / "c.yaml", run={"concurrency": 3, "timeout_seconds": 0.3,
+                                                  "settle_seconds": 0.8, "max_attempts": 10})
     journal = tmp_path / "state" / "journal.sqlite"
     for created in (5, 20, 35):  # kill at three different points
         proc = run_cli(config, str(sheet))
@@ -90,6 +97,7 @@ def test_kill_9_at_several_points_then_the_same_command_finishes_the_job(
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=30)
         assert proc.returncode == -signal.SIGKILL
+    assert state.counts.get("late", 0) > 0
     created_before_final = len(state.issued)
     assert 0 < created_before_final < len(HIRES)  # the kills really landed part-way
     assert held_values(journal) > 0  # passes issued so far wait in the journal
@@ -123,9 +131,10 @@ def test_rerun_of_a_finished_sheet_sends_nothing_and_reissue_user_overrides(
     first_run = capsys.readouterr().out.split()[2].rstrip(":")
     created = len(state.issued)
 
+    attempts = sum(state.create_attempts.values())
     assert main(["run", str(sheet), "-c", str(config)]) == EXIT_OK
     out = capsys.readouterr().out
-    assert len(state.issued) == created  # no create request at all
+    assert sum(state.create_attempts.values()) == attempts  # no create request at all
     sheets = audit(audit_path_from(out))
     assert sheets["Issued"] == []
     assert {r["Previous run"] for r in sheets["Skipped"]} == {first_run}
@@ -358,3 +367,133 @@ def test_readme_crontab_line_works(tmp_path: Path) -> None:
     assert "6 rows: 3 issued, 1 failed, 2 skipped (2 not yet due)" in log
     assert "onboard exit 1" in (tmp_path / "mail").read_text()  # the unreadable date
     assert "Invalid Start Date" in (tmp_path / "onboard-run.log").read_text()
+
+
+def test_a_later_request_of_unknown_fate_is_checked_before_skipping(
+    tmp_path: Path, serve_simulator, secret_env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Run A issues; run B's --reissue-user loses every answer and gives up; run C must not
+    trust A's pass (Graph holds B's), so it asks Graph and issues again."""
+    user = HIRES[0]
+    state = SimulatorState(users(user, HIRES[1]))
+    sim = serve_simulator(state)
+    config = sim.config(tmp_path / "c.yaml", run={"max_attempts": 2})
+    sheet = write_sheet(tmp_path / "hires.csv", [(user, SOON), (HIRES[1], SOON)])
+    assert main(["run", str(sheet), "-c", str(config)]) == EXIT_OK
+    capsys.readouterr()
+    state.faults.lost_response_rate = 1.0
+    assert main(["run", str(sheet), "-c", str(config), "--reissue-user", user]) == 1
+    capsys.readouterr()
+    state.faults.lost_response_rate = 0.0
+    assert main(["run", str(sheet), "-c", str(config)]) == EXIT_OK
+    sheets = audit(audit_path_from(capsys.readouterr().out))
+    (issued,) = sheets["Issued"]
+    assert issued["User"] == user and "may not stand" in str(issued["Note"])
+    assert issued["Temporary Access Pass"] == state.current_pass(user)
+    (skipped,) = sheets["Skipped"]  # the other user's pass stands: no need to even ask
+    assert skipped["User"] == HIRES[1]
+
+
+def test_rows_not_sent_before_a_stop_are_sent_when_the_run_resumes(
+    tmp_path: Path, serve_simulator, secret_env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stopped (nothing sent), then killed before the audit: resuming sends those rows."""
+    import asyncio
+
+    from onboard import job
+    from onboard.config import load_config
+
+    state = SimulatorState(users(*HIRES[:6]))
+    sim = serve_simulator(state)
+    config = load_config(sim.config(tmp_path / "c.yaml"), {})
+    sheet = write_sheet(tmp_path / "hires.csv", [(u, SOON) for u in HIRES[:6]])
+
+    def killed(*args: object, **kwargs: object) -> None:
+        raise SystemExit("killed before the audit")
+
+    stopped = asyncio.Event()
+    stopped.set()  # stopped before the first row
+    with monkeypatch.context() as patch:
+        patch.setattr(job, "_finish", killed)
+        with pytest.raises(SystemExit):
+            asyncio.run(job.run(config, [sheet], env=os.environ, stop=stopped))
+    assert state.issued == []
+    report = asyncio.run(job.run(config, [sheet], env=os.environ))
+    assert report.resumed
+    assert len(report.issued) == 6 and report.failed == [] and report.skipped == []
+    for item in report.issued:
+        assert item.temporary_access_pass == state.current_pass(item.request.user)
+
+
+def test_second_signal_stops_at_once_and_the_same_command_resumes(
+    tmp_path: Path, serve_simulator
+) -> None:
+    """Two SIGINTs: exit 130 at once, no audit; the journal lets the same command finish."""
+    state = SimulatorState(users(*HIRES), faults=Faults(latency_ms=80))
+    sim = serve_simulator(state)
+    sheet = write_sheet(tmp_path / "hires.csv", [(u, SOON) for u in HIRES])
+    config = sim.config(tmp_path / "c.yaml", run={"concurrency": 2})
+    proc = run_cli(config, str(sheet))
+    wait_until(lambda: len(state.issued) >= 5)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "stopping at once" in err and "audit workbook:" not in out
+    assert not list((tmp_path / "audit").glob("onboard-*.xlsx"))
+    assert held_values(tmp_path / "state" / "journal.sqlite") > 0
+
+    again = run_cli(config, str(sheet))
+    out, err = again.communicate(timeout=120)
+    assert again.returncode == EXIT_OK, err
+    assert "resumed run" in out
+    sheets = audit(audit_path_from(out))
+    assert len(sheets["Issued"]) == len(HIRES)
+    for row in sheets["Issued"]:
+        assert row["Temporary Access Pass"] == state.current_pass(str(row["User"]))
+
+
+def test_no_pass_value_survives_in_the_journal_files(
+    tmp_path: Path, serve_simulator, secret_env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """After the audit is written, neither the journal nor its WAL holds any pass value."""
+    state = SimulatorState(users(*HIRES[:30]))
+    sim = serve_simulator(state)
+    config = sim.config(tmp_path / "c.yaml")
+    sheet = write_sheet(tmp_path / "hires.csv", [(u, SOON) for u in HIRES[:30]])
+    assert main(["run", str(sheet), "-c", str(config)]) == EXIT_OK
+    capsys.readouterr()
+    files = list((tmp_path / "state").iterdir())
+    data = b"".join(f.read_bytes() for f in files if f.is_file())
+    for created in state.issued:
+        assert created.value.encode() not in data
+    for f in files:
+        assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
+
+
+def test_a_killed_request_that_lands_after_the_resend_is_caught(
+    tmp_path: Path, serve_simulator
+) -> None:
+    """Killed while its create was at Graph; that create lands after the resumed run's new one.
+    The resumed run checks with Graph after settling and issues again."""
+    user = HIRES[0]
+    state = SimulatorState(users(user), faults=Faults(late_create_rate=1.0,
+                                                     late_create_seconds=2.5))
+    sim = serve_simulator(state)
+    sheet = write_sheet(tmp_path / "hires.csv", [(user, SOON)])
+    config = sim.config(tmp_path / "c.yaml", run={"timeout_seconds": 30, "settle_seconds": 3})
+    proc = run_cli(config, str(sheet))
+    wait_until(lambda: sum(state.create_attempts.values()) >= 1)  # the create is at Graph
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=30)
+    state.faults.late_create_rate = 0.0  # Graph answers the resumed run at once
+
+    again = run_cli(config, str(sheet))
+    out, err = again.communicate(timeout=60)
+    assert again.returncode == EXIT_OK, err
+    (row,) = audit(audit_path_from(out))["Issued"]
+    wait_until(lambda: state.passes_created_for(user) >= 2)  # the killed request has landed
+    assert state.passes_created_for(user) >= 3  # killed one, resent one, and one more after it
+    assert row["Temporary Access Pass"] == state.current_pass(user)
+    assert "issued again" in str(row["Note"])
