@@ -497,3 +497,31 @@ def test_a_killed_request_that_lands_after_the_resend_is_caught(
     assert state.passes_created_for(user) >= 3  # killed one, resent one, and one more after it
     assert row["Temporary Access Pass"] == state.current_pass(user)
     assert "issued again" in str(row["Note"])
+
+
+def test_reissue_replaces_every_pass_and_a_concurrent_run_is_refused(
+    tmp_path: Path, serve_simulator
+) -> None:
+    """--reissue sends every row again; meanwhile a second process exits 5 at once."""
+    state = SimulatorState(users(*HIRES[:20]), faults=Faults(latency_ms=100))
+    sim = serve_simulator(state)
+    sheet = write_sheet(tmp_path / "hires.csv", [(u, SOON) for u in HIRES[:20]])
+    config = sim.config(tmp_path / "c.yaml", run={"concurrency": 2})
+    first = run_cli(config, str(sheet))
+    assert first.communicate(timeout=120)[0] and first.returncode == EXIT_OK
+
+    again = run_cli(config, str(sheet), "--reissue")
+    wait_until(lambda: len(state.issued) >= 22)  # the --reissue run is issuing
+    started = time.monotonic()
+    second = run_cli(config, str(sheet))
+    _, err = second.communicate(timeout=30)
+    assert second.returncode == EXIT_LOCKED
+    assert time.monotonic() - started < 10  # at once, not after the other run
+    assert f"pid {again.pid}" in err
+    out, err = again.communicate(timeout=120)
+    assert again.returncode == EXIT_OK, err
+    sheets = audit(audit_path_from(out))
+    assert len(sheets["Issued"]) == 20
+    assert all("issued again on request (--reissue)" in str(r["Note"]) for r in sheets["Issued"])
+    for row in sheets["Issued"]:
+        assert row["Temporary Access Pass"] == state.current_pass(str(row["User"]))
