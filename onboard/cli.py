@@ -269,7 +269,10 @@ def _run(args: argparse.Namespace) -> int:
             )
 
         for signum in SIGNAL_EXIT:
-            loop.add_signal_handler(signum, on_signal, signum)
+            try:
+                loop.add_signal_handler(signum, on_signal, signum)
+            except NotImplementedError:  # Windows: Ctrl-C stops at once; the journal resumes
+                break
         return await job.run(
             config,
             args.inputs,

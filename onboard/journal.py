@@ -12,10 +12,10 @@ A lock file beside the journal keeps two runs from using it at once.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import sqlite3
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -139,19 +139,20 @@ class Journal:
     def _lock(self) -> None:
         lock_path = self.path.with_name(self.path.name + ".lock")
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+        if not _try_lock(fd):
+            os.lseek(fd, 1, os.SEEK_SET)
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "unknown"
             os.close(fd)
             raise JournalLocked(
                 f"another onboard run is using the journal {self.path} ({holder}); this run "
                 "stopped before sending anything",
                 holder=holder,
-            ) from None
-        os.ftruncate(fd, 0)
+            )
+        # Byte 0 is the lock; after it, who holds it, for the message a second run prints.
+        os.ftruncate(fd, 1)
+        os.lseek(fd, 1, os.SEEK_SET)
         stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-        os.pwrite(fd, f"pid {os.getpid()}, started {stamp}\n".encode(), 0)
+        os.write(fd, f"pid {os.getpid()}, started {stamp}\n".encode())
         self._lock_fd = fd
 
     def close(self) -> None:
@@ -460,6 +461,26 @@ def _unrequest(d: dict[str, Any]) -> PassRequest:
         d["note"],
         start_date=date.fromisoformat(d["start_date"]) if d["start_date"] else None,
     )
+
+
+def _try_lock(fd: int) -> bool:
+    """Take the lock file's lock without waiting; released when the file is closed."""
+    if sys.platform == "win32":
+        import msvcrt
+
+        os.lseek(fd, 0, os.SEEK_SET)
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 def _now() -> str:

@@ -503,10 +503,10 @@ def test_reissue_replaces_every_pass_and_a_concurrent_run_is_refused(
     tmp_path: Path, serve_simulator
 ) -> None:
     """--reissue sends every row again; meanwhile a second process exits 5 at once."""
-    state = SimulatorState(users(*HIRES[:20]), faults=Faults(latency_ms=100))
+    state = SimulatorState(users(*HIRES[:20]), faults=Faults(latency_ms=200))
     sim = serve_simulator(state)
     sheet = write_sheet(tmp_path / "hires.csv", [(u, SOON) for u in HIRES[:20]])
-    config = sim.config(tmp_path / "c.yaml", run={"concurrency": 2})
+    config = sim.config(tmp_path / "c.yaml", run={"concurrency": 1})
     first = run_cli(config, str(sheet))
     assert first.communicate(timeout=120)[0] and first.returncode == EXIT_OK
 
