@@ -135,7 +135,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--due-within",
-        type=int,
+        type=_days,
         metavar="DAYS",
         help="only rows whose start is within DAYS days; the rest wait for a later run "
         "(run.due_within_days)",
@@ -399,23 +399,43 @@ def _runs(args: argparse.Namespace) -> int:
     if not config.state.path.exists():
         print(f"no runs yet (no journal at {config.state.path})")
         return EXIT_OK
-    journal = Journal(config.state.path).open(lock=False)
+    journal = Journal(config.state.path)
+    try:
+        journal.open()  # taking the lock tells a live run from a killed one
+        live = False
+    except JournalLocked:
+        journal.open(lock=False)
+        live = True
     try:
         runs = journal.runs()
     finally:
         journal.close()
     print(
-        f"{'run id':<24} {'started (UTC)':<20} {'status':<10} {'issued':>6} {'failed':>6} "
-        f"{'skipped':>7} {'in flight':>9}  audit workbook"
+        f"{'run id':<24} {'started (UTC)':<20} {'status':<22} {'issued':>6} {'failed':>6} "
+        f"{'skipped':>7} {'not sent':>8} {'in flight':>9}  audit workbook"
     )
     for r in runs:
         c = r.counts
+        status = r.status
+        if status == "running":
+            status = "running now" if live else "stopped early: resume"
         print(
-            f"{r.run_id:<24} {r.started:%Y-%m-%d %H:%M:%S} {r.status:<10} "
-            f"{c.get('issued', 0):>6} {c.get('failed', 0):>6} {c.get('skipped', 0):>7} "
-            f"{c.get('in_flight', 0):>9}  {r.audit_path or '-'}"
+            f"{r.run_id:<24} {r.started:%Y-%m-%d %H:%M:%S} {status:<22} "
+            f"{c.get('issued', 0) + c.get('unclear', 0):>6} {c.get('failed', 0):>6} "
+            f"{c.get('skipped', 0):>7} {c.get('not_sent', 0):>8} "
+            f"{c.get('in_flight', 0) + c.get('interrupted', 0):>9}  {r.audit_path or '-'}"
         )
     return EXIT_OK
+
+
+def _days(text: str) -> int:
+    try:
+        days = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number of days: {text!r}") from None
+    if not 0 <= days <= 366:
+        raise argparse.ArgumentTypeError("must be between 0 and 366 days")
+    return days
 
 
 def _count(n: int, noun: str) -> str:
@@ -424,13 +444,17 @@ def _count(n: int, noun: str) -> str:
 
 def _setup_logging(verbosity: int, log_file: str | None = None) -> None:
     level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
-    formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    formatter = logging.Formatter(
+        "%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%SZ"
+    )
+    formatter.converter = time.gmtime  # UTC, like the audit workbook
     handler: logging.Handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter)
     handlers = [handler]
     if log_file:
         # The log holds user names and request ids (never passes): owner-only all the same.
         os.close(os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+        os.chmod(log_file, 0o600)
         to_file = logging.FileHandler(log_file, encoding="utf-8")
         to_file.setFormatter(formatter)
         to_file.setLevel(min(level, logging.INFO))

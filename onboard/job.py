@@ -33,6 +33,7 @@ from .journal import REDECIDE, Journal, PreviousPass, input_key
 from .outcomes import Failed, Issued, Origin, Outcome, PassRequest, Skipped
 from .pool import Confirmation, OnOutcome, PoolResult, confirm, current_passes, issue_all
 from .reader import InputFile, plan, read_input
+from .retrying import ThrottleGate, make_retrying
 from .simulator import DEFAULT_CLIENT_SECRET, Faults, RunningSimulator, SimulatorState, serve
 from .tls import make_ssl_context, requests_session
 
@@ -161,6 +162,14 @@ async def run(
     for f in files:
         checked.extend(f.failed)
         checked.extend(f.skipped)
+    unknown = {u.casefold() for u in reissue_users} - {r.key for r in requests}
+    if unknown:
+        raise ConfigError(
+            f"--reissue-user names no row of the input: {', '.join(sorted(unknown))} "
+            "(use the UPN exactly as the sheet has it)"
+        )
+    due = due_within_days if due_within_days is not None else config.run.due_within_days
+    config = replace(config, run=replace(config.run, due_within_days=due))
     check_output_dir(directory)
     journal = Journal(config.state.path).open()
     try:
@@ -173,7 +182,6 @@ async def run(
             )
         report = _start(journal, config, files, started)
         ledger = _Ledger(report, journal, on_outcome)
-        due = due_within_days if due_within_days is not None else config.run.due_within_days
         if on_start is not None:
             on_start(len(requests) + len(checked))
         to_send, to_check = _sort(
@@ -272,11 +280,6 @@ def _sort(
     for outcome in sorted(checked, key=lambda o: (o.origin.source, o.origin.row)):
         _log_checked(outcome)
         ledger.add(outcome)
-    unknown_users = reissue_users - {r.key for r in requests}
-    if unknown_users:
-        log.warning(
-            "--reissue-user names no row of the sheet: %s", ", ".join(sorted(unknown_users))
-        )
     horizon = now + timedelta(days=due_within_days) if due_within_days is not None else None
     to_send: list[PassRequest] = []
     to_check: list[_Check] = []
@@ -297,35 +300,50 @@ def _sort(
                 replace(request, note=_join(request.note, note), prior_attempts=earlier.attempts)
             )
             continue
+        previous = journal.previous_pass(request.key, excluding=run_id)
+        wanted = reissue or request.key in reissue_users
+        same_start = previous is not None and previous.start_key == request.start_key
+        if previous is not None and same_start and not wanted:
+            if previous.stands:
+                ledger.add(_already_issued(request, previous, confirmed=False))
+            else:
+                to_check.append(_Check(request, previous))
+            continue
         if horizon is not None and request.start is not None and request.start > horizon:
             ledger.report.not_yet_due += 1
             assert request.start_date is not None
-            ledger.add(
-                Skipped(
-                    request.origin,
-                    request.user,
-                    f"not yet due: starts {request.start_date.isoformat()}, more than "
-                    f"{due_within_days} days ahead; a later run issues it",
-                )
+            reason = (
+                f"not yet due: starts {request.start_date.isoformat()}, more than "
+                f"{due_within_days} days ahead; a later run issues it"
             )
+            if previous is not None and not same_start:
+                reason += (
+                    f". The start moved from {previous.start_key or '(none)'}: the pass run "
+                    f"{previous.run_id} issued for that date stays valid until then"
+                )
+            ledger.add(Skipped(request.origin, request.user, reason))
             continue
-        previous = journal.previous_pass(request.key, excluding=run_id)
-        wanted = reissue or request.key in reissue_users
-        if previous is None:
-            to_send.append(request)
-        elif wanted or previous.start_key != request.start_key:
+        if previous is not None:
             why = (
-                "issued again on request (--reissue)"
+                (
+                    "issued again on request (--reissue)"
+                    if reissue
+                    else "issued again on request (--reissue-user)"
+                )
                 if wanted
                 else f"start moved from {previous.start_key or '(none)'} to "
                 f"{request.start_key or '(none)'}"
             )
             note = f"{why}: this pass replaces the one run {previous.run_id} issued"
-            to_send.append(replace(request, note=_join(request.note, note)))
-        elif previous.stands:
-            ledger.add(_already_issued(request, previous, confirmed=False))
-        else:
-            to_check.append(_Check(request, previous))
+            request = replace(request, note=_join(request.note, note))
+        if journal.unsettled(request.key, excluding=run_id):
+            note = (
+                "an earlier run's request for this user may still land at Graph: checked with "
+                "Graph after this one"
+            )
+            request = replace(request, note=_join(request.note, note), doubtful=True)
+        to_send.append(request)
+    journal.queued(run_id, to_send + [c.request for c in to_check])
     return to_send, to_check
 
 
@@ -407,7 +425,7 @@ async def _decide(
             else "Graph no longer holds it (a later request of unknown fate replaced it)"
         )
         note = f"the pass run {check.previous.run_id} issued may not stand: {why}; issued again"
-        send.append(replace(check.request, note=_join(check.request.note, note)))
+        send.append(replace(check.request, note=_join(check.request.note, note), doubtful=True))
     return send
 
 
@@ -467,7 +485,7 @@ async def _issue(
     stop: asyncio.Event | None,
 ) -> None:
     report = ledger.report
-    report.notes.extend(await _policy_notes(client))
+    report.notes.extend(await _policy_notes(client, config))
     run = config.run
 
     def track(outcome: Outcome) -> None:
@@ -574,6 +592,7 @@ async def _stopped_within(stop: asyncio.Event | None, seconds: float) -> bool:
 
 
 CONFIRM_ROUNDS = 3
+POLICY_ATTEMPTS = 3
 _REISSUE_NOTE = "issued again: a slower earlier request had replaced the first pass"
 _UNCONFIRMED_NOTE = (
     "not yet confirmed with Graph after an unclear attempt (the run was stopped): the next run "
@@ -588,9 +607,17 @@ def _add_stats(report: RunReport, result: PoolResult) -> None:
         report.stopped = f"aborted: {result.aborted}"
 
 
-async def _policy_notes(client: GraphClient) -> list[tuple[str, str]]:
+async def _policy_notes(client: GraphClient, config: Config) -> list[tuple[str, str]]:
+    retrying = make_retrying(
+        max_attempts=POLICY_ATTEMPTS,
+        gate=ThrottleGate(),
+        backoff_seconds=config.run.backoff_seconds,
+        backoff_max_seconds=config.run.backoff_max_seconds,
+    )
     try:
-        policy = await client.get_policy()
+        async for attempt in retrying:
+            with attempt:
+                policy = await client.get_policy()
     except GraphError as exc:
         if exc.status == 403:
             log.warning(

@@ -115,6 +115,8 @@ class Journal:
                 self._lock()
             if not self.path.exists():
                 os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
+            else:
+                self.path.chmod(0o600)  # it holds passes until their audit is written
             db = sqlite3.connect(self.path, isolation_level=None)
         except OSError as exc:
             raise ConfigError(
@@ -259,6 +261,40 @@ class Journal:
                     _now(),
                 ),
             )
+
+    def queued(self, run_id: str, requests: Sequence[PassRequest]) -> None:
+        """Before sending: every row to send is known, so a killed run's audit lists them all."""
+        now = _now()
+        with self._transaction() as db:
+            db.executemany(
+                "INSERT INTO rows (run_id, source, row, user_key, state, start_key, attempts, "
+                "record, updated) VALUES (?, ?, ?, ?, 'not_sent', ?, ?, ?, ?) "
+                "ON CONFLICT(run_id, source, row) DO NOTHING",
+                [
+                    (
+                        run_id,
+                        r.origin.source,
+                        r.origin.row,
+                        r.key,
+                        r.start_key,
+                        r.prior_attempts,
+                        json.dumps(to_record(_not_sent_record(r))),
+                        now,
+                    )
+                    for r in requests
+                ],
+            )
+
+    def unsettled(self, user_key: str, *, excluding: str) -> bool:
+        """Whether a request of unknown fate for this user, from an earlier run, is on record."""
+        row = self.db.execute(
+            "SELECT state, may_have_pass FROM rows JOIN runs USING (run_id) WHERE user_key=? "
+            "AND runs.status != 'running' AND rows.run_id != ? "
+            "AND (state IN ('issued', 'unclear') OR may_have_pass=1) "
+            "ORDER BY updated DESC LIMIT 1",
+            (user_key, excluding),
+        ).fetchone()
+        return row is not None and row[0] != "issued"
 
     def record(self, run_id: str, outcome: Outcome) -> None:
         """Commit one row's outcome (with its pass value, if issued) the moment it is known."""
@@ -435,6 +471,17 @@ def from_record(data: dict[str, Any], value: str | None) -> Outcome:
 
 
 WIPED = "(not kept: see the run's own audit workbook)"
+
+
+def _not_sent_record(request: PassRequest) -> Failed:
+    return Failed(
+        request.origin,
+        request.user,
+        "Not sent: run stopped",
+        "The run stopped before this row was sent. Run the same command again to issue it "
+        "(rows already issued are not sent again).",
+        attempts=request.prior_attempts,
+    )
 
 
 def _request(r: PassRequest) -> dict[str, Any]:

@@ -27,6 +27,7 @@ class PassRequest:
     note: str = ""
     start_date: date | None = None  # the start date as the sheet gave it (local)
     prior_attempts: int = 0  # sends made for this row by an earlier, stopped invocation
+    doubtful: bool = False  # an earlier run's request for this user may still land at Graph
 
     @property
     def start_key(self) -> str:

@@ -84,7 +84,8 @@ async def issue_all(
         )
         attempts = 0
         # A row sent before by a run that stopped: that request's fate is unknown too.
-        unclear: float | None = time.monotonic() if request.prior_attempts else None
+        doubtful = request.prior_attempts or request.doubtful
+        unclear: float | None = time.monotonic() if doubtful else None
         try:
             async for attempt in retrying:
                 with attempt:
@@ -206,6 +207,9 @@ async def _until_done_or_stopped(
     workers: list[asyncio.Task[None]], stop: asyncio.Event | None, grace_seconds: float
 ) -> None:
     everything: asyncio.Future[list[None]] = asyncio.gather(*workers)
+    # When we are cancelled (a second signal), the workers are cancelled too: read the result
+    # so asyncio does not report an exception "never retrieved".
+    everything.add_done_callback(lambda f: f.cancelled() or f.exception())
     if stop is None:
         await everything
         return

@@ -192,6 +192,19 @@ def test_due_within_issues_only_rows_starting_soon(
     sheets = audit(audit_path_from(capsys.readouterr().out))
     assert sorted(r["User"] for r in sheets["Issued"]) == [HIRES[1], HIRES[3]]
     assert len(state.issued) == 4
+    # a narrow window again: rows that already have a pass say so, not "not yet due"
+    later_still = (date.today() + timedelta(days=50)).isoformat()
+    write_sheet(sheet, [(HIRES[0], SOON), (HIRES[1], LATER), (HIRES[2], SOON),
+                        (HIRES[3], later_still)])
+    assert main(["run", str(sheet), "-c", str(config), "--due-within", "7"]) == EXIT_OK
+    sheets = audit(audit_path_from(capsys.readouterr().out))
+    reasons = {r["User"]: str(r["Reason"]) for r in sheets["Skipped"]}
+    assert reasons[HIRES[1]].startswith("already issued")
+    assert reasons[HIRES[3]].startswith("not yet due") and f"start moved from {LATER}" in (
+        reasons[HIRES[3]])
+    assert len(state.issued) == 4
+    assert main(["run", str(sheet), "-c", str(config), "--reissue-user", "nobody@x.com"]) == 2
+    assert "--reissue-user names no row" in capsys.readouterr().err
 
 
 def test_sigterm_finishes_in_flight_writes_the_audit_and_a_rerun_completes(
@@ -257,7 +270,7 @@ def test_report_recovers_a_killed_run_and_runs_lists_it(
 
     assert main(["runs", "-c", str(config)]) == EXIT_OK
     listing = capsys.readouterr().out
-    (line,) = [line for line in listing.splitlines() if "running" in line]
+    (line,) = [line for line in listing.splitlines() if "stopped early: resume" in line]
     run_id = line.split()[0]
     assert main(["report", run_id, "-c", str(config)]) == EXIT_OK
     out = capsys.readouterr().out
@@ -303,29 +316,41 @@ def test_too_little_disk_space_stops_before_sending(tmp_path: Path) -> None:
         check_free_space([tmp_path], 10**12)
 
 
-def test_a_killed_run_of_another_sheet_is_recovered_before_a_new_run(
+def test_a_killed_run_of_an_edited_sheet_is_recovered_and_its_users_checked(
     tmp_path: Path, serve_simulator, secret_env, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A killed run's passes reach its own audit workbook when a different sheet runs next."""
-    state = SimulatorState(users(*HIRES), faults=Faults(latency_ms=40))
+    """Killed, then HR adds a row (so not "the same command"): the killed run's workbook lists
+    all its rows, and the new run skips the issued users and checks the doubtful ones."""
+    state = SimulatorState(users(*HIRES[:41]), faults=Faults(latency_ms=40))
     sim = serve_simulator(state)
-    config = sim.config(tmp_path / "c.yaml", run={"concurrency": 2})
-    first = write_sheet(tmp_path / "january.csv", [(u, SOON) for u in HIRES[:40]])
-    proc = run_cli(config, str(first))
+    config = sim.config(tmp_path / "c.yaml", run={"concurrency": 2, "settle_seconds": 0.3})
+    sheet = write_sheet(tmp_path / "january.csv", [(u, SOON) for u in HIRES[:40]])
+    proc = run_cli(config, str(sheet))
     wait_until(lambda: len(state.issued) >= 5)
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=30)
 
-    second = write_sheet(tmp_path / "february.csv", [(u, LATER) for u in HIRES[40:45]])
-    assert main(["run", str(second), "-c", str(config)]) == EXIT_OK
-    capsys.readouterr()
+    write_sheet(sheet, [(u, SOON) for u in HIRES[:41]])  # HR added a row
+    assert main(["run", str(sheet), "-c", str(config)]) == EXIT_OK
+    out = capsys.readouterr().out
     recovered = [p for p in (tmp_path / "audit").glob("onboard-*.xlsx")
                  if summary(audit(p))["Status"] == "recovered from the journal"]
     (path,) = recovered
-    sheets = audit(path)
-    assert sheets["Issued"]
-    for row in sheets["Issued"]:
+    old = audit(path)
+    rows = sorted(r["Row"] for n in ("Issued", "Failed", "Skipped") for r in old[n])
+    assert rows == list(range(2, 42))  # every row of the killed run, sent or not
+    assert {r["Reason"] for r in old["Failed"]} <= {"Not sent: run stopped", "Interrupted"}
+    for row in old["Issued"]:
         assert row["Temporary Access Pass"] == state.current_pass(str(row["User"]))
+
+    new = audit(audit_path_from(out))
+    assert {r["User"] for r in new["Skipped"]} == {r["User"] for r in old["Issued"]}
+    assert len(new["Issued"]) + len(new["Skipped"]) == 41
+    for row in new["Issued"]:
+        assert row["Temporary Access Pass"] == state.current_pass(str(row["User"]))
+    interrupted = {r["User"] for r in old["Failed"] if r["Reason"] == "Interrupted"}
+    checked = {r["User"] for r in new["Issued"] if "may still land" in str(r["Note"])}
+    assert checked == interrupted
     assert held_values(tmp_path / "state" / "journal.sqlite") == 0
 
 
@@ -441,6 +466,7 @@ def test_second_signal_stops_at_once_and_the_same_command_resumes(
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
     assert "stopping at once" in err and "audit workbook:" not in out
+    assert "Traceback" not in err and "never retrieved" not in err
     assert not list((tmp_path / "audit").glob("onboard-*.xlsx"))
     assert held_values(tmp_path / "state" / "journal.sqlite") > 0
 
