@@ -290,7 +290,11 @@ def _sort(
             # and is checked with Graph before this run finishes.
             ledger.add(earlier.outcome)
             continue
-        if earlier is not None and earlier.state in ("in_flight", "interrupted"):
+        sent_before = earlier is not None and (
+            earlier.state in ("in_flight", "interrupted")
+            or (earlier.state == "not_sent" and earlier.attempts > 0)
+        )
+        if earlier is not None and sent_before:
             # Its request may still be at Graph: send again, then check which pass Graph holds.
             note = (
                 "issued again: the previous run stopped while this request was in flight (the "
