@@ -399,13 +399,15 @@ def _runs(args: argparse.Namespace) -> int:
     if not config.state.path.exists():
         print(f"no runs yet (no journal at {config.state.path})")
         return EXIT_OK
-    journal = Journal(config.state.path)
+    probe = Journal(config.state.path)
     try:
-        journal.open()  # taking the lock tells a live run from a killed one
+        probe.open()  # taking the lock, and letting go at once, tells a live run from a dead one
         live = False
     except JournalLocked:
-        journal.open(lock=False)
         live = True
+    finally:
+        probe.close()
+    journal = Journal(config.state.path).open(lock=False)
     try:
         runs = journal.runs()
     finally:
@@ -454,7 +456,8 @@ def _setup_logging(verbosity: int, log_file: str | None = None) -> None:
     if log_file:
         # The log holds user names and request ids (never passes): owner-only all the same.
         os.close(os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
-        os.chmod(log_file, 0o600)
+        if os.stat(log_file).st_uid == os.getuid():
+            os.chmod(log_file, 0o600)  # a file set up by someone else keeps its own mode
         to_file = logging.FileHandler(log_file, encoding="utf-8")
         to_file.setFormatter(formatter)
         to_file.setLevel(min(level, logging.INFO))

@@ -26,14 +26,21 @@ from . import __version__
 from .audit import FileSummary, RunSummary, write_audit
 from .auth import MsalTokenProvider, load_credential
 from .config import CLOUDS, Config, OutputSettings
-from .errors import AuditWriteError, AuthError, ConfigError, GraphError, InputFileError
+from .errors import (
+    AuditWriteError,
+    AuthError,
+    ConfigError,
+    GraphError,
+    InputFileError,
+    ThrottledError,
+    TransientError,
+)
 from .graph import GraphClient
 from .history import recover_unfinished
 from .journal import REDECIDE, Journal, PreviousPass, input_key
 from .outcomes import Failed, Issued, Origin, Outcome, PassRequest, Skipped
 from .pool import Confirmation, OnOutcome, PoolResult, confirm, current_passes, issue_all
-from .reader import InputFile, plan, read_input
-from .retrying import ThrottleGate, make_retrying
+from .reader import InputFile, plan, read_input, user_key
 from .simulator import DEFAULT_CLIENT_SECRET, Faults, RunningSimulator, SimulatorState, serve
 from .tls import make_ssl_context, requests_session
 
@@ -162,11 +169,20 @@ async def run(
     for f in files:
         checked.extend(f.failed)
         checked.extend(f.skipped)
-    unknown = {u.casefold() for u in reissue_users} - {r.key for r in requests}
+    wanted_users = {user_key(u) for u in reissue_users}
+    sendable = {r.key for r in requests}
+    anywhere = sendable | {
+        user_key(o.user) for o in checked if isinstance(o, (Failed, Skipped)) and o.user
+    }
+    unknown = wanted_users - anywhere
     if unknown:
         raise ConfigError(
             f"--reissue-user names no row of the input: {', '.join(sorted(unknown))} "
-            "(use the UPN exactly as the sheet has it)"
+            "(use the UPN as the sheet has it)"
+        )
+    for name in sorted(wanted_users - sendable):
+        log.warning(
+            "--reissue-user %s: that user's rows failed their checks; nothing to send", name
         )
     due = due_within_days if due_within_days is not None else config.run.due_within_days
     config = replace(config, run=replace(config.run, due_within_days=due))
@@ -184,9 +200,7 @@ async def run(
         ledger = _Ledger(report, journal, on_outcome)
         if on_start is not None:
             on_start(len(requests) + len(checked))
-        to_send, to_check = _sort(
-            ledger, requests, checked, started, due, reissue, {u.casefold() for u in reissue_users}
-        )
+        to_send, to_check = _sort(ledger, requests, checked, started, due, reissue, wanted_users)
         if to_send or to_check or any(i.unconfirmed for i in report.issued):
             try:
                 await _send(config, env, ledger, to_send, to_check, stop)
@@ -323,7 +337,8 @@ def _sort(
             if previous is not None and not same_start:
                 reason += (
                     f". The start moved from {previous.start_key or '(none)'}: the pass run "
-                    f"{previous.run_id} issued for that date stays valid until then"
+                    f"{previous.run_id} issued for that date "
+                    + ("stays valid until then" if previous.stands else "may still be valid")
                 )
             ledger.add(Skipped(request.origin, request.user, reason))
             continue
@@ -489,7 +504,7 @@ async def _issue(
     stop: asyncio.Event | None,
 ) -> None:
     report = ledger.report
-    report.notes.extend(await _policy_notes(client, config))
+    report.notes.extend(await _policy_notes(client, config, stop))
     run = config.run
 
     def track(outcome: Outcome) -> None:
@@ -597,6 +612,7 @@ async def _stopped_within(stop: asyncio.Event | None, seconds: float) -> bool:
 
 CONFIRM_ROUNDS = 3
 POLICY_ATTEMPTS = 3
+POLICY_MAX_WAIT_SECONDS = 5.0
 _REISSUE_NOTE = "issued again: a slower earlier request had replaced the first pass"
 _UNCONFIRMED_NOTE = (
     "not yet confirmed with Graph after an unclear attempt (the run was stopped): the next run "
@@ -611,26 +627,32 @@ def _add_stats(report: RunReport, result: PoolResult) -> None:
         report.stopped = f"aborted: {result.aborted}"
 
 
-async def _policy_notes(client: GraphClient, config: Config) -> list[tuple[str, str]]:
-    retrying = make_retrying(
-        max_attempts=POLICY_ATTEMPTS,
-        gate=ThrottleGate(),
-        backoff_seconds=config.run.backoff_seconds,
-        backoff_max_seconds=config.run.backoff_max_seconds,
-    )
-    try:
-        async for attempt in retrying:
-            with attempt:
-                policy = await client.get_policy()
-    except GraphError as exc:
-        if exc.status == 403:
-            log.warning(
-                "cannot read the pass policy (the app lacks Policy.Read.AuthenticationMethod); "
-                "relying on Graph's answers"
-            )
-            return [("Pass policy", "not readable (needs Policy.Read.AuthenticationMethod)")]
-        log.warning("cannot read the pass policy: HTTP %s %s", exc.status, exc.code)
-        return [("Pass policy", f"not readable (HTTP {exc.status})")]
+async def _policy_notes(
+    client: GraphClient, config: Config, stop: asyncio.Event | None
+) -> list[tuple[str, str]]:
+    """Read the pass policy for the Summary: a few quick tries, never holding up a stop."""
+    for attempt in range(1, POLICY_ATTEMPTS + 1):
+        try:
+            policy = await client.get_policy()
+            break
+        except (ThrottledError, TransientError) as exc:
+            if attempt == POLICY_ATTEMPTS:
+                log.warning("cannot read the pass policy: HTTP %s %s", exc.status, exc.code)
+                return [("Pass policy", f"not readable (HTTP {exc.status})")]
+            wait = min(exc.retry_after or config.run.backoff_seconds, POLICY_MAX_WAIT_SECONDS)
+            if await _stopped_within(stop, wait):
+                return [("Pass policy", "not read (the run was stopped)")]
+        except GraphError as exc:
+            if exc.status == 403:
+                log.warning(
+                    "cannot read the pass policy (the app lacks Policy.Read.AuthenticationMethod);"
+                    " relying on Graph's answers"
+                )
+                return [("Pass policy", "not readable (needs Policy.Read.AuthenticationMethod)")]
+            log.warning("cannot read the pass policy: HTTP %s %s", exc.status, exc.code)
+            return [("Pass policy", f"not readable (HTTP {exc.status})")]
+    else:
+        return [("Pass policy", "not read")]
     state = str(policy.get("state"))
     if state != "enabled":
         log.warning(

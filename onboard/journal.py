@@ -269,7 +269,9 @@ class Journal:
             db.executemany(
                 "INSERT INTO rows (run_id, source, row, user_key, state, start_key, attempts, "
                 "record, updated) VALUES (?, ?, ?, ?, 'not_sent', ?, ?, ?, ?) "
-                "ON CONFLICT(run_id, source, row) DO NOTHING",
+                "ON CONFLICT(run_id, source, row) DO UPDATE SET state='not_sent', "
+                "record=excluded.record, updated=excluded.updated "
+                "WHERE rows.state IN ('skipped', 'not_sent')",
                 [
                     (
                         run_id,
@@ -481,6 +483,7 @@ def _not_sent_record(request: PassRequest) -> Failed:
         "The run stopped before this row was sent. Run the same command again to issue it "
         "(rows already issued are not sent again).",
         attempts=request.prior_attempts,
+        may_have_pass=request.prior_attempts > 0,
     )
 
 

@@ -234,12 +234,20 @@ async def _until_done_or_stopped(
 
 def _not_sent(request: PassRequest, cause: AuthError | None) -> Failed:
     if cause is None:
+        earlier = (
+            " An earlier, stopped run had sent it, so it may have a pass: the same command "
+            "issues a new one, which replaces it."
+            if request.prior_attempts
+            else ""
+        )
         return Failed(
             request.origin,
             request.user,
             "Not sent: run stopped",
             "The run was stopped before this row was sent. Run the same command again to issue "
-            "it (rows already issued are not sent again).",
+            f"it (rows already issued are not sent again).{earlier}",
+            attempts=request.prior_attempts,
+            may_have_pass=request.prior_attempts > 0,
         )
     return Failed(
         request.origin,

@@ -386,6 +386,11 @@ def _text(value: Any) -> str | None:
     return str(value)
 
 
+def user_key(text: str) -> str:
+    """How a user named on the command line is matched to the sheet's rows."""
+    return _clean(text).casefold()
+
+
 def _clean(text: str) -> str:
     text = unicodedata.normalize("NFC", text.translate(_INVISIBLE)).replace("\u00a0", " ")
     return text.strip()

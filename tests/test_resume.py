@@ -551,3 +551,21 @@ def test_reissue_replaces_every_pass_and_a_concurrent_run_is_refused(
     assert all("issued again on request (--reissue)" in str(r["Note"]) for r in sheets["Issued"])
     for row in sheets["Issued"]:
         assert row["Temporary Access Pass"] == state.current_pass(str(row["User"]))
+
+
+def test_reissue_user_whose_rows_failed_does_not_stop_the_run(
+    tmp_path: Path, serve_simulator, secret_env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--reissue-user for a user whose rows failed their checks warns; the others are issued."""
+    state = SimulatorState(users(*HIRES[:3]))
+    sim = serve_simulator(state)
+    config = sim.config(tmp_path / "c.yaml")
+    sheet = write_sheet(tmp_path / "hires.csv", [(HIRES[0], SOON), (HIRES[0], LATER),
+                                                  (HIRES[1], SOON), (HIRES[2], SOON)])
+    code = main(["run", str(sheet), "-c", str(config), "--reissue-user", f" {HIRES[0].upper()} "])
+    captured = capsys.readouterr()
+    assert code == EXIT_ROWS_FAILED  # the conflicting rows fail; the others are issued
+    assert "rows failed their checks" in captured.err
+    sheets = audit(audit_path_from(captured.out))
+    assert sorted(r["User"] for r in sheets["Issued"]) == [HIRES[1], HIRES[2]]
+    assert {r["Reason"] for r in sheets["Failed"]} == {"Conflicting rows"}
