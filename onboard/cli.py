@@ -32,7 +32,6 @@ from .config import Config, load_config
 from .errors import AuditWriteError, AuthError, ConfigError, InputFileError, JournalLocked
 from .journal import Journal
 from .outcomes import Failed, Outcome, Skipped
-from .reader import plan
 
 EXIT_OK = 0
 EXIT_ROWS_FAILED = 1
@@ -331,12 +330,10 @@ def _print_report(report: job.RunReport) -> None:
 def _validate(args: argparse.Namespace) -> int:
     config = _load(args)
     files = job.read_all(config, args.inputs, datetime.now(UTC))
-    requests, conflicts, repeats = plan(files)
-    failed: list[Failed] = [*conflicts]
-    skipped: list[Skipped] = [*repeats]
+    requests, checked = job.check_rows(files)
+    failed = [o for o in checked if isinstance(o, Failed)]
+    skipped = [o for o in checked if isinstance(o, Skipped)]
     for file in files:
-        failed.extend(file.failed)
-        skipped.extend(file.skipped)
         sheet = f" (sheet '{file.sheet}')" if file.sheet else ""
         print(f"{file.path}: {file.row_count} rows{sheet}")
     for f in sorted(failed, key=lambda f: (f.origin.source, f.origin.row)):

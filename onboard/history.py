@@ -15,16 +15,12 @@ from . import __version__
 from .audit import FileSummary, RunSummary, write_audit
 from .config import Config
 from .errors import ConfigError
-from .journal import Journal, RowState, RunInfo
-from .outcomes import Failed, Issued, Origin, Outcome, Skipped
+from .journal import Journal, RunInfo
+from .outcomes import Failed, Issued, Outcome, Skipped, interrupted
 
 UNCONFIRMED = (
     "not confirmed with Graph: a request of unknown fate was sent for this user; the next run "
     "of the sheet checks it with Graph"
-)
-IN_FLIGHT = (
-    "The run was killed while this row's request was in flight; it may or may not have a pass. "
-    "Run the sheet again: it issues a new pass, which replaces any earlier one."
 )
 
 
@@ -66,7 +62,7 @@ def rebuild(journal: Journal, run: RunInfo, path: Path) -> Path:
     failed: list[Failed] = []
     skipped: list[Skipped] = []
     for origin, state in sorted(journal.rows(run.run_id).items()):
-        outcome: Outcome = state.outcome or _in_flight(origin, state)
+        outcome: Outcome = state.outcome or interrupted(origin, state.user_key, state.attempts)
         if isinstance(outcome, Issued) and outcome.unconfirmed:
             outcome = replace(outcome, note=f"{outcome.note}; {UNCONFIRMED}".lstrip("; "))
         if isinstance(outcome, Issued):
@@ -87,7 +83,3 @@ def rebuild(journal: Journal, run: RunInfo, path: Path) -> Path:
         notes=[("Rebuilt from the journal", datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"))],
     )
     return write_audit(path, summary, issued, failed, skipped)
-
-
-def _in_flight(origin: Origin, state: RowState) -> Failed:
-    return Failed(origin, state.user_key, "Interrupted", IN_FLIGHT, attempts=state.attempts)

@@ -105,6 +105,16 @@ def read_all(config: Config, inputs: Sequence[str | Path], now: datetime) -> lis
     return files
 
 
+def check_rows(files: Sequence[InputFile]) -> tuple[list[PassRequest], list[Failed | Skipped]]:
+    """The rows to consider sending (one per user), and every row already decided by reading."""
+    requests, conflicts, repeats = plan(files)
+    checked: list[Failed | Skipped] = [*conflicts, *repeats]
+    for f in files:
+        checked.extend(f.failed)
+        checked.extend(f.skipped)
+    return requests, checked
+
+
 def check_free_space(folders: Sequence[Path], rows: int) -> None:
     """Stop before the first request when the audit or the journal may not fit on the disk."""
     need = MIN_FREE_BYTES + rows * BYTES_PER_ROW
@@ -164,16 +174,10 @@ async def run(
         config = replace(config, output=OutputSettings(out_dir))
     directory = config.output.dir
     files = read_all(config, inputs, started)
-    requests, conflicts, repeats = plan(files)
-    checked: list[Outcome] = [*conflicts, *repeats]
-    for f in files:
-        checked.extend(f.failed)
-        checked.extend(f.skipped)
+    requests, checked = check_rows(files)
     wanted_users = {user_key(u) for u in reissue_users}
     sendable = {r.key for r in requests}
-    anywhere = sendable | {
-        user_key(o.user) for o in checked if isinstance(o, (Failed, Skipped)) and o.user
-    }
+    anywhere = sendable | {user_key(o.user) for o in checked if o.user}
     unknown = wanted_users - anywhere
     if unknown:
         raise ConfigError(
@@ -279,7 +283,7 @@ class _Check:
 def _sort(
     ledger: _Ledger,
     requests: list[PassRequest],
-    checked: list[Outcome],
+    checked: Sequence[Failed | Skipped],
     now: datetime,
     due_within_days: int | None,
     reissue: bool,
@@ -355,7 +359,14 @@ def _sort(
             )
             note = f"{why}: this pass replaces the one run {previous.run_id} issued"
             request = replace(request, note=_join(request.note, note))
-        if journal.unsettled(request.key, excluding=run_id):
+        # Graph may still be handling an earlier run's request for this user: either after its
+        # audited pass (then that pass does not stand) or with no audited pass at all.
+        doubtful = (
+            not previous.stands
+            if previous is not None
+            else journal.unsettled(request.key, excluding=run_id)
+        )
+        if doubtful:
             note = (
                 "an earlier run's request for this user may still land at Graph: checked with "
                 "Graph after this one"

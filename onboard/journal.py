@@ -23,7 +23,17 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, JournalLocked
-from .outcomes import Failed, Issued, Origin, Outcome, PassRequest, Skipped
+from .outcomes import (
+    INTERRUPTED,
+    NOT_SENT,
+    Failed,
+    Issued,
+    Origin,
+    Outcome,
+    PassRequest,
+    Skipped,
+    not_sent,
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -280,7 +290,7 @@ class Journal:
                         r.key,
                         r.start_key,
                         r.prior_attempts,
-                        json.dumps(to_record(_not_sent_record(r))),
+                        json.dumps(to_record(not_sent(r))),
                         now,
                     )
                     for r in requests
@@ -288,15 +298,16 @@ class Journal:
             )
 
     def unsettled(self, user_key: str, *, excluding: str) -> bool:
-        """Whether a request of unknown fate for this user, from an earlier run, is on record."""
+        """For a user with no audited pass: whether an earlier run sent a request of unknown fate.
+
+        (With an audited pass, `previous_pass(...).stands` already answers this.)
+        """
         row = self.db.execute(
-            "SELECT state, may_have_pass FROM rows JOIN runs USING (run_id) WHERE user_key=? "
-            "AND runs.status != 'running' AND rows.run_id != ? "
-            "AND (state IN ('issued', 'unclear') OR may_have_pass=1) "
-            "ORDER BY updated DESC LIMIT 1",
+            "SELECT 1 FROM rows JOIN runs USING (run_id) WHERE user_key=? "
+            "AND runs.status != 'running' AND rows.run_id != ? AND may_have_pass=1 LIMIT 1",
             (user_key, excluding),
         ).fetchone()
-        return row is not None and row[0] != "issued"
+        return row is not None
 
     def record(self, run_id: str, outcome: Outcome) -> None:
         """Commit one row's outcome (with its pass value, if issued) the moment it is known."""
@@ -316,9 +327,7 @@ class Journal:
                 outcome.attempts,
                 (outcome.may_have_pass),
             )
-            state = {"Interrupted": "interrupted", "Not sent: run stopped": "not_sent"}.get(
-                outcome.reason, "failed"
-            )
+            state = {INTERRUPTED: "interrupted", NOT_SENT: "not_sent"}.get(outcome.reason, "failed")
         else:
             state, user = "skipped", outcome.user.casefold()
         with self._transaction() as db:
@@ -386,12 +395,6 @@ class Journal:
         ).fetchone()
         stands = state == "issued" and later is None
         return PreviousPass(run_id, stands, start_key, _time(issued_at), method_id)
-
-    def held_values(self) -> int:
-        """How many pass values the journal holds right now (tests and `onboard runs`)."""
-        return int(
-            self.db.execute("SELECT count(*) FROM rows WHERE pass_value IS NOT NULL").fetchone()[0]
-        )
 
 
 # --- outcomes to and from JSON (never the pass value: it has its own column) -----------------
@@ -473,18 +476,6 @@ def from_record(data: dict[str, Any], value: str | None) -> Outcome:
 
 
 WIPED = "(not kept: see the run's own audit workbook)"
-
-
-def _not_sent_record(request: PassRequest) -> Failed:
-    return Failed(
-        request.origin,
-        request.user,
-        "Not sent: run stopped",
-        "The run stopped before this row was sent. Run the same command again to issue it "
-        "(rows already issued are not sent again).",
-        attempts=request.prior_attempts,
-        may_have_pass=request.prior_attempts > 0,
-    )
 
 
 def _request(r: PassRequest) -> dict[str, Any]:

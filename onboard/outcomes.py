@@ -86,3 +86,41 @@ class Skipped:
 
 
 Outcome = Issued | Failed | Skipped
+
+NOT_SENT = "Not sent: run stopped"
+INTERRUPTED = "Interrupted"
+
+
+def not_sent(request: PassRequest, cause: str | None = None) -> Failed:
+    """A row the run never sent because it stopped (`cause`: why it aborted, if it did)."""
+    if cause is not None:
+        detail = f"The run stopped before this row got a pass: {cause}. Fix that and run again."
+        return Failed(request.origin, request.user, NOT_SENT, detail)
+    earlier = (
+        " An earlier, stopped run had sent it, so it may have a pass: the same command "
+        "issues a new one, which replaces it."
+        if request.prior_attempts
+        else ""
+    )
+    return Failed(
+        request.origin,
+        request.user,
+        NOT_SENT,
+        "The run was stopped before this row was sent. Run the same command again to issue "
+        f"it (rows already issued are not sent again).{earlier}",
+        attempts=request.prior_attempts,
+        may_have_pass=request.prior_attempts > 0,
+    )
+
+
+def interrupted(origin: Origin, user: str, attempts: int) -> Failed:
+    """A row whose request was in flight when the run stopped: it may or may not have a pass."""
+    return Failed(
+        origin,
+        user,
+        INTERRUPTED,
+        "The run stopped while this row's request was in flight; it may or may not have a "
+        "pass. Run the same command again: it issues a new pass, which replaces any earlier one.",
+        attempts=attempts,
+        may_have_pass=True,
+    )

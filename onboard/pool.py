@@ -17,7 +17,7 @@ from typing import Any
 
 from .errors import AuthError, GraphError
 from .graph import CreatedPass, explain
-from .outcomes import Failed, Issued, Origin, Outcome, PassRequest
+from .outcomes import Failed, Issued, Origin, Outcome, PassRequest, interrupted, not_sent
 from .retrying import RETRYABLE, Sleep, ThrottleGate, is_unclear, make_retrying
 
 log = logging.getLogger(__name__)
@@ -174,7 +174,7 @@ async def issue_all(
             except AuthError as exc:
                 if result.aborted is None:
                     result.aborted = exc
-                record(_not_sent(request, exc))
+                record(not_sent(request, str(exc)))
             except Exception as exc:  # a bug must not lose the row: report it and go on
                 log.exception("unexpected error for row %d", request.origin.row)
                 record(
@@ -196,10 +196,11 @@ async def issue_all(
             task.cancel()
         raise
     for request in list(in_hand.values()):
-        record(_interrupted(request, sent.get(request.origin, request.prior_attempts)))
+        attempts = sent.get(request.origin, request.prior_attempts)
+        record(interrupted(request.origin, request.user, attempts))
     while not queue.empty():
         request = queue.get_nowait()
-        record(_not_sent(request, result.aborted))
+        record(not_sent(request, str(result.aborted) if result.aborted else None))
     return result
 
 
@@ -230,43 +231,6 @@ async def _until_done_or_stopped(
             await asyncio.gather(*workers, return_exceptions=True)
     finally:
         stopping.cancel()
-
-
-def _not_sent(request: PassRequest, cause: AuthError | None) -> Failed:
-    if cause is None:
-        earlier = (
-            " An earlier, stopped run had sent it, so it may have a pass: the same command "
-            "issues a new one, which replaces it."
-            if request.prior_attempts
-            else ""
-        )
-        return Failed(
-            request.origin,
-            request.user,
-            "Not sent: run stopped",
-            "The run was stopped before this row was sent. Run the same command again to issue "
-            f"it (rows already issued are not sent again).{earlier}",
-            attempts=request.prior_attempts,
-            may_have_pass=request.prior_attempts > 0,
-        )
-    return Failed(
-        request.origin,
-        request.user,
-        "Not sent: run stopped",
-        f"The run stopped before this row got a pass: {cause}. Fix that and run again.",
-    )
-
-
-def _interrupted(request: PassRequest, attempts: int) -> Failed:
-    return Failed(
-        request.origin,
-        request.user,
-        "Interrupted",
-        "The run was stopped while this row's request was in flight; it may or may not have a "
-        "pass. Run the same command again: it issues a new pass, which replaces any earlier one.",
-        attempts=attempts,
-        may_have_pass=True,
-    )
 
 
 Current = Callable[[str], Awaitable[str | None]]

@@ -98,15 +98,12 @@ class ThrottleGate:
         self._in_flight = 0
         self._clean = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
-        self.holds = 0
-        self.waited = 0.0
 
     def hold(self, seconds: float) -> None:
         until = self._clock() + seconds
         if until > self._until:
             self._until = until
             self._spread = seconds
-        self.holds += 1
 
     def throttled(self, seconds: float) -> None:
         self.hold(seconds)
@@ -130,7 +127,6 @@ class ThrottleGate:
         # a herd released together would spend the fresh budget at once and be throttled again.
         while (remaining := self.remaining) > 0:
             delay = remaining + self._jitter(min(self._spread, MAX_SPREAD_SECONDS))
-            self.waited += delay
             await self._sleep(delay)
 
     @contextlib.asynccontextmanager
