@@ -68,6 +68,15 @@ def wait_until(condition, timeout: float = 30.0) -> None:  # type: ignore[no-unt
         time.sleep(0.02)
 
 
+def kill_after_creates(config: Path, sheet: Path, state: SimulatorState, creates: int) -> None:
+    """Start `onboard run`, and SIGKILL it once the simulator has created `creates` passes."""
+    proc = run_cli(config, str(sheet))
+    wait_until(lambda: len(state.issued) >= creates)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+
+
 def held_values(journal: Path) -> int:
     with sqlite3.connect(journal) as db:
         return int(db.execute("SELECT count(*) FROM rows WHERE pass_value IS NOT NULL")
@@ -92,11 +101,7 @@ def test_kill_9_at_several_points_then_the_same_command_finishes_the_job(
                                                   "settle_seconds": 0.8, "max_attempts": 10})
     journal = tmp_path / "state" / "journal.sqlite"
     for created in (5, 20, 35):  # kill at three different points
-        proc = run_cli(config, str(sheet))
-        wait_until(lambda n=created: len(state.issued) >= n)
-        proc.send_signal(signal.SIGKILL)
-        proc.communicate(timeout=30)
-        assert proc.returncode == -signal.SIGKILL
+        kill_after_creates(config, sheet, state, created)
     assert state.counts.get("late", 0) > 0
     created_before_final = len(state.issued)
     assert 0 < created_before_final < len(HIRES)  # the kills really landed part-way
@@ -263,10 +268,7 @@ def test_report_recovers_a_killed_run_and_runs_lists_it(
     sim = serve_simulator(state)
     sheet = write_sheet(tmp_path / "hires.csv", [(u, SOON) for u in HIRES])
     config = sim.config(tmp_path / "c.yaml", run={"concurrency": 2})
-    proc = run_cli(config, str(sheet))
-    wait_until(lambda: len(state.issued) >= 5)
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate(timeout=30)
+    kill_after_creates(config, sheet, state, 5)
 
     assert main(["runs", "-c", str(config)]) == EXIT_OK
     listing = capsys.readouterr().out
@@ -325,10 +327,7 @@ def test_a_killed_run_of_an_edited_sheet_is_recovered_and_its_users_checked(
     sim = serve_simulator(state)
     config = sim.config(tmp_path / "c.yaml", run={"concurrency": 2, "settle_seconds": 0.3})
     sheet = write_sheet(tmp_path / "january.csv", [(u, SOON) for u in HIRES[:40]])
-    proc = run_cli(config, str(sheet))
-    wait_until(lambda: len(state.issued) >= 5)
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate(timeout=30)
+    kill_after_creates(config, sheet, state, 5)
 
     write_sheet(sheet, [(u, SOON) for u in HIRES[:41]])  # HR added a row
     assert main(["run", str(sheet), "-c", str(config)]) == EXIT_OK
