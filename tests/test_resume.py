@@ -98,7 +98,7 @@ def test_kill_9_at_several_points_then_the_same_command_finishes_the_job(
     sheet = write_sheet(tmp_path / "hires.csv",
                         [(u, SOON) for u in HIRES] + [("ghost@contoso.com", SOON)])
     config = sim.config(tmp_path / "c.yaml", run={"concurrency": 3, "timeout_seconds": 0.3,
-                                                  "settle_seconds": 0.8, "max_attempts": 10})
+                                                  "settle_seconds": 2.0, "max_attempts": 10})
     journal = tmp_path / "state" / "journal.sqlite"
     for created in (5, 20, 35):  # kill at three different points
         kill_after_creates(config, sheet, state, created)
