@@ -21,10 +21,13 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 
 from .errors import ConfigError
+from .rate import DEFAULT_MAX_RATE
 
 DEFAULT_LIFETIME_MINUTES = 480
 DEFAULT_START_TIME = "08:00"
-DEFAULT_CONCURRENCY = 8
+DEFAULT_CONCURRENCY = 20
+DEFAULT_BATCH_SIZE = 1
+MAX_BATCH_SIZE = 20
 DEFAULT_MAX_ATTEMPTS = 8
 DEFAULT_TIMEOUT_SECONDS = 60.0
 DEFAULT_BACKOFF_SECONDS = 1.0
@@ -82,6 +85,8 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
     },
     "run": {
         "concurrency": DEFAULT_CONCURRENCY,
+        "max_rate": DEFAULT_MAX_RATE,
+        "batch_size": DEFAULT_BATCH_SIZE,
         "max_attempts": DEFAULT_MAX_ATTEMPTS,
         "timeout_seconds": DEFAULT_TIMEOUT_SECONDS,
         "backoff_seconds": DEFAULT_BACKOFF_SECONDS,
@@ -158,6 +163,8 @@ class PassSettings:
 @dataclass(frozen=True, slots=True)
 class RunSettings:
     concurrency: int = DEFAULT_CONCURRENCY
+    max_rate: float = DEFAULT_MAX_RATE
+    batch_size: int = DEFAULT_BATCH_SIZE
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
     backoff_seconds: float = DEFAULT_BACKOFF_SECONDS
@@ -479,6 +486,8 @@ def _build(
 
     run = RunSettings(
         concurrency=number("run", "concurrency", int, 1, 256),
+        max_rate=number("run", "max_rate", float, 0.1, 10_000),
+        batch_size=number("run", "batch_size", int, 1, MAX_BATCH_SIZE),
         max_attempts=number("run", "max_attempts", int, 1, 100),
         timeout_seconds=number("run", "timeout_seconds", float, 0.1),
         backoff_seconds=number("run", "backoff_seconds", float, 0),

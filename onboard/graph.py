@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -20,6 +20,7 @@ import aiohttp
 from .auth import TokenProvider
 from .errors import AuthError, GraphError, ThrottledError, TransientError
 from .outcomes import PassRequest
+from .rate import RateController, Ticket
 from .retrying import RETRYABLE_STATUS, parse_retry_after
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,9 @@ POLICY_PATH = (
 # A start closer than this is sent as "usable at once": by the time Graph sees it, it would be
 # in the past and refused.
 START_MARGIN = timedelta(minutes=2)
+MAX_BATCH = 20  # Graph's limit on requests in one $batch
+# Graph sends Retry-After with every 429; if one ever comes without, everybody pauses this long.
+PAUSE_WITHOUT_RETRY_AFTER = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,11 +72,13 @@ class GraphClient:
         *,
         api_version: str = "v1.0",
         timeout_seconds: float = 60.0,
+        rate: RateController | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._session = session
         self._root = f"{base_url.rstrip('/')}/{api_version}"
         self._tokens = tokens
+        self.rate = rate or RateController()
         self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
         self._now = now
 
@@ -81,6 +87,78 @@ class GraphClient:
 
     async def create_pass(self, request: PassRequest) -> CreatedPass:
         """POST one pass. Raises GraphError (or a retryable subclass) on any error answer."""
+        body, note = self._pass_body(request)
+        url = f"{self._root}/{user_path(request.user)}/{TAP_PATH}"
+        status, data, request_id, _ = await self._send("POST", url, body)
+        if not 200 <= status < 300:
+            raise _error(status, data, request_id, None)
+        return self._created(request, status, data, request_id, note)
+
+    async def create_passes(
+        self, requests: Sequence[PassRequest]
+    ) -> list[CreatedPass | GraphError]:
+        """Up to 20 creates in one JSON batch; a result (pass or error) per request, in order.
+
+        Each sub-request counts against Graph's limits on its own, so the rate controller is
+        asked for one permission per request. A lost or failed batch raises, as a single
+        request would: then every row in it is of unknown fate.
+        """
+        if not 1 <= len(requests) <= MAX_BATCH:
+            raise ValueError(f"a batch holds 1 to {MAX_BATCH} requests")
+        items = []
+        notes = []
+        for number, request in enumerate(requests):
+            body, note = self._pass_body(request)
+            notes.append(note)
+            items.append(
+                {
+                    "id": str(number),
+                    "method": "POST",
+                    "url": f"/{user_path(request.user)}/{TAP_PATH}",
+                    "headers": {"Content-Type": "application/json"},
+                    "body": body,
+                }
+            )
+        status, data, request_id, ticket = await self._send(
+            "POST", f"{self._root}/$batch", {"requests": items}, cost=len(items), judge=False
+        )
+        if status != 200:
+            raise _error(status, data, request_id, None)
+        answers = data.get("responses")
+        by_id = {}
+        if isinstance(answers, list):
+            by_id = {str(a.get("id")): a for a in answers if isinstance(a, dict)}
+        results: list[CreatedPass | GraphError] = []
+        for number, request in enumerate(requests):
+            answer = by_id.get(str(number))
+            if answer is None:
+                results.append(
+                    TransientError("the batch answer had no response for this request", status=None)
+                )
+                continue
+            sub_status = int(answer.get("status") or 0)
+            headers = answer.get("headers")
+            sub_headers = (
+                {str(k).lower(): str(v) for k, v in headers.items()}
+                if isinstance(headers, dict)
+                else {}
+            )
+            sub_body = answer.get("body")
+            answer_body: dict[str, Any] = sub_body if isinstance(sub_body, dict) else {}
+            sub_id = sub_headers.get("request-id") or request_id
+            self._judge(ticket, sub_status, sub_headers)
+            if 200 <= sub_status < 300:
+                try:
+                    created = self._created(request, sub_status, answer_body, sub_id, notes[number])
+                    results.append(created)
+                except TransientError as exc:
+                    results.append(exc)
+            else:
+                retry_after = parse_retry_after(sub_headers.get("retry-after"))
+                results.append(_error(sub_status, answer_body, sub_id, retry_after))
+        return results
+
+    def _pass_body(self, request: PassRequest) -> tuple[dict[str, Any], str]:
         body: dict[str, Any] = {
             "isUsableOnce": request.usable_once,
             "lifetimeInMinutes": request.lifetime_minutes,
@@ -91,10 +169,16 @@ class GraphClient:
                 note = note or "start time reached before sending: pass usable at once"
             else:
                 body["startDateTime"] = request.start.strftime("%Y-%m-%dT%H:%M:%SZ")
-        url = f"{self._root}/{user_path(request.user)}/{TAP_PATH}"
-        status, data, request_id = await self._send("POST", url, body)
-        if not 200 <= status < 300:
-            raise _error(status, data, request_id, None)
+        return body, note
+
+    def _created(
+        self,
+        request: PassRequest,
+        status: int,
+        data: dict[str, Any],
+        request_id: str | None,
+        note: str,
+    ) -> CreatedPass:
         try:
             return CreatedPass(
                 value=str(data["temporaryAccessPass"]),
@@ -115,7 +199,7 @@ class GraphClient:
     async def current_pass_id(self, user: str) -> str | None:
         """The id of the pass Graph holds for this user now (None if it holds none)."""
         url = f"{self._root}/{user_path(user)}/{TAP_PATH}"
-        status, data, request_id = await self._send("GET", url, None)
+        status, data, request_id, _ = await self._send("GET", url, None)
         if status != 200:
             raise _error(status, data, request_id, None)
         items = data.get("value") or []
@@ -125,16 +209,36 @@ class GraphClient:
 
     async def get_policy(self) -> dict[str, Any]:
         """The tenant's Temporary Access Pass policy (needs Policy.Read.AuthenticationMethod)."""
-        status, data, request_id = await self._send("GET", f"{self._root}/{POLICY_PATH}", None)
+        status, data, request_id, _ = await self._send("GET", f"{self._root}/{POLICY_PATH}", None)
         if status != 200:
             raise _error(status, data, request_id, None)
         return data
 
+    def _judge(self, ticket: Ticket, status: int, headers: Mapping[str, str]) -> None:
+        """Tell the rate controller what Graph answered (headers with lower-case names)."""
+        if status == 429:
+            pause = parse_retry_after(headers.get("retry-after"))
+            self.rate.throttled(ticket, PAUSE_WITHOUT_RETRY_AFTER if pause is None else pause)
+            return
+        if status in RETRYABLE_STATUS:
+            pause = parse_retry_after(headers.get("retry-after"))
+            if pause is not None:
+                self.rate.hold(pause)
+            return
+        self.rate.answered(ticket, _usage(headers.get("x-ms-throttle-limit-percentage")))
+
     async def _send(
-        self, method: str, url: str, body: dict[str, Any] | None
-    ) -> tuple[int, dict[str, Any], str | None]:
+        self,
+        method: str,
+        url: str,
+        body: dict[str, Any] | None,
+        *,
+        cost: int = 1,
+        judge: bool = True,
+    ) -> tuple[int, dict[str, Any], str | None, Ticket]:
         token = await self._tokens.token()
         for attempt in (1, 2):
+            ticket = await self.rate.acquire(cost)
             client_request_id = str(uuid.uuid4())
             headers = {
                 "Authorization": f"Bearer {token}",
@@ -149,6 +253,10 @@ class GraphClient:
                     retry_after = parse_retry_after(response.headers.get("Retry-After"))
                     data = await _json(response)
                     status = response.status
+                    if judge or status != 200:
+                        self._judge(
+                            ticket, status, {k.lower(): v for k, v in response.headers.items()}
+                        )
             except aiohttp.ClientConnectorCertificateError as exc:
                 raise AuthError(
                     f"TLS certificate of {exc.host} is not trusted: {exc.certificate_error}; "
@@ -180,7 +288,7 @@ class GraphClient:
                 )
             if status in RETRYABLE_STATUS:
                 raise _error(status, data, request_id, retry_after)
-            return status, data, request_id
+            return status, data, request_id, ticket
         raise AssertionError("unreachable")
 
 
@@ -214,6 +322,17 @@ def _error(
         request_id=request_id,
         retry_after=retry_after,
     )
+
+
+def _usage(value: str | None) -> float | None:
+    """x-ms-throttle-limit-percentage: the share of the budget used (0.8 to 1.8), if sent."""
+    if value is None:
+        return None
+    try:
+        usage = float(value)
+    except ValueError:
+        return None
+    return usage if usage == usage else None  # not NaN
 
 
 def _parse_time(value: Any) -> datetime | None:

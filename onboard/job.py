@@ -40,6 +40,7 @@ from .history import recover_unfinished
 from .journal import REDECIDE, Journal, PreviousPass, input_key
 from .outcomes import Failed, Issued, Origin, Outcome, PassRequest, Skipped
 from .pool import Confirmation, OnOutcome, PoolResult, confirm, current_passes, issue_all
+from .rate import RateController
 from .reader import InputFile, plan, read_input, user_key
 from .simulator import DEFAULT_CLIENT_SECRET, Faults, RunningSimulator, SimulatorState, serve
 from .tls import make_ssl_context, requests_session
@@ -64,7 +65,7 @@ class RunReport:
     resumed: bool = False  # this run continues one that was killed before it finished
     not_yet_due: int = 0
     retries: int = 0
-    throttled: int = 0
+    rate: RateController | None = None  # how fast requests went, 429s, time paused
     notes: list[tuple[str, str]] = field(default_factory=list)
 
     @property
@@ -406,6 +407,7 @@ async def _send(
     async with contextlib.AsyncExitStack() as stack:
         endpoint = await stack.enter_async_context(_endpoint(config, env))
         client = await _connect(config, endpoint, stack)  # nothing sent if this fails
+        report.rate = client.rate
         pending = {r.origin: r for r in requests}
         pending.update((c.request.origin, c.request) for c in to_check)
         try:
@@ -503,6 +505,7 @@ async def _connect(
         tokens,
         api_version=config.graph.api_version,
         timeout_seconds=config.run.timeout_seconds,
+        rate=RateController(config.run.max_rate),
     )
 
 
@@ -538,6 +541,8 @@ async def _issue(
             on_send=ledger.sending,
             stop=stop,
             grace_seconds=run.stop_grace_seconds,
+            create_batch=client.create_passes,
+            batch_size=run.batch_size,
         )
 
     async def check(suspects: list[Issued]) -> Confirmation:
@@ -633,7 +638,6 @@ _UNCONFIRMED_NOTE = (
 
 def _add_stats(report: RunReport, result: PoolResult) -> None:
     report.retries += result.retries
-    report.throttled += result.throttled
     if result.aborted is not None:
         report.stopped = f"aborted: {result.aborted}"
 
@@ -726,6 +730,21 @@ async def simulator_for(config: Config) -> AsyncIterator[RunningSimulator]:
         yield running
 
 
+def _rate_notes(rate: RateController | None) -> list[tuple[str, str | int]]:
+    """How close to Graph's limit the run went, for the Summary sheet."""
+    if rate is None:
+        return [("429 answers", 0)]
+    effective = rate.effective_rate
+    return [
+        ("Requests to Graph", rate.requests),
+        ("Effective rate", "-" if effective is None else f"{effective:.1f} requests/s"),
+        ("Rate ceiling (run.max_rate)", f"{rate.max_rate:g} requests/s"),
+        ("429 answers", rate.throttles),
+        ("Throttle warnings (x-ms-throttle-limit-percentage)", rate.warnings),
+        ("Time paused by Retry-After", f"{rate.paused_seconds:.1f} s"),
+    ]
+
+
 def _finish(journal: Journal, config: Config, report: RunReport, directory: Path) -> None:
     """Write the audit workbook, then (only then) mark the run finished and wipe its passes."""
     report.finished = datetime.now(UTC)
@@ -733,7 +752,7 @@ def _finish(journal: Journal, config: Config, report: RunReport, directory: Path
         *report.notes,
         ("Not yet due", report.not_yet_due),
         ("Retries", report.retries),
-        ("429 answers", report.throttled),
+        *_rate_notes(report.rate),
     ]
     summary = RunSummary(
         run_id=report.run_id,

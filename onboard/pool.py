@@ -15,14 +15,17 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .errors import AuthError, GraphError
+from tenacity import AsyncRetrying
+
+from .errors import AuthError, GraphError, TransientError
 from .graph import CreatedPass, explain
 from .outcomes import Failed, Issued, Origin, Outcome, PassRequest, interrupted, not_sent
-from .retrying import RETRYABLE, Sleep, ThrottleGate, is_unclear, make_retrying
+from .retrying import RETRYABLE, Sleep, is_unclear, make_retrying
 
 log = logging.getLogger(__name__)
 
 Create = Callable[[PassRequest], Awaitable[CreatedPass]]
+CreateBatch = Callable[[Sequence[PassRequest]], Awaitable[list[CreatedPass | GraphError]]]
 OnOutcome = Callable[[Outcome], None]
 OnSend = Callable[[PassRequest], None]
 DEFAULT_GRACE_SECONDS = 15.0
@@ -33,7 +36,6 @@ class PoolResult:
     outcomes: list[Outcome] = field(default_factory=list)
     aborted: AuthError | None = None
     retries: int = 0
-    throttled: int = 0
     # Rows issued after an attempt of unknown fate, with when (time.monotonic) that attempt ended.
     unclear: dict[Origin, float] = field(default_factory=dict)
 
@@ -46,24 +48,28 @@ async def issue_all(
     max_attempts: int,
     backoff_seconds: float = 1.0,
     backoff_max_seconds: float = 60.0,
-    gate: ThrottleGate | None = None,
     sleep: Sleep = asyncio.sleep,
     on_outcome: OnOutcome | None = None,
     on_send: OnSend | None = None,
     stop: asyncio.Event | None = None,
     grace_seconds: float = DEFAULT_GRACE_SECONDS,
+    create_batch: CreateBatch | None = None,
+    batch_size: int = 1,
 ) -> PoolResult:
-    """Issue one pass per request, at most `concurrency` in flight; every row gets an outcome.
+    """Issue one pass per request, `concurrency` workers; every row gets an outcome.
 
-    `on_send` runs before every request (the journal marks the row in flight); `on_outcome` as
-    soon as a row's outcome is known, before its worker takes another row. Once `stop` is set,
-    no new row is started; rows in flight get `grace_seconds` to finish, then are cancelled.
+    How fast requests go is the rate controller's business (see rate.py); the workers only
+    bound how many are in flight. With `batch_size` > 1 and `create_batch`, a worker sends up to
+    `batch_size` rows in one JSON batch. `on_send` runs before every request (the journal marks
+    the row in flight); `on_outcome` as soon as a row's outcome is known, before its worker takes
+    another row. Once `stop` is set, no new row is started; rows in flight get `grace_seconds`
+    to finish, then are cancelled.
     """
-    gate = gate or ThrottleGate(limit=concurrency, sleep=sleep)
     result = PoolResult()
     queue: asyncio.Queue[PassRequest] = asyncio.Queue()
     for request in requests:
         queue.put_nowait(request)
+    batching = create_batch is not None and batch_size > 1
 
     in_hand: dict[Origin, PassRequest] = {}
     sent: dict[Origin, int] = {}  # attempts made so far, per row
@@ -74,69 +80,15 @@ async def issue_all(
         if on_outcome is not None:
             on_outcome(outcome)
 
-    async def one(request: PassRequest) -> Outcome:
-        retrying = make_retrying(
+    def retrying() -> AsyncRetrying:
+        return make_retrying(
             max_attempts=max_attempts,
-            gate=gate,
             backoff_seconds=backoff_seconds,
             backoff_max_seconds=backoff_max_seconds,
             sleep=sleep,
         )
-        attempts = 0
-        # A row sent before by a run that stopped: that request's fate is unknown too.
-        doubtful = request.prior_attempts or request.doubtful
-        unclear: float | None = time.monotonic() if doubtful else None
-        try:
-            async for attempt in retrying:
-                with attempt:
-                    attempts = request.prior_attempts + attempt.retry_state.attempt_number
-                    sent[request.origin] = attempts
-                    if attempt.retry_state.attempt_number > 1:
-                        result.retries += 1
-                    async with gate.slot():
-                        if on_send is not None:
-                            on_send(request)
-                        try:
-                            created = await create(request)
-                        except GraphError as exc:
-                            if is_unclear(exc):
-                                unclear = time.monotonic()
-                            if exc.status == 429:
-                                result.throttled += 1
-                            elif not isinstance(exc, RETRYABLE):
-                                gate.answered()
-                            log.debug(
-                                "row %s %s attempt %d: HTTP %s %s",
-                                request.origin.row,
-                                request.user,
-                                attempts,
-                                exc.status,
-                                exc.code,
-                            )
-                            raise
-                        gate.answered()
-        except GraphError as exc:
-            reason, detail = explain(exc, request.user, attempts)
-            log.warning(
-                "%s row %d %s: %s (HTTP %s, request-id %s)",
-                request.origin.source,
-                request.origin.row,
-                request.user,
-                reason,
-                exc.status,
-                exc.request_id,
-            )
-            return Failed(
-                request.origin,
-                request.user,
-                reason,
-                detail,
-                exc.status,
-                exc.code,
-                attempts,
-                exc.request_id,
-                may_have_pass=unclear is not None or request.prior_attempts > 0,
-            )
+
+    def issued(request: PassRequest, created: CreatedPass, unclear: float | None) -> Issued:
         if unclear is not None:
             result.unclear[request.origin] = unclear
         log.info(
@@ -156,35 +108,166 @@ async def issue_all(
             created.lifetime_minutes,
             created.usable_once,
             created.created,
-            attempts,
+            sent[request.origin],
             created.request_id,
             created.note,
             unconfirmed=unclear is not None,
         )
 
+    def failed(request: PassRequest, exc: GraphError, unclear: float | None) -> Failed:
+        attempts = sent.get(request.origin, request.prior_attempts)
+        reason, detail = explain(exc, request.user, attempts)
+        log.warning(
+            "%s row %d %s: %s (HTTP %s, request-id %s)",
+            request.origin.source,
+            request.origin.row,
+            request.user,
+            reason,
+            exc.status,
+            exc.request_id,
+        )
+        return Failed(
+            request.origin,
+            request.user,
+            reason,
+            detail,
+            exc.status,
+            exc.code,
+            attempts,
+            exc.request_id,
+            may_have_pass=unclear is not None or request.prior_attempts > 0,
+        )
+
+    def answered(request: PassRequest, exc: GraphError) -> None:
+        log.debug(
+            "row %s %s attempt %d: HTTP %s %s",
+            request.origin.row,
+            request.user,
+            sent[request.origin],
+            exc.status,
+            exc.code,
+        )
+
+    def first_doubt(request: PassRequest) -> float | None:
+        # A row sent before by a run that stopped: that request's fate is unknown too.
+        return time.monotonic() if request.prior_attempts or request.doubtful else None
+
+    async def one(request: PassRequest) -> None:
+        unclear = first_doubt(request)
+        try:
+            async for attempt in retrying():
+                with attempt:
+                    number = attempt.retry_state.attempt_number
+                    sent[request.origin] = request.prior_attempts + number
+                    if number > 1:
+                        result.retries += 1
+                    if on_send is not None:
+                        on_send(request)
+                    try:
+                        created = await create(request)
+                    except GraphError as exc:
+                        if is_unclear(exc):
+                            unclear = time.monotonic()
+                        answered(request, exc)
+                        raise
+        except GraphError as exc:
+            record(failed(request, exc, unclear))
+            return
+        record(issued(request, created, unclear))
+
+    async def several(batch: list[PassRequest]) -> None:
+        """One JSON batch; rows whose sub-request must be retried go again, after the wait."""
+        assert create_batch is not None
+        unclear = {r.origin: first_doubt(r) for r in batch}
+        remaining = list(batch)
+        last: dict[Origin, GraphError] = {}
+        try:
+            async for attempt in retrying():
+                with attempt:
+                    number = attempt.retry_state.attempt_number
+                    for request in remaining:
+                        sent[request.origin] = request.prior_attempts + number
+                        if on_send is not None:
+                            on_send(request)
+                    if number > 1:
+                        result.retries += len(remaining)
+                    try:
+                        answers = await create_batch(remaining)
+                    except GraphError as exc:  # the whole batch: refused, or its answer lost
+                        for request in remaining:
+                            if is_unclear(exc):
+                                unclear[request.origin] = time.monotonic()
+                            answered(request, exc)
+                        last.clear()
+                        raise
+                    again: list[PassRequest] = []
+                    waits: list[float] = []
+                    for request, answer in zip(remaining, answers, strict=True):
+                        if isinstance(answer, CreatedPass):
+                            record(issued(request, answer, unclear[request.origin]))
+                        elif isinstance(answer, RETRYABLE):
+                            if is_unclear(answer):
+                                unclear[request.origin] = time.monotonic()
+                            answered(request, answer)
+                            last[request.origin] = answer
+                            again.append(request)
+                            if answer.retry_after is not None:
+                                waits.append(answer.retry_after)
+                        else:
+                            record(failed(request, answer, unclear[request.origin]))
+                    remaining = again
+                    if remaining:
+                        # Retried together, after the longest Retry-After among them.
+                        raise TransientError(
+                            f"{len(remaining)} requests in the batch must be retried",
+                            status=last[remaining[0].origin].status,
+                            retry_after=max(waits) if waits else None,
+                        )
+        except GraphError as exc:
+            for request in remaining:
+                record(failed(request, last.get(request.origin, exc), unclear[request.origin]))
+
+    def take() -> list[PassRequest]:
+        batch: list[PassRequest] = []
+        while len(batch) < (batch_size if batching else 1):
+            try:
+                batch.append(queue.get_nowait())
+            except asyncio.QueueEmpty:
+                break
+        return batch
+
     async def worker() -> None:
         while result.aborted is None and not (stop is not None and stop.is_set()):
-            try:
-                request = queue.get_nowait()
-            except asyncio.QueueEmpty:
+            batch = take()
+            if not batch:
                 return
-            in_hand[request.origin] = request
+            for request in batch:
+                in_hand[request.origin] = request
             try:
-                record(await one(request))
+                if batching:
+                    await several(batch)
+                else:
+                    await one(batch[0])
             except AuthError as exc:
                 if result.aborted is None:
                     result.aborted = exc
-                record(not_sent(request, str(exc)))
-            except Exception as exc:  # a bug must not lose the row: report it and go on
-                log.exception("unexpected error for row %d", request.origin.row)
-                record(
-                    Failed(
-                        request.origin,
-                        request.user,
-                        "Internal error",
-                        f"{type(exc).__name__} while issuing; report this to onboard's maintainers",
-                    )
-                )
+                for request in batch:
+                    if request.origin in in_hand:
+                        record(not_sent(request, str(exc)))
+            except Exception as exc:  # a bug must not lose a row: report it and go on
+                log.exception("unexpected error for rows %s", [r.origin.row for r in batch])
+                for request in batch:
+                    if request.origin in in_hand:
+                        record(
+                            Failed(
+                                request.origin,
+                                request.user,
+                                "Internal error",
+                                f"{type(exc).__name__} while issuing; report this to onboard's "
+                                "maintainers",
+                                may_have_pass=request.origin in sent,
+                            )
+                        )
 
     workers = [
         asyncio.create_task(worker()) for _ in range(max(1, min(concurrency, len(requests))))
@@ -254,13 +337,12 @@ async def current_passes(
     sleep: Sleep = asyncio.sleep,
 ) -> dict[str, str | GraphError | None]:
     """Ask Graph which pass (method id) each user holds now; a GraphError where it would not say."""
-    gate = ThrottleGate(limit=concurrency, sleep=sleep)
     answers: dict[str, str | GraphError | None] = {}
+    slots = asyncio.Semaphore(concurrency)
 
     async def ask(user: str) -> None:
         retrying = make_retrying(
             max_attempts=max_attempts,
-            gate=gate,
             backoff_seconds=backoff_seconds,
             backoff_max_seconds=backoff_max_seconds,
             sleep=sleep,
@@ -268,7 +350,7 @@ async def current_passes(
         try:
             async for attempt in retrying:
                 with attempt:
-                    async with gate.slot():
+                    async with slots:
                         answers[user] = await current(user)
         except GraphError as exc:
             answers[user] = exc

@@ -2,19 +2,16 @@
 
 Retried: 429, 500, 502, 503, 504, timeouts and dropped connections (ThrottledError and
 TransientError). Everything else is a definite answer and becomes a Failed outcome at once.
-A server's Retry-After wins; otherwise exponential backoff with full jitter. A Retry-After (or
-a 429 without one) holds *all* workers through the shared ThrottleGate, because requests sent
-while throttled still count against the tenant's budget.
+A server's Retry-After wins; otherwise exponential backoff with full jitter. Holding back the
+other workers too (requests sent while throttled still count against the tenant's budget) is
+done by the one rate controller every request passes through (rate.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
-import time
-from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
@@ -72,114 +69,21 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
     return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS)
 
 
-class ThrottleGate:
-    """What every worker obeys before sending: a shared pause, and a shared concurrency limit.
-
-    `hold(seconds)` pauses everyone (a Retry-After). A 429 (`throttled`) also halves the number
-    of requests allowed in flight; each run of clean answers as long as the limit raises it by
-    one again, up to the configured concurrency (additive increase, multiplicative decrease).
-    """
-
-    def __init__(
-        self,
-        *,
-        limit: int = 1_000_000,
-        clock: Clock = time.monotonic,
-        sleep: Sleep = asyncio.sleep,
-        jitter: Callable[[float], float] | None = None,
-    ) -> None:
-        self.max_limit = limit
-        self.limit = limit
-        self._clock = clock
-        self._sleep = sleep
-        self._jitter = jitter or (lambda spread: random.uniform(0, spread))  # noqa: S311
-        self._until = 0.0
-        self._spread = 0.0
-        self._in_flight = 0
-        self._clean = 0
-        self._waiters: deque[asyncio.Future[None]] = deque()
-
-    def hold(self, seconds: float) -> None:
-        until = self._clock() + seconds
-        if until > self._until:
-            self._until = until
-            self._spread = seconds
-
-    def throttled(self, seconds: float) -> None:
-        self.hold(seconds)
-        self.limit = max(1, self.limit // 2)
-        self._clean = 0
-
-    def answered(self) -> None:
-        """A request got a definite answer (not throttled, not a server error)."""
-        self._clean += 1
-        if self._clean >= self.limit and self.limit < self.max_limit:
-            self.limit += 1
-            self._clean = 0
-            self._wake()
-
-    @property
-    def remaining(self) -> float:
-        return max(0.0, self._until - self._clock())
-
-    async def wait(self) -> None:
-        # Waiting workers wake spread over one more hold's length, not all at the same instant:
-        # a herd released together would spend the fresh budget at once and be throttled again.
-        while (remaining := self.remaining) > 0:
-            delay = remaining + self._jitter(min(self._spread, MAX_SPREAD_SECONDS))
-            await self._sleep(delay)
-
-    @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        """Wait out any pause and for a free place under the limit; hold it while sending."""
-        while True:
-            await self.wait()
-            if self._in_flight < self.limit:
-                break
-            waiter = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
-            try:
-                await waiter
-            finally:
-                if not waiter.done():
-                    waiter.cancel()
-        self._in_flight += 1
-        try:
-            yield
-        finally:
-            self._in_flight -= 1
-            self._wake()
-
-    @property
-    def in_flight(self) -> int:
-        return self._in_flight
-
-    def _wake(self) -> None:
-        free = self.limit - self._in_flight
-        while free > 0 and self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                free -= 1
-
-
 class wait_server_hint(wait_base):
     """The server's Retry-After when it sent one; else exponential backoff with jitter.
 
     The backoff doubles with each failure that came *without* a hint, so a row that waited out
-    a few 429s does not then jump to a long wait on its first 503. A 429 also tells the gate,
-    which pauses every worker and lowers the concurrency limit.
+    a few 429s does not then jump to a long wait on its first 503. (Pausing the *other* workers
+    on a 429 is the rate controller's job: see rate.py.)
     """
 
     def __init__(
         self,
-        gate: ThrottleGate,
         *,
         initial: float,
         maximum: float,
         jitter: Callable[[float], float] | None = None,
     ) -> None:
-        self.gate = gate
         self.initial = initial
         self.maximum = maximum
         self.jitter = jitter or (lambda spread: random.uniform(0, spread))  # noqa: S311
@@ -195,17 +99,12 @@ class wait_server_hint(wait_base):
             self.unhinted += 1
             delay = min(self.maximum, self.initial * 2 ** (self.unhinted - 1))
             delay += self.jitter(min(self.initial, self.maximum))
-        if isinstance(exc, ThrottledError):
-            self.gate.throttled(delay)
-        elif hint is not None:
-            self.gate.hold(delay)
         return delay
 
 
 def make_retrying(
     *,
     max_attempts: int,
-    gate: ThrottleGate,
     backoff_seconds: float,
     backoff_max_seconds: float,
     sleep: Sleep = asyncio.sleep,
@@ -213,7 +112,7 @@ def make_retrying(
     """The retry policy for one create request."""
     return AsyncRetrying(
         stop=stop_after_attempt(max_attempts),
-        wait=wait_server_hint(gate, initial=backoff_seconds, maximum=backoff_max_seconds),
+        wait=wait_server_hint(initial=backoff_seconds, maximum=backoff_max_seconds),
         retry=retry_if_exception_type(RETRYABLE),
         sleep=sleep,
         reraise=True,

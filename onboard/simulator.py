@@ -22,6 +22,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import json
+import math
 import random
 import secrets
 import ssl
@@ -58,6 +59,8 @@ DEFAULT_POLICY: dict[str, Any] = {
     "excludeTargets": [],
 }
 _TAP_PATH = "authentication/temporaryAccessPassMethods"
+WARNING_USAGE = 0.8  # Graph sends x-ms-throttle-limit-percentage above this share of the budget
+MAX_BATCH = 20
 REQUEST_ID_KEY = web.RequestKey("request_id", str)
 _POLICY_PATH = (
     "policies/authenticationMethodsPolicy/authenticationMethodConfigurations/temporaryAccessPass"
@@ -163,20 +166,25 @@ class SimulatorState:
         self.counts[name] = self.counts.get(name, 0) + 1
 
     # --- throttling -----------------------------------------------------------------------
-    def take_token(self) -> float | None:
-        """Spend one request from the bucket; return seconds to wait when empty."""
+    def take_token(self) -> tuple[float | None, float | None]:
+        """Spend one request from the bucket: (seconds to wait if refused, usage if over 80%).
+
+        As at Graph, a refused request still counts against the budget: the bucket goes into
+        debt (at most one burst deep), so a client that keeps sending while throttled waits
+        longer. Usage is the share of the budget spent (1.0 and more: throttled).
+        """
         rate = self.faults.throttle_rate
         if rate is None:
-            return None
+            return None, None
+        burst = float(self.faults.throttle_burst)
         now = self.clock()
-        self._bucket = min(
-            float(self.faults.throttle_burst), self._bucket + (now - self._bucket_at) * rate
-        )
+        self._bucket = min(burst, self._bucket + (now - self._bucket_at) * rate)
         self._bucket_at = now
-        if self._bucket >= 1:
-            self._bucket -= 1
-            return None
-        return (1 - self._bucket) / rate
+        allowed = self._bucket >= 1
+        self._bucket = max(self._bucket - 1, -burst)
+        used = (burst - self._bucket) / burst
+        usage = used if used > WARNING_USAGE else None
+        return (None if allowed else (1 - self._bucket) / rate), usage
 
     @classmethod
     def from_file(cls, path: Path, **kwargs: Any) -> SimulatorState:
@@ -213,25 +221,38 @@ def _iso(moment: dt.datetime) -> str:
     return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
+@dataclass(slots=True)
+class Call:
+    """One Graph request, on its own or inside a $batch."""
+
+    method: str
+    path: str  # raw path after the version, e.g. users/x/authentication/...
+    body: Any
+    request_id: str
+    client_request_id: str
+    base: str  # scheme://host
+
+
+# status, headers, JSON body
+Answer = tuple[int, dict[str, str], dict[str, Any] | None]
+_BAD_JSON = object()
+
+
 def _graph_error(
-    request: web.Request,
-    status: int,
-    code: str,
-    message: str,
-    headers: dict[str, str] | None = None,
-) -> web.Response:
+    call: Call, status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> Answer:
     body = {
         "error": {
             "code": code,
             "message": message,
             "innerError": {
                 "date": _iso(_now())[:-5],
-                "request-id": request[REQUEST_ID_KEY],
-                "client-request-id": request.headers.get("client-request-id", ""),
+                "request-id": call.request_id,
+                "client-request-id": call.client_request_id,
             },
         }
     }
-    return web.json_response(body, status=status, headers=headers)
+    return status, dict(headers or {}), body
 
 
 STATE_KEY = web.AppKey("state", SimulatorState)
@@ -243,68 +264,127 @@ def _state(request: web.Request) -> SimulatorState:
 
 
 @web.middleware
-async def _graph_middleware(
+async def _middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
     state = _state(request)
     request[REQUEST_ID_KEY] = str(uuid.uuid4())
-    faults = state.faults
-    is_graph = request.path.startswith(("/v1.0/", "/beta/"))
-    if faults.latency_ms:
-        await asyncio.sleep(faults.latency_ms / 1000)
-    response: web.StreamResponse
-    if is_graph:
-        state.count("graph_requests")
-        auth = request.headers.get("Authorization", "")
-        token = auth[7:] if auth.startswith("Bearer ") else ""
-        expiry = state.tokens.get(token)
-        if expiry is None or expiry < state.clock():
-            state.count("401")
-            response = _graph_error(
-                request,
-                401,
-                "InvalidAuthenticationToken",
-                "Access token has expired or is not yet valid.",
-            )
-        elif (wait := state.take_token()) is not None:
-            state.count("429")
-            retry_after = faults.retry_after_seconds
-            if retry_after is None:
-                retry_after = wait
-            shown = f"{retry_after:.3f}".rstrip("0").rstrip(".") or "0"
-            response = _graph_error(
-                request,
-                429,
-                "TooManyRequests",
-                "Too many requests.",
-                {
-                    "Retry-After": shown,
-                    "x-ms-throttle-scope": "Tenant_Application/WriteLimit",
-                    "x-ms-throttle-information": "WriteLimitExceeded",
-                },
-            )
-        elif faults.fault_rate and state.random.random() < faults.fault_rate:
-            state.count("503")
-            response = _graph_error(
-                request, 503, "serviceNotAvailable", "The service is temporarily unavailable."
-            )
-        else:
-            response = await _answer(handler, request)
-    else:
-        response = await _answer(handler, request)
+    if state.faults.latency_ms:
+        await asyncio.sleep(state.faults.latency_ms / 1000)
+    try:
+        response = await handler(request)
+    except ConnectionError:
+        # The client went away mid-request (a killed run): nobody is left to answer.
+        response = web.Response(status=499)
     response.headers["request-id"] = request[REQUEST_ID_KEY]
     response.headers["client-request-id"] = request.headers.get("client-request-id", "")
     return response
 
 
-async def _answer(
-    handler: Callable[[web.Request], Awaitable[web.StreamResponse]], request: web.Request
-) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except ConnectionError:
-        # The client went away mid-request (a killed run): nobody is left to answer.
-        return web.Response(status=499)
+def _respond(answer: Answer) -> web.Response:
+    status, headers, body = answer
+    if body is None:
+        return web.Response(status=status, headers=headers)
+    return web.json_response(body, status=status, headers=headers)
+
+
+async def _graph(request: web.Request) -> web.StreamResponse:
+    state = _state(request)
+    raw_path = request.raw_path.split("?", 1)[0]
+    _version, _, rest = raw_path.lstrip("/").partition("/")
+    body: Any = None
+    if request.can_read_body:
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            body = _BAD_JSON
+    call = Call(
+        request.method,
+        rest,
+        body,
+        request[REQUEST_ID_KEY],
+        request.headers.get("client-request-id", ""),
+        f"{request.scheme}://{request.host}",
+    )
+    state.count("graph_requests")
+    auth = request.headers.get("Authorization", "")
+    token = auth[7:] if auth.startswith("Bearer ") else ""
+    expiry = state.tokens.get(token)
+    if expiry is None or expiry < state.clock():
+        state.count("401")
+        message = "Access token has expired or is not yet valid."
+        return _respond(_graph_error(call, 401, "InvalidAuthenticationToken", message))
+    if rest == "$batch" and request.method == "POST":
+        return await _batch(state, call)
+    return _respond(await _call(state, call))
+
+
+async def _call(state: SimulatorState, call: Call) -> Answer:
+    """Throttling and faults, then the request itself: the same for a batch's sub-requests."""
+    faults = state.faults
+    wait, usage = state.take_token()
+    if wait is not None:
+        state.count("429")
+        retry_after = faults.retry_after_seconds if faults.retry_after_seconds is not None else wait
+        # Graph shows whole seconds ("10") and decimals ("2.128"): so does the simulator.
+        shown = f"{math.ceil(retry_after * 1000) / 1000:.3f}".rstrip("0").rstrip(".")
+        answer = _graph_error(
+            call,
+            429,
+            "TooManyRequests",
+            "Too many requests.",
+            {
+                "Retry-After": shown,
+                "x-ms-throttle-scope": "Tenant_Application/WriteLimit",
+                "x-ms-throttle-information": "WriteLimitExceeded",
+            },
+        )
+    elif faults.fault_rate and state.random.random() < faults.fault_rate:
+        state.count("503")
+        answer = _graph_error(
+            call, 503, "serviceNotAvailable", "The service is temporarily unavailable."
+        )
+    else:
+        answer = await _route(state, call)
+    if usage is not None:
+        answer[1]["x-ms-throttle-limit-percentage"] = f"{usage:.2f}"
+    return answer
+
+
+async def _batch(state: SimulatorState, call: Call) -> web.Response:
+    """POST $batch: each sub-request answered (and throttled) on its own, in any order."""
+    state.count("batches")
+    requests = call.body.get("requests") if isinstance(call.body, dict) else None
+    if not isinstance(requests, list) or not requests:
+        return _respond(_graph_error(call, 400, "BadRequest", "Invalid batch payload format."))
+    if len(requests) > MAX_BATCH:
+        message = f"Number of requests exceeds the limit of {MAX_BATCH}."
+        return _respond(_graph_error(call, 400, "BadRequest", message))
+    ids = [str(r.get("id") or "") if isinstance(r, dict) else "" for r in requests]
+    if len(set(ids)) != len(ids) or "" in ids:
+        return _respond(_graph_error(call, 400, "BadRequest", "Batch request ids must be unique."))
+    calls = []
+    for item in requests:
+        headers = item.get("headers")
+        headers = headers if isinstance(headers, dict) else {}
+        body = item.get("body")
+        if body is not None and "content-type" not in {str(k).lower() for k in headers}:
+            body = _BAD_JSON  # Graph requires Content-Type with a body
+        url = str(item.get("url") or "").lstrip("/").split("?", 1)[0]
+        method = str(item.get("method") or "GET").upper()
+        calls.append(Call(method, url, body, str(uuid.uuid4()), call.client_request_id, call.base))
+    answers = await asyncio.gather(*(_call(state, sub) for sub in calls))
+    order = list(range(len(calls)))
+    state.random.shuffle(order)  # Graph answers in any order: clients match by id
+    responses = []
+    for i in order:
+        status, headers, body = answers[i]
+        responses.append({"id": ids[i], "status": status, "headers": headers, "body": body})
+    faults = state.faults
+    if faults.lost_response_rate and state.random.random() < faults.lost_response_rate:
+        state.count("lost_batch")
+        return _respond(_graph_error(call, 504, "gatewayTimeout", "The gateway timed out."))
+    return web.json_response({"responses": responses})
 
 
 async def _openid_configuration(request: web.Request) -> web.Response:
@@ -365,36 +445,34 @@ def _user_from_path(raw: str) -> tuple[str, str] | None:
     return unquote(segment), rest
 
 
-async def _graph(request: web.Request) -> web.StreamResponse:
-    state = _state(request)
-    raw_path = request.raw_path.split("?", 1)[0]
-    _version, _, rest = raw_path.lstrip("/").partition("/")
-    if rest == _POLICY_PATH and request.method == "GET":
+async def _route(state: SimulatorState, call: Call) -> Answer:
+    rest = call.path
+    if rest == _POLICY_PATH and call.method == "GET":
         body = {
             "@odata.type": "#microsoft.graph.temporaryAccessPassAuthenticationMethodConfiguration",
             "id": "TemporaryAccessPass",
             **state.policy,
         }
-        return web.json_response(body)
+        return 200, {}, body
     if rest.startswith("users"):
         parsed = _user_from_path(rest[len("users") :])
         if parsed is not None:
             key, remainder = parsed
             if remainder == _TAP_PATH:
-                if request.method == "POST":
-                    return await _create_pass(request, state, key)
-                if request.method == "GET":
-                    return _list_passes(request, state, key)
-            elif remainder.startswith(_TAP_PATH + "/") and request.method == "DELETE":
-                return _delete_pass(request, state, key, remainder[len(_TAP_PATH) + 1 :])
+                if call.method == "POST":
+                    return await _create_pass(call, state, key)
+                if call.method == "GET":
+                    return _list_passes(call, state, key)
+            elif remainder.startswith(_TAP_PATH + "/") and call.method == "DELETE":
+                return _delete_pass(call, state, key, remainder[len(_TAP_PATH) + 1 :])
     return _graph_error(
-        request, 400, "BadRequest", f"Resource not found for the segment '{rest.split('/')[0]}'."
+        call, 400, "BadRequest", f"Resource not found for the segment '{rest.split('/')[0]}'."
     )
 
 
-def _not_found(request: web.Request, key: str) -> web.Response:
+def _not_found(call: Call, key: str) -> Answer:
     return _graph_error(
-        request,
+        call,
         404,
         "Request_ResourceNotFound",
         f"Resource '{key}' does not exist or one of its queried reference-property objects "
@@ -402,17 +480,14 @@ def _not_found(request: web.Request, key: str) -> web.Response:
     )
 
 
-async def _create_pass(request: web.Request, state: SimulatorState, key: str) -> web.Response:
-    try:
-        body = await request.json()
-    except json.JSONDecodeError:
-        return _graph_error(request, 400, "BadRequest", "Unable to read JSON request payload.")
+async def _create_pass(call: Call, state: SimulatorState, key: str) -> Answer:
+    body = call.body
     if not isinstance(body, dict):
-        return _graph_error(request, 400, "BadRequest", "Unable to read JSON request payload.")
+        return _graph_error(call, 400, "BadRequest", "Unable to read JSON request payload.")
     user = state.find_user(key)
     if user is None:
         state.count("404")
-        return _not_found(request, key)
+        return _not_found(call, key)
     state.create_attempts[user.id] = state.create_attempts.get(user.id, 0) + 1
     faults = state.faults
     if faults.late_create_rate and state.random.random() < faults.late_create_rate:
@@ -421,16 +496,16 @@ async def _create_pass(request: web.Request, state: SimulatorState, key: str) ->
         await asyncio.sleep(faults.late_create_seconds)
     policy = state.policy
     if user.forbidden:
-        return _graph_error(request, 403, "accessDenied", "Request Authorization failed")
+        return _graph_error(call, 403, "accessDenied", "Request Authorization failed")
     if user.user_type == "Guest" or "#EXT#" in user.user_principal_name.upper():
-        return _graph_error(request, 400, "badRequest", GUEST_REFUSAL)
+        return _graph_error(call, 400, "badRequest", GUEST_REFUSAL)
     if policy.get("state") != "enabled" or not user.in_pass_policy:
-        return _graph_error(request, 400, "badRequest", POLICY_REFUSAL)
+        return _graph_error(call, 400, "badRequest", POLICY_REFUSAL)
     lifetime = body.get("lifetimeInMinutes", policy["defaultLifetimeInMinutes"])
     low, high = policy["minimumLifetimeInMinutes"], policy["maximumLifetimeInMinutes"]
     if not isinstance(lifetime, int) or not low <= lifetime <= high:
         return _graph_error(
-            request,
+            call,
             400,
             "badRequest",
             f"Invalid LifetimeInMinutes specified. The valid range between {low} and {high}.",
@@ -438,7 +513,7 @@ async def _create_pass(request: web.Request, state: SimulatorState, key: str) ->
     usable_once = body.get("isUsableOnce", policy["isUsableOnce"])
     if policy.get("isUsableOnce") and usable_once is False:
         return _graph_error(
-            request,
+            call,
             400,
             "badRequest",
             "The tenant policy requires one-time use Temporary Access Passes.",
@@ -451,10 +526,10 @@ async def _create_pass(request: web.Request, state: SimulatorState, key: str) ->
             if start.tzinfo is None:
                 raise ValueError
         except ValueError:
-            return _graph_error(request, 400, "badRequest", "Invalid StartDateTime specified.")
+            return _graph_error(call, 400, "badRequest", "Invalid StartDateTime specified.")
         if start < now - dt.timedelta(minutes=1):
             return _graph_error(
-                request,
+                call,
                 400,
                 "badRequest",
                 "Invalid StartDateTime specified. It can not be a time in the past.",
@@ -464,7 +539,7 @@ async def _create_pass(request: web.Request, state: SimulatorState, key: str) ->
         expires = existing.start + dt.timedelta(minutes=existing.lifetime_minutes)
         if expires > now:
             return _graph_error(
-                request, 409, "conflict", "A Temporary Access Pass already exists for this user."
+                call, 409, "conflict", "A Temporary Access Pass already exists for this user."
             )
     length = int(policy.get("defaultLength", 8))
     value = "".join(secrets.choice(PASS_ALPHABET) for _ in range(length))
@@ -474,11 +549,13 @@ async def _create_pass(request: web.Request, state: SimulatorState, key: str) ->
     state.count("201")
     if faults.lost_response_rate and state.random.random() < faults.lost_response_rate:
         state.count("lost")
-        return _graph_error(request, 504, "gatewayTimeout", "The gateway timed out.")
+        return _graph_error(call, 504, "gatewayTimeout", "The gateway timed out.")
     reason = "NotYetValid" if start > now + dt.timedelta(seconds=5) else "EnabledByPolicy"
-    return web.json_response(
+    return (
+        201,
+        {},
         {
-            "@odata.context": f"{request.scheme}://{request.host}/v1.0/$metadata#users('{user.id}')"
+            "@odata.context": f"{call.base}/v1.0/$metadata#users('{user.id}')"
             "/authentication/temporaryAccessPassMethods/$entity",
             "id": created.id,
             "temporaryAccessPass": value,
@@ -489,14 +566,13 @@ async def _create_pass(request: web.Request, state: SimulatorState, key: str) ->
             "isUsable": reason == "EnabledByPolicy",
             "methodUsabilityReason": reason,
         },
-        status=201,
     )
 
 
-def _list_passes(request: web.Request, state: SimulatorState, key: str) -> web.Response:
+def _list_passes(call: Call, state: SimulatorState, key: str) -> Answer:
     user = state.find_user(key)
     if user is None:
-        return _not_found(request, key)
+        return _not_found(call, key)
     current = state.passes.get(user.id)
     items = []
     if current is not None:
@@ -510,23 +586,21 @@ def _list_passes(request: web.Request, state: SimulatorState, key: str) -> web.R
                 "isUsableOnce": current.usable_once,
             }
         )
-    return web.json_response({"value": items})
+    return 200, {}, {"value": items}
 
 
-def _delete_pass(
-    request: web.Request, state: SimulatorState, key: str, method_id: str
-) -> web.Response:
+def _delete_pass(call: Call, state: SimulatorState, key: str, method_id: str) -> Answer:
     user = state.find_user(key)
     current = None if user is None else state.passes.get(user.id)
     if user is None or current is None or current.id != method_id:
-        return _not_found(request, method_id)
+        return _not_found(call, method_id)
     del state.passes[user.id]
-    return web.Response(status=204)
+    return 204, {}, None
 
 
 def make_app(state: SimulatorState) -> web.Application:
     """The simulator as an aiohttp application (usable with aiohttp's TestServer too)."""
-    app = web.Application(middlewares=[_graph_middleware], client_max_size=1024**2)
+    app = web.Application(middlewares=[_middleware], client_max_size=1024**2)
     app[STATE_KEY] = state
     app.router.add_get("/{tenant}/v2.0/.well-known/openid-configuration", _openid_configuration)
     app.router.add_post("/{tenant}/oauth2/v2.0/token", _token)

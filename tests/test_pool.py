@@ -10,7 +10,6 @@ from onboard.errors import AuthError, GraphError, ThrottledError, TransientError
 from onboard.graph import CreatedPass
 from onboard.outcomes import Failed, Issued, Origin, PassRequest
 from onboard.pool import issue_all
-from onboard.retrying import ThrottleGate
 
 START = datetime(2027, 1, 4, 8, tzinfo=timezone.utc)
 
@@ -56,11 +55,10 @@ class Script:
 def run(requests: list[PassRequest], create: Callable, clock: FakeClock | None = None,
         **kwargs) -> object:
     clock = clock or FakeClock()
-    gate = ThrottleGate(limit=kwargs.pop("concurrency", 4), clock=clock, sleep=clock.sleep,
-                        jitter=lambda spread: 0.0)
     return asyncio.run(issue_all(
-        requests, create, concurrency=gate.max_limit, max_attempts=kwargs.pop("max_attempts", 5),
-        backoff_seconds=1.0, backoff_max_seconds=8.0, gate=gate, sleep=clock.sleep, **kwargs,
+        requests, create, concurrency=kwargs.pop("concurrency", 4),
+        max_attempts=kwargs.pop("max_attempts", 5), backoff_seconds=1.0, backoff_max_seconds=8.0,
+        sleep=clock.sleep, **kwargs,
     ))
 
 
@@ -78,7 +76,7 @@ def test_429_then_success_is_retried_after_retry_after() -> None:
     assert isinstance(outcome, Issued)
     assert (outcome.attempts, outcome.temporary_access_pass) == (2, "+pass-user2@contoso.com")
     assert script.calls == [("user2@contoso.com", 0.0), ("user2@contoso.com", 2.0)]
-    assert result.throttled == 1 and result.retries == 1
+    assert result.retries == 1
 
 
 def test_503_then_success_backs_off_exponentially() -> None:
@@ -122,31 +120,6 @@ def test_policy_refusal_is_translated() -> None:
     assert isinstance(failed, Failed)
     assert failed.reason == "Outside the pass policy"
     assert "target groups" in failed.detail and "Authentication methods" in failed.detail
-
-
-def test_throttle_seen_by_one_worker_holds_back_the_others() -> None:
-    """After one worker's 429 (Retry-After 0.3 s), no worker sends until the 0.3 s have passed."""
-    sends: list[tuple[str, float]] = []
-    answered_429_at: list[float] = []
-
-    async def create(req: PassRequest) -> CreatedPass:
-        loop = asyncio.get_running_loop()
-        sends.append((req.user, loop.time()))
-        await asyncio.sleep(0.01)  # latency: the other workers keep wanting to send
-        if req.user == "user2@contoso.com" and not answered_429_at:
-            answered_429_at.append(loop.time())
-            raise throttled(0.3)
-        return created()
-
-    async def main() -> None:
-        await issue_all([request(n) for n in range(2, 40)], create, concurrency=4,
-                        max_attempts=3, backoff_seconds=0.01, backoff_max_seconds=0.01)
-
-    asyncio.run(main())
-    (paused_at,) = answered_429_at
-    during = [user for user, at in sends if paused_at < at < paused_at + 0.3]
-    assert during == []
-    assert len(sends) == 38 + 1  # every row sent, the throttled one twice
 
 
 def test_retries_stop_at_max_attempts() -> None:
@@ -196,3 +169,77 @@ def test_issued_repr_hides_the_pass() -> None:
     (issued,) = result.outcomes
     assert "+pass-" not in repr(issued)
     assert "+pass-" not in repr(created("+pass-x"))
+
+
+class BatchScript:
+    """A fake create_passes(): per user, a list of answers (errors or None for a pass)."""
+
+    def __init__(self, answers: dict[str, list[Exception | None]], clock: FakeClock,
+                 lost: int = 0):
+        self.answers = answers
+        self.clock = clock
+        self.lost = lost  # this many whole batches lose their answer first
+        self.batches: list[tuple[list[str], float]] = []
+
+    async def __call__(self, reqs: list[PassRequest]) -> list[CreatedPass | GraphError]:
+        self.batches.append(([r.user for r in reqs], self.clock.now))
+        await asyncio.sleep(0)
+        if self.lost:
+            self.lost -= 1
+            raise TransientError("gateway timeout", status=504)
+        results: list[CreatedPass | GraphError] = []
+        for r in reqs:
+            queue = self.answers.get(r.user, [])
+            answer = queue.pop(0) if queue else None
+            results.append(created(f"+pass-{r.user}") if answer is None else answer)
+        return results
+
+
+def test_batch_sub_responses_each_end_as_their_own_outcome() -> None:
+    """In one batch, a 201, a 404 and a 429 become issued, failed and (retried) issued rows;
+    the throttled row alone is sent again, after its own Retry-After."""
+    clock = FakeClock()
+    script = BatchScript({
+        "user3@contoso.com": [GraphError("Resource 'x' does not exist", status=404,
+                                         code="Request_ResourceNotFound")],
+        "user4@contoso.com": [throttled(1.5)],
+    }, clock)
+    result = run([request(2), request(3), request(4)], Script({}), clock, concurrency=1,
+                 create_batch=script, batch_size=20)
+    outcomes = {o.origin.row: o for o in result.outcomes}
+    assert isinstance(outcomes[2], Issued) and outcomes[2].attempts == 1
+    assert isinstance(outcomes[3], Failed) and outcomes[3].reason == "User not found"
+    assert isinstance(outcomes[4], Issued) and outcomes[4].attempts == 2
+    assert not outcomes[4].unconfirmed  # a 429 is a definite "not done"
+    assert script.batches == [
+        (["user2@contoso.com", "user3@contoso.com", "user4@contoso.com"], 0.0),
+        (["user4@contoso.com"], 1.5),
+    ]
+    assert len(result.outcomes) == 3
+
+
+def test_lost_batch_answer_makes_every_row_in_it_unclear_and_sends_them_again() -> None:
+    """A batch whose answer is lost is sent again; its passes are flagged to be confirmed."""
+    clock = FakeClock()
+    script = BatchScript({}, clock, lost=1)
+    result = run([request(n) for n in range(2, 6)], Script({}), clock, concurrency=1,
+                 create_batch=script, batch_size=2)
+    assert len(script.batches) == 3  # [2,3] lost, [2,3] again, [4,5]
+    issued = {o.origin.row: o for o in result.outcomes}
+    assert all(isinstance(o, Issued) for o in issued.values())
+    assert issued[2].unconfirmed and issued[3].unconfirmed
+    assert not issued[4].unconfirmed and not issued[5].unconfirmed
+    assert set(result.unclear) == {Origin("hires.csv", 2), Origin("hires.csv", 3)}
+
+
+def test_batch_rows_that_keep_failing_give_up_with_their_own_last_answer() -> None:
+    """A row throttled on every attempt fails after max_attempts; its batch-mates are issued."""
+    clock = FakeClock()
+    script = BatchScript({"user2@contoso.com": [throttled(0.5) for _ in range(10)]}, clock)
+    result = run([request(2), request(3)], Script({}), clock, concurrency=1, max_attempts=3,
+                 create_batch=script, batch_size=5)
+    outcomes = {o.origin.row: o for o in result.outcomes}
+    assert isinstance(outcomes[3], Issued)
+    failed = outcomes[2]
+    assert isinstance(failed, Failed)
+    assert (failed.reason, failed.attempts, failed.http_status) == ("Gave up after retries", 3, 429)

@@ -1,0 +1,176 @@
+"""One sending rate for the whole run: a token bucket whose rate follows Graph's answers.
+
+Every request to Graph (creates, pass look-ups, the policy read) asks the controller first.
+The bucket's rate starts at the ceiling (`run.max_rate`) and adapts below it:
+
+- a 429 pauses *every* request until its Retry-After has passed (requests sent while
+  throttled still count against the tenant's budget) and cuts the rate to CUT of what it was;
+  the 429s of requests that were already on their way when the rate was cut do not cut again;
+- `x-ms-throttle-limit-percentage` (sent by Graph once more than 80% of the budget is used)
+  stops the rate growing, and from EASE_AT on eases it off a little, once per round trip,
+  before any 429;
+- while answers come back clean, the rate climbs: quickly back to just below the rate that
+  was last throttled, then slowly past it, probing for more.
+
+The sleeping is done by `acquire`; the decisions are plain methods on a clock, so they are
+tested with a fake clock and no real waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+Sleep = Callable[[float], Awaitable[None]]
+Clock = Callable[[], float]
+
+# Documented limits (GRAPH_FACTS.md, "Throttling"): per app and tenant about 3,000 writes per
+# 150 s, i.e. 20 creates/s sustained after a burst; resource units 3,500 per 10 s for the
+# smallest tenants. The ceiling stays well under the resource-unit budget; the adaptive rate
+# below it finds the app's own write budget from Graph's answers.
+DEFAULT_MAX_RATE = 150.0
+MIN_RATE = 0.5  # never slower than one request every two seconds, unless paused
+CUT = 0.7  # the rate after a 429, as a share of the rate that was throttled
+WARN_AT = 0.8  # Graph sends x-ms-throttle-limit-percentage from here on
+NO_WARNING = 0.7  # the usage assumed when Graph sends no header
+TARGET_USAGE = 0.97  # keep the budget nearly spent: unspent budget is time lost
+PROPORTIONAL = 8.0  # usage 0.8 -> 1.0 cuts the rate to e**-1.6, a fifth
+INTEGRAL = 1.0  # per second, per unit of usage away from the target
+NEAR = 0.9  # within this share of the rate Graph last throttled ...
+NEAR_SLOWDOWN = 0.2  # ... climb five times more slowly
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    """Handed out with every permission to send; brought back with the answer."""
+
+    sent_at: float
+
+
+class RateController:
+    def __init__(
+        self,
+        max_rate: float = DEFAULT_MAX_RATE,
+        *,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        if max_rate <= 0:
+            raise ValueError("max_rate must be positive")
+        self.max_rate = float(max_rate)
+        self.min_rate = min(MIN_RATE, self.max_rate)
+        self.rate = self.max_rate
+        self._clock = clock
+        self._sleep = sleep
+        self._next = clock()  # the earliest time the next request may go
+        self._until = 0.0  # everybody waits until then (a Retry-After)
+        self._epoch = 0  # bumped by every pause: reservations made before it are void
+        self._cut_at = -1.0  # when the rate was last cut: older requests' answers don't cut
+        self._usage = WARN_AT  # the last budget usage Graph reported (or assumed)
+        self._throttled_rate: float | None = None  # the rate at which Graph last said 429
+        self._steered_at = clock()
+        self._first_send: float | None = None
+        self._last_answer: float | None = None
+        # What the Summary reports.
+        self.requests = 0
+        self.throttles = 0
+        self.warnings = 0
+        self.paused_seconds = 0.0
+        self.lowest_rate = self.rate
+
+    # --- asking to send ----------------------------------------------------------------
+    def reserve(self, count: int = 1) -> tuple[float, int]:
+        """Book the next free time to send `count` requests: (when, the pause epoch)."""
+        now = self._clock()
+        when = max(now, self._until, self._next)
+        self._next = when + count / self.rate
+        return when, self._epoch
+
+    async def acquire(self, count: int = 1) -> Ticket:
+        """Wait until `count` requests (a batch counts each of its requests) may be sent."""
+        while True:
+            when, epoch = self.reserve(count)
+            delay = when - self._clock()
+            if delay > 0:
+                await self._sleep(delay)
+            if epoch == self._epoch:
+                break
+            # A 429 arrived while we waited: queue again behind the pause, at the new rate.
+        now = self._clock()
+        if self._first_send is None:
+            self._first_send = now
+        self.requests += count
+        return Ticket(now)
+
+    # --- what Graph answered -----------------------------------------------------------
+    def hold(self, seconds: float) -> None:
+        """Pause every request for `seconds` (a Retry-After), without changing the rate."""
+        now = self._clock()
+        until = now + max(0.0, seconds)
+        if until <= self._until:
+            return
+        self.paused_seconds += until - max(now, self._until)
+        self._until = until
+        self._epoch += 1
+        self._next = until
+
+    def throttled(self, ticket: Ticket, retry_after: float) -> None:
+        """A 429: everybody pauses for `retry_after`; the rate is cut once per episode."""
+        self.throttles += 1
+        self._answered()
+        self.hold(retry_after)
+        if ticket.sent_at >= self._cut_at:
+            self._throttled_rate = self.rate
+            self._cut(CUT)
+        self._usage = max(self._usage, 1.0)
+
+    def answered(self, ticket: Ticket, usage: float | None = None) -> None:
+        """Any other answer; `usage` is x-ms-throttle-limit-percentage when Graph sent it."""
+        now = self._answered()
+        if usage is not None and usage >= WARN_AT:
+            self.warnings += 1
+        self._steer(now, usage)
+
+    def _steer(self, now: float, usage: float | None) -> None:
+        # A proportional-integral controller on how much of the budget is used: the rate
+        # falls as usage rises (and rises as it falls), and drifts towards keeping usage at
+        # TARGET_USAGE. Without the header, usage is only known to be under 80%: climb, more
+        # slowly near the rate Graph last throttled.
+        elapsed = min(max(now - self._steered_at, 0.0), 1.0)
+        self._steered_at = now
+        if usage is None:
+            growth = INTEGRAL * (TARGET_USAGE - NO_WARNING) * elapsed
+            if self._throttled_rate is not None and self.rate >= NEAR * self._throttled_rate:
+                growth *= NEAR_SLOWDOWN
+            change = growth
+            self._usage = WARN_AT
+        else:
+            change = -PROPORTIONAL * (usage - self._usage)
+            change -= INTEGRAL * (usage - TARGET_USAGE) * elapsed
+            self._usage = usage
+        self.rate = min(self.max_rate, max(self.min_rate, self.rate * math.exp(change)))
+        self.lowest_rate = min(self.lowest_rate, self.rate)
+
+    def _answered(self) -> float:
+        now = self._clock()
+        self._last_answer = now
+        return now
+
+    def _cut(self, factor: float) -> None:
+        now = self._clock()
+        self.rate = max(self.min_rate, self.rate * factor)
+        self.lowest_rate = min(self.lowest_rate, self.rate)
+        self._cut_at = now
+        self._steered_at = now
+
+    # --- for the Summary ---------------------------------------------------------------
+    @property
+    def effective_rate(self) -> float | None:
+        """Requests per second from the first send to the last answer."""
+        if self._first_send is None or self._last_answer is None:
+            return None
+        elapsed = self._last_answer - self._first_send
+        return self.requests / elapsed if elapsed > 0 else None
