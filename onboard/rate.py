@@ -32,7 +32,7 @@ Clock = Callable[[], float]
 # smallest tenants. The ceiling stays well under the resource-unit budget; the adaptive rate
 # below it finds the app's own write budget from Graph's answers.
 DEFAULT_MAX_RATE = 150.0
-MIN_RATE = 0.5  # never slower than one request every two seconds, unless paused
+MIN_RATE = 1.0  # never slower than one request a second, except while paused
 CUT = 0.7  # the rate after a 429, as a share of the rate that was throttled
 WARN_AT = 0.8  # Graph sends x-ms-throttle-limit-percentage from here on
 NO_WARNING = 0.7  # the usage assumed when Graph sends no header
@@ -85,8 +85,9 @@ class RateController:
     def reserve(self, count: int = 1) -> tuple[float, int]:
         """Book the next free time to send `count` requests: (when, the pause epoch)."""
         now = self._clock()
-        when = max(now, self._until, self._next)
-        self._next = when + count / self.rate
+        # A batch of `count` waits until `count` requests' worth of the rate is free.
+        when = max(now, self._until, self._next + (count - 1) / self.rate)
+        self._next = when + 1 / self.rate
         return when, self._epoch
 
     async def acquire(self, count: int = 1) -> Ticket:

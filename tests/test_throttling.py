@@ -1,0 +1,85 @@
+"""Graph's throttling as the simulator plays it, and JSON batching end to end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import users
+from openpyxl import load_workbook
+from test_cli import GOOD, SOON, audit_rows, latest_audit
+
+from onboard.cli import EXIT_ROWS_FAILED, main
+from onboard.simulator import Faults, SimulatorState
+
+
+def test_simulator_bucket_refused_requests_still_spend_budget() -> None:
+    """Burst 5 at 10/s: five pass, the sixth is refused; refusing more deepens the debt, so
+    the wait grows; usage is reported once more than 80% is spent."""
+    now = [0.0]
+    state = SimulatorState(faults=Faults(throttle_rate=10, throttle_burst=5), clock=lambda: now[0])
+    answers = [state.take_token() for _ in range(5)]
+    assert [wait for wait, _ in answers] == [None] * 5
+    assert [usage is not None for _, usage in answers] == [False, False, False, False, True]
+    first_wait, usage = state.take_token()
+    assert first_wait == pytest.approx(0.2) and usage is not None and usage > 1.0
+    second_wait, _ = state.take_token()
+    assert second_wait == pytest.approx(0.3)  # the refused request counted
+    now[0] = 0.3  # waiting it out is enough
+    assert state.take_token()[0] is None
+
+
+def test_batching_mixed_answers_end_as_the_right_outcomes(
+    tmp_path: Path, serve_simulator, secret_env
+) -> None:
+    """batch_size 20 against a simulator whose burst (15) is smaller than a batch: 201s are
+    issued, a 404 fails, 429'd sub-requests are sent again and issued; every audited pass is
+    the one Graph holds, and the Summary counts the 429s."""
+    state = SimulatorState(
+        users(*GOOD),
+        faults=Faults(throttle_rate=200, throttle_burst=15, latency_ms=2),
+        seed=5,
+    )
+    sim = serve_simulator(state)
+    lines = ["Name,Work Email,Start Date,Lifetime"]
+    lines += [f"Hire {n},{upn},{SOON[n % 5]}," for n, upn in enumerate(GOOD)]
+    lines.append(f"Ghost,ghost@contoso.com,{SOON[0]},")
+    path = tmp_path / "hires.csv"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    config = sim.config(tmp_path / "c.yaml", run={"batch_size": 20, "max_attempts": 30, "max_rate": 2000})
+    assert main(["run", str(path), "-c", str(config)]) == EXIT_ROWS_FAILED
+    audit = latest_audit(tmp_path / "audit")
+    rows = audit_rows(audit)
+    assert [(r["User"], r["Reason"], r["HTTP status"]) for r in rows["Failed"]] == [
+        ("ghost@contoso.com", "User not found", 404)
+    ]
+    assert sorted(r["User"] for r in rows["Issued"]) == sorted(GOOD)
+    for row in rows["Issued"]:
+        assert row["Temporary Access Pass"] == state.current_pass(str(row["User"]))
+    assert state.counts["batches"] >= 3  # 41 rows: at least three batches
+    assert state.counts["429"] > 0  # some sub-requests were throttled ...
+    assert max(r["Attempts"] for r in rows["Issued"]) > 1  # ... and sent again
+    summary = {row[0]: row[1] for row in load_workbook(audit)["Summary"].iter_rows(values_only=True)}
+    assert summary["429 answers"] == state.counts["429"]
+    assert str(summary["Effective rate"]).endswith("requests/s")
+
+
+def test_lost_batch_answers_are_confirmed_with_graph(
+    tmp_path: Path, serve_simulator, secret_env
+) -> None:
+    """Batches whose answers are lost after the passes were made: the rows are sent again,
+    confirmed with Graph, and the audit holds exactly the passes Graph holds."""
+    state = SimulatorState(users(*GOOD), faults=Faults(lost_response_rate=0.3), seed=3)
+    sim = serve_simulator(state)
+    lines = ["Name,Work Email,Start Date,Lifetime"]
+    lines += [f"Hire {n},{upn},{SOON[n % 5]}," for n, upn in enumerate(GOOD)]
+    path = tmp_path / "hires.csv"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    config = sim.config(tmp_path / "c.yaml", run={"batch_size": 10, "max_attempts": 20})
+    main(["run", str(path), "-c", str(config)])
+    rows = audit_rows(latest_audit(tmp_path / "audit"))
+    assert state.counts.get("lost_batch", 0) > 0
+    assert sorted(r["User"] for r in rows["Issued"]) == sorted(GOOD)
+    assert rows["Failed"] == []
+    for row in rows["Issued"]:
+        assert row["Temporary Access Pass"] == state.current_pass(str(row["User"]))
