@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
+from yarl import URL
 
 from .auth import TokenProvider
 from .errors import AuthError, GraphError, ThrottledError, TransientError
@@ -73,8 +74,12 @@ class GraphClient:
         api_version: str = "v1.0",
         timeout_seconds: float = 60.0,
         rate: RateController | None = None,
+        proxy: URL | None = None,
+        proxy_auth: aiohttp.BasicAuth | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
+        self._proxy = proxy
+        self._proxy_auth = proxy_auth
         self._session = session
         self._root = f"{base_url.rstrip('/')}/{api_version}"
         self._tokens = tokens
@@ -247,7 +252,13 @@ class GraphClient:
             }
             try:
                 async with self._session.request(
-                    method, url, json=body, headers=headers, timeout=self._timeout
+                    method,
+                    url,
+                    json=body,
+                    headers=headers,
+                    timeout=self._timeout,
+                    proxy=self._proxy,
+                    proxy_auth=self._proxy_auth,
                 ) as response:
                     request_id = response.headers.get("request-id")
                     retry_after = parse_retry_after(response.headers.get("Retry-After"))

@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import sqlite3
+import threading
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -112,6 +113,8 @@ class Journal:
         self.path = path
         self._lock_fd: int | None = None
         self._db: sqlite3.Connection | None = None
+        self._grouped: int | None = None  # the thread inside together(), if any
+        self._guard = threading.Lock()
 
     # --- opening, locking ---------------------------------------------------------------------
     def open(self, *, lock: bool = True) -> Journal:
@@ -127,7 +130,7 @@ class Journal:
                 os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
             else:
                 self.path.chmod(0o600)  # it holds passes until their audit is written
-            db = sqlite3.connect(self.path, isolation_level=None)
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         except OSError as exc:
             raise ConfigError(
                 f"cannot open the run journal {self.path}: {exc.strerror}; set state.path to a "
@@ -188,13 +191,29 @@ class Journal:
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
+        if self._grouped == threading.get_ident():  # inside together(): committed with the rest
             yield self.db
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
+            return
+        with self._guard:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def together(self) -> Iterator[None]:
+        """Every write inside the block is committed at once, in one transaction (one fsync):
+        the worker pool groups the rows that finish at the same moment this way (job._Ledger,
+        from a worker thread: the lock keeps one thread at a time on the connection)."""
+        with self._transaction():
+            self._grouped = threading.get_ident()
+            try:
+                yield
+            finally:
+                self._grouped = None
 
     # --- runs ---------------------------------------------------------------------------------
     def unfinished_runs(self) -> list[RunInfo]:

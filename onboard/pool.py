@@ -15,12 +15,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from tenacity import AsyncRetrying
-
 from .errors import AuthError, GraphError, TransientError
 from .graph import CreatedPass, explain
 from .outcomes import Failed, Issued, Origin, Outcome, PassRequest, interrupted, not_sent
-from .retrying import RETRYABLE, Sleep, is_unclear, make_retrying
+from .retrying import RETRYABLE, Sleep, T, is_unclear, make_retrying, with_retries
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +26,7 @@ Create = Callable[[PassRequest], Awaitable[CreatedPass]]
 CreateBatch = Callable[[Sequence[PassRequest]], Awaitable[list[CreatedPass | GraphError]]]
 OnOutcome = Callable[[Outcome], None]
 OnSend = Callable[[PassRequest], None]
+Durable = Callable[[], Awaitable[None]]
 DEFAULT_GRACE_SECONDS = 15.0
 
 
@@ -55,15 +54,17 @@ async def issue_all(
     grace_seconds: float = DEFAULT_GRACE_SECONDS,
     create_batch: CreateBatch | None = None,
     batch_size: int = 1,
+    durable: Durable | None = None,
 ) -> PoolResult:
     """Issue one pass per request, `concurrency` workers; every row gets an outcome.
 
     How fast requests go is the rate controller's business (see rate.py); the workers only
     bound how many are in flight. With `batch_size` > 1 and `create_batch`, a worker sends up to
     `batch_size` rows in one JSON batch. `on_send` runs before every request (the journal marks
-    the row in flight); `on_outcome` as soon as a row's outcome is known, before its worker takes
-    another row. Once `stop` is set, no new row is started; rows in flight get `grace_seconds`
-    to finish, then are cancelled.
+    the row in flight); `on_outcome` as soon as a row's outcome is known. Where they only queue
+    the journal write, `durable` is awaited after each: before the request goes, and before the
+    worker takes another row. Once `stop` is set, no new row is started; rows in flight get
+    `grace_seconds` to finish, then are cancelled.
     """
     result = PoolResult()
     queue: asyncio.Queue[PassRequest] = asyncio.Queue()
@@ -80,8 +81,9 @@ async def issue_all(
         if on_outcome is not None:
             on_outcome(outcome)
 
-    def retrying() -> AsyncRetrying:
-        return make_retrying(
+    async def retried(attempt: Callable[[int], Awaitable[T]]) -> T:
+        return await with_retries(
+            attempt,
             max_attempts=max_attempts,
             backoff_seconds=backoff_seconds,
             backoff_max_seconds=backoff_max_seconds,
@@ -154,22 +156,26 @@ async def issue_all(
 
     async def one(request: PassRequest) -> None:
         unclear = first_doubt(request)
+
+        async def attempt(number: int) -> CreatedPass:
+            nonlocal unclear
+            sent[request.origin] = request.prior_attempts + number
+            if number > 1:
+                result.retries += 1
+            if on_send is not None:
+                on_send(request)
+            if durable is not None:
+                await durable()
+            try:
+                return await create(request)
+            except GraphError as exc:
+                if is_unclear(exc):
+                    unclear = time.monotonic()
+                answered(request, exc)
+                raise
+
         try:
-            async for attempt in retrying():
-                with attempt:
-                    number = attempt.retry_state.attempt_number
-                    sent[request.origin] = request.prior_attempts + number
-                    if number > 1:
-                        result.retries += 1
-                    if on_send is not None:
-                        on_send(request)
-                    try:
-                        created = await create(request)
-                    except GraphError as exc:
-                        if is_unclear(exc):
-                            unclear = time.monotonic()
-                        answered(request, exc)
-                        raise
+            created = await retried(attempt)
         except GraphError as exc:
             record(failed(request, exc, unclear))
             return
@@ -181,48 +187,52 @@ async def issue_all(
         unclear = {r.origin: first_doubt(r) for r in batch}
         remaining = list(batch)
         last: dict[Origin, GraphError] = {}
+
+        async def attempt(number: int) -> None:
+            nonlocal remaining
+            for request in remaining:
+                sent[request.origin] = request.prior_attempts + number
+                if on_send is not None:
+                    on_send(request)
+            if durable is not None:
+                await durable()
+            if number > 1:
+                result.retries += len(remaining)
+            try:
+                answers = await create_batch(remaining)
+            except GraphError as exc:  # the whole batch: refused, or its answer lost
+                for request in remaining:
+                    if is_unclear(exc):
+                        unclear[request.origin] = time.monotonic()
+                    answered(request, exc)
+                last.clear()
+                raise
+            again: list[PassRequest] = []
+            waits: list[float] = []
+            for request, answer in zip(remaining, answers, strict=True):
+                if isinstance(answer, CreatedPass):
+                    record(issued(request, answer, unclear[request.origin]))
+                elif isinstance(answer, RETRYABLE):
+                    if is_unclear(answer):
+                        unclear[request.origin] = time.monotonic()
+                    answered(request, answer)
+                    last[request.origin] = answer
+                    again.append(request)
+                    if answer.retry_after is not None:
+                        waits.append(answer.retry_after)
+                else:
+                    record(failed(request, answer, unclear[request.origin]))
+            remaining = again
+            if remaining:
+                # Retried together, after the longest Retry-After among them.
+                raise TransientError(
+                    f"{len(remaining)} requests in the batch must be retried",
+                    status=last[remaining[0].origin].status,
+                    retry_after=max(waits) if waits else None,
+                )
+
         try:
-            async for attempt in retrying():
-                with attempt:
-                    number = attempt.retry_state.attempt_number
-                    for request in remaining:
-                        sent[request.origin] = request.prior_attempts + number
-                        if on_send is not None:
-                            on_send(request)
-                    if number > 1:
-                        result.retries += len(remaining)
-                    try:
-                        answers = await create_batch(remaining)
-                    except GraphError as exc:  # the whole batch: refused, or its answer lost
-                        for request in remaining:
-                            if is_unclear(exc):
-                                unclear[request.origin] = time.monotonic()
-                            answered(request, exc)
-                        last.clear()
-                        raise
-                    again: list[PassRequest] = []
-                    waits: list[float] = []
-                    for request, answer in zip(remaining, answers, strict=True):
-                        if isinstance(answer, CreatedPass):
-                            record(issued(request, answer, unclear[request.origin]))
-                        elif isinstance(answer, RETRYABLE):
-                            if is_unclear(answer):
-                                unclear[request.origin] = time.monotonic()
-                            answered(request, answer)
-                            last[request.origin] = answer
-                            again.append(request)
-                            if answer.retry_after is not None:
-                                waits.append(answer.retry_after)
-                        else:
-                            record(failed(request, answer, unclear[request.origin]))
-                    remaining = again
-                    if remaining:
-                        # Retried together, after the longest Retry-After among them.
-                        raise TransientError(
-                            f"{len(remaining)} requests in the batch must be retried",
-                            status=last[remaining[0].origin].status,
-                            retry_after=max(waits) if waits else None,
-                        )
+            await retried(attempt)
         except GraphError as exc:
             for request in remaining:
                 record(failed(request, last.get(request.origin, exc), unclear[request.origin]))
@@ -248,6 +258,8 @@ async def issue_all(
                     await several(batch)
                 else:
                     await one(batch[0])
+                if durable is not None:
+                    await durable()
             except AuthError as exc:
                 if result.aborted is None:
                     result.aborted = exc

@@ -127,9 +127,9 @@ def _read_excel(data: bytes, path: Path, settings: InputSettings) -> tuple[str, 
         )
     try:
         sheets: dict[str, pd.DataFrame] = pd.read_excel(
-            io.BytesIO(data), sheet_name=None, header=None, dtype=object, engine="openpyxl"
+            io.BytesIO(data), sheet_name=None, header=None, dtype=object, engine="calamine"
         )
-    except Exception as exc:  # openpyxl raises many kinds for a damaged file
+    except Exception as exc:  # the engine raises many kinds for a damaged file
         raise InputFileError(f"cannot open the workbook: {exc}", path=str(path)) from None
     names = list(sheets)
     wanted = settings.sheet

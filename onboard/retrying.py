@@ -14,6 +14,7 @@ import random
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from typing import TypeVar
 
 from tenacity import (
     AsyncRetrying,
@@ -33,6 +34,7 @@ RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 MAX_RETRY_AFTER_SECONDS = 600.0
 MAX_SPREAD_SECONDS = 5.0
 
+T = TypeVar("T")
 Sleep = Callable[[float], Awaitable[None]]
 Clock = Callable[[], float]
 
@@ -91,7 +93,10 @@ class wait_server_hint(wait_base):
 
     def __call__(self, retry_state: RetryCallState) -> float:
         outcome = retry_state.outcome
-        exc = outcome.exception() if outcome is not None else None
+        return self.after(outcome.exception() if outcome is not None else None)
+
+    def after(self, exc: BaseException | None) -> float:
+        """How long to wait after this failure."""
         hint = getattr(exc, "retry_after", None)
         if hint is not None:
             delay = float(hint)
@@ -117,3 +122,37 @@ def make_retrying(
         sleep=sleep,
         reraise=True,
     )
+
+
+async def with_retries(
+    attempt: Callable[[int], Awaitable[T]],
+    *,
+    max_attempts: int,
+    backoff_seconds: float,
+    backoff_max_seconds: float,
+    sleep: Sleep = asyncio.sleep,
+) -> T:
+    """`attempt(1)`, then as many more as the policy allows while it fails retryably.
+
+    The first try runs outside tenacity and the rest through it: nearly every request
+    succeeds at once, and at 100,000 rows tenacity's setup for each call (about 70 us) is a
+    measurable share of the client's time. The waits and the attempt limit are the same.
+    """
+    try:
+        return await attempt(1)
+    except RETRYABLE as exc:
+        if max_attempts <= 1:
+            raise
+        wait = wait_server_hint(initial=backoff_seconds, maximum=backoff_max_seconds)
+        await sleep(wait.after(exc))
+    retrying = AsyncRetrying(
+        stop=stop_after_attempt(max_attempts - 1),
+        wait=wait,
+        retry=retry_if_exception_type(RETRYABLE),
+        sleep=sleep,
+        reraise=True,
+    )
+    async for again in retrying:
+        with again:
+            return await attempt(again.retry_state.attempt_number + 1)
+    raise AssertionError("tenacity stops by raising")

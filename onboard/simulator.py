@@ -292,6 +292,7 @@ async def _graph(request: web.Request) -> web.StreamResponse:
     state = _state(request)
     raw_path = request.raw_path.split("?", 1)[0]
     _version, _, rest = raw_path.lstrip("/").partition("/")
+    rest = rest.lstrip("/")  # Graph takes "v1.0//users" (as clients with a base URL send it)
     body: Any = None
     if request.can_read_body:
         try:
@@ -306,7 +307,6 @@ async def _graph(request: web.Request) -> web.StreamResponse:
         request.headers.get("client-request-id", ""),
         f"{request.scheme}://{request.host}",
     )
-    state.count("graph_requests")
     auth = request.headers.get("Authorization", "")
     token = auth[7:] if auth.startswith("Bearer ") else ""
     expiry = state.tokens.get(token)
@@ -322,6 +322,7 @@ async def _graph(request: web.Request) -> web.StreamResponse:
 async def _call(state: SimulatorState, call: Call) -> Answer:
     """Throttling and faults, then the request itself: the same for a batch's sub-requests."""
     faults = state.faults
+    state.count("graph_requests")
     wait, usage = state.take_token()
     if wait is not None:
         state.count("429")
@@ -598,12 +599,18 @@ def _delete_pass(call: Call, state: SimulatorState, key: str, method_id: str) ->
     return 204, {}, None
 
 
+async def _counts(request: web.Request) -> web.Response:
+    """What the simulator has seen (requests, 429s, passes made): for benchmarks and demos."""
+    return web.json_response(_state(request).counts)
+
+
 def make_app(state: SimulatorState) -> web.Application:
     """The simulator as an aiohttp application (usable with aiohttp's TestServer too)."""
     app = web.Application(middlewares=[_middleware], client_max_size=1024**2)
     app[STATE_KEY] = state
     app.router.add_get("/{tenant}/v2.0/.well-known/openid-configuration", _openid_configuration)
     app.router.add_post("/{tenant}/oauth2/v2.0/token", _token)
+    app.router.add_get("/_simulator/counts", _counts)
     app.router.add_route("*", "/v1.0/{path:.*}", _graph)
     app.router.add_route("*", "/beta/{path:.*}", _graph)
     return app
