@@ -15,8 +15,8 @@ import contextlib
 import json
 import os
 import sqlite3
-import threading
 import sys
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
