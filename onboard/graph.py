@@ -134,6 +134,7 @@ class GraphClient:
         if isinstance(answers, list):
             by_id = {str(a.get("id")): a for a in answers if isinstance(a, dict)}
         results: list[CreatedPass | GraphError] = []
+        judged: list[tuple[int, dict[str, str]]] = []
         for number, request in enumerate(requests):
             answer = by_id.get(str(number))
             if answer is None:
@@ -151,7 +152,7 @@ class GraphClient:
             sub_body = answer.get("body")
             answer_body: dict[str, Any] = sub_body if isinstance(sub_body, dict) else {}
             sub_id = sub_headers.get("request-id") or request_id
-            self._judge(ticket, sub_status, sub_headers)
+            judged.append((sub_status, sub_headers))
             if 200 <= sub_status < 300:
                 try:
                     created = self._created(request, sub_status, answer_body, sub_id, notes[number])
@@ -161,7 +162,22 @@ class GraphClient:
             else:
                 retry_after = parse_retry_after(sub_headers.get("retry-after"))
                 results.append(_error(sub_status, answer_body, sub_id, retry_after))
+        self._judge_batch(ticket, judged)
         return results
+
+    def _judge_batch(self, ticket: Ticket, answers: list[tuple[int, dict[str, str]]]) -> None:
+        """Tell the rate controller about a batch once, as one answer: its sub-requests were
+        sent together, so its highest budget usage (or its longest Retry-After) speaks for it."""
+        throttled = [h for status, h in answers if status == 429]
+        if throttled:
+            pauses = [parse_retry_after(h.get("retry-after")) for h in throttled]
+            known = [p for p in pauses if p is not None]
+            pause = max(known) if known else PAUSE_WITHOUT_RETRY_AFTER
+            self.rate.throttled(ticket, pause, count=len(throttled))
+            return
+        usages = [_usage(h.get("x-ms-throttle-limit-percentage")) for _, h in answers]
+        seen = [u for u in usages if u is not None]
+        self.rate.answered(ticket, max(seen) if seen else None)
 
     def _pass_body(self, request: PassRequest) -> tuple[dict[str, Any], str]:
         body: dict[str, Any] = {

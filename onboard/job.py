@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequen
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -39,7 +40,16 @@ from .errors import (
 )
 from .graph import GraphClient
 from .history import recover_unfinished
-from .journal import REDECIDE, Journal, PreviousPass, input_key
+from .journal import (
+    RECORD_SQL,
+    REDECIDE,
+    SENDING_SQL,
+    Journal,
+    PreviousPass,
+    input_key,
+    record_params,
+    sending_params,
+)
 from .outcomes import Failed, Issued, Origin, Outcome, PassRequest, Skipped
 from .pool import Confirmation, OnOutcome, PoolResult, confirm, current_passes, issue_all
 from .rate import RateController
@@ -283,7 +293,8 @@ class _Ledger:
         items, self._queued = self._queued, []
         self._in_commit = len(items)
         try:
-            await asyncio.to_thread(self._write, items)
+            steps = self._prepare(items)  # on the loop: the thread then barely needs the GIL
+            await asyncio.to_thread(self.journal.write, steps)
         finally:
             self._committed += self._in_commit
             self._in_commit = 0
@@ -293,18 +304,23 @@ class _Ledger:
         """Commit whatever is queued, now (also when the pool is being torn down)."""
         items, self._queued = self._queued, []
         self._committed += len(items)
-        self._write(items)
+        if items:
+            self.journal.write(self._prepare(items))
 
-    def _write(self, items: list[PassRequest | Outcome]) -> None:
-        if not items:
-            return
+    def _prepare(self, items: list[PassRequest | Outcome]) -> list[tuple[str, list[Any]]]:
+        """The statements for these items, in their order (runs of one kind go together)."""
         run_id = self.report.run_id
-        with self.journal.together():
-            for item in items:
-                if isinstance(item, PassRequest):
-                    self.journal.sending(run_id, item)
-                else:
-                    self.journal.record(run_id, item)
+        steps: list[tuple[str, list[Any]]] = []
+        for item in items:
+            if isinstance(item, PassRequest):
+                sql, params = SENDING_SQL, sending_params(run_id, item)
+            else:
+                sql, params = RECORD_SQL, record_params(run_id, item)
+            if steps and steps[-1][0] == sql:
+                steps[-1][1].append(params)
+            else:
+                steps.append((sql, [params]))
+        return steps
 
 
 def _key(files: Sequence[InputFile]) -> str:

@@ -113,7 +113,6 @@ class Journal:
         self.path = path
         self._lock_fd: int | None = None
         self._db: sqlite3.Connection | None = None
-        self._grouped: int | None = None  # the thread inside together(), if any
         self._guard = threading.Lock()
 
     # --- opening, locking ---------------------------------------------------------------------
@@ -191,10 +190,7 @@ class Journal:
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        if self._grouped == threading.get_ident():  # inside together(): committed with the rest
-            yield self.db
-            return
-        with self._guard:
+        with self._guard:  # grouped commits come from a worker thread (job._Ledger)
             self.db.execute("BEGIN IMMEDIATE")
             try:
                 yield self.db
@@ -202,18 +198,6 @@ class Journal:
                 self.db.execute("ROLLBACK")
                 raise
             self.db.execute("COMMIT")
-
-    @contextlib.contextmanager
-    def together(self) -> Iterator[None]:
-        """Every write inside the block is committed at once, in one transaction (one fsync):
-        the worker pool groups the rows that finish at the same moment this way (job._Ledger,
-        from a worker thread: the lock keeps one thread at a time on the connection)."""
-        with self._transaction():
-            self._grouped = threading.get_ident()
-            try:
-                yield
-            finally:
-                self._grouped = None
 
     # --- runs ---------------------------------------------------------------------------------
     def unfinished_runs(self) -> list[RunInfo]:
@@ -273,23 +257,17 @@ class Journal:
         Its earlier outcome (and pass) is dropped: once this request is sent, Graph may replace
         that pass, so it must never be reported as if it still stood.
         """
+        self.write([(SENDING_SQL, [sending_params(run_id, request)])])
+
+    def write(self, steps: Sequence[tuple[str, Sequence[tuple[Any, ...]]]]) -> None:
+        """Run prepared statements (see `sending_params`, `record_params`) in one transaction.
+
+        Made for a worker thread: the caller builds the parameters, so the thread holds the
+        interpreter lock for little more than the hand-over to SQLite.
+        """
         with self._transaction() as db:
-            db.execute(
-                "INSERT INTO rows (run_id, source, row, user_key, state, start_key, attempts, "
-                "may_have_pass, updated) VALUES (?, ?, ?, ?, 'in_flight', ?, ?, 1, ?) "
-                "ON CONFLICT(run_id, source, row) DO UPDATE SET state='in_flight', "
-                "attempts=max(attempts + 1, excluded.attempts), may_have_pass=1, record=NULL, "
-                "pass_value=NULL, method_id=NULL, updated=excluded.updated",
-                (
-                    run_id,
-                    request.origin.source,
-                    request.origin.row,
-                    request.key,
-                    request.start_key,
-                    request.prior_attempts + 1,
-                    _now(),
-                ),
-            )
+            for sql, params in steps:
+                db.executemany(sql, params)
 
     def queued(self, run_id: str, requests: Sequence[PassRequest]) -> None:
         """Before sending: every row to send is known, so a killed run's audit lists them all."""
@@ -330,52 +308,7 @@ class Journal:
 
     def record(self, run_id: str, outcome: Outcome) -> None:
         """Commit one row's outcome (with its pass value, if issued) the moment it is known."""
-        value = method_id = issued_at = None
-        start_key = ""
-        attempts = 0
-        may_have_pass = False
-        if isinstance(outcome, Issued):
-            state = "unclear" if outcome.unconfirmed else "issued"
-            user, value = outcome.request.key, outcome.temporary_access_pass
-            start_key, attempts = outcome.request.start_key, outcome.attempts
-            method_id, may_have_pass = outcome.method_id, True
-            issued_at = (outcome.created or datetime.now(UTC)).isoformat()
-        elif isinstance(outcome, Failed):
-            user, attempts, may_have_pass = (
-                outcome.user.casefold(),
-                outcome.attempts,
-                (outcome.may_have_pass),
-            )
-            state = {INTERRUPTED: "interrupted", NOT_SENT: "not_sent"}.get(outcome.reason, "failed")
-        else:
-            state, user = "skipped", outcome.user.casefold()
-        with self._transaction() as db:
-            db.execute(
-                "INSERT INTO rows (run_id, source, row, user_key, state, start_key, attempts, "
-                "may_have_pass, method_id, record, pass_value, issued_at, updated) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT(run_id, source, row) DO UPDATE SET state=excluded.state, "
-                "start_key=excluded.start_key, attempts=max(attempts, excluded.attempts), "
-                "may_have_pass=max(may_have_pass, excluded.may_have_pass), "
-                "method_id=excluded.method_id, record=excluded.record, "
-                "pass_value=excluded.pass_value, issued_at=excluded.issued_at, "
-                "updated=excluded.updated",
-                (
-                    run_id,
-                    outcome.origin.source,
-                    outcome.origin.row,
-                    user,
-                    state,
-                    start_key,
-                    attempts,
-                    int(may_have_pass),
-                    method_id,
-                    json.dumps(to_record(outcome)),
-                    value,
-                    issued_at,
-                    _now(),
-                ),
-            )
+        self.write([(RECORD_SQL, [record_params(run_id, outcome)])])
 
     def rows(self, run_id: str) -> dict[Origin, RowState]:
         """Every row of a run as the journal knows it, outcomes rebuilt (values where held)."""
@@ -417,6 +350,75 @@ class Journal:
 
 
 # --- outcomes to and from JSON (never the pass value: it has its own column) -----------------
+SENDING_SQL = (
+    "INSERT INTO rows (run_id, source, row, user_key, state, start_key, attempts, "
+    "may_have_pass, updated) VALUES (?, ?, ?, ?, 'in_flight', ?, ?, 1, ?) "
+    "ON CONFLICT(run_id, source, row) DO UPDATE SET state='in_flight', "
+    "attempts=max(attempts + 1, excluded.attempts), may_have_pass=1, record=NULL, "
+    "pass_value=NULL, method_id=NULL, updated=excluded.updated"
+)
+RECORD_SQL = (
+    "INSERT INTO rows (run_id, source, row, user_key, state, start_key, attempts, "
+    "may_have_pass, method_id, record, pass_value, issued_at, updated) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT(run_id, source, row) DO UPDATE SET state=excluded.state, "
+    "start_key=excluded.start_key, attempts=max(attempts, excluded.attempts), "
+    "may_have_pass=max(may_have_pass, excluded.may_have_pass), "
+    "method_id=excluded.method_id, record=excluded.record, "
+    "pass_value=excluded.pass_value, issued_at=excluded.issued_at, "
+    "updated=excluded.updated"
+)
+
+
+def sending_params(run_id: str, request: PassRequest) -> tuple[Any, ...]:
+    return (
+        run_id,
+        request.origin.source,
+        request.origin.row,
+        request.key,
+        request.start_key,
+        request.prior_attempts + 1,
+        _now(),
+    )
+
+
+def record_params(run_id: str, outcome: Outcome) -> tuple[Any, ...]:
+    value = method_id = issued_at = None
+    start_key = ""
+    attempts = 0
+    may_have_pass = False
+    if isinstance(outcome, Issued):
+        state = "unclear" if outcome.unconfirmed else "issued"
+        user, value = outcome.request.key, outcome.temporary_access_pass
+        start_key, attempts = outcome.request.start_key, outcome.attempts
+        method_id, may_have_pass = outcome.method_id, True
+        issued_at = (outcome.created or datetime.now(UTC)).isoformat()
+    elif isinstance(outcome, Failed):
+        user, attempts, may_have_pass = (
+            outcome.user.casefold(),
+            outcome.attempts,
+            outcome.may_have_pass,
+        )
+        state = {INTERRUPTED: "interrupted", NOT_SENT: "not_sent"}.get(outcome.reason, "failed")
+    else:
+        state, user = "skipped", outcome.user.casefold()
+    return (
+        run_id,
+        outcome.origin.source,
+        outcome.origin.row,
+        user,
+        state,
+        start_key,
+        attempts,
+        int(may_have_pass),
+        method_id,
+        json.dumps(to_record(outcome)),
+        value,
+        issued_at,
+        _now(),
+    )
+
+
 def to_record(outcome: Outcome) -> dict[str, Any]:
     if isinstance(outcome, Issued):
         return {

@@ -39,8 +39,9 @@ NO_WARNING = 0.7  # the usage assumed when Graph sends no header
 TARGET_USAGE = 0.97  # keep the budget nearly spent: unspent budget is time lost
 PROPORTIONAL = 8.0  # usage 0.8 -> 1.0 cuts the rate to e**-1.6, a fifth
 INTEGRAL = 1.0  # per second, per unit of usage away from the target
-NEAR = 0.9  # within this share of the rate Graph last throttled ...
+NEAR = 0.9  # within this share of the rate Graph last throttled, if Graph never warns ...
 NEAR_SLOWDOWN = 0.2  # ... climb five times more slowly
+RECHECK_SECONDS = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +68,7 @@ class RateController:
         self._sleep = sleep
         self._next = clock()  # the earliest time the next request may go
         self._until = 0.0  # everybody waits until then (a Retry-After)
-        self._epoch = 0  # bumped by every pause: reservations made before it are void
+        self._line = asyncio.Lock()  # requests wait for their turn in order
         self._cut_at = -1.0  # when the rate was last cut: older requests' answers don't cut
         self._usage = WARN_AT  # the last budget usage Graph reported (or assumed)
         self._throttled_rate: float | None = None  # the rate at which Graph last said 429
@@ -82,29 +83,32 @@ class RateController:
         self.lowest_rate = self.rate
 
     # --- asking to send ----------------------------------------------------------------
-    def reserve(self, count: int = 1) -> tuple[float, int]:
-        """Book the next free time to send `count` requests: (when, the pause epoch)."""
+    def wait_for(self, count: int = 1) -> float:
+        """Seconds until `count` requests may go at the current rate and pause (0: now)."""
         now = self._clock()
         # A batch of `count` waits until `count` requests' worth of the rate is free.
-        when = max(now, self._until, self._next + (count - 1) / self.rate)
-        self._next = when + 1 / self.rate
-        return when, self._epoch
+        return max(now, self._until, self._next + (count - 1) / self.rate) - now
 
-    async def acquire(self, count: int = 1) -> Ticket:
-        """Wait until `count` requests (a batch counts each of its requests) may be sent."""
-        while True:
-            when, epoch = self.reserve(count)
-            delay = when - self._clock()
-            if delay > 0:
-                await self._sleep(delay)
-            if epoch == self._epoch:
-                break
-            # A 429 arrived while we waited: queue again behind the pause, at the new rate.
+    def take(self, count: int = 1) -> Ticket:
+        """Book the requests as sent now."""
         now = self._clock()
+        self._next = now + 1 / self.rate  # smooth pacing: no credit saved up while idle
         if self._first_send is None:
             self._first_send = now
         self.requests += count
         return Ticket(now)
+
+    async def acquire(self, count: int = 1) -> Ticket:
+        """Wait until `count` requests (a batch counts each of its requests) may be sent.
+
+        Callers queue in order; the one at the front waits for its time, looking again at
+        least every RECHECK_SECONDS, so a pause or a change of rate applies at once, also to
+        requests already waiting.
+        """
+        async with self._line:
+            while (delay := self.wait_for(count)) > 0:
+                await self._sleep(min(delay, RECHECK_SECONDS))
+            return self.take(count)
 
     # --- what Graph answered -----------------------------------------------------------
     def hold(self, seconds: float) -> None:
@@ -115,18 +119,16 @@ class RateController:
             return
         self.paused_seconds += until - max(now, self._until)
         self._until = until
-        self._epoch += 1
-        self._next = until
 
-    def throttled(self, ticket: Ticket, retry_after: float) -> None:
-        """A 429: everybody pauses for `retry_after`; the rate is cut once per episode."""
-        self.throttles += 1
+    def throttled(self, ticket: Ticket, retry_after: float, count: int = 1) -> None:
+        """A 429 (`count` of them, from one batch): everybody pauses for `retry_after`; the
+        rate is cut once per episode."""
+        self.throttles += count
         self._answered()
         self.hold(retry_after)
         if ticket.sent_at >= self._cut_at:
             self._throttled_rate = self.rate
             self._cut(CUT)
-        self._usage = max(self._usage, 1.0)
 
     def answered(self, ticket: Ticket, usage: float | None = None) -> None:
         """Any other answer; `usage` is x-ms-throttle-limit-percentage when Graph sent it."""
@@ -143,10 +145,14 @@ class RateController:
         elapsed = min(max(now - self._steered_at, 0.0), 1.0)
         self._steered_at = now
         if usage is None:
+            # Usage fell below 80% (or Graph does not send the header): undo what the warnings
+            # took off on the way up, then keep climbing; if Graph never warns, slowly near
+            # the rate it last throttled.
             growth = INTEGRAL * (TARGET_USAGE - NO_WARNING) * elapsed
-            if self._throttled_rate is not None and self.rate >= NEAR * self._throttled_rate:
-                growth *= NEAR_SLOWDOWN
-            change = growth
+            throttled = self._throttled_rate
+            if not self.warnings and throttled is not None and self.rate >= NEAR * throttled:
+                growth *= NEAR_SLOWDOWN  # no warning will come before the next 429: tiptoe
+            change = growth - PROPORTIONAL * (WARN_AT - self._usage)
             self._usage = WARN_AT
         else:
             change = -PROPORTIONAL * (usage - self._usage)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import itertools
 from collections.abc import Awaitable, Callable
-from email.utils import format_datetime
 from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
 from typing import Any
 
 import pytest
@@ -65,8 +66,8 @@ def test_requests_are_paced_at_the_rate() -> None:
 
 
 def test_a_429_pauses_every_worker_until_retry_after_has_passed() -> None:
-    """One worker's 429 with Retry-After 2.5 s holds back the others, even those that had
-    already been given a later time to send; after the pause they go again, paced."""
+    """One worker's 429 with Retry-After 2.5 s holds back the others, even those already
+    waiting for their turn; after the pause they go again, paced."""
     rate, time = controller(10.0)
     sent: list[float] = []
 
@@ -85,11 +86,11 @@ def test_a_429_pauses_every_worker_until_retry_after_has_passed() -> None:
     time.run(main)
     later = sorted(sent)
     assert len(later) == 12
-    # Nobody sent during the pause, though four had been booked for 0.1 s to 0.4 s.
+    # Nobody sent during the pause, though four were due at 0.1 s to 0.4 s.
     assert later[0] == pytest.approx(2.55)
     assert rate.paused_seconds == pytest.approx(2.5)
     assert rate.throttles == 1
-    gaps = [b - a for a, b in zip(later, later[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(later)]
     assert min(gaps) >= 1 / rate.max_rate - 1e-9  # paced after the pause: no herd
 
 
@@ -117,7 +118,7 @@ def test_decimal_and_date_retry_after_both_pause_for_that_long() -> None:
         client = GraphClient(None, "https://graph.invalid", None, rate=rate)  # type: ignore[arg-type]
         client._judge(Ticket(0.0), 429, {"retry-after": header})
 
-        async def main() -> float:
+        async def main(rate: RateController = rate) -> float:
             return (await rate.acquire()).sent_at
 
         assert time.run(main) == pytest.approx(seconds, abs=1.0 if "GMT" in header else 1e-6)
@@ -136,7 +137,7 @@ def test_throttle_percentage_slows_before_any_429_and_clean_answers_climb_back()
     assert seen[-1] < 40.0  # a fifth-ish of the ceiling by the time the budget is spent
     assert rate.throttles == 0 and rate.warnings == 6
     low = rate.rate
-    for step in range(1, 200):
+    for _ in range(1, 200):
         time.now += 0.1
         rate.answered(Ticket(time.now - 0.05), None)
     assert rate.rate > 2 * low

@@ -46,7 +46,9 @@ def test_batching_mixed_answers_end_as_the_right_outcomes(
     lines.append(f"Ghost,ghost@contoso.com,{SOON[0]},")
     path = tmp_path / "hires.csv"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    config = sim.config(tmp_path / "c.yaml", run={"batch_size": 20, "max_attempts": 30, "max_rate": 2000})
+    config = sim.config(
+        tmp_path / "c.yaml", run={"batch_size": 20, "max_attempts": 30, "max_rate": 2000}
+    )
     assert main(["run", str(path), "-c", str(config)]) == EXIT_ROWS_FAILED
     audit = latest_audit(tmp_path / "audit")
     rows = audit_rows(audit)
@@ -59,7 +61,7 @@ def test_batching_mixed_answers_end_as_the_right_outcomes(
     assert state.counts["batches"] >= 3  # 41 rows: at least three batches
     assert state.counts["429"] > 0  # some sub-requests were throttled ...
     assert max(r["Attempts"] for r in rows["Issued"]) > 1  # ... and sent again
-    summary = {row[0]: row[1] for row in load_workbook(audit)["Summary"].iter_rows(values_only=True)}
+    summary = {r[0]: r[1] for r in load_workbook(audit)["Summary"].iter_rows(values_only=True)}
     assert summary["429 answers"] == state.counts["429"]
     assert str(summary["Effective rate"]).endswith("requests/s")
 
