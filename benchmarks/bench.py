@@ -71,9 +71,21 @@ def start_simulator(scenario: Scenario, work: Path) -> tuple[subprocess.Popen[st
         simulator |= {"throttle_rate": scenario.rate, "throttle_burst": scenario.burst}
     config.write_text(json.dumps({"simulator": simulator}), encoding="utf-8")
     process = subprocess.Popen(
-        [sys.executable, "-m", "onboard", "simulate", "-c", str(config), "--port", "0",
-         "--cert-dir", str(work / "certs")],
-        stdout=subprocess.PIPE, text=True, cwd=work,
+        [
+            sys.executable,
+            "-m",
+            "onboard",
+            "simulate",
+            "-c",
+            str(config),
+            "--port",
+            "0",
+            "--cert-dir",
+            str(work / "certs"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=work,
     )
     assert process.stdout is not None
     line = process.stdout.readline()
@@ -100,10 +112,25 @@ def measure(name: str, approach: str, scenario: Scenario, rows: int) -> dict[str
         simulator, url, ca = start_simulator(scenario, work)
         try:
             child = subprocess.run(
-                [sys.executable, __file__, "--one", approach, "--url", url, "--ca", ca,
-                 "--rows", str(rows), "--work", str(work),
-                 "--run-settings", json.dumps(dict(scenario.onboard_run))],
-                capture_output=True, text=True, check=False,
+                [
+                    sys.executable,
+                    __file__,
+                    "--one",
+                    approach,
+                    "--url",
+                    url,
+                    "--ca",
+                    ca,
+                    "--rows",
+                    str(rows),
+                    "--work",
+                    str(work),
+                    "--run-settings",
+                    json.dumps(dict(scenario.onboard_run)),
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
             )
             if child.returncode != 0:
                 print(child.stdout + child.stderr, file=sys.stderr)
@@ -113,8 +140,13 @@ def measure(name: str, approach: str, scenario: Scenario, rows: int) -> dict[str
         finally:
             simulator.terminate()
             simulator.wait(10)
-    result |= {"scenario": name, "approach": approach, "rows": rows,
-               "answers_429": counts.get("429", 0), "requests": counts.get("graph_requests", 0)}
+    result |= {
+        "scenario": name,
+        "approach": approach,
+        "rows": rows,
+        "answers_429": counts.get("429", 0),
+        "requests": counts.get("graph_requests", 0),
+    }
     return result
 
 
@@ -148,20 +180,27 @@ def main() -> None:
     parser.add_argument("--run-settings", default="{}", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        run_one(args.one, args.url, args.ca, args.rows, Path(args.work),
-                json.loads(args.run_settings))
+        run_one(
+            args.one, args.url, args.ca, args.rows, Path(args.work), json.loads(args.run_settings)
+        )
         return
     unknown = set(args.scenarios) - set(SCENARIOS)
     if unknown:
-        parser.error(f"unknown scenario {', '.join(sorted(unknown))}: choose from {', '.join(SCENARIOS)}")
+        parser.error(
+            f"unknown scenario {', '.join(sorted(unknown))}: choose from {', '.join(SCENARIOS)}"
+        )
     everything = []
     for name in args.scenarios or list(SCENARIOS):
         scenario = SCENARIOS[name]
         rows = args.rows or scenario.rows
         shape = (
-            f"rate {scenario.rate:g}/s, burst {scenario.burst}" if scenario.rate else "no throttling"
+            f"rate {scenario.rate:g}/s, burst {scenario.burst}"
+            if scenario.rate
+            else "no throttling"
         )
-        print(f"\n### {name}: {rows:,} rows, {shape}, latency {scenario.latency_ms:g} ms", flush=True)
+        print(
+            f"\n### {name}: {rows:,} rows, {shape}, latency {scenario.latency_ms:g} ms", flush=True
+        )
         results = []
         for approach in scenario.approaches:
             if args.only and approach not in args.only:
@@ -203,8 +242,11 @@ def token(url: str, ca: str) -> str:
     http.trust_env = False  # REQUESTS_CA_BUNDLE would override verify
     http.verify = ca
     app = msal.ConfidentialClientApplication(
-        CLIENT_ID, client_credential=SECRET, authority=f"{url}/{TENANT}",
-        http_client=http, instance_discovery=False,
+        CLIENT_ID,
+        client_credential=SECRET,
+        authority=f"{url}/{TENANT}",
+        http_client=http,
+        instance_discovery=False,
     )
     found = app.acquire_token_for_client(scopes=["https://graph.microsoft.com/.default"])
     return str(found["access_token"])
@@ -225,13 +267,18 @@ def run_onboard(url: str, ca: str, users: list[str], work: Path, settings: dict[
     hires = work / "hires.xlsx"
     book.save(hires)
     config = work / "config.yaml"
-    config.write_text(json.dumps({
-        "graph": {"endpoint": url, "ca_bundle": ca},
-        "auth": {"tenant_id": TENANT, "client_id": CLIENT_ID, "authority": url},
-        "run": settings,
-        "output": {"dir": str(work / "audit")},
-        "state": {"path": str(work / "state" / "journal.sqlite")},
-    }), encoding="utf-8")
+    config.write_text(
+        json.dumps(
+            {
+                "graph": {"endpoint": url, "ca_bundle": ca},
+                "auth": {"tenant_id": TENANT, "client_id": CLIENT_ID, "authority": url},
+                "run": settings,
+                "output": {"dir": str(work / "audit")},
+                "state": {"path": str(work / "state" / "journal.sqlite")},
+            }
+        ),
+        encoding="utf-8",
+    )
     os.environ["ONBOARD_CLIENT_SECRET"] = SECRET
 
     def go() -> Any:
@@ -243,7 +290,9 @@ def run_onboard(url: str, ca: str, users: list[str], work: Path, settings: dict[
     def count() -> tuple[int, int]:
         (audit,) = (work / "audit").glob("onboard-*.xlsx")
         book = load_workbook(audit, read_only=True)
-        issued, failed = (sum(1 for _ in book[name].iter_rows(min_row=2)) for name in ("Issued", "Failed"))
+        issued, failed = (
+            sum(1 for _ in book[name].iter_rows(min_row=2)) for name in ("Issued", "Failed")
+        )
         return issued, failed
 
     return go
@@ -312,14 +361,15 @@ def run_sdk(url: str, ca: str, users: list[str]) -> Any:
 
         async def one(upn: str) -> None:
             nonlocal issued, failed
-            body = TemporaryAccessPassAuthenticationMethod(lifetime_in_minutes=480,
-                                                           is_usable_once=True)
+            body = TemporaryAccessPassAuthenticationMethod(
+                lifetime_in_minutes=480, is_usable_once=True
+            )
             async with slots:
                 try:
                     methods = client.users.by_user_id(upn).authentication
                     await methods.temporary_access_pass_methods.post(body)
                     issued += 1
-                except Exception as exc:  # noqa: BLE001 - an admin's script counts and goes on
+                except Exception as exc:  # an admin's script counts it and goes on
                     if not failed:
                         print(f"first failure: {exc!r}"[-900:], file=sys.stderr)
                     failed += 1

@@ -56,6 +56,7 @@ from .rate import RateController
 from .reader import InputFile, plan, read_input, user_key
 from .simulator import DEFAULT_CLIENT_SECRET, Faults, RunningSimulator, SimulatorState, serve
 from .tls import make_ssl_context, requests_session
+from .tls import warm as warm_tls
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +187,8 @@ async def run(
     if out_dir is not None:
         config = replace(config, output=OutputSettings(out_dir))
     directory = config.output.dir
+    if not config.graph.is_simulator:
+        warm_tls(config.graph.ca_bundle)  # while the spreadsheet is read
     files = read_all(config, inputs, started)
     requests, checked = check_rows(files)
     wanted_users = {user_key(u) for u in reissue_users}

@@ -7,7 +7,10 @@ can turn verification off.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import ssl
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +21,28 @@ from requests.adapters import HTTPAdapter
 SIGN_IN_TIMEOUT = (10.0, 30.0)  # seconds to connect, seconds to wait for an answer
 
 
+@functools.lru_cache(maxsize=8)
 def make_ssl_context(ca_bundle: Path | None = None) -> ssl.SSLContext:
-    """System trust store (honours SSL_CERT_FILE/SSL_CERT_DIR), certifi's roots, and ca_bundle."""
+    """System trust store (honours SSL_CERT_FILE/SSL_CERT_DIR), certifi's roots, and ca_bundle.
+
+    Loading the trust stores takes a noticeable fraction of a second; one context per CA file
+    serves the whole process, and `warm` can load it while the spreadsheet is being read.
+    """
     context = ssl.create_default_context()
     context.load_verify_locations(cafile=certifi.where())
     if ca_bundle is not None:
         context.load_verify_locations(cafile=str(ca_bundle))
     return context
+
+
+def warm(ca_bundle: Path | None) -> None:
+    """Start loading the TLS context in the background (a daemon thread: never holds up exit)."""
+    threading.Thread(target=_warm, args=(ca_bundle,), daemon=True).start()
+
+
+def _warm(ca_bundle: Path | None) -> None:
+    with contextlib.suppress(OSError, ssl.SSLError):  # _connect reports these, when it runs
+        make_ssl_context(ca_bundle)
 
 
 class _ContextAdapter(HTTPAdapter):
