@@ -327,8 +327,12 @@ async def _call(state: SimulatorState, call: Call) -> Answer:
     if wait is not None:
         state.count("429")
         retry_after = faults.retry_after_seconds if faults.retry_after_seconds is not None else wait
-        # Graph shows whole seconds ("10") and decimals ("2.128"): so does the simulator.
-        shown = f"{math.ceil(retry_after * 1000) / 1000:.3f}".rstrip("0").rstrip(".")
+        # Graph sends whole seconds ("10") and decimals ("2.128"): so does the simulator,
+        # rounding up: a wait of a second or more half the time in whole seconds.
+        if retry_after >= 1 and state.random.random() < 0.5:
+            shown = str(math.ceil(retry_after))
+        else:
+            shown = f"{math.ceil(retry_after * 1000) / 1000:.3f}".rstrip("0").rstrip(".")
         answer = _graph_error(
             call,
             429,
