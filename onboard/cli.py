@@ -29,7 +29,14 @@ from typing import Any
 
 from . import __version__, history, job
 from .config import Config, load_config
-from .errors import AuditWriteError, AuthError, ConfigError, InputFileError, JournalLocked
+from .errors import (
+    AuditWriteError,
+    AuthError,
+    ConfigError,
+    InputFileError,
+    JournalLocked,
+    JournalWriteError,
+)
 from .journal import Journal
 from .outcomes import Failed, Outcome, Skipped
 
@@ -69,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"onboard: run aborted: {exc}", file=sys.stderr)
         print("no pass was created.", file=sys.stderr)
         return EXIT_ABORTED
-    except AuditWriteError as exc:
+    except (AuditWriteError, JournalWriteError) as exc:
         print(f"onboard: run aborted: {exc}", file=sys.stderr)
         return EXIT_ABORTED
     except JournalLocked as exc:
@@ -94,7 +101,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="onboard",
         description="Issue Microsoft Entra ID Temporary Access Passes for a new-hire spreadsheet.",
         epilog="Exit codes: 0 all issued, 1 some rows failed, 2 bad usage/config/input "
-        "(nothing sent), 3 aborted (sign-in failed, or the audit could not be written), "
+        "(nothing sent), 3 aborted (sign-in failed, or the audit or journal could not be written), "
         "4 internal error, 5 another run holds the journal, 130 stopped by SIGINT (Ctrl-C), "
         "143 stopped by SIGTERM.",
     )

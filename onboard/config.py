@@ -372,7 +372,7 @@ def _build(
             raise ConfigError(
                 f"{at(section, key)}: {section}.{key} must be a number, got {value!r}"
             ) from None
-        if converted < low or (high is not None and converted > high):
+        if converted != converted or converted < low or (high is not None and converted > high):
             bound = f"between {low} and {high}" if high is not None else f"at least {low}"
             raise ConfigError(f"{at(section, key)}: {section}.{key} must be {bound}, got {value!r}")
         return converted

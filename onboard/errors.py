@@ -54,6 +54,10 @@ class AuditWriteError(OnboardError):
     """The audit workbook could not be written; the passes are still in the journal."""
 
 
+class JournalWriteError(OnboardError):
+    """The run journal could not be written (a full disk): the run must stop, not go on."""
+
+
 class GraphError(OnboardError):
     """Graph answered one request with an error."""
 

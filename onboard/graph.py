@@ -142,7 +142,13 @@ class GraphClient:
                     TransientError("the batch answer had no response for this request", status=None)
                 )
                 continue
-            sub_status = int(answer.get("status") or 0)
+            try:
+                sub_status = int(answer["status"])
+            except (KeyError, TypeError, ValueError):
+                results.append(
+                    TransientError("the batch answer had no readable status", status=None)
+                )
+                continue
             headers = answer.get("headers")
             sub_headers = (
                 {str(k).lower(): str(v) for k, v in headers.items()}
@@ -168,12 +174,18 @@ class GraphClient:
     def _judge_batch(self, ticket: Ticket, answers: list[tuple[int, dict[str, str]]]) -> None:
         """Tell the rate controller about a batch once, as one answer: its sub-requests were
         sent together, so its highest budget usage (or its longest Retry-After) speaks for it."""
+        retry = [h for status, h in answers if status in RETRYABLE_STATUS and status != 429]
+        pauses = [parse_retry_after(h.get("retry-after")) for h in retry]
+        if any(p is not None for p in pauses):
+            self.rate.hold(max(p for p in pauses if p is not None))
         throttled = [h for status, h in answers if status == 429]
         if throttled:
             pauses = [parse_retry_after(h.get("retry-after")) for h in throttled]
             known = [p for p in pauses if p is not None]
             pause = max(known) if known else PAUSE_WITHOUT_RETRY_AFTER
             self.rate.throttled(ticket, pause, count=len(throttled))
+            return
+        if len(retry) == len(answers):  # nothing came back clean: no reason to speed up
             return
         usages = [_usage(h.get("x-ms-throttle-limit-percentage")) for _, h in answers]
         seen = [u for u in usages if u is not None]

@@ -13,6 +13,7 @@ import logging
 import secrets
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -35,6 +36,7 @@ from .errors import (
     ConfigError,
     GraphError,
     InputFileError,
+    JournalWriteError,
     ThrottledError,
     TransientError,
 )
@@ -252,6 +254,8 @@ class _Ledger:
         self._commit: asyncio.Future[None] | None = None
         self._committed = 0  # items written so far
         self._in_commit = 0  # items being written now
+        self._unwritten: list[tuple[int, Any]] = []  # prepared, not yet on disk
+        self._writing = threading.Lock()
 
     def add(self, outcome: Outcome, *, progress: bool = True, later: bool = False) -> None:
         if later:
@@ -281,34 +285,52 @@ class _Ledger:
         """Wait until everything queued so far is committed.
 
         The commit runs in a thread, so the event loop goes on while the disk syncs; whatever
-        is queued meanwhile goes into the next commit, together.
+        is queued meanwhile goes into the next commit, together. A failed write stops the run
+        (JournalWriteError): going on would hand out passes the journal cannot keep.
         """
-        target = self._count_queued()
+        target = self._committed + self._in_commit + len(self._queued)
         while self._committed < target:
             if self._commit is None:
                 self._commit = asyncio.ensure_future(self._commit_queued())
             await asyncio.shield(self._commit)
 
-    def _count_queued(self) -> int:
-        return self._committed + self._in_commit + len(self._queued)
-
     async def _commit_queued(self) -> None:
         items, self._queued = self._queued, []
+        steps = self._prepare(items)  # on the loop: the thread then barely needs the GIL
+        batch = (len(items), steps)
+        self._unwritten.append(batch)
         self._in_commit = len(items)
         try:
-            steps = self._prepare(items)  # on the loop: the thread then barely needs the GIL
-            await asyncio.to_thread(self.journal.write, steps)
+            await asyncio.to_thread(self._write_unwritten, batch)
         finally:
-            self._committed += self._in_commit
             self._in_commit = 0
             self._commit = None
+        self._committed += len(items)
+
+    def _write_unwritten(self, only: tuple[int, Any] | None = None) -> None:
+        """Write prepared batches not yet on disk (`only`: just that one, if still unwritten).
+
+        The lock makes `flush` wait for a commit in progress, and a batch is written once:
+        by its thread, or by `flush` if its thread never ran (a cancelled run).
+        """
+        with self._writing:
+            batches = [b for b in self._unwritten if only is None or b is only]
+            for batch in batches:
+                try:
+                    self.journal.write(batch[1])
+                except Exception as exc:
+                    raise JournalWriteError(
+                        f"cannot write the run journal {self.journal.path}: {exc}"
+                    ) from None
+                self._unwritten.remove(batch)
 
     def flush(self) -> None:
-        """Commit whatever is queued, now (also when the pool is being torn down)."""
+        """Commit whatever is queued or being committed, now (also when the run is torn down)."""
         items, self._queued = self._queued, []
-        self._committed += len(items)
         if items:
-            self.journal.write(self._prepare(items))
+            self._unwritten.append((len(items), self._prepare(items)))
+            self._committed += len(items)
+        self._write_unwritten()
 
     def _prepare(self, items: list[PassRequest | Outcome]) -> list[tuple[str, list[Any]]]:
         """The statements for these items, in their order (runs of one kind go together)."""

@@ -170,9 +170,10 @@ class Journal:
         self._lock_fd = fd
 
     def close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+        with self._guard:  # never under a commit running in the ledger's thread
+            if self._db is not None:
+                self._db.close()
+                self._db = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # closing releases the flock
             self._lock_fd = None
@@ -248,7 +249,8 @@ class Journal:
             )
             db.execute("UPDATE rows SET pass_value=NULL WHERE run_id=?", (run_id,))
         # Fold the WAL into the database file and empty it, so no old page keeps a value.
-        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        with self._guard:
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     # --- rows ---------------------------------------------------------------------------------
     def sending(self, run_id: str, request: PassRequest) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .errors import AuthError, GraphError, TransientError
+from .errors import AuthError, GraphError, JournalWriteError, TransientError
 from .graph import CreatedPass, explain
 from .outcomes import Failed, Issued, Origin, Outcome, PassRequest, interrupted, not_sent
 from .retrying import RETRYABLE, Sleep, T, is_unclear, make_retrying, with_retries
@@ -224,6 +224,8 @@ async def issue_all(
                     record(failed(request, answer, unclear[request.origin]))
             remaining = again
             if remaining:
+                if durable is not None:
+                    await durable()  # the passes issued so far, on disk before the wait
                 # Retried together, after the longest Retry-After among them.
                 raise TransientError(
                     f"{len(remaining)} requests in the batch must be retried",
@@ -264,8 +266,15 @@ async def issue_all(
                 if result.aborted is None:
                     result.aborted = exc
                 for request in batch:
-                    if request.origin in in_hand:
+                    if request.origin not in in_hand:
+                        continue
+                    if sent.get(request.origin, 0) > request.prior_attempts + 1:
+                        # an earlier attempt of this run went out: it may have made a pass
+                        record(interrupted(request.origin, request.user, sent[request.origin]))
+                    else:
                         record(not_sent(request, str(exc)))
+            except JournalWriteError:
+                raise  # stop the run: no pass may be handed out that the journal cannot keep
             except Exception as exc:  # a bug must not lose a row: report it and go on
                 log.exception("unexpected error for rows %s", [r.origin.row for r in batch])
                 for request in batch:

@@ -155,6 +155,9 @@ class RateController:
             change = growth - PROPORTIONAL * (WARN_AT - self._usage)
             self._usage = WARN_AT
         else:
+            # Above 1.0 Graph is refusing requests (429s: handled by `throttled`): steering
+            # further on it would only overshoot on the way back.
+            usage = min(usage, 1.0)
             change = -PROPORTIONAL * (usage - self._usage)
             change -= INTEGRAL * (usage - TARGET_USAGE) * elapsed
             self._usage = usage

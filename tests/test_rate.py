@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from onboard.graph import GraphClient
-from onboard.rate import RateController, Ticket
+from onboard.rate import CUT, RateController, Ticket
 
 
 class VirtualTime:
@@ -102,7 +102,7 @@ def test_429s_of_requests_already_in_flight_cut_the_rate_once() -> None:
     for ticket in tickets:
         rate.throttled(ticket, 0.2)
     once = rate.rate
-    assert once < 100.0
+    assert once == pytest.approx(100.0 * CUT)
     time.now = 0.3
     rate.throttled(Ticket(0.26), 0.2)  # sent after the cut, still refused: cut again
     assert rate.rate < once
@@ -170,3 +170,17 @@ def test_never_below_the_floor_and_the_summary_figures() -> None:
     assert rate.throttles == 30 and rate.requests == 30
     assert rate.paused_seconds == pytest.approx(3.0, rel=0.05)
     assert rate.effective_rate is not None and rate.effective_rate > 0
+
+
+def test_a_batch_waits_for_its_share_of_the_rate() -> None:
+    """At 10 requests/s, a batch of 5 after a single request goes 0.5 s later, not 0.1 s."""
+    rate, time = controller(10.0)
+
+    async def main() -> list[float]:
+        first = await rate.acquire()
+        batch = await rate.acquire(5)
+        after = await rate.acquire()
+        return [first.sent_at, batch.sent_at, after.sent_at]
+
+    assert time.run(main) == pytest.approx([0.0, 0.5, 0.6])
+    assert rate.requests == 7

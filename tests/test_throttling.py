@@ -78,10 +78,52 @@ def test_lost_batch_answers_are_confirmed_with_graph(
     path = tmp_path / "hires.csv"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     config = sim.config(tmp_path / "c.yaml", run={"batch_size": 10, "max_attempts": 20})
-    main(["run", str(path), "-c", str(config)])
+    assert main(["run", str(path), "-c", str(config)]) == 0
     rows = audit_rows(latest_audit(tmp_path / "audit"))
     assert state.counts.get("lost_batch", 0) > 0
+    # The rows of a lost batch were checked with Graph (a GET each), not just sent again.
+    confirmed = [r for r in rows["Issued"] if "confirmed with Graph" in str(r["Note"] or "")]
+    assert confirmed
+    assert all(r["Attempts"] > 1 for r in confirmed)
     assert sorted(r["User"] for r in rows["Issued"]) == sorted(GOOD)
     assert rows["Failed"] == []
     for row in rows["Issued"]:
         assert row["Temporary Access Pass"] == state.current_pass(str(row["User"]))
+
+
+def test_a_journal_that_cannot_be_written_stops_the_run(
+    tmp_path: Path, serve_simulator, secret_env, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A full disk under the journal stops the run with exit 3 instead of handing out more
+    passes it cannot keep; the audit still holds every pass Graph returned before that."""
+    import sqlite3
+
+    from onboard.journal import Journal
+
+    state = SimulatorState(users(*GOOD), seed=1)
+    sim = serve_simulator(state)
+    original = Journal.write
+    calls = {"n": 0}
+
+    def failing(self: Journal, steps: object) -> None:
+        calls["n"] += 1
+        if calls["n"] > 6:
+            raise sqlite3.OperationalError("database or disk is full")
+        original(self, steps)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Journal, "write", failing)
+    lines = ["Name,Work Email,Start Date,Lifetime"]
+    lines += [f"Hire {n},{upn},{SOON[n % 5]}," for n, upn in enumerate(GOOD)]
+    path = tmp_path / "hires.csv"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    config = sim.config(tmp_path / "c.yaml", run={"concurrency": 2})
+    assert main(["run", str(path), "-c", str(config)]) == 3
+    assert "cannot write the run journal" in capsys.readouterr().err
+    assert len(state.issued) < len(GOOD)  # it stopped, rather than carry on
+    rows = audit_rows(latest_audit(tmp_path / "audit"))
+    for row in rows["Issued"]:
+        assert row["Temporary Access Pass"] == state.current_pass(str(row["User"]))
+    made = {p.user_id for p in state.issued}
+    audited = {state.find_user(str(r["User"])).id for r in rows["Issued"]}  # type: ignore[union-attr]
+    assert made == audited  # every pass Graph made is in the audit
