@@ -70,7 +70,8 @@ def test_run_with_throttling_and_faults_accounts_for_every_row(
              "Bad date,baddate@contoso.com,someday,\n"
              f"Again,{GOOD[3]},{SOON[3]},\n")
     path = sheet(tmp_path, extra)
-    config = sim.config(tmp_path / "config.yaml", run={"max_attempts": 20})
+    # A ceiling well above the budget, so the start is sure to run into 429s.
+    config = sim.config(tmp_path / "config.yaml", run={"max_attempts": 20, "max_rate": 1000})
     code = main(["run", str(path), "-c", str(config), "-vv"])
     printed = capsys.readouterr()
     assert code == EXIT_ROWS_FAILED
