@@ -124,6 +124,13 @@ def test_a_journal_that_cannot_be_written_stops_the_run(
     rows = audit_rows(latest_audit(tmp_path / "audit"))
     for row in rows["Issued"]:
         assert row["Temporary Access Pass"] == state.current_pass(str(row["User"]))
+    def ids(sheet: list[dict[str, object]]) -> set[str]:
+        return {state.find_user(str(r["User"])).id for r in sheet}  # type: ignore[union-attr]
+
     made = {p.user_id for p in state.issued}
-    audited = {state.find_user(str(r["User"])).id for r in rows["Issued"]}  # type: ignore[union-attr]
-    assert made == audited  # every pass Graph made is in the audit
+    issued = ids(rows["Issued"])
+    unfinished = ids([r for r in rows["Failed"] if r["Reason"] == "Not finished"])
+    # Every pass Graph made is in the audit, or its row (in flight when the run stopped) says
+    # it may have one and must be run again.
+    assert issued <= made <= issued | unfinished
+    assert issued
