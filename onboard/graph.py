@@ -134,7 +134,7 @@ class GraphClient:
         if isinstance(answers, list):
             by_id = {str(a.get("id")): a for a in answers if isinstance(a, dict)}
         results: list[CreatedPass | GraphError] = []
-        judged: list[tuple[int, dict[str, str]]] = []
+        judged: list[tuple[int, Mapping[str, str]]] = []
         for number, request in enumerate(requests):
             answer = by_id.get(str(number))
             if answer is None:
@@ -168,12 +168,13 @@ class GraphClient:
             else:
                 retry_after = parse_retry_after(sub_headers.get("retry-after"))
                 results.append(_error(sub_status, answer_body, sub_id, retry_after))
-        self._judge_batch(ticket, judged)
+        self._judge(ticket, judged)
         return results
 
-    def _judge_batch(self, ticket: Ticket, answers: list[tuple[int, dict[str, str]]]) -> None:
-        """Tell the rate controller about a batch once, as one answer: its sub-requests were
-        sent together, so its highest budget usage (or its longest Retry-After) speaks for it."""
+    def _judge(self, ticket: Ticket, answers: Sequence[tuple[int, Mapping[str, str]]]) -> None:
+        """Tell the rate controller what Graph answered, once per request sent: one answer, or
+        a batch's sub-answers (sent together, so the highest budget usage or the longest
+        Retry-After speaks for them). Header names are looked up in lower case."""
         retry = [h for status, h in answers if status in RETRYABLE_STATUS and status != 429]
         pauses = [parse_retry_after(h.get("retry-after")) for h in retry]
         if any(p is not None for p in pauses):
@@ -247,19 +248,6 @@ class GraphClient:
             raise _error(status, data, request_id, None)
         return data
 
-    def _judge(self, ticket: Ticket, status: int, headers: Mapping[str, str]) -> None:
-        """Tell the rate controller what Graph answered (headers with lower-case names)."""
-        if status == 429:
-            pause = parse_retry_after(headers.get("retry-after"))
-            self.rate.throttled(ticket, PAUSE_WITHOUT_RETRY_AFTER if pause is None else pause)
-            return
-        if status in RETRYABLE_STATUS:
-            pause = parse_retry_after(headers.get("retry-after"))
-            if pause is not None:
-                self.rate.hold(pause)
-            return
-        self.rate.answered(ticket, _usage(headers.get("x-ms-throttle-limit-percentage")))
-
     async def _send(
         self,
         method: str,
@@ -293,9 +281,7 @@ class GraphClient:
                     data = await _json(response)
                     status = response.status
                     if judge or status != 200:
-                        self._judge(
-                            ticket, status, {k.lower(): v for k, v in response.headers.items()}
-                        )
+                        self._judge(ticket, [(status, response.headers)])
             except aiohttp.ClientConnectorCertificateError as exc:
                 raise AuthError(
                     f"TLS certificate of {exc.host} is not trusted: {exc.certificate_error}; "

@@ -29,7 +29,7 @@ from yarl import URL
 from . import __version__
 from .audit import FileSummary, RunSummary, write_audit
 from .auth import MsalTokenProvider, load_credential
-from .config import CLOUDS, Config, OutputSettings
+from .config import CLOUDS, Config, OutputSettings, RunSettings
 from .errors import (
     AuditWriteError,
     AuthError,
@@ -56,6 +56,7 @@ from .outcomes import Failed, Issued, Origin, Outcome, PassRequest, Skipped
 from .pool import Confirmation, OnOutcome, PoolResult, confirm, current_passes, issue_all
 from .rate import RateController
 from .reader import InputFile, plan, read_input, user_key
+from .retrying import Retries
 from .simulator import DEFAULT_CLIENT_SECRET, Faults, RunningSimulator, SimulatorState, serve
 from .tls import make_ssl_context, requests_session
 from .tls import warm as warm_tls
@@ -539,9 +540,7 @@ async def _decide(
         [c.request.user for c in to_check],
         client.current_pass_id,
         concurrency=run.concurrency,
-        max_attempts=run.max_attempts,
-        backoff_seconds=run.backoff_seconds,
-        backoff_max_seconds=run.backoff_max_seconds,
+        retries=_retries(run),
     )
     send = []
     for check in to_check:
@@ -558,6 +557,10 @@ async def _decide(
         note = f"the pass run {check.previous.run_id} issued may not stand: {why}; issued again"
         send.append(replace(check.request, note=_join(check.request.note, note), doubtful=True))
     return send
+
+
+def _retries(run: RunSettings) -> Retries:
+    return Retries(run.max_attempts, run.backoff_seconds, run.backoff_max_seconds)
 
 
 def _unfinished(request: PassRequest) -> Failed:
@@ -635,35 +638,28 @@ async def _issue(
 
     async def issue(batch: list[PassRequest], on_outcome: OnOutcome) -> PoolResult:
         try:
-            return await _issue_all(batch, on_outcome)
+            return await issue_all(
+                batch,
+                client.create_pass,
+                concurrency=run.concurrency,
+                retries=_retries(run),
+                on_outcome=on_outcome,
+                on_send=ledger.queue_send,
+                durable=ledger.durable,
+                stop=stop,
+                grace_seconds=run.stop_grace_seconds,
+                create_batch=client.create_passes,
+                batch_size=run.batch_size,
+            )
         finally:
             ledger.flush()  # the rows the pool ended itself (interrupted, not sent), or on a crash
-
-    async def _issue_all(batch: list[PassRequest], on_outcome: OnOutcome) -> PoolResult:
-        return await issue_all(
-            batch,
-            client.create_pass,
-            concurrency=run.concurrency,
-            max_attempts=run.max_attempts,
-            backoff_seconds=run.backoff_seconds,
-            backoff_max_seconds=run.backoff_max_seconds,
-            on_outcome=on_outcome,
-            on_send=ledger.queue_send,
-            durable=ledger.durable,
-            stop=stop,
-            grace_seconds=run.stop_grace_seconds,
-            create_batch=client.create_passes,
-            batch_size=run.batch_size,
-        )
 
     async def check(suspects: list[Issued]) -> Confirmation:
         return await confirm(
             suspects,
             client.current_pass_id,
             concurrency=run.concurrency,
-            max_attempts=run.max_attempts,
-            backoff_seconds=run.backoff_seconds,
-            backoff_max_seconds=run.backoff_max_seconds,
+            retries=_retries(run),
         )
 
     result = await issue(requests, track)

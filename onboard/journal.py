@@ -253,16 +253,11 @@ class Journal:
             self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     # --- rows ---------------------------------------------------------------------------------
-    def sending(self, run_id: str, request: PassRequest) -> None:
-        """Before each request: the row is in flight, and one more attempt is counted.
-
-        Its earlier outcome (and pass) is dropped: once this request is sent, Graph may replace
-        that pass, so it must never be reported as if it still stood.
-        """
-        self.write([(SENDING_SQL, [sending_params(run_id, request)])])
-
     def write(self, steps: Sequence[tuple[str, Sequence[tuple[Any, ...]]]]) -> None:
         """Run prepared statements (see `sending_params`, `record_params`) in one transaction.
+
+        `sending_params`: before each request the row is in flight, one more attempt counted,
+        and its earlier outcome (and pass) dropped: once sent, Graph may replace that pass.
 
         Made for a worker thread: the caller builds the parameters, so the thread holds the
         interpreter lock for little more than the hand-over to SQLite.

@@ -18,7 +18,7 @@ from typing import Any
 from .errors import AuthError, GraphError, JournalWriteError, TransientError
 from .graph import CreatedPass, explain
 from .outcomes import Failed, Issued, Origin, Outcome, PassRequest, interrupted, not_sent
-from .retrying import RETRYABLE, Sleep, T, is_unclear, make_retrying, with_retries
+from .retrying import RETRYABLE, Retries, is_unclear, with_retries
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +44,7 @@ async def issue_all(
     create: Create,
     *,
     concurrency: int,
-    max_attempts: int,
-    backoff_seconds: float = 1.0,
-    backoff_max_seconds: float = 60.0,
-    sleep: Sleep = asyncio.sleep,
+    retries: Retries,
     on_outcome: OnOutcome | None = None,
     on_send: OnSend | None = None,
     stop: asyncio.Event | None = None,
@@ -80,15 +77,6 @@ async def issue_all(
         result.outcomes.append(outcome)
         if on_outcome is not None:
             on_outcome(outcome)
-
-    async def retried(attempt: Callable[[int], Awaitable[T]]) -> T:
-        return await with_retries(
-            attempt,
-            max_attempts=max_attempts,
-            backoff_seconds=backoff_seconds,
-            backoff_max_seconds=backoff_max_seconds,
-            sleep=sleep,
-        )
 
     def issued(request: PassRequest, created: CreatedPass, unclear: float | None) -> Issued:
         if unclear is not None:
@@ -175,7 +163,7 @@ async def issue_all(
                 raise
 
         try:
-            created = await retried(attempt)
+            created = await with_retries(attempt, retries)
         except GraphError as exc:
             record(failed(request, exc, unclear))
             return
@@ -234,7 +222,7 @@ async def issue_all(
                 )
 
         try:
-            await retried(attempt)
+            await with_retries(attempt, retries)
         except GraphError as exc:
             for request in remaining:
                 record(failed(request, last.get(request.origin, exc), unclear[request.origin]))
@@ -352,27 +340,19 @@ async def current_passes(
     current: Current,
     *,
     concurrency: int,
-    max_attempts: int,
-    backoff_seconds: float = 1.0,
-    backoff_max_seconds: float = 60.0,
-    sleep: Sleep = asyncio.sleep,
+    retries: Retries,
 ) -> dict[str, str | GraphError | None]:
     """Ask Graph which pass (method id) each user holds now; a GraphError where it would not say."""
     answers: dict[str, str | GraphError | None] = {}
     slots = asyncio.Semaphore(concurrency)
 
     async def ask(user: str) -> None:
-        retrying = make_retrying(
-            max_attempts=max_attempts,
-            backoff_seconds=backoff_seconds,
-            backoff_max_seconds=backoff_max_seconds,
-            sleep=sleep,
-        )
+        async def attempt(_: int) -> str | None:
+            async with slots:
+                return await current(user)
+
         try:
-            async for attempt in retrying:
-                with attempt:
-                    async with slots:
-                        answers[user] = await current(user)
+            answers[user] = await with_retries(attempt, retries)
         except GraphError as exc:
             answers[user] = exc
 
@@ -385,10 +365,7 @@ async def confirm(
     current: Current,
     *,
     concurrency: int,
-    max_attempts: int,
-    backoff_seconds: float = 1.0,
-    backoff_max_seconds: float = 60.0,
-    sleep: Sleep = asyncio.sleep,
+    retries: Retries,
 ) -> Confirmation:
     """Ask Graph which pass each user holds now, for passes issued after an unclear attempt.
 
@@ -399,10 +376,7 @@ async def confirm(
         [item.request.user for item in issued],
         current,
         concurrency=concurrency,
-        max_attempts=max_attempts,
-        backoff_seconds=backoff_seconds,
-        backoff_max_seconds=backoff_max_seconds,
-        sleep=sleep,
+        retries=retries,
     )
     found = Confirmation()
     for item in issued:

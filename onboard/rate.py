@@ -7,10 +7,10 @@ The bucket's rate starts at the ceiling (`run.max_rate`) and adapts below it:
   throttled still count against the tenant's budget) and cuts the rate to CUT of what it was;
   the 429s of requests that were already on their way when the rate was cut do not cut again;
 - `x-ms-throttle-limit-percentage` (sent by Graph once more than 80% of the budget is used)
-  stops the rate growing, and from EASE_AT on eases it off a little, once per round trip,
-  before any 429;
-- while answers come back clean, the rate climbs: quickly back to just below the rate that
-  was last throttled, then slowly past it, probing for more.
+  steers the rate before any 429: down as the figure rises, up as it falls, towards keeping
+  TARGET_USAGE of the budget used;
+- while answers come back clean without the header, the rate climbs (if Graph never sends
+  the header, slowly near the rate it last throttled).
 
 The sleeping is done by `acquire`; the decisions are plain methods on a clock, so they are
 tested with a fake clock and no real waiting.
@@ -80,7 +80,6 @@ class RateController:
         self.throttles = 0
         self.warnings = 0
         self.paused_seconds = 0.0
-        self.lowest_rate = self.rate
 
     # --- asking to send ----------------------------------------------------------------
     def wait_for(self, count: int = 1) -> float:
@@ -162,7 +161,6 @@ class RateController:
             change -= INTEGRAL * (usage - TARGET_USAGE) * elapsed
             self._usage = usage
         self.rate = min(self.max_rate, max(self.min_rate, self.rate * math.exp(change)))
-        self.lowest_rate = min(self.lowest_rate, self.rate)
 
     def _answered(self) -> float:
         now = self._clock()
@@ -172,7 +170,6 @@ class RateController:
     def _cut(self, factor: float) -> None:
         now = self._clock()
         self.rate = max(self.min_rate, self.rate * factor)
-        self.lowest_rate = min(self.lowest_rate, self.rate)
         self._cut_at = now
         self._steered_at = now
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import TypeVar
@@ -107,31 +108,17 @@ class wait_server_hint(wait_base):
         return delay
 
 
-def make_retrying(
-    *,
-    max_attempts: int,
-    backoff_seconds: float,
-    backoff_max_seconds: float,
-    sleep: Sleep = asyncio.sleep,
-) -> AsyncRetrying:
-    """The retry policy for one create request."""
-    return AsyncRetrying(
-        stop=stop_after_attempt(max_attempts),
-        wait=wait_server_hint(initial=backoff_seconds, maximum=backoff_max_seconds),
-        retry=retry_if_exception_type(RETRYABLE),
-        sleep=sleep,
-        reraise=True,
-    )
+@dataclass(frozen=True, slots=True)
+class Retries:
+    """How often and how patiently one request is tried (run.max_attempts, run.backoff_*)."""
+
+    max_attempts: int
+    backoff_seconds: float = 1.0
+    backoff_max_seconds: float = 60.0
+    sleep: Sleep = asyncio.sleep
 
 
-async def with_retries(
-    attempt: Callable[[int], Awaitable[T]],
-    *,
-    max_attempts: int,
-    backoff_seconds: float,
-    backoff_max_seconds: float,
-    sleep: Sleep = asyncio.sleep,
-) -> T:
+async def with_retries(attempt: Callable[[int], Awaitable[T]], retries: Retries) -> T:
     """`attempt(1)`, then as many more as the policy allows while it fails retryably.
 
     The first try runs outside tenacity and the rest through it: nearly every request
@@ -141,15 +128,17 @@ async def with_retries(
     try:
         return await attempt(1)
     except RETRYABLE as exc:
-        if max_attempts <= 1:
+        if retries.max_attempts <= 1:
             raise
-        wait = wait_server_hint(initial=backoff_seconds, maximum=backoff_max_seconds)
-        await sleep(wait.after(exc))
+        wait = wait_server_hint(
+            initial=retries.backoff_seconds, maximum=retries.backoff_max_seconds
+        )
+        await retries.sleep(wait.after(exc))
     retrying = AsyncRetrying(
-        stop=stop_after_attempt(max_attempts - 1),
+        stop=stop_after_attempt(retries.max_attempts - 1),
         wait=wait,
         retry=retry_if_exception_type(RETRYABLE),
-        sleep=sleep,
+        sleep=retries.sleep,
         reraise=True,
     )
     async for again in retrying:

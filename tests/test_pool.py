@@ -10,6 +10,7 @@ from onboard.errors import AuthError, GraphError, ThrottledError, TransientError
 from onboard.graph import CreatedPass
 from onboard.outcomes import Failed, Issued, Origin, PassRequest
 from onboard.pool import issue_all
+from onboard.retrying import Retries
 
 START = datetime(2027, 1, 4, 8, tzinfo=timezone.utc)
 
@@ -55,10 +56,9 @@ class Script:
 def run(requests: list[PassRequest], create: Callable, clock: FakeClock | None = None,
         **kwargs) -> object:
     clock = clock or FakeClock()
+    retries = Retries(kwargs.pop("max_attempts", 5), 1.0, 8.0, clock.sleep)
     return asyncio.run(issue_all(
-        requests, create, concurrency=kwargs.pop("concurrency", 4),
-        max_attempts=kwargs.pop("max_attempts", 5), backoff_seconds=1.0, backoff_max_seconds=8.0,
-        sleep=clock.sleep, **kwargs,
+        requests, create, concurrency=kwargs.pop("concurrency", 4), retries=retries, **kwargs,
     ))
 
 

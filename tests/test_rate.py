@@ -116,7 +116,7 @@ def test_decimal_and_date_retry_after_both_pause_for_that_long() -> None:
     ):
         rate, time = controller(10.0)
         client = GraphClient(None, "https://graph.invalid", None, rate=rate)  # type: ignore[arg-type]
-        client._judge(Ticket(0.0), 429, {"retry-after": header})
+        client._judge(Ticket(0.0), [(429, {"retry-after": header})])
 
         async def main(rate: RateController = rate) -> float:
             return (await rate.acquire()).sent_at
