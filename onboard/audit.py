@@ -1,30 +1,39 @@
 """The audit workbook: every pass issued and every row that failed or was skipped, with why.
 
-Written with openpyxl's write-only mode (constant memory however many rows), to a temporary file
-created owner-only in the output directory, flushed to disk, then renamed into place: a reader
-never sees half a workbook, and nobody but the owner can read the passes in it.
+Written with openpyxl's write-only mode (constant memory however many rows) and renamed into
+place whole: a reader never sees half a workbook, and only the owner can read it (mode 0600,
+in a folder created 0700). With a password (output.password_env) the workbook is encrypted
+with standard Office encryption (msoffcrypto-tool, ECMA-376 agile: AES-256) and is built in
+memory, so its unencrypted bytes never touch the disk. A redacted copy (output.redacted_copy)
+is the same workbook with the pass column masked.
 """
 
 from __future__ import annotations
 
-import contextlib
+import io
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+import zipfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
+from msoffcrypto.format.ooxml import OOXMLFile
 from openpyxl import Workbook
 from openpyxl.cell import WriteOnlyCell
 from openpyxl.cell.cell import ERROR_CODES, ILLEGAL_CHARACTERS_RE
 from openpyxl.styles import Font
 from openpyxl.utils import get_column_letter
 from openpyxl.worksheet._write_only import WriteOnlyWorksheet
+from openpyxl.worksheet._writer import WorksheetWriter
+from openpyxl.writer.excel import ExcelWriter
 
+from .config import OutputSettings
+from .files import private_dir
 from .outcomes import Failed, Issued, Skipped
 
 ISSUED_COLUMNS = (
@@ -57,6 +66,7 @@ FAILED_COLUMNS = (
 )
 SKIPPED_COLUMNS = ("Source file", "Row", "User", "Reason", "Previous run", "Issued at")
 SUMMARY_COLUMNS = ("Item", "Value", "Detail")
+REDACTED = "(not in this copy)"
 # Text starting with these would be read as a formula (or DDE) by a spreadsheet program.
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 _WIDTHS = {
@@ -106,113 +116,186 @@ class RunSummary:
     notes: Sequence[tuple[str, str | int]] = field(default_factory=tuple)
 
 
+@dataclass(frozen=True, slots=True)
+class AuditOptions:
+    """How the workbook is protected: the password that encrypts it (None: not encrypted), and
+    whether a pass-free copy is written too. The repr never shows the password."""
+
+    password: str | None = field(default=None, repr=False)
+    redacted_copy: bool = False
+
+
+def audit_options(output: OutputSettings, env: Mapping[str, str]) -> AuditOptions:
+    """Read output.password (raising ConfigError if it is configured but missing)."""
+    return AuditOptions(output.password.read(env), output.redacted_copy)
+
+
+def redacted_path(path: Path) -> Path:
+    """Where the pass-free copy of the workbook at `path` goes."""
+    return path.with_name(f"{path.stem}-redacted{path.suffix}")
+
+
 def write_audit(
     path: Path,
     summary: RunSummary,
     issued: Sequence[Issued],
     failed: Sequence[Failed],
     skipped: Sequence[Skipped],
+    options: AuditOptions = AuditOptions(),
 ) -> Path:
-    """Write the workbook atomically at `path` (mode 0600) and return it.
+    """Write the workbook atomically at `path` (mode 0600), encrypted when options has a
+    password, and with `redacted_copy` also its pass-free copy at `redacted_path(path)`.
 
-    Every byte on the way, openpyxl's per-sheet scratch files included, stays in an owner-only
-    folder beside it (`.<name>.partial`), removed once the workbook is in place; one left by a
-    killed write is cleared by the next write of the same workbook.
+    Unencrypted, openpyxl's per-sheet scratch files go to an owner-only folder beside the
+    workbook (`.<name>.partial`), removed once it is in place (one left by a killed write is
+    cleared by the next write). Encrypted, nothing but the encrypted bytes is written.
     """
-    scratch = path.parent / f".{path.stem}.partial"
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    shutil.rmtree(scratch, ignore_errors=True)
-    scratch.mkdir(mode=0o700)
-    try:
-        with _temporary_files_in(scratch):
-            return _write(path, scratch, summary, issued, failed, skipped)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def _temporary_files_in(directory: Path) -> Iterator[None]:
-    # openpyxl's write-only sheets stream rows (pass values too) to tempfile's default folder.
-    previous = tempfile.tempdir
-    tempfile.tempdir = str(directory)
-    try:
-        yield
-    finally:
-        tempfile.tempdir = previous
+    private_dir(path.parent)
+    _write(path, summary, issued, failed, skipped, password=options.password, masked=False)
+    if options.redacted_copy:
+        _write(redacted_path(path), summary, issued, failed, skipped, password=None, masked=True)
+    return path
 
 
 def _write(
     path: Path,
-    scratch: Path,
     summary: RunSummary,
     issued: Sequence[Issued],
     failed: Sequence[Failed],
     skipped: Sequence[Skipped],
-) -> Path:
-    workbook = Workbook(write_only=True)
-    _summary_sheet(workbook, summary, issued, failed, skipped)
-    rows = sorted(issued, key=lambda i: (i.origin.source, i.origin.row))
-    _sheet(
-        workbook,
-        "Issued",
-        ISSUED_COLUMNS,
-        (
+    *,
+    password: str | None,
+    masked: bool,
+) -> None:
+    scratch = path.parent / f".{path.stem}.partial"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(mode=0o700)
+    try:
+        in_memory = password is not None
+        workbook = Workbook(write_only=True)
+        sheets = _Sheets(workbook, None if in_memory else scratch)
+        if masked:
+            summary = replace(summary, notes=(*summary.notes, ("Pass values", REDACTED)))
+        _summary_sheet(sheets, summary, issued, failed, skipped)
+        rows = sorted(issued, key=lambda i: (i.origin.source, i.origin.row))
+        sheets.add(
+            "Issued",
+            ISSUED_COLUMNS,
             (
-                i.origin.source,
-                i.origin.row,
-                _Text(i.request.user),
-                _Text(i.request.display_name),
-                _Text(i.temporary_access_pass),
-                i.starts,
-                i.expires,
-                i.lifetime_minutes,
-                "yes" if i.usable_once else "no",
-                i.method_id,
-                i.created,
-                i.attempts,
-                i.request_id,
-                i.note,
-            )
-            for i in rows
-        ),
-    )
-    _sheet(
-        workbook,
-        "Failed",
-        FAILED_COLUMNS,
-        (
+                (
+                    i.origin.source,
+                    i.origin.row,
+                    _Text(i.request.user),
+                    _Text(i.request.display_name),
+                    REDACTED if masked else _Text(i.temporary_access_pass),
+                    i.starts,
+                    i.expires,
+                    i.lifetime_minutes,
+                    "yes" if i.usable_once else "no",
+                    i.method_id,
+                    i.created,
+                    i.attempts,
+                    i.request_id,
+                    i.note,
+                )
+                for i in rows
+            ),
+        )
+        sheets.add(
+            "Failed",
+            FAILED_COLUMNS,
             (
-                f.origin.source,
-                f.origin.row,
-                _Text(f.user),
-                f.reason,
-                _Text(f.detail),
-                f.http_status,
-                f.graph_code,
-                f.attempts or None,
-                f.request_id,
-                _Text(f.column),
-            )
-            for f in sorted(failed, key=lambda f: (f.origin.source, f.origin.row))
-        ),
-    )
-    _sheet(
-        workbook,
-        "Skipped",
-        SKIPPED_COLUMNS,
-        (
+                (
+                    f.origin.source,
+                    f.origin.row,
+                    _Text(f.user),
+                    f.reason,
+                    _Text(f.detail),
+                    f.http_status,
+                    f.graph_code,
+                    f.attempts or None,
+                    f.request_id,
+                    _Text(f.column),
+                )
+                for f in sorted(failed, key=lambda f: (f.origin.source, f.origin.row))
+            ),
+        )
+        sheets.add(
+            "Skipped",
+            SKIPPED_COLUMNS,
             (
-                s.origin.source,
-                s.origin.row,
-                _Text(s.user),
-                _Text(s.reason),
-                s.previous_run,
-                s.issued_at,
-            )
-            for s in sorted(skipped, key=lambda s: (s.origin.source, s.origin.row))
-        ),
-    )
-    return _save_atomically(workbook, path, scratch)
+                (
+                    s.origin.source,
+                    s.origin.row,
+                    _Text(s.user),
+                    _Text(s.reason),
+                    s.previous_run,
+                    s.issued_at,
+                )
+                for s in sorted(skipped, key=lambda s: (s.origin.source, s.origin.row))
+            ),
+        )
+        if password is None:
+            _save_atomically(path, scratch, lambda handle: _save(workbook, handle))
+        else:
+            plain = io.BytesIO()
+            _save(workbook, plain)
+            sealed = io.BytesIO()
+            OOXMLFile(plain).encrypt(password, sealed)
+            plain.seek(0)
+            plain.truncate()
+            _save_atomically(path, scratch, lambda handle: handle.write(sealed.getbuffer()))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+class _SheetWriter(WorksheetWriter):  # type: ignore[misc]
+    """openpyxl's sheet writer, told where to put the sheet's XML: a file in the owner-only
+    scratch folder, or memory (for an encrypted workbook). openpyxl's own default is a file in
+    the process-wide temporary folder."""
+
+    def cleanup(self) -> None:
+        if isinstance(self.out, io.BytesIO):
+            self.out.close()
+        else:
+            os.remove(self.out)
+
+
+class _Archive(zipfile.ZipFile):
+    """The workbook's zip, taking a sheet held in memory as well as one in a file."""
+
+    def write(self, filename: Any, arcname: Any = None, *args: Any, **kwargs: Any) -> None:
+        if isinstance(filename, io.BytesIO):
+            self.writestr(arcname, filename.getbuffer())
+        else:
+            super().write(filename, arcname, *args, **kwargs)
+
+
+def _save(workbook: Workbook, handle: IO[bytes]) -> None:
+    with _Archive(handle, "w", zipfile.ZIP_DEFLATED, allowZip64=True) as archive:
+        ExcelWriter(workbook, archive).write_data()
+
+
+class _Sheets:
+    """Adds write-only sheets whose XML goes to `scratch` (None: memory)."""
+
+    def __init__(self, workbook: Workbook, scratch: Path | None) -> None:
+        self.workbook = workbook
+        self.scratch = scratch
+
+    def add(self, title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+        sheet: WriteOnlyWorksheet = self.workbook.create_sheet(title)
+        for index, name in enumerate(columns, start=1):
+            sheet.column_dimensions[get_column_letter(index)].width = _WIDTHS.get(name, 16)
+        sheet.freeze_panes = "A2"
+        if self.scratch is None:
+            out: Any = io.BytesIO()
+        else:
+            fd, out = tempfile.mkstemp(prefix="sheet-", suffix=".xml", dir=self.scratch)
+            os.close(fd)
+        sheet._writer = _SheetWriter(sheet, out)
+        sheet._writer.write_top()  # what openpyxl does at the first append, with our `out`
+        _fill(sheet, columns, rows)
 
 
 class _Text(str):
@@ -225,7 +308,7 @@ class _Text(str):
 
 
 def _summary_sheet(
-    workbook: Workbook,
+    sheets: _Sheets,
     s: RunSummary,
     issued: Sequence[Issued],
     failed: Sequence[Failed],
@@ -249,19 +332,10 @@ def _summary_sheet(
         detail = f"{f.rows} rows" + (f", sheet '{f.sheet}'" if f.sheet else "")
         rows.append(("Input file", _Text(f.path), _Text(f"SHA-256 {f.sha256}; {detail}")))
     rows.extend((f"Setting {name}", _Text(value), None) for name, value in s.settings)
-    _sheet(workbook, "Summary", SUMMARY_COLUMNS, rows)
+    sheets.add("Summary", SUMMARY_COLUMNS, rows)
 
 
-def _sheet(
-    workbook: Workbook,
-    title: str,
-    columns: Sequence[str],
-    rows: Iterable[Sequence[Any]],
-) -> None:
-    sheet: WriteOnlyWorksheet = workbook.create_sheet(title)
-    for index, name in enumerate(columns, start=1):
-        sheet.column_dimensions[get_column_letter(index)].width = _WIDTHS.get(name, 16)
-    sheet.freeze_panes = "A2"
+def _fill(sheet: WriteOnlyWorksheet, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
     bold = Font(bold=True)
     header = []
     for name in columns:
@@ -301,13 +375,13 @@ def _escape(match: re.Match[str]) -> str:
     return "".join(f"\\x{ord(c):02x}" for c in match.group(0))
 
 
-def _save_atomically(workbook: Workbook, path: Path, scratch: Path) -> Path:
+def _save_atomically(path: Path, scratch: Path, save: Any) -> None:
     fd, temp_name = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".tmp", dir=scratch)
     temp = Path(temp_name)
     try:
         os.fchmod(fd, 0o600)
         with os.fdopen(fd, "wb") as handle:
-            workbook.save(handle)
+            save(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp, path)
@@ -315,7 +389,6 @@ def _save_atomically(workbook: Workbook, path: Path, scratch: Path) -> Path:
         temp.unlink(missing_ok=True)
         raise
     _fsync_directory(path.parent)
-    return path
 
 
 def _fsync_directory(directory: Path) -> None:

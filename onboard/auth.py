@@ -61,24 +61,11 @@ def load_credential(settings: AuthSettings, env: Mapping[str, str]) -> Credentia
     if settings.method == "managed_identity":
         return Credential(settings.client_id, None)
     if settings.method == "client_secret":
-        secret = env.get(settings.client_secret_env)
-        if not secret:
-            raise ConfigError(
-                f"the client secret is read from the environment variable "
-                f"{settings.client_secret_env}, which is not set"
-            )
-        return Credential(settings.client_id, secret)
+        return Credential(settings.client_id, settings.client_secret.read(env))
     path = settings.certificate_path
     if path is None or not path.is_file():
         raise ConfigError(f"auth.certificate_path {path} does not exist")
-    password = None
-    if settings.certificate_password_env:
-        password = env.get(settings.certificate_password_env)
-        if password is None:
-            raise ConfigError(
-                f"the certificate password is read from {settings.certificate_password_env}, "
-                "which is not set"
-            )
+    password = settings.certificate_password.read(env)
     if path.suffix.lower() in (".pfx", ".p12"):
         material: dict[str, Any] = {"private_key_pfx_path": str(path)}
         if password is not None:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, history, job
+from .audit import audit_options, redacted_path
 from .config import Config, load_config
 from .errors import (
     AuditWriteError,
@@ -304,7 +305,7 @@ def _run(args: argparse.Namespace) -> int:
         return SIGNAL_EXIT[received[-1]] if received else EXIT_INTERRUPTED
     finally:
         progress.close()
-    _print_report(report)
+    _print_report(report, config)
     if received:
         return SIGNAL_EXIT[received[0]]
     if report.stopped and report.stopped.startswith("aborted"):
@@ -312,7 +313,7 @@ def _run(args: argparse.Namespace) -> int:
     return EXIT_ROWS_FAILED if report.failed else EXIT_OK
 
 
-def _print_report(report: job.RunReport) -> None:
+def _print_report(report: job.RunReport, config: Config) -> None:
     if report.resumed:
         print(f"resumed run {report.run_id}, which had stopped before it finished")
     print(
@@ -328,10 +329,15 @@ def _print_report(report: job.RunReport) -> None:
         print(f"  ... and {len(report.failed) - SHOW_FAILURES} more in the Failed sheet")
     if report.audit_path is not None:
         print(f"audit workbook: {report.audit_path}")
+        secret = config.output.password
+        if secret.configured:
+            print(f"it is encrypted with the password from {secret.where}")
         if report.issued:
             print(
                 "it holds the pass values: keep it private, and delete it once they are handed out"
             )
+        if config.output.redacted_copy:
+            print(f"the same without pass values: {redacted_path(report.audit_path)}")
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -371,7 +377,7 @@ def _simulate(args: argparse.Namespace) -> int:
                 f"\n    client_id: {job.SIMULATOR_CLIENT_ID}"
             )
             print(
-                f"and the demo client secret: export {config.auth.client_secret_env}="
+                f"and the demo client secret: export {config.auth.client_secret.env}="
                 f"{DEFAULT_CLIENT_SECRET}",
                 flush=True,
             )
@@ -385,8 +391,9 @@ def _report(args: argparse.Namespace) -> int:
     config = _load(args)
     out = Path(args.out) if args.out else config.output.dir
     job.check_output_dir(out)
+    options = audit_options(config.output, os.environ)
     with Journal(config.state.path) as journal:
-        path, run, with_values = history.report(journal, args.run_id, out)
+        path, run, with_values = history.report(journal, args.run_id, out, options)
     print(f"run {run.run_id} ({run.status}): audit workbook rebuilt from the journal: {path}")
     if with_values:
         print("it holds the pass values the journal kept: keep it private")

@@ -8,8 +8,11 @@ Secrets never live here: only the *names* of the variables or files that hold th
 
 from __future__ import annotations
 
+import ipaddress
+import os
 import re
 import ssl
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import time
@@ -36,6 +39,9 @@ DEFAULT_BACKOFF_MAX_SECONDS = 60.0
 DEFAULT_SETTLE_SECONDS = 10.0
 DEFAULT_STOP_GRACE_SECONDS = 15.0
 DEFAULT_STATE_PATH = "state/onboard-journal.sqlite"
+# Limits on an input file: far above any month's new hires, far below what could exhaust memory.
+DEFAULT_MAX_ROWS = 200_000
+DEFAULT_MAX_MB = 200
 MIN_LIFETIME_MINUTES = 10
 MAX_LIFETIME_MINUTES = 43200
 SIMULATOR = "simulator"
@@ -72,11 +78,20 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
         "client_id": None,
         "method": "client_secret",
         "client_secret_env": "ONBOARD_CLIENT_SECRET",
+        "client_secret_file": None,
+        "client_secret": None,
         "certificate_path": None,
         "certificate_password_env": None,
+        "certificate_password_file": None,
+        "certificate_password": None,
         "authority": None,
     },
-    "input": {"sheet": None, "columns": {k: list(v) for k, v in DEFAULT_COLUMNS.items()}},
+    "input": {
+        "sheet": None,
+        "columns": {k: list(v) for k, v in DEFAULT_COLUMNS.items()},
+        "max_rows": DEFAULT_MAX_ROWS,
+        "max_mb": DEFAULT_MAX_MB,
+    },
     "pass": {
         "lifetime_minutes": DEFAULT_LIFETIME_MINUTES,
         "usable_once": True,
@@ -95,7 +110,13 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
         "stop_grace_seconds": DEFAULT_STOP_GRACE_SECONDS,
         "due_within_days": None,
     },
-    "output": {"dir": "audit"},
+    "output": {
+        "dir": "audit",
+        "password_env": None,
+        "password_file": None,
+        "password": None,
+        "redacted_copy": False,
+    },
     "state": {"path": DEFAULT_STATE_PATH},
     "simulator": {
         "tenant": None,
@@ -110,6 +131,12 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 _AUTH_METHODS = ("client_secret", "certificate", "managed_identity")
+# Keys that hold a secret inline: allowed only in an owner-only config file, never from ONBOARD_*.
+INLINE_SECRETS = (
+    ("auth", "client_secret"),
+    ("auth", "certificate_password"),
+    ("output", "password"),
+)
 _UNSAFE_TENANTS = {"common", "organizations", "consumers"}
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
 _DOMAIN = re.compile(r"^[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
@@ -132,13 +159,57 @@ class GraphSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class Secret:
+    """Where one secret is read from: a file, else an environment variable (or, from an
+    owner-only config file, inline). Its repr and `where` never show the value."""
+
+    key: str  # the config key, e.g. "auth.client_secret"
+    env: str | None = None
+    file: Path | None = None
+    inline: str | None = field(default=None, repr=False)
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.inline is not None or self.file or self.env)
+
+    @property
+    def where(self) -> str:
+        if self.inline is not None:
+            return f"{self.key} in the config file"
+        if self.file is not None:
+            return f"the file {self.file} ({self.key}_file)"
+        if self.env:
+            return f"the environment variable {self.env} ({self.key}_env)"
+        return "nowhere (not configured)"
+
+    def read(self, environ: Mapping[str, str]) -> str | None:
+        """The secret; None when none is configured. Raises ConfigError when one is
+        configured but missing or empty."""
+        if self.inline is not None:
+            value: str | None = self.inline
+        elif self.file is not None:
+            try:
+                value = self.file.read_text(encoding="utf-8").rstrip("\r\n")
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = getattr(exc, "strerror", None) or "not UTF-8 text"
+                raise ConfigError(f"cannot read {self.where}: {reason}") from None
+        elif self.env:
+            value = environ.get(self.env)
+        else:
+            return None
+        if not value:
+            raise ConfigError(f"{self.key} is read from {self.where}, which is not set or empty")
+        return value
+
+
+@dataclass(frozen=True, slots=True)
 class AuthSettings:
     tenant_id: str | None = None
     client_id: str | None = None
     method: str = "client_secret"
-    client_secret_env: str = "ONBOARD_CLIENT_SECRET"  # noqa: S105 - a variable name
+    client_secret: Secret = Secret("auth.client_secret", env="ONBOARD_CLIENT_SECRET")
     certificate_path: Path | None = None
-    certificate_password_env: str | None = None
+    certificate_password: Secret = Secret("auth.certificate_password")
     authority: str | None = None
 
 
@@ -146,6 +217,8 @@ class AuthSettings:
 class InputSettings:
     sheet: str | int | None = None
     columns: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: dict(DEFAULT_COLUMNS))
+    max_rows: int = DEFAULT_MAX_ROWS
+    max_mb: float = DEFAULT_MAX_MB
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +250,8 @@ class RunSettings:
 @dataclass(frozen=True, slots=True)
 class OutputSettings:
     dir: Path = Path("audit")
+    password: Secret = Secret("output.password")  # encrypts the audit workbook when configured
+    redacted_copy: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,7 +300,9 @@ class Config:
         for section, obj in sections:
             for name in obj.__dataclass_fields__:
                 value = getattr(obj, name)
-                if isinstance(value, Mapping):
+                if isinstance(value, Secret):
+                    value = value.where if value.configured else None
+                elif isinstance(value, Mapping):
                     value = "; ".join(f"{k}: {', '.join(v)}" for k, v in value.items())
                 elif isinstance(value, time):
                     value = f"{value:%H:%M}"
@@ -255,6 +332,7 @@ def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -
             raise ConfigError(f"{source}: expected sections like 'graph:' and 'auth:' at the top")
         raw = loaded
         base = source.resolve().parent
+        _check_inline_secrets(raw, source)
     merged = _merge(raw, source)
     overrides = _apply_env(merged, env)
     return _build(merged, base, source, overrides)
@@ -308,7 +386,7 @@ def _apply_env(
     known: set[str] = set()
     for section, values in merged.items():
         for key in values:
-            if section == "input" and key == "columns":
+            if (section == "input" and key == "columns") or (section, key) in INLINE_SECRETS:
                 continue
             name = f"{ENV_PREFIX}{section}_{key}".upper()
             known.add(name)
@@ -318,11 +396,23 @@ def _apply_env(
                     values[key] = yaml.safe_load(env[name])
                 except yaml.YAMLError:
                     values[key] = env[name]
-    secrets = {merged["auth"]["client_secret_env"], merged["auth"]["certificate_password_env"]}
+    secrets = {
+        merged["auth"]["client_secret_env"],
+        merged["auth"]["certificate_password_env"],
+        merged["output"]["password_env"],
+    }
     prefixes = tuple(f"{ENV_PREFIX}{section.upper()}_" for section in merged)
     for name in env:
         if name.startswith(prefixes) and name not in known and name not in secrets:
             section = next(s for s in merged if name.startswith(f"{ENV_PREFIX}{s.upper()}_"))
+            inline = next(
+                (k for s, k in INLINE_SECRETS if name == f"{ENV_PREFIX}{s}_{k}".upper()), None
+            )
+            if inline is not None:
+                raise ConfigError(
+                    f"environment variable {name} is not read: a secret comes from the variable "
+                    f"that {section}.{inline}_env names, or the file {section}.{inline}_file names"
+                )
             close = sorted(n for n in known if n.startswith(f"{ENV_PREFIX}{section.upper()}_"))
             raise ConfigError(
                 f"environment variable {name} is not a setting; "
@@ -337,7 +427,7 @@ def env_override_names() -> list[str]:
         f"{ENV_PREFIX}{section}_{key}".upper()
         for section, values in _DEFAULTS.items()
         for key in values
-        if not (section == "input" and key == "columns")
+        if not (section == "input" and key == "columns") and (section, key) not in INLINE_SECRETS
     ]
 
 
@@ -434,13 +524,27 @@ def _build(
         _check_https(authority, "auth.authority", at("auth", "authority"))
     else:
         authority = None
+
+    def secret(section: str, key: str, default_env: str | None = None) -> Secret:
+        values = m[section]
+        env_name = values[f"{key}_env"] or default_env
+        inline = values[key]
+        file = path_or_none(values[f"{key}_file"])
+        if inline is not None and not isinstance(inline, str):
+            raise ConfigError(f"{where}: {section}.{key} must be text (quote it)")
+        if inline is not None and file is not None:
+            raise ConfigError(
+                f"{where}: {section}.{key} and {section}.{key}_file are both set; keep one"
+            )
+        return Secret(f"{section}.{key}", None if env_name is None else str(env_name), file, inline)
+
     auth = AuthSettings(
         tenant_id=tenant,
         client_id=client,
         method=method,
-        client_secret_env=str(a["client_secret_env"] or "ONBOARD_CLIENT_SECRET"),
+        client_secret=secret("auth", "client_secret", "ONBOARD_CLIENT_SECRET"),
         certificate_path=path_or_none(a["certificate_path"]),
-        certificate_password_env=a["certificate_password_env"] or None,
+        certificate_password=secret("auth", "certificate_password"),
         authority=authority,
     )
     if not graph.is_simulator:
@@ -463,7 +567,12 @@ def _build(
         raise ConfigError(
             f"{at('input', 'sheet')}: input.sheet must be a sheet name or a 0-based index"
         )
-    inp = InputSettings(sheet=sheet, columns=i["columns"])
+    inp = InputSettings(
+        sheet=sheet,
+        columns=i["columns"],
+        max_rows=number("input", "max_rows", int, 1, 10_000_000),
+        max_mb=number("input", "max_mb", float, 0.001, 100_000),
+    )
 
     p = m["pass"]
     start_time = _parse_time(p["start_time"], at("pass", "start_time"))
@@ -499,6 +608,9 @@ def _build(
         else number("run", "due_within_days", int, 0, 366),
     )
     out_dir = path_or_none(m["output"]["dir"]) or base / "audit"
+    output = OutputSettings(
+        out_dir, secret("output", "password"), boolean("output", "redacted_copy")
+    )
     s = m["simulator"]
     throttle_rate = s["throttle_rate"]
     simulator = SimulatorSettings(
@@ -516,7 +628,7 @@ def _build(
         seed=None if s["seed"] is None else number("simulator", "seed", int, 0),
     )
     state = StateSettings(path_or_none(m["state"]["path"]) or base / DEFAULT_STATE_PATH)
-    return Config(graph, auth, inp, pass_, run, OutputSettings(out_dir), simulator, state, source)
+    return Config(graph, auth, inp, pass_, run, output, simulator, state, source)
 
 
 def _check_ca_bundle(path: Path, where: str) -> None:
@@ -532,9 +644,46 @@ def _check_ca_bundle(path: Path, where: str) -> None:
 
 
 def _check_https(url: str, key: str, where: str) -> None:
+    """https:// only, so tokens and passes never cross a network in clear; plain http:// only
+    to this machine (a local simulator or test double)."""
     parts = urlsplit(url)
+    if parts.scheme == "http" and is_loopback(parts.hostname):
+        return
     if parts.scheme != "https" or not parts.hostname:
-        raise ConfigError(f"{where}: {key} must be an https:// URL, got {url!r}")
+        raise ConfigError(
+            f"{where}: {key} must be an https:// URL (http:// only to this machine: localhost, "
+            f"127.0.0.1 or ::1), got {url!r}"
+        )
+
+
+def is_loopback(host: str | None) -> bool:
+    if not host:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_inline_secrets(raw: dict[str, Any], source: Path) -> None:
+    """A secret written in the config file is refused unless only its owner can read the file."""
+    inline = [
+        f"{section}.{key}"
+        for section, key in INLINE_SECRETS
+        if isinstance(raw.get(section), dict) and raw[section].get(key) is not None
+    ]
+    if not inline or os.name == "nt":  # Windows: NTFS ACLs, not mode bits, guard the file
+        return
+    mode = stat.S_IMODE(source.stat().st_mode)
+    if mode & 0o077:
+        raise ConfigError(
+            f"{source} holds a secret ({', '.join(inline)}) but other users can read it "
+            f"(mode {mode:04o}): run 'chmod 600 {source}', or move the secret out of the file "
+            f"(into the environment variable {inline[0]}_env names, or a file {inline[0]}_file "
+            "names)"
+        )
 
 
 def _parse_time(value: Any, where: str) -> time:

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from . import __version__
-from .audit import FileSummary, RunSummary, write_audit
+from .audit import AuditOptions, FileSummary, RunSummary, write_audit
 from .config import Config
 from .errors import ConfigError
 from .journal import Journal, RunInfo
@@ -24,19 +24,23 @@ UNCONFIRMED = (
 )
 
 
-def recover_unfinished(journal: Journal, config: Config, *, exclude: str) -> list[RunInfo]:
+def recover_unfinished(
+    journal: Journal, config: Config, options: AuditOptions, *, exclude: str
+) -> list[RunInfo]:
     """Write the audit of every unfinished run except the one for `exclude` (to be resumed)."""
     recovered = []
     for run in journal.unfinished_runs():
         if run.input_key == exclude:
             continue
-        path = rebuild(journal, run, config.output.dir / f"onboard-{run.run_id}.xlsx")
+        path = rebuild(journal, run, config.output.dir / f"onboard-{run.run_id}.xlsx", options)
         journal.finish(run.run_id, "recovered", path)
         recovered.append(replace(run, status="recovered", audit_path=str(path)))
     return recovered
 
 
-def report(journal: Journal, run_id: str, directory: Path) -> tuple[Path, RunInfo, bool]:
+def report(
+    journal: Journal, run_id: str, directory: Path, options: AuditOptions
+) -> tuple[Path, RunInfo, bool]:
     """`onboard report`: the audit workbook of a past run, rebuilt from the journal.
 
     Returns the workbook, the run, and whether pass values are in it (only for a run killed
@@ -48,15 +52,16 @@ def report(journal: Journal, run_id: str, directory: Path) -> tuple[Path, RunInf
             f"no run {run_id} in the journal {journal.path}; 'onboard runs' lists them"
         )
     if run.status == "running":  # killed before its audit: this is its audit, values included
-        path = rebuild(journal, run, directory / f"onboard-{run.run_id}.xlsx")
+        path = rebuild(journal, run, directory / f"onboard-{run.run_id}.xlsx", options)
         journal.finish(run.run_id, "recovered", path)
         return path, replace(run, status="recovered", audit_path=str(path)), True
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    path = rebuild(journal, run, directory / f"onboard-{run.run_id}-rebuilt-{stamp}.xlsx")
+    path = directory / f"onboard-{run.run_id}-rebuilt-{stamp}.xlsx"
+    path = rebuild(journal, run, path, options)
     return path, run, False
 
 
-def rebuild(journal: Journal, run: RunInfo, path: Path) -> Path:
+def rebuild(journal: Journal, run: RunInfo, path: Path, options: AuditOptions) -> Path:
     """Write a workbook from what the journal holds (pass values only where still held)."""
     issued: list[Issued] = []
     failed: list[Failed] = []
@@ -82,4 +87,4 @@ def rebuild(journal: Journal, run: RunInfo, path: Path) -> Path:
         status="recovered from the journal" if run.status == "running" else run.status,
         notes=[("Rebuilt from the journal", datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"))],
     )
-    return write_audit(path, summary, issued, failed, skipped)
+    return write_audit(path, summary, issued, failed, skipped, options)

@@ -27,9 +27,9 @@ from aiohttp.helpers import get_env_proxy_for_url
 from yarl import URL
 
 from . import __version__
-from .audit import FileSummary, RunSummary, write_audit
+from .audit import AuditOptions, FileSummary, RunSummary, audit_options, write_audit
 from .auth import MsalTokenProvider, load_credential
-from .config import CLOUDS, Config, OutputSettings, RunSettings
+from .config import CLOUDS, Config, RunSettings
 from .errors import (
     AuditWriteError,
     AuthError,
@@ -40,6 +40,7 @@ from .errors import (
     ThrottledError,
     TransientError,
 )
+from .files import private_dir
 from .graph import GraphClient
 from .history import recover_unfinished
 from .journal import (
@@ -156,7 +157,7 @@ def check_output_dir(directory: Path) -> None:
             "set output.dir or --out to a folder"
         )
     try:
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        private_dir(directory)
         with tempfile.TemporaryFile(dir=directory):
             pass
     except OSError as exc:
@@ -188,8 +189,9 @@ async def run(
     """
     started = datetime.now(UTC)
     if out_dir is not None:
-        config = replace(config, output=OutputSettings(out_dir))
+        config = replace(config, output=replace(config.output, dir=out_dir))
     directory = config.output.dir
+    options = audit_options(config.output, env)  # a missing password stops the run here
     if not config.graph.is_simulator:
         warm_tls(config.graph.ca_bundle)  # while the spreadsheet is read
     files = read_all(config, inputs, started)
@@ -213,7 +215,7 @@ async def run(
     journal = Journal(config.state.path).open()
     try:
         check_free_space([directory, config.state.path.parent], len(requests) + len(checked))
-        for other in recover_unfinished(journal, config, exclude=_key(files)):
+        for other in recover_unfinished(journal, config, options, exclude=_key(files)):
             log.warning(
                 "run %s had stopped before writing its audit; its passes are now in %s",
                 other.run_id,
@@ -226,12 +228,12 @@ async def run(
         to_send, to_check = _sort(ledger, requests, checked, started, due, reissue, wanted_users)
         if to_send or to_check or any(i.unconfirmed for i in report.issued):
             try:
-                await _send(config, env, ledger, to_send, to_check, stop)
+                await _send(config, env, ledger, to_send, to_check, stop, options)
             except (AuthError, ConfigError):
                 if not report.resumed:  # nothing was sent and no pass is held: close it
                     journal.finish(report.run_id, "aborted", None)
                 raise
-        _finish(journal, config, report, directory)
+        _finish(journal, config, report, directory, options)
         return report
     finally:
         journal.close()
@@ -501,6 +503,7 @@ async def _send(
     requests: list[PassRequest],
     to_check: list[_Check],
     stop: asyncio.Event | None,
+    options: AuditOptions,
 ) -> None:
     """Connect, then issue; whatever happens once passes may exist, the audit gets written."""
     report = ledger.report
@@ -521,7 +524,7 @@ async def _send(
             report.stopped = f"crashed ({type(exc).__name__})"
             for r in pending.values():
                 ledger.replace(_unfinished(r))
-            _finish(ledger.journal, config, report, config.output.dir)
+            _finish(ledger.journal, config, report, config.output.dir, options)
             raise
 
 
@@ -798,8 +801,9 @@ async def _endpoint(config: Config, env: Mapping[str, str]) -> AsyncIterator[End
         yield Endpoint(config.graph.endpoint, authority_url(config), config.graph.ca_bundle, env)
         return
     yield_env = dict(env)
-    secret_env = config.auth.client_secret_env
-    yield_env.setdefault(secret_env, DEFAULT_CLIENT_SECRET)
+    secret = config.auth.client_secret
+    if secret.env and secret.inline is None and secret.file is None:
+        yield_env.setdefault(secret.env, DEFAULT_CLIENT_SECRET)  # the simulator's demo secret
     async with simulator_for(config) as sim:
         tenant = config.auth.tenant_id or SIMULATOR_TENANT
         log.info("running against the built-in Graph simulator at %s", sim.url)
@@ -852,7 +856,9 @@ def _rate_notes(rate: RateController | None) -> list[tuple[str, str | int]]:
     ]
 
 
-def _finish(journal: Journal, config: Config, report: RunReport, directory: Path) -> None:
+def _finish(
+    journal: Journal, config: Config, report: RunReport, directory: Path, options: AuditOptions
+) -> None:
     """Write the audit workbook, then (only then) mark the run finished and wipe its passes."""
     report.finished = datetime.now(UTC)
     notes: list[tuple[str, str | int]] = [
@@ -873,7 +879,9 @@ def _finish(journal: Journal, config: Config, report: RunReport, directory: Path
     )
     path = directory / f"onboard-{report.run_id}.xlsx"
     try:
-        report.audit_path = write_audit(path, summary, report.issued, report.failed, report.skipped)
+        report.audit_path = write_audit(
+            path, summary, report.issued, report.failed, report.skipped, options
+        )
     except OSError as exc:
         raise AuditWriteError(
             f"could not write the audit workbook {path}: {exc.strerror}. The passes are kept in "

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, JournalLocked
+from .files import private_dir
 from .outcomes import (
     INTERRUPTED,
     NOT_SENT,
@@ -122,7 +123,7 @@ class Journal:
         lock=False only reads (listing runs while another run holds the lock).
         """
         try:
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            private_dir(self.path.parent)
             if lock:
                 self._lock()
             if not self.path.exists():

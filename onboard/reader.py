@@ -11,21 +11,26 @@ import hashlib
 import io
 import math
 import re
+import stat
 import unicodedata
 import zipfile
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import msoffcrypto
 import pandas as pd
+from msoffcrypto.exceptions import FileFormatError
+from openpyxl.utils import get_column_letter
 
 from .config import MAX_LIFETIME_MINUTES, MIN_LIFETIME_MINUTES, InputSettings, PassSettings
 from .errors import InputFileError
 from .outcomes import Failed, Origin, PassRequest, Skipped
 
-EXCEL_SUFFIXES = (".xlsx", ".xlsm")
+EXCEL_SUFFIXES = (".xlsx", ".xlsm")  # .xlsm: values only; its macros are never run
 CSV_SUFFIXES = (".csv", ".txt")
 GUEST_MARKER = "#EXT#"
 GUEST_REFUSAL = "Temporary Access Pass cannot be added to an external guest user."
@@ -44,6 +49,13 @@ _INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff"), None)
 _SERIAL_RANGE = (20000, 80000)
 _EXCEL_EPOCH = date(1899, 12, 30)
 _AHEAD = timedelta(days=MAX_DAYS_AHEAD)
+# Excel's own limit for one cell: anything longer did not come from a real sheet.
+MAX_CELL_CHARS = 32_767
+ZIP_MAGIC = b"PK\x03\x04"
+OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # old .xls, and password-protected .xlsx
+MB = 2**20
+# Characters no text file has many of (tab, newlines and form feed excluded).
+_CONTROL = re.compile("[\x00-\x08\x0e-\x1f\x7f]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,20 +86,13 @@ def read_input(
     """
     path = Path(path)
     now = now or datetime.now(UTC)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise InputFileError("file not found", path=str(path)) from None
-    except IsADirectoryError:
-        raise InputFileError("is a directory, not a spreadsheet", path=str(path)) from None
-    except OSError as exc:
-        raise InputFileError(f"cannot read: {exc.strerror}", path=str(path)) from None
+    data = _read_bytes(path, settings.max_mb)
     digest = hashlib.sha256(data).hexdigest()
     suffix = path.suffix.lower()
     if suffix in EXCEL_SUFFIXES:
         sheet, table = _read_excel(data, path, settings)
     elif suffix in CSV_SUFFIXES:
-        sheet, table = None, _read_csv(data, path)
+        sheet, table = None, _read_csv(data, path, settings.max_rows)
     else:
         raise InputFileError(
             f"unsupported file type '{path.suffix}'; use .xlsx or .csv", path=str(path)
@@ -105,6 +110,14 @@ def read_input(
     body = table[1:]
     while body and all(_blank(v) for v in body[-1]):
         body.pop()
+    if len(body) > settings.max_rows:
+        where = f"sheet '{sheet}' has" if sheet else "has"
+        raise InputFileError(
+            f"{where} more than {settings.max_rows:,} rows (input.max_rows): refused; split it, "
+            "or raise input.max_rows if it really is one batch",
+            path=str(path),
+        )
+    _check_cells(table, path)
     result = InputFile(path, digest, sheet, headers, len(body))
     for index, values in enumerate(body):
         origin = Origin(source or path.name, index + 2)
@@ -119,18 +132,49 @@ def read_input(
     return result
 
 
+def _read_bytes(path: Path, max_mb: float) -> bytes:
+    """The whole file, if it is a regular file within input.max_mb (a device or pipe is not)."""
+    try:
+        info = path.stat()
+        if stat.S_ISDIR(info.st_mode):
+            raise InputFileError("is a directory, not a spreadsheet", path=str(path))
+        if not stat.S_ISREG(info.st_mode):
+            raise InputFileError("is not a regular file (a device or a pipe?)", path=str(path))
+        if info.st_size > max_mb * MB:
+            raise InputFileError(
+                f"is {info.st_size / MB:,.1f} MB, over the input.max_mb limit of {max_mb:g} MB: "
+                "refused unread (is it the right file?)",
+                path=str(path),
+            )
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise InputFileError("file not found", path=str(path)) from None
+    except OSError as exc:
+        raise InputFileError(f"cannot read: {exc.strerror}", path=str(path)) from None
+
+
 def _read_excel(data: bytes, path: Path, settings: InputSettings) -> tuple[str, list[list[Any]]]:
+    if data.startswith(OLE_MAGIC):
+        raise InputFileError(_office_file(data), path=str(path))
     if not zipfile.is_zipfile(io.BytesIO(data)):
-        raise InputFileError(
-            "not a valid .xlsx workbook (is it an old .xls, password-protected, or renamed?)",
-            path=str(path),
-        )
+        raise InputFileError(_not_a_workbook(data), path=str(path))
+    _check_zip(data, path, settings.max_mb)
     try:
         sheets: dict[str, pd.DataFrame] = pd.read_excel(
-            io.BytesIO(data), sheet_name=None, header=None, dtype=object, engine="calamine"
+            io.BytesIO(data),
+            sheet_name=None,
+            header=None,
+            dtype=object,
+            engine="calamine",
+            nrows=settings.max_rows + 2,  # the header, the limit, and one more to tell
         )
-    except Exception as exc:  # the engine raises many kinds for a damaged file
-        raise InputFileError(f"cannot open the workbook: {exc}", path=str(path)) from None
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # the engine raises many kinds (a Rust panic too) when damaged
+        detail = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        raise InputFileError(
+            f"cannot open the workbook (damaged?): {detail}", path=str(path)
+        ) from None
     names = list(sheets)
     wanted = settings.sheet
     if wanted is not None:
@@ -171,10 +215,88 @@ def _rows(frame: pd.DataFrame) -> list[list[Any]]:
     return [[None if _is_missing(v) else v for v in row] for row in frame.itertuples(index=False)]
 
 
-def _read_csv(data: bytes, path: Path) -> list[list[Any]]:
-    if b"\x00" in data[:4096] and not data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise InputFileError("not a text CSV file (it contains binary data)", path=str(path))
-    text = _decode(data)
+def _office_file(data: bytes) -> str:
+    """Why an Office container (not a zip) cannot be read: a password, or the old .xls format."""
+    try:
+        office = msoffcrypto.OfficeFile(io.BytesIO(data))
+        protected = office.format == "ooxml" or office.is_encrypted()
+    except (FileFormatError, OSError, ValueError, KeyError, IndexError):
+        protected = False
+    if protected:
+        return (
+            "is password-protected: onboard does not open protected workbooks. Save a copy "
+            "without the password (File > Info > Protect Workbook > Encrypt with Password, "
+            "clear it) and keep that copy private"
+        )
+    return "is an old Excel 97-2003 (.xls) or other Office file: open it in Excel, save as .xlsx"
+
+
+def _not_a_workbook(data: bytes) -> str:
+    """Why bytes named .xlsx are not a workbook, as a person would describe the file."""
+    head = data[:2048]
+    if data.startswith(ZIP_MAGIC):
+        return "is damaged or incomplete (truncated?): save it again from Excel, or copy it again"
+    if head.startswith(b"%PDF"):
+        return "is a PDF, not a workbook"
+    if b"\x00" not in head and head:
+        lowered = head.lower()
+        if b"<html" in lowered or b"<table" in lowered or b"<!doctype" in lowered:
+            return "is a web page (HTML) with an Excel name: open it in Excel, save as .xlsx"
+        return "is a text file (a CSV?), not an .xlsx workbook: if it is a CSV, name it .csv"
+    return "is not an .xlsx workbook (its contents are something else)"
+
+
+def _check_zip(data: bytes, path: Path, max_mb: float) -> None:
+    """Refuse a workbook that is damaged, or would unpack to more than input.max_mb, before
+    the reader unpacks it. Every part is inflated once here by Python's zipfile, which stops at
+    the size the zip declares and checks each part's checksum, so a part cannot lie its way
+    past the size limit either."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            parts = archive.infolist()
+            names = {p.filename for p in parts}
+            if "[Content_Types].xml" not in names or not any(n.startswith("xl/") for n in names):
+                raise InputFileError(
+                    "is a zip file but not an Excel workbook (a Word file or an archive, renamed?)",
+                    path=str(path),
+                )
+            unpacked = sum(p.file_size for p in parts)
+            if unpacked > max_mb * MB:
+                raise InputFileError(
+                    f"would unpack to {unpacked / MB:,.0f} MB, over the input.max_mb limit of "
+                    f"{max_mb:g} MB: refused unread (a decompression bomb, or far more than a "
+                    "new-hire list)",
+                    path=str(path),
+                )
+            if any(p.flag_bits & 0x1 for p in parts):
+                raise InputFileError("is an encrypted zip, not a workbook", path=str(path))
+            damaged = archive.testzip()
+    except InputFileError:
+        raise
+    except (zipfile.BadZipFile, NotImplementedError, RuntimeError, EOFError, OSError,
+            ValueError, zlib.error):  # fmt: skip
+        damaged = "?"
+    if damaged is not None:
+        raise InputFileError(
+            "is damaged (truncated or corrupt): save it again from Excel, or copy it again",
+            path=str(path),
+        )
+
+
+def _check_cells(table: list[list[Any]], path: Path) -> None:
+    for number, row in enumerate(table, start=1):
+        for index, value in enumerate(row):
+            if isinstance(value, str) and len(value) > MAX_CELL_CHARS:
+                raise InputFileError(
+                    f"row {number}, column {get_column_letter(index + 1)}: a cell of "
+                    f"{len(value):,} characters, more than Excel's {MAX_CELL_CHARS:,}: refused "
+                    "(is it the right file?)",
+                    path=str(path),
+                )
+
+
+def _read_csv(data: bytes, path: Path, max_rows: int) -> list[list[Any]]:
+    text = _decode(data, path)
     sample = text[:8192]
     try:
         dialect = csv.Sniffer().sniff(sample.splitlines()[0] if sample else ",", ",;\t")
@@ -189,21 +311,49 @@ def _read_csv(data: bytes, path: Path) -> list[list[Any]]:
             dtype=str,
             keep_default_na=False,
             skip_blank_lines=False,
+            nrows=max_rows + 2,  # the header, the limit, and one more to tell
         )
     except pd.errors.EmptyDataError:
         return []
-    except (pd.errors.ParserError, ValueError) as exc:
-        raise InputFileError(f"cannot parse as CSV: {exc}", path=str(path)) from None
+    except (pd.errors.ParserError, ValueError, OverflowError) as exc:
+        detail = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        raise InputFileError(f"cannot parse as CSV: {detail}", path=str(path)) from None
     return [[None if v == "" else v for v in row] for row in frame.itertuples(index=False)]
 
 
-def _decode(data: bytes) -> str:
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        return data.decode("utf-16")
+def _decode(data: bytes, path: Path) -> str:
+    """Text from UTF-8 (with or without BOM), UTF-16 with its BOM, or Windows-1252; anything
+    else, or text full of control characters, is binary and refused."""
+    if data.startswith(ZIP_MAGIC):
+        raise InputFileError(
+            "is an Excel workbook (or another zip file), not a CSV: if it is a workbook, "
+            "name it .xlsx",
+            path=str(path),
+        )
+    if data.startswith(OLE_MAGIC):
+        raise InputFileError(
+            "is an Excel .xls or a password-protected workbook, not a CSV", path=str(path)
+        )
+    binary = InputFileError(
+        "is not a text CSV file (it contains binary data, or text in an encoding other than "
+        "UTF-8, UTF-16 or Windows-1252)",
+        path=str(path),
+    )
     try:
-        return data.decode("utf-8-sig")
+        if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+            text = data.decode("utf-16")
+        elif b"\x00" in data:
+            raise binary
+        else:
+            try:
+                text = data.decode("utf-8-sig")
+            except UnicodeDecodeError:
+                text = data.decode("cp1252")
     except UnicodeDecodeError:
-        return data.decode("cp1252", errors="replace")
+        raise binary from None
+    if "\x00" in text or len(_CONTROL.findall(text)) > len(text) // 20:
+        raise binary
+    return text
 
 
 def _map_columns(headers: Sequence[str], settings: InputSettings) -> dict[str, int]:

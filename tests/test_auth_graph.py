@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
 from onboard.auth import Credential, MsalTokenProvider, load_credential
-from onboard.config import AuthSettings
+from onboard.config import AuthSettings, Secret
 from onboard.errors import AuthError, ConfigError, GraphError
 from onboard.graph import GraphClient, user_path
 from onboard.outcomes import Origin, PassRequest
@@ -125,7 +125,8 @@ def test_certificate_credentials_sign_in_through_msal(serve_simulator, tmp_path:
     pem, pfx = make_certificate(tmp_path, b"pfx-pass-123")
     settings = AuthSettings(client_id=CLIENT_ID, method="certificate",
                             certificate_path=pem if kind == "pem" else pfx,
-                            certificate_password_env="CERT_PASSWORD")
+                            certificate_password=Secret("auth.certificate_password",
+                                                        env="CERT_PASSWORD"))
     credential = load_credential(settings, {"CERT_PASSWORD": "pfx-pass-123"})
     assert "pfx-pass-123" not in repr(credential)
     state = SimulatorState()
@@ -136,7 +137,7 @@ def test_certificate_credentials_sign_in_through_msal(serve_simulator, tmp_path:
 
 def test_missing_secret_variable_is_a_config_error() -> None:
     """No secret in the environment: a ConfigError naming the variable, before any network."""
-    with pytest.raises(ConfigError, match="ONBOARD_CLIENT_SECRET, which is not set"):
+    with pytest.raises(ConfigError, match=r"ONBOARD_CLIENT_SECRET \(auth.client_secret_env\), which is not set"):
         load_credential(AuthSettings(client_id=CLIENT_ID), {})
 
 

@@ -145,7 +145,7 @@ def test_sheet_is_found_by_its_user_column(tmp_path: Path) -> None:
     ("content", "name", "message"),
     [
         (None, "missing.xlsx", "missing.xlsx: file not found"),
-        (b"hello", "renamed.xlsx", "not a valid .xlsx workbook"),
+        (b"hello", "renamed.xlsx", "is a text file (a CSV?), not an .xlsx workbook"),
         (b"Name,Department\nAda,Eng\n", "hires.csv",
          "no user column: expected one of userPrincipalName, UPN, Work Email, Email; "
          "headers found: 'Name', 'Department'"),
