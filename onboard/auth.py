@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 import msal
 import requests
 
+from . import redact
 from .config import AuthSettings
 from .errors import AuthError, ConfigError
 
@@ -149,6 +150,7 @@ class MsalTokenProvider:
             description = str(result.get("error_description") or "").split("\r\n")[0]
             raise AuthError(_explain(error, description), error=error)
         self._token = str(token)
+        redact.remember(self._token)
         self._expires_at = self._clock() + float(result.get("expires_in") or 3600)
         self.acquired += 1
         log.debug("access token acquired (expires in %ss)", result.get("expires_in"))

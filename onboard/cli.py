@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import __version__, history, job
+from . import __version__, history, job, redact
 from .audit import audit_options, redacted_path
 from .config import Config, load_config
 from .errors import (
@@ -457,7 +457,7 @@ def _count(n: int, noun: str) -> str:
 
 def _setup_logging(verbosity: int, log_file: str | None = None) -> None:
     level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
-    formatter = logging.Formatter(
+    formatter = redact.Formatter(
         "%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%SZ"
     )
     formatter.converter = time.gmtime  # UTC, like the audit workbook

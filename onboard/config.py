@@ -23,6 +23,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
+from . import redact
 from .errors import ConfigError
 from .rate import DEFAULT_MAX_RATE
 
@@ -199,6 +200,7 @@ class Secret:
             return None
         if not value:
             raise ConfigError(f"{self.key} is read from {self.where}, which is not set or empty")
+        redact.remember(value)
         return value
 
 

@@ -18,6 +18,7 @@ from urllib.parse import quote
 import aiohttp
 from yarl import URL
 
+from . import redact
 from .auth import TokenProvider
 from .errors import AuthError, GraphError, ThrottledError, TransientError
 from .outcomes import PassRequest
@@ -57,7 +58,11 @@ class CreatedPass:
 
 
 def user_path(user: str) -> str:
-    """The URL path segment for a user: percent-encoded, and `users('$x@y')` for a leading $."""
+    """The URL path segment for a user: percent-encoded (no '/', '?', '#', '%' or control
+    character survives), and `users('$x@y')` for a leading $. Whatever the value, the request
+    names one user: an empty value, or one that is only dots, is refused."""
+    if not user.strip("."):
+        raise ValueError("a user must be named by a UPN or an object id")
     encoded = quote(user, safe="@")
     if user.startswith("$"):
         return f"users('{encoded}')"
@@ -213,6 +218,7 @@ class GraphClient:
         request_id: str | None,
         note: str,
     ) -> CreatedPass:
+        redact.remember(str(data.get("temporaryAccessPass") or ""))
         try:
             return CreatedPass(
                 value=str(data["temporaryAccessPass"]),

@@ -286,11 +286,13 @@ def _check_zip(data: bytes, path: Path, max_mb: float) -> None:
 def _check_cells(table: list[list[Any]], path: Path) -> None:
     for number, row in enumerate(table, start=1):
         for index, value in enumerate(row):
-            if isinstance(value, str) and len(value) > MAX_CELL_CHARS:
+            if isinstance(value, str) and len(value) >= MAX_CELL_CHARS:
+                # The .xlsx reader cuts a longer cell to Excel's limit: at the limit means over.
+                size = f"{len(value):,}" + (" or more" if len(value) == MAX_CELL_CHARS else "")
                 raise InputFileError(
-                    f"row {number}, column {get_column_letter(index + 1)}: a cell of "
-                    f"{len(value):,} characters, more than Excel's {MAX_CELL_CHARS:,}: refused "
-                    "(is it the right file?)",
+                    f"row {number}, column {get_column_letter(index + 1)}: a cell of {size} "
+                    f"characters (Excel's limit is {MAX_CELL_CHARS:,}; no new-hire field comes "
+                    "close): refused, is it the right file?",
                     path=str(path),
                 )
 

@@ -137,7 +137,8 @@ def test_certificate_credentials_sign_in_through_msal(serve_simulator, tmp_path:
 
 def test_missing_secret_variable_is_a_config_error() -> None:
     """No secret in the environment: a ConfigError naming the variable, before any network."""
-    with pytest.raises(ConfigError, match=r"ONBOARD_CLIENT_SECRET \(auth.client_secret_env\), which is not set"):
+    with pytest.raises(ConfigError,
+                       match=r"ONBOARD_CLIENT_SECRET \(auth.client_secret_env\), which is not set"):
         load_credential(AuthSettings(client_id=CLIENT_ID), {})
 
 

@@ -1,0 +1,40 @@
+"""A last guard for text onboard does not write itself: exception tracebacks.
+
+onboard's own messages never hold a pass value or a secret (the tests check every one). A
+traceback can quote a library's message, though, and a library may echo what it was given; so
+every pass value, access token and secret is remembered here as it appears, and the log's
+traceback text has each one replaced before it is written anywhere.
+"""
+
+from __future__ import annotations
+
+import logging
+from types import TracebackType
+
+HIDDEN = "<hidden>"
+_known: set[str] = set()
+
+ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None] | tuple[None, None, None]
+
+
+def remember(value: str | None) -> None:
+    """Hide `value` from every traceback from now on."""
+    if value and len(value) >= 4:
+        _known.add(value)
+
+
+def scrub(text: str) -> str:
+    """`text` with every remembered value replaced by <hidden>."""
+    for value in sorted((v for v in _known if v in text), key=len, reverse=True):
+        text = text.replace(value, HIDDEN)
+    return text
+
+
+class Formatter(logging.Formatter):
+    """A log formatter whose tracebacks (and stack traces) never show a remembered value."""
+
+    def formatException(self, ei: ExcInfo) -> str:
+        return scrub(super().formatException(ei))
+
+    def formatStack(self, stack_info: str) -> str:
+        return scrub(super().formatStack(stack_info))
