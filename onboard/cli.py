@@ -395,6 +395,10 @@ def _report(args: argparse.Namespace) -> int:
     with Journal(config.state.path) as journal:
         path, run, with_values = history.report(journal, args.run_id, out, options)
     print(f"run {run.run_id} ({run.status}): audit workbook rebuilt from the journal: {path}")
+    if options.password is not None:
+        print(f"it is encrypted with the password from {config.output.password.where}")
+    if options.redacted_copy:
+        print(f"the same without pass values: {redacted_path(path)}")
     if with_values:
         print("it holds the pass values the journal kept: keep it private")
     else:

@@ -9,6 +9,7 @@ Secrets never live here: only the *names* of the variables or files that hold th
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import re
 import ssl
@@ -26,6 +27,8 @@ import yaml
 from . import redact
 from .errors import ConfigError
 from .rate import DEFAULT_MAX_RATE
+
+log = logging.getLogger(__name__)
 
 DEFAULT_LIFETIME_MINUTES = 480
 DEFAULT_START_TIME = "08:00"
@@ -191,9 +194,14 @@ class Secret:
         elif self.file is not None:
             try:
                 value = self.file.read_text(encoding="utf-8").rstrip("\r\n")
+                mode = stat.S_IMODE(self.file.stat().st_mode)
             except (OSError, UnicodeDecodeError) as exc:
                 reason = getattr(exc, "strerror", None) or "not UTF-8 text"
                 raise ConfigError(f"cannot read {self.where}: {reason}") from None
+            if mode & 0o077 and os.name != "nt":
+                log.warning(
+                    "%s can be read by other users (mode %04o): chmod 600 it", self.where, mode
+                )
         elif self.env:
             value = environ.get(self.env)
         else:

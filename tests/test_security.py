@@ -345,16 +345,21 @@ def test_inline_secret_needs_an_owner_only_config(
     assert main(["run", str(sheet(tmp_path)), "-c", str(config)]) == 0
 
 
-def test_secret_from_a_file(tmp_path: Path, serve_simulator, monkeypatch: pytest.MonkeyPatch
-                            ) -> None:
-    """auth.client_secret_file (a mounted secret, say) is read, trailing newline dropped."""
+def test_secret_from_a_file(tmp_path: Path, serve_simulator, monkeypatch: pytest.MonkeyPatch,
+                            capsys: pytest.CaptureFixture[str]) -> None:
+    """auth.client_secret_file (a mounted secret, say) is read, trailing newline dropped; a
+    file others can read is used with a warning to chmod it."""
     monkeypatch.delenv("ONBOARD_CLIENT_SECRET", raising=False)
     secret_file = tmp_path / "secret.txt"
     secret_file.write_text(CLIENT_SECRET + "\n")
+    secret_file.chmod(0o644)
     state = SimulatorState(users(*HIRES), client_secret=CLIENT_SECRET)
     sim = serve_simulator(state)
     config = sim.config(tmp_path / "c.yaml", auth={"client_secret_file": str(secret_file)})
     assert main(["run", str(sheet(tmp_path)), "-c", str(config)]) == 0
+    err = capsys.readouterr().err
+    assert f"the file {secret_file} (auth.client_secret_file) can be read by other users " \
+           "(mode 0644): chmod 600 it" in err and CLIENT_SECRET not in err
     other = tmp_path / "other"
     other.mkdir()
     missing = sim.config(other / "d.yaml", auth={"client_secret_file": str(tmp_path / "no")})
