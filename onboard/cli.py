@@ -392,7 +392,7 @@ def _report(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else config.output.dir
     job.check_output_dir(out)
     options = audit_options(config.output, os.environ)
-    with Journal(config.state.path) as journal:
+    with Journal(config.state.path, options.password) as journal:
         path, run, with_values = history.report(journal, args.run_id, out, options)
     print(f"run {run.run_id} ({run.status}): audit workbook rebuilt from the journal: {path}")
     if options.password is not None:

@@ -212,7 +212,7 @@ async def run(
     due = due_within_days if due_within_days is not None else config.run.due_within_days
     config = replace(config, run=replace(config.run, due_within_days=due))
     check_output_dir(directory)
-    journal = Journal(config.state.path).open()
+    journal = Journal(config.state.path, options.password).open()
     try:
         check_free_space([directory, config.state.path.parent], len(requests) + len(checked))
         for other in recover_unfinished(journal, config, options, exclude=_key(files)):
@@ -343,7 +343,7 @@ class _Ledger:
             if isinstance(item, PassRequest):
                 sql, params = SENDING_SQL, sending_params(run_id, item)
             else:
-                sql, params = RECORD_SQL, record_params(run_id, item)
+                sql, params = RECORD_SQL, record_params(run_id, item, self.journal.seal)
             if steps and steps[-1][0] == sql:
                 steps[-1][1].append(params)
             else:
@@ -729,11 +729,14 @@ async def _stopped_within(stop: asyncio.Event | None, seconds: float) -> bool:
         return False
     if seconds <= 0:
         return stop.is_set()
+    # asyncio.wait, not wait_for: Python 3.11's wait_for loses a cancel (a second signal) that
+    # arrives as the event is already set.
+    waiter = asyncio.ensure_future(stop.wait())
     try:
-        await asyncio.wait_for(stop.wait(), seconds)
-    except TimeoutError:
-        return False
-    return True
+        done, _ = await asyncio.wait([waiter], timeout=seconds)
+    finally:
+        waiter.cancel()
+    return bool(done)
 
 
 CONFIRM_ROUNDS = 3

@@ -6,22 +6,30 @@ known. A pass value is kept only until the audit workbook holding it is on disk;
 the values in the same transaction that marks the run finished. What stays: each row's outcome,
 user, start date, method id, request id and times, so later runs know who already has a pass.
 
+With output.password set, the pass values are encrypted here too (Fernet, with a key derived
+from that password by scrypt and a salt kept in the journal): the audit workbook is then not the
+only thing that is never in clear on disk, the journal is not either, even mid-run.
+
 A lock file beside the journal keeps two runs from using it at once.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
 import sqlite3
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
+
+from cryptography.fernet import Fernet, InvalidToken
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from .errors import ConfigError, JournalLocked
 from .files import private_dir
@@ -64,7 +72,9 @@ CREATE TABLE IF NOT EXISTS rows (
     PRIMARY KEY (run_id, source, row)
 );
 CREATE INDEX IF NOT EXISTS rows_by_user ON rows (user_key, updated);
+CREATE TABLE IF NOT EXISTS settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+SEALED = "sealed:"  # the prefix of a pass value encrypted with output.password
 # A row's states. in_flight: a create was sent, no answer recorded yet. issued: Graph returned
 # the pass and nothing sent since can have replaced it. unclear: issued, but a request whose
 # answer was lost may still replace it: check with Graph before trusting it. interrupted: the
@@ -110,8 +120,10 @@ class RowState:
 class Journal:
     """One SQLite journal, opened and locked for the length of a run."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, password: str | None = None) -> None:
         self.path = path
+        self._password = password
+        self._fernet: Fernet | None = None
         self._lock_fd: int | None = None
         self._db: sqlite3.Connection | None = None
         self._guard = threading.Lock()
@@ -149,7 +161,39 @@ class Journal:
             if side.exists():
                 side.chmod(0o600)
         self._db = db
+        if self._password is not None:
+            self._fernet = Fernet(_derive_key(self._password, self._salt(db)))
         return self
+
+    def _salt(self, db: sqlite3.Connection) -> bytes:
+        db.execute(
+            "INSERT OR IGNORE INTO settings (name, value) VALUES ('salt', ?)",
+            (base64.b64encode(os.urandom(16)).decode(),),
+        )
+        (salt,) = db.execute("SELECT value FROM settings WHERE name='salt'").fetchone()
+        return base64.b64decode(salt)
+
+    def seal(self, value: str) -> str:
+        """A pass value as the journal stores it: encrypted when output.password is set."""
+        if self._fernet is None:
+            return value
+        return SEALED + self._fernet.encrypt(value.encode()).decode()
+
+    def unseal(self, stored: str | None) -> str | None:
+        if stored is None or not stored.startswith(SEALED):
+            return stored
+        if self._fernet is None:
+            raise ConfigError(
+                f"the run journal {self.path} holds pass values encrypted with output.password: "
+                "set it as it was for that run"
+            )
+        try:
+            return self._fernet.decrypt(stored.removeprefix(SEALED).encode()).decode()
+        except InvalidToken:
+            raise ConfigError(
+                f"the run journal {self.path} holds pass values encrypted with a different "
+                "output.password: set the one used for that run"
+            ) from None
 
     def _lock(self) -> None:
         lock_path = self.path.with_name(self.path.name + ".lock")
@@ -306,7 +350,7 @@ class Journal:
 
     def record(self, run_id: str, outcome: Outcome) -> None:
         """Commit one row's outcome (with its pass value, if issued) the moment it is known."""
-        self.write([(RECORD_SQL, [record_params(run_id, outcome)])])
+        self.write([(RECORD_SQL, [record_params(run_id, outcome, self.seal)])])
 
     def rows(self, run_id: str) -> dict[Origin, RowState]:
         """Every row of a run as the journal knows it, outcomes rebuilt (values where held)."""
@@ -316,7 +360,7 @@ class Journal:
             "WHERE run_id=?",
             (run_id,),
         ):
-            outcome = from_record(json.loads(record), value) if record else None
+            outcome = from_record(json.loads(record), self.unseal(value)) if record else None
             found[Origin(source, row)] = RowState(state, user_key, attempts, outcome)
         return found
 
@@ -380,14 +424,16 @@ def sending_params(run_id: str, request: PassRequest) -> tuple[Any, ...]:
     )
 
 
-def record_params(run_id: str, outcome: Outcome) -> tuple[Any, ...]:
+def record_params(
+    run_id: str, outcome: Outcome, seal: Callable[[str], str] = str
+) -> tuple[Any, ...]:
     value = method_id = issued_at = None
     start_key = ""
     attempts = 0
     may_have_pass = False
     if isinstance(outcome, Issued):
         state = "unclear" if outcome.unconfirmed else "issued"
-        user, value = outcome.request.key, outcome.temporary_access_pass
+        user, value = outcome.request.key, seal(outcome.temporary_access_pass)
         start_key, attempts = outcome.request.start_key, outcome.attempts
         method_id, may_have_pass = outcome.method_id, True
         issued_at = (outcome.created or datetime.now(UTC)).isoformat()
@@ -554,3 +600,9 @@ def _time(text: str | None) -> datetime | None:
 def input_key(files: Sequence[tuple[Path, str]]) -> str:
     """What makes two invocations "the same command": the same files with the same contents."""
     return json.dumps(sorted([str(path.resolve()), digest] for path, digest in files))
+
+
+def _derive_key(password: str, salt: bytes) -> bytes:
+    """A Fernet key from the password: scrypt (n=2**14, r=8, p=1), about 50 ms, once per open."""
+    key = Scrypt(salt=salt, length=32, n=2**14, r=8, p=1).derive(password.encode())
+    return base64.urlsafe_b64encode(key)

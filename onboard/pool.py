@@ -315,9 +315,10 @@ async def _until_done_or_stopped(
         log.warning(
             "stopping: no new rows; waiting up to %.0f s for requests in flight", grace_seconds
         )
-        try:
-            await asyncio.wait_for(asyncio.shield(everything), grace_seconds)
-        except TimeoutError:
+        # asyncio.wait, not wait_for: Python 3.11's wait_for loses a cancel (a second signal)
+        # that arrives just as the last request in flight finishes.
+        done, _ = await asyncio.wait([everything], timeout=grace_seconds)
+        if not done:
             for task in workers:
                 task.cancel()
             await asyncio.gather(*workers, return_exceptions=True)

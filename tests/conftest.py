@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,11 @@ class Served:
     url: str
     ca_file: Path
     state: SimulatorState
+    loop: asyncio.AbstractEventLoop  # the simulator's: `freeze` holds every answer a while
+
+    def freeze(self, seconds: float) -> None:
+        """Hold every answer (in flight or not) for `seconds`: the simulator's thread sleeps."""
+        self.loop.call_soon_threadsafe(time.sleep, seconds)
 
     def config(self, path: Path, **sections: dict[str, Any]) -> Path:
         """Write a config.yaml pointing at this simulator as if it were a real tenant."""
@@ -64,7 +70,7 @@ def serve_simulator(tmp_path: Path) -> Iterator[Any]:
         async def main() -> None:
             stop = asyncio.Event()
             async with serve(state, cert_dir=tmp_path / f"certs{len(stops)}") as running:
-                box["served"] = Served(running.url, running.ca_file, state)
+                box["served"] = Served(running.url, running.ca_file, state, loop)
                 box["stop"] = stop
                 ready.set()
                 await stop.wait()

@@ -459,6 +459,9 @@ def test_second_signal_stops_at_once_and_the_same_command_resumes(
     config = sim.config(tmp_path / "c.yaml", run={"concurrency": 2})
     proc = run_cli(config, str(sheet))
     wait_until(lambda: len(state.issued) >= 5)
+    # Hold the answers to the requests in flight, so the run cannot finish them (and write its
+    # audit) between the two signals.
+    sim.freeze(1.0)
     proc.send_signal(signal.SIGINT)
     time.sleep(0.05)
     proc.send_signal(signal.SIGINT)

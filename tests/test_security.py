@@ -189,6 +189,62 @@ def test_run_encrypts_the_audit_and_writes_the_copy(
     assert not any(p.value.encode() in blob for p in state.issued)
 
 
+def killed_before_the_audit(tmp_path: Path, serve_simulator, monkeypatch: pytest.MonkeyPatch,
+                            password: str | None) -> tuple[SimulatorState, Path, bytes]:
+    """Run until every pass is issued, then die before writing the audit (as kill -9 would):
+    the simulator, the config, and every byte of the journal's files at that moment."""
+    from onboard import job
+
+    def killed(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setenv("ONBOARD_CLIENT_SECRET", CLIENT_SECRET)
+    state = SimulatorState(users(*HIRES), client_secret=CLIENT_SECRET)
+    sim = serve_simulator(state)
+    output = {"password_env": "AUDIT_PW"} if password else {}
+    config = sim.config(tmp_path / "c.yaml", output=output)
+    if password:
+        monkeypatch.setenv("AUDIT_PW", password)
+    with monkeypatch.context() as patch:
+        patch.setattr(job, "_finish", killed)
+        assert main(["run", str(sheet(tmp_path)), "-c", str(config)]) == 130
+    on_disk = b"".join(p.read_bytes() for p in (tmp_path / "state").iterdir())
+    return state, config, on_disk
+
+
+def test_with_a_password_the_journal_holds_no_pass_in_clear(
+    tmp_path: Path, serve_simulator, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Mid-run the journal keeps every issued pass (a crash must not lose one): encrypted with
+    output.password when it is set. The killed run's passes reach its encrypted audit through
+    `onboard report` with that password, and not with a wrong one."""
+    state, config, on_disk = killed_before_the_audit(tmp_path, serve_simulator, monkeypatch,
+                                                     WORKBOOK_PASSWORD)
+    assert len(state.issued) == len(HIRES)
+    assert not [p.value for p in state.issued if p.value.encode() in on_disk]
+    from onboard.journal import Journal
+
+    with Journal(tmp_path / "state" / "journal.sqlite").open(lock=False) as journal:
+        (run,) = journal.runs()
+    monkeypatch.setenv("AUDIT_PW", "not the password")
+    assert main(["report", run.run_id, "-c", str(config)]) == EXIT_BAD_INPUT
+    assert "encrypted with a different output.password" in capsys.readouterr().err
+    monkeypatch.setenv("AUDIT_PW", WORKBOOK_PASSWORD)
+    assert main(["report", run.run_id, "-c", str(config)]) == 0
+    book = load_workbook(decrypt(only_audit(tmp_path / "audit"), WORKBOOK_PASSWORD))
+    assert sorted(c.value for c in book["Issued"]["E"][1:]) == sorted(p.value for p in state.issued)
+
+
+def test_without_a_password_the_journal_holds_passes_until_the_audit(
+    tmp_path: Path, serve_simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The other side of the test above (so its scan of the journal's bytes can fail): with no
+    password, a killed run's journal holds its passes in clear, owner-only."""
+    state, _, on_disk = killed_before_the_audit(tmp_path, serve_simulator, monkeypatch, None)
+    assert all(p.value.encode() in on_disk for p in state.issued)
+
+
 # --- owner-only files ------------------------------------------------------------------------
 
 def test_every_file_and_folder_onboard_creates_is_owner_only(
