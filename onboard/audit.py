@@ -25,7 +25,7 @@ from typing import IO, Any
 from msoffcrypto.format.ooxml import OOXMLFile
 from openpyxl import Workbook
 from openpyxl.cell import WriteOnlyCell
-from openpyxl.cell.cell import ERROR_CODES, ILLEGAL_CHARACTERS_RE
+from openpyxl.cell.cell import ERROR_CODES
 from openpyxl.styles import Font
 from openpyxl.utils import get_column_letter
 from openpyxl.worksheet._write_only import WriteOnlyWorksheet
@@ -67,6 +67,9 @@ FAILED_COLUMNS = (
 SKIPPED_COLUMNS = ("Source file", "Row", "User", "Reason", "Previous run", "Issued at")
 SUMMARY_COLUMNS = ("Item", "Value", "Detail")
 REDACTED = "(not in this copy)"
+# What XML cannot hold: control characters (openpyxl refuses them) and lone surrogates (from a
+# file name that is not UTF-8; openpyxl would write a broken character reference).
+_ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff]")
 # Text starting with these would be read as a formula (or DDE) by a spreadsheet program.
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 _WIDTHS = {
@@ -360,7 +363,7 @@ def _cell(sheet: WriteOnlyWorksheet, value: Any) -> Any:
     if not isinstance(value, str):
         return value
     # openpyxl refuses control characters: show them escaped rather than fail the whole write.
-    text = ILLEGAL_CHARACTERS_RE.sub(_escape, value)
+    text = _ILLEGAL.sub(_escape, value)
     risky = text.startswith(FORMULA_PREFIXES) or text in ERROR_CODES
     if not risky:
         return text or None
@@ -372,7 +375,8 @@ def _cell(sheet: WriteOnlyWorksheet, value: Any) -> Any:
 
 
 def _escape(match: re.Match[str]) -> str:
-    return "".join(f"\\x{ord(c):02x}" for c in match.group(0))
+    # A lone surrogate is a byte of a file name that is not UTF-8 (surrogateescape).
+    return "".join(f"\\x{ord(c) & 0xFF:02x}" for c in match.group(0))
 
 
 def _save_atomically(path: Path, scratch: Path, save: Any) -> None:

@@ -40,6 +40,7 @@ from .errors import (
 )
 from .journal import Journal
 from .outcomes import Failed, Outcome, Skipped
+from .reader import printable
 
 EXIT_OK = 0
 EXIT_ROWS_FAILED = 1
@@ -348,7 +349,7 @@ def _validate(args: argparse.Namespace) -> int:
     skipped = [o for o in checked if isinstance(o, Skipped)]
     for file in files:
         sheet = f" (sheet '{file.sheet}')" if file.sheet else ""
-        print(f"{file.path}: {file.row_count} rows{sheet}")
+        print(f"{printable(str(file.path))}: {file.row_count} rows{sheet}")
     for f in sorted(failed, key=lambda f: (f.origin.source, f.origin.row)):
         print(f"  problem  {f.origin.source} row {f.origin.row}  {f.user or '-'}: {f.detail}")
     for s in sorted(skipped, key=lambda s: (s.origin.source, s.origin.row)):

@@ -335,7 +335,12 @@ def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -
         try:
             loaded = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{source} is not valid YAML: {exc}") from None
+            # Only the problem and where: PyYAML's message quotes the line, which may hold an
+            # inline secret.
+            mark = getattr(exc, "problem_mark", None)
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+            problem = getattr(exc, "problem", None) or "cannot be parsed"
+            raise ConfigError(f"{source} is not valid YAML: {problem}{where}") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

@@ -56,7 +56,7 @@ from .journal import (
 from .outcomes import Failed, Issued, Origin, Outcome, PassRequest, Skipped
 from .pool import Confirmation, OnOutcome, PoolResult, confirm, current_passes, issue_all
 from .rate import RateController
-from .reader import InputFile, plan, read_input, user_key
+from .reader import InputFile, plan, printable, read_input, user_key
 from .retrying import Retries
 from .simulator import DEFAULT_CLIENT_SECRET, Faults, RunningSimulator, SimulatorState, serve
 from .tls import make_ssl_context, requests_session
@@ -111,7 +111,7 @@ def read_all(config: Config, inputs: Sequence[str | Path], now: datetime) -> lis
     names = [p.name for p in paths]
     files: list[InputFile] = []
     for path in paths:
-        source = path.name if names.count(path.name) == 1 else str(path)
+        source = printable(path.name if names.count(path.name) == 1 else str(path))
         read = read_input(path, config.input, config.pass_, now=now, source=source)
         for earlier in files:
             if earlier.sha256 == read.sha256:

@@ -10,6 +10,7 @@ import csv
 import hashlib
 import io
 import math
+import os
 import re
 import stat
 import unicodedata
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import msoffcrypto
+import numpy as np
 import pandas as pd
 from msoffcrypto.exceptions import FileFormatError
 from openpyxl.utils import get_column_letter
@@ -48,12 +50,23 @@ _INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff"), None)
 # Excel serial day numbers for 1954..2119: anything else is not a plausible start date.
 _SERIAL_RANGE = (20000, 80000)
 _EXCEL_EPOCH = date(1899, 12, 30)
+EARLIEST_DATE = date(1900, 1, 1)
 _AHEAD = timedelta(days=MAX_DAYS_AHEAD)
 # Excel's own limit for one cell: anything longer did not come from a real sheet.
 MAX_CELL_CHARS = 32_767
 ZIP_MAGIC = b"PK\x03\x04"
 OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # old .xls, and password-protected .xlsx
 MB = 2**20
+MAX_COLUMNS = 702  # column ZZ: a new-hire sheet has a few dozen
+ROW_SLACK = 100  # title, header, totals and note rows around the data rows
+# A workbook part that holds a grid of cells (the reader builds a grid for each).
+_GRID_PART = re.compile(r"xl/(worksheets|macrosheets|dialogsheets)/[^/]+\.xml")
+_REF = re.compile(rb"([A-Za-z]*)([0-9]*)")
+_SPACED_NAME = re.compile(rb"\sr\s*\Z")
+_SPACED_VALUE = re.compile(rb"\s*[\"']([A-Za-z]*)([0-9]*)")
+_SPACE = np.array([9, 10, 13, 32], dtype=np.uint8)
+_DIGITS = np.arange(ord("0"), ord("9") + 1, dtype=np.uint8)
+_LETTERS = np.arange(ord("a"), ord("z") + 1, dtype=np.uint8)
 # Characters no text file has many of (tab, newlines and form feed excluded).
 _CONTROL = re.compile("[\x00-\x08\x0e-\x1f\x7f]")
 
@@ -107,16 +120,17 @@ def read_input(
         raise InputFileError(
             f"no user column: expected one of {wanted}; headers found: {found}", path=str(path)
         )
+    if len(table) > settings.max_rows + 1:  # read up to the limit and one more: more there
+        where = f"sheet '{sheet}' has" if sheet else "has"
+        raise InputFileError(
+            f"{where} more than {settings.max_rows:,} rows, blank rows included (input.max_rows):"
+            " refused; delete the rows below the data, split the file, or raise input.max_rows "
+            "if it really is one batch",
+            path=str(path),
+        )
     body = table[1:]
     while body and all(_blank(v) for v in body[-1]):
         body.pop()
-    if len(body) > settings.max_rows:
-        where = f"sheet '{sheet}' has" if sheet else "has"
-        raise InputFileError(
-            f"{where} more than {settings.max_rows:,} rows (input.max_rows): refused; split it, "
-            "or raise input.max_rows if it really is one batch",
-            path=str(path),
-        )
     _check_cells(table, path)
     result = InputFile(path, digest, sheet, headers, len(body))
     for index, values in enumerate(body):
@@ -133,24 +147,36 @@ def read_input(
 
 
 def _read_bytes(path: Path, max_mb: float) -> bytes:
-    """The whole file, if it is a regular file within input.max_mb (a device or pipe is not)."""
+    """The whole file, if it is a regular file within input.max_mb (not a device or a pipe).
+
+    Opened once, then checked on the open file, so nothing can swap it in between; opening
+    does not wait on a pipe (O_NONBLOCK), and reading stops one byte past the limit.
+    """
+    limit = int(max_mb * MB)
     try:
-        info = path.stat()
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except FileNotFoundError:
+        raise InputFileError("file not found", path=str(path)) from None
+    except IsADirectoryError:
+        raise InputFileError("is a directory, not a spreadsheet", path=str(path)) from None
+    except OSError as exc:
+        raise InputFileError(f"cannot read: {exc.strerror}", path=str(path)) from None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(fd)
         if stat.S_ISDIR(info.st_mode):
             raise InputFileError("is a directory, not a spreadsheet", path=str(path))
         if not stat.S_ISREG(info.st_mode):
             raise InputFileError("is not a regular file (a device or a pipe?)", path=str(path))
-        if info.st_size > max_mb * MB:
-            raise InputFileError(
-                f"is {info.st_size / MB:,.1f} MB, over the input.max_mb limit of {max_mb:g} MB: "
-                "refused unread (is it the right file?)",
-                path=str(path),
-            )
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise InputFileError("file not found", path=str(path)) from None
-    except OSError as exc:
-        raise InputFileError(f"cannot read: {exc.strerror}", path=str(path)) from None
+        try:
+            data = handle.read(limit + 1)
+        except OSError as exc:
+            raise InputFileError(f"cannot read: {exc.strerror}", path=str(path)) from None
+    if len(data) > limit:
+        raise InputFileError(
+            f"is more than {max_mb:g} MB, the input.max_mb limit: refused (is it the right file?)",
+            path=str(path),
+        )
+    return data
 
 
 def _read_excel(data: bytes, path: Path, settings: InputSettings) -> tuple[str, list[list[Any]]]:
@@ -158,7 +184,7 @@ def _read_excel(data: bytes, path: Path, settings: InputSettings) -> tuple[str, 
         raise InputFileError(_office_file(data), path=str(path))
     if not zipfile.is_zipfile(io.BytesIO(data)):
         raise InputFileError(_not_a_workbook(data), path=str(path))
-    _check_zip(data, path, settings.max_mb)
+    _check_zip(data, path, settings.max_mb, settings.max_rows)
     try:
         sheets: dict[str, pd.DataFrame] = pd.read_excel(
             io.BytesIO(data),
@@ -246,11 +272,16 @@ def _not_a_workbook(data: bytes) -> str:
     return "is not an .xlsx workbook (its contents are something else)"
 
 
-def _check_zip(data: bytes, path: Path, max_mb: float) -> None:
-    """Refuse a workbook that is damaged, or would unpack to more than input.max_mb, before
-    the reader unpacks it. Every part is inflated once here by Python's zipfile, which stops at
-    the size the zip declares and checks each part's checksum, so a part cannot lie its way
-    past the size limit either."""
+def _check_zip(data: bytes, path: Path, max_mb: float, max_rows: int) -> None:
+    """Refuse a workbook that is damaged, or would unpack or open to far more than a new-hire
+    list, before the reader opens it.
+
+    Every part is inflated once here by Python's zipfile, which stops at the size the zip
+    declares and checks each part's checksum, so no part can lie its way past input.max_mb.
+    Each sheet is scanned for the positions its cells claim: the reader builds a grid from the
+    first cell to the last, so two cells at A1 and XFD1048576 in a 5 KB file would need
+    hundreds of gigabytes.
+    """
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             parts = archive.infolist()
@@ -270,17 +301,64 @@ def _check_zip(data: bytes, path: Path, max_mb: float) -> None:
                 )
             if any(p.flag_bits & 0x1 for p in parts):
                 raise InputFileError("is an encrypted zip, not a workbook", path=str(path))
-            damaged = archive.testzip()
+            for part in parts:
+                content = archive.read(part)  # checksum checked; stops at the declared size
+                far = (
+                    _far_cell(content, max_rows + ROW_SLACK)
+                    if _GRID_PART.fullmatch(part.filename)
+                    else None
+                )
+                if far is not None:
+                    raise InputFileError(
+                        f"has a cell at {far} ({part.filename}), beyond {MAX_COLUMNS} columns "
+                        f"or input.max_rows ({max_rows:,} rows): refused unread (opening a "
+                        "sheet that spreads that far takes gigabytes)",
+                        path=str(path),
+                    )
     except InputFileError:
         raise
     except (zipfile.BadZipFile, NotImplementedError, RuntimeError, EOFError, OSError,
             ValueError, zlib.error):  # fmt: skip
-        damaged = "?"
-    if damaged is not None:
         raise InputFileError(
             "is damaged (truncated or corrupt): save it again from Excel, or copy it again",
             path=str(path),
-        )
+        ) from None
+
+
+def _far_cell(xml: bytes, max_row: int) -> str | None:
+    """The first position (`r="B7"` on a cell, `r="7"` on a row) beyond max_row or MAX_COLUMNS.
+
+    Vectorised over the whole part (a regular expression over 90 MB of sheet takes seconds);
+    every `r = "..."` written with spaces (valid XML, rare) is read exactly.
+    """
+    a = np.frombuffer(xml, dtype=np.uint8)
+    if a.size < 32:
+        return None
+    eq = np.flatnonzero(a == ord("="))
+    eq = eq[(eq >= 2) & (eq < a.size - 16)]
+    before, after, name_gap = a[eq - 1], a[eq + 1], a[eq - 2]
+    quoted = (after == ord('"')) | (after == ord("'"))
+    plain = eq[(before == ord("r")) & np.isin(name_gap, _SPACE) & quoted] + 2
+    letter = [np.isin(a[plain + i] | 0x20, _LETTERS) for i in range(3)]
+    two, three = letter[0] & letter[1], letter[0] & letter[1] & letter[2]
+    n_letters = letter[0].astype(np.int64) + two + three
+    # Three letters: past column ZZ. As many digits as max_row has: maybe past it. Only those
+    # are read exactly (in a 100,000-row sheet, a handful).
+    long = np.isin(a[plain + n_letters + len(str(max_row)) - 1], _DIGITS)
+    refs = [_REF.match(xml, start) for start in plain[three | long].tolist()]
+    for at in eq[np.isin(before, _SPACE) | np.isin(after, _SPACE)].tolist():
+        if _SPACED_NAME.search(xml, max(0, at - 12), at):
+            refs.append(_SPACED_VALUE.match(xml, at + 1))
+    for found in refs:
+        if found is None:
+            continue
+        letters, digits = found.group(1), found.group(2)
+        column = 0
+        for char in letters.upper()[:4]:
+            column = column * 26 + char - 64
+        if len(digits) > 9 or int(digits or 0) > max_row or column > MAX_COLUMNS:
+            return (letters + digits)[:20].decode("ascii")
+    return None
 
 
 def _check_cells(table: list[list[Any]], path: Path) -> None:
@@ -305,6 +383,13 @@ def _read_csv(data: bytes, path: Path, max_rows: int) -> list[list[Any]]:
         sep = dialect.delimiter
     except (csv.Error, IndexError):
         sep = ","
+    for number, line in enumerate(text.split("\n"), start=1):
+        if line.count(sep) >= MAX_COLUMNS:  # the parser would build a column for each
+            raise InputFileError(
+                f"line {number} has more than {MAX_COLUMNS} columns: refused (is it the right "
+                "file?)",
+                path=str(path),
+            )
     try:
         frame = pd.read_csv(
             io.StringIO(text),
@@ -397,7 +482,7 @@ def _validate_row(
             f"{GUEST_REFUSAL} Guests sign in with their home organisation's credentials.",
             column=header("user"),
         )
-    elif not (_UPN.match(user) or _GUID.match(user)):
+    elif not (_UPN.match(user) or _GUID.match(user)) or not user.isprintable():
         problems.append(
             (header("user"), f"{user!r} is not a UPN (name@domain) or an object id (GUID)")
         )
@@ -447,6 +532,10 @@ def _validate_row(
                         f"{_shown(raw)} is not a date; use YYYY-MM-DD or an Excel date cell",
                     )
                 )
+            elif day < EARLIEST_DATE:
+                problems.append(
+                    (header("start_date"), f"{day.isoformat()} is not a plausible start date")
+                )
             else:
                 start_day = day
                 local = datetime.combine(day, defaults.start_time, tzinfo=defaults.zone)
@@ -471,7 +560,7 @@ def _validate_row(
     if problems:
         return Failed(
             origin,
-            user,
+            printable(user),
             "Invalid row" if len(problems) > 1 else f"Invalid {problems[0][0]}",
             "; ".join(f"{column} {problem}" for column, problem in problems),
             column=", ".join(column for column, _ in problems),
@@ -512,8 +601,8 @@ def _parse_int(value: Any) -> int | None:
     if isinstance(value, float):
         return int(value) if math.isfinite(value) and value.is_integer() else None
     text = _clean(_text(value) or "")
-    if re.fullmatch(r"\d+(\.0+)?", text):
-        return int(float(text))
+    if re.fullmatch(r"\d{1,9}(\.0+)?", text):
+        return int(text.split(".")[0])
     return None
 
 
@@ -536,6 +625,21 @@ def _text(value: Any) -> str | None:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)
+
+
+def printable(text: str) -> str:
+    """Text safe to print on a terminal: control and format characters (escape sequences,
+    bidirectional overrides) and undecodable bytes of a file name shown escaped."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _escaped(c) for c in text)
+
+
+def _escaped(char: str) -> str:
+    code = ord(char)
+    if 0xDC80 <= code <= 0xDCFF:  # a byte of a file name that is not UTF-8 (surrogateescape)
+        return f"\\x{code - 0xDC00:02x}"
+    return char.encode("unicode_escape").decode()
 
 
 def user_key(text: str) -> str:

@@ -31,10 +31,7 @@ def scrub(text: str) -> str:
 
 
 class Formatter(logging.Formatter):
-    """A log formatter whose tracebacks (and stack traces) never show a remembered value."""
+    """A log formatter whose tracebacks never show a remembered value."""
 
     def formatException(self, ei: ExcInfo) -> str:
         return scrub(super().formatException(ei))
-
-    def formatStack(self, stack_info: str) -> str:
-        return scrub(super().formatStack(stack_info))

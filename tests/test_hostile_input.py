@@ -77,6 +77,14 @@ def corrupt_member(data: bytes) -> bytes:
     return bytes(patched)
 
 
+def sparse_sheet(cell: bytes) -> bytes:
+    """A few-KB workbook: UPN in A1 and one more cell (or row) placed far away."""
+    data = xlsx([["UPN"]])
+    xml = zipfile.ZipFile(io.BytesIO(data)).read(SHEET)
+    xml = xml.replace(b"</row></sheetData>", b"</row><row r=\"2\">" + cell + b"</row></sheetData>")
+    return rezip(data, {SHEET: xml})
+
+
 def password_protected() -> bytes:
     sealed = io.BytesIO()
     OOXMLFile(io.BytesIO(xlsx())).encrypt("hr-password", sealed)
@@ -112,7 +120,19 @@ CASES = [
     ("huge-cell.xlsx", lambda: xlsx([["UPN", "Name"], ["ada@contoso.com", "x" * 40_000]]),
      "row 2, column B: a cell of 32,767 or more characters"),
     ("million.csv", lambda: b"UPN\n" + b"someone@contoso.com\n" * 1_000_000,
-     "has more than 200,000 rows (input.max_rows): refused"),
+     "has more than 200,000 rows, blank rows included (input.max_rows): refused"),
+    ("blank-then-more.csv", lambda: b"UPN,Name\n" + b",\n" * 300_000 + b"late@contoso.com,L\n",
+     "has more than 200,000 rows, blank rows included (input.max_rows): refused"),
+    ("sparse.xlsx", lambda: sparse_sheet(b'<c r="XFD1048576" t="inlineStr"><is><t>x</t></is></c>'),
+     "has a cell at XFD1048576 (xl/worksheets/sheet1.xml), beyond 702 columns or "
+     "input.max_rows (200,000 rows): refused unread"),
+    ("far-row.xlsx", lambda: sparse_sheet(b'</row><row r="900000"><c t="inlineStr"><is><t>x</t>'
+                                          b'</is></c>'), "has a cell at 900000"),
+    ("spaced.xlsx", lambda: sparse_sheet(b'<c\n r =\n"A1000000" t="inlineStr"><is><t>x</t>'
+                                         b'</is></c>'), "has a cell at A1000000"),
+    ("wide-column.xlsx", lambda: sparse_sheet(b"<c r='AAA2' t='inlineStr'><is><t>x</t></is></c>"),
+     "has a cell at AAA2"),
+    ("wide.csv", lambda: b"UPN" + b"," * 2_000_000 + b"\n", "line 1 has more than 702 columns"),
     ("garbage.csv", lambda: random.Random(5).randbytes(20_000), "is not a text CSV file"),
     ("control.csv", lambda: bytes(range(1, 32)) * 50, "is not a text CSV file"),
     ("utf16-garbage.csv", lambda: b"\xff\xfe" + b"\x00\xd8" * 10, "is not a text CSV file"),
@@ -143,7 +163,7 @@ def test_limits_are_configurable(tmp_path: Path) -> None:
     path = tmp_path / "sixty.xlsx"
     path.write_bytes(rows)
     tight = InputSettings(max_rows=50)
-    with pytest.raises(InputFileError, match="sheet 'Sheet' has more than 50 rows"):
+    with pytest.raises(InputFileError, match=r"sheet 'Sheet' has more than 50 rows, blank"):
         read_input(path, tight, PassSettings(), now=NOW)
     assert len(read_input(path, InputSettings(max_rows=60), PassSettings(), now=NOW).requests) == 60
     bomb = tmp_path / "inflates.xlsx"
@@ -151,8 +171,44 @@ def test_limits_are_configurable(tmp_path: Path) -> None:
     assert bomb.stat().st_size < 100_000
     with pytest.raises(InputFileError, match=r"would unpack to 30 MB, over the input\.max_mb"):
         read_input(bomb, InputSettings(max_mb=20), PassSettings(), now=NOW)
-    with pytest.raises(InputFileError, match=r"is 0.0 MB, over the input.max_mb limit"):
+    with pytest.raises(InputFileError, match=r"is more than 0\.001 MB, the input\.max_mb limit"):
         read_input(path, InputSettings(max_mb=0.001), PassSettings(), now=NOW)
+
+
+def test_rows_past_the_limit_are_never_dropped_silently(tmp_path: Path) -> None:
+    """A blank row right after the limit must not hide the rows below it: the file is refused;
+    exactly at the limit, every row is read."""
+    lines = ["UPN,Name", *[f"u{n}@contoso.com," for n in range(5)], ",", "late@contoso.com,"]
+    path = tmp_path / "hires.csv"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputFileError, match="more than 5 rows, blank rows included"):
+        read_input(path, InputSettings(max_rows=5), PassSettings(), now=NOW)
+    book = tmp_path / "hires.xlsx"
+    book.write_bytes(xlsx([["UPN"], *[[f"u{n}@contoso.com"] for n in range(5)], [None],
+                           ["late@contoso.com"]]))
+    with pytest.raises(InputFileError, match="more than 5 rows, blank rows included"):
+        read_input(book, InputSettings(max_rows=5), PassSettings(), now=NOW)
+    exact = read_input(book, InputSettings(max_rows=7), PassSettings(), now=NOW)
+    assert "late@contoso.com" in [r.user for r in exact.requests]
+
+
+def test_hostile_cells_fail_their_row_not_the_run(tmp_path: Path) -> None:
+    """A 400-digit lifetime, a start in year 1 east of UTC, and a user with a terminal escape
+    sequence: each fails its own row with a reason (no crash), and the user is shown escaped."""
+    path = tmp_path / "hires.csv"
+    path.write_text("UPN,Start Date,Lifetime\n"
+                    f"a@contoso.com,2027-01-04,{'9' * 400}\n"
+                    "b@contoso.com,0001-01-01,60\n"
+                    "\x1b]0;owned\x07c@contoso.com,2027-01-04,60\n"
+                    "d\u202eexe.@contoso.com,2027-01-04,60\n", encoding="utf-8")
+    result = read_input(path, InputSettings(), PassSettings(timezone="Asia/Tokyo"), now=NOW)
+    assert result.requests == []
+    failed = {f.origin.row: f for f in result.failed}
+    assert "is not a whole number of minutes" in failed[2].detail
+    assert "0001-01-01 is not a plausible start date" in failed[3].detail
+    for row in (4, 5):
+        assert failed[row].user.isprintable() and "is not a UPN" in failed[row].detail
+    assert failed[4].user == "\\x1b]0;owned\\x07c@contoso.com"
 
 
 def test_a_pipe_or_device_is_refused_unread(tmp_path: Path) -> None:

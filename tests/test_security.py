@@ -135,6 +135,48 @@ def test_encrypted_workbook_never_puts_plain_bytes_on_disk(
     assert any(b"TapValue0000!x" in blob for blob in seen)  # sheet XML in the scratch folder
 
 
+_OPENED: list[tuple[str, object]] | None = None
+
+
+def _record_opens(event: str, args: tuple[object, ...]) -> None:
+    # "open" is raised by open() and os.open() alike: (path, mode, flags); an int path is an
+    # already open descriptor (os.fdopen), whose opening was seen before.
+    if _OPENED is not None and event == "open" and isinstance(args[0], (str, bytes, Path)):
+        _OPENED.append((os.fsdecode(args[0]), args[2]))
+
+
+sys.addaudithook(_record_opens)  # an audit hook stays for the process: it records only when asked
+
+
+def test_encrypted_write_opens_no_file_but_its_own_sealed_one(tmp_path: Path) -> None:
+    """Every file opened for writing while the encrypted workbook is written (seen by Python's
+    audit hooks, whoever opens it) is the workbook's own temporary file, which ends up holding
+    the encrypted container; with no password the same watch sees openpyxl's sheet files."""
+    global _OPENED
+    rows = issued_rows(50)
+
+    def written() -> list[str]:
+        return [name for name, mode in (_OPENED or []) if _for_writing(mode)]
+
+    _OPENED = []
+    try:
+        path = write_audit(tmp_path / "out" / "a.xlsx", SUMMARY, rows, [], [],
+                           AuditOptions(WORKBOOK_PASSWORD))
+        sealed = written()
+        _OPENED = []
+        write_audit(tmp_path / "plain" / "a.xlsx", SUMMARY, rows, [], [])
+        plain = written()
+    finally:
+        _OPENED = None
+    assert len(sealed) == 1 and Path(sealed[0]).parent.name == ".a.partial"
+    assert Path(sealed[0]).name.endswith(".tmp") and path.read_bytes()[:4] == b"\xd0\xcf\x11\xe0"
+    assert len({name for name in plain if name.endswith(".xml")}) == 4  # the sheets, on disk
+
+
+def _for_writing(flags: object) -> bool:
+    return isinstance(flags, int) and bool(flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT))
+
+
 def test_redacted_copy_has_everything_but_the_passes(tmp_path: Path) -> None:
     """The pass-free copy: same rows and columns, the pass column masked, no value anywhere."""
     rows = issued_rows(5)
@@ -351,15 +393,16 @@ def test_a_crash_traceback_hides_passes_and_secrets(
 
     def broken(report: object, config: object) -> None:
         value = report.issued[0].temporary_access_pass  # type: ignore[attr-defined]
-        raise ValueError(f"could not show {value!r} with secret {CLIENT_SECRET}")
+        token = next(iter(state.tokens))
+        raise ValueError(f"could not show {value!r} with secret {CLIENT_SECRET} token {token}")
 
     monkeypatch.setattr(cli, "_print_report", broken)
     code = main(["run", str(sheet(tmp_path)), "-c", str(sim.config(tmp_path / "c.yaml")), "-vv"])
     err = capsys.readouterr().err
     assert code == EXIT_INTERNAL
     assert "Traceback" in err
-    assert "ValueError: could not show '<hidden>' with secret <hidden>" in err
-    assert leaked(err, {p.value for p in state.issued} | {CLIENT_SECRET}) == []
+    assert "ValueError: could not show '<hidden>' with secret <hidden> token <hidden>" in err
+    assert leaked(err, {p.value for p in state.issued} | {CLIENT_SECRET} | set(state.tokens)) == []
     rows = load_workbook(only_audit(tmp_path / "audit"))["Issued"]
     assert {c.value for c in rows["E"][1:]} == {p.value for p in state.issued}
 
@@ -401,6 +444,17 @@ def test_inline_secret_needs_an_owner_only_config(
     assert main(["run", str(sheet(tmp_path)), "-c", str(config)]) == 0
 
 
+def test_a_broken_config_never_quotes_its_secret(tmp_path: Path) -> None:
+    """PyYAML's message quotes the broken line; onboard's says only what and where."""
+    path = tmp_path / "c.yaml"
+    path.write_text(f'auth:\n  client_secret: "{CLIENT_SECRET}\\q"\n')
+    path.chmod(0o600)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert "is not valid YAML: found unknown escape character" in str(caught.value)
+    assert "(line 2, column" in str(caught.value) and CLIENT_SECRET not in str(caught.value)
+
+
 def test_secret_from_a_file(tmp_path: Path, serve_simulator, monkeypatch: pytest.MonkeyPatch,
                             capsys: pytest.CaptureFixture[str]) -> None:
     """auth.client_secret_file (a mounted secret, say) is read, trailing newline dropped; a
@@ -432,6 +486,24 @@ def test_secrets_never_come_from_arguments_or_settings_variables(tmp_path: Path)
     with pytest.raises(ConfigError, match=r"ONBOARD_AUTH_CLIENT_SECRET is not read: a secret "
                        r"comes from the variable that auth\.client_secret_env names"):
         load_config(None, {"ONBOARD_AUTH_CLIENT_SECRET": "x"})
+
+
+def test_the_console_shows_input_text_escaped(
+    tmp_path: Path, serve_simulator, secret_env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A user cell carrying a terminal escape sequence, in a file whose name is not UTF-8: the
+    run goes on, and nothing it prints or logs holds a raw control character."""
+    sim = serve_simulator(SimulatorState(users(*HIRES)))
+    name = os.fsdecode(b"hires-\xff.csv")
+    path = sheet(tmp_path, ["Evil,\x1b]0;owned\x07\x1b[2Jx@contoso.com," + SOON]).rename(
+        tmp_path / name)
+    code = main(["run", str(path), "-c", str(sim.config(tmp_path / "c.yaml")), "-v"])
+    out, err = capsys.readouterr()
+    assert code == EXIT_ROWS_FAILED
+    assert "\\x1b]0;owned\\x07\\x1b[2Jx@contoso.com" in out
+    assert not re.search("[\x00-\x08\x0b-\x1f\x7f]", out + err)
+    rows = load_workbook(only_audit(tmp_path / "audit"))["Issued"]
+    assert {c.value for c in rows["A"][1:]} == {"hires-\\xff.csv"}
 
 
 # --- transport -------------------------------------------------------------------------------
