@@ -69,7 +69,7 @@ SUMMARY_COLUMNS = ("Item", "Value", "Detail")
 REDACTED = "(not in this copy)"
 # What XML cannot hold: control characters (openpyxl refuses them) and lone surrogates (from a
 # file name that is not UTF-8; openpyxl would write a broken character reference).
-_ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff]")
+_ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 # Text starting with these would be read as a formula (or DDE) by a spreadsheet program.
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 _WIDTHS = {
@@ -376,7 +376,9 @@ def _cell(sheet: WriteOnlyWorksheet, value: Any) -> Any:
 
 def _escape(match: re.Match[str]) -> str:
     # A lone surrogate is a byte of a file name that is not UTF-8 (surrogateescape).
-    return "".join(f"\\x{ord(c) & 0xFF:02x}" for c in match.group(0))
+    return "".join(
+        f"\\x{ord(c) & 0xFF:02x}" if ord(c) < 0xE000 else f"\\u{ord(c):04x}" for c in match.group(0)
+    )
 
 
 def _save_atomically(path: Path, scratch: Path, save: Any) -> None:

@@ -40,7 +40,7 @@ from .errors import (
 )
 from .journal import Journal
 from .outcomes import Failed, Outcome, Skipped
-from .reader import printable
+from .redact import printable
 
 EXIT_OK = 0
 EXIT_ROWS_FAILED = 1
@@ -348,7 +348,7 @@ def _validate(args: argparse.Namespace) -> int:
     failed = [o for o in checked if isinstance(o, Failed)]
     skipped = [o for o in checked if isinstance(o, Skipped)]
     for file in files:
-        sheet = f" (sheet '{file.sheet}')" if file.sheet else ""
+        sheet = f" (sheet '{printable(file.sheet)}')" if file.sheet else ""
         print(f"{printable(str(file.path))}: {file.row_count} rows{sheet}")
     for f in sorted(failed, key=lambda f: (f.origin.source, f.origin.row)):
         print(f"  problem  {f.origin.source} row {f.origin.row}  {f.user or '-'}: {f.detail}")

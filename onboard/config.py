@@ -208,6 +208,10 @@ class Secret:
             return None
         if not value:
             raise ConfigError(f"{self.key} is read from {self.where}, which is not set or empty")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # bytes from the environment that are not UTF-8
+            raise ConfigError(f"{self.key} from {self.where} is not UTF-8 text") from None
         redact.remember(value)
         return value
 

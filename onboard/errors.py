@@ -17,6 +17,8 @@ No message ever holds a pass value or a secret.
 
 from __future__ import annotations
 
+from .redact import printable
+
 
 class OnboardError(Exception):
     """Base of onboard's own errors."""
@@ -30,7 +32,8 @@ class InputFileError(OnboardError):
     """An input file cannot be used at all; nothing was sent."""
 
     def __init__(self, message: str, *, path: str) -> None:
-        super().__init__(f"{path}: {message}")
+        # Shown escaped: a file name or sheet name can hold terminal escape sequences.
+        super().__init__(printable(f"{path}: {message}"))
         self.path = path
 
 

@@ -56,7 +56,8 @@ from .journal import (
 from .outcomes import Failed, Issued, Origin, Outcome, PassRequest, Skipped
 from .pool import Confirmation, OnOutcome, PoolResult, confirm, current_passes, issue_all
 from .rate import RateController
-from .reader import InputFile, plan, printable, read_input, user_key
+from .reader import InputFile, plan, read_input, user_key
+from .redact import printable
 from .retrying import Retries
 from .simulator import DEFAULT_CLIENT_SECRET, Faults, RunningSimulator, SimulatorState, serve
 from .tls import make_ssl_context, requests_session
@@ -522,8 +523,10 @@ async def _send(
             raise
         except BaseException as exc:
             report.stopped = f"crashed ({type(exc).__name__})"
+            # A journal that cannot be written gets no more writes: the audit gets them all.
+            broken = isinstance(exc, JournalWriteError)
             for r in pending.values():
-                ledger.replace(_unfinished(r))
+                ledger.replace(_unfinished(r), later=broken)
             _finish(ledger.journal, config, report, config.output.dir, options)
             raise
 

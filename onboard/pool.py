@@ -311,6 +311,7 @@ async def _until_done_or_stopped(
         pending: list[asyncio.Future[Any]] = [everything, stopping]
         await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
         if everything.done():
+            await _raise_if_failed(everything, workers)
             return
         log.warning(
             "stopping: no new rows; waiting up to %.0f s for requests in flight", grace_seconds
@@ -318,12 +319,27 @@ async def _until_done_or_stopped(
         # asyncio.wait, not wait_for: Python 3.11's wait_for loses a cancel (a second signal)
         # that arrives just as the last request in flight finishes.
         done, _ = await asyncio.wait([everything], timeout=grace_seconds)
-        if not done:
+        if done:
+            await _raise_if_failed(everything, workers)
+        else:
             for task in workers:
                 task.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
     finally:
         stopping.cancel()
+
+
+async def _raise_if_failed(
+    everything: asyncio.Future[Any], workers: list[asyncio.Task[None]]
+) -> None:
+    """A worker that raised (a journal that cannot be written) stops the run: the others are
+    stopped and waited for, then its error goes on up. asyncio.wait alone would swallow it."""
+    if everything.cancelled() or everything.exception() is None:
+        return
+    for task in workers:
+        task.cancel()
+    await asyncio.gather(*workers, return_exceptions=True)
+    raise everything.exception()  # type: ignore[misc]
 
 
 Current = Callable[[str], Awaitable[str | None]]

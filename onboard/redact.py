@@ -1,4 +1,6 @@
-"""A last guard for text onboard does not write itself: exception tracebacks.
+"""Text safe to show: secrets hidden from tracebacks, and control characters escaped.
+
+A last guard for text onboard does not write itself: exception tracebacks.
 
 onboard's own messages never hold a pass value or a secret (the tests check every one). A
 traceback can quote a library's message, though, and a library may echo what it was given; so
@@ -35,3 +37,18 @@ class Formatter(logging.Formatter):
 
     def formatException(self, ei: ExcInfo) -> str:
         return scrub(super().formatException(ei))
+
+
+def printable(text: str) -> str:
+    """Text safe to print on a terminal: control and format characters (escape sequences,
+    bidirectional overrides) and undecodable bytes of a file name shown escaped."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _escaped(c) for c in text)
+
+
+def _escaped(char: str) -> str:
+    code = ord(char)
+    if 0xDC80 <= code <= 0xDCFF:  # a byte of a file name that is not UTF-8 (surrogateescape)
+        return f"\\x{code - 0xDC00:02x}"
+    return char.encode("unicode_escape").decode()

@@ -85,6 +85,15 @@ def sparse_sheet(cell: bytes) -> bytes:
     return rezip(data, {SHEET: xml})
 
 
+def moved_sheet(data: bytes) -> bytes:
+    """The same workbook with its sheet stored under a name no reader would guess."""
+    source = zipfile.ZipFile(io.BytesIO(data))
+    rels = source.read("xl/_rels/workbook.xml.rels").replace(b"/xl/worksheets/sheet1.xml",
+                                                              b"/xl/data/hires.xml")
+    return rezip(data, {SHEET: None, "xl/data/hires.xml": source.read(SHEET),
+                        "xl/_rels/workbook.xml.rels": rels})
+
+
 def password_protected() -> bytes:
     sealed = io.BytesIO()
     OOXMLFile(io.BytesIO(xlsx())).encrypt("hr-password", sealed)
@@ -124,14 +133,16 @@ CASES = [
     ("blank-then-more.csv", lambda: b"UPN,Name\n" + b",\n" * 300_000 + b"late@contoso.com,L\n",
      "has more than 200,000 rows, blank rows included (input.max_rows): refused"),
     ("sparse.xlsx", lambda: sparse_sheet(b'<c r="XFD1048576" t="inlineStr"><is><t>x</t></is></c>'),
-     "has a cell at XFD1048576 (xl/worksheets/sheet1.xml), beyond 702 columns or "
-     "input.max_rows (200,000 rows): refused unread"),
+     "could not be opened within the reader's limits (3 GB of memory, 300 s): refused"),
+    ("sparse-within-limits.xlsx", lambda: sparse_sheet(b'<c r="ZZ200000" t="inlineStr"><is><t>x'
+                                                       b'</t></is></c>'),
+     "could not be opened within the reader's limits"),
+    ("sparse-elsewhere.xlsx", lambda: moved_sheet(sparse_sheet(
+        b'<c\n r  =  \n\n\n\n\n\n\n\n\n\n\n\n"XFD1048576" t="inlineStr"><is><t>x</t></is></c>')),
+     "could not be opened within the reader's limits"),
     ("far-row.xlsx", lambda: sparse_sheet(b'</row><row r="900000"><c t="inlineStr"><is><t>x</t>'
-                                          b'</is></c>'), "has a cell at 900000"),
-    ("spaced.xlsx", lambda: sparse_sheet(b'<c\n r =\n"A1000000" t="inlineStr"><is><t>x</t>'
-                                         b'</is></c>'), "has a cell at A1000000"),
-    ("wide-column.xlsx", lambda: sparse_sheet(b"<c r='AAA2' t='inlineStr'><is><t>x</t></is></c>"),
-     "has a cell at AAA2"),
+                                          b'</is></c>'),
+     "has more than 200,000 rows, blank rows included (input.max_rows): refused"),
     ("wide.csv", lambda: b"UPN" + b"," * 2_000_000 + b"\n", "line 1 has more than 702 columns"),
     ("garbage.csv", lambda: random.Random(5).randbytes(20_000), "is not a text CSV file"),
     ("control.csv", lambda: bytes(range(1, 32)) * 50, "is not a text CSV file"),
@@ -209,6 +220,14 @@ def test_hostile_cells_fail_their_row_not_the_run(tmp_path: Path) -> None:
     for row in (4, 5):
         assert failed[row].user.isprintable() and "is not a UPN" in failed[row].detail
     assert failed[4].user == "\\x1b]0;owned\\x07c@contoso.com"
+
+
+def test_a_mac_csv_with_carriage_returns_only_is_read(tmp_path: Path) -> None:
+    """Excel for Mac's "CSV (Macintosh)" ends lines with CR alone: read, not refused as wide."""
+    path = tmp_path / "mac.csv"
+    rows = "\r".join(["UPN,Start Date", *[f"u{n}@contoso.com,2027-01-04" for n in range(300)]])
+    path.write_bytes(rows.encode("cp1252"))
+    assert len(read_input(path, InputSettings(), PassSettings(), now=NOW).requests) == 300
 
 
 def test_a_pipe_or_device_is_refused_unread(tmp_path: Path) -> None:

@@ -243,3 +243,30 @@ def test_batch_rows_that_keep_failing_give_up_with_their_own_last_answer() -> No
     failed = outcomes[2]
     assert isinstance(failed, Failed)
     assert (failed.reason, failed.attempts, failed.http_status) == ("Gave up after retries", 3, 429)
+
+
+def test_a_journal_that_cannot_be_written_stops_the_pool_with_its_error() -> None:
+    """One failed journal write (with a stop event, as the CLI always passes): the pool stops
+    its other workers and raises JournalWriteError, whether or not a stop was asked for."""
+    import pytest
+
+    from onboard.errors import JournalWriteError
+
+    def failing_once(stop: asyncio.Event, stop_first: bool, calls: dict[str, int]):
+        async def durable() -> None:
+            calls["n"] += 1
+            if calls["n"] == 3:
+                if stop_first:
+                    stop.set()
+                raise JournalWriteError("cannot write the run journal: disk full")
+            await asyncio.sleep(0)
+
+        return durable
+
+    for stop_first in (False, True):
+        calls = {"n": 0}
+        stop = asyncio.Event()
+        with pytest.raises(JournalWriteError):
+            run([request(n) for n in range(2, 30)], Script({}), stop=stop, concurrency=4,
+                durable=failing_once(stop, stop_first, calls))
+        assert calls["n"] < 30  # stopped, not carried on row after row

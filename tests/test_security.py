@@ -506,6 +506,39 @@ def test_the_console_shows_input_text_escaped(
     assert {c.value for c in rows["A"][1:]} == {"hires-\\xff.csv"}
 
 
+def test_text_xml_cannot_hold_keeps_the_workbook_readable(
+    tmp_path: Path, serve_simulator, secret_env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """U+FFFF in a name, a guest UPN with an escape sequence, a file name with U+FFFE: the run
+    ends normally, the workbook opens (the characters shown escaped), and the console and log
+    show no raw control character."""
+    sim = serve_simulator(SimulatorState(users(*HIRES, "amara@contoso.com")))
+    path = sheet(tmp_path, [f"Amara\uffff Okafor,amara@contoso.com,{SOON}",
+                            f"Guest,x\x1b]0;PWNED\x07#EXT#@contoso.com,{SOON}"])
+    path = path.rename(tmp_path / "hires\ufffe.csv")
+    code = main(["run", str(path), "-c", str(sim.config(tmp_path / "c.yaml"))])
+    out, err = capsys.readouterr()
+    assert code == EXIT_ROWS_FAILED
+    assert not re.search("[\x00-\x08\x0b-\x1f\x7f]", out + err)
+    assert "x\\x1b]0;PWNED\\x07#EXT#@contoso.com: External guest user" in out
+    book = load_workbook(only_audit(tmp_path / "audit"))
+    names = {c.value for c in book["Issued"]["D"][1:]}
+    assert "Amara\\uffff Okafor" in names
+    assert {c.value for c in book["Issued"]["A"][1:]} == {"hires\\ufffe.csv"}
+
+
+def test_a_password_that_is_not_text_is_refused(tmp_path: Path) -> None:
+    """Bytes in the environment that are not UTF-8 (surrogate-escaped by Python): exit 2."""
+    from onboard.audit import audit_options
+
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"output": {"password_env": "AUDIT_PW"}}))
+    settings = load_config(config).output
+    with pytest.raises(ConfigError, match=r"output\.password from the environment variable "
+                       r"AUDIT_PW .* is not UTF-8 text"):
+        audit_options(settings, {"AUDIT_PW": os.fsdecode(b"pass\xff")})
+
+
 # --- transport -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(
