@@ -6,6 +6,7 @@ problem becomes a Failed outcome naming the column and what to fix; it is never 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import faulthandler
 import hashlib
@@ -14,6 +15,7 @@ import math
 import multiprocessing
 import os
 import re
+import signal
 import stat
 import sys
 import unicodedata
@@ -276,6 +278,11 @@ def _open_in_child(data: bytes, nrows: int, send: Any) -> None:
     # handler's, is not for the console: the parent says what happened.
     faulthandler.disable()
     os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+    # Ctrl-C reaches the whole process group: it is the parent's to handle (and the parent's
+    # event loop must not hear it twice through the wakeup descriptor the child inherited).
+    with contextlib.suppress(ValueError):  # forked from a thread other than the main one
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     _limit_memory()
     result = _open(data, nrows)
     try:
