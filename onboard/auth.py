@@ -21,7 +21,7 @@ import requests
 
 from . import redact
 from .config import AuthSettings
-from .errors import AuthError, ConfigError
+from .errors import AuthError, ConfigError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +180,7 @@ class MsalTokenProvider:
             raise AuthError(f"the sign-in service at {self._authority} did not answer") from None
         except (ValueError, requests.RequestException, msal.exceptions.MsalError) as exc:
             raise AuthError(
-                f"cannot reach the sign-in service at {self._authority}: {_short(exc)}"
+                f"cannot reach the sign-in service at {self._authority}: {first_line(exc, 300)}"
             ) from None
         return dict(result or {})
 
@@ -200,11 +200,6 @@ class MsalTokenProvider:
             http_client=self._http,
             instance_discovery=host in KNOWN_AUTHORITY_HOSTS,
         )
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return text[:300]
 
 
 def _explain(error: str, description: str) -> str:

@@ -330,15 +330,19 @@ def _print_report(report: job.RunReport, config: Config) -> None:
         print(f"  ... and {len(report.failed) - SHOW_FAILURES} more in the Failed sheet")
     if report.audit_path is not None:
         print(f"audit workbook: {report.audit_path}")
-        secret = config.output.password
-        if secret.configured:
-            print(f"it is encrypted with the password from {secret.where}")
         if report.issued:
             print(
                 "it holds the pass values: keep it private, and delete it once they are handed out"
             )
-        if config.output.redacted_copy:
-            print(f"the same without pass values: {redacted_path(report.audit_path)}")
+        _print_protection(config, report.audit_path)
+
+
+def _print_protection(config: Config, path: Path) -> None:
+    """Say how the workbook at `path` is protected: its password's source, its pass-free copy."""
+    if config.output.password.configured:
+        print(f"it is encrypted with the password from {config.output.password.where}")
+    if config.output.redacted_copy:
+        print(f"the same without pass values: {redacted_path(path)}")
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -396,10 +400,7 @@ def _report(args: argparse.Namespace) -> int:
     with Journal(config.state.path, options.password) as journal:
         path, run, with_values = history.report(journal, args.run_id, out, options)
     print(f"run {run.run_id} ({run.status}): audit workbook rebuilt from the journal: {path}")
-    if options.password is not None:
-        print(f"it is encrypted with the password from {config.output.password.where}")
-    if options.redacted_copy:
-        print(f"the same without pass values: {redacted_path(path)}")
+    _print_protection(config, path)
     if with_values:
         print("it holds the pass values the journal kept: keep it private")
     else:

@@ -415,11 +415,7 @@ def _apply_env(
                     values[key] = yaml.safe_load(env[name])
                 except yaml.YAMLError:
                     values[key] = env[name]
-    secrets = {
-        merged["auth"]["client_secret_env"],
-        merged["auth"]["certificate_password_env"],
-        merged["output"]["password_env"],
-    }
+    secrets = {merged[section][f"{key}_env"] for section, key in INLINE_SECRETS}
     prefixes = tuple(f"{ENV_PREFIX}{section.upper()}_" for section in merged)
     for name in env:
         if name.startswith(prefixes) and name not in known and name not in secrets:

@@ -20,6 +20,12 @@ from __future__ import annotations
 from .redact import printable
 
 
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """An exception's message cut to its first line (or its type's name), for a one-line
+    report of a library's error."""
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:limit]
+
+
 class OnboardError(Exception):
     """Base of onboard's own errors."""
 

@@ -424,9 +424,7 @@ def sending_params(run_id: str, request: PassRequest) -> tuple[Any, ...]:
     )
 
 
-def record_params(
-    run_id: str, outcome: Outcome, seal: Callable[[str], str] = str
-) -> tuple[Any, ...]:
+def record_params(run_id: str, outcome: Outcome, seal: Callable[[str], str]) -> tuple[Any, ...]:
     value = method_id = issued_at = None
     start_key = ""
     attempts = 0

@@ -322,9 +322,7 @@ async def _until_done_or_stopped(
         if done:
             await _raise_if_failed(everything, workers)
         else:
-            for task in workers:
-                task.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
+            await _stop_all(workers)
     finally:
         stopping.cancel()
 
@@ -336,10 +334,15 @@ async def _raise_if_failed(
     stopped and waited for, then its error goes on up. asyncio.wait alone would swallow it."""
     if everything.cancelled() or everything.exception() is None:
         return
+    await _stop_all(workers)
+    raise everything.exception()  # type: ignore[misc]
+
+
+async def _stop_all(workers: list[asyncio.Task[None]]) -> None:
+    """Cancel the workers and wait until each has finished with its cancellation."""
     for task in workers:
         task.cancel()
     await asyncio.gather(*workers, return_exceptions=True)
-    raise everything.exception()  # type: ignore[misc]
 
 
 Current = Callable[[str], Awaitable[str | None]]

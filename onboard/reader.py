@@ -34,7 +34,7 @@ from msoffcrypto.exceptions import FileFormatError
 from openpyxl.utils import get_column_letter
 
 from .config import MAX_LIFETIME_MINUTES, MIN_LIFETIME_MINUTES, InputSettings, PassSettings
-from .errors import InputFileError
+from .errors import InputFileError, first_line
 from .outcomes import Failed, Origin, PassRequest, Skipped
 from .redact import printable
 
@@ -245,11 +245,11 @@ def _open_isolated(data: bytes, path: Path, nrows: int) -> dict[str, list[list[A
     send.close()
     try:
         if not receive.poll(OPEN_SECONDS):
-            kind, payload = "memory", None
+            kind, payload = "limits", None
         else:
             kind, payload = receive.recv()
     except (EOFError, OSError):  # the child died: out of memory, or a crash in the engine
-        kind, payload = "memory", None
+        kind, payload = "limits", None
     finally:
         receive.close()
         child.join(5)
@@ -260,7 +260,7 @@ def _open_isolated(data: bytes, path: Path, nrows: int) -> dict[str, list[list[A
 
 
 def _opened(kind: str, payload: Any, path: Path) -> dict[str, list[list[Any]]]:
-    if kind == "memory":
+    if kind == "limits":
         raise InputFileError(
             f"could not be opened within the reader's limits ({OPEN_MEMORY // 2**30} GB of "
             f"memory, {OPEN_SECONDS:g} s): refused. A sheet whose cells are spread very far "
@@ -288,7 +288,7 @@ def _open_in_child(data: bytes, nrows: int, send: Any) -> None:
     try:
         send.send(result)
     except MemoryError:
-        send.send(("memory", None))
+        send.send(("limits", None))
     send.close()
     os._exit(0)  # a fork: none of the parent's exit handlers or buffers are ours to run
 
@@ -301,11 +301,11 @@ def _open(data: bytes, nrows: int) -> tuple[str, Any]:
         )  # fmt: skip
         return "ok", {name: _rows(frame) for name, frame in sheets.items()}
     except MemoryError:
-        return "memory", None
+        return "limits", None
     except BaseException as exc:  # the engine raises many kinds (a Rust panic too) when damaged
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             raise
-        return "error", (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        return "error", first_line(exc)
 
 
 def _limit_memory() -> None:
@@ -432,8 +432,7 @@ def _read_csv(data: bytes, path: Path, max_rows: int) -> list[list[Any]]:
     except pd.errors.EmptyDataError:
         return []
     except (pd.errors.ParserError, ValueError, OverflowError) as exc:
-        detail = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
-        raise InputFileError(f"cannot parse as CSV: {detail}", path=str(path)) from None
+        raise InputFileError(f"cannot parse as CSV: {first_line(exc)}", path=str(path)) from None
     return [[None if v == "" else v for v in row] for row in frame.itertuples(index=False)]
 
 
