@@ -51,6 +51,7 @@ ISSUED_COLUMNS = (
     "Attempts",
     "Request ID",
     "Note",
+    "Found by (sheet value)",  # input.match_by mail / employeeId: what the sheet named them by
 )
 FAILED_COLUMNS = (
     "Source file",
@@ -65,6 +66,7 @@ FAILED_COLUMNS = (
     "Column",
 )
 SKIPPED_COLUMNS = ("Source file", "Row", "User", "Reason", "Previous run", "Issued at")
+PROBLEM_COLUMNS = ("Source file", "Row", "Column", "User", "Kind", "Problem", "What to do")
 SUMMARY_COLUMNS = ("Item", "Value", "Detail")
 REDACTED = "(not in this copy)"
 # What XML cannot hold: control characters (openpyxl refuses them) and lone surrogates (from a
@@ -200,6 +202,7 @@ def _write(
                     i.attempts,
                     i.request_id,
                     i.note,
+                    _Text(i.request.sheet_value),
                 )
                 for i in rows
             ),
@@ -250,6 +253,37 @@ def _write(
             _save_atomically(path, scratch, lambda handle: handle.write(sealed.getbuffer()))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def write_problems(path: Path, rows: Sequence[Failed | Skipped]) -> Path:
+    """`onboard validate`'s workbook: one row per problem (a row that would fail) and per row
+    that would be skipped, with what to do. It holds no pass; written owner-only like the audit."""
+    private_dir(path.parent)
+    scratch = path.parent / f".{path.stem}.partial"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(mode=0o700)
+    try:
+        workbook = Workbook(write_only=True)
+        _Sheets(workbook, scratch).add(
+            "Problems",
+            PROBLEM_COLUMNS,
+            (
+                (
+                    o.origin.source,
+                    o.origin.row or None,
+                    _Text(o.column) if isinstance(o, Failed) else None,
+                    _Text(o.user),
+                    "problem" if isinstance(o, Failed) else "skipped",
+                    _Text(o.reason),
+                    _Text(o.detail) if isinstance(o, Failed) else None,
+                )
+                for o in rows
+            ),
+        )
+        _save_atomically(path, scratch, lambda handle: _save(workbook, handle))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return path
 
 
 class _SheetWriter(WorksheetWriter):  # type: ignore[misc]

@@ -21,6 +21,7 @@ import logging
 import os
 import signal
 import sys
+import textwrap
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, history, job, redact
-from .audit import audit_options, redacted_path
+from .audit import audit_options, redacted_path, write_problems
 from .config import Config, load_config
 from .errors import (
     AuditWriteError,
@@ -177,9 +178,18 @@ def _parser() -> argparse.ArgumentParser:
     validate = commands.add_parser(
         "validate",
         help="check the spreadsheets without sending anything",
-        description="Read and check every row as 'run' would, with no network; list problems.",
+        description="Check every row as 'run' would before its first create, and create "
+        "nothing: print a table of problems (file, row, column, problem, what to do), write the "
+        "same to a workbook next to the audit, exit 1 if there is any. Without --online it uses "
+        "no network.",
     )
     validate.add_argument("inputs", nargs="+", metavar="INPUT", help=".xlsx or .csv files")
+    validate.add_argument(
+        "--online",
+        action="store_true",
+        help="also read the pass policy and find every user in the directory (reads only)",
+    )
+    validate.add_argument("--out", metavar="DIR", help="folder for the workbook (output.dir)")
     common(validate)
     validate.set_defaults(handler=_validate)
 
@@ -347,22 +357,55 @@ def _print_protection(config: Config, path: Path) -> None:
 
 def _validate(args: argparse.Namespace) -> int:
     config = _load(args)
-    files = job.read_all(config, args.inputs, datetime.now(UTC))
-    requests, checked = job.check_rows(files)
-    failed = [o for o in checked if isinstance(o, Failed)]
-    skipped = [o for o in checked if isinstance(o, Skipped)]
-    for file in files:
-        sheet = f" (sheet '{printable(file.sheet)}')" if file.sheet else ""
-        print(f"{printable(str(file.path))}: {file.row_count} rows{sheet}")
-    for f in sorted(failed, key=lambda f: (f.origin.source, f.origin.row)):
-        print(f"  problem  {f.origin.source} row {f.origin.row}  {f.user or '-'}: {f.detail}")
-    for s in sorted(skipped, key=lambda s: (s.origin.source, s.origin.row)):
-        print(f"  skip     {s.origin.source} row {s.origin.row}  {s.user or '-'}: {s.reason}")
+    found = asyncio.run(job.validate(config, args.inputs, env=os.environ, online=args.online))
+    for file in found.files:
+        sheet = f", sheet '{printable(file.sheet)}'" if file.sheet else ""
+        header = f", headers on row {file.header_row}" if file.header_row != 1 else ""
+        print(f"{printable(str(file.path))}: {_count(file.row_count, 'row')}{sheet}{header}")
+    if found.policy is not None:
+        print(f"pass policy: {found.policy}")
+    rows: list[Failed | Skipped] = [*found.problems, *found.skipped]
+    if rows:
+        print()
+        print(_table(rows))
+    out = Path(args.out) if args.out else config.output.dir
+    path = out / f"onboard-validate-{datetime.now(UTC):%Y%m%d-%H%M%S}.xlsx"
+    job.check_output_dir(out)
+    write_problems(path, rows)
+    print()
     print(
-        f"{_count(len(requests), 'row')} ready to send, {len(failed)} with problems, "
-        f"{len(skipped)} to skip"
-    )
-    return EXIT_ROWS_FAILED if failed else EXIT_OK
+        f"{_count(len(found.ready), 'row')} ready to send, {len(found.problems)} with problems, "
+        f"{len(found.skipped)} to skip" + ("" if args.online else " (not checked with Graph: "
+        "add --online to check the pass policy and that each user exists)")
+    )  # fmt: skip
+    print(f"problems workbook: {path}")
+    return EXIT_ROWS_FAILED if found.problems else EXIT_OK
+
+
+PROBLEM_WIDTH = 100  # "what to do" is wrapped to this width under its row
+
+
+def _table(rows: Sequence[Failed | Skipped]) -> str:
+    """File, row, column, problem, and what to do (wrapped beneath), one block per row."""
+    heads = ("FILE", "ROW", "COLUMN", "USER", "PROBLEM")
+    cells = [
+        (
+            printable(o.origin.source),
+            str(o.origin.row or "-"),
+            printable(o.column or "-") if isinstance(o, Failed) else "-",
+            printable(o.user or "-"),
+            printable(o.reason if isinstance(o, Failed) else f"skipped: {o.reason}"),
+        )
+        for o in rows
+    ]
+    widths = [min(max(len(c[i]) for c in [heads, *cells]), 40) for i in range(4)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(heads, [*widths, 0], strict=True)).rstrip()]
+    for o, cell in zip(rows, cells, strict=True):
+        lines.append("  ".join(c.ljust(w) for c, w in zip(cell, [*widths, 0], strict=True)))
+        if isinstance(o, Failed):
+            for line in textwrap.wrap(printable(o.detail), PROBLEM_WIDTH):
+                lines.append(f"    {line}")
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def _simulate(args: argparse.Namespace) -> int:

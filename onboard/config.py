@@ -14,7 +14,7 @@ import os
 import re
 import ssl
 import stat
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import time
 from pathlib import Path
@@ -73,7 +73,14 @@ DEFAULT_COLUMNS: dict[str, tuple[str, ...]] = {
     "lifetime_minutes": ("Lifetime", "Lifetime (minutes)"),
     "usable_once": ("One-time", "Usable Once"),
     "display_name": ("Display Name", "Name"),
+    # Used with input.match_by mail / employeeId: the column the directory is searched by.
+    "mail": ("Mail", "Email", "Work Email", "E-mail"),
+    "employee_id": ("employeeId", "Employee ID", "Employee Number", "Employee No"),
 }
+MATCH_BY = ("upn", "mail", "employeeId")
+MATCH_COLUMN = {"upn": "user", "mail": "mail", "employeeId": "employee_id"}
+DATE_ORDERS = ("DMY", "MDY", "YMD")
+EXISTING = ("skip", "replace")
 
 _DEFAULTS: dict[str, dict[str, Any]] = {
     "graph": {"endpoint": SIMULATOR, "cloud": "global", "api_version": "v1.0", "ca_bundle": None},
@@ -95,12 +102,15 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
         "columns": {k: list(v) for k, v in DEFAULT_COLUMNS.items()},
         "max_rows": DEFAULT_MAX_ROWS,
         "max_mb": DEFAULT_MAX_MB,
+        "date_order": None,
+        "match_by": "upn",
     },
     "pass": {
         "lifetime_minutes": DEFAULT_LIFETIME_MINUTES,
         "usable_once": True,
         "start_time": DEFAULT_START_TIME,
         "timezone": "UTC",
+        "existing": "skip",
     },
     "run": {
         "concurrency": DEFAULT_CONCURRENCY,
@@ -233,6 +243,13 @@ class InputSettings:
     columns: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: dict(DEFAULT_COLUMNS))
     max_rows: int = DEFAULT_MAX_ROWS
     max_mb: float = DEFAULT_MAX_MB
+    date_order: str | None = None  # DMY | MDY | YMD: how to read dates written as text
+    match_by: str = "upn"  # upn | mail | employeeId
+
+    @property
+    def key_column(self) -> str:
+        """The column that names the person: the user column, or the one looked up in Graph."""
+        return MATCH_COLUMN[self.match_by]
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,6 +258,7 @@ class PassSettings:
     usable_once: bool = True
     start_time: time = time(8, 0)
     timezone: str = "UTC"
+    existing: str = "skip"  # a user who holds a usable pass: skip the row, or replace the pass
 
     @property
     def zone(self) -> ZoneInfo:
@@ -482,6 +500,20 @@ def _build(
             raise ConfigError(f"{at(section, key)}: {section}.{key} must be {bound}, got {value!r}")
         return converted
 
+    def choice(
+        section: str, key: str, allowed: Sequence[str], *, upper: bool = False,
+        optional: bool = False,
+    ) -> str | None:  # fmt: skip
+        value = m[section][key]
+        if value is None and optional:
+            return None
+        text = str(value).strip()
+        for option in allowed:
+            if text == option or (upper and text.upper() == option):
+                return option
+        wanted = " | ".join(allowed) + (" (or null)" if optional else "")
+        raise ConfigError(f"{at(section, key)}: {section}.{key} must be {wanted}, got {value!r}")
+
     def boolean(section: str, key: str) -> bool:
         value = m[section][key]
         if not isinstance(value, bool):
@@ -587,6 +619,8 @@ def _build(
         columns=i["columns"],
         max_rows=number("input", "max_rows", int, 1, 10_000_000),
         max_mb=number("input", "max_mb", float, 0.001, 100_000),
+        date_order=choice("input", "date_order", DATE_ORDERS, upper=True, optional=True),
+        match_by=str(choice("input", "match_by", MATCH_BY)),
     )
 
     p = m["pass"]
@@ -606,6 +640,7 @@ def _build(
         usable_once=boolean("pass", "usable_once"),
         start_time=start_time,
         timezone=zone,
+        existing=str(choice("pass", "existing", EXISTING)),
     )
 
     run = RunSettings(

@@ -51,6 +51,10 @@ class AuthError(OnboardError):
         self.error = error
 
 
+class PolicyDisabled(AuthError):
+    """The tenant's Temporary Access Pass policy is off: every create would be refused."""
+
+
 class JournalLocked(OnboardError):
     """Another onboard process holds the journal; nothing was sent."""
 

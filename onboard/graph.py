@@ -57,6 +57,82 @@ class CreatedPass:
         return self.starts + timedelta(minutes=self.lifetime_minutes)
 
 
+@dataclass(frozen=True, slots=True)
+class HeldPass:
+    """A pass Graph holds for a user, as listed (Graph never lists the value)."""
+
+    method_id: str
+    created: datetime | None
+    starts: datetime | None
+    lifetime_minutes: int | None
+    usability: str | None  # methodUsabilityReason: EnabledByPolicy, NotYetValid, Expired, ...
+
+    def in_force(self, now: datetime) -> bool:
+        """Usable now, or not yet valid: a pass someone may have handed out."""
+        if self.usability is not None:
+            return self.usability in ("EnabledByPolicy", "NotYetValid")
+        if self.starts is None or self.lifetime_minutes is None:
+            return True  # cannot tell: assume it is in force
+        return now < self.starts + timedelta(minutes=self.lifetime_minutes)
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """The tenant's Temporary Access Pass policy, as far as rows can be checked against it."""
+
+    enabled: bool
+    minimum: int | None
+    maximum: int | None
+    usable_once_only: bool
+
+    @classmethod
+    def from_graph(cls, data: Mapping[str, Any]) -> Policy:
+        def minutes(key: str) -> int | None:
+            value = data.get(key)
+            return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+        return cls(
+            enabled=str(data.get("state")).lower() == "enabled",
+            minimum=minutes("minimumLifetimeInMinutes"),
+            maximum=minutes("maximumLifetimeInMinutes"),
+            usable_once_only=data.get("isUsableOnce") is True,
+        )
+
+    def describe(self) -> str:
+        low = "?" if self.minimum is None else self.minimum
+        high = "?" if self.maximum is None else self.maximum
+        once = "yes" if self.usable_once_only else "no"
+        state = "enabled" if self.enabled else "disabled"
+        return f"{state}; lifetime {low}..{high} minutes; one-time only: {once}"
+
+    def refuses(self, request: PassRequest) -> tuple[str, str] | None:
+        """Why the policy would refuse this row's pass (reason, what to do); None if it would
+        not (the target groups aside: Graph alone knows who is in them)."""
+        low, high = self.minimum, self.maximum
+        lifetime = request.lifetime_minutes
+        if (low is not None and lifetime < low) or (high is not None and lifetime > high):
+            return (
+                "Lifetime outside the pass policy",
+                f"A lifetime of {lifetime} minutes is outside the tenant's Temporary Access Pass "
+                f"policy, which allows {low}..{high} minutes. Put a lifetime in that range in the "
+                "sheet's Lifetime column (or pass.lifetime_minutes), or widen the range in the "
+                "policy (Entra admin center > Protection > Authentication methods > Policies > "
+                "Temporary Access Pass).",
+            )
+        if self.usable_once_only and not request.usable_once:
+            return (
+                "Multi-use pass refused by the pass policy",
+                "The tenant's pass policy allows one-time passes only, and this row asks for a "
+                "multi-use one. Set One-time to yes for this row (or pass.usable_once: true), or "
+                "allow multi-use passes in the policy.",
+            )
+        return None
+
+
+FILTER_VALUES = 15  # Graph's default limit on the values of one `in` filter
+USER_FIELDS = "id,userPrincipalName,mail,employeeId,userType,creationType,externalUserState"
+
+
 def user_path(user: str) -> str:
     """The URL path segment for a user: percent-encoded (no '/', '?', '#', '%' or control
     character survives), and `users('$x@y')` for a leading $. Whatever the value, the request
@@ -238,6 +314,11 @@ class GraphClient:
 
     async def current_pass_id(self, user: str) -> str | None:
         """The id of the pass Graph holds for this user now (None if it holds none)."""
+        held = await self.current_pass(user)
+        return held.method_id if held is not None else None
+
+    async def current_pass(self, user: str) -> HeldPass | None:
+        """The pass Graph holds for this user now, without its value (None if it holds none)."""
         url = f"{self._root}/{user_path(user)}/{TAP_PATH}"
         status, data, request_id, _ = await self._send("GET", url, None)
         if status != 200:
@@ -245,7 +326,42 @@ class GraphClient:
         items = data.get("value") or []
         if not isinstance(items, list) or not items or not isinstance(items[0], dict):
             return None
-        return str(items[0].get("id")) if items[0].get("id") else None
+        item = items[0]
+        if not item.get("id"):
+            return None
+        starts = _parse_time(item.get("startDateTime"))
+        lifetime = item.get("lifetimeInMinutes")
+        return HeldPass(
+            method_id=str(item["id"]),
+            created=_parse_time(item.get("createdDateTime")),
+            starts=starts,
+            lifetime_minutes=lifetime if isinstance(lifetime, int) else None,
+            usability=str(item["methodUsabilityReason"])
+            if item.get("methodUsabilityReason")
+            else None,
+        )
+
+    async def find_users(self, field: str, values: Sequence[str]) -> list[dict[str, Any]]:
+        """The directory's users whose `field` (userPrincipalName, mail, employeeId or id) is
+        one of `values` (at most FILTER_VALUES: Graph's limit for `in`), every page."""
+        if not 0 < len(values) <= FILTER_VALUES:
+            raise ValueError(f"between 1 and {FILTER_VALUES} values per lookup")
+        listed = ",".join("'" + v.replace("'", "''") + "'" for v in values)
+        query = {"$filter": f"{field} in ({listed})", "$select": USER_FIELDS, "$top": "999"}
+        url: str | None = f"{self._root}/users?" + "&".join(
+            f"{k}={quote(v, safe=',()')}" for k, v in query.items()
+        )
+        found: list[dict[str, Any]] = []
+        while url is not None:
+            status, data, request_id, _ = await self._send("GET", url, None)
+            if status != 200:
+                raise _error(status, data, request_id, None)
+            page = data.get("value")
+            if isinstance(page, list):
+                found.extend(u for u in page if isinstance(u, dict))
+            link = data.get("@odata.nextLink")
+            url = link if isinstance(link, str) and link.startswith(self._root) else None
+        return found
 
     async def get_policy(self) -> dict[str, Any]:
         """The tenant's Temporary Access Pass policy (needs Policy.Read.AuthenticationMethod)."""

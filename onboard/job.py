@@ -37,11 +37,18 @@ from .errors import (
     GraphError,
     InputFileError,
     JournalWriteError,
+    PolicyDisabled,
     ThrottledError,
     TransientError,
 )
 from .files import private_dir
-from .graph import GraphClient
+from .graph import (
+    FILTER_VALUES,
+    GraphClient,
+    HeldPass,
+    Policy,
+    explain,
+)
 from .history import recover_unfinished
 from .journal import (
     RECORD_SQL,
@@ -54,9 +61,26 @@ from .journal import (
     sending_params,
 )
 from .outcomes import Failed, Issued, Origin, Outcome, PassRequest, Skipped
-from .pool import Confirmation, OnOutcome, PoolResult, confirm, current_passes, issue_all
+from .pool import (
+    Confirmation,
+    OnOutcome,
+    PoolResult,
+    ask_all,
+    confirm,
+    current_passes,
+    issue_all,
+)
 from .rate import RateController
-from .reader import InputFile, plan, read_input, user_key
+from .reader import (
+    GUEST_MARKER,
+    GUEST_REFUSAL,
+    GUID,
+    InputFile,
+    one_per_user,
+    plan,
+    read_input,
+    user_key,
+)
 from .redact import printable
 from .retrying import Retries
 from .simulator import DEFAULT_CLIENT_SECRET, Faults, RunningSimulator, SimulatorState, serve
@@ -226,18 +250,75 @@ async def run(
         ledger = _Ledger(report, journal, on_outcome)
         if on_start is not None:
             on_start(len(requests) + len(checked))
-        to_send, to_check = _sort(ledger, requests, checked, started, due, reissue, wanted_users)
-        if to_send or to_check or any(i.unconfirmed for i in report.issued):
-            try:
-                await _send(config, env, ledger, to_send, to_check, stop, options)
-            except (AuthError, ConfigError):
-                if not report.resumed:  # nothing was sent and no pass is held: close it
-                    journal.finish(report.run_id, "aborted", None)
-                raise
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                client = None
+                if requests or report.resumed:
+                    client = await _open(config, env, stack)  # nothing sent if this fails
+                    report.rate = client.rate
+                    policy, line = await _read_policy(client, config, stop)
+                    report.notes.append(("Pass policy", line))
+                    requests, found = await _prepare(config, client, requests, policy)
+                    checked = [*checked, *found]
+                to_send, to_check = _sort(
+                    ledger, requests, checked, started, due, reissue, wanted_users,
+                    config.pass_.existing,
+                )  # fmt: skip
+                if to_send or to_check or any(i.unconfirmed for i in report.issued):
+                    assert client is not None
+                    await _send(config, client, ledger, to_send, to_check, stop, options)
+        except (AuthError, ConfigError):
+            if not report.resumed and not report.issued:  # no pass is held: close it
+                journal.finish(report.run_id, "aborted", None)
+            raise
         _finish(journal, config, report, directory, options)
         return report
     finally:
         journal.close()
+
+
+@dataclass(slots=True)
+class Validation:
+    """What `onboard validate` found: the rows ready to send, and every other row's outcome."""
+
+    files: list[InputFile]
+    ready: list[PassRequest]
+    problems: list[Failed]
+    skipped: list[Skipped]
+    policy: str | None = None  # the pass policy as read (online), for the summary line
+
+
+async def validate(
+    config: Config, inputs: Sequence[str | Path], *, env: Mapping[str, str], online: bool
+) -> Validation:
+    """Every check a run makes before its first create, without creating anything: the files,
+    their columns and cells, repeats; and `online`, the pass policy and each person in the
+    directory (by UPN, object id, mail or employee id). Raises as `run` does for an unusable
+    file, configuration or sign-in."""
+    files = read_all(config, inputs, datetime.now(UTC))
+    requests, checked = check_rows(files)
+    policy_line = None
+    if online and requests:
+        async with contextlib.AsyncExitStack() as stack:
+            client = await _open(config, env, stack)
+            policy = None
+            try:
+                policy, policy_line = await _read_policy(client, config, None)
+            except PolicyDisabled as exc:
+                policy_line = "disabled"
+                checked.append(
+                    Failed(Origin("(tenant)", 0), "", "Pass policy turned off", str(exc))
+                )
+            requests, found = await _prepare(config, client, requests, policy, look_up_all=True)
+            checked.extend(found)
+    order = sorted(checked, key=lambda o: (o.origin.source, o.origin.row))
+    return Validation(
+        files,
+        requests,
+        [o for o in order if isinstance(o, Failed)],
+        [o for o in order if isinstance(o, Skipped)],
+        policy_line,
+    )
 
 
 class _Ledger:
@@ -392,6 +473,7 @@ def _sort(
     due_within_days: int | None,
     reissue: bool,
     reissue_users: set[str],
+    existing: str = "replace",
 ) -> tuple[list[PassRequest], list[_Check]]:
     """Decide, for every row, whether it is sent now; record the outcome of each that is not.
 
@@ -476,6 +558,8 @@ def _sort(
                 "Graph after this one"
             )
             request = replace(request, note=_join(request.note, note), doubtful=True)
+        elif previous is None and not wanted and existing == "skip":
+            request = replace(request, ask_existing=True)  # a pass from elsewhere may be in force
         to_send.append(request)
     journal.queued(run_id, to_send + [c.request for c in to_check])
     return to_send, to_check
@@ -497,24 +581,30 @@ def _join(first: str, second: str) -> str:
     return f"{first}; {second}" if first else second
 
 
+async def _open(
+    config: Config, env: Mapping[str, str], stack: contextlib.AsyncExitStack
+) -> GraphClient:
+    """The endpoint (the simulator, started here, or the tenant's) and a connected client."""
+    endpoint = await stack.enter_async_context(_endpoint(config, env))
+    return await _connect(config, endpoint, stack)
+
+
 async def _send(
     config: Config,
-    env: Mapping[str, str],
+    client: GraphClient,
     ledger: _Ledger,
     requests: list[PassRequest],
     to_check: list[_Check],
     stop: asyncio.Event | None,
     options: AuditOptions,
 ) -> None:
-    """Connect, then issue; whatever happens once passes may exist, the audit gets written."""
+    """Issue; whatever happens once passes may exist, the audit gets written."""
     report = ledger.report
-    async with contextlib.AsyncExitStack() as stack:
-        endpoint = await stack.enter_async_context(_endpoint(config, env))
-        client = await _connect(config, endpoint, stack)  # nothing sent if this fails
-        report.rate = client.rate
+    if True:  # (kept indented: the block below once opened the connection itself)
         pending = {r.origin: r for r in requests}
         pending.update((c.request.origin, c.request) for c in to_check)
         try:
+            requests = await _skip_existing(config, client, ledger, requests, pending)
             requests = requests + await _decide(config, client, ledger, to_check, pending)
             await _issue(config, client, requests, ledger, pending, stop)
         except (asyncio.CancelledError, KeyboardInterrupt):
@@ -631,16 +721,15 @@ async def _issue(
     stop: asyncio.Event | None,
 ) -> None:
     report = ledger.report
-    report.notes.extend(await _policy_notes(client, config, stop))
     run = config.run
 
     def track(outcome: Outcome) -> None:
         pending.pop(outcome.origin, None)
-        ledger.add(outcome, later=True)
+        ledger.add(_on_conflict(outcome, config), later=True)
 
     def track_again(outcome: Outcome) -> None:
         pending.pop(outcome.origin, None)
-        ledger.replace(outcome, later=True)
+        ledger.replace(_on_conflict(outcome, config), later=True)
 
     async def issue(batch: list[PassRequest], on_outcome: OnOutcome) -> PoolResult:
         try:
@@ -758,47 +847,253 @@ def _add_stats(report: RunReport, result: PoolResult) -> None:
         report.stopped = f"aborted: {result.aborted}"
 
 
-async def _policy_notes(
+async def _read_policy(
     client: GraphClient, config: Config, stop: asyncio.Event | None
-) -> list[tuple[str, str]]:
-    """Read the pass policy for the Summary: a few quick tries, never holding up a stop."""
+) -> tuple[Policy | None, str]:
+    """The pass policy (None if it cannot be read) and a line for the Summary: a few quick
+    tries, never holding up a stop. Raises PolicyDisabled when the policy is off."""
     for attempt in range(1, POLICY_ATTEMPTS + 1):
         try:
-            policy = await client.get_policy()
+            data = await client.get_policy()
             break
         except (ThrottledError, TransientError) as exc:
             if attempt == POLICY_ATTEMPTS:
                 log.warning("cannot read the pass policy: HTTP %s %s", exc.status, exc.code)
-                return [("Pass policy", f"not readable (HTTP {exc.status})")]
+                return None, f"not readable (HTTP {exc.status})"
             wait = min(exc.retry_after or config.run.backoff_seconds, POLICY_MAX_WAIT_SECONDS)
             if await _stopped_within(stop, wait):
-                return [("Pass policy", "not read (the run was stopped)")]
+                return None, "not read (the run was stopped)"
         except GraphError as exc:
             if exc.status == 403:
                 log.warning(
-                    "cannot read the pass policy (the app lacks Policy.Read.AuthenticationMethod);"
-                    " relying on Graph's answers"
+                    "cannot read the pass policy (the app lacks Policy.Read.AuthenticationMethod):"
+                    " rows are not checked against it; relying on Graph's answers"
                 )
-                return [("Pass policy", "not readable (needs Policy.Read.AuthenticationMethod)")]
+                return None, "not readable (needs Policy.Read.AuthenticationMethod)"
             log.warning("cannot read the pass policy: HTTP %s %s", exc.status, exc.code)
-            return [("Pass policy", f"not readable (HTTP {exc.status})")]
+            return None, f"not readable (HTTP {exc.status})"
     else:
-        return [("Pass policy", "not read")]
-    state = str(policy.get("state"))
-    if state != "enabled":
-        log.warning(
-            "the tenant's Temporary Access Pass policy is %s: every create will be refused. "
-            "Turn it on in Entra admin center > Protection > Authentication methods > Policies",
-            state,
+        return None, "not read"
+    policy = Policy.from_graph(data)
+    if not policy.enabled:
+        raise PolicyDisabled(
+            "the tenant's Temporary Access Pass policy is turned off, so Graph would refuse "
+            "every pass: nothing was sent. Turn it on in the Entra admin center > Protection > "
+            "Authentication methods > Policies > Temporary Access Pass (Enable, and include "
+            "the new hires' group), then run again"
         )
-    return [
-        (
-            "Pass policy",
-            f"{state}; lifetime {policy.get('minimumLifetimeInMinutes')}.."
-            f"{policy.get('maximumLifetimeInMinutes')} minutes; one-time only: "
-            f"{'yes' if policy.get('isUsableOnce') else 'no'}",
-        )
+    return policy, policy.describe()
+
+
+async def _prepare(
+    config: Config,
+    client: GraphClient,
+    requests: list[PassRequest],
+    policy: Policy | None,
+    *,
+    look_up_all: bool = False,
+) -> tuple[list[PassRequest], list[Failed | Skipped]]:
+    """Before anything is created: find the people named by mail or employee id (with
+    `look_up_all`, by UPN or object id too), and fail the rows the pass policy would refuse.
+    Returns the rows still to consider and the rows decided here."""
+    decided: list[Failed | Skipped] = []
+    if config.input.match_by != "upn" or look_up_all:
+        requests, missing = await _look_up(config, client, requests)
+        decided.extend(missing)
+        requests, conflicts, repeats = one_per_user(requests)  # two addresses, one person
+        decided.extend(conflicts)
+        decided.extend(repeats)
+    if policy is not None:
+        keep = []
+        for request in requests:
+            refused = policy.refuses(request)
+            if refused is None:
+                keep.append(request)
+            else:
+                field_name = "lifetime_minutes" if "Lifetime" in refused[0] else "usable_once"
+                column = config.input.columns[field_name][0]
+                decided.append(Failed(request.origin, request.user, *refused, column=column))
+        requests = keep
+    return requests, decided
+
+
+async def _look_up(
+    config: Config, client: GraphClient, requests: list[PassRequest]
+) -> tuple[list[PassRequest], list[Failed]]:
+    """Find each row's person in the directory (15 values to a request, as Graph allows): by
+    input.match_by mail or employee id, the row then names the UPN found; by UPN, or object id,
+    it is only checked. No match, several, or a guest: the row fails."""
+    match_by = config.input.match_by
+
+    def field_for(value: str) -> str:
+        if match_by != "upn":
+            return match_by
+        return "id" if GUID.match(value) else "userPrincipalName"
+
+    label = {"mail": "mail", "employeeId": "employee id", "upn": "UPN"}[match_by]
+    wanted: dict[str, list[str]] = {}
+    for request in requests:
+        wanted.setdefault(field_for(request.user), []).append(request.user.casefold())
+    chunks = [
+        (name, tuple(values[i : i + FILTER_VALUES]))
+        for name, listed in wanted.items()
+        for values in [list(dict.fromkeys(listed))]
+        for i in range(0, len(values), FILTER_VALUES)
     ]
+    answers = await ask_all(
+        chunks,
+        lambda chunk: client.find_users(chunk[0], list(chunk[1])),
+        concurrency=config.run.concurrency,
+        retries=_retries(config.run),
+    )
+    matches: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    errors: dict[tuple[str, str], GraphError] = {}
+    for (name, values), answer in answers.items():
+        for value in values:
+            matches[(name, value)] = []
+            if isinstance(answer, GraphError):
+                errors[(name, value)] = answer
+        if isinstance(answer, GraphError):
+            continue
+        for user in answer:
+            key = (name, str(user.get(name) or "").casefold())
+            if key in matches:
+                matches[key].append(user)
+    found: list[PassRequest] = []
+    failed: list[Failed] = []
+    column = config.input.columns[config.input.key_column][0]
+    for request in requests:
+        value = request.user
+        key = (field_for(value), value.casefold())
+        error = errors.get(key)
+        people = matches.get(key, [])
+        upns = [str(u.get("userPrincipalName") or "") for u in people]
+        if error is not None:
+            failed.append(Failed(
+                request.origin, value, "Lookup failed",
+                f"Could not search the directory for {label} '{value}' (HTTP {error.status} "
+                f"{error.code or '-'}: {error.message}). Finding people needs User.Read.All "
+                "for the app; fix that, or run again later.",
+                http_status=error.status, graph_code=error.code, column=column,
+            ))  # fmt: skip
+        elif not people and match_by == "upn":
+            failed.append(Failed(
+                request.origin, value, "User not found",
+                f"No user '{value}' in the tenant: check the spelling in the sheet, or wait "
+                "until the account has been created, then run again for this row.",
+                column=column,
+            ))  # fmt: skip
+        elif not people:
+            failed.append(Failed(
+                request.origin, value, f"No user with this {label}",
+                f"No user in the tenant has {label} '{value}'. Check the sheet, or wait until "
+                f"the account exists with its {label} set, then run again for this row.",
+                column=column,
+            ))  # fmt: skip
+        elif len(people) > 1:
+            failed.append(Failed(
+                request.origin, value, f"Several users with this {label}",
+                f"{len(people)} users have {label} '{value}': {', '.join(sorted(upns))}. Give "
+                "this person's UPN instead (a sheet with input.match_by: upn), or fix the "
+                "directory so the value is unique.",
+                column=column,
+            ))  # fmt: skip
+        elif _is_guest(people[0]):
+            failed.append(Failed(
+                request.origin, upns[0], "External guest user",
+                f"{GUEST_REFUSAL} ({label} '{value}' is the guest {upns[0]}.) Guests sign in "
+                "with their home organisation's credentials.",
+                column=column,
+            ))  # fmt: skip
+        elif not upns[0]:
+            failed.append(Failed(
+                request.origin, value, "Lookup failed",
+                f"The directory returned a user for {label} '{value}' without a UPN.",
+                column=column,
+            ))  # fmt: skip
+        elif match_by == "upn":
+            found.append(request)
+        else:
+            found.append(replace(request, user=upns[0], sheet_value=value))
+    return found, failed
+
+
+def _is_guest(user: Mapping[str, Any]) -> bool:
+    """An external guest: userType Guest, or the #EXT# of an invited account's UPN."""
+    upn = str(user.get("userPrincipalName") or "")
+    return str(user.get("userType") or "").casefold() == "guest" or GUEST_MARKER in upn.upper()
+
+
+async def _skip_existing(
+    config: Config,
+    client: GraphClient,
+    ledger: _Ledger,
+    requests: list[PassRequest],
+    pending: dict[Origin, PassRequest],
+) -> list[PassRequest]:
+    """pass.existing skip: list each user's current pass first, and skip the rows whose user
+    holds one that is usable or not yet valid (someone may have handed it out)."""
+    ask = [r.user for r in requests if r.ask_existing]
+    if not ask:
+        return requests
+    answers = await ask_all(
+        ask, client.current_pass, concurrency=config.run.concurrency, retries=_retries(config.run)
+    )
+    now = datetime.now(UTC)
+    keep: list[PassRequest] = []
+    for request in requests:
+        held = answers.get(request.user) if request.ask_existing else None
+        outcome: Outcome | None = None
+        if isinstance(held, GraphError):
+            reason, detail = explain(held, request.user, config.run.max_attempts)
+            if held.status != 404:
+                reason = "Could not check for an existing pass"
+                detail = (
+                    f"pass.existing is skip, and Graph would not list this user's current pass "
+                    f"(HTTP {held.status}: {held.message}), so none was created. Run again "
+                    "later; or set pass.existing: replace to issue without checking."
+                )
+            outcome = Failed(request.origin, request.user, reason, detail,
+                             http_status=held.status, graph_code=held.code,
+                             request_id=held.request_id)  # fmt: skip
+        elif held is not None and held.in_force(now):
+            outcome = Skipped(request.origin, request.user, _holds(held), issued_at=held.created)
+        if outcome is None:
+            keep.append(request)
+        else:
+            pending.pop(request.origin, None)
+            ledger.add(outcome, later=True)
+    await ledger.durable()
+    return keep
+
+
+def _holds(held: HeldPass) -> str:
+    def when(moment: datetime | None) -> str:
+        return "unknown" if moment is None else f"{moment.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
+
+    state = "not yet valid" if held.usability == "NotYetValid" else "usable now"
+    return (
+        f"already holds a pass ({state}): created {when(held.created)}, starts "
+        f"{when(held.starts)}; kept, as pass.existing is skip (use --reissue-user or "
+        "pass.existing: replace to replace it)"
+    )
+
+
+def _on_conflict(outcome: Outcome, config: Config) -> Outcome:
+    """A 409 (Graph refusing while a pass exists, as older tenants did) is "a pass exists":
+    with pass.existing skip the row is skipped; with replace it fails, saying how to clear it."""
+    if (
+        isinstance(outcome, Failed)
+        and outcome.http_status == 409
+        and config.pass_.existing == "skip"
+    ):
+        return Skipped(
+            outcome.origin,
+            outcome.user,
+            "already holds a pass (Graph refused a new one: 409 conflict); kept, as "
+            "pass.existing is skip",
+        )
+    return outcome
 
 
 @contextlib.asynccontextmanager

@@ -28,6 +28,12 @@ class PassRequest:
     start_date: date | None = None  # the start date as the sheet gave it (local)
     prior_attempts: int = 0  # sends made for this row by an earlier, stopped invocation
     doubtful: bool = False  # an earlier run's request for this user may still land at Graph
+    # What the sheet named the person by when it is not the UPN (input.match_by mail or
+    # employeeId): kept for the audit; `user` is the UPN the directory returned for it.
+    sheet_value: str | None = None
+    # pass.existing is skip and nothing in the journal speaks for this user: ask Graph for a
+    # pass already in force before creating one.
+    ask_existing: bool = False
 
     @property
     def start_key(self) -> str:

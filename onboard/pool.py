@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from .errors import AuthError, GraphError, JournalWriteError, TransientError
 from .graph import CreatedPass, explain
@@ -346,6 +346,8 @@ async def _stop_all(workers: list[asyncio.Task[None]]) -> None:
 
 
 Current = Callable[[str], Awaitable[str | None]]
+K = TypeVar("K", bound=Hashable)
+A = TypeVar("A")
 
 
 @dataclass(slots=True)
@@ -363,20 +365,32 @@ async def current_passes(
     retries: Retries,
 ) -> dict[str, str | GraphError | None]:
     """Ask Graph which pass (method id) each user holds now; a GraphError where it would not say."""
-    answers: dict[str, str | GraphError | None] = {}
+    return await ask_all(users, current, concurrency=concurrency, retries=retries)
+
+
+async def ask_all(
+    keys: Iterable[K],
+    ask: Callable[[K], Awaitable[A]],
+    *,
+    concurrency: int,
+    retries: Retries,
+) -> dict[K, A | GraphError]:
+    """`ask(key)` for every distinct key, `concurrency` at a time, each retried as a create
+    would be: the answer, or the GraphError that ended its tries. Nothing is created."""
+    answers: dict[K, A | GraphError] = {}
     slots = asyncio.Semaphore(concurrency)
 
-    async def ask(user: str) -> None:
-        async def attempt(_: int) -> str | None:
+    async def one(key: K) -> None:
+        async def attempt(_: int) -> A:
             async with slots:
-                return await current(user)
+                return await ask(key)
 
         try:
-            answers[user] = await with_retries(attempt, retries)
+            answers[key] = await with_retries(attempt, retries)
         except GraphError as exc:
-            answers[user] = exc
+            answers[key] = exc
 
-    await asyncio.gather(*(ask(user) for user in dict.fromkeys(users)))
+    await asyncio.gather(*(one(key) for key in dict.fromkeys(keys)))
     return answers
 
 

@@ -7,7 +7,6 @@ problem becomes a Failed outcome naming the column and what to fix; it is never 
 from __future__ import annotations
 
 import contextlib
-import csv
 import faulthandler
 import hashlib
 import io
@@ -24,12 +23,13 @@ import zipfile
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
 import msoffcrypto
 import pandas as pd
+import python_calamine
 from msoffcrypto.exceptions import FileFormatError
 from openpyxl.utils import get_column_letter
 
@@ -45,13 +45,24 @@ GUEST_REFUSAL = "Temporary Access Pass cannot be added to an external guest user
 
 _TRUE = {"true", "yes", "y", "1", "x"}
 _FALSE = {"false", "no", "n", "0"}
-_GUID = re.compile(r"^[0-9a-f]{8}-([0-9a-f]{4}-){3}[0-9a-f]{12}$", re.IGNORECASE)
+GUID = re.compile(r"^[0-9a-f]{8}-([0-9a-f]{4}-){3}[0-9a-f]{12}$", re.IGNORECASE)
 # A UPN: local part without spaces, '@', or path characters; a dotted domain.
 _UPN = re.compile(r"^[^@\s/\\?%\x00-\x1f\x7f]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
 # Graph documents no limit on how far ahead a pass may start; a start more than this far ahead
 # is almost certainly a typo in the year.
 MAX_DAYS_AHEAD = 366
-_ISO_DATE = re.compile(r"^(\d{4})-(\d{1,2})-(\d{1,2})(?:[T ]00:00(?::00(?:\.0+)?)?)?$")
+# 2026-12-01, 01/12/2026, 1.12.26, 12-01-2026, each optionally followed by a time of day.
+_NUMERIC_DATE = re.compile(
+    r"^(\d{1,4})[-/.](\d{1,2})[-/.](\d{1,4})(?:[T ](\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?))?$"
+)
+# 1 Dec 2026, 01-Dec-2026, December 1, 2026, Tue 1 Dec 2026 ... (English month names).
+_NAMED_DATE = re.compile(r"^((?:[A-Za-z]{3,9},? )?[\w ,.-]*?[A-Za-z]{3,9}[\w ,.-]*?\d{2,4})"
+                         r"(?: (\d{1,2}:\d{2}))?$")  # fmt: skip
+_NAMED_FORMATS = (
+    "%d %b %Y", "%d %B %Y", "%d-%b-%Y", "%d-%b-%y", "%d %b %y", "%b %d %Y", "%B %d %Y",
+    "%b %d, %Y", "%B %d, %Y", "%a %d %b %Y", "%A %d %B %Y", "%a, %d %b %Y", "%A, %d %B %Y",
+    "%A, %B %d, %Y", "%a, %b %d, %Y", "%d. %B %Y", "%d %b. %Y",
+)  # fmt: skip
 _INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff"), None)
 # Excel serial day numbers for 1954..2119: anything else is not a plausible start date.
 _SERIAL_RANGE = (20000, 80000)
@@ -68,7 +79,9 @@ MB = 2**20
 # ask for 500 GB), or to spin, can only stop the child.
 OPEN_SECONDS = 300.0
 OPEN_MEMORY = 3 * 2**30  # address space beyond what the child starts with (Linux)
+MAX_ID_CHARS = 256  # longer than any UPN, address or employee id Entra ID accepts
 MAX_COLUMNS = 702  # column ZZ: a new-hire sheet has a few dozen
+HEADER_SEARCH_ROWS = 30  # the header row is looked for in this many rows at the top
 # Characters no text file has many of (tab, newlines and form feed excluded).
 _CONTROL = re.compile("[\x00-\x08\x0e-\x1f\x7f]")
 
@@ -85,6 +98,7 @@ class InputFile:
     requests: list[PassRequest] = field(default_factory=list)
     failed: list[Failed] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
+    header_row: int = 1  # the sheet row the headers were found on (titles may sit above)
 
 
 def read_input(
@@ -114,15 +128,12 @@ def read_input(
         )
     if not table:
         raise InputFileError("the file is empty: no header row found", path=str(path))
-    headers = tuple(_text(h) or "" for h in table[0])
+    top = find_header(table, settings)
+    if top is None:
+        raise InputFileError(_no_key_column(table, settings), path=str(path))
+    headers = tuple(_text(h) or "" for h in table[top])
     columns = _map_columns(headers, settings)
-    if "user" not in columns:
-        found = ", ".join(repr(h) for h in headers if h) or "none"
-        wanted = ", ".join(settings.columns["user"])
-        raise InputFileError(
-            f"no user column: expected one of {wanted}; headers found: {found}", path=str(path)
-        )
-    if len(table) > settings.max_rows + 1:  # read up to the limit and one more: more there
+    if len(table) - top - 1 > settings.max_rows:  # read up to the limit and one more: more there
         where = f"sheet '{sheet}' has" if sheet else "has"
         raise InputFileError(
             f"{where} more than {settings.max_rows:,} rows, blank rows included (input.max_rows):"
@@ -130,17 +141,24 @@ def read_input(
             "if it really is one batch",
             path=str(path),
         )
-    body = table[1:]
+    body = table[top + 1 :]
     while body and all(_blank(v) for v in body[-1]):
         body.pop()
     _check_cells(table, path)
-    result = InputFile(path, digest, sheet, headers, len(body))
+    footer = _footer_start(body, columns, settings)
+    result = InputFile(path, digest, sheet, headers, len(body), header_row=top + 1)
     for index, values in enumerate(body):
-        origin = Origin(source or path.name, index + 2)
+        origin = Origin(source or path.name, top + index + 2)
         if all(_blank(v) for v in values):
             result.skipped.append(Skipped(origin, "", "blank row"))
             continue
-        outcome = _validate_row(origin, values, columns, headers, defaults, now)
+        if index >= footer:
+            text = " ".join(_clean(_text(v) or "") for v in values if not _blank(v))
+            result.skipped.append(
+                Skipped(origin, "", f"below the data (a total or a note): {_shown(text)}")
+            )
+            continue
+        outcome = _validate_row(origin, values, columns, headers, defaults, now, settings)
         if isinstance(outcome, Failed):
             result.failed.append(outcome)
         else:
@@ -187,7 +205,8 @@ def _read_excel(data: bytes, path: Path, settings: InputSettings) -> tuple[str, 
     if not zipfile.is_zipfile(io.BytesIO(data)):
         raise InputFileError(_not_a_workbook(data), path=str(path))
     _check_zip(data, path, settings.max_mb)
-    sheets = _open_isolated(data, path, settings.max_rows + 2)  # header, limit, one to tell
+    # Title rows, the header, the limit, and one more to tell.
+    sheets, hidden = _open_isolated(data, path, settings.max_rows + HEADER_SEARCH_ROWS + 1)
     names = list(sheets)
     wanted = settings.sheet
     if wanted is not None:
@@ -206,28 +225,109 @@ def _read_excel(data: bytes, path: Path, settings: InputSettings) -> tuple[str, 
                 )
             name = matches[0]
         return name, sheets[name]
-    first_headers: list[str] = []
-    for name, rows in sheets.items():
-        if rows:
-            headers = tuple(_text(h) or "" for h in rows[0])
-            if "user" in _map_columns(headers, settings):
-                return name, rows
-            if not first_headers:
-                first_headers = [h for h in headers if h]
-    wanted_names = ", ".join(settings.columns["user"])
-    found = ", ".join(repr(h) for h in first_headers) or "none"
-    raise InputFileError(
-        f"no sheet has a user column (expected one of {wanted_names}); "
-        f"sheets: {', '.join(names)}; headers found: {found}",
-        path=str(path),
+    visible = [n for n in names if n not in hidden]
+    found = [n for n in visible if find_header(sheets[n], settings) is not None]
+    if len(found) == 1:
+        return found[0], sheets[found[0]]
+    if len(found) > 1:
+        raise InputFileError(
+            f"sheets {', '.join(repr(n) for n in found)} each have a "
+            f"{_column_label(settings)} column: set input.sheet to the one to use (or save each "
+            "as its own file and give them all: one run, one audit)",
+            path=str(path),
+        )
+    first = next((sheets[n] for n in visible if sheets[n]), [])
+    reason = _no_key_column(first, settings) if first else "every sheet is empty"
+    in_hidden = [n for n in names if n in hidden and find_header(sheets[n], settings) is not None]
+    if in_hidden:
+        reason += (
+            f"; hidden sheet {in_hidden[0]!r} has one: name it in input.sheet to use it "
+            "(hidden sheets are read only when named)"
+        )
+    raise InputFileError(f"no sheet has the column: {reason}; sheets: {', '.join(names)}",
+                         path=str(path))  # fmt: skip
+
+
+def find_header(table: Sequence[Sequence[Any]], settings: InputSettings) -> int | None:
+    """The index of the header row: the first of the top rows that has the column naming the
+    person (title rows, merged title cells and blank rows may sit above it)."""
+    for index, row in enumerate(table[:HEADER_SEARCH_ROWS]):
+        headers = [_text(h) or "" for h in row]
+        if settings.key_column in _map_columns(headers, settings):
+            return index
+    return None
+
+
+def _column_label(settings: InputSettings) -> str:
+    return "/".join(settings.columns[settings.key_column][:2])
+
+
+def _no_key_column(table: Sequence[Sequence[Any]], settings: InputSettings) -> str:
+    wanted = ", ".join(settings.columns[settings.key_column])
+    first = next((row for row in table[:HEADER_SEARCH_ROWS] if not all(map(_blank, row))), [])
+    seen = ", ".join(repr(_text(h)) for h in first if not _blank(h)) or "none"
+    how = "" if settings.match_by == "upn" else f" (input.match_by: {settings.match_by})"
+    return (
+        f"no {settings.key_column} column{how} in the first {HEADER_SEARCH_ROWS} rows: expected "
+        f"a header named one of {wanted}; first row with text: {seen}. Rename the header, or "
+        f"add its name to input.columns.{settings.key_column}"
     )
+
+
+def _footer_start(body: list[list[Any]], columns: dict[str, int], settings: InputSettings) -> int:
+    """Where the rows below the data begin (totals, notes): len(body) if there are none.
+
+    Only rows after the last person count, and only if they name no one (the key cell blank,
+    or text with spaces or a colon, or a word like Total) and carry no start date: a last hire
+    with a mistyped address still fails as a row, never passes as a note.
+    """
+    key = columns[settings.key_column]
+    start = len(body)
+    for index in range(len(body) - 1, -1, -1):
+        values = body[index]
+        if all(_blank(v) for v in values):
+            continue
+        cell = _clean(_text(values[key]) or "") if key < len(values) else ""
+        date_at = columns.get("start_date")
+        dated = date_at is not None and date_at < len(values) and not _blank(values[date_at])
+        if dated and _looks_like_date(values[date_at]):  # type: ignore[index]
+            break
+        first = _clean(_text(next(v for v in values if not _blank(v))) or "").casefold()
+        wordy = not cell or any(c.isspace() for c in cell) or ":" in cell
+        if not (wordy or first.startswith(_FOOTER_WORDS)) or _names_someone(cell, settings):
+            break
+        start = index
+    return start
+
+
+def _names_someone(text: str, settings: InputSettings) -> bool:
+    if not text:
+        return False
+    if settings.match_by == "employeeId":
+        return not any(c.isspace() for c in text)
+    return "@" in text or bool(GUID.match(text))
+
+
+def _looks_like_date(value: Any) -> bool:
+    try:
+        parse_start(value, None)
+    except ValueError as exc:
+        return "could be" in str(exc)  # ambiguous, but a date
+    return True
+
+
+_FOOTER_WORDS = ("total", "sum", "count", "note", "notes", "prepared", "generated", "source",
+                 "end of", "*", "#")  # fmt: skip
 
 
 def _rows(frame: pd.DataFrame) -> list[list[Any]]:
     return [[None if _is_missing(v) else v for v in row] for row in frame.itertuples(index=False)]
 
 
-def _open_isolated(data: bytes, path: Path, nrows: int) -> dict[str, list[list[Any]]]:
+Sheets = tuple[dict[str, list[list[Any]]], set[str]]  # rows by sheet name; the hidden sheets
+
+
+def _open_isolated(data: bytes, path: Path, nrows: int) -> Sheets:
     """Every sheet's rows (at most `nrows` each), read by pandas + calamine in a forked child
     with a memory limit and a time limit (Linux; elsewhere in this process). Raises
     InputFileError if the child fails."""
@@ -259,7 +359,7 @@ def _open_isolated(data: bytes, path: Path, nrows: int) -> dict[str, list[list[A
     return _opened(kind, payload, path)
 
 
-def _opened(kind: str, payload: Any, path: Path) -> dict[str, list[list[Any]]]:
+def _opened(kind: str, payload: Any, path: Path) -> Sheets:
     if kind == "limits":
         raise InputFileError(
             f"could not be opened within the reader's limits ({OPEN_MEMORY // 2**30} GB of "
@@ -270,7 +370,8 @@ def _opened(kind: str, payload: Any, path: Path) -> dict[str, list[list[Any]]]:
         )
     if kind == "error":
         raise InputFileError(f"cannot open the workbook (damaged?): {payload}", path=str(path))
-    return dict(payload)
+    sheets, hidden = payload
+    return dict(sheets), set(hidden)
 
 
 def _open_in_child(data: bytes, nrows: int, send: Any) -> None:
@@ -295,11 +396,13 @@ def _open_in_child(data: bytes, nrows: int, send: Any) -> None:
 
 def _open(data: bytes, nrows: int) -> tuple[str, Any]:
     try:
-        sheets = pd.read_excel(
-            io.BytesIO(data), sheet_name=None, header=None, dtype=object, engine="calamine",
-            nrows=nrows,
-        )  # fmt: skip
-        return "ok", {name: _rows(frame) for name, frame in sheets.items()}
+        with pd.ExcelFile(io.BytesIO(data), engine="calamine") as book:
+            hidden = [
+                m.name for m in book.book.sheets_metadata
+                if m.visible != python_calamine.SheetVisibleEnum.Visible
+            ]  # fmt: skip
+            sheets = pd.read_excel(book, sheet_name=None, header=None, dtype=object, nrows=nrows)
+        return "ok", ({name: _rows(frame) for name, frame in sheets.items()}, hidden)
     except MemoryError:
         return "limits", None
     except BaseException as exc:  # the engine raises many kinds (a Rust panic too) when damaged
@@ -406,12 +509,11 @@ def _check_cells(table: list[list[Any]], path: Path) -> None:
 
 def _read_csv(data: bytes, path: Path, max_rows: int) -> list[list[Any]]:
     text = _decode(data, path)
-    sample = text[:8192]
-    try:
-        dialect = csv.Sniffer().sniff(sample.splitlines()[0] if sample else ",", ",;\t")
-        sep = dialect.delimiter
-    except (csv.Error, IndexError):
-        sep = ","
+    hint = _SEP_HINT.match(text)
+    if hint:  # Excel's "sep=;" first line: kept as a blank row, so row numbers stay the sheet's
+        sep, text = hint.group(1), text[hint.end(1) :]
+    else:
+        sep = _delimiter(text[:65536])
     for number, line in enumerate(text.replace("\r", "\n").split("\n"), start=1):
         if line.count(sep) >= MAX_COLUMNS:  # the parser would build a column for each
             raise InputFileError(
@@ -427,13 +529,48 @@ def _read_csv(data: bytes, path: Path, max_rows: int) -> list[list[Any]]:
             dtype=str,
             keep_default_na=False,
             skip_blank_lines=False,
-            nrows=max_rows + 2,  # the header, the limit, and one more to tell
+            nrows=max_rows + HEADER_SEARCH_ROWS + 1,  # titles, header, limit, one more to tell
         )
     except pd.errors.EmptyDataError:
         return []
     except (pd.errors.ParserError, ValueError, OverflowError) as exc:
         raise InputFileError(f"cannot parse as CSV: {first_line(exc)}", path=str(path)) from None
     return [[None if v == "" else v for v in row] for row in frame.itertuples(index=False)]
+
+
+_SEP_HINT = re.compile(r"^sep=([,;\t|])(?=\r?\n|$)")
+_DELIMITERS = ",;\t"
+
+
+def _delimiter(sample: str) -> str:
+    """The delimiter of a CSV: `,` `;` or tab, whichever splits the most lines the same way
+    (title lines above the header allowed; delimiters and newlines inside quotes ignored)."""
+    records: list[dict[str, int]] = []
+    counts = dict.fromkeys(_DELIMITERS, 0)
+    quoted = False
+    for char in sample:
+        if char == '"':
+            quoted = not quoted
+        elif quoted:
+            continue
+        elif char in counts:
+            counts[char] += 1
+        elif char in "\r\n":
+            if any(counts.values()):
+                records.append(counts)
+            counts = dict.fromkeys(_DELIMITERS, 0)
+    if any(counts.values()):
+        records.append(counts)
+    best, best_score = ",", 0
+    for candidate in _DELIMITERS:
+        seen = [r[candidate] for r in records[:200] if r[candidate]]
+        if not seen:
+            continue
+        common = max(set(seen), key=seen.count)
+        score = seen.count(common) * 1000 + common
+        if score > best_score:
+            best, best_score = candidate, score
+    return best
 
 
 def _decode(data: bytes, path: Path) -> str:
@@ -490,6 +627,7 @@ def _validate_row(
     headers: Sequence[str],
     defaults: PassSettings,
     now: datetime,
+    settings: InputSettings,
 ) -> PassRequest | Failed:
     def cell(key: str) -> Any:
         index = columns.get(key)
@@ -499,21 +637,33 @@ def _validate_row(
         return headers[columns[key]]
 
     problems: list[tuple[str, str]] = []
-    user = _clean(_text(cell("user")) or "")
+    key = settings.key_column
+    user = _clean(_text(cell(key)) or "")
+    if key == "employee_id":
+        user = user.removesuffix(".0") if re.fullmatch(r"\d+\.0", user) else user
+    wanted = {
+        "user": "the user's UPN (name@domain)",
+        "mail": "the user's email address",
+        "employee_id": "the user's employee id",
+    }[key]
     if not user:
-        problems.append((header("user"), "is empty; enter the user's UPN (name@domain)"))
+        problems.append((header(key), f"is empty; enter {wanted}"))
     elif GUEST_MARKER.casefold() in user.casefold():
         return Failed(
             origin,
             printable(user),
             "External guest user",
             f"{GUEST_REFUSAL} Guests sign in with their home organisation's credentials.",
-            column=header("user"),
+            column=header(key),
         )
-    elif not (_UPN.match(user) or _GUID.match(user)) or not user.isprintable():
+    elif key == "user" and not ((_UPN.match(user) or GUID.match(user)) and user.isprintable()):
         problems.append(
-            (header("user"), f"{user!r} is not a UPN (name@domain) or an object id (GUID)")
+            (header(key), f"{_shown(user)} is not a UPN (name@domain) or an object id (GUID)")
         )
+    elif key == "mail" and not (_UPN.match(user) and user.isprintable()):
+        problems.append((header(key), f"{_shown(user)} is not an email address (name@domain)"))
+    elif not user.isprintable() or len(user) > MAX_ID_CHARS:
+        problems.append((header(key), f"{_shown(user)} is not {wanted}"))
 
     lifetime = defaults.lifetime_minutes
     if "lifetime_minutes" in columns and not _blank(cell("lifetime_minutes")):
@@ -552,21 +702,21 @@ def _validate_row(
                 (header("start_date"), "is empty; enter the first working day as YYYY-MM-DD")
             )
         else:
-            day = parse_date(raw)
+            try:
+                day, clock = parse_start(raw, settings.date_order)
+            except ValueError as exc:
+                day, clock = None, None
+                problems.append((header("start_date"), str(exc)))
             if day is None:
-                problems.append(
-                    (
-                        header("start_date"),
-                        f"{_shown(raw)} is not a date; use YYYY-MM-DD or an Excel date cell",
-                    )
-                )
+                pass
             elif day < EARLIEST_DATE:
                 problems.append(
                     (header("start_date"), f"{day.isoformat()} is not a plausible start date")
                 )
             else:
                 start_day = day
-                local = datetime.combine(day, defaults.start_time, tzinfo=defaults.zone)
+                at = clock or defaults.start_time
+                local = datetime.combine(day, at, tzinfo=defaults.zone)
                 start = local.astimezone(UTC) if day < (now + _AHEAD).date() else None
                 if start is None:
                     problems.append(
@@ -578,7 +728,7 @@ def _validate_row(
                     )
                 elif start <= now:
                     note = (
-                        f"start {day.isoformat()} {defaults.start_time:%H:%M} "
+                        f"start {day.isoformat()} {at:%H:%M} "
                         f"{defaults.timezone} is in the past: pass usable at once"
                     )
                     start = None
@@ -595,30 +745,98 @@ def _validate_row(
         )
     display = _clean(_text(cell("display_name")) or "") or None
     return PassRequest(
-        origin, user, display, start, lifetime, usable_once, note, start_date=start_day
+        origin, user, display, start, lifetime, usable_once, note, start_date=start_day,
+        sheet_value=None if key == "user" else user,
+    )  # fmt: skip
+
+
+def parse_start(value: Any, order: str | None) -> tuple[date, time | None]:
+    """A start date, and a time of day if the cell gives one (not midnight), from an Excel date
+    or datetime cell, an Excel serial number, ISO text, or text in `order` (DMY, MDY, YMD).
+
+    Raises ValueError with what is wrong and how to fix it. Without `order`, text such as
+    03/04/2026 (3 April or 4 March?) is refused; 25/12/2026 can only be day-first.
+    """
+    if isinstance(value, pd.Timestamp):
+        if pd.isna(value):
+            raise ValueError("is empty")
+        value = value.to_pydatetime()
+    if isinstance(value, datetime):
+        return value.date(), _time_of_day(value.time())
+    if isinstance(value, date):
+        return value, None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if math.isfinite(value) and _SERIAL_RANGE[0] <= value <= _SERIAL_RANGE[1]:
+            moment = datetime.combine(_EXCEL_EPOCH, time()) + timedelta(days=float(value))
+            moment = (moment + timedelta(seconds=30)).replace(second=0, microsecond=0)
+            return moment.date(), _time_of_day(moment.time())
+        raise ValueError(f"{_shown(value)} is a number, not a date (nor an Excel date serial)")
+    text = _clean(_text(value) or "")
+    match = _NUMERIC_DATE.match(text)
+    if match:
+        first, second, third, clock = match.group(1, 2, 3, 4)
+        if len(first) == 4:
+            candidates = {"YMD": (first, second, third)}
+        else:
+            candidates = {"DMY": (third, second, first), "MDY": (third, first, second)}
+        return _pick(text, candidates, order), _clock(clock, text)
+    match = _NAMED_DATE.match(text)
+    if match:
+        for pattern in _NAMED_FORMATS:
+            with contextlib.suppress(ValueError):
+                return datetime.strptime(match.group(1), pattern).date(), _clock(
+                    match.group(2), text
+                )
+    raise ValueError(
+        f"{_shown(value)} is not a date; use an Excel date cell, YYYY-MM-DD, or day/month/year "
+        "text with input.date_order set"
     )
 
 
-def parse_date(value: Any) -> date | None:
-    """A date from an Excel date cell, an Excel serial number, or ISO text; None otherwise."""
-    if isinstance(value, pd.Timestamp):
-        return None if pd.isna(value) else value.date()
-    if isinstance(value, datetime):
-        return value.date()
-    if isinstance(value, date):
-        return value
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if math.isfinite(value) and _SERIAL_RANGE[0] <= value <= _SERIAL_RANGE[1]:
-            return _EXCEL_EPOCH + timedelta(days=int(value))
+def _pick(text: str, candidates: dict[str, tuple[str, str, str]], order: str | None) -> date:
+    valid: dict[str, date] = {}
+    for name, (year, month, day) in candidates.items():
+        number = int(year)
+        if len(year) == 2:
+            number += 2000
+        elif len(year) != 4:
+            continue
+        with contextlib.suppress(ValueError):
+            valid[name] = date(number, int(month), int(day))
+    if order is not None:
+        if order in valid:
+            return valid[order]
+        if order in candidates:
+            raise ValueError(f"{text!r} is not a valid date in {order} order (input.date_order)")
+        raise ValueError(
+            f"{text!r} is not written year first, as input.date_order {order} says; use "
+            "YYYY-MM-DD, or set input.date_order to how the sheet writes dates"
+        )
+    days = set(valid.values())
+    if len(days) == 1:
+        return days.pop()
+    if not days:
+        raise ValueError(f"{text!r} is not a valid date")
+    a, b = (valid[n].strftime("%-d %B %Y") for n in ("DMY", "MDY"))
+    raise ValueError(
+        f"{text!r} could be {a} or {b}: set input.date_order to DMY or MDY (how the sheet "
+        "writes dates), or use YYYY-MM-DD"
+    )
+
+
+def _clock(text: str | None, whole: str) -> time | None:
+    if not text:
         return None
-    text = _clean(_text(value) or "")
-    match = _ISO_DATE.match(text)
-    if match:
-        try:
-            return date(int(match.group(1)), int(match.group(2)), int(match.group(3)))
-        except ValueError:
-            return None
-    return None
+    hours, minutes = (int(part) for part in text.split(":")[:2])
+    if hours > 23 or minutes > 59:
+        raise ValueError(f"{whole!r} has a time that is not HH:MM")
+    return _time_of_day(time(hours, minutes))
+
+
+def _time_of_day(moment: time) -> time | None:
+    """A time the sheet gave on purpose: midnight means "no time given" (a plain date)."""
+    moment = moment.replace(second=0, microsecond=0, tzinfo=None)
+    return None if moment == time() else moment
 
 
 def _parse_int(value: Any) -> int | None:
@@ -684,19 +902,25 @@ def _shown(value: Any) -> str:
 
 
 def plan(files: Iterable[InputFile]) -> tuple[list[PassRequest], list[Failed], list[Skipped]]:
-    """Keep one request per user across all files.
+    """Keep one request per user across all files (see one_per_user)."""
+    return one_per_user(r for f in files for r in f.requests)
+
+
+def one_per_user(
+    rows: Iterable[PassRequest],
+) -> tuple[list[PassRequest], list[Failed], list[Skipped]]:
+    """Keep one request per user.
 
     Identical repeats are skipped ("same as row N"); repeats that disagree on start, lifetime or
     one-time use are all failed as a conflict, since only one pass per user can exist.
     """
     by_user: dict[str, list[PassRequest]] = {}
-    for f in files:
-        for request in f.requests:
-            by_user.setdefault(request.key, []).append(request)
+    for request in rows:
+        by_user.setdefault(request.key, []).append(request)
     requests: list[PassRequest] = []
     failed: list[Failed] = []
     skipped: list[Skipped] = []
-    by_id = [key for key in by_user if _GUID.match(key)]
+    by_id = [key for key in by_user if GUID.match(key)]
     if by_id and len(by_id) < len(by_user):
         # An object id and a UPN may be the same person; two creates for one user would leave
         # only the later pass valid. Without reading the directory we cannot tell, so refuse.
@@ -724,14 +948,14 @@ def plan(files: Iterable[InputFile]) -> tuple[list[PassRequest], list[Failed], l
                 where = _where(first.origin, repeat.origin)
                 skipped.append(Skipped(repeat.origin, repeat.user, f"same as {where}"))
             continue
-        rows = ", ".join(f"{r.origin.source} row {r.origin.row}" for r in group)
+        places = ", ".join(f"{r.origin.source} row {r.origin.row}" for r in group)
         for r in group:
             failed.append(
                 Failed(
                     r.origin,
                     r.user,
                     "Conflicting rows",
-                    f"{r.user} appears in {rows} with different start date, lifetime or one-time "
+                    f"{r.user} appears in {places} with different start date, lifetime or one-time "
                     "setting; a user can hold only one pass: keep one row and run again",
                 )
             )

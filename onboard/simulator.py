@@ -24,6 +24,7 @@ import hashlib
 import json
 import math
 import random
+import re
 import secrets
 import ssl
 import tempfile
@@ -33,7 +34,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import parse_qs, unquote
 
 import yaml
 from aiohttp import web
@@ -75,6 +76,22 @@ class SimUser:
     user_type: str = "Member"
     in_pass_policy: bool = True
     forbidden: bool = False  # e.g. an admin the app's role may not touch: 403
+    mail: str | None = None
+    employee_id: str | None = None
+    creation_type: str | None = None  # "Invitation" for a B2B guest
+    external_user_state: str | None = None  # "Accepted" / "PendingAcceptance" for a guest
+
+    def as_graph(self) -> dict[str, Any]:
+        """The user as GET /users lists it (USER_FIELDS)."""
+        return {
+            "id": self.id,
+            "userPrincipalName": self.user_principal_name,
+            "mail": self.mail,
+            "employeeId": self.employee_id,
+            "userType": self.user_type,
+            "creationType": self.creation_type,
+            "externalUserState": self.external_user_state,
+        }
 
 
 @dataclass(slots=True)
@@ -132,6 +149,7 @@ class SimulatorState:
         self.tokens: dict[str, float] = {}  # access token -> expiry (clock)
         self.counts: dict[str, int] = {}
         self.create_attempts: dict[str, int] = {}  # user id -> POSTs that reached the handler
+        self.policy_forbidden = False  # the app lacks Policy.Read.AuthenticationMethod: 403
         self._bucket = float(self.faults.throttle_burst)
         self._bucket_at = clock()
 
@@ -146,6 +164,19 @@ class SimulatorState:
             user = SimUser(_stable_id(key), key)
             self.add_user(user)
         return user
+
+    def give_pass(
+        self, user: str, *, start: dt.datetime | None = None, lifetime_minutes: int = 480,
+        created: dt.datetime | None = None,
+    ) -> SimPass:  # fmt: skip
+        """A pass issued outside onboard (the portal, a helpdesk): tests only."""
+        found = self.find_user(user)
+        assert found is not None, user
+        made = created or _now()
+        held = SimPass(str(uuid.uuid4()), found.id, "handed-out", made, start or made,
+                       lifetime_minutes, True)  # fmt: skip
+        self.passes[found.id] = held
+        return held
 
     def current_pass(self, user: str) -> str | None:
         """The pass value Graph would hold for this user now (tests only)."""
@@ -204,9 +235,17 @@ class SimulatorState:
                     user_type=str(entry.get("userType") or "Member"),
                     in_pass_policy=bool(entry.get("inPassPolicy", True)),
                     forbidden=bool(entry.get("forbidden", False)),
+                    mail=_optional(entry.get("mail")),
+                    employee_id=_optional(entry.get("employeeId")),
+                    creation_type=_optional(entry.get("creationType")),
+                    external_user_state=_optional(entry.get("externalUserState")),
                 )
             )
         return cls(users, policy=data.get("policy"), **kwargs)
+
+
+def _optional(value: Any) -> str | None:
+    return None if value is None else str(value)
 
 
 def _stable_id(upn: str) -> str:
@@ -231,6 +270,7 @@ class Call:
     request_id: str
     client_request_id: str
     base: str  # scheme://host
+    query: str = ""  # the raw query string, e.g. $filter=...
 
 
 # status, headers, JSON body
@@ -290,7 +330,7 @@ def _respond(answer: Answer) -> web.Response:
 
 async def _graph(request: web.Request) -> web.StreamResponse:
     state = _state(request)
-    raw_path = request.raw_path.split("?", 1)[0]
+    raw_path, _, query = request.raw_path.partition("?")
     _version, _, rest = raw_path.lstrip("/").partition("/")
     rest = rest.lstrip("/")  # Graph takes "v1.0//users" (as clients with a base URL send it)
     body: Any = None
@@ -306,6 +346,7 @@ async def _graph(request: web.Request) -> web.StreamResponse:
         request[REQUEST_ID_KEY],
         request.headers.get("client-request-id", ""),
         f"{request.scheme}://{request.host}",
+        query,
     )
     auth = request.headers.get("Authorization", "")
     token = auth[7:] if auth.startswith("Bearer ") else ""
@@ -375,9 +416,11 @@ async def _batch(state: SimulatorState, call: Call) -> web.Response:
         body = item.get("body")
         if body is not None and "content-type" not in {str(k).lower() for k in headers}:
             body = _BAD_JSON  # Graph requires Content-Type with a body
-        url = str(item.get("url") or "").lstrip("/").split("?", 1)[0]
+        url, _, query = str(item.get("url") or "").lstrip("/").partition("?")
         method = str(item.get("method") or "GET").upper()
-        calls.append(Call(method, url, body, str(uuid.uuid4()), call.client_request_id, call.base))
+        calls.append(
+            Call(method, url, body, str(uuid.uuid4()), call.client_request_id, call.base, query)
+        )
     answers = await asyncio.gather(*(_call(state, sub) for sub in calls))
     order = list(range(len(calls)))
     state.random.shuffle(order)  # Graph answers in any order: clients match by id
@@ -453,12 +496,16 @@ def _user_from_path(raw: str) -> tuple[str, str] | None:
 async def _route(state: SimulatorState, call: Call) -> Answer:
     rest = call.path
     if rest == _POLICY_PATH and call.method == "GET":
+        if state.policy_forbidden:
+            return _graph_error(call, 403, "accessDenied", "Request Authorization failed")
         body = {
             "@odata.type": "#microsoft.graph.temporaryAccessPassAuthenticationMethodConfiguration",
             "id": "TemporaryAccessPass",
             **state.policy,
         }
         return 200, {}, body
+    if rest == "users" and call.method == "GET":
+        return _find_users(call, state)
     if rest.startswith("users"):
         parsed = _user_from_path(rest[len("users") :])
         if parsed is not None:
@@ -473,6 +520,44 @@ async def _route(state: SimulatorState, call: Call) -> Answer:
     return _graph_error(
         call, 400, "BadRequest", f"Resource not found for the segment '{rest.split('/')[0]}'."
     )
+
+
+_FILTER = re.compile(r"^(userPrincipalName|mail|employeeId|id) (eq|in) (.+)$")
+_QUOTED = re.compile(r"'((?:[^']|'')*)'")
+
+
+def _find_users(call: Call, state: SimulatorState) -> Answer:
+    """GET /users?$filter=<field> eq 'x' | <field> in ('x','y'): at most 15 values, as Graph."""
+    query = parse_qs(call.query)
+    text = (query.get("$filter") or [""])[0]
+    match = _FILTER.match(text)
+    if match is None:
+        return _graph_error(call, 400, "Request_UnsupportedQuery", "Unsupported Query.")
+    field_name, operator, listed = match.groups()
+    values = [v.replace("''", "'") for v in _QUOTED.findall(listed)]
+    if not values or (operator == "eq" and len(values) != 1):
+        return _graph_error(call, 400, "BadRequest", "Invalid filter clause.")
+    if len(values) > 15:
+        return _graph_error(
+            call, 400, "Request_UnsupportedQuery",
+            "Too many child clauses specified in search filter expression containing 'OR' "
+            "operators: 16. Max allowed: 15.",
+        )  # fmt: skip
+    state.count("user_lookups")
+    wanted = {v.casefold() for v in values}
+    found: dict[str, SimUser] = {}
+    if field_name in ("userPrincipalName", "id"):
+        for value in values:
+            user = state.find_user(value)
+            if user is not None:
+                found[user.id] = user
+    else:
+        attribute = "mail" if field_name == "mail" else "employee_id"
+        for user in state.users.values():  # Graph compares text without regard to case
+            held = getattr(user, attribute)
+            if held is not None and held.casefold() in wanted:
+                found[user.id] = user
+    return 200, {}, {"value": [u.as_graph() for u in found.values()]}
 
 
 def _not_found(call: Call, key: str) -> Answer:
@@ -589,9 +674,21 @@ def _list_passes(call: Call, state: SimulatorState, key: str) -> Answer:
                 "startDateTime": _iso(current.start),
                 "lifetimeInMinutes": current.lifetime_minutes,
                 "isUsableOnce": current.usable_once,
+                **_usability(current),
             }
         )
     return 200, {}, {"value": items}
+
+
+def _usability(held: SimPass) -> dict[str, Any]:
+    now = _now()
+    if held.start + dt.timedelta(minutes=held.lifetime_minutes) <= now:
+        reason = "Expired"
+    elif held.start > now:
+        reason = "NotYetValid"
+    else:
+        reason = "EnabledByPolicy"
+    return {"isUsable": reason == "EnabledByPolicy", "methodUsabilityReason": reason}
 
 
 def _delete_pass(call: Call, state: SimulatorState, key: str, method_id: str) -> Answer:

@@ -49,7 +49,7 @@ def test_sheets_and_header_rows(tmp_path: Path) -> None:
     for name in book.sheetnames:
         assert book[name]["A1"].font.bold
         assert book[name].freeze_panes == "A2"
-    assert book["Issued"].auto_filter.ref == "A1:N3"
+    assert book["Issued"].auto_filter.ref == "A1:O3"
 
 
 def test_rows_hold_exact_values_and_real_dates(tmp_path: Path) -> None:
@@ -59,9 +59,9 @@ def test_rows_hold_exact_values_and_real_dates(tmp_path: Path) -> None:
     assert rows == [
         ["hires.xlsx", 2, "=cmd|'/c calc'!A1@contoso.com", "@SUM(A1)", "+drkzqAD",
          datetime(2027, 1, 4, 8), datetime(2027, 1, 4, 16), 480, "yes", "m-1",
-         datetime(2027, 1, 4, 8), 2, "req-1", "a note"],
+         datetime(2027, 1, 4, 8), 2, "req-1", "a note", None],
         ["hires.xlsx", 3, "bo@contoso.com", None, "=Ab12-x", datetime(2027, 1, 4, 8),
-         datetime(2027, 1, 4, 16), 60, "no", "m-2", None, 1, None, None],
+         datetime(2027, 1, 4, 16), 60, "no", "m-2", None, 1, None, None, None],
     ]
     failed = [[c.value for c in row] for row in book["Failed"].iter_rows(min_row=2)]
     assert failed == [["hires.xlsx", 4, "x@contoso.com", "User not found", "-no such user", 404,

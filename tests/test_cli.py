@@ -157,13 +157,35 @@ def test_unwritable_output_dir_fails_before_any_request(
 def test_validate_lists_problems_without_network(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """validate prints each problem with file and row, and exits 1 when there are any."""
+    """validate prints a table of problems (file, row, column, problem, what to do), writes
+    the same to a workbook in the output folder, and exits 1 when there are any."""
     path = sheet(tmp_path, "Bad,bad@contoso.com,31/02/2027,\n")
-    code = main(["validate", str(path), "-c", str(ROOT / "config.yaml")])
+    out_dir = tmp_path / "out"
+    code = main(["validate", str(path), "-c", str(ROOT / "config.yaml"), "--out", str(out_dir)])
     out = capsys.readouterr().out
     assert code == EXIT_ROWS_FAILED
-    assert "hires.csv row 42  bad@contoso.com: Start Date '31/02/2027' is not a date" in out
+    lines = out.splitlines()
+    row = next(i for i, line in enumerate(lines) if line.startswith("hires.csv  42"))
+    assert lines[row].split() == [
+        "hires.csv", "42", "Start", "Date", "bad@contoso.com", "Invalid", "Start", "Date"]
+    assert "'31/02/2027' is not a valid date" in lines[row + 1]
     assert f"{len(GOOD)} rows ready to send, 1 with problems" in out
+    (written,) = out_dir.glob("onboard-validate-*.xlsx")
+    book = load_workbook(written)
+    rows = list(book["Problems"].iter_rows(values_only=True))
+    assert rows[0] == ("Source file", "Row", "Column", "User", "Kind", "Problem", "What to do")
+    assert rows[1][:6] == ("hires.csv", 42, "Start Date", "bad@contoso.com", "problem",
+                           "Invalid Start Date")
+    assert "is not a valid date" in str(rows[1][6])
+
+
+def test_validate_passes_a_clean_sheet(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """No problem: exit 0, nothing to fix."""
+    path = sheet(tmp_path)
+    code = main(["validate", str(path), "-c", str(ROOT / "config.yaml"), "--out",
+                 str(tmp_path / "out")])
+    assert code == EXIT_OK
+    assert f"{len(GOOD)} rows ready to send, 0 with problems" in capsys.readouterr().out
 
 
 def test_every_command_has_help() -> None:
@@ -188,7 +210,7 @@ def test_quick_start_demo_runs_on_the_sample(tmp_path: Path) -> None:
     assert "55 rows: 50 issued, 4 failed, 1 skipped" in done.stdout
     rows = audit_rows(latest_audit(tmp_path))
     assert {r["Reason"] for r in rows["Failed"]} == {
-        "Lifetime refused by the pass policy", "Invalid Start Date", "User not found",
+        "Lifetime outside the pass policy", "Invalid Start Date", "User not found",
         "Outside the pass policy"}
     for row in rows["Issued"]:
         assert str(row["Temporary Access Pass"]) not in done.stdout + done.stderr

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, timezone
+from datetime import date, datetime, time, timezone
 from pathlib import Path
 
 import pytest
@@ -11,7 +11,7 @@ from openpyxl import Workbook
 from onboard.config import InputSettings, PassSettings, load_config
 from onboard.errors import InputFileError
 from onboard.outcomes import Failed, Origin, PassRequest, Skipped
-from onboard.reader import InputFile, parse_date, plan, read_input
+from onboard.reader import InputFile, parse_start, plan, read_input
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc)
 SETTINGS = InputSettings()
@@ -81,7 +81,8 @@ def test_each_bad_cell_fails_its_row_naming_the_column(tmp_path: Path) -> None:
     ]
     by_row = {f.origin.row: f.detail for f in result.failed}
     assert by_row[3] == (
-        "Start Date 'next Monday' is not a date; use YYYY-MM-DD or an Excel date cell"
+        "Start Date 'next Monday' is not a date; use an Excel date cell, YYYY-MM-DD, or "
+            "day/month/year text with input.date_order set"
     )
     assert by_row[4] == "Lifetime '5' is not a whole number of minutes between 10 and 43200"
     assert "'maybe' is not yes/no" in by_row[6]
@@ -147,8 +148,8 @@ def test_sheet_is_found_by_its_user_column(tmp_path: Path) -> None:
         (None, "missing.xlsx", "missing.xlsx: file not found"),
         (b"hello", "renamed.xlsx", "is a text file (a CSV?), not an .xlsx workbook"),
         (b"Name,Department\nAda,Eng\n", "hires.csv",
-         "no user column: expected one of userPrincipalName, UPN, Work Email, Email; "
-         "headers found: 'Name', 'Department'"),
+         "no user column in the first 30 rows: expected a header named one of "
+         "userPrincipalName, UPN, Work Email, Email; first row with text: 'Name', 'Department'"),
         (b"", "empty.csv", "the file is empty"),
         (b"a,b", "hires.pdf", "unsupported file type '.pdf'"),
         (b"\x00\x01\x02garbage\x00", "binary.csv", "contains binary data"),
@@ -191,14 +192,43 @@ def test_plan_keeps_one_request_per_user() -> None:
 
 
 @pytest.mark.parametrize(
-    ("value", "expected"),
-    [("2027-01-04", date(2027, 1, 4)), ("2027-01-04 00:00:00", date(2027, 1, 4)),
-     (46388, date(2027, 1, 1)), (46388.0, date(2027, 1, 1)), ("04/01/2027", None),
-     ("2027-13-01", None), (12, None), ("", None), (True, None)],
+    ("value", "order", "expected"),
+    [("2027-01-04", None, (date(2027, 1, 4), None)),
+     ("2027-01-04 00:00:00", None, (date(2027, 1, 4), None)),
+     ("2027-01-04T09:30", None, (date(2027, 1, 4), time(9, 30))),
+     (46388, None, (date(2027, 1, 1), None)), (46388.0, None, (date(2027, 1, 1), None)),
+     (46388.375, None, (date(2027, 1, 1), time(9, 0))),
+     (datetime(2027, 1, 4, 10, 15), None, (date(2027, 1, 4), time(10, 15))),
+     (date(2027, 1, 4), None, (date(2027, 1, 4), None)),
+     ("25/12/2026", None, (date(2026, 12, 25), None)),
+     ("12/25/2026", None, (date(2026, 12, 25), None)),
+     ("04/01/2027", "DMY", (date(2027, 1, 4), None)),
+     ("04/01/2027", "MDY", (date(2027, 4, 1), None)),
+     ("4.1.27", "DMY", (date(2027, 1, 4), None)),
+     ("05/05/2027", None, (date(2027, 5, 5), None)),
+     ("2027/01/04", "YMD", (date(2027, 1, 4), None)),
+     ("1 Dec 2026", None, (date(2026, 12, 1), None)),
+     ("01-Dec-2026", None, (date(2026, 12, 1), None)),
+     ("December 1, 2026", None, (date(2026, 12, 1), None)),
+     ("01/12/2026 13:45", "DMY", (date(2026, 12, 1), time(13, 45)))],
 )
-def test_parse_date(value: object, expected: date | None) -> None:
-    """ISO text and Excel serials are dates; ambiguous or impossible text is not."""
-    assert parse_date(value) == expected
+def test_parse_start(value: object, order: str | None, expected: tuple[date, time | None]) -> None:
+    """Excel dates, datetimes and serials, ISO text, text in the configured order, month names."""
+    assert parse_start(value, order) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "order", "message"),
+    [("04/01/2027", None, "could be 4 January 2027 or 1 April 2027: set input.date_order"),
+     ("2027-13-01", None, "not a valid date"), ("12/25/2026", "DMY", "not a valid date in DMY"),
+     ("04/01/2027", "YMD", "not written year first"), (12, None, "is a number, not a date"),
+     ("", None, "is not a date"), (True, None, "is not a date"), ("soon", None, "is not a date"),
+     ("01/12/2026 25:00", "DMY", "not HH:MM")],
+)
+def test_parse_start_refuses(value: object, order: str | None, message: str) -> None:
+    """Ambiguous text without input.date_order, impossible dates, and text in another order."""
+    with pytest.raises(ValueError, match=message):
+        parse_start(value, order)
 
 
 def test_sample_sheet_has_the_intended_rows() -> None:
