@@ -110,21 +110,32 @@ class Policy:
         not (the target groups aside: Graph alone knows who is in them)."""
         low, high = self.minimum, self.maximum
         lifetime = request.lifetime_minutes
+        column = request.header("lifetime_minutes")
         if (low is not None and lifetime < low) or (high is not None and lifetime > high):
             return (
                 "Lifetime outside the pass policy",
                 f"A lifetime of {lifetime} minutes is outside the tenant's Temporary Access Pass "
-                f"policy, which allows {low}..{high} minutes. Put a lifetime in that range in the "
-                "sheet's Lifetime column (or pass.lifetime_minutes), or widen the range in the "
-                "policy (Entra admin center > Protection > Authentication methods > Policies > "
-                "Temporary Access Pass).",
+                f"policy, which allows {low}..{high} minutes. "
+                + (
+                    f"Put a lifetime in that range in the sheet's {column} column"
+                    if column
+                    else "This row has no lifetime of its own: set pass.lifetime_minutes (the "
+                    "default) in that range"
+                )
+                + ", or widen the range in the policy (Entra admin center > Protection > "
+                "Authentication methods > Policies > Temporary Access Pass).",
             )
         if self.usable_once_only and not request.usable_once:
             return (
                 "Multi-use pass refused by the pass policy",
                 "The tenant's pass policy allows one-time passes only, and this row asks for a "
-                "multi-use one. Set One-time to yes for this row (or pass.usable_once: true), or "
-                "allow multi-use passes in the policy.",
+                "multi-use one. "
+                + (
+                    f"Set {request.header('usable_once')} to yes for this row"
+                    if request.header("usable_once")
+                    else "Set pass.usable_once: true (the default for rows without one)"
+                )
+                + ", or allow multi-use passes in the policy.",
             )
         return None
 

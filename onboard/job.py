@@ -724,12 +724,12 @@ async def _issue(
     run = config.run
 
     def track(outcome: Outcome) -> None:
-        pending.pop(outcome.origin, None)
-        ledger.add(_on_conflict(outcome, config), later=True)
+        request = pending.pop(outcome.origin, None)
+        ledger.add(on_conflict(outcome, request), later=True)
 
     def track_again(outcome: Outcome) -> None:
-        pending.pop(outcome.origin, None)
-        ledger.replace(_on_conflict(outcome, config), later=True)
+        request = pending.pop(outcome.origin, None)
+        ledger.replace(on_conflict(outcome, request), later=True)
 
     async def issue(batch: list[PassRequest], on_outcome: OnOutcome) -> PoolResult:
         try:
@@ -911,7 +911,7 @@ async def _prepare(
                 keep.append(request)
             else:
                 field_name = "lifetime_minutes" if "Lifetime" in refused[0] else "usable_once"
-                column = config.input.columns[field_name][0]
+                column = request.header(field_name)  # None: the value came from pass.*
                 decided.append(Failed(request.origin, request.user, *refused, column=column))
         requests = keep
     return requests, decided
@@ -961,9 +961,9 @@ async def _look_up(
                 matches[key].append(user)
     found: list[PassRequest] = []
     failed: list[Failed] = []
-    column = config.input.columns[config.input.key_column][0]
     for request in requests:
         value = request.user
+        column = request.header(config.input.key_column)
         key = (field_for(value), value.casefold())
         error = errors.get(key)
         people = matches.get(key, [])
@@ -1079,13 +1079,15 @@ def _holds(held: HeldPass) -> str:
     )
 
 
-def _on_conflict(outcome: Outcome, config: Config) -> Outcome:
-    """A 409 (Graph refusing while a pass exists, as older tenants did) is "a pass exists":
-    with pass.existing skip the row is skipped; with replace it fails, saying how to clear it."""
+def on_conflict(outcome: Outcome, request: PassRequest | None) -> Outcome:
+    """A 409 (Graph refusing while a pass exists, as older tenants did) means "a pass exists".
+    For a row checked under pass.existing skip, it is skipped like any user holding a pass; a
+    row meant to replace the pass (replace, --reissue-user, a moved start) fails, saying how."""
     if (
         isinstance(outcome, Failed)
         and outcome.http_status == 409
-        and config.pass_.existing == "skip"
+        and request is not None
+        and request.ask_existing
     ):
         return Skipped(
             outcome.origin,

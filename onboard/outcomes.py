@@ -34,11 +34,17 @@ class PassRequest:
     # pass.existing is skip and nothing in the journal speaks for this user: ask Graph for a
     # pass already in force before creating one.
     ask_existing: bool = False
+    # The sheet's header for each field it had (field, header): for messages naming a column.
+    headers: tuple[tuple[str, str], ...] = field(default=(), compare=False, repr=False)
 
     @property
     def start_key(self) -> str:
         """What "the same start" means for re-runs: the start date from the sheet."""
         return self.start_date.isoformat() if self.start_date else ""
+
+    def header(self, field_name: str) -> str | None:
+        """The sheet's header of a field (user, mail, lifetime_minutes...), None if it had none."""
+        return next((h for f, h in self.headers if f == field_name), None)
 
     @property
     def key(self) -> str:

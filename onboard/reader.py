@@ -7,9 +7,11 @@ problem becomes a Failed outcome naming the column and what to fix; it is never 
 from __future__ import annotations
 
 import contextlib
+import csv
 import faulthandler
 import hashlib
 import io
+import itertools
 import math
 import multiprocessing
 import os
@@ -232,7 +234,7 @@ def _read_excel(data: bytes, path: Path, settings: InputSettings) -> tuple[str, 
     if len(found) > 1:
         raise InputFileError(
             f"sheets {', '.join(repr(n) for n in found)} each have a "
-            f"{_column_label(settings)} column: set input.sheet to the one to use (or save each "
+            f"{settings.key_column} column: set input.sheet to the one to use (or save each "
             "as its own file and give them all: one run, one audit)",
             path=str(path),
         )
@@ -256,10 +258,6 @@ def find_header(table: Sequence[Sequence[Any]], settings: InputSettings) -> int 
         if settings.key_column in _map_columns(headers, settings):
             return index
     return None
-
-
-def _column_label(settings: InputSettings) -> str:
-    return "/".join(settings.columns[settings.key_column][:2])
 
 
 def _no_key_column(table: Sequence[Sequence[Any]], settings: InputSettings) -> str:
@@ -521,21 +519,23 @@ def _read_csv(data: bytes, path: Path, max_rows: int) -> list[list[Any]]:
                 "file?)",
                 path=str(path),
             )
+    # The csv module, not pandas: HR's files are ragged (a one-cell title line above a wider
+    # header), and pandas sizes every row by the first line.
     try:
-        frame = pd.read_csv(
-            io.StringIO(text),
-            sep=sep,
-            header=None,
-            dtype=str,
-            keep_default_na=False,
-            skip_blank_lines=False,
-            nrows=max_rows + HEADER_SEARCH_ROWS + 1,  # titles, header, limit, one more to tell
-        )
-    except pd.errors.EmptyDataError:
-        return []
-    except (pd.errors.ParserError, ValueError, OverflowError) as exc:
+        reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep)
+        rows = list(itertools.islice(reader, max_rows + HEADER_SEARCH_ROWS + 1))
+    except csv.Error as exc:
+        if "field larger than field limit" in str(exc):
+            raise InputFileError(
+                f"line {reader.line_num}: a cell of more than {csv.field_size_limit():,} "
+                f"characters (Excel's limit is {MAX_CELL_CHARS:,}; no new-hire field comes "
+                "close): refused, is it the right file?",
+                path=str(path),
+            ) from None
         raise InputFileError(f"cannot parse as CSV: {first_line(exc)}", path=str(path)) from None
-    return [[None if v == "" else v for v in row] for row in frame.itertuples(index=False)]
+    while rows and not rows[-1]:
+        rows.pop()
+    return [[v if v != "" else None for v in row] for row in rows]
 
 
 _SEP_HINT = re.compile(r"^sep=([,;\t|])(?=\r?\n|$)")
@@ -743,10 +743,11 @@ def _validate_row(
             "; ".join(f"{column} {problem}" for column, problem in problems),
             column=", ".join(column for column, _ in problems),
         )
-    display = _clean(_text(cell("display_name")) or "") or None
+    display = " ".join(_clean(_text(cell("display_name")) or "").split()) or None
     return PassRequest(
         origin, user, display, start, lifetime, usable_once, note, start_date=start_day,
         sheet_value=None if key == "user" else user,
+        headers=tuple((name, headers[index]) for name, index in columns.items()),
     )  # fmt: skip
 
 

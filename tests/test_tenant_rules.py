@@ -1,0 +1,316 @@
+"""The tenant's rules, against the simulator: people found by mail or employee id, guests, the
+pass policy read before anything is created, passes that already exist, and a 409."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+from conftest import users
+from openpyxl import Workbook
+from test_cli import SOON, audit_rows, latest_audit
+
+from onboard.cli import EXIT_ABORTED, EXIT_OK, EXIT_ROWS_FAILED, main
+from onboard.job import on_conflict
+from onboard.outcomes import Failed, Origin, PassRequest, Skipped
+from onboard.simulator import Faults, SimulatorState, SimUser
+
+GUEST_UPN = "guest_fabrikam.com#EXT#@contoso.onmicrosoft.com"
+
+
+def write(tmp_path: Path, *lines: str, name: str = "hires.csv") -> Path:
+    path = tmp_path / name
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def creates(state: SimulatorState, upn: str) -> int:
+    found = state.find_user(upn)
+    return 0 if found is None else state.create_attempts.get(found.id, 0)
+
+
+def test_people_found_by_mail(tmp_path: Path, serve_simulator, secret_env) -> None:
+    """match_by mail: one lookup for five addresses; the audit shows what HR wrote and the UPN
+    found; no match, two matches and a guest fail before any create; two addresses of one
+    person are one pass."""
+    state = SimulatorState([
+        *users("ada@contoso.com", "bo@contoso.com", "twin1@contoso.com", "twin2@contoso.com",
+               ada={"mail": "a.lovelace@contoso.com"}, bo={"mail": "bo@contoso.com"},
+               twin1={"mail": "shared@contoso.com"}, twin2={"mail": "shared@contoso.com"}),
+        SimUser("guest-id", GUEST_UPN, user_type="Guest", mail="guest@fabrikam.com",
+                creation_type="Invitation", external_user_state="Accepted"),
+    ])  # fmt: skip
+    sim = serve_simulator(state)
+    path = write(
+        tmp_path, "Name,Email,Start Date",
+        f"Ada,A.Lovelace@contoso.com,{SOON[0]}", f"Bo,bo@contoso.com,{SOON[0]}",
+        f"Twin,shared@contoso.com,{SOON[0]}", f"Guest,guest@fabrikam.com,{SOON[0]}",
+        f"Nobody,nobody@contoso.com,{SOON[0]}", f"Bo again,BO@CONTOSO.COM,{SOON[0]}",
+    )  # fmt: skip
+    config = sim.config(tmp_path / "c.yaml", input={"match_by": "mail"})
+    assert main(["run", str(path), "-c", str(config)]) == EXIT_ROWS_FAILED
+    rows = audit_rows(latest_audit(tmp_path / "audit"))
+    assert [(r["Row"], r["User"], r["Found by (sheet value)"]) for r in rows["Issued"]] == [
+        (2, "ada@contoso.com", "A.Lovelace@contoso.com"),
+        (3, "bo@contoso.com", "bo@contoso.com"),
+    ]
+    failed = {r["Row"]: r for r in rows["Failed"]}
+    assert {row: r["Reason"] for row, r in failed.items()} == {
+        4: "Several users with this mail",
+        5: "External guest user",
+        6: "No user with this mail",
+    }
+    assert "twin1@contoso.com, twin2@contoso.com" in str(failed[4]["Detail"])
+    assert "cannot be added to an external guest user" in str(failed[5]["Detail"])
+    assert [(r["Row"], r["Reason"]) for r in rows["Skipped"]] == [(7, "same as row 3")]
+    assert state.counts["user_lookups"] == 1
+    assert [creates(state, u) for u in ("twin1@contoso.com", GUEST_UPN)] == [0, 0]
+    for row in rows["Issued"]:
+        assert row["Temporary Access Pass"] == state.current_pass(str(row["User"]))
+
+
+def test_people_found_by_employee_id_in_batches_of_15(
+    tmp_path: Path, serve_simulator, secret_env
+) -> None:
+    """match_by employeeId from number cells: 40 people take 3 lookups (Graph's 15-value
+    limit for `in`); an id nobody has fails."""
+    names = [f"hire{n}@contoso.com" for n in range(40)]
+    flags = {f"hire{n}": {"employee_id": str(1000 + n)} for n in range(40)}
+    state = SimulatorState(users(*names, **flags))
+    sim = serve_simulator(state)
+    book = Workbook()
+    sheet = book.active
+    sheet.append(["Employee ID", "Start Date"])
+    for n in range(41):
+        sheet.append([1000 + n, dt.date.fromisoformat(SOON[0])])
+    book.save(tmp_path / "hires.xlsx")
+    config = sim.config(tmp_path / "c.yaml", input={"match_by": "employeeId"})
+    assert main(["run", str(tmp_path / "hires.xlsx"), "-c", str(config)]) == EXIT_ROWS_FAILED
+    rows = audit_rows(latest_audit(tmp_path / "audit"))
+    assert sorted(str(r["User"]) for r in rows["Issued"]) == sorted(names)
+    assert {r["Found by (sheet value)"] for r in rows["Issued"]} == {
+        str(1000 + n) for n in range(40)
+    }
+    assert [(r["Row"], r["User"], r["Reason"]) for r in rows["Failed"]] == [
+        (42, "1040", "No user with this employee id")
+    ]
+    assert state.counts["user_lookups"] == 3
+
+
+def test_guests_fail_before_any_create(tmp_path: Path, serve_simulator, secret_env) -> None:
+    """An #EXT# UPN fails in the reader; a Guest without #EXT# gets Microsoft's refusal,
+    translated; neither gets a pass."""
+    state = SimulatorState(users("ada@contoso.com", "visitor@contoso.com",
+                                 visitor={"user_type": "Guest"}))  # fmt: skip
+    sim = serve_simulator(state)
+    path = write(tmp_path, "UPN,Start Date", f"ada@contoso.com,{SOON[0]}",
+                 f"{GUEST_UPN},{SOON[0]}", f"visitor@contoso.com,{SOON[0]}")  # fmt: skip
+    assert main(["run", str(path), "-c", str(sim.config(tmp_path / "c.yaml"))]) == 1
+    rows = audit_rows(latest_audit(tmp_path / "audit"))
+    assert [(r["Row"], r["Reason"]) for r in rows["Failed"]] == [
+        (3, "External guest user"),
+        (4, "External guest user"),
+    ]
+    assert state.current_pass("visitor@contoso.com") is None
+
+
+def test_policy_turned_off_stops_before_the_first_create(
+    tmp_path: Path, serve_simulator, secret_env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Exit 3 with where to turn it on; nothing created; once it is on, the same command runs."""
+    state = SimulatorState(users("ada@contoso.com"), policy={"state": "disabled"})
+    sim = serve_simulator(state)
+    path = write(tmp_path, "UPN,Start Date", f"ada@contoso.com,{SOON[0]}")
+    config = sim.config(tmp_path / "c.yaml")
+    assert main(["run", str(path), "-c", str(config)]) == EXIT_ABORTED
+    err = capsys.readouterr().err
+    assert "Temporary Access Pass policy is turned off" in err
+    assert "Authentication methods > Policies > Temporary Access Pass" in err
+    assert state.issued == [] and not state.create_attempts
+    state.policy["state"] = "enabled"
+    assert main(["run", str(path), "-c", str(config)]) == EXIT_OK
+    assert state.current_pass("ada@contoso.com") is not None
+
+
+def test_rows_outside_the_policy_fail_before_sending(
+    tmp_path: Path, serve_simulator, secret_env
+) -> None:
+    """Policy 60..240 minutes, one-time only: a 480-minute row and a multi-use row fail naming
+    the policy, and are never sent; the others are issued."""
+    state = SimulatorState(
+        users("ada@contoso.com", "bo@contoso.com", "cy@contoso.com"),
+        policy={"minimumLifetimeInMinutes": 60, "maximumLifetimeInMinutes": 240,
+                "isUsableOnce": True},
+    )  # fmt: skip
+    sim = serve_simulator(state)
+    path = write(tmp_path, "UPN,Start Date,Lifetime,One-time",
+                 f"ada@contoso.com,{SOON[0]},120,yes", f"bo@contoso.com,{SOON[0]},480,yes",
+                 f"cy@contoso.com,{SOON[0]},120,no")  # fmt: skip
+    assert main(["run", str(path), "-c", str(sim.config(tmp_path / "c.yaml"))]) == 1
+    rows = audit_rows(latest_audit(tmp_path / "audit"))
+    assert [r["User"] for r in rows["Issued"]] == ["ada@contoso.com"]
+    failed = {r["User"]: r for r in rows["Failed"]}
+    assert failed["bo@contoso.com"]["Reason"] == "Lifetime outside the pass policy"
+    assert "allows 60..240 minutes" in str(failed["bo@contoso.com"]["Detail"])
+    assert failed["cy@contoso.com"]["Reason"] == "Multi-use pass refused by the pass policy"
+    assert creates(state, "bo@contoso.com") == creates(state, "cy@contoso.com") == 0
+    summary = {
+        r[0].value: r[1].value
+        for r in __import__("openpyxl").load_workbook(latest_audit(tmp_path / "audit"))["Summary"]
+    }
+    assert summary["Pass policy"] == "enabled; lifetime 60..240 minutes; one-time only: yes"
+
+
+def test_policy_not_readable_warns_and_relies_on_graph(
+    tmp_path: Path, serve_simulator, secret_env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without Policy.Read.AuthenticationMethod: a warning, the rows are sent, and Graph's own
+    refusal of a lifetime is what the row shows."""
+    state = SimulatorState(users("ada@contoso.com", "bo@contoso.com"))
+    state.policy_forbidden = True
+    sim = serve_simulator(state)
+    path = write(tmp_path, "UPN,Start Date,Lifetime", f"ada@contoso.com,{SOON[0]},120",
+                 f"bo@contoso.com,{SOON[0]},1440")  # fmt: skip
+    assert main(["run", str(path), "-c", str(sim.config(tmp_path / "c.yaml"))]) == 1
+    assert "lacks Policy.Read.AuthenticationMethod" in capsys.readouterr().err
+    rows = audit_rows(latest_audit(tmp_path / "audit"))
+    assert [r["User"] for r in rows["Issued"]] == ["ada@contoso.com"]
+    assert [(r["User"], r["Reason"]) for r in rows["Failed"]] == [
+        ("bo@contoso.com", "Lifetime refused by the pass policy")
+    ]
+    assert creates(state, "bo@contoso.com") == 1
+
+
+def test_existing_passes_are_kept_by_default(tmp_path: Path, serve_simulator, secret_env) -> None:
+    """pass.existing skip (the default): a usable pass and a not-yet-valid one are kept (the
+    rows skipped with when they were created and start); an expired one is replaced; then
+    --reissue-user replaces a kept one on purpose."""
+    state = SimulatorState(users("ada@contoso.com", "bo@contoso.com", "cy@contoso.com",
+                                 "di@contoso.com"))  # fmt: skip
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    state.give_pass("ada@contoso.com", created=now - dt.timedelta(hours=1),
+                    start=now - dt.timedelta(hours=1))  # fmt: skip
+    state.give_pass("bo@contoso.com", start=now + dt.timedelta(days=3))
+    state.give_pass("cy@contoso.com", start=now - dt.timedelta(days=2), lifetime_minutes=60)
+    sim = serve_simulator(state)
+    path = write(tmp_path, "UPN,Start Date",
+                 *(f"{u}@contoso.com,{SOON[0]}" for u in ("ada", "bo", "cy", "di")))  # fmt: skip
+    config = sim.config(tmp_path / "c.yaml")
+    assert main(["run", str(path), "-c", str(config)]) == EXIT_OK
+    rows = audit_rows(latest_audit(tmp_path / "audit"))
+    assert sorted(str(r["User"]) for r in rows["Issued"]) == ["cy@contoso.com", "di@contoso.com"]
+    skipped = {r["User"]: r for r in rows["Skipped"]}
+    assert set(skipped) == {"ada@contoso.com", "bo@contoso.com"}
+    ada = str(skipped["ada@contoso.com"]["Reason"])
+    assert ada.startswith("already holds a pass (usable now): created ")
+    assert f"starts {now - dt.timedelta(hours=1):%Y-%m-%d %H:%M} UTC" in ada
+    assert "(not yet valid)" in str(skipped["bo@contoso.com"]["Reason"])
+    assert skipped["ada@contoso.com"]["Issued at"] == (now - dt.timedelta(hours=1)).replace(
+        tzinfo=None
+    )
+    assert state.current_pass("ada@contoso.com") == "handed-out"
+    assert state.current_pass("bo@contoso.com") == "handed-out"
+    for folder in (tmp_path / "audit",):
+        for old in folder.glob("*.xlsx"):
+            old.unlink()
+    args = ["run", str(path), "-c", str(config), "--reissue-user", "ada@contoso.com"]
+    assert main(args) == EXIT_OK
+    rows = audit_rows(latest_audit(tmp_path / "audit"))
+    issued = {r["User"]: r for r in rows["Issued"]}
+    assert (
+        issued["ada@contoso.com"]["Temporary Access Pass"]
+        == state.current_pass("ada@contoso.com")
+        != "handed-out"
+    )
+    assert state.current_pass("bo@contoso.com") == "handed-out"
+
+
+def test_existing_replace_issues_over_a_usable_pass(
+    tmp_path: Path, serve_simulator, secret_env
+) -> None:
+    """pass.existing replace: no listing, the new pass replaces the one held."""
+    state = SimulatorState(users("ada@contoso.com"))
+    state.give_pass("ada@contoso.com")
+    sim = serve_simulator(state)
+    path = write(tmp_path, "UPN,Start Date", f"ada@contoso.com,{SOON[0]}")
+    config = sim.config(tmp_path / "c.yaml", **{"pass": {"existing": "replace",
+                                                          "timezone": "UTC"}})  # fmt: skip
+    assert main(["run", str(path), "-c", str(config)]) == EXIT_OK
+    (row,) = audit_rows(latest_audit(tmp_path / "audit"))["Issued"]
+    assert row["Temporary Access Pass"] == state.current_pass("ada@contoso.com") != "handed-out"
+
+
+def test_a_409_is_a_pass_that_exists_never_a_crash(
+    tmp_path: Path, serve_simulator, secret_env
+) -> None:
+    """A tenant answering 409 while a pass exists (older behaviour): with replace the row fails
+    saying how to clear it; the run finishes, and the other rows are issued."""
+    state = SimulatorState(users("ada@contoso.com", "bo@contoso.com"),
+                           faults=Faults(conflict_on_existing=True))  # fmt: skip
+    state.give_pass("ada@contoso.com")
+    sim = serve_simulator(state)
+    path = write(tmp_path, "UPN,Start Date", f"ada@contoso.com,{SOON[0]}",
+                 f"bo@contoso.com,{SOON[0]}")  # fmt: skip
+    config = sim.config(tmp_path / "c.yaml", **{"pass": {"existing": "replace",
+                                                          "timezone": "UTC"}})  # fmt: skip
+    assert main(["run", str(path), "-c", str(config)]) == EXIT_ROWS_FAILED
+    rows = audit_rows(latest_audit(tmp_path / "audit"))
+    assert [(r["User"], r["Reason"], r["HTTP status"]) for r in rows["Failed"]] == [
+        ("ada@contoso.com", "A pass already exists", 409)
+    ]
+    assert [r["User"] for r in rows["Issued"]] == ["bo@contoso.com"]
+    assert state.current_pass("ada@contoso.com") == "handed-out"
+
+
+def test_a_409_for_a_row_checked_under_skip_is_skipped() -> None:
+    """Under skip, a pass that appeared after the listing (a 409 at create) is kept: skipped;
+    a row meant to replace (--reissue-user) still fails."""
+    origin = Origin("a.csv", 2)
+    refused = Failed(origin, "ada@contoso.com", "A pass already exists", "...", http_status=409)
+    checked = PassRequest(origin, "ada@contoso.com", None, None, 60, True, ask_existing=True)
+    kept = on_conflict(refused, checked)
+    assert isinstance(kept, Skipped) and "409 conflict" in kept.reason
+    assert (
+        on_conflict(refused, PassRequest(origin, "ada@contoso.com", None, None, 60, True))
+        is refused
+    )
+    other = Failed(origin, "ada@contoso.com", "User not found", "...", http_status=404)
+    assert on_conflict(other, checked) is other
+
+
+def test_validate_online_checks_policy_and_people_and_sends_nothing(
+    tmp_path: Path, serve_simulator, secret_env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """validate --online: the policy is read, every user is looked up (by UPN, or by object
+    id); unknown users, guests and out-of-policy rows are problems; nothing is created."""
+    state = SimulatorState(users("ada@contoso.com", "visitor@contoso.com", "bo@contoso.com",
+                                 visitor={"user_type": "Guest"}),
+                           policy={"maximumLifetimeInMinutes": 240})  # fmt: skip
+    sim = serve_simulator(state)
+    path = write(tmp_path, "UPN,Start Date,Lifetime", f"ada@contoso.com,{SOON[0]},120",
+                 f"visitor@contoso.com,{SOON[0]},120", f"ghost@contoso.com,{SOON[0]},120",
+                 f"bo@contoso.com,{SOON[0]},480")  # fmt: skip
+    config = sim.config(tmp_path / "c.yaml")
+    args = ["validate", str(path), "-c", str(config), "--online", "--out", str(tmp_path / "v")]
+    assert main(args) == EXIT_ROWS_FAILED
+    out = capsys.readouterr().out
+    assert "pass policy: enabled; lifetime 60..240 minutes" in out
+    problems = [line.split()[1:] for line in out.splitlines() if line.startswith("hires.csv")]
+    assert problems == [
+        ["3", "UPN", "visitor@contoso.com", "External", "guest", "user"],
+        ["4", "UPN", "ghost@contoso.com", "User", "not", "found"],
+        ["5", "Lifetime", "bo@contoso.com", "Lifetime", "outside", "the", "pass", "policy"],
+    ]
+    assert "1 row ready to send, 3 with problems, 0 to skip" in out
+    assert state.issued == [] and not state.create_attempts
+    by_id = write(tmp_path, "UPN,Start Date,Lifetime",
+                  f"00000000-0000-0000-0000-000000000000,{SOON[0]},60",
+                  f"00000000-0000-0000-0000-0000000000ff,{SOON[0]},60", name="ids.csv")  # fmt: skip
+    assert main(["validate", str(by_id), *args[2:]]) == EXIT_ROWS_FAILED
+    out = capsys.readouterr().out
+    assert [line.split()[1] for line in out.splitlines() if line.startswith("ids.csv")] == ["3"]
+    state.policy["state"] = "disabled"
+    assert main(args) == EXIT_ROWS_FAILED
+    assert "Pass policy turned off" in capsys.readouterr().out
+    assert state.issued == [] and not state.create_attempts
