@@ -106,7 +106,12 @@ def write_tenant(rows: list[list[object]], path: Path) -> None:
         if email in seen or email.startswith("jon.smithe"):
             continue
         seen.add(email)
-        user: dict[str, object] = {"userPrincipalName": email, "displayName": name}
+        user: dict[str, object] = {
+            "userPrincipalName": email,
+            "displayName": name,
+            "mail": email,  # so input.match_by: mail finds them too
+            "employeeId": f"E{1001 + len(users)}",
+        }
         if email.startswith("pat.contractor"):
             user["inPassPolicy"] = False
         users.append(user)
