@@ -60,7 +60,7 @@ from .journal import (
     record_params,
     sending_params,
 )
-from .outcomes import Failed, Issued, Origin, Outcome, PassRequest, Skipped
+from .outcomes import Failed, Issued, Origin, Outcome, PassRequest, Skipped, not_sent
 from .pool import (
     Confirmation,
     OnOutcome,
@@ -228,7 +228,7 @@ async def run(
     if unknown:
         raise ConfigError(
             f"--reissue-user names no row of the input: {', '.join(sorted(unknown))} "
-            "(use the UPN as the sheet has it)"
+            "(name each user as the sheet does)"
         )
     for name in sorted(wanted_users - sendable):
         log.warning(
@@ -258,8 +258,14 @@ async def run(
                     report.rate = client.rate
                     policy, line = await _read_policy(client, config, stop)
                     report.notes.append(("Pass policy", line))
-                    requests, found = await _prepare(config, client, requests, policy)
+                    requests, found = await _prepare(config, client, requests, policy, stop)
                     checked = [*checked, *found]
+                    # --reissue-user names people as the sheet does; found by mail or employee
+                    # id, they are now known by their UPN.
+                    wanted_users |= {
+                        r.key for r in requests if r.sheet_value and r.sheet_value.casefold()
+                        in wanted_users
+                    }  # fmt: skip
                 to_send, to_check = _sort(
                     ledger, requests, checked, started, due, reissue, wanted_users,
                     config.pass_.existing,
@@ -473,7 +479,7 @@ def _sort(
     due_within_days: int | None,
     reissue: bool,
     reissue_users: set[str],
-    existing: str = "replace",
+    existing: str,
 ) -> tuple[list[PassRequest], list[_Check]]:
     """Decide, for every row, whether it is sent now; record the outcome of each that is not.
 
@@ -600,25 +606,24 @@ async def _send(
 ) -> None:
     """Issue; whatever happens once passes may exist, the audit gets written."""
     report = ledger.report
-    if True:  # (kept indented: the block below once opened the connection itself)
-        pending = {r.origin: r for r in requests}
-        pending.update((c.request.origin, c.request) for c in to_check)
-        try:
-            requests = await _skip_existing(config, client, ledger, requests, pending)
-            requests = requests + await _decide(config, client, ledger, to_check, pending)
-            await _issue(config, client, requests, ledger, pending, stop)
-        except (asyncio.CancelledError, KeyboardInterrupt):
-            # Stopped at once: the journal holds every outcome and pass so far, and the rows in
-            # flight; running the same command again resumes this run and writes its audit.
-            raise
-        except BaseException as exc:
-            report.stopped = f"crashed ({type(exc).__name__})"
-            # A journal that cannot be written gets no more writes: the audit gets them all.
-            broken = isinstance(exc, JournalWriteError)
-            for r in pending.values():
-                ledger.replace(_unfinished(r), later=broken)
-            _finish(ledger.journal, config, report, config.output.dir, options)
-            raise
+    pending = {r.origin: r for r in requests}
+    pending.update((c.request.origin, c.request) for c in to_check)
+    try:
+        requests = await _skip_existing(config, client, ledger, requests, pending, stop)
+        requests = requests + await _decide(config, client, ledger, to_check, pending)
+        await _issue(config, client, requests, ledger, pending, stop)
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        # Stopped at once: the journal holds every outcome and pass so far, and the rows in
+        # flight; running the same command again resumes this run and writes its audit.
+        raise
+    except BaseException as exc:
+        report.stopped = f"crashed ({type(exc).__name__})"
+        # A journal that cannot be written gets no more writes: the audit gets them all.
+        broken = isinstance(exc, JournalWriteError)
+        for r in pending.values():
+            ledger.replace(_unfinished(r), later=broken)
+        _finish(ledger.journal, config, report, config.output.dir, options)
+        raise
 
 
 async def _decide(
@@ -890,6 +895,7 @@ async def _prepare(
     client: GraphClient,
     requests: list[PassRequest],
     policy: Policy | None,
+    stop: asyncio.Event | None = None,
     *,
     look_up_all: bool = False,
 ) -> tuple[list[PassRequest], list[Failed | Skipped]]:
@@ -898,7 +904,7 @@ async def _prepare(
     Returns the rows still to consider and the rows decided here."""
     decided: list[Failed | Skipped] = []
     if config.input.match_by != "upn" or look_up_all:
-        requests, missing = await _look_up(config, client, requests)
+        requests, missing = await _look_up(config, client, requests, stop)
         decided.extend(missing)
         requests, conflicts, repeats = one_per_user(requests)  # two addresses, one person
         decided.extend(conflicts)
@@ -918,7 +924,10 @@ async def _prepare(
 
 
 async def _look_up(
-    config: Config, client: GraphClient, requests: list[PassRequest]
+    config: Config,
+    client: GraphClient,
+    requests: list[PassRequest],
+    stop: asyncio.Event | None = None,
 ) -> tuple[list[PassRequest], list[Failed]]:
     """Find each row's person in the directory (15 values to a request, as Graph allows): by
     input.match_by mail or employee id, the row then names the UPN found; by UPN, or object id,
@@ -945,6 +954,7 @@ async def _look_up(
         lambda chunk: client.find_users(chunk[0], list(chunk[1])),
         concurrency=config.run.concurrency,
         retries=_retries(config.run),
+        stop=stop,
     )
     matches: dict[tuple[str, str], list[dict[str, Any]]] = {}
     errors: dict[tuple[str, str], GraphError] = {}
@@ -968,7 +978,9 @@ async def _look_up(
         error = errors.get(key)
         people = matches.get(key, [])
         upns = [str(u.get("userPrincipalName") or "") for u in people]
-        if error is not None:
+        if key not in matches:  # not looked up: the run was asked to stop
+            failed.append(not_sent(request))
+        elif error is not None:
             failed.append(Failed(
                 request.origin, value, "Lookup failed",
                 f"Could not search the directory for {label} '{value}' (HTTP {error.status} "
@@ -1030,6 +1042,7 @@ async def _skip_existing(
     ledger: _Ledger,
     requests: list[PassRequest],
     pending: dict[Origin, PassRequest],
+    stop: asyncio.Event | None,
 ) -> list[PassRequest]:
     """pass.existing skip: list each user's current pass first, and skip the rows whose user
     holds one that is usable or not yet valid (someone may have handed it out)."""
@@ -1037,11 +1050,18 @@ async def _skip_existing(
     if not ask:
         return requests
     answers = await ask_all(
-        ask, client.current_pass, concurrency=config.run.concurrency, retries=_retries(config.run)
+        ask,
+        client.current_pass,
+        concurrency=config.run.concurrency,
+        retries=_retries(config.run),
+        stop=stop,
     )
     now = datetime.now(UTC)
     keep: list[PassRequest] = []
     for request in requests:
+        if request.ask_existing and request.user not in answers:
+            keep.append(request)  # not asked: the run was asked to stop, so it is not sent
+            continue
         held = answers.get(request.user) if request.ask_existing else None
         outcome: Outcome | None = None
         if isinstance(held, GraphError):

@@ -374,21 +374,30 @@ async def ask_all(
     *,
     concurrency: int,
     retries: Retries,
+    stop: asyncio.Event | None = None,
 ) -> dict[K, A | GraphError]:
     """`ask(key)` for every distinct key, `concurrency` at a time, each retried as a create
-    would be: the answer, or the GraphError that ended its tries. Nothing is created."""
+    would be: the answer, or the GraphError that ended its tries. Nothing is created. Once
+    `stop` is set no key is asked again: those keys have no answer."""
     answers: dict[K, A | GraphError] = {}
     slots = asyncio.Semaphore(concurrency)
+
+    class Stopped(Exception):
+        pass
 
     async def one(key: K) -> None:
         async def attempt(_: int) -> A:
             async with slots:
+                if stop is not None and stop.is_set():
+                    raise Stopped
                 return await ask(key)
 
         try:
             answers[key] = await with_retries(attempt, retries)
         except GraphError as exc:
             answers[key] = exc
+        except Stopped:
+            pass
 
     await asyncio.gather(*(one(key) for key in dict.fromkeys(keys)))
     return answers

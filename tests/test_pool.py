@@ -270,3 +270,25 @@ def test_a_journal_that_cannot_be_written_stops_the_pool_with_its_error() -> Non
             run([request(n) for n in range(2, 30)], Script({}), stop=stop, concurrency=4,
                 durable=failing_once(stop, stop_first, calls))
         assert calls["n"] < 30  # stopped, not carried on row after row
+
+
+def test_ask_all_asks_nothing_more_once_stopped() -> None:
+    """Reads before the first create stop when asked to: keys not asked have no answer."""
+    from onboard.pool import ask_all
+
+    asked: list[int] = []
+
+    async def main() -> dict[int, object]:
+        stop = asyncio.Event()
+
+        async def ask(key: int) -> int:
+            asked.append(key)
+            if key == 2:
+                stop.set()
+            return key * 10
+
+        return dict(await ask_all(range(6), ask, concurrency=1, retries=Retries(1, 0, 0),
+                                  stop=stop))  # fmt: skip
+
+    answers = asyncio.run(main())
+    assert asked == [0, 1, 2] and answers == {0: 0, 1: 10, 2: 20}

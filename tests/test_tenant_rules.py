@@ -314,3 +314,22 @@ def test_validate_online_checks_policy_and_people_and_sends_nothing(
     assert main(args) == EXIT_ROWS_FAILED
     assert "Pass policy turned off" in capsys.readouterr().out
     assert state.issued == [] and not state.create_attempts
+
+
+def test_reissue_user_names_people_as_the_sheet_does_under_match_by_mail(
+    tmp_path: Path, serve_simulator, secret_env
+) -> None:
+    """Found by mail, a user is re-issued by the address the sheet has (not only by UPN)."""
+    flags = {"ada": {"mail": "a.lovelace@contoso.com"}, "bo": {"mail": "bo@x.com"}}
+    state = SimulatorState(users("ada@contoso.com", "bo@contoso.com", **flags))
+    sim = serve_simulator(state)
+    path = write(tmp_path, "Email,Start Date", f"a.lovelace@contoso.com,{SOON[0]}",
+                 f"bo@x.com,{SOON[0]}")  # fmt: skip
+    config = sim.config(tmp_path / "c.yaml", input={"match_by": "mail"})
+    assert main(["run", str(path), "-c", str(config)]) == EXIT_OK
+    first = state.current_pass("ada@contoso.com"), state.current_pass("bo@contoso.com")
+    args = ["run", str(path), "-c", str(config), "--reissue-user", "A.Lovelace@contoso.com"]
+    assert main(args) == EXIT_OK
+    assert state.current_pass("ada@contoso.com") != first[0]
+    assert state.current_pass("bo@contoso.com") == first[1]  # kept: issued by the first run
+    assert state.passes_created_for("bo@contoso.com") == 1
