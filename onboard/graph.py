@@ -105,9 +105,9 @@ class Policy:
         state = "enabled" if self.enabled else "disabled"
         return f"{state}; lifetime {low}..{high} minutes; one-time only: {once}"
 
-    def refuses(self, request: PassRequest) -> tuple[str, str] | None:
-        """Why the policy would refuse this row's pass (reason, what to do); None if it would
-        not (the target groups aside: Graph alone knows who is in them)."""
+    def refuses(self, request: PassRequest) -> tuple[str, str, str] | None:
+        """Why the policy would refuse this row's pass (reason, what to do, the field at fault);
+        None if it would not (the target groups aside: Graph alone knows who is in them)."""
         low, high = self.minimum, self.maximum
         lifetime = request.lifetime_minutes
         column = request.header("lifetime_minutes")
@@ -124,6 +124,7 @@ class Policy:
                 )
                 + ", or widen the range in the policy (Entra admin center > Protection > "
                 "Authentication methods > Policies > Temporary Access Pass).",
+                "lifetime_minutes",
             )
         if self.usable_once_only and not request.usable_once:
             return (
@@ -136,11 +137,13 @@ class Policy:
                     else "Set pass.usable_once: true (the default for rows without one)"
                 )
                 + ", or allow multi-use passes in the policy.",
+                "usable_once",
             )
         return None
 
 
 FILTER_VALUES = 15  # Graph's default limit on the values of one `in` filter
+USER_PAGE = 999  # users per page of a lookup ($top): Graph's maximum
 USER_FIELDS = "id,userPrincipalName,mail,employeeId,userType,creationType,externalUserState"
 
 
@@ -358,7 +361,11 @@ class GraphClient:
         if not 0 < len(values) <= FILTER_VALUES:
             raise ValueError(f"between 1 and {FILTER_VALUES} values per lookup")
         listed = ",".join("'" + v.replace("'", "''") + "'" for v in values)
-        query = {"$filter": f"{field} in ({listed})", "$select": USER_FIELDS, "$top": "999"}
+        query = {
+            "$filter": f"{field} in ({listed})",
+            "$select": USER_FIELDS,
+            "$top": str(USER_PAGE),
+        }
         url: str | None = f"{self._root}/users?" + "&".join(
             f"{k}={quote(v, safe=',()')}" for k, v in query.items()
         )
@@ -371,7 +378,10 @@ class GraphClient:
             if isinstance(page, list):
                 found.extend(u for u in page if isinstance(u, dict))
             link = data.get("@odata.nextLink")
-            url = link if isinstance(link, str) and link.startswith(self._root) else None
+            url = link if isinstance(link, str) else None
+            if url is not None and not url.startswith(f"{self._root}/"):
+                # Following it would send the token elsewhere; dropping it would miss people.
+                raise GraphError(f"Graph's next page is not under {self._root}", status=200)
         return found
 
     async def get_policy(self) -> dict[str, Any]:

@@ -29,7 +29,8 @@ from yarl import URL
 from . import __version__
 from .audit import AuditOptions, FileSummary, RunSummary, audit_options, write_audit
 from .auth import MsalTokenProvider, load_credential
-from .config import CLOUDS, Config, RunSettings
+from .checks import existing_passes, find_people, on_conflict, read_policy, within_policy
+from .config import CLOUDS, Config
 from .errors import (
     AuditWriteError,
     AuthError,
@@ -38,16 +39,10 @@ from .errors import (
     InputFileError,
     JournalWriteError,
     PolicyDisabled,
-    ThrottledError,
-    TransientError,
 )
 from .files import private_dir
 from .graph import (
-    FILTER_VALUES,
     GraphClient,
-    HeldPass,
-    Policy,
-    explain,
 )
 from .history import recover_unfinished
 from .journal import (
@@ -56,33 +51,30 @@ from .journal import (
     SENDING_SQL,
     Journal,
     PreviousPass,
+    RowState,
     input_key,
     record_params,
     sending_params,
 )
-from .outcomes import Failed, Issued, Origin, Outcome, PassRequest, Skipped, not_sent
+from .outcomes import Failed, Issued, Origin, Outcome, PassRequest, Skipped
 from .pool import (
     Confirmation,
     OnOutcome,
     PoolResult,
-    ask_all,
     confirm,
     current_passes,
     issue_all,
+    retries_for,
+    stopped_within,
 )
 from .rate import RateController
 from .reader import (
-    GUEST_MARKER,
-    GUEST_REFUSAL,
-    GUID,
     InputFile,
-    one_per_user,
     plan,
     read_input,
     user_key,
 )
 from .redact import printable
-from .retrying import Retries
 from .simulator import DEFAULT_CLIENT_SECRET, Faults, RunningSimulator, SimulatorState, serve
 from .tls import make_ssl_context, requests_session
 from .tls import warm as warm_tls
@@ -252,26 +244,51 @@ async def run(
             on_start(len(requests) + len(checked))
         try:
             async with contextlib.AsyncExitStack() as stack:
-                client = None
-                if requests or report.resumed:
-                    client = await _open(config, env, stack)  # nothing sent if this fails
-                    report.rate = client.rate
-                    policy, line = await _read_policy(client, config, stop)
-                    report.notes.append(("Pass policy", line))
-                    requests, found = await _prepare(config, client, requests, policy, stop)
+                client: GraphClient | None = None
+
+                async def connected() -> GraphClient:  # signed in when first needed
+                    nonlocal client
+                    if client is None:
+                        client = await _open(config, env, stack)  # nothing sent if this fails
+                        report.rate = client.rate
+                    return client
+
+                # Rows this run already finished before a stop keep their outcome (and pass);
+                # only the others are looked up and checked again.
+                known = journal.rows(report.run_id)
+                done = [r for r in requests if _final(known.get(r.origin))]
+                open_rows = [r for r in requests if not _final(known.get(r.origin))]
+                if config.input.match_by != "upn" and open_rows:
+                    open_rows, found = await find_people(config, await connected(), open_rows,
+                                                         stop)  # fmt: skip
+                    requests = done + open_rows
                     checked = [*checked, *found]
                     # --reissue-user names people as the sheet does; found by mail or employee
                     # id, they are now known by their UPN.
                     wanted_users |= {
-                        r.key for r in requests if r.sheet_value and r.sheet_value.casefold()
+                        r.key for r in open_rows if r.sheet_value and r.sheet_value.casefold()
                         in wanted_users
                     }  # fmt: skip
                 to_send, to_check = _sort(
                     ledger, requests, checked, started, due, reissue, wanted_users,
                     config.pass_.existing,
                 )  # fmt: skip
+                if stop is not None and stop.is_set():
+                    report.stopped = "stopped"
+                if to_send:
+                    policy, line = await read_policy(
+                        await connected(), config, stop,
+                        holding=report.resumed or bool(report.issued),
+                    )  # fmt: skip
+                    report.notes.append(("Pass policy", line))
+                    to_send, refused = within_policy(policy, to_send)
+                    for failed in refused:
+                        ledger.add(failed, later=True)
+                    ledger.flush()
+                else:
+                    report.notes.append(("Pass policy", "not read: nothing to send"))
                 if to_send or to_check or any(i.unconfirmed for i in report.issued):
-                    assert client is not None
+                    client = await connected()
                     await _send(config, client, ledger, to_send, to_check, stop, options)
         except (AuthError, ConfigError):
             if not report.resumed and not report.issued:  # no pass is held: close it
@@ -309,14 +326,15 @@ async def validate(
             client = await _open(config, env, stack)
             policy = None
             try:
-                policy, policy_line = await _read_policy(client, config, None)
+                policy, policy_line = await read_policy(client, config, None)
             except PolicyDisabled as exc:
                 policy_line = "disabled"
                 checked.append(
                     Failed(Origin("(tenant)", 0), "", "Pass policy turned off", str(exc))
                 )
-            requests, found = await _prepare(config, client, requests, policy, look_up_all=True)
-            checked.extend(found)
+            requests, found = await find_people(config, client, requests)
+            requests, refused = within_policy(policy, requests)
+            checked.extend([*found, *refused])
     order = sorted(checked, key=lambda o: (o.origin.source, o.origin.row))
     return Validation(
         files,
@@ -439,6 +457,11 @@ class _Ledger:
         return steps
 
 
+def _final(state: RowState | None) -> bool:
+    """A row this run already finished (before a stop): its outcome stands."""
+    return state is not None and state.outcome is not None and state.state not in REDECIDE
+
+
 def _key(files: Sequence[InputFile]) -> str:
     return input_key([(f.path, f.sha256) for f in files])
 
@@ -495,7 +518,8 @@ def _sort(
     to_check: list[_Check] = []
     for request in requests:
         earlier = known.get(request.origin)
-        if earlier is not None and earlier.outcome is not None and earlier.state not in REDECIDE:
+        if earlier is not None and _final(earlier):
+            assert earlier.outcome is not None
             # Done before the stop: kept, pass value included. An 'unclear' pass stays flagged
             # and is checked with Graph before this run finishes.
             ledger.add(earlier.outcome)
@@ -609,7 +633,11 @@ async def _send(
     pending = {r.origin: r for r in requests}
     pending.update((c.request.origin, c.request) for c in to_check)
     try:
-        requests = await _skip_existing(config, client, ledger, requests, pending, stop)
+        requests, decided = await existing_passes(config, client, requests, stop)
+        for outcome in decided:
+            pending.pop(outcome.origin, None)
+            ledger.add(outcome, later=True)
+        await ledger.durable()
         requests = requests + await _decide(config, client, ledger, to_check, pending)
         await _issue(config, client, requests, ledger, pending, stop)
     except (asyncio.CancelledError, KeyboardInterrupt):
@@ -641,7 +669,7 @@ async def _decide(
         [c.request.user for c in to_check],
         client.current_pass_id,
         concurrency=run.concurrency,
-        retries=_retries(run),
+        retries=retries_for(run),
     )
     send = []
     for check in to_check:
@@ -658,10 +686,6 @@ async def _decide(
         note = f"the pass run {check.previous.run_id} issued may not stand: {why}; issued again"
         send.append(replace(check.request, note=_join(check.request.note, note), doubtful=True))
     return send
-
-
-def _retries(run: RunSettings) -> Retries:
-    return Retries(run.max_attempts, run.backoff_seconds, run.backoff_max_seconds)
 
 
 def _unfinished(request: PassRequest) -> Failed:
@@ -742,7 +766,7 @@ async def _issue(
                 batch,
                 client.create_pass,
                 concurrency=run.concurrency,
-                retries=_retries(run),
+                retries=retries_for(run),
                 on_outcome=on_outcome,
                 on_send=ledger.queue_send,
                 durable=ledger.durable,
@@ -759,7 +783,7 @@ async def _issue(
             suspects,
             client.current_pass_id,
             concurrency=run.concurrency,
-            retries=_retries(run),
+            retries=retries_for(run),
         )
 
     result = await issue(requests, track)
@@ -775,7 +799,7 @@ async def _issue(
         if not suspects:
             return
         settled_at = max(sent_at.get(i.origin, time.monotonic()) for i in suspects)
-        if report.stopped or await _stopped_within(
+        if report.stopped or await stopped_within(
             stop, settled_at + run.settle_seconds - time.monotonic()
         ):
             # Stopping: leave them flagged in the journal; the next run checks them with Graph.
@@ -819,26 +843,7 @@ async def _issue(
         )
 
 
-async def _stopped_within(stop: asyncio.Event | None, seconds: float) -> bool:
-    """Wait `seconds`, or less if asked to stop; True if asked to stop."""
-    if stop is None:
-        await asyncio.sleep(max(0.0, seconds))
-        return False
-    if seconds <= 0:
-        return stop.is_set()
-    # asyncio.wait, not wait_for: Python 3.11's wait_for loses a cancel (a second signal) that
-    # arrives as the event is already set.
-    waiter = asyncio.ensure_future(stop.wait())
-    try:
-        done, _ = await asyncio.wait([waiter], timeout=seconds)
-    finally:
-        waiter.cancel()
-    return bool(done)
-
-
 CONFIRM_ROUNDS = 3
-POLICY_ATTEMPTS = 3
-POLICY_MAX_WAIT_SECONDS = 5.0
 _REISSUE_NOTE = "issued again: a slower earlier request had replaced the first pass"
 _UNCONFIRMED_NOTE = (
     "not yet confirmed with Graph after an unclear attempt (the run was stopped): the next run "
@@ -850,272 +855,6 @@ def _add_stats(report: RunReport, result: PoolResult) -> None:
     report.retries += result.retries
     if result.aborted is not None:
         report.stopped = f"aborted: {result.aborted}"
-
-
-async def _read_policy(
-    client: GraphClient, config: Config, stop: asyncio.Event | None
-) -> tuple[Policy | None, str]:
-    """The pass policy (None if it cannot be read) and a line for the Summary: a few quick
-    tries, never holding up a stop. Raises PolicyDisabled when the policy is off."""
-    for attempt in range(1, POLICY_ATTEMPTS + 1):
-        try:
-            data = await client.get_policy()
-            break
-        except (ThrottledError, TransientError) as exc:
-            if attempt == POLICY_ATTEMPTS:
-                log.warning("cannot read the pass policy: HTTP %s %s", exc.status, exc.code)
-                return None, f"not readable (HTTP {exc.status})"
-            wait = min(exc.retry_after or config.run.backoff_seconds, POLICY_MAX_WAIT_SECONDS)
-            if await _stopped_within(stop, wait):
-                return None, "not read (the run was stopped)"
-        except GraphError as exc:
-            if exc.status == 403:
-                log.warning(
-                    "cannot read the pass policy (the app lacks Policy.Read.AuthenticationMethod):"
-                    " rows are not checked against it; relying on Graph's answers"
-                )
-                return None, "not readable (needs Policy.Read.AuthenticationMethod)"
-            log.warning("cannot read the pass policy: HTTP %s %s", exc.status, exc.code)
-            return None, f"not readable (HTTP {exc.status})"
-    else:
-        return None, "not read"
-    policy = Policy.from_graph(data)
-    if not policy.enabled:
-        raise PolicyDisabled(
-            "the tenant's Temporary Access Pass policy is turned off, so Graph would refuse "
-            "every pass: nothing was sent. Turn it on in the Entra admin center > Protection > "
-            "Authentication methods > Policies > Temporary Access Pass (Enable, and include "
-            "the new hires' group), then run again"
-        )
-    return policy, policy.describe()
-
-
-async def _prepare(
-    config: Config,
-    client: GraphClient,
-    requests: list[PassRequest],
-    policy: Policy | None,
-    stop: asyncio.Event | None = None,
-    *,
-    look_up_all: bool = False,
-) -> tuple[list[PassRequest], list[Failed | Skipped]]:
-    """Before anything is created: find the people named by mail or employee id (with
-    `look_up_all`, by UPN or object id too), and fail the rows the pass policy would refuse.
-    Returns the rows still to consider and the rows decided here."""
-    decided: list[Failed | Skipped] = []
-    if config.input.match_by != "upn" or look_up_all:
-        requests, missing = await _look_up(config, client, requests, stop)
-        decided.extend(missing)
-        requests, conflicts, repeats = one_per_user(requests)  # two addresses, one person
-        decided.extend(conflicts)
-        decided.extend(repeats)
-    if policy is not None:
-        keep = []
-        for request in requests:
-            refused = policy.refuses(request)
-            if refused is None:
-                keep.append(request)
-            else:
-                field_name = "lifetime_minutes" if "Lifetime" in refused[0] else "usable_once"
-                column = request.header(field_name)  # None: the value came from pass.*
-                decided.append(Failed(request.origin, request.user, *refused, column=column))
-        requests = keep
-    return requests, decided
-
-
-async def _look_up(
-    config: Config,
-    client: GraphClient,
-    requests: list[PassRequest],
-    stop: asyncio.Event | None = None,
-) -> tuple[list[PassRequest], list[Failed]]:
-    """Find each row's person in the directory (15 values to a request, as Graph allows): by
-    input.match_by mail or employee id, the row then names the UPN found; by UPN, or object id,
-    it is only checked. No match, several, or a guest: the row fails."""
-    match_by = config.input.match_by
-
-    def field_for(value: str) -> str:
-        if match_by != "upn":
-            return match_by
-        return "id" if GUID.match(value) else "userPrincipalName"
-
-    label = {"mail": "mail", "employeeId": "employee id", "upn": "UPN"}[match_by]
-    wanted: dict[str, list[str]] = {}
-    for request in requests:
-        wanted.setdefault(field_for(request.user), []).append(request.user.casefold())
-    chunks = [
-        (name, tuple(values[i : i + FILTER_VALUES]))
-        for name, listed in wanted.items()
-        for values in [list(dict.fromkeys(listed))]
-        for i in range(0, len(values), FILTER_VALUES)
-    ]
-    answers = await ask_all(
-        chunks,
-        lambda chunk: client.find_users(chunk[0], list(chunk[1])),
-        concurrency=config.run.concurrency,
-        retries=_retries(config.run),
-        stop=stop,
-    )
-    matches: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    errors: dict[tuple[str, str], GraphError] = {}
-    for (name, values), answer in answers.items():
-        for value in values:
-            matches[(name, value)] = []
-            if isinstance(answer, GraphError):
-                errors[(name, value)] = answer
-        if isinstance(answer, GraphError):
-            continue
-        for user in answer:
-            key = (name, str(user.get(name) or "").casefold())
-            if key in matches:
-                matches[key].append(user)
-    found: list[PassRequest] = []
-    failed: list[Failed] = []
-    for request in requests:
-        value = request.user
-        column = request.header(config.input.key_column)
-        key = (field_for(value), value.casefold())
-        error = errors.get(key)
-        people = matches.get(key, [])
-        upns = [str(u.get("userPrincipalName") or "") for u in people]
-        if key not in matches:  # not looked up: the run was asked to stop
-            failed.append(not_sent(request))
-        elif error is not None:
-            failed.append(Failed(
-                request.origin, value, "Lookup failed",
-                f"Could not search the directory for {label} '{value}' (HTTP {error.status} "
-                f"{error.code or '-'}: {error.message}). Finding people needs User.Read.All "
-                "for the app; fix that, or run again later.",
-                http_status=error.status, graph_code=error.code, column=column,
-            ))  # fmt: skip
-        elif not people and match_by == "upn":
-            failed.append(Failed(
-                request.origin, value, "User not found",
-                f"No user '{value}' in the tenant: check the spelling in the sheet, or wait "
-                "until the account has been created, then run again for this row.",
-                column=column,
-            ))  # fmt: skip
-        elif not people:
-            failed.append(Failed(
-                request.origin, value, f"No user with this {label}",
-                f"No user in the tenant has {label} '{value}'. Check the sheet, or wait until "
-                f"the account exists with its {label} set, then run again for this row.",
-                column=column,
-            ))  # fmt: skip
-        elif len(people) > 1:
-            failed.append(Failed(
-                request.origin, value, f"Several users with this {label}",
-                f"{len(people)} users have {label} '{value}': {', '.join(sorted(upns))}. Give "
-                "this person's UPN instead (a sheet with input.match_by: upn), or fix the "
-                "directory so the value is unique.",
-                column=column,
-            ))  # fmt: skip
-        elif _is_guest(people[0]):
-            failed.append(Failed(
-                request.origin, upns[0], "External guest user",
-                f"{GUEST_REFUSAL} ({label} '{value}' is the guest {upns[0]}.) Guests sign in "
-                "with their home organisation's credentials.",
-                column=column,
-            ))  # fmt: skip
-        elif not upns[0]:
-            failed.append(Failed(
-                request.origin, value, "Lookup failed",
-                f"The directory returned a user for {label} '{value}' without a UPN.",
-                column=column,
-            ))  # fmt: skip
-        elif match_by == "upn":
-            found.append(request)
-        else:
-            found.append(replace(request, user=upns[0], sheet_value=value))
-    return found, failed
-
-
-def _is_guest(user: Mapping[str, Any]) -> bool:
-    """An external guest: userType Guest, or the #EXT# of an invited account's UPN."""
-    upn = str(user.get("userPrincipalName") or "")
-    return str(user.get("userType") or "").casefold() == "guest" or GUEST_MARKER in upn.upper()
-
-
-async def _skip_existing(
-    config: Config,
-    client: GraphClient,
-    ledger: _Ledger,
-    requests: list[PassRequest],
-    pending: dict[Origin, PassRequest],
-    stop: asyncio.Event | None,
-) -> list[PassRequest]:
-    """pass.existing skip: list each user's current pass first, and skip the rows whose user
-    holds one that is usable or not yet valid (someone may have handed it out)."""
-    ask = [r.user for r in requests if r.ask_existing]
-    if not ask:
-        return requests
-    answers = await ask_all(
-        ask,
-        client.current_pass,
-        concurrency=config.run.concurrency,
-        retries=_retries(config.run),
-        stop=stop,
-    )
-    now = datetime.now(UTC)
-    keep: list[PassRequest] = []
-    for request in requests:
-        if request.ask_existing and request.user not in answers:
-            keep.append(request)  # not asked: the run was asked to stop, so it is not sent
-            continue
-        held = answers.get(request.user) if request.ask_existing else None
-        outcome: Outcome | None = None
-        if isinstance(held, GraphError):
-            reason, detail = explain(held, request.user, config.run.max_attempts)
-            if held.status != 404:
-                reason = "Could not check for an existing pass"
-                detail = (
-                    f"pass.existing is skip, and Graph would not list this user's current pass "
-                    f"(HTTP {held.status}: {held.message}), so none was created. Run again "
-                    "later; or set pass.existing: replace to issue without checking."
-                )
-            outcome = Failed(request.origin, request.user, reason, detail,
-                             http_status=held.status, graph_code=held.code,
-                             request_id=held.request_id)  # fmt: skip
-        elif held is not None and held.in_force(now):
-            outcome = Skipped(request.origin, request.user, _holds(held), issued_at=held.created)
-        if outcome is None:
-            keep.append(request)
-        else:
-            pending.pop(request.origin, None)
-            ledger.add(outcome, later=True)
-    await ledger.durable()
-    return keep
-
-
-def _holds(held: HeldPass) -> str:
-    def when(moment: datetime | None) -> str:
-        return "unknown" if moment is None else f"{moment.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
-
-    state = "not yet valid" if held.usability == "NotYetValid" else "usable now"
-    return (
-        f"already holds a pass ({state}): created {when(held.created)}, starts "
-        f"{when(held.starts)}; kept, as pass.existing is skip (use --reissue-user or "
-        "pass.existing: replace to replace it)"
-    )
-
-
-def on_conflict(outcome: Outcome, request: PassRequest | None) -> Outcome:
-    """A 409 (Graph refusing while a pass exists, as older tenants did) means "a pass exists".
-    For a row checked under pass.existing skip, it is skipped like any user holding a pass; a
-    row meant to replace the pass (replace, --reissue-user, a moved start) fails, saying how."""
-    if (
-        isinstance(outcome, Failed)
-        and outcome.http_status == 409
-        and request is not None
-        and request.ask_existing
-    ):
-        return Skipped(
-            outcome.origin,
-            outcome.user,
-            "already holds a pass (Graph refused a new one: 409 conflict); kept, as "
-            "pass.existing is skip",
-        )
-    return outcome
 
 
 @contextlib.asynccontextmanager

@@ -551,6 +551,7 @@ def _request(r: PassRequest) -> dict[str, Any]:
         "usable_once": r.usable_once,
         "note": r.note,
         "start_date": r.start_date.isoformat() if r.start_date else None,
+        "sheet_value": r.sheet_value,
     }
 
 
@@ -564,6 +565,7 @@ def _unrequest(d: dict[str, Any]) -> PassRequest:
         d["usable_once"],
         d["note"],
         start_date=date.fromisoformat(d["start_date"]) if d["start_date"] else None,
+        sheet_value=d.get("sheet_value"),  # journals written before it was kept: none
     )
 
 

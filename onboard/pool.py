@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
+from .config import RunSettings
 from .errors import AuthError, GraphError, JournalWriteError, TransientError
 from .graph import CreatedPass, explain
 from .outcomes import Failed, Issued, Origin, Outcome, PassRequest, interrupted, not_sent
@@ -440,3 +441,25 @@ async def confirm(
 
 def _join(first: str, second: str) -> str:
     return f"{first}; {second}" if first else second
+
+
+def retries_for(run: RunSettings) -> Retries:
+    """The retry policy run.* sets (attempts, first wait, longest wait)."""
+    return Retries(run.max_attempts, run.backoff_seconds, run.backoff_max_seconds)
+
+
+async def stopped_within(stop: asyncio.Event | None, seconds: float) -> bool:
+    """Wait `seconds`, or less if asked to stop; True if asked to stop."""
+    if stop is None:
+        await asyncio.sleep(max(0.0, seconds))
+        return False
+    if seconds <= 0:
+        return stop.is_set()
+    # asyncio.wait, not wait_for: Python 3.11's wait_for loses a cancel (a second signal) that
+    # arrives as the event is already set.
+    waiter = asyncio.ensure_future(stop.wait())
+    try:
+        done, _ = await asyncio.wait([waiter], timeout=seconds)
+    finally:
+        waiter.cancel()
+    return bool(done)

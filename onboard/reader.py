@@ -68,9 +68,13 @@ _NAMED_FORMATS = (
 _INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff"), None)
 # Excel serial day numbers for 1954..2119: anything else is not a plausible start date.
 _SERIAL_RANGE = (20000, 80000)
+_SERIAL_TEXT = re.compile(r"^[2-7]\d{4}(\.\d+)?$")
 _EXCEL_EPOCH = date(1899, 12, 30)
 EARLIEST_DATE = date(1900, 1, 1)
 _AHEAD = timedelta(days=MAX_DAYS_AHEAD)
+# A start further back than this is a typo (or text read in the wrong order), not a late pass.
+MAX_DAYS_BEHIND = 30
+_BEHIND = timedelta(days=MAX_DAYS_BEHIND)
 # Excel's own limit for one cell: anything longer did not come from a real sheet.
 MAX_CELL_CHARS = 32_767
 ZIP_MAGIC = b"PK\x03\x04"
@@ -275,35 +279,33 @@ def _no_key_column(table: Sequence[Sequence[Any]], settings: InputSettings) -> s
 def _footer_start(body: list[list[Any]], columns: dict[str, int], settings: InputSettings) -> int:
     """Where the rows below the data begin (totals, notes): len(body) if there are none.
 
-    Only rows after the last person count, and only if they name no one (the key cell blank,
-    or text with spaces or a colon, or a word like Total) and carry no start date: a last hire
-    with a mistyped address still fails as a row, never passes as a note.
+    Only rows after the last person count, and only rows that say what they are: their first
+    text starts with a word like Total or Notes, or a label with a colon, or * or #. A row with
+    a start date, or an address in the user column, is a person (failed if mistyped), and so is
+    anything unclear: a hire is never passed over as a note.
     """
     key = columns[settings.key_column]
+    date_at = columns.get("start_date")
     start = len(body)
     for index in range(len(body) - 1, -1, -1):
         values = body[index]
         if all(_blank(v) for v in values):
             continue
         cell = _clean(_text(values[key]) or "") if key < len(values) else ""
-        date_at = columns.get("start_date")
         dated = date_at is not None and date_at < len(values) and not _blank(values[date_at])
         if dated and _looks_like_date(values[date_at]):  # type: ignore[index]
             break
+        if settings.match_by != "employeeId" and ("@" in cell or GUID.match(cell)):
+            break
         first = _clean(_text(next(v for v in values if not _blank(v))) or "").casefold()
-        wordy = not cell or any(c.isspace() for c in cell) or ":" in cell
-        if not (wordy or first.startswith(_FOOTER_WORDS)) or _names_someone(cell, settings):
+        word = _WORD.match(first)
+        labelled = (word is not None and word.group() in _FOOTER_WORDS) or first.startswith(
+            ("*", "#")
+        )
+        if not (labelled or ":" in first):
             break
         start = index
     return start
-
-
-def _names_someone(text: str, settings: InputSettings) -> bool:
-    if not text:
-        return False
-    if settings.match_by == "employeeId":
-        return not any(c.isspace() for c in text)
-    return "@" in text or bool(GUID.match(text))
 
 
 def _looks_like_date(value: Any) -> bool:
@@ -314,8 +316,26 @@ def _looks_like_date(value: Any) -> bool:
     return True
 
 
-_FOOTER_WORDS = ("total", "sum", "count", "note", "notes", "prepared", "generated", "source",
-                 "end of", "*", "#")  # fmt: skip
+_FOOTER_WORDS = frozenset(
+    [
+        "total",
+        "totals",
+        "subtotal",
+        "grand",
+        "sum",
+        "count",
+        "note",
+        "notes",
+        "prepared",
+        "generated",
+        "source",
+        "created",
+        "printed",
+        "page",
+        "end",
+    ]
+)
+_WORD = re.compile(r"[^\W\d_]+")  # the first word of a cell
 
 
 def _rows(frame: pd.DataFrame) -> list[list[Any]]:
@@ -713,6 +733,19 @@ def _validate_row(
                 problems.append(
                     (header("start_date"), f"{day.isoformat()} is not a plausible start date")
                 )
+            elif day < (now - _BEHIND).date():
+                problems.append(
+                    (
+                        header("start_date"),
+                        f"{_shown(raw)} is {day.isoformat()}, more than {MAX_DAYS_BEHIND} days "
+                        "ago: check the year"
+                        + (
+                            ", and input.date_order"
+                            if isinstance(raw, str) and not re.match(r"\s*\d{4}", raw)
+                            else ""
+                        ),
+                    )
+                )
             else:
                 start_day = day
                 at = clock or defaults.start_time
@@ -773,11 +806,13 @@ def parse_start(value: Any, order: str | None) -> tuple[date, time | None]:
             return moment.date(), _time_of_day(moment.time())
         raise ValueError(f"{_shown(value)} is a number, not a date (nor an Excel date serial)")
     text = _clean(_text(value) or "")
+    if _SERIAL_TEXT.match(text):  # a date column saved as General in a CSV: 46363
+        return parse_start(float(text), order)
     match = _NUMERIC_DATE.match(text)
     if match:
         first, second, third, clock = match.group(1, 2, 3, 4)
-        if len(first) == 4:
-            candidates = {"YMD": (first, second, third)}
+        if len(first) == 4:  # year first (ISO and its kin): one reading, whatever the order
+            return _pick(text, {"YMD": (first, second, third)}, "YMD"), _clock(clock, text)
         else:
             candidates = {"DMY": (third, second, first), "MDY": (third, first, second)}
         return _pick(text, candidates, order), _clock(clock, text)

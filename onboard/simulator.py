@@ -62,6 +62,7 @@ DEFAULT_POLICY: dict[str, Any] = {
 _TAP_PATH = "authentication/temporaryAccessPassMethods"
 WARNING_USAGE = 0.8  # Graph sends x-ms-throttle-limit-percentage above this share of the budget
 MAX_BATCH = 20
+MAX_FILTER_VALUES = 15  # values in one `in` filter
 REQUEST_ID_KEY = web.RequestKey("request_id", str)
 _POLICY_PATH = (
     "policies/authenticationMethodsPolicy/authenticationMethodConfigurations/temporaryAccessPass"
@@ -537,11 +538,11 @@ def _find_users(call: Call, state: SimulatorState) -> Answer:
     values = [v.replace("''", "'") for v in _QUOTED.findall(listed)]
     if not values or (operator == "eq" and len(values) != 1):
         return _graph_error(call, 400, "BadRequest", "Invalid filter clause.")
-    if len(values) > 15:
+    if len(values) > MAX_FILTER_VALUES:
         return _graph_error(
             call, 400, "Request_UnsupportedQuery",
             "Too many child clauses specified in search filter expression containing 'OR' "
-            "operators: 16. Max allowed: 15.",
+            f"operators: {len(values)}. Max allowed: {MAX_FILTER_VALUES}.",
         )  # fmt: skip
     state.count("user_lookups")
     wanted = {v.casefold() for v in values}
@@ -557,7 +558,18 @@ def _find_users(call: Call, state: SimulatorState) -> Answer:
             held = getattr(user, attribute)
             if held is not None and held.casefold() in wanted:
                 found[user.id] = user
-    return 200, {}, {"value": [u.as_graph() for u in found.values()]}
+    # Pages of $top (Graph's default 100), the next one named by @odata.nextLink.
+    listed = sorted(found.values(), key=lambda u: u.id)
+    try:
+        top = max(1, min(999, int((query.get("$top") or ["100"])[0])))
+        skip = int((query.get("$skiptoken") or ["0"])[0])
+    except ValueError:
+        return _graph_error(call, 400, "BadRequest", "Invalid $top or $skiptoken.")
+    body: dict[str, Any] = {"value": [u.as_graph() for u in listed[skip : skip + top]]}
+    if skip + top < len(listed):
+        rest = "&".join(p for p in call.query.split("&") if not p.startswith("$skiptoken="))
+        body["@odata.nextLink"] = f"{call.base}/v1.0/users?{rest}&$skiptoken={skip + top}"
+    return 200, {}, body
 
 
 def _not_found(call: Call, key: str) -> Answer:

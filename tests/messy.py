@@ -135,7 +135,7 @@ FIXTURES = [
     ),
     Fixture(
         "last_row_typo.xlsx",
-        "the last hire's address mistyped: a failed row, never taken for a note",
+        "the last hires' addresses mistyped, some without a date: failed rows, never notes",
         {
             "last_row_typo.xlsx": _xlsx(
                 (
@@ -144,6 +144,8 @@ FIXTURES = [
                         HEADERS,
                         *_rows(("ada", date(2026, 12, 7), 480)),
                         ["Bo", "bo.contoso.com", date(2026, 12, 7), None],
+                        ["Sumaya Khan", "sumaya.khan", None, None],
+                        [None, "jane doe", None, None],
                     ],
                 )
             )
@@ -151,7 +153,27 @@ FIXTURES = [
         {
             ("last_row_typo.xlsx", 2): ("ready", "ada@contoso.com"),
             ("last_row_typo.xlsx", 3): ("failed", "Invalid Work Email"),
+            ("last_row_typo.xlsx", 4): ("failed", "Invalid row"),  # address and date
+            ("last_row_typo.xlsx", 5): ("failed", "Invalid row"),
         },
+    ),
+    Fixture(
+        "employee_id_totals.xlsx",
+        "input.match_by employeeId: a totals row whose count looks like an id is still a total",
+        {
+            "employee_id_totals.xlsx": _xlsx(
+                (
+                    "Sheet1",
+                    [["Name", "Employee ID"], ["Amara", "E1001"], ["Ben", 1002], ["Total", 2]],
+                )
+            )
+        },
+        {
+            ("employee_id_totals.xlsx", 2): ("ready", "E1001"),
+            ("employee_id_totals.xlsx", 3): ("ready", "1002"),
+            ("employee_id_totals.xlsx", 4): ("skipped", "below the data (a total or a note)"),
+        },
+        settings={"match_by": "employeeId"},
     ),
     Fixture(
         "several_sheets.xlsx",
@@ -220,12 +242,19 @@ FIXTURES = [
             "day_first.csv": _text(
                 "Name,Work Email,Start Date\nAda,ada@contoso.com,07/12/2026\n"
                 "Bo,bo@contoso.com,13/12/2026\nCy,cy@contoso.com,12/13/2026\n"
+                "Di,di@contoso.com,2026-12-07\n"  # ISO: read as ISO, whatever the order
+                "Ed,ed@contoso.com,12/01/2026\n"  # month first by mistake: 12 January
+                "Flo,flo@contoso.com,26-12-07\n"  # two-digit year first: 26 Dec 2007
             )
         },
         {
             ("day_first.csv", 2): ("ready", "ada@contoso.com 2026-12-07T08:00"),
             ("day_first.csv", 3): ("ready", "bo@contoso.com 2026-12-13T08:00"),
             ("day_first.csv", 4): ("failed", "Invalid Start Date"),
+            ("day_first.csv", 5): ("ready", "di@contoso.com 2026-12-07T08:00"),
+            # far in the past, so a misreading, not a late hire: the row fails
+            ("day_first.csv", 6): ("failed", "Invalid Start Date"),
+            ("day_first.csv", 7): ("failed", "Invalid Start Date"),
         },
         settings={"date_order": "DMY"},
     ),
@@ -235,12 +264,15 @@ FIXTURES = [
         {
             "month_first.csv": _text(
                 "Name,Work Email,Start Date\nAda,ada@contoso.com,12/07/2026\n"
-                "Bo,bo@contoso.com,12/13/26\n"
+                "Bo,bo@contoso.com,12/13/26\nCy,cy@contoso.com,2026-12-07\n"
+                "Di,di@contoso.com,46363\n"  # a date column saved as General: the serial
             )
         },
         {
             ("month_first.csv", 2): ("ready", "ada@contoso.com 2026-12-07T08:00"),
             ("month_first.csv", 3): ("ready", "bo@contoso.com 2026-12-13T08:00"),
+            ("month_first.csv", 4): ("ready", "cy@contoso.com 2026-12-07T08:00"),
+            ("month_first.csv", 5): ("ready", "di@contoso.com 2026-12-07T08:00"),
         },
         settings={"date_order": "MDY"},
     ),

@@ -89,11 +89,17 @@ def test_each_bad_cell_fails_its_row_naming_the_column(tmp_path: Path) -> None:
 
 
 def test_start_in_the_past_means_usable_at_once_with_a_note(tmp_path: Path) -> None:
-    """A start date already past is sent without a start time, and the audit note says so."""
-    path = write_csv(tmp_path, "UPN,Start Date\nold@contoso.com,2026-01-05\n")
-    (request,) = read_input(path, SETTINGS, UTC8, now=NOW).requests
+    """A start date already past (within 30 days: a late hire) is sent without a start time,
+    and the audit note says so; further back is a typo, and the row fails."""
+    path = write_csv(tmp_path, "UPN,Start Date\nold@contoso.com,2026-11-05\n"
+                               "older@contoso.com,2026-10-28\n")
+    result = read_input(path, SETTINGS, UTC8, now=NOW)
+    (request,) = result.requests
     assert request.start is None
-    assert request.note == "start 2026-01-05 08:00 UTC is in the past: pass usable at once"
+    assert request.note == "start 2026-11-05 08:00 UTC is in the past: pass usable at once"
+    (failed,) = result.failed
+    assert failed.detail == ("Start Date '2026-10-28' is 2026-10-28, more than 30 days ago: "
+                             "check the year")
 
 
 def test_guest_users_fail_before_sending(tmp_path: Path) -> None:

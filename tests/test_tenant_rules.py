@@ -12,7 +12,7 @@ from openpyxl import Workbook
 from test_cli import SOON, audit_rows, latest_audit
 
 from onboard.cli import EXIT_ABORTED, EXIT_OK, EXIT_ROWS_FAILED, main
-from onboard.job import on_conflict
+from onboard.checks import on_conflict
 from onboard.outcomes import Failed, Origin, PassRequest, Skipped
 from onboard.simulator import Faults, SimulatorState, SimUser
 
@@ -333,3 +333,57 @@ def test_reissue_user_names_people_as_the_sheet_does_under_match_by_mail(
     assert state.current_pass("ada@contoso.com") != first[0]
     assert state.current_pass("bo@contoso.com") == first[1]  # kept: issued by the first run
     assert state.passes_created_for("bo@contoso.com") == 1
+
+
+def test_a_resumed_run_keeps_what_it_issued_when_the_policy_has_changed(
+    tmp_path: Path, serve_simulator
+) -> None:
+    """Killed part-way (match_by mail), then the policy's maximum drops below the sheet's
+    lifetime: the resumed run keeps every pass it issued before the kill (with what HR wrote),
+    and fails only the rows still to send, naming the new range."""
+    from test_resume import audit, audit_path_from, kill_after_creates, run_cli
+
+    hires = [f"new{n:02d}@contoso.com" for n in range(30)]
+    flags = {u.split("@")[0]: {"mail": f"M.{u}"} for u in hires}
+    state = SimulatorState(users(*hires, **flags), faults=Faults(latency_ms=40), seed=1)
+    sim = serve_simulator(state)
+    sheet = write(tmp_path, "Email,Start Date", *(f"M.{u},{SOON[0]}" for u in hires))
+    config = sim.config(tmp_path / "c.yaml", input={"match_by": "mail"},
+                        run={"concurrency": 2})  # fmt: skip
+    kill_after_creates(config, sheet, state, 8)
+    before = {u: state.current_pass(u) for u in hires if state.current_pass(u) is not None}
+    assert 8 <= len(before) < len(hires)
+    state.policy["maximumLifetimeInMinutes"] = 240  # the sheet's passes are 480 minutes
+    final = run_cli(config, str(sheet))
+    out, err = final.communicate(timeout=120)
+    assert final.returncode == EXIT_ROWS_FAILED, err
+    sheets = audit(audit_path_from(out))
+    issued = {str(r["User"]): r for r in sheets["Issued"]}
+    assert set(before) <= set(issued)  # nothing issued before the kill was lost
+    for user, row in issued.items():
+        assert row["Temporary Access Pass"] == state.current_pass(user)
+        assert row["Found by (sheet value)"] == f"M.{user}"
+    failed = sheets["Failed"]
+    assert {r["Reason"] for r in failed} == {"Lifetime outside the pass policy"}
+    assert len(issued) + len(failed) == len(hires)
+
+
+def test_lookups_follow_every_page(
+    tmp_path: Path, serve_simulator, secret_env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One user per page: a value two people share is still seen twice (the second page), and
+    every person on later pages is found."""
+    monkeypatch.setattr("onboard.graph.USER_PAGE", 1)
+    names = ["ada@contoso.com", "bo@contoso.com", "twin1@contoso.com", "twin2@contoso.com"]
+    flags = {n.split("@")[0]: {"mail": f"x.{n}"} for n in names[:2]}
+    flags |= {"twin1": {"mail": "shared@contoso.com"}, "twin2": {"mail": "shared@contoso.com"}}
+    state = SimulatorState(users(*names, **flags))
+    sim = serve_simulator(state)
+    path = write(tmp_path, "Email,Start Date", f"x.ada@contoso.com,{SOON[0]}",
+                 f"x.bo@contoso.com,{SOON[0]}", f"shared@contoso.com,{SOON[0]}")  # fmt: skip
+    config = sim.config(tmp_path / "c.yaml", input={"match_by": "mail"})
+    assert main(["run", str(path), "-c", str(config)]) == EXIT_ROWS_FAILED
+    rows = audit_rows(latest_audit(tmp_path / "audit"))
+    assert sorted(str(r["User"]) for r in rows["Issued"]) == names[:2]
+    assert [r["Reason"] for r in rows["Failed"]] == ["Several users with this mail"]
+    assert state.counts["user_lookups"] == 4  # one filter, four pages of one

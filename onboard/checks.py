@@ -1,0 +1,316 @@
+"""The checks before the first create: the tenant's pass policy, the people in the
+directory (by UPN, object id, mail or employee id), and passes users already hold.
+
+Every one only reads from Graph. A row they decide becomes a Failed or Skipped outcome; the
+job records it like any other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+from .config import Config
+from .errors import GraphError, PolicyDisabled, ThrottledError, TransientError
+from .graph import FILTER_VALUES, GraphClient, HeldPass, Policy, explain
+from .outcomes import Failed, Outcome, PassRequest, Skipped, not_sent
+from .pool import ask_all, retries_for, stopped_within
+from .reader import GUEST_MARKER, GUEST_REFUSAL, GUID, one_per_user
+
+log = logging.getLogger(__name__)
+
+POLICY_ATTEMPTS = 3
+POLICY_MAX_WAIT_SECONDS = 5.0
+
+
+async def read_policy(
+    client: GraphClient,
+    config: Config,
+    stop: asyncio.Event | None,
+    *,
+    holding: bool = False,
+) -> tuple[Policy | None, str]:
+    """The pass policy (None if it cannot be read) and a line for the Summary: a few quick
+    tries, never holding up a stop. Raises PolicyDisabled when the policy is off (`holding`:
+    the run already issued passes, before a stop, that its message must not deny)."""
+    for attempt in range(1, POLICY_ATTEMPTS + 1):
+        try:
+            data = await client.get_policy()
+            break
+        except (ThrottledError, TransientError) as exc:
+            if attempt == POLICY_ATTEMPTS:
+                log.warning("cannot read the pass policy: HTTP %s %s", exc.status, exc.code)
+                return None, f"not readable (HTTP {exc.status})"
+            wait = min(exc.retry_after or config.run.backoff_seconds, POLICY_MAX_WAIT_SECONDS)
+            if await stopped_within(stop, wait):
+                return None, "not read (the run was stopped)"
+        except GraphError as exc:
+            if exc.status == 403:
+                log.warning(
+                    "cannot read the pass policy (the app lacks Policy.Read.AuthenticationMethod):"
+                    " rows are not checked against it; relying on Graph's answers"
+                )
+                return None, "not readable (needs Policy.Read.AuthenticationMethod)"
+            log.warning("cannot read the pass policy: HTTP %s %s", exc.status, exc.code)
+            return None, f"not readable (HTTP {exc.status})"
+    else:
+        return None, "not read"
+    policy = Policy.from_graph(data)
+    if not policy.enabled:
+        raise PolicyDisabled(
+            "the tenant's Temporary Access Pass policy is turned off, so Graph would refuse "
+            "every pass: "
+            + (
+                "no further pass was sent (the passes this run issued before it stopped are "
+                "kept in the journal, for its audit)"
+                if holding
+                else "nothing was sent"
+            )
+            + ". Turn it on in the Entra admin center > Protection > Authentication methods > "
+            "Policies > Temporary Access Pass (Enable, and include the new hires' group), then "
+            "run the same command again"
+        )
+    return policy, policy.describe()
+
+
+async def find_people(
+    config: Config,
+    client: GraphClient,
+    requests: list[PassRequest],
+    stop: asyncio.Event | None = None,
+) -> tuple[list[PassRequest], list[Failed | Skipped]]:
+    """Look every row's person up in the directory (see _look_up), then keep one request per
+    person found: two addresses of one person are one pass."""
+    found, missing = await _look_up(config, client, requests, stop)
+    found, conflicts, repeats = one_per_user(found)
+    return found, [*missing, *conflicts, *repeats]
+
+
+def within_policy(
+    policy: Policy | None, requests: list[PassRequest]
+) -> tuple[list[PassRequest], list[Failed]]:
+    """The rows the pass policy would accept, and a Failed for each it would refuse (its
+    lifetime range, one-time only). Without a policy (not readable): every row."""
+    if policy is None:
+        return requests, []
+    keep: list[PassRequest] = []
+    refused: list[Failed] = []
+    for request in requests:
+        why = policy.refuses(request)
+        if why is None:
+            keep.append(request)
+        else:
+            reason, detail, field_name = why
+            refused.append(Failed(request.origin, request.user, reason, detail,
+                                  column=request.header(field_name)))  # fmt: skip
+    return keep, refused
+
+
+async def _look_up(
+    config: Config,
+    client: GraphClient,
+    requests: list[PassRequest],
+    stop: asyncio.Event | None = None,
+) -> tuple[list[PassRequest], list[Failed]]:
+    """Find each row's person in the directory (15 values to a request, as Graph allows): by
+    input.match_by mail or employee id, the row then names the UPN found; by UPN, or object id,
+    it is only checked. No match, several, or a guest: the row fails."""
+    match_by = config.input.match_by
+
+    def field_for(value: str) -> str:
+        if match_by != "upn":
+            return match_by
+        return "id" if GUID.match(value) else "userPrincipalName"
+
+    label = {"mail": "mail", "employeeId": "employee id", "upn": "UPN"}[match_by]
+    wanted: dict[str, list[str]] = {}
+    for request in requests:
+        wanted.setdefault(field_for(request.user), []).append(request.user.casefold())
+    chunks = [
+        (name, tuple(values[i : i + FILTER_VALUES]))
+        for name, listed in wanted.items()
+        for values in [list(dict.fromkeys(listed))]
+        for i in range(0, len(values), FILTER_VALUES)
+    ]
+    answers = await ask_all(
+        chunks,
+        lambda chunk: client.find_users(chunk[0], list(chunk[1])),
+        concurrency=config.run.concurrency,
+        retries=retries_for(config.run),
+        stop=stop,
+    )
+    matches: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    errors: dict[tuple[str, str], GraphError] = {}
+    for (name, values), answer in answers.items():
+        for value in values:
+            matches[(name, value)] = []
+            if isinstance(answer, GraphError):
+                errors[(name, value)] = answer
+        if isinstance(answer, GraphError):
+            continue
+        for user in answer:
+            key = (name, str(user.get(name) or "").casefold())
+            if key in matches:
+                matches[key].append(user)
+    found: list[PassRequest] = []
+    failed: list[Failed] = []
+    for request in requests:
+        key = (field_for(request.user), request.user.casefold())
+        if key not in matches:  # not looked up: the run was asked to stop
+            failed.append(not_sent(request))
+            continue
+        people = matches[key]
+        error = errors.get(key)
+        refused = _refused(request.user, label, people, error)
+        if refused is not None:
+            reason, detail = refused
+            guest = reason == "External guest user"
+            failed.append(Failed(
+                request.origin, _upn(people[0]) if guest else request.user, reason, detail,
+                http_status=error.status if error else None,
+                graph_code=error.code if error else None,
+                column=request.header(config.input.key_column),
+            ))  # fmt: skip
+        elif match_by == "upn":
+            found.append(request)
+        else:
+            found.append(replace(request, user=_upn(people[0]), sheet_value=request.user))
+    return found, failed
+
+
+def _refused(
+    value: str, label: str, people: list[dict[str, Any]], error: GraphError | None
+) -> tuple[str, str] | None:
+    """Why a row cannot go on after its lookup (reason, what to do); None if it can."""
+    if error is not None:
+        needs = (
+            " Finding people needs User.Read.All for the app: grant it with admin consent."
+            if error.status in (401, 403)
+            else " Run again later."
+        )
+        return "Lookup failed", (
+            f"Could not search the directory for {label} '{value}' (HTTP {error.status} "
+            f"{error.code or '-'}: {error.message}).{needs}"
+        )
+    if not people and label == "UPN":
+        return "User not found", (
+            f"No user '{value}' in the tenant: check the spelling in the sheet, or wait until "
+            "the account has been created, then run again for this row."
+        )
+    if not people:
+        return f"No user with this {label}", (
+            f"No user in the tenant has {label} '{value}'. Check the sheet, or wait until the "
+            f"account exists with its {label} set, then run again for this row."
+        )
+    upns = sorted(_upn(u) for u in people)
+    if len(people) > 1:
+        return f"Several users with this {label}", (
+            f"{len(people)} users have {label} '{value}': {', '.join(upns)}. Give this person's "
+            "UPN instead (a sheet with input.match_by: upn), or fix the directory so the value "
+            "is unique."
+        )
+    if _is_guest(people[0]):
+        return "External guest user", (
+            f"{GUEST_REFUSAL} ({label} '{value}' is the guest {upns[0]}.) Guests sign in with "
+            "their home organisation's credentials."
+        )
+    if not upns[0]:
+        return (
+            "Lookup failed",
+            f"The directory returned a user for {label} '{value}' without a UPN.",
+        )
+    return None
+
+
+def _upn(user: Mapping[str, Any]) -> str:
+    return str(user.get("userPrincipalName") or "")
+
+
+def _is_guest(user: Mapping[str, Any]) -> bool:
+    """An external guest: userType Guest, or the #EXT# of an invited account's UPN."""
+    guest_type = str(user.get("userType") or "").casefold() == "guest"
+    return guest_type or GUEST_MARKER in _upn(user).upper()
+
+
+async def existing_passes(
+    config: Config,
+    client: GraphClient,
+    requests: list[PassRequest],
+    stop: asyncio.Event | None,
+) -> tuple[list[PassRequest], list[Outcome]]:
+    """pass.existing skip: list the current pass of each row marked `ask_existing`, and skip
+    the rows whose user holds one that is usable or not yet valid (someone may have handed it
+    out). Returns the rows still to send, and the outcomes of the others."""
+    ask = [r.user for r in requests if r.ask_existing]
+    if not ask:
+        return requests, []
+    answers = await ask_all(
+        ask,
+        client.current_pass,
+        concurrency=config.run.concurrency,
+        retries=retries_for(config.run),
+        stop=stop,
+    )
+    now = datetime.now(UTC)
+    keep: list[PassRequest] = []
+    decided: list[Outcome] = []
+    for request in requests:
+        if request.ask_existing and request.user not in answers:
+            keep.append(request)  # not asked: the run was asked to stop, so it is not sent
+            continue
+        held = answers.get(request.user) if request.ask_existing else None
+        outcome: Outcome | None = None
+        if isinstance(held, GraphError):
+            reason, detail = explain(held, request.user, config.run.max_attempts)
+            if held.status != 404:
+                reason = "Could not check for an existing pass"
+                detail = (
+                    f"pass.existing is skip, and Graph would not list this user's current pass "
+                    f"(HTTP {held.status}: {held.message}), so none was created. Run again "
+                    "later; or set pass.existing: replace to issue without checking."
+                )
+            outcome = Failed(request.origin, request.user, reason, detail,
+                             http_status=held.status, graph_code=held.code,
+                             request_id=held.request_id)  # fmt: skip
+        elif held is not None and held.in_force(now):
+            outcome = Skipped(request.origin, request.user, _holds(held), issued_at=held.created)
+        if outcome is None:
+            keep.append(request)
+        else:
+            decided.append(outcome)
+    return keep, decided
+
+
+def _holds(held: HeldPass) -> str:
+    def when(moment: datetime | None) -> str:
+        return "unknown" if moment is None else f"{moment.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
+
+    state = "not yet valid" if held.usability == "NotYetValid" else "usable now"
+    return (
+        f"already holds a pass ({state}): created {when(held.created)}, starts "
+        f"{when(held.starts)}; kept, as pass.existing is skip (use --reissue-user or "
+        "pass.existing: replace to replace it)"
+    )
+
+
+def on_conflict(outcome: Outcome, request: PassRequest | None) -> Outcome:
+    """A 409 (Graph refusing while a pass exists, as older tenants did) means "a pass exists".
+    For a row checked under pass.existing skip, it is skipped like any user holding a pass; a
+    row meant to replace the pass (replace, --reissue-user, a moved start) fails, saying how."""
+    if (
+        isinstance(outcome, Failed)
+        and outcome.http_status == 409
+        and request is not None
+        and request.ask_existing
+    ):
+        return Skipped(
+            outcome.origin,
+            outcome.user,
+            "already holds a pass (Graph refused a new one: 409 conflict); kept, as "
+            "pass.existing is skip",
+        )
+    return outcome
