@@ -379,28 +379,32 @@ async def ask_all(
 ) -> dict[K, A | GraphError]:
     """`ask(key)` for every distinct key, `concurrency` at a time, each retried as a create
     would be: the answer, or the GraphError that ended its tries. Nothing is created. Once
-    `stop` is set no key is asked again: those keys have no answer."""
+    `stop` is set no key is asked again: those keys have no answer.
+
+    `concurrency` workers share one iterator of the keys, so 100,000 keys cost 100,000
+    answers, not 100,000 waiting tasks."""
     answers: dict[K, A | GraphError] = {}
-    slots = asyncio.Semaphore(concurrency)
+    todo = iter(dict.fromkeys(keys))
 
     class Stopped(Exception):
         pass
 
-    async def one(key: K) -> None:
-        async def attempt(_: int) -> A:
-            async with slots:
+    async def worker() -> None:
+        for key in todo:
+
+            async def attempt(_: int, key: K = key) -> A:
                 if stop is not None and stop.is_set():
                     raise Stopped
                 return await ask(key)
 
-        try:
-            answers[key] = await with_retries(attempt, retries)
-        except GraphError as exc:
-            answers[key] = exc
-        except Stopped:
-            pass
+            try:
+                answers[key] = await with_retries(attempt, retries)
+            except GraphError as exc:
+                answers[key] = exc
+            except Stopped:
+                return
 
-    await asyncio.gather(*(one(key) for key in dict.fromkeys(keys)))
+    await asyncio.gather(*(worker() for _ in range(max(1, concurrency))))
     return answers
 
 
