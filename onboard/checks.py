@@ -105,8 +105,23 @@ def within_policy(
             keep.append(request)
         else:
             reason, detail, field_name = why
-            refused.append(Failed(request.origin, request.user, reason, detail,
-                                  column=request.header(field_name)))  # fmt: skip
+            earlier = request.prior_attempts > 0 or request.doubtful
+            if earlier:
+                detail += (
+                    " An earlier request for this row (a run that stopped) may have created a "
+                    "pass: it was not replaced."
+                )
+            column = request.header(field_name)
+            refused.append(
+                Failed(
+                    request.origin,
+                    request.user,
+                    reason,
+                    detail,
+                    column=column,
+                    may_have_pass=earlier,
+                )
+            )
     return keep, refused
 
 
@@ -127,13 +142,17 @@ async def _look_up(
         return "id" if GUID.match(value) else "userPrincipalName"
 
     label = {"mail": "mail", "employeeId": "employee id", "upn": "UPN"}[match_by]
-    wanted: dict[str, list[str]] = {}
+    # One lookup per distinct value (compared without regard to case), sent as the sheet
+    # wrote it: Graph compares case-insensitively itself (casefold() would turn ß into ss).
+    wanted: dict[str, dict[str, str]] = {}
     for request in requests:
-        wanted.setdefault(field_for(request.user), []).append(request.user.casefold())
+        wanted.setdefault(field_for(request.user), {}).setdefault(
+            request.user.casefold(), request.user
+        )
     chunks = [
         (name, tuple(values[i : i + FILTER_VALUES]))
         for name, listed in wanted.items()
-        for values in [list(dict.fromkeys(listed))]
+        for values in [list(listed.values())]
         for i in range(0, len(values), FILTER_VALUES)
     ]
     answers = await ask_all(
@@ -147,9 +166,9 @@ async def _look_up(
     errors: dict[tuple[str, str], GraphError] = {}
     for (name, values), answer in answers.items():
         for value in values:
-            matches[(name, value)] = []
+            matches[(name, value.casefold())] = []
             if isinstance(answer, GraphError):
-                errors[(name, value)] = answer
+                errors[(name, value.casefold())] = answer
         if isinstance(answer, GraphError):
             continue
         for user in answer:
@@ -277,7 +296,19 @@ async def existing_passes(
                              http_status=held.status, graph_code=held.code,
                              request_id=held.request_id)  # fmt: skip
         elif held is not None and held.in_force(now):
-            outcome = Skipped(request.origin, request.user, _holds(held), issued_at=held.created)
+            ends = held.expires
+            if request.start is not None and ends is not None and ends <= request.start:
+                outcome = Failed(
+                    request.origin, request.user, "Holds a pass that ends before the start",
+                    f"{request.user} {_holds(held, kept=False)}, before this row's start "
+                    f"{request.start:%Y-%m-%d %H:%M} UTC, so it is no use on the first day; it "
+                    "was not replaced, as someone may be using it now. Once it is no longer "
+                    "needed, run again with --reissue-user for this user.",
+                )  # fmt: skip
+            else:
+                outcome = Skipped(
+                    request.origin, request.user, _holds(held), issued_at=held.created
+                )
         if outcome is None:
             keep.append(request)
         else:
@@ -285,28 +316,41 @@ async def existing_passes(
     return keep, decided
 
 
-def _holds(held: HeldPass) -> str:
+def _holds(held: HeldPass, *, kept: bool = True) -> str:
     def when(moment: datetime | None) -> str:
         return "unknown" if moment is None else f"{moment.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
 
     state = "not yet valid" if held.usability == "NotYetValid" else "usable now"
+    text = (
+        f"holds a pass ({state}): created {when(held.created)}, starts {when(held.starts)}, "
+        f"ends {when(held.expires)}"
+    )
+    if not kept:
+        return text
     return (
-        f"already holds a pass ({state}): created {when(held.created)}, starts "
-        f"{when(held.starts)}; kept, as pass.existing is skip (use --reissue-user or "
+        f"already {text}; kept, as pass.existing is skip (use --reissue-user or "
         "pass.existing: replace to replace it)"
     )
 
 
 def on_conflict(outcome: Outcome, request: PassRequest | None) -> Outcome:
     """A 409 (Graph refusing while a pass exists, as older tenants did) means "a pass exists".
-    For a row checked under pass.existing skip, it is skipped like any user holding a pass; a
-    row meant to replace the pass (replace, --reissue-user, a moved start) fails, saying how."""
-    if (
-        isinstance(outcome, Failed)
-        and outcome.http_status == 409
-        and request is not None
-        and request.ask_existing
-    ):
+    For a row checked under pass.existing skip whose only request was this one, it is skipped
+    like any user holding a pass. If an earlier request for the row may have created that pass
+    (an answer lost, a run stopped), the pass may be this run's own, with its value lost: the
+    row fails, saying so. A row meant to replace the pass fails, saying how."""
+    if not (isinstance(outcome, Failed) and outcome.http_status == 409 and request is not None):
+        return outcome
+    if outcome.may_have_pass or outcome.attempts > 1:
+        return replace(
+            outcome,
+            detail="Graph refused a new pass because one exists (409), and an earlier request "
+            "for this row may have created it: its answer was lost, so nobody has its value. "
+            "Delete the user's Temporary Access Pass in the Entra admin center, then run again "
+            "with --reissue-user for this user.",
+            may_have_pass=True,
+        )
+    if request.ask_existing:
         return Skipped(
             outcome.origin,
             outcome.user,

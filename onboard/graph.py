@@ -67,6 +67,12 @@ class HeldPass:
     lifetime_minutes: int | None
     usability: str | None  # methodUsabilityReason: EnabledByPolicy, NotYetValid, Expired, ...
 
+    @property
+    def expires(self) -> datetime | None:
+        if self.starts is None or self.lifetime_minutes is None:
+            return None
+        return self.starts + timedelta(minutes=self.lifetime_minutes)
+
     def in_force(self, now: datetime) -> bool:
         """Usable now, or not yet valid: a pass someone may have handed out."""
         if self.usability is not None:

@@ -216,7 +216,8 @@ async def run(
     wanted_users = {user_key(u) for u in reissue_users}
     sendable = {r.key for r in requests}
     anywhere = sendable | {user_key(o.user) for o in checked if o.user}
-    unknown = wanted_users - anywhere
+    # Under match_by mail / employeeId a UPN is known only after the lookup: checked then.
+    unknown = {u for u in wanted_users - anywhere if config.input.match_by == "upn" or "@" not in u}
     if unknown:
         raise ConfigError(
             f"--reissue-user names no row of the input: {', '.join(sorted(unknown))} "
@@ -269,13 +270,26 @@ async def run(
                         r.key for r in open_rows if r.sheet_value and r.sheet_value.casefold()
                         in wanted_users
                     }  # fmt: skip
+                    named = {r.key for r in open_rows} | {user_key(o.user) for o in found}
+                    named |= anywhere
+                    unknown = (
+                        wanted_users
+                        - named
+                        - {user_key(r.sheet_value) for r in open_rows if r.sheet_value}
+                    )
+                    if unknown:
+                        raise ConfigError(
+                            f"--reissue-user names no row of the input: "
+                            f"{', '.join(sorted(unknown))} (name each user as the sheet does, "
+                            "or by the UPN the lookup finds)"
+                        )
                 to_send, to_check = _sort(
                     ledger, requests, checked, started, due, reissue, wanted_users,
                     config.pass_.existing,
                 )  # fmt: skip
                 if stop is not None and stop.is_set():
                     report.stopped = "stopped"
-                if to_send:
+                if to_send or to_check:
                     policy, line = await read_policy(
                         await connected(), config, stop,
                         holding=report.resumed or bool(report.issued),
@@ -283,6 +297,7 @@ async def run(
                     report.notes.append(("Pass policy", line))
                     to_send, refused = within_policy(policy, to_send)
                     for failed in refused:
+                        _log_checked(failed)
                         ledger.add(failed, later=True)
                     ledger.flush()
                 else:
@@ -635,6 +650,7 @@ async def _send(
     try:
         requests, decided = await existing_passes(config, client, requests, stop)
         for outcome in decided:
+            _log_checked(outcome)
             pending.pop(outcome.origin, None)
             ledger.add(outcome, later=True)
         await ledger.durable()
@@ -676,7 +692,9 @@ async def _decide(
         held = answers[check.request.user]
         if held is not None and held == check.previous.method_id:
             pending.pop(check.request.origin, None)
-            ledger.add(_already_issued(check.request, check.previous, confirmed=True))
+            skipped = _already_issued(check.request, check.previous, confirmed=True)
+            _log_checked(skipped)
+            ledger.add(skipped)
             continue
         why = (
             f"could not ask Graph (HTTP {held.status})"

@@ -295,14 +295,18 @@ def _footer_start(body: list[list[Any]], columns: dict[str, int], settings: Inpu
         dated = date_at is not None and date_at < len(values) and not _blank(values[date_at])
         if dated and _looks_like_date(values[date_at]):  # type: ignore[index]
             break
-        if settings.match_by != "employeeId" and ("@" in cell or GUID.match(cell)):
-            break
         first = _clean(_text(next(v for v in values if not _blank(v))) or "").casefold()
         word = _WORD.match(first)
         labelled = (word is not None and word.group() in _FOOTER_WORDS) or first.startswith(
             ("*", "#")
         )
         if not (labelled or ":" in first):
+            break
+        # The user column must say nothing of a person: empty, the label itself, or the
+        # count of a totals row (Total | 2). Anything else there is a hire, failed if wrong.
+        label_in_key = bool(cell) and cell.casefold() == first
+        counted = cell.isdigit() and word is not None and word.group() in _TOTAL_WORDS
+        if cell and not (label_in_key or counted):
             break
         start = index
     return start
@@ -335,6 +339,7 @@ _FOOTER_WORDS = frozenset(
         "end",
     ]
 )
+_TOTAL_WORDS = frozenset(["total", "totals", "subtotal", "grand", "sum"])
 _WORD = re.compile(r"[^\W\d_]+")  # the first word of a cell
 
 
@@ -811,7 +816,8 @@ def parse_start(value: Any, order: str | None) -> tuple[date, time | None]:
     match = _NUMERIC_DATE.match(text)
     if match:
         first, second, third, clock = match.group(1, 2, 3, 4)
-        if len(first) == 4:  # year first (ISO and its kin): one reading, whatever the order
+        if len(first) == 4 or (order == "YMD" and len(third) <= 2):
+            # year first (ISO and its kin): one reading, whatever the order
             return _pick(text, {"YMD": (first, second, third)}, "YMD"), _clock(clock, text)
         else:
             candidates = {"DMY": (third, second, first), "MDY": (third, first, second)}

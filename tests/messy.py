@@ -176,6 +176,28 @@ FIXTURES = [
         settings={"match_by": "employeeId"},
     ),
     Fixture(
+        "surname_like_a_footer.xlsx",
+        "a last hire whose name starts like a footer word (Page, Note...) is still a hire",
+        {
+            "surname_like_a_footer.xlsx": _xlsx(
+                (
+                    "Sheet1",
+                    [
+                        HEADERS,
+                        *_rows(("ada", date(2026, 12, 7), 480)),
+                        ["Page, Larry", "larry.page.contoso.com", "next week", None],
+                        ["Note, Ann", "ann.note@contoso.com", None, None],
+                    ],
+                )
+            )
+        },
+        {
+            ("surname_like_a_footer.xlsx", 2): ("ready", "ada@contoso.com"),
+            ("surname_like_a_footer.xlsx", 3): ("failed", "Invalid row"),
+            ("surname_like_a_footer.xlsx", 4): ("failed", "Invalid Start Date"),
+        },
+    ),
+    Fixture(
         "several_sheets.xlsx",
         "an instructions sheet first, a hidden old sheet, the data on the third",
         {

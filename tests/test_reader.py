@@ -216,7 +216,9 @@ def test_plan_keeps_one_request_per_user() -> None:
      ("1 Dec 2026", None, (date(2026, 12, 1), None)),
      ("01-Dec-2026", None, (date(2026, 12, 1), None)),
      ("December 1, 2026", None, (date(2026, 12, 1), None)),
-     ("01/12/2026 13:45", "DMY", (date(2026, 12, 1), time(13, 45)))],
+     ("01/12/2026 13:45", "DMY", (date(2026, 12, 1), time(13, 45))),
+     ("27-01-11", "YMD", (date(2027, 1, 11), None)),
+     ("2026-12-07", "DMY", (date(2026, 12, 7), None)), ("46363", None, (date(2026, 12, 7), None))],
 )
 def test_parse_start(value: object, order: str | None, expected: tuple[date, time | None]) -> None:
     """Excel dates, datetimes and serials, ISO text, text in the configured order, month names."""

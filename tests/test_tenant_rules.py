@@ -11,8 +11,8 @@ from conftest import users
 from openpyxl import Workbook
 from test_cli import SOON, audit_rows, latest_audit
 
-from onboard.cli import EXIT_ABORTED, EXIT_OK, EXIT_ROWS_FAILED, main
 from onboard.checks import on_conflict
+from onboard.cli import EXIT_ABORTED, EXIT_OK, EXIT_ROWS_FAILED, main
 from onboard.outcomes import Failed, Origin, PassRequest, Skipped
 from onboard.simulator import Faults, SimulatorState, SimUser
 
@@ -189,13 +189,15 @@ def test_existing_passes_are_kept_by_default(tmp_path: Path, serve_simulator, se
     state = SimulatorState(users("ada@contoso.com", "bo@contoso.com", "cy@contoso.com",
                                  "di@contoso.com"))  # fmt: skip
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    month = 43_200  # minutes: the longest pass, still valid when the hires start
     state.give_pass("ada@contoso.com", created=now - dt.timedelta(hours=1),
-                    start=now - dt.timedelta(hours=1))  # fmt: skip
-    state.give_pass("bo@contoso.com", start=now + dt.timedelta(days=3))
+                    start=now - dt.timedelta(hours=1), lifetime_minutes=month)  # fmt: skip
+    state.give_pass("bo@contoso.com", start=now + dt.timedelta(days=3), lifetime_minutes=month)
     state.give_pass("cy@contoso.com", start=now - dt.timedelta(days=2), lifetime_minutes=60)
     sim = serve_simulator(state)
+    start = (dt.date.today() + dt.timedelta(days=10)).isoformat()  # within both passes
     path = write(tmp_path, "UPN,Start Date",
-                 *(f"{u}@contoso.com,{SOON[0]}" for u in ("ada", "bo", "cy", "di")))  # fmt: skip
+                 *(f"{u}@contoso.com,{start}" for u in ("ada", "bo", "cy", "di")))  # fmt: skip
     config = sim.config(tmp_path / "c.yaml")
     assert main(["run", str(path), "-c", str(config)]) == EXIT_OK
     rows = audit_rows(latest_audit(tmp_path / "audit"))
@@ -359,12 +361,15 @@ def test_a_resumed_run_keeps_what_it_issued_when_the_policy_has_changed(
     assert final.returncode == EXIT_ROWS_FAILED, err
     sheets = audit(audit_path_from(out))
     issued = {str(r["User"]): r for r in sheets["Issued"]}
-    assert set(before) <= set(issued)  # nothing issued before the kill was lost
+    failed = {str(r["User"]): r for r in sheets["Failed"]}
+    assert len(before) - len(set(before) & set(issued)) <= 2  # at most the two in flight
+    for user in set(before) - set(issued):  # in flight at the kill: its answer never came
+        assert "An earlier request for this row (a run that stopped) may have created a pass" \
+            in str(failed[user]["Detail"])
     for user, row in issued.items():
         assert row["Temporary Access Pass"] == state.current_pass(user)
         assert row["Found by (sheet value)"] == f"M.{user}"
-    failed = sheets["Failed"]
-    assert {r["Reason"] for r in failed} == {"Lifetime outside the pass policy"}
+    assert {r["Reason"] for r in failed.values()} == {"Lifetime outside the pass policy"}
     assert len(issued) + len(failed) == len(hires)
 
 
@@ -387,3 +392,57 @@ def test_lookups_follow_every_page(
     assert sorted(str(r["User"]) for r in rows["Issued"]) == names[:2]
     assert [r["Reason"] for r in rows["Failed"]] == ["Several users with this mail"]
     assert state.counts["user_lookups"] == 4  # one filter, four pages of one
+
+
+def test_a_409_after_a_lost_answer_fails_the_row_never_skips_it(
+    tmp_path: Path, serve_simulator, secret_env
+) -> None:
+    """Under skip, a 409 to a retry whose first create's answer was lost is this run's own
+    pass with its value lost: the row fails (may hold a pass), it is never "kept"."""
+    faults = Faults(conflict_on_existing=True, lost_response_rate=1.0)
+    state = SimulatorState(users("ada@contoso.com"), faults=faults)
+    sim = serve_simulator(state)
+    path = write(tmp_path, "UPN,Start Date", f"ada@contoso.com,{SOON[0]}")
+    assert main(["run", str(path), "-c", str(sim.config(tmp_path / "c.yaml"))]) == 1
+    rows = audit_rows(latest_audit(tmp_path / "audit"))
+    assert rows["Skipped"] == [] and rows["Issued"] == []
+    (failed,) = rows["Failed"]
+    assert (failed["Reason"], failed["HTTP status"]) == ("A pass already exists", 409)
+    assert "an earlier request for this row may have created it" in str(failed["Detail"])
+    assert len(state.issued) == 1  # the pass whose answer was lost
+
+
+def test_a_pass_that_ends_before_the_start_is_not_kept_silently(
+    tmp_path: Path, serve_simulator, secret_env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Under skip, a helpdesk pass valid now but ending before the hire starts fails the row
+    (it is no use on day one, and replacing it could break whoever uses it now); the row is
+    logged like every decided row."""
+    state = SimulatorState(users("ada@contoso.com"))
+    state.give_pass("ada@contoso.com", lifetime_minutes=480)
+    sim = serve_simulator(state)
+    path = write(tmp_path, "UPN,Start Date", f"ada@contoso.com,{SOON[2]}")
+    assert main(["run", str(path), "-c", str(sim.config(tmp_path / "c.yaml"))]) == 1
+    (failed,) = audit_rows(latest_audit(tmp_path / "audit"))["Failed"]
+    assert failed["Reason"] == "Holds a pass that ends before the start"
+    assert "ends " in str(failed["Detail"]) and "--reissue-user" in str(failed["Detail"])
+    assert state.current_pass("ada@contoso.com") == "handed-out"
+    assert "row 2 ada@contoso.com: Holds a pass that ends before the start" in (
+        capsys.readouterr().err)
+
+
+def test_reissue_user_by_the_upn_found_under_match_by_mail(
+    tmp_path: Path, serve_simulator, secret_env
+) -> None:
+    """The audit names people by UPN, so --reissue-user takes the UPN the lookup found; a
+    name that is neither is refused (exit 2) and nothing is sent."""
+    state = SimulatorState(users("ada@contoso.com", ada={"mail": "a.lovelace@contoso.com"}))
+    sim = serve_simulator(state)
+    path = write(tmp_path, "Email,Start Date", f"a.lovelace@contoso.com,{SOON[0]}")
+    config = sim.config(tmp_path / "c.yaml", input={"match_by": "mail"})
+    assert main(["run", str(path), "-c", str(config)]) == EXIT_OK
+    first = state.current_pass("ada@contoso.com")
+    assert main(["run", str(path), "-c", str(config), "--reissue-user", "ADA@contoso.com"]) == 0
+    assert state.current_pass("ada@contoso.com") != first
+    assert main(["run", str(path), "-c", str(config), "--reissue-user", "bo@contoso.com"]) == 2
+    assert state.passes_created_for("ada@contoso.com") == 2
