@@ -10,13 +10,14 @@ is the same workbook with the pass column masked.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
 import shutil
 import tempfile
 import zipfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -172,10 +173,7 @@ def _write(
     password: str | None,
     masked: bool,
 ) -> None:
-    scratch = path.parent / f".{path.stem}.partial"
-    shutil.rmtree(scratch, ignore_errors=True)
-    scratch.mkdir(mode=0o700)
-    try:
+    with _scratch(path) as scratch:
         in_memory = password is not None
         workbook = Workbook(write_only=True)
         sheets = _Sheets(workbook, None if in_memory else scratch)
@@ -251,18 +249,13 @@ def _write(
             plain.seek(0)
             plain.truncate()
             _save_atomically(path, scratch, lambda handle: handle.write(sealed.getbuffer()))
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def write_problems(path: Path, rows: Sequence[Failed | Skipped]) -> Path:
     """`onboard validate`'s workbook: one row per problem (a row that would fail) and per row
     that would be skipped, with what to do. It holds no pass; written owner-only like the audit."""
     private_dir(path.parent)
-    scratch = path.parent / f".{path.stem}.partial"
-    shutil.rmtree(scratch, ignore_errors=True)
-    scratch.mkdir(mode=0o700)
-    try:
+    with _scratch(path) as scratch:
         workbook = Workbook(write_only=True)
         _Sheets(workbook, scratch).add(
             "Problems",
@@ -281,9 +274,20 @@ def write_problems(path: Path, rows: Sequence[Failed | Skipped]) -> Path:
             ),
         )
         _save_atomically(path, scratch, lambda handle: _save(workbook, handle))
+    return path
+
+
+@contextlib.contextmanager
+def _scratch(path: Path) -> Iterator[Path]:
+    """An owner-only folder beside `path` for the write's temporary files (`.<name>.partial`,
+    one left by a killed write cleared first), removed afterwards."""
+    scratch = path.parent / f".{path.stem}.partial"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(mode=0o700)
+    try:
+        yield scratch
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return path
 
 
 class _SheetWriter(WorksheetWriter):  # type: ignore[misc]

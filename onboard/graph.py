@@ -77,9 +77,8 @@ class HeldPass:
         """Usable now, or not yet valid: a pass someone may have handed out."""
         if self.usability is not None:
             return self.usability in ("EnabledByPolicy", "NotYetValid")
-        if self.starts is None or self.lifetime_minutes is None:
-            return True  # cannot tell: assume it is in force
-        return now < self.starts + timedelta(minutes=self.lifetime_minutes)
+        ends = self.expires
+        return ends is None or now < ends  # cannot tell: assume it is in force
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,9 +41,7 @@ from .errors import (
     PolicyDisabled,
 )
 from .files import private_dir
-from .graph import (
-    GraphClient,
-)
+from .graph import GraphClient
 from .history import recover_unfinished
 from .journal import (
     RECORD_SQL,
@@ -68,12 +66,7 @@ from .pool import (
     stopped_within,
 )
 from .rate import RateController
-from .reader import (
-    InputFile,
-    plan,
-    read_input,
-    user_key,
-)
+from .reader import InputFile, plan, read_input, user_key
 from .redact import printable
 from .simulator import DEFAULT_CLIENT_SECRET, Faults, RunningSimulator, SimulatorState, serve
 from .tls import make_ssl_context, requests_session
@@ -217,12 +210,8 @@ async def run(
     sendable = {r.key for r in requests}
     anywhere = sendable | {user_key(o.user) for o in checked if o.user}
     # Under match_by mail / employeeId a UPN is known only after the lookup: checked then.
-    unknown = {u for u in wanted_users - anywhere if config.input.match_by == "upn" or "@" not in u}
-    if unknown:
-        raise ConfigError(
-            f"--reissue-user names no row of the input: {', '.join(sorted(unknown))} "
-            "(name each user as the sheet does)"
-        )
+    by_upn = config.input.match_by == "upn"
+    _check_reissue_users({u for u in wanted_users if by_upn or "@" not in u}, anywhere)
     for name in sorted(wanted_users - sendable):
         log.warning(
             "--reissue-user %s: that user's rows failed their checks; nothing to send", name
@@ -270,19 +259,10 @@ async def run(
                         r.key for r in open_rows if r.sheet_value and r.sheet_value.casefold()
                         in wanted_users
                     }  # fmt: skip
-                    named = {r.key for r in open_rows} | {user_key(o.user) for o in found}
-                    named |= anywhere
-                    unknown = (
-                        wanted_users
-                        - named
-                        - {user_key(r.sheet_value) for r in open_rows if r.sheet_value}
+                    _check_reissue_users(
+                        wanted_users,
+                        anywhere | {r.key for r in open_rows} | {user_key(o.user) for o in found},
                     )
-                    if unknown:
-                        raise ConfigError(
-                            f"--reissue-user names no row of the input: "
-                            f"{', '.join(sorted(unknown))} (name each user as the sheet does, "
-                            "or by the UPN the lookup finds)"
-                        )
                 to_send, to_check = _sort(
                     ledger, requests, checked, started, due, reissue, wanted_users,
                     config.pass_.existing,
@@ -313,6 +293,16 @@ async def run(
         return report
     finally:
         journal.close()
+
+
+def _check_reissue_users(wanted: set[str], named: set[str]) -> None:
+    """Stop (before anything is sent) when --reissue-user names nobody in the input."""
+    unknown = wanted - named
+    if unknown:
+        raise ConfigError(
+            f"--reissue-user names no row of the input: {', '.join(sorted(unknown))} (name "
+            "each user as the sheet does, or by the UPN a mail or employee id lookup finds)"
+        )
 
 
 @dataclass(slots=True)

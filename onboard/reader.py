@@ -292,8 +292,7 @@ def _footer_start(body: list[list[Any]], columns: dict[str, int], settings: Inpu
         if all(_blank(v) for v in values):
             continue
         cell = _clean(_text(values[key]) or "") if key < len(values) else ""
-        dated = date_at is not None and date_at < len(values) and not _blank(values[date_at])
-        if dated and _looks_like_date(values[date_at]):  # type: ignore[index]
+        if date_at is not None and date_at < len(values) and _looks_like_date(values[date_at]):
             break
         first = _clean(_text(next(v for v in values if not _blank(v))) or "").casefold()
         word = _WORD.match(first)
@@ -313,11 +312,19 @@ def _footer_start(body: list[list[Any]], columns: dict[str, int], settings: Inpu
 
 
 def _looks_like_date(value: Any) -> bool:
+    if _blank(value):
+        return False
     try:
         parse_start(value, None)
-    except ValueError as exc:
-        return "could be" in str(exc)  # ambiguous, but a date
+    except AmbiguousDate:
+        return True  # a date, only its order unknown
+    except ValueError:
+        return False
     return True
+
+
+class AmbiguousDate(ValueError):
+    """Text that is a date read day-first and another read month-first."""
 
 
 _FOOTER_WORDS = frozenset(
@@ -860,7 +867,7 @@ def _pick(text: str, candidates: dict[str, tuple[str, str, str]], order: str | N
     if not days:
         raise ValueError(f"{text!r} is not a valid date")
     a, b = (valid[n].strftime("%-d %B %Y") for n in ("DMY", "MDY"))
-    raise ValueError(
+    raise AmbiguousDate(
         f"{text!r} could be {a} or {b}: set input.date_order to DMY or MDY (how the sheet "
         "writes dates), or use YYYY-MM-DD"
     )
