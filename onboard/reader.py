@@ -735,48 +735,9 @@ def _validate_row(
             )
         else:
             try:
-                day, clock = parse_start(raw, settings.date_order)
+                start, start_day, note = _start_of(raw, defaults, settings, now)
             except ValueError as exc:
-                day, clock = None, None
                 problems.append((header("start_date"), str(exc)))
-            if day is None:
-                pass
-            elif day < EARLIEST_DATE:
-                problems.append(
-                    (header("start_date"), f"{day.isoformat()} is not a plausible start date")
-                )
-            elif day < (now - _BEHIND).date():
-                problems.append(
-                    (
-                        header("start_date"),
-                        f"{_shown(raw)} is {day.isoformat()}, more than {MAX_DAYS_BEHIND} days "
-                        "ago: check the year"
-                        + (
-                            ", and input.date_order"
-                            if isinstance(raw, str) and not re.match(r"\s*\d{4}", raw)
-                            else ""
-                        ),
-                    )
-                )
-            else:
-                start_day = day
-                at = clock or defaults.start_time
-                local = datetime.combine(day, at, tzinfo=defaults.zone)
-                start = local.astimezone(UTC) if day < (now + _AHEAD).date() else None
-                if start is None:
-                    problems.append(
-                        (
-                            header("start_date"),
-                            f"{day.isoformat()} is more than {MAX_DAYS_AHEAD} days ahead; "
-                            "check the year",
-                        )
-                    )
-                elif start <= now:
-                    note = (
-                        f"start {day.isoformat()} {at:%H:%M} "
-                        f"{defaults.timezone} is in the past: pass usable at once"
-                    )
-                    start = None
     else:
         note = "no start date column: pass usable at once"
 
@@ -794,6 +755,38 @@ def _validate_row(
         sheet_value=None if key == "user" else user,
         headers=tuple((name, headers[index]) for name, index in columns.items()),
     )  # fmt: skip
+
+
+def _start_of(
+    raw: Any, defaults: PassSettings, settings: InputSettings, now: datetime
+) -> tuple[datetime | None, date, str]:
+    """A row's start: when the pass starts (UTC; None: usable at once), the day the sheet
+    gives, and a note for the audit. Raises ValueError saying what is wrong with the cell."""
+    day, clock = parse_start(raw, settings.date_order)
+    if day < EARLIEST_DATE:
+        raise ValueError(f"{day.isoformat()} is not a plausible start date")
+    if day < (now - _BEHIND).date():
+        order = isinstance(raw, str) and not re.match(r"\s*\d{4}", raw)
+        raise ValueError(
+            f"{_shown(raw)} is {day.isoformat()}, more than {MAX_DAYS_BEHIND} days ago: check "
+            "the year" + (", and input.date_order" if order else "")
+        )
+    if day >= (now + _AHEAD).date():
+        raise ValueError(
+            f"{day.isoformat()} is more than {MAX_DAYS_AHEAD} days ahead; check the year"
+        )
+    at = clock or defaults.start_time
+    start = datetime.combine(day, at, tzinfo=defaults.zone).astimezone(UTC)
+    if start <= now:
+        return (
+            None,
+            day,
+            (
+                f"start {day.isoformat()} {at:%H:%M} {defaults.timezone} is in the past: pass "
+                "usable at once"
+            ),
+        )
+    return start, day, ""
 
 
 def parse_start(value: Any, order: str | None) -> tuple[date, time | None]:
@@ -826,8 +819,7 @@ def parse_start(value: Any, order: str | None) -> tuple[date, time | None]:
         if len(first) == 4 or (order == "YMD" and len(third) <= 2):
             # year first (ISO and its kin): one reading, whatever the order
             return _pick(text, {"YMD": (first, second, third)}, "YMD"), _clock(clock, text)
-        else:
-            candidates = {"DMY": (third, second, first), "MDY": (third, first, second)}
+        candidates = {"DMY": (third, second, first), "MDY": (third, first, second)}
         return _pick(text, candidates, order), _clock(clock, text)
     match = _NAMED_DATE.match(text)
     if match:
