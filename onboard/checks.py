@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from .config import Config
+from .decide import already_issued
 from .errors import GraphError, PolicyDisabled, ThrottledError, TransientError
 from .graph import FILTER_VALUES, GraphClient, HeldPass, Policy, explain
-from .outcomes import Failed, Outcome, PassRequest, Skipped, not_sent
+from .journal import PreviousPass
+from .outcomes import Failed, Outcome, PassRequest, Skipped, not_sent, shown_window
 from .pool import ask_all, retries_for, stopped_within
 from .reader import GUEST_MARKER, GUEST_REFUSAL, GUID, one_per_user
 
@@ -195,9 +197,10 @@ async def _look_up(
                 column=request.header(config.input.key_column),
             ))  # fmt: skip
         elif match_by == "upn":
-            found.append(request)
+            found.append(replace(request, object_id=_object_id(people[0])))
         else:
-            found.append(replace(request, user=_upn(people[0]), sheet_value=request.user))
+            found.append(replace(request, user=_upn(people[0]), sheet_value=request.user,
+                                 object_id=_object_id(people[0])))  # fmt: skip
     return found, failed
 
 
@@ -245,6 +248,11 @@ def _refused(
     return None
 
 
+def _object_id(user: Mapping[str, Any]) -> str | None:
+    found = user.get("id")
+    return str(found) if isinstance(found, str) and GUID.match(found) else None
+
+
 def _upn(user: Mapping[str, Any]) -> str:
     return str(user.get("userPrincipalName") or "")
 
@@ -260,10 +268,19 @@ async def existing_passes(
     client: GraphClient,
     requests: list[PassRequest],
     stop: asyncio.Event | None,
+    *,
+    issued_by: Callable[[str], PreviousPass | None] = lambda method_id: None,
 ) -> tuple[list[PassRequest], list[Outcome]]:
-    """pass.existing skip: list the current pass of each row marked `ask_existing`, and skip
+    """pass.existing skip: list the current pass of each row marked `ask_existing` and decide
     the rows whose user holds one that is usable or not yet valid (someone may have handed it
-    out). Returns the rows still to send, and the outcomes of the others."""
+    out). Returns the rows still to send, and the outcomes of the others.
+
+    `issued_by(method_id)`: the journal's record of that pass, if a run of this tenant issued
+    it. Such a pass is this journal's own (the row names the person differently now): skipped
+    as already issued for the same start, replaced for a moved one. Any other pass in force is
+    not this journal's to vouch for: skipped, counted apart (`held_elsewhere`), or failed when
+    it cannot serve the row's first day.
+    """
     ask = [r.user for r in requests if r.ask_existing]
     if not ask:
         return requests, []
@@ -296,19 +313,18 @@ async def existing_passes(
                              http_status=held.status, graph_code=held.code,
                              request_id=held.request_id)  # fmt: skip
         elif held is not None and held.in_force(now):
-            ends = held.expires
-            if request.start is not None and ends is not None and ends <= request.start:
-                outcome = Failed(
-                    request.origin, request.user, "Holds a pass that ends before the start",
-                    f"{request.user} {_holds(held, kept=False)}, before this row's start "
-                    f"{request.start:%Y-%m-%d %H:%M} UTC, so it is no use on the first day; it "
-                    "was not replaced, as someone may be using it now. Once it is no longer "
-                    "needed, run again with --reissue-user for this user.",
-                )  # fmt: skip
-            else:
-                outcome = Skipped(
-                    request.origin, request.user, _holds(held), issued_at=held.created
+            ours = issued_by(held.method_id)
+            if ours is not None and ours.start_key == request.start_key:
+                outcome = already_issued(request, ours, confirmed=True)
+            elif ours is not None:
+                note = (
+                    f"start moved from {shown_window(ours.start_key)} to "
+                    f"{shown_window(request.start_key)}: this pass replaces the one run "
+                    f"{ours.run_id} issued"
                 )
+                request = replace(request, note=f"{request.note}; {note}".lstrip("; "))
+            else:
+                outcome = _held_elsewhere(request, held, now)
         if outcome is None:
             keep.append(request)
         else:
@@ -316,21 +332,58 @@ async def existing_passes(
     return keep, decided
 
 
-def _holds(held: HeldPass, *, kept: bool = True) -> str:
-    def when(moment: datetime | None) -> str:
-        return "unknown" if moment is None else f"{moment.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
+# How much earlier than the row's start a pass may start, or later it may end, and still be
+# the row's: Graph rounds what it stores.
+_SLACK = timedelta(minutes=1)
 
-    state = "not yet valid" if held.usability == "NotYetValid" else "usable now"
-    text = (
-        f"holds a pass ({state}): created {when(held.created)}, starts {when(held.starts)}, "
-        f"ends {when(held.expires)}"
+
+def _held_elsewhere(request: PassRequest, held: HeldPass, now: datetime) -> Outcome:
+    """A pass in force that no record of this journal explains: kept, but never counted as a
+    success; failed when it cannot serve the row's first day (it starts after the row's start,
+    or ends before it), with what to do."""
+    start = request.start or now
+    ends = held.expires
+    if held.starts is not None and held.starts > start + _SLACK:
+        return Failed(
+            request.origin, request.user, "Holds a pass that starts after the start",
+            f"{request.user} {_holds(held)}, after this row's start "
+            f"{start:%Y-%m-%d %H:%M} UTC, so the hire has no usable pass on the first day. It "
+            "was not replaced, as someone may have handed it out: if the sheet's start is "
+            "right, run again with --reissue-user for this user (the new pass replaces it).",
+        )  # fmt: skip
+    if request.start is not None and ends is not None and ends <= request.start:
+        return Failed(
+            request.origin, request.user, "Holds a pass that ends before the start",
+            f"{request.user} {_holds(held)}, before this row's start "
+            f"{request.start:%Y-%m-%d %H:%M} UTC, so it is no use on the first day; it "
+            "was not replaced, as someone may be using it now. Once it is no longer "
+            "needed, run again with --reissue-user for this user.",
+        )  # fmt: skip
+    return Skipped(
+        request.origin,
+        request.user,
+        f"holds a pass created {_when(held.created)} that this journal did not issue "
+        f"({_state(held)}, ends {_when(held.expires)}); kept, as pass.existing is skip. If "
+        "nobody handed it out (a run whose journal was lost, say), replace it: run again with "
+        "--reissue-user for this user, or with pass.existing: replace",
+        issued_at=held.created,
+        held_elsewhere=True,
     )
-    if not kept:
-        return text
+
+
+def _holds(held: HeldPass) -> str:
     return (
-        f"already {text}; kept, as pass.existing is skip (use --reissue-user or "
-        "pass.existing: replace to replace it)"
+        f"holds a pass ({_state(held)}): created {_when(held.created)}, starts "
+        f"{_when(held.starts)}, ends {_when(held.expires)}"
     )
+
+
+def _state(held: HeldPass) -> str:
+    return "not yet valid" if held.usability == "NotYetValid" else "usable now"
+
+
+def _when(moment: datetime | None) -> str:
+    return "unknown" if moment is None else f"{moment.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
 
 
 def on_conflict(outcome: Outcome, request: PassRequest | None) -> Outcome:
@@ -354,7 +407,9 @@ def on_conflict(outcome: Outcome, request: PassRequest | None) -> Outcome:
         return Skipped(
             outcome.origin,
             outcome.user,
-            "already holds a pass (Graph refused a new one: 409 conflict); kept, as "
-            "pass.existing is skip",
+            "holds a pass that this journal did not issue (Graph refused a new one: 409 "
+            "conflict); kept, as pass.existing is skip. To replace it, run again with "
+            "--reissue-user for this user, or with pass.existing: replace",
+            held_elsewhere=True,
         )
     return outcome

@@ -38,8 +38,9 @@ from .errors import (
     InputFileError,
     JournalLocked,
     JournalWriteError,
+    OnboardError,
 )
-from .journal import Journal
+from .journal import Journal, RunInfo
 from .outcomes import Failed, Outcome, Skipped
 from .redact import printable
 
@@ -77,10 +78,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except AuthError as exc:
         print(f"onboard: run aborted: {exc}", file=sys.stderr)
-        print("no pass was created.", file=sys.stderr)
+        print(_what_is_kept(exc), file=sys.stderr)
         return EXIT_ABORTED
     except (AuditWriteError, JournalWriteError) as exc:
         print(f"onboard: run aborted: {exc}", file=sys.stderr)
+        if exc.audit_path is not None:
+            print(f"the audit workbook {exc.audit_path} holds what was done", file=sys.stderr)
         return EXIT_ABORTED
     except JournalLocked as exc:
         print(f"onboard: {exc}", file=sys.stderr)
@@ -321,30 +324,70 @@ def _run(args: argparse.Namespace) -> int:
         return SIGNAL_EXIT[received[0]]
     if report.stopped and report.stopped.startswith("aborted"):
         return EXIT_ABORTED
-    return EXIT_ROWS_FAILED if report.failed else EXIT_OK
+    # A pass nobody here can vouch for is not a success: the hire needs a person's attention.
+    return EXIT_ROWS_FAILED if report.failed or report.held_elsewhere else EXIT_OK
+
+
+def _what_is_kept(exc: OnboardError) -> str:
+    """What an aborted run leaves behind: nothing, or passes waiting in the journal."""
+    if exc.kept is None:
+        return "no pass was created."
+    run_id, count = exc.kept
+    return (
+        f"no further pass was created; the {_count(count, 'pass')} run {run_id} issued before it "
+        f"stopped are kept in the journal: 'onboard report {run_id}' writes them to a workbook "
+        "now, or run the same command again once this is fixed."
+    )
+
+
+SIMULATED = "SIMULATED: no pass was issued in a tenant"
 
 
 def _print_report(report: job.RunReport, config: Config) -> None:
+    if report.simulated:
+        print(SIMULATED)
     if report.resumed:
         print(f"resumed run {report.run_id}, which had stopped before it finished")
-    print(
-        f"onboard run {report.run_id}: {_count(report.rows, 'row')}: {len(report.issued)} issued, "
-        f"{len(report.failed)} failed, {len(report.skipped)} skipped"
-        + (f" ({report.not_yet_due} not yet due)" if report.not_yet_due else "")
-    )
+    counts = [
+        f"{len(report.issued)} issued",
+        f"{len(report.failures)} failed",
+        f"{len(report.skipped) - len(report.held_elsewhere)} skipped"
+        + (f" ({report.not_yet_due} not yet due)" if report.not_yet_due else ""),
+    ]
+    if report.held_elsewhere:
+        counts.append(f"{len(report.held_elsewhere)} hold a pass this journal did not issue")
+    if report.not_sent:
+        counts.append(f"{len(report.not_sent)} not sent")
+    print(f"onboard run {report.run_id}: {_count(report.rows, 'row')}: {', '.join(counts)}")
+    if report.tenant is not None:
+        print(f"tenant: {report.tenant.describe()}")
     if report.stopped:
         print(f"the run stopped early ({report.stopped}); run the same command again to finish")
-    for f in sorted(report.failed, key=lambda f: (f.origin.source, f.origin.row))[:SHOW_FAILURES]:
+    failures = sorted(report.failures, key=lambda f: (f.origin.source, f.origin.row))
+    for f in failures[:SHOW_FAILURES]:
         print(f"  failed  {f.origin.source} row {f.origin.row}  {f.user or '-'}: {f.reason}")
-    if len(report.failed) > SHOW_FAILURES:
-        print(f"  ... and {len(report.failed) - SHOW_FAILURES} more in the Failed sheet")
+    if len(failures) > SHOW_FAILURES:
+        print(f"  ... and {len(failures) - SHOW_FAILURES} more in the Failed sheet")
+    held = sorted(report.held_elsewhere, key=lambda s: (s.origin.source, s.origin.row))
+    for s in held[:SHOW_FAILURES]:
+        print(f"  held    {s.origin.source} row {s.origin.row}  {s.user}: a pass this journal did "
+              "not issue")  # fmt: skip
+    if held:
+        print(
+            "  nobody here can vouch those passes were handed out: if they were not, replace "
+            "them with --reissue-user UPN (or pass.existing: replace)"
+        )
     if report.audit_path is not None:
         print(f"audit workbook: {report.audit_path}")
         if report.issued:
             print(
                 "it holds the pass values: keep it private, and delete it once they are handed out"
+                if not report.simulated
+                else "it holds simulated pass values (they work in no tenant)"
             )
         _print_protection(config, report.audit_path)
+    if report.simulated:
+        print(SIMULATED)
 
 
 def _print_protection(config: Config, path: Path) -> None:
@@ -362,8 +405,15 @@ def _validate(args: argparse.Namespace) -> int:
         sheet = f", sheet '{printable(file.sheet)}'" if file.sheet else ""
         header = f", headers on row {file.header_row}" if file.header_row != 1 else ""
         print(f"{printable(str(file.path))}: {_count(file.row_count, 'row')}{sheet}{header}")
+    simulated = found.tenant is not None and found.tenant.simulated
+    if simulated:
+        print(SIMULATED)
+    if found.tenant is not None:
+        print(f"tenant: {found.tenant.describe()}")
     if found.policy is not None:
         print(f"pass policy: {found.policy}")
+    if found.journal is not None:
+        print(f"earlier runs: {found.journal}")
     rows: list[Failed | Skipped] = [*found.problems, *found.skipped]
     if rows:
         print()
@@ -379,6 +429,8 @@ def _validate(args: argparse.Namespace) -> int:
         "add --online to check the pass policy and that each user exists)")
     )  # fmt: skip
     print(f"problems workbook: {path}")
+    if simulated:
+        print(SIMULATED)
     return EXIT_ROWS_FAILED if found.problems else EXIT_OK
 
 
@@ -442,7 +494,10 @@ def _report(args: argparse.Namespace) -> int:
     options = audit_options(config.output, os.environ)
     with Journal(config.state.path, options.password) as journal:
         path, run, with_values = history.report(journal, args.run_id, out, options)
+    if run.simulated:
+        print(SIMULATED)
     print(f"run {run.run_id} ({run.status}): audit workbook rebuilt from the journal: {path}")
+    print(f"tenant: {run.meta.get('tenant') or run.tenant_shown}")
     _print_protection(config, path)
     if with_values:
         print("it holds the pass values the journal kept: keep it private")
@@ -472,22 +527,33 @@ def _runs(args: argparse.Namespace) -> int:
         runs = journal.runs()
     finally:
         journal.close()
+    tenants = [_tenant_cell(r) for r in runs]
+    width = max([len("tenant"), *map(len, tenants)])
     print(
-        f"{'run id':<24} {'started (UTC)':<20} {'status':<22} {'issued':>6} {'failed':>6} "
-        f"{'skipped':>7} {'not sent':>8} {'in flight':>9}  audit workbook"
+        f"{'run id':<24} {'started (UTC)':<20} {'status':<22} {'tenant':<{width}} {'issued':>6} "
+        f"{'failed':>6} {'skipped':>7} {'not sent':>8} {'in flight':>9}  audit workbook"
     )
-    for r in runs:
+    for r, tenant in zip(runs, tenants, strict=True):
         c = r.counts
         status = r.status
         if status == "running":
             status = "running now" if live else "stopped early: resume"
         print(
-            f"{r.run_id:<24} {r.started:%Y-%m-%d %H:%M:%S} {status:<22} "
+            f"{r.run_id:<24} {r.started:%Y-%m-%d %H:%M:%S} {status:<22} {tenant:<{width}} "
             f"{c.get('issued', 0) + c.get('unclear', 0):>6} {c.get('failed', 0):>6} "
             f"{c.get('skipped', 0):>7} {c.get('not_sent', 0):>8} "
             f"{c.get('in_flight', 0) + c.get('interrupted', 0):>9}  {r.audit_path or '-'}"
         )
+    if any(r.simulated for r in runs):
+        print("SIMULATED: runs marked so issued no pass in a tenant")
     return EXIT_OK
+
+
+def _tenant_cell(run: RunInfo) -> str:
+    """The tenant column of `onboard runs`: the name the config gave, or the tenant id."""
+    if run.tenant is None:
+        return "unknown"
+    return f"SIMULATED ({run.tenant_shown})" if run.simulated else run.tenant_shown
 
 
 def _days(text: str) -> int:

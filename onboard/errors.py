@@ -17,6 +17,8 @@ No message ever holds a pass value or a secret.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from .redact import printable
 
 
@@ -27,7 +29,15 @@ def first_line(exc: BaseException, limit: int = 200) -> str:
 
 
 class OnboardError(Exception):
-    """Base of onboard's own errors."""
+    """Base of onboard's own errors.
+
+    `kept`: set when the run stopped with passes already issued (by this run, or a run it
+    resumed) that wait in the journal: (run id, how many). The CLI then says so, instead of
+    "no pass was created". `audit_path`: the audit workbook written before the run stopped.
+    """
+
+    kept: tuple[str, int] | None = None
+    audit_path: Path | None = None
 
 
 class ConfigError(OnboardError):

@@ -25,12 +25,12 @@ UNCONFIRMED = (
 
 
 def recover_unfinished(
-    journal: Journal, config: Config, options: AuditOptions, *, exclude: str
+    journal: Journal, config: Config, options: AuditOptions, *, exclude: str | None
 ) -> list[RunInfo]:
-    """Write the audit of every unfinished run except the one for `exclude` (to be resumed)."""
+    """Write the audit of every unfinished run except `exclude` (the run to be resumed)."""
     recovered = []
     for run in journal.unfinished_runs():
-        if run.input_key == exclude:
+        if run.run_id == exclude:
             continue
         path = rebuild(journal, run, config.output.dir / f"onboard-{run.run_id}.xlsx", options)
         journal.finish(run.run_id, "recovered", path)

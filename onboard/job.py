@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -31,6 +31,18 @@ from .audit import AuditOptions, FileSummary, RunSummary, audit_options, write_a
 from .auth import MsalTokenProvider, load_credential
 from .checks import existing_passes, find_people, on_conflict, read_policy, within_policy
 from .config import CLOUDS, Config
+from .decide import (
+    CheckFirst,
+    History,
+    Keep,
+    Options,
+    Send,
+    Skip,
+    already_issued,
+    decide,
+    finished,
+    settle_wait,
+)
 from .errors import (
     AuditWriteError,
     AuthError,
@@ -38,23 +50,25 @@ from .errors import (
     GraphError,
     InputFileError,
     JournalWriteError,
+    OnboardError,
     PolicyDisabled,
+    first_line,
 )
 from .files import private_dir
 from .graph import GraphClient
 from .history import recover_unfinished
 from .journal import (
     RECORD_SQL,
-    REDECIDE,
     SENDING_SQL,
     Journal,
-    PreviousPass,
+    Person,
     RowState,
+    RunInfo,
     input_key,
     record_params,
     sending_params,
 )
-from .outcomes import Failed, Issued, Origin, Outcome, PassRequest, Skipped
+from .outcomes import Failed, Issued, Origin, Outcome, PassRequest, Skipped, not_sent
 from .pool import (
     Confirmation,
     OnOutcome,
@@ -69,6 +83,7 @@ from .rate import RateController
 from .reader import InputFile, plan, read_input, user_key
 from .redact import printable
 from .simulator import DEFAULT_CLIENT_SECRET, Faults, RunningSimulator, SimulatorState, serve
+from .tenant import SIMULATOR_ROOT, Tenant, TenantLock, tenant_of
 from .tls import make_ssl_context, requests_session
 from .tls import warm as warm_tls
 
@@ -94,10 +109,31 @@ class RunReport:
     retries: int = 0
     rate: RateController | None = None  # how fast requests went, 429s, time paused
     notes: list[tuple[str, str]] = field(default_factory=list)
+    tenant: Tenant | None = None  # the tenant the run signed in to
 
     @property
     def rows(self) -> int:
         return len(self.issued) + len(self.failed) + len(self.skipped)
+
+    @property
+    def simulated(self) -> bool:
+        """No pass was issued in a real tenant: the run talked to the simulator."""
+        return self.tenant is not None and self.tenant.simulated
+
+    @property
+    def not_sent(self) -> list[Failed]:
+        """Rows the run stopped before sending (listed on the Failed sheet, counted apart)."""
+        return [f for f in self.failed if f.not_sent]
+
+    @property
+    def failures(self) -> list[Failed]:
+        """Rows that failed (not counting those never sent because the run stopped)."""
+        return [f for f in self.failed if not f.not_sent]
+
+    @property
+    def held_elsewhere(self) -> list[Skipped]:
+        """Users who hold a pass no record of this journal explains (never a success)."""
+        return [s for s in self.skipped if s.held_elsewhere]
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,13 +151,14 @@ def new_run_id(now: datetime) -> str:
 def read_all(config: Config, inputs: Sequence[str | Path], now: datetime) -> list[InputFile]:
     """Read every input file; raises InputFileError on the first unusable one.
 
-    Rows are traced by file name, or by the path as given when two inputs share a name.
+    Rows are traced by file name, or by the file's real path when two inputs share a name: a
+    resumed run knows its rows however the paths are typed.
     """
     paths = [Path(p) for p in inputs]
     names = [p.name for p in paths]
     files: list[InputFile] = []
     for path in paths:
-        source = printable(path.name if names.count(path.name) == 1 else str(path))
+        source = printable(path.name if names.count(path.name) == 1 else str(path.resolve()))
         read = read_input(path, config.input, config.pass_, now=now, source=source)
         for earlier in files:
             if earlier.sha256 == read.sha256:
@@ -193,9 +230,11 @@ async def run(
     """Run the whole job, journalled: safe to kill, to re-run, and to schedule.
 
     Raises ConfigError, InputFileError, JournalLocked or AuthError before any pass is created.
-    Running the same inputs again after a crash resumes that run; re-running a finished sheet
-    skips users who already got a pass for the same start (unless `reissue`). Once `stop` is
-    set, no new row is started and the audit is written for what was done.
+    Every run signs in first (one token request: an expired secret is found on a day with
+    nothing to send too) and belongs to the tenant its token names. Running the same inputs
+    again after a crash resumes that run; re-running a finished sheet skips users who already
+    got a pass for the same start and end in that tenant (unless `reissue`). Once `stop` is set,
+    no new row is started and the audit is written for what was done.
     """
     started = datetime.now(UTC)
     if out_dir is not None:
@@ -220,37 +259,42 @@ async def run(
     config = replace(config, run=replace(config.run, due_within_days=due))
     check_output_dir(directory)
     journal = Journal(config.state.path, options.password).open()
+    key = _key(files)
     try:
         check_free_space([directory, config.state.path.parent], len(requests) + len(checked))
-        for other in recover_unfinished(journal, config, options, exclude=_key(files)):
-            log.warning(
-                "run %s had stopped before writing its audit; its passes are now in %s",
-                other.run_id,
-                other.audit_path,
-            )
-        report = _start(journal, config, files, started)
-        ledger = _Ledger(report, journal, on_outcome)
-        if on_start is not None:
-            on_start(len(requests) + len(checked))
-        try:
-            async with contextlib.AsyncExitStack() as stack:
-                client: GraphClient | None = None
-
-                async def connected() -> GraphClient:  # signed in when first needed
-                    nonlocal client
-                    if client is None:
-                        client = await _open(config, env, stack)  # nothing sent if this fails
-                        report.rate = client.rate
-                    return client
-
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                client, tenant = await _open(config, env, stack)  # nothing sent if this fails
+            except (AuthError, ConfigError) as exc:
+                exc.kept = _kept_by_unfinished(journal, key)
+                raise
+            if not config.graph.is_simulator:  # the built-in one is this run's own tenant
+                lock = TenantLock(tenant)
+                lock.acquire(f"journal {journal.path}")
+                stack.callback(lock.release)
+            _warn_untied(journal)
+            resumable = _resumable(journal, key, tenant)
+            for other in recover_unfinished(
+                journal, config, options, exclude=resumable.run_id if resumable else None
+            ):
+                log.warning(
+                    "run %s had stopped before writing its audit; its passes are now in %s",
+                    other.run_id,
+                    other.audit_path,
+                )
+            report = _start(journal, config, files, started, tenant, resumable)
+            report.rate = client.rate
+            ledger = _Ledger(report, journal, on_outcome)
+            if on_start is not None:
+                on_start(len(requests) + len(checked))
+            try:
                 # Rows this run already finished before a stop keep their outcome (and pass);
                 # only the others are looked up and checked again.
                 known = journal.rows(report.run_id)
-                done = [r for r in requests if _final(known.get(r.origin))]
-                open_rows = [r for r in requests if not _final(known.get(r.origin))]
+                done = [r for r in requests if finished(known.get(r.origin))]
+                open_rows = [r for r in requests if not finished(known.get(r.origin))]
                 if config.input.match_by != "upn" and open_rows:
-                    open_rows, found = await find_people(config, await connected(), open_rows,
-                                                         stop)  # fmt: skip
+                    open_rows, found = await find_people(config, client, open_rows, stop)
                     requests = done + open_rows
                     checked = [*checked, *found]
                     # --reissue-user names people as the sheet does; found by mail or employee
@@ -263,17 +307,14 @@ async def run(
                         wanted_users,
                         anywhere | {r.key for r in open_rows} | {user_key(o.user) for o in found},
                     )
-                to_send, to_check = _sort(
-                    ledger, requests, checked, started, due, reissue, wanted_users,
-                    config.pass_.existing,
-                )  # fmt: skip
+                choices = Options(due, reissue, frozenset(wanted_users), config.pass_.existing)
+                to_send, to_check = _sort(ledger, requests, checked, started, choices, known)
                 if stop is not None and stop.is_set():
                     report.stopped = "stopped"
                 if to_send or to_check:
                     policy, line = await read_policy(
-                        await connected(), config, stop,
-                        holding=report.resumed or bool(report.issued),
-                    )  # fmt: skip
+                        client, config, stop, holding=report.resumed or bool(report.issued)
+                    )
                     report.notes.append(("Pass policy", line))
                     to_send, refused = within_policy(policy, to_send)
                     for failed in refused:
@@ -283,16 +324,38 @@ async def run(
                 else:
                     report.notes.append(("Pass policy", "not read: nothing to send"))
                 if to_send or to_check or any(i.unconfirmed for i in report.issued):
-                    client = await connected()
                     await _send(config, client, ledger, to_send, to_check, stop, options)
-        except (AuthError, ConfigError):
-            if not report.resumed and not report.issued:  # no pass is held: close it
-                journal.finish(report.run_id, "aborted", None)
-            raise
-        _finish(journal, config, report, directory, options)
-        return report
+            except (AuthError, ConfigError) as exc:
+                if not report.resumed and not report.issued:  # no pass is held: close it
+                    journal.finish(report.run_id, "aborted", None)
+                else:
+                    exc.kept = (report.run_id, len(report.issued))
+                raise
+            _finish(journal, config, report, directory, options)
+            return report
     finally:
         journal.close()
+
+
+def _kept_by_unfinished(journal: Journal, key: str) -> tuple[str, int] | None:
+    """The passes an unfinished run of these inputs holds in the journal (run id, how many):
+    what a run that stops before it starts must not deny."""
+    for run in journal.unfinished_runs():
+        held = run.counts.get("issued", 0) + run.counts.get("unclear", 0)
+        if run.input_key == key and held:
+            return run.run_id, held
+    return None
+
+
+def _warn_untied(journal: Journal) -> None:
+    untied = journal.untied_runs()
+    if untied:
+        log.warning(
+            "the journal %s holds %d run(s) recorded before runs were bound to a tenant: their "
+            "passes are never taken as already issued (Graph is asked instead)",
+            journal.path,
+            untied,
+        )
 
 
 def _check_reissue_users(wanted: set[str], named: set[str]) -> None:
@@ -314,40 +377,85 @@ class Validation:
     problems: list[Failed]
     skipped: list[Skipped]
     policy: str | None = None  # the pass policy as read (online), for the summary line
+    tenant: Tenant | None = None  # signed in to (online)
+    journal: str | None = None  # what the journal said of earlier runs, for the summary line
 
 
 async def validate(
     config: Config, inputs: Sequence[str | Path], *, env: Mapping[str, str], online: bool
 ) -> Validation:
     """Every check a run makes before its first create, without creating anything: the files,
-    their columns and cells, repeats; and `online`, the pass policy and each person in the
-    directory (by UPN, object id, mail or employee id). Raises as `run` does for an unusable
-    file, configuration or sign-in."""
-    files = read_all(config, inputs, datetime.now(UTC))
+    their columns and cells, repeats; the journal (the rows `run` would skip as already issued
+    or not yet due); and `online`, the pass policy and each person in the directory (by UPN,
+    object id, mail or employee id). Raises as `run` does for an unusable file, configuration
+    or sign-in."""
+    now = datetime.now(UTC)
+    files = read_all(config, inputs, now)
     requests, checked = check_rows(files)
-    policy_line = None
-    if online and requests:
-        async with contextlib.AsyncExitStack() as stack:
-            client = await _open(config, env, stack)
+    found = Validation(files, [], [], [])
+    async with contextlib.AsyncExitStack() as stack:
+        if online and requests:
+            client, found.tenant = await _open(config, env, stack)
             policy = None
             try:
-                policy, policy_line = await read_policy(client, config, None)
+                policy, found.policy = await read_policy(client, config, None)
             except PolicyDisabled as exc:
-                policy_line = "disabled"
+                found.policy = "disabled"
                 checked.append(
                     Failed(Origin("(tenant)", 0), "", "Pass policy turned off", str(exc))
                 )
-            requests, found = await find_people(config, client, requests)
+            requests, looked_up = await find_people(config, client, requests)
             requests, refused = within_policy(policy, requests)
-            checked.extend([*found, *refused])
+            checked.extend([*looked_up, *refused])
+        requests, decided, found.journal = _dry_run(config, requests, now, found.tenant)
+        checked.extend(decided)
     order = sorted(checked, key=lambda o: (o.origin.source, o.origin.row))
-    return Validation(
-        files,
-        requests,
-        [o for o in order if isinstance(o, Failed)],
-        [o for o in order if isinstance(o, Skipped)],
-        policy_line,
-    )
+    found.ready = requests
+    found.problems = [o for o in order if isinstance(o, Failed)]
+    found.skipped = [o for o in order if isinstance(o, Skipped)]
+    return found
+
+
+def _dry_run(
+    config: Config, requests: list[PassRequest], now: datetime, tenant: Tenant | None
+) -> tuple[list[PassRequest], list[Skipped], str]:
+    """The rows `run` would send, the ones it would skip (already issued by an earlier run of
+    the tenant, not yet due), and a line saying which journal and tenant that came from.
+
+    Signed in, the tenant is the token's; otherwise the one earlier runs found behind the
+    same auth.tenant_id and Graph root (the journal records both)."""
+    path = config.state.path
+    if not path.exists():
+        return requests, [], f"no journal yet at {path}: no row was issued before"
+    simulator = config.graph.is_simulator
+    root = SIMULATOR_ROOT if simulator else config.graph.endpoint
+    name = config.auth.tenant_id or (SIMULATOR_TENANT if simulator else None)
+    journal = Journal(path).open(lock=False)
+    try:
+        if tenant is not None:
+            key = tenant.key
+        else:
+            known = journal.tenants_named(name, root)
+            if len(known) != 1:
+                why = "none of its runs" if not known else "several tenants"
+                return requests, [], (
+                    f"journal {path} not consulted: {why} match auth.tenant_id {name} at {root} "
+                    "(add --online to sign in and find out)"
+                )  # fmt: skip
+            key = known.pop()
+        history = history_for(journal, "", key, requests, {})
+    finally:
+        journal.close()
+    choices = Options(config.run.due_within_days, existing=config.pass_.existing)
+    ready: list[PassRequest] = []
+    skipped: list[Skipped] = []
+    for request in requests:
+        decision = decide(request, history, now, choices)
+        if isinstance(decision, Skip):
+            skipped.append(decision.outcome)
+        else:
+            ready.append(request)
+    return ready, skipped, f"checked against the journal {path} (tenant {key.split()[0]})"
 
 
 class _Ledger:
@@ -448,13 +556,13 @@ class _Ledger:
 
     def _prepare(self, items: list[PassRequest | Outcome]) -> list[tuple[str, list[Any]]]:
         """The statements for these items, in their order (runs of one kind go together)."""
-        run_id = self.report.run_id
+        run_id, tenant = self.report.run_id, self.journal.tenant
         steps: list[tuple[str, list[Any]]] = []
         for item in items:
             if isinstance(item, PassRequest):
-                sql, params = SENDING_SQL, sending_params(run_id, item)
+                sql, params = SENDING_SQL, sending_params(run_id, item, tenant)
             else:
-                sql, params = RECORD_SQL, record_params(run_id, item, self.journal.seal)
+                sql, params = RECORD_SQL, record_params(run_id, item, self.journal.seal, tenant)
             if steps and steps[-1][0] == sql:
                 steps[-1][1].append(params)
             else:
@@ -462,23 +570,31 @@ class _Ledger:
         return steps
 
 
-def _final(state: RowState | None) -> bool:
-    """A row this run already finished (before a stop): its outcome stands."""
-    return state is not None and state.outcome is not None and state.state not in REDECIDE
-
-
 def _key(files: Sequence[InputFile]) -> str:
     return input_key([(f.path, f.sha256) for f in files])
 
 
+def _resumable(journal: Journal, key: str, tenant: Tenant) -> RunInfo | None:
+    """The unfinished run of these same inputs in this same tenant, to be resumed (or None).
+    One of another tenant, or of no recorded tenant, is recovered instead, never resumed."""
+    return next(
+        (r for r in journal.unfinished_runs() if r.input_key == key and r.tenant == tenant.key),
+        None,
+    )
+
+
 def _start(
-    journal: Journal, config: Config, files: list[InputFile], started: datetime
+    journal: Journal,
+    config: Config,
+    files: list[InputFile],
+    started: datetime,
+    tenant: Tenant,
+    resumed: RunInfo | None,
 ) -> RunReport:
-    """Resume the unfinished run of these same inputs, or begin a new one."""
-    key = _key(files)
-    resumed = next((r for r in journal.unfinished_runs() if r.input_key == key), None)
+    """Resume the unfinished run of these same inputs in this tenant, or begin a new one."""
     run_id = resumed.run_id if resumed else new_run_id(started)
     report = RunReport(run_id, resumed.started if resumed else started, files=files)
+    report.tenant = tenant
     if resumed is not None:
         report.resumed = True
         report.notes.append(("Resumed", f"at {started:%Y-%m-%d %H:%M:%S} UTC after a stop"))
@@ -486,17 +602,39 @@ def _start(
     meta = {
         "files": [[str(f.path), f.sha256, f.row_count, f.sheet] for f in files],
         "settings": config.public_settings(),
+        "simulated": tenant.simulated,
+        "tenant": tenant.describe(),
     }
-    journal.begin(run_id, report.started, key, meta)
+    journal.begin(
+        run_id,
+        report.started,
+        _key(files),
+        meta,
+        tenant=tenant.key,
+        tenant_name=tenant.name,
+        simulated=tenant.simulated,
+    )
     return report
 
 
-@dataclass(frozen=True, slots=True)
-class _Check:
-    """A row whose earlier pass may have been replaced at Graph: ask before skipping it."""
-
-    request: PassRequest
-    previous: PreviousPass
+def history_for(
+    journal: Journal,
+    run_id: str,
+    tenant: str | None,
+    requests: Sequence[PassRequest],
+    this_run: Mapping[Origin, RowState],
+) -> History:
+    """What the journal knows of these rows' people in this tenant (see decide.History)."""
+    previous = {}
+    unsettled = set()
+    for request in requests:
+        if finished(this_run.get(request.origin)):
+            continue
+        person = Person.of(request)
+        previous[person] = journal.previous_pass(tenant, person, excluding=run_id)
+        if previous[person] is None and journal.unsettled(tenant, person, excluding=run_id):
+            unsettled.add(person)
+    return History(this_run, previous, frozenset(unsettled))
 
 
 def _sort(
@@ -504,112 +642,36 @@ def _sort(
     requests: list[PassRequest],
     checked: Sequence[Failed | Skipped],
     now: datetime,
-    due_within_days: int | None,
-    reissue: bool,
-    reissue_users: set[str],
-    existing: str,
-) -> tuple[list[PassRequest], list[_Check]]:
-    """Decide, for every row, whether it is sent now; record the outcome of each that is not.
+    options: Options,
+    this_run: Mapping[Origin, RowState],
+) -> tuple[list[PassRequest], list[CheckFirst]]:
+    """Decide every row (decide.decide); record the outcome of each that is not sent now.
 
     Returns the rows to send, and the rows to decide once Graph has said which pass it holds.
     """
-    journal, run_id = ledger.journal, ledger.report.run_id
-    known = journal.rows(run_id)
+    journal, report = ledger.journal, ledger.report
     for outcome in sorted(checked, key=lambda o: (o.origin.source, o.origin.row)):
         _log_checked(outcome)
         ledger.add(outcome)
-    horizon = now + timedelta(days=due_within_days) if due_within_days is not None else None
+    tenant = report.tenant.key if report.tenant else None
+    history = history_for(journal, report.run_id, tenant, requests, this_run)
     to_send: list[PassRequest] = []
-    to_check: list[_Check] = []
+    to_check: list[CheckFirst] = []
     for request in requests:
-        earlier = known.get(request.origin)
-        if earlier is not None and _final(earlier):
-            assert earlier.outcome is not None
-            # Done before the stop: kept, pass value included. An 'unclear' pass stays flagged
-            # and is checked with Graph before this run finishes.
-            ledger.add(earlier.outcome)
-            continue
-        sent_before = earlier is not None and (
-            earlier.state in ("in_flight", "interrupted")
-            or (earlier.state == "not_sent" and earlier.attempts > 0)
-        )
-        if earlier is not None and sent_before:
-            # Its request may still be at Graph: send again, then check which pass Graph holds.
-            note = (
-                "issued again: the previous run stopped while this request was in flight (the "
-                "new pass replaces any it created)"
-            )
-            to_send.append(
-                replace(request, note=_join(request.note, note), prior_attempts=earlier.attempts)
-            )
-            continue
-        previous = journal.previous_pass(request.key, excluding=run_id)
-        wanted = reissue or request.key in reissue_users
-        same_start = previous is not None and previous.start_key == request.start_key
-        if previous is not None and same_start and not wanted:
-            if previous.stands:
-                ledger.add(_already_issued(request, previous, confirmed=False))
-            else:
-                to_check.append(_Check(request, previous))
-            continue
-        if horizon is not None and request.start is not None and request.start > horizon:
-            ledger.report.not_yet_due += 1
-            assert request.start_date is not None
-            reason = (
-                f"not yet due: starts {request.start_date.isoformat()}, more than "
-                f"{due_within_days} days ahead; a later run issues it"
-            )
-            if previous is not None and not same_start:
-                reason += (
-                    f". The start moved from {previous.start_key or '(none)'}: the pass run "
-                    f"{previous.run_id} issued for that date "
-                    + ("stays valid until then" if previous.stands else "may still be valid")
-                )
-            ledger.add(Skipped(request.origin, request.user, reason))
-            continue
-        if previous is not None:
-            why = (
-                (
-                    "issued again on request (--reissue)"
-                    if reissue
-                    else "issued again on request (--reissue-user)"
-                )
-                if wanted
-                else f"start moved from {previous.start_key or '(none)'} to "
-                f"{request.start_key or '(none)'}"
-            )
-            note = f"{why}: this pass replaces the one run {previous.run_id} issued"
-            request = replace(request, note=_join(request.note, note))
-        # Graph may still be handling an earlier run's request for this user: either after its
-        # audited pass (then that pass does not stand) or with no audited pass at all.
-        doubtful = (
-            not previous.stands
-            if previous is not None
-            else journal.unsettled(request.key, excluding=run_id)
-        )
-        if doubtful:
-            note = (
-                "an earlier run's request for this user may still land at Graph: checked with "
-                "Graph after this one"
-            )
-            request = replace(request, note=_join(request.note, note), doubtful=True)
-        elif previous is None and not wanted and existing == "skip":
-            request = replace(request, ask_existing=True)  # a pass from elsewhere may be in force
-        to_send.append(request)
-    journal.queued(run_id, to_send + [c.request for c in to_check])
+        decision = decide(request, history, now, options)
+        if isinstance(decision, Keep):
+            ledger.add(decision.outcome)
+        elif isinstance(decision, Skip):
+            report.not_yet_due += decision.not_yet_due
+            _log_checked(decision.outcome)
+            ledger.add(decision.outcome)
+        elif isinstance(decision, CheckFirst):
+            to_check.append(decision)
+        else:
+            assert isinstance(decision, Send)
+            to_send.append(decision.request)
+    journal.queued(report.run_id, to_send + [c.request for c in to_check])
     return to_send, to_check
-
-
-def _already_issued(request: PassRequest, previous: PreviousPass, *, confirmed: bool) -> Skipped:
-    how = " (confirmed with Graph)" if confirmed else ""
-    return Skipped(
-        request.origin,
-        request.user,
-        f"already issued for this start date by an earlier run{how}; use --reissue-user to "
-        "replace it",
-        previous.run_id,
-        previous.issued_at,
-    )
 
 
 def _join(first: str, second: str) -> str:
@@ -618,10 +680,20 @@ def _join(first: str, second: str) -> str:
 
 async def _open(
     config: Config, env: Mapping[str, str], stack: contextlib.AsyncExitStack
-) -> GraphClient:
-    """The endpoint (the simulator, started here, or the tenant's) and a connected client."""
+) -> tuple[GraphClient, Tenant]:
+    """The endpoint (the simulator, started here, or the tenant's), a connected client, and
+    the tenant its token names."""
     endpoint = await stack.enter_async_context(_endpoint(config, env))
-    return await _connect(config, endpoint, stack)
+    client, token = await _connect(config, endpoint, stack)
+    simulator = config.graph.is_simulator
+    tenant = tenant_of(
+        token,
+        graph_root=SIMULATOR_ROOT if simulator else config.graph.endpoint,
+        configured=config.auth.tenant_id or (SIMULATOR_TENANT if simulator else None),
+        simulator=simulator,
+    )
+    log.info("signed in to the tenant %s", tenant.describe())
+    return client, tenant
 
 
 async def _send(
@@ -629,22 +701,29 @@ async def _send(
     client: GraphClient,
     ledger: _Ledger,
     requests: list[PassRequest],
-    to_check: list[_Check],
+    to_check: list[CheckFirst],
     stop: asyncio.Event | None,
     options: AuditOptions,
 ) -> None:
     """Issue; whatever happens once passes may exist, the audit gets written."""
     report = ledger.report
+    tenant = report.tenant.key if report.tenant else None
     pending = {r.origin: r for r in requests}
     pending.update((c.request.origin, c.request) for c in to_check)
     try:
-        requests, decided = await existing_passes(config, client, requests, stop)
+        requests, decided = await existing_passes(
+            config,
+            client,
+            requests,
+            stop,
+            issued_by=lambda method_id: ledger.journal.issued_by(tenant, method_id),
+        )
         for outcome in decided:
             _log_checked(outcome)
             pending.pop(outcome.origin, None)
             ledger.add(outcome, later=True)
         await ledger.durable()
-        requests = requests + await _decide(config, client, ledger, to_check, pending)
+        requests = requests + await _check_first(config, client, ledger, to_check, pending, stop)
         await _issue(config, client, requests, ledger, pending, stop)
     except (asyncio.CancelledError, KeyboardInterrupt):
         # Stopped at once: the journal holds every outcome and pass so far, and the rows in
@@ -656,21 +735,38 @@ async def _send(
         broken = isinstance(exc, JournalWriteError)
         for r in pending.values():
             ledger.replace(_unfinished(r), later=broken)
-        _finish(ledger.journal, config, report, config.output.dir, options)
+        _finish(ledger.journal, config, report, config.output.dir, options, journal_ok=not broken)
+        if isinstance(exc, OnboardError):
+            exc.audit_path = report.audit_path
         raise
 
 
-async def _decide(
+async def _check_first(
     config: Config,
     client: GraphClient,
     ledger: _Ledger,
-    to_check: list[_Check],
+    to_check: list[CheckFirst],
     pending: dict[Origin, PassRequest],
+    stop: asyncio.Event | None,
 ) -> list[PassRequest]:
-    """Skip the rows whose earlier pass Graph still holds; return the others, to be sent."""
+    """Skip the rows whose earlier pass Graph still holds; return the others, to be sent.
+
+    Graph is asked only once run.settle_seconds have passed since the last request of unknown
+    fate for each row was sent (the journal knows when): a request that lands late would
+    otherwise replace the pass the check found.
+    """
     if not to_check:
         return []
     run = config.run
+    now = datetime.now(UTC)
+    wait = max(settle_wait(c.previous.last_sent, now, run.settle_seconds) for c in to_check)
+    if wait > 0:
+        log.info("waiting %.1f s for earlier requests to settle before asking Graph", wait)
+        if await stopped_within(stop, wait):
+            for check in to_check:  # not asked, so not sent
+                pending.pop(check.request.origin, None)
+                ledger.add(not_sent(check.request), later=True)
+            return []
     answers = await current_passes(
         [c.request.user for c in to_check],
         client.current_pass_id,
@@ -682,7 +778,7 @@ async def _decide(
         held = answers[check.request.user]
         if held is not None and held == check.previous.method_id:
             pending.pop(check.request.origin, None)
-            skipped = _already_issued(check.request, check.previous, confirmed=True)
+            skipped = already_issued(check.request, check.previous, confirmed=True)
             _log_checked(skipped)
             ledger.add(skipped)
             continue
@@ -717,8 +813,9 @@ def _log_checked(outcome: Outcome) -> None:
 
 async def _connect(
     config: Config, endpoint: Endpoint, stack: contextlib.AsyncExitStack
-) -> GraphClient:
-    """Credential, TLS, a first token and the HTTP session: everything before the first create."""
+) -> tuple[GraphClient, str]:
+    """Credential, TLS, a first token and the HTTP session: everything before the first
+    create. Returns the client and that first token (it names the tenant)."""
     credential = load_credential(config.auth, endpoint.secret_env)
     context = make_ssl_context(endpoint.ca_bundle)
     http = stack.enter_context(contextlib.closing(requests_session(context)))
@@ -729,7 +826,7 @@ async def _connect(
         scope=f"{CLOUDS[config.graph.cloud].graph_root}/.default",
         http_client=http,
     )
-    await tokens.token()  # fail fast, before any pass is created
+    token = await tokens.token()  # fail fast, before any pass is created
     connector = aiohttp.TCPConnector(ssl=context, limit=config.run.concurrency * 2)
     # HTTPS_PROXY / NO_PROXY are read once here, not by aiohttp on every request (its
     # trust_env looks them up, and ~/.netrc, in a thread per request).
@@ -737,7 +834,7 @@ async def _connect(
     with contextlib.suppress(LookupError):
         proxy, proxy_auth = get_env_proxy_for_url(URL(endpoint.graph_url))
     session = await stack.enter_async_context(aiohttp.ClientSession(connector=connector))
-    return GraphClient(
+    client = GraphClient(
         session,
         endpoint.graph_url,
         tokens,
@@ -747,6 +844,7 @@ async def _connect(
         proxy=proxy,
         proxy_auth=proxy_auth,
     )
+    return client, token
 
 
 async def _issue(
@@ -927,11 +1025,20 @@ def _rate_notes(rate: RateController | None) -> list[tuple[str, str | int]]:
 
 
 def _finish(
-    journal: Journal, config: Config, report: RunReport, directory: Path, options: AuditOptions
+    journal: Journal,
+    config: Config,
+    report: RunReport,
+    directory: Path,
+    options: AuditOptions,
+    *,
+    journal_ok: bool = True,
 ) -> None:
-    """Write the audit workbook, then (only then) mark the run finished and wipe its passes."""
+    """Write the audit workbook, then (only then) mark the run finished and wipe its passes.
+
+    `journal_ok` False: the journal could not be written, so only the workbook is written."""
     report.finished = datetime.now(UTC)
     notes: list[tuple[str, str | int]] = [
+        ("Tenant", report.tenant.describe() if report.tenant else "-"),
         *report.notes,
         ("Not yet due", report.not_yet_due),
         ("Retries", report.retries),
@@ -952,11 +1059,26 @@ def _finish(
         report.audit_path = write_audit(
             path, summary, report.issued, report.failed, report.skipped, options
         )
-    except OSError as exc:
-        raise AuditWriteError(
-            f"could not write the audit workbook {path}: {exc.strerror}. The passes are kept in "
-            f"the journal {journal.path}: make room, then run the same command again (or "
-            f"'onboard report {report.run_id}')"
-        ) from None
+    except Exception as exc:  # a full disk, or the encryption failing: the passes are not lost
+        what = exc.strerror if isinstance(exc, OSError) and exc.strerror else first_line(exc)
+        sealed = "sealed (encrypted)" if options.password else "kept"
+        kept = (
+            f"The passes are {sealed} in the journal {journal.path}"
+            if journal_ok
+            else f"The journal {journal.path} could not be written either: it keeps the passes "
+            "recorded before that failure"
+        )
+        error = AuditWriteError(
+            f"could not write the audit workbook {path}: {what}. {kept}: fix that, then run "
+            f"'onboard report {report.run_id}' to write them out (or run the same command again)"
+        )
+        error.kept = (report.run_id, len(report.issued))
+        raise error from None
+    if not journal_ok:
+        return
     status = "completed" if not report.stopped else report.stopped.split(":")[0].split(" ")[0]
-    journal.finish(report.run_id, status, report.audit_path)
+    try:
+        journal.finish(report.run_id, status, report.audit_path)
+    except JournalWriteError as exc:
+        exc.audit_path = report.audit_path
+        raise

@@ -10,7 +10,14 @@ With output.password set, the pass values are encrypted here too (Fernet, with a
 from that password by scrypt and a salt kept in the journal): the audit workbook is then not the
 only thing that is never in clear on disk, the journal is not either, even mid-run.
 
-A lock file beside the journal keeps two runs from using it at once.
+Every run, and every row and pass it records, belongs to one tenant: the tenant id from the
+token and the Graph root (`tenant.Tenant.key`). Skips, resumes and re-issues only ever use
+records of the tenant the run signed in to; records written before runs were bound to a tenant
+are "tenant unknown" and never trusted for a skip. Which record is the latest is told by a
+sequence number the journal counts up, never by the wall clock (which can step back).
+
+A lock file beside the journal's real path (symlinks resolved) keeps two runs from using it at
+once, however each reached it.
 """
 
 from __future__ import annotations
@@ -20,7 +27,6 @@ import contextlib
 import json
 import os
 import sqlite3
-import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -31,8 +37,8 @@ from typing import Any
 from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from .errors import ConfigError, JournalLocked
-from .files import private_dir
+from .errors import ConfigError, JournalLocked, JournalWriteError
+from .files import LockFile, holder_line, private_dir
 from .outcomes import (
     INTERRUPTED,
     NOT_SENT,
@@ -71,9 +77,30 @@ CREATE TABLE IF NOT EXISTS rows (
     updated TEXT NOT NULL,
     PRIMARY KEY (run_id, source, row)
 );
-CREATE INDEX IF NOT EXISTS rows_by_user ON rows (user_key, updated);
 CREATE TABLE IF NOT EXISTS settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+# Columns added since the first journals: added to an older journal when it is opened. A run or
+# row without a tenant was written before runs were bound to one: "tenant unknown".
+ADDED_COLUMNS = {
+    "runs": {
+        "tenant": "TEXT",  # tenant.Tenant.key: the tenant id and the Graph root
+        "tenant_name": "TEXT",  # auth.tenant_id as configured (a GUID or a domain)
+        "simulated": "INTEGER NOT NULL DEFAULT 0",
+    },
+    "rows": {
+        "tenant": "TEXT",
+        "seq": "INTEGER NOT NULL DEFAULT 0",  # counts up with every write: which is the latest
+        "sent_at": "TEXT",  # when the last request for the row was sent (wall clock, UTC)
+        "object_id": "TEXT",  # the person's directory object id, where known
+    },
+}
+INDEXES = """
+CREATE INDEX IF NOT EXISTS rows_by_person ON rows (tenant, user_key, seq);
+CREATE INDEX IF NOT EXISTS rows_by_object ON rows (tenant, object_id, seq);
+CREATE INDEX IF NOT EXISTS rows_by_method ON rows (tenant, method_id);
+CREATE INDEX IF NOT EXISTS rows_by_seq ON rows (seq);
+"""
+_NEXT_SEQ = "(SELECT IFNULL(MAX(seq), 0) + 1 FROM rows)"
 SEALED = "sealed:"  # the prefix of a pass value encrypted with output.password
 # A row's states. in_flight: a create was sent, no answer recorded yet. issued: Graph returned
 # the pass and nothing sent since can have replaced it. unclear: issued, but a request whose
@@ -96,17 +123,31 @@ class RunInfo:
     meta: dict[str, Any]
     audit_path: str | None
     counts: dict[str, int]
+    tenant: str | None = None  # tenant.Tenant.key; None: written before runs had a tenant
+    tenant_name: str | None = None
+    simulated: bool = False
+
+    @property
+    def tenant_shown(self) -> str:
+        """The tenant for people: its configured name, else its id; "unknown" for old runs."""
+        if self.tenant is None:
+            return "unknown (before tenants were recorded)"
+        tid, _, root = self.tenant.partition(" ")
+        name = self.tenant_name if self.tenant_name and self.tenant_name != tid else tid
+        return "simulator" if self.simulated and root == "simulator" else name
 
 
 @dataclass(frozen=True, slots=True)
 class PreviousPass:
-    """The last pass an earlier run audited for a user."""
+    """The last pass an earlier run of this tenant audited for a person."""
 
     run_id: str
     stands: bool  # False: a later request of unknown fate may have replaced it at Graph
     start_key: str
     issued_at: datetime | None
     method_id: str | None
+    # When the last request for this person that may have made a pass was sent (UTC).
+    last_sent: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +156,20 @@ class RowState:
     user_key: str
     attempts: int
     outcome: Outcome | None  # None while in flight
+    may_have_pass: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Person:
+    """Who a row is, as the journal matches people: the name the row gives (casefolded), and
+    the directory object id where it is known. Records with an object id match by it alone."""
+
+    key: str
+    object_id: str | None = None
+
+    @classmethod
+    def of(cls, request: PassRequest) -> Person:
+        return cls(request.key, request.object_id.lower() if request.object_id else None)
 
 
 class Journal:
@@ -122,11 +177,15 @@ class Journal:
 
     def __init__(self, path: Path, password: str | None = None) -> None:
         self.path = path
+        # The journal's real place, symlinks resolved: two runs that reach it through different
+        # paths (a symlink, a bind mount of its folder) lock the same lock file.
+        self.real_path = path.resolve()
         self._password = password
         self._fernet: Fernet | None = None
-        self._lock_fd: int | None = None
+        self._lock = LockFile(self.real_path.with_name(self.real_path.name + ".lock"))
         self._db: sqlite3.Connection | None = None
         self._guard = threading.Lock()
+        self.tenant: str | None = None  # the tenant of the run being recorded (begin)
 
     # --- opening, locking ---------------------------------------------------------------------
     def open(self, *, lock: bool = True) -> Journal:
@@ -134,16 +193,18 @@ class Journal:
 
         lock=False only reads (listing runs while another run holds the lock).
         """
+        path = self.real_path
         try:
-            private_dir(self.path.parent)
+            private_dir(path.parent)
             if lock:
-                self._lock()
-            if not self.path.exists():
-                os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
-            else:
-                self.path.chmod(0o600)  # it holds passes until their audit is written
-            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+                self._take_lock()
+            if not path.exists():
+                os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+            elif lock:
+                path.chmod(0o600)  # it holds passes until their audit is written
+            db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         except OSError as exc:
+            self._lock.release()
             raise ConfigError(
                 f"cannot open the run journal {self.path}: {exc.strerror}; set state.path to a "
                 "writable file"
@@ -153,12 +214,15 @@ class Journal:
             db.execute("PRAGMA synchronous=FULL")  # a committed outcome survives power loss
             db.execute("PRAGMA secure_delete=ON")  # a wiped pass value is overwritten on disk
             db.executescript(SCHEMA)
+            _add_columns(db)
+            db.executescript(INDEXES)
         except sqlite3.DatabaseError as exc:
             db.close()
+            self._lock.release()
             raise ConfigError(f"the run journal {self.path} is unusable: {exc}") from None
         for suffix in ("-wal", "-shm"):
-            side = self.path.with_name(self.path.name + suffix)
-            if side.exists():
+            side = path.with_name(path.name + suffix)
+            if side.exists() and lock:
                 side.chmod(0o600)
         self._db = db
         if self._password is not None:
@@ -195,33 +259,21 @@ class Journal:
                 "output.password: set the one used for that run"
             ) from None
 
-    def _lock(self) -> None:
-        lock_path = self.path.with_name(self.path.name + ".lock")
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        if not _try_lock(fd):
-            os.lseek(fd, 1, os.SEEK_SET)
-            holder = os.read(fd, 200).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
+    def _take_lock(self) -> None:
+        holder = self._lock.acquire(holder_line(f"journal {self.path}"))
+        if holder is not None:
             raise JournalLocked(
                 f"another onboard run is using the journal {self.path} ({holder}); this run "
                 "stopped before sending anything",
                 holder=holder,
             )
-        # Byte 0 is the lock; after it, who holds it, for the message a second run prints.
-        os.ftruncate(fd, 1)
-        os.lseek(fd, 1, os.SEEK_SET)
-        stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-        os.write(fd, f"pid {os.getpid()}, started {stamp}\n".encode())
-        self._lock_fd = fd
 
     def close(self) -> None:
         with self._guard:  # never under a commit running in the ledger's thread
             if self._db is not None:
                 self._db.close()
                 self._db = None
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)  # closing releases the flock
-            self._lock_fd = None
+        self._lock.release()
 
     def __enter__(self) -> Journal:
         return self.open()
@@ -236,14 +288,26 @@ class Journal:
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction. Any failure to write (a full disk, a quota, a file size
+        limit) is a JournalWriteError: the run must stop rather than hand out passes it cannot
+        keep."""
         with self._guard:  # grouped commits come from a worker thread (job._Ledger)
-            self.db.execute("BEGIN IMMEDIATE")
             try:
-                yield self.db
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
-            self.db.execute("COMMIT")
+                self.db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self.db
+                except BaseException:
+                    with contextlib.suppress(sqlite3.Error):
+                        self.db.execute("ROLLBACK")
+                    raise
+                self.db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    self.db.execute("ROLLBACK")
+                raise JournalWriteError(
+                    f"cannot write the run journal {self.path}: {exc} (is the disk full, or a "
+                    "quota or file size limit reached?)"
+                ) from None
 
     # --- runs ---------------------------------------------------------------------------------
     def unfinished_runs(self) -> list[RunInfo]:
@@ -251,8 +315,8 @@ class Journal:
 
     def runs(self) -> list[RunInfo]:
         rows = self.db.execute(
-            "SELECT run_id, started, finished, status, input_key, meta, audit_path FROM runs "
-            "ORDER BY started"
+            "SELECT run_id, started, finished, status, input_key, meta, audit_path, tenant, "
+            "tenant_name, simulated FROM runs ORDER BY rowid"
         ).fetchall()
         counts: dict[str, dict[str, int]] = {}
         for run_id, state, n in self.db.execute(
@@ -269,6 +333,9 @@ class Journal:
                 json.loads(r[5]),
                 r[6],
                 counts.get(r[0], {}),
+                r[7],
+                r[8],
+                bool(r[9]),
             )
             for r in rows
         ]
@@ -276,14 +343,50 @@ class Journal:
     def run(self, run_id: str) -> RunInfo | None:
         return next((r for r in self.runs() if r.run_id == run_id), None)
 
-    def begin(self, run_id: str, started: datetime, input_key: str, meta: dict[str, Any]) -> None:
+    def untied_runs(self) -> int:
+        """How many runs were recorded before runs were bound to a tenant (never trusted)."""
+        (count,) = self.db.execute("SELECT count(*) FROM runs WHERE tenant IS NULL").fetchone()
+        return int(count)
+
+    def tenants_named(self, name: str | None, graph_root: str) -> set[str]:
+        """The tenants earlier runs found behind this configured tenant name and Graph root
+        (for a check without signing in: `onboard validate`)."""
+        found = self.db.execute(
+            "SELECT DISTINCT tenant FROM runs WHERE tenant IS NOT NULL AND tenant_name IS ? "
+            "AND substr(tenant, instr(tenant, ' ') + 1) = ?",
+            (name, graph_root),
+        ).fetchall()
+        return {t for (t,) in found}
+
+    def begin(
+        self,
+        run_id: str,
+        started: datetime,
+        input_key: str,
+        meta: dict[str, Any],
+        *,
+        tenant: str,
+        tenant_name: str | None,
+        simulated: bool,
+    ) -> None:
+        """Record a run (or take up one to resume) and bind what this journal object writes
+        from now on to its tenant."""
         with self._transaction() as db:
             db.execute(
-                "INSERT INTO runs (run_id, started, status, input_key, meta) "
-                "VALUES (?, ?, 'running', ?, ?) "
+                "INSERT INTO runs (run_id, started, status, input_key, meta, tenant, tenant_name, "
+                "simulated) VALUES (?, ?, 'running', ?, ?, ?, ?, ?) "
                 "ON CONFLICT(run_id) DO UPDATE SET status='running', meta=excluded.meta",
-                (run_id, started.isoformat(), input_key, json.dumps(meta)),
+                (
+                    run_id,
+                    started.isoformat(),
+                    input_key,
+                    json.dumps(meta),
+                    tenant,
+                    tenant_name,
+                    int(simulated),
+                ),
             )
+        self.tenant = tenant
 
     def finish(self, run_id: str, status: str, audit_path: Path | None) -> None:
         """Mark the run finished and wipe its pass values: call only once the audit is on disk."""
@@ -294,7 +397,7 @@ class Journal:
             )
             db.execute("UPDATE rows SET pass_value=NULL WHERE run_id=?", (run_id,))
         # Fold the WAL into the database file and empty it, so no old page keeps a value.
-        with self._guard:
+        with self._guard, contextlib.suppress(sqlite3.Error):
             self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     # --- rows ---------------------------------------------------------------------------------
@@ -316,10 +419,11 @@ class Journal:
         now = _now()
         with self._transaction() as db:
             db.executemany(
-                "INSERT INTO rows (run_id, source, row, user_key, state, start_key, attempts, "
-                "record, updated) VALUES (?, ?, ?, ?, 'not_sent', ?, ?, ?, ?) "
+                "INSERT INTO rows (run_id, source, row, user_key, state, start_key, attempts, "  # noqa: S608 (constant SQL; values are ? parameters)
+                "record, updated, tenant, object_id, seq) "
+                f"VALUES (?, ?, ?, ?, 'not_sent', ?, ?, ?, ?, ?, ?, {_NEXT_SEQ}) "
                 "ON CONFLICT(run_id, source, row) DO UPDATE SET state='not_sent', "
-                "record=excluded.record, updated=excluded.updated "
+                "record=excluded.record, updated=excluded.updated, seq=excluded.seq "
                 "WHERE rows.state IN ('skipped', 'not_sent')",
                 [
                     (
@@ -331,88 +435,166 @@ class Journal:
                         r.prior_attempts,
                         json.dumps(to_record(not_sent(r))),
                         now,
+                        self.tenant,
+                        _object_id(r),
                     )
                     for r in requests
                 ],
             )
 
-    def unsettled(self, user_key: str, *, excluding: str) -> bool:
-        """For a user with no audited pass: whether an earlier run sent a request of unknown fate.
-
-        (With an audited pass, `previous_pass(...).stands` already answers this.)
-        """
-        row = self.db.execute(
-            "SELECT 1 FROM rows JOIN runs USING (run_id) WHERE user_key=? "
-            "AND runs.status != 'running' AND rows.run_id != ? AND may_have_pass=1 LIMIT 1",
-            (user_key, excluding),
-        ).fetchone()
-        return row is not None
-
     def record(self, run_id: str, outcome: Outcome) -> None:
         """Commit one row's outcome (with its pass value, if issued) the moment it is known."""
-        self.write([(RECORD_SQL, [record_params(run_id, outcome, self.seal)])])
+        self.write([(RECORD_SQL, [record_params(run_id, outcome, self.seal, self.tenant)])])
 
     def rows(self, run_id: str) -> dict[Origin, RowState]:
         """Every row of a run as the journal knows it, outcomes rebuilt (values where held)."""
         found: dict[Origin, RowState] = {}
-        for source, row, state, user_key, attempts, record, value in self.db.execute(
-            "SELECT source, row, state, user_key, attempts, record, pass_value FROM rows "
-            "WHERE run_id=?",
+        for source, row, state, user_key, attempts, record, value, maybe in self.db.execute(
+            "SELECT source, row, state, user_key, attempts, record, pass_value, may_have_pass "
+            "FROM rows WHERE run_id=?",
             (run_id,),
         ):
             outcome = from_record(json.loads(record), self.unseal(value)) if record else None
-            found[Origin(source, row)] = RowState(state, user_key, attempts, outcome)
+            found[Origin(source, row)] = RowState(state, user_key, attempts, outcome, bool(maybe))
         return found
 
-    def previous_pass(self, user_key: str, *, excluding: str) -> PreviousPass | None:
-        """The last pass a finished run audited for this user, and whether it still stands.
+    # --- what earlier runs of the same tenant did -----------------------------------------
+    def previous_pass(
+        self, tenant: str | None, person: Person, *, excluding: str
+    ) -> PreviousPass | None:
+        """The last pass a finished run of this tenant audited for this person, and whether it
+        still stands.
 
-        It stands when nothing of unknown fate was sent for the user after it (a request whose
+        It stands when nothing of unknown fate was sent for the person after it (a request whose
         answer was lost, a run stopped with the request in flight): otherwise Graph may hold a
-        different pass, and it must be asked before the row is skipped.
+        different pass, and it must be asked before the row is skipped. "After" is the journal's
+        own sequence of writes, never the wall clock.
         """
+        if tenant is None:
+            return None
+        match, params = _person_match(tenant, person, excluding)
         audited = self.db.execute(
-            "SELECT rows.run_id, state, start_key, issued_at, method_id, updated FROM rows "
-            "JOIN runs USING (run_id) WHERE user_key=? AND runs.status != 'running' "
-            "AND rows.run_id != ? AND state IN ('issued', 'unclear') "
-            "ORDER BY updated DESC LIMIT 1",
-            (user_key, excluding),
+            "SELECT rows.run_id, state, start_key, issued_at, method_id, seq FROM rows "  # noqa: S608 (constant SQL; values are ? parameters)
+            f"JOIN runs USING (run_id) WHERE {match} AND state IN ('issued', 'unclear') "
+            "ORDER BY seq DESC LIMIT 1",
+            params,
         ).fetchone()
         if audited is None:
             return None
-        run_id, state, start_key, issued_at, method_id, updated = audited
+        run_id, state, start_key, issued_at, method_id, seq = audited
         later = self.db.execute(
-            "SELECT 1 FROM rows JOIN runs USING (run_id) WHERE user_key=? "
-            "AND runs.status != 'running' AND rows.run_id != ? AND may_have_pass=1 "
-            "AND state NOT IN ('issued', 'unclear') AND updated > ? LIMIT 1",
-            (user_key, excluding, updated),
+            f"SELECT 1 FROM rows JOIN runs USING (run_id) WHERE {match} AND may_have_pass=1 "  # noqa: S608 (constant SQL; values are ? parameters)
+            "AND state NOT IN ('issued', 'unclear') AND seq > ? LIMIT 1",
+            (*params, seq),
         ).fetchone()
         stands = state == "issued" and later is None
-        return PreviousPass(run_id, stands, start_key, _time(issued_at), method_id)
+        return PreviousPass(
+            run_id,
+            stands,
+            start_key,
+            _time(issued_at),
+            method_id,
+            self.last_sent(tenant, person, excluding=excluding),
+        )
+
+    def unsettled(self, tenant: str | None, person: Person, *, excluding: str) -> bool:
+        """For a person with no audited pass: whether an earlier run of this tenant sent a
+        request of unknown fate. (With an audited pass, `previous_pass(...).stands` says it.)"""
+        if tenant is None:
+            return False
+        match, params = _person_match(tenant, person, excluding)
+        row = self.db.execute(
+            f"SELECT 1 FROM rows JOIN runs USING (run_id) WHERE {match} AND may_have_pass=1 "  # noqa: S608 (constant SQL; values are ? parameters)
+            "LIMIT 1",
+            params,
+        ).fetchone()
+        return row is not None
+
+    def last_sent(self, tenant: str, person: Person, *, excluding: str) -> datetime | None:
+        """When an earlier run last sent a request for this person that may have made a pass."""
+        match, params = _person_match(tenant, person, excluding)
+        (sent,) = self.db.execute(
+            f"SELECT MAX(sent_at) FROM rows JOIN runs USING (run_id) WHERE {match} "  # noqa: S608 (constant SQL; values are ? parameters)
+            "AND may_have_pass=1",
+            params,
+        ).fetchone()
+        return _time(sent)
+
+    def issued_by(self, tenant: str | None, method_id: str) -> PreviousPass | None:
+        """The pass with this method id, if a run of this tenant issued it: a pass Graph holds
+        is then this journal's own, whatever name the row gives the person now."""
+        if tenant is None:
+            return None
+        found = self.db.execute(
+            "SELECT run_id, start_key, issued_at FROM rows WHERE tenant=? AND method_id=? "
+            "AND state IN ('issued', 'unclear') ORDER BY seq DESC LIMIT 1",
+            (tenant, method_id),
+        ).fetchone()
+        if found is None:
+            return None
+        run_id, start_key, issued_at = found
+        return PreviousPass(run_id, True, start_key, _time(issued_at), method_id)
+
+
+def _person_match(tenant: str, person: Person, excluding: str) -> tuple[str, tuple[Any, ...]]:
+    """The WHERE clause for a person's rows in finished runs of a tenant (not `excluding`).
+
+    A record with an object id is the person with that id; one without (a name only) is the
+    person only when the row has no object id either, or when the name is the same and the
+    record could not know the id. Records of no tenant (older journals) never match.
+    """
+    if person.object_id is None:
+        clause = "rows.tenant=? AND user_key=?"
+        params: tuple[Any, ...] = (tenant, person.key)
+    else:
+        clause = "rows.tenant=? AND (object_id=? OR (object_id IS NULL AND user_key=?))"
+        params = (tenant, person.object_id, person.key)
+    return (
+        f"{clause} AND runs.status != 'running' AND rows.run_id != ?",
+        (*params, excluding),
+    )
+
+
+def _add_columns(db: sqlite3.Connection) -> None:
+    for table, columns in ADDED_COLUMNS.items():
+        present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        for name, kind in columns.items():
+            if name not in present:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+
+
+def _object_id(request: PassRequest) -> str | None:
+    return request.object_id.lower() if request.object_id else None
 
 
 # --- outcomes to and from JSON (never the pass value: it has its own column) -----------------
 SENDING_SQL = (
-    "INSERT INTO rows (run_id, source, row, user_key, state, start_key, attempts, "
-    "may_have_pass, updated) VALUES (?, ?, ?, ?, 'in_flight', ?, ?, 1, ?) "
+    "INSERT INTO rows (run_id, source, row, user_key, state, start_key, attempts, "  # noqa: S608 (constant SQL; values are ? parameters)
+    "may_have_pass, updated, sent_at, tenant, object_id, seq) "
+    f"VALUES (?, ?, ?, ?, 'in_flight', ?, ?, 1, ?, ?, ?, ?, {_NEXT_SEQ}) "
     "ON CONFLICT(run_id, source, row) DO UPDATE SET state='in_flight', "
     "attempts=max(attempts + 1, excluded.attempts), may_have_pass=1, record=NULL, "
-    "pass_value=NULL, method_id=NULL, updated=excluded.updated"
+    "pass_value=NULL, method_id=NULL, updated=excluded.updated, sent_at=excluded.sent_at, "
+    "object_id=excluded.object_id, seq=excluded.seq"
 )
+# An outcome says whether the row may hold a pass from a request of unknown fate: it is what
+# the pool worked out from every attempt (a request answered 429 made no pass).
 RECORD_SQL = (
-    "INSERT INTO rows (run_id, source, row, user_key, state, start_key, attempts, "
-    "may_have_pass, method_id, record, pass_value, issued_at, updated) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "INSERT INTO rows (run_id, source, row, user_key, state, start_key, attempts, "  # noqa: S608 (constant SQL; values are ? parameters)
+    "may_have_pass, method_id, record, pass_value, issued_at, updated, tenant, object_id, seq) "
+    f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, {_NEXT_SEQ}) "
     "ON CONFLICT(run_id, source, row) DO UPDATE SET state=excluded.state, "
     "start_key=excluded.start_key, attempts=max(attempts, excluded.attempts), "
-    "may_have_pass=max(may_have_pass, excluded.may_have_pass), "
+    "may_have_pass=excluded.may_have_pass, "
     "method_id=excluded.method_id, record=excluded.record, "
     "pass_value=excluded.pass_value, issued_at=excluded.issued_at, "
-    "updated=excluded.updated"
+    "updated=excluded.updated, object_id=IFNULL(excluded.object_id, object_id), "
+    "seq=excluded.seq"
 )
 
 
-def sending_params(run_id: str, request: PassRequest) -> tuple[Any, ...]:
+def sending_params(run_id: str, request: PassRequest, tenant: str | None) -> tuple[Any, ...]:
+    now = _now()
     return (
         run_id,
         request.origin.source,
@@ -420,12 +602,17 @@ def sending_params(run_id: str, request: PassRequest) -> tuple[Any, ...]:
         request.key,
         request.start_key,
         request.prior_attempts + 1,
-        _now(),
+        now,
+        now,
+        tenant,
+        _object_id(request),
     )
 
 
-def record_params(run_id: str, outcome: Outcome, seal: Callable[[str], str]) -> tuple[Any, ...]:
-    value = method_id = issued_at = None
+def record_params(
+    run_id: str, outcome: Outcome, seal: Callable[[str], str], tenant: str | None
+) -> tuple[Any, ...]:
+    value = method_id = issued_at = object_id = None
     start_key = ""
     attempts = 0
     may_have_pass = False
@@ -435,6 +622,7 @@ def record_params(run_id: str, outcome: Outcome, seal: Callable[[str], str]) -> 
         start_key, attempts = outcome.request.start_key, outcome.attempts
         method_id, may_have_pass = outcome.method_id, True
         issued_at = (outcome.created or datetime.now(UTC)).isoformat()
+        object_id = _object_id(outcome.request)
     elif isinstance(outcome, Failed):
         user, attempts, may_have_pass = (
             outcome.user.casefold(),
@@ -458,6 +646,8 @@ def record_params(run_id: str, outcome: Outcome, seal: Callable[[str], str]) -> 
         value,
         issued_at,
         _now(),
+        tenant,
+        object_id,
     )
 
 
@@ -498,6 +688,7 @@ def to_record(outcome: Outcome) -> dict[str, Any]:
         "reason": outcome.reason,
         "previous_run": outcome.previous_run,
         "issued_at": outcome.issued_at.isoformat() if outcome.issued_at else None,
+        "held_elsewhere": outcome.held_elsewhere,
     }
 
 
@@ -534,7 +725,12 @@ def from_record(data: dict[str, Any], value: str | None) -> Outcome:
             may_have_pass=data.get("may_have_pass", False),
         )
     return Skipped(
-        origin, data["user"], data["reason"], data["previous_run"], _time(data["issued_at"])
+        origin,
+        data["user"],
+        data["reason"],
+        data["previous_run"],
+        _time(data["issued_at"]),
+        held_elsewhere=data.get("held_elsewhere", False),
     )
 
 
@@ -552,6 +748,8 @@ def _request(r: PassRequest) -> dict[str, Any]:
         "note": r.note,
         "start_date": r.start_date.isoformat() if r.start_date else None,
         "sheet_value": r.sheet_value,
+        "intended_start": r.intended_start.isoformat() if r.intended_start else None,
+        "object_id": r.object_id,
     }
 
 
@@ -566,27 +764,9 @@ def _unrequest(d: dict[str, Any]) -> PassRequest:
         d["note"],
         start_date=date.fromisoformat(d["start_date"]) if d["start_date"] else None,
         sheet_value=d.get("sheet_value"),  # journals written before it was kept: none
+        intended_start=_time(d.get("intended_start")),
+        object_id=d.get("object_id"),
     )
-
-
-def _try_lock(fd: int) -> bool:
-    """Take the lock file's lock without waiting; released when the file is closed."""
-    if sys.platform == "win32":
-        import msvcrt
-
-        os.lseek(fd, 0, os.SEEK_SET)
-        try:
-            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-        except OSError:
-            return False
-        return True
-    import fcntl
-
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    return True
 
 
 def _now() -> str:

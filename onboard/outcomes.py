@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import UTC, date, datetime, timedelta
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -36,11 +36,18 @@ class PassRequest:
     ask_existing: bool = False
     # The sheet's header for each field it had (field, header): for messages naming a column.
     headers: tuple[tuple[str, str], ...] = field(default=(), compare=False, repr=False)
+    # When the sheet says the pass starts (UTC), even once that is past (then `start` is None:
+    # usable at once); None when the sheet has no start column.
+    intended_start: datetime | None = None
+    # The person's object id in the directory, where known (a lookup found it, or the sheet
+    # names the person by it): the journal ties passes to the person by it, not by a name.
+    object_id: str | None = None
 
     @property
     def start_key(self) -> str:
-        """What "the same start" means for re-runs: the start date from the sheet."""
-        return self.start_date.isoformat() if self.start_date else ""
+        """What "the same pass" means for re-runs: the instants it starts and ends (UTC), so a
+        row moved to another time of day, zone or lifetime is not "the same start"."""
+        return window(self.intended_start, self.lifetime_minutes)
 
     def header(self, field_name: str) -> str | None:
         """The sheet's header of a field (user, mail, lifetime_minutes...), None if it had none."""
@@ -87,6 +94,11 @@ class Failed:
     column: str | None = None
     may_have_pass: bool = False  # a request of unknown fate was sent: Graph may hold a pass
 
+    @property
+    def not_sent(self) -> bool:
+        """The run stopped before this row's pass was asked for (counted apart from failures)."""
+        return self.reason == NOT_SENT
+
 
 @dataclass(frozen=True, slots=True)
 class Skipped:
@@ -95,9 +107,38 @@ class Skipped:
     reason: str
     previous_run: str | None = None  # the run that already issued this user's pass
     issued_at: datetime | None = None
+    # The user holds a pass that no record of this journal (in this tenant) explains: nobody
+    # here can vouch that its value was handed out. Counted apart, never as a success.
+    held_elsewhere: bool = False
 
 
 Outcome = Issued | Failed | Skipped
+
+
+def window(start: datetime | None, lifetime_minutes: int) -> str:
+    """A pass's start and end as the journal compares them: "2026-12-10T08:00Z/...T16:00Z"
+    (UTC), or "at once/480m" for a row with no start."""
+    if start is None:
+        return f"at once/{lifetime_minutes}m"
+    end = start + timedelta(minutes=lifetime_minutes)
+    return f"{_utc(start)}/{_utc(end)}"
+
+
+def shown_window(key: str) -> str:
+    """A recorded window for people: "2026-12-10 08:00–16:00 UTC"."""
+    first, _, second = key.partition("/")
+    if first == "at once":
+        return f"usable at once, {second.removesuffix('m')} minutes"
+    if not second:
+        return first or "(none)"  # a journal written before windows: the start date only
+    start, end = (part.replace("T", " ").removesuffix("Z") for part in (first, second))
+    same_day = start[:10] == end[:10]
+    return f"{start}–{end[11:]} UTC" if same_day else f"{start} – {end} UTC"
+
+
+def _utc(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%MZ")
+
 
 NOT_SENT = "Not sent: run stopped"
 INTERRUPTED = "Interrupted"
@@ -122,6 +163,20 @@ def not_sent(request: PassRequest, cause: str | None = None) -> Failed:
         f"it (rows already issued are not sent again).{earlier}",
         attempts=request.prior_attempts,
         may_have_pass=request.prior_attempts > 0,
+    )
+
+
+def refused_before_stop(request: PassRequest, attempts: int) -> Failed:
+    """A row waiting to be tried again when the run stopped, whose every request Graph had
+    answered without creating a pass (429, 503): it holds no pass from this run."""
+    return Failed(
+        request.origin,
+        request.user,
+        NOT_SENT,
+        f"The run stopped while this row waited to be tried again. Graph had answered its "
+        f"{attempts} request(s) without creating a pass (throttled or unavailable), so it has "
+        "none from this run: run the same command again to issue it.",
+        attempts=attempts,
     )
 
 

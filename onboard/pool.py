@@ -18,7 +18,16 @@ from typing import Any, TypeVar
 from .config import RunSettings
 from .errors import AuthError, GraphError, JournalWriteError, TransientError
 from .graph import CreatedPass, explain
-from .outcomes import Failed, Issued, Origin, Outcome, PassRequest, interrupted, not_sent
+from .outcomes import (
+    Failed,
+    Issued,
+    Origin,
+    Outcome,
+    PassRequest,
+    interrupted,
+    not_sent,
+    refused_before_stop,
+)
 from .retrying import RETRYABLE, Retries, is_unclear, with_retries
 
 log = logging.getLogger(__name__)
@@ -72,6 +81,19 @@ async def issue_all(
 
     in_hand: dict[Origin, PassRequest] = {}
     sent: dict[Origin, int] = {}  # attempts made so far, per row
+    flying: set[Origin] = set()  # rows with a request on its way now
+    # Rows that may hold a pass from a request of unknown fate (this run's, or an earlier
+    # run's); a request Graph answered (429, 503, 400...) made none.
+    doubt: set[Origin] = set()
+
+    def stopped(request: PassRequest, cause: str | None = None) -> Failed:
+        """The outcome of a row the run stopped before it finished."""
+        attempts = sent.get(request.origin, request.prior_attempts)
+        if request.origin in flying or request.origin in doubt:
+            return interrupted(request.origin, request.user, attempts)
+        if cause is None and attempts > request.prior_attempts:
+            return refused_before_stop(request, attempts)
+        return not_sent(request, cause)
 
     def record(outcome: Outcome) -> None:
         in_hand.pop(outcome.origin, None)
@@ -141,7 +163,10 @@ async def issue_all(
 
     def first_doubt(request: PassRequest) -> float | None:
         # A row sent before by a run that stopped: that request's fate is unknown too.
-        return time.monotonic() if request.prior_attempts or request.doubtful else None
+        if request.prior_attempts or request.doubtful:
+            doubt.add(request.origin)
+            return time.monotonic()
+        return None
 
     async def one(request: PassRequest) -> None:
         unclear = first_doubt(request)
@@ -155,13 +180,17 @@ async def issue_all(
                 on_send(request)
             if durable is not None:
                 await durable()
+            flying.add(request.origin)
             try:
                 return await create(request)
             except GraphError as exc:
                 if is_unclear(exc):
                     unclear = time.monotonic()
+                    doubt.add(request.origin)
                 answered(request, exc)
                 raise
+            finally:
+                flying.discard(request.origin)
 
         try:
             created = await with_retries(attempt, retries)
@@ -187,15 +216,19 @@ async def issue_all(
                 await durable()
             if number > 1:
                 result.retries += len(remaining)
+            flying.update(r.origin for r in remaining)
             try:
                 answers = await create_batch(remaining)
             except GraphError as exc:  # the whole batch: refused, or its answer lost
                 for request in remaining:
                     if is_unclear(exc):
                         unclear[request.origin] = time.monotonic()
+                        doubt.add(request.origin)
                     answered(request, exc)
                 last.clear()
                 raise
+            finally:
+                flying.difference_update(r.origin for r in remaining)
             again: list[PassRequest] = []
             waits: list[float] = []
             for request, answer in zip(remaining, answers, strict=True):
@@ -204,6 +237,7 @@ async def issue_all(
                 elif isinstance(answer, RETRYABLE):
                     if is_unclear(answer):
                         unclear[request.origin] = time.monotonic()
+                        doubt.add(request.origin)
                     answered(request, answer)
                     last[request.origin] = answer
                     again.append(request)
@@ -255,13 +289,10 @@ async def issue_all(
                 if result.aborted is None:
                     result.aborted = exc
                 for request in batch:
-                    if request.origin not in in_hand:
-                        continue
-                    if sent.get(request.origin, 0) > request.prior_attempts + 1:
-                        # an earlier attempt of this run went out: it may have made a pass
-                        record(interrupted(request.origin, request.user, sent[request.origin]))
-                    else:
-                        record(not_sent(request, str(exc)))
+                    if request.origin in in_hand:
+                        # the request refused for the token made no pass; earlier ones may have
+                        flying.discard(request.origin)
+                        record(stopped(request, str(exc)))
             except JournalWriteError:
                 raise  # stop the run: no pass may be handed out that the journal cannot keep
             except Exception as exc:  # a bug must not lose a row: report it and go on
@@ -289,8 +320,7 @@ async def issue_all(
             task.cancel()
         raise
     for request in list(in_hand.values()):
-        attempts = sent.get(request.origin, request.prior_attempts)
-        record(interrupted(request.origin, request.user, attempts))
+        record(stopped(request))
     while not queue.empty():
         request = queue.get_nowait()
         record(not_sent(request, str(result.aborted) if result.aborted else None))

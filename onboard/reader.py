@@ -725,6 +725,7 @@ def _validate_row(
             usable_once = flag
 
     start: datetime | None = None
+    intended: datetime | None = None
     start_day: date | None = None
     note = ""
     if "start_date" in columns:
@@ -735,7 +736,7 @@ def _validate_row(
             )
         else:
             try:
-                start, start_day, note = _start_of(raw, defaults, settings, now)
+                start, intended, start_day, note = _start_of(raw, defaults, settings, now)
             except ValueError as exc:
                 problems.append((header("start_date"), str(exc)))
     else:
@@ -754,14 +755,17 @@ def _validate_row(
         origin, user, display, start, lifetime, usable_once, note, start_date=start_day,
         sheet_value=None if key == "user" else user,
         headers=tuple((name, headers[index]) for name, index in columns.items()),
+        intended_start=intended,
+        object_id=user if key == "user" and GUID.match(user) else None,
     )  # fmt: skip
 
 
 def _start_of(
     raw: Any, defaults: PassSettings, settings: InputSettings, now: datetime
-) -> tuple[datetime | None, date, str]:
-    """A row's start: when the pass starts (UTC; None: usable at once), the day the sheet
-    gives, and a note for the audit. Raises ValueError saying what is wrong with the cell."""
+) -> tuple[datetime | None, datetime, date, str]:
+    """A row's start: when the pass starts (UTC; None: usable at once), when the sheet says it
+    starts (UTC, even when that is past), the day the sheet gives, and a note for the audit.
+    Raises ValueError saying what is wrong with the cell."""
     day, clock = parse_start(raw, settings.date_order)
     if day < EARLIEST_DATE:
         raise ValueError(f"{day.isoformat()} is not a plausible start date")
@@ -780,13 +784,14 @@ def _start_of(
     if start <= now:
         return (
             None,
+            start,
             day,
             (
                 f"start {day.isoformat()} {at:%H:%M} {defaults.timezone} is in the past: pass "
                 "usable at once"
             ),
         )
-    return start, day, ""
+    return start, start, day, ""
 
 
 def parse_start(value: Any, order: str | None) -> tuple[date, time | None]:

@@ -18,6 +18,7 @@ created, and throttling (a token bucket answering 429 with Retry-After) can be s
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import datetime as dt
 import hashlib
@@ -43,6 +44,11 @@ from .errors import ConfigError
 
 DEFAULT_CLIENT_SECRET = "simulator-secret"
 DEFAULT_TOKEN_LIFETIME = 3599
+# The simulated tenant's id (the `tid` claim of its tokens), whatever name a config gives it.
+SIMULATED_TENANT_ID = "00000000-0000-4000-8000-00000000c0de"
+# A claim only the simulator's tokens carry: a run that meets it says everywhere that it was
+# simulated, even when the simulator is reached by URL like a real tenant (`onboard simulate`).
+SIMULATED_CLAIM = "onboard_simulated"
 POLICY_REFUSAL = (
     "Converged UserCredentialPolicy does not allow creating or updating this authentication "
     "method. AuthMethodType [TemporaryAccessPass]."
@@ -151,6 +157,7 @@ class SimulatorState:
         self.counts: dict[str, int] = {}
         self.create_attempts: dict[str, int] = {}  # user id -> POSTs that reached the handler
         self.policy_forbidden = False  # the app lacks Policy.Read.AuthenticationMethod: 403
+        self.tenant_id = SIMULATED_TENANT_ID  # the `tid` claim of the tokens it issues
         self._bucket = float(self.faults.throttle_burst)
         self._bucket_at = clock()
 
@@ -469,7 +476,7 @@ async def _token(request: web.Request) -> web.Response:
             },
             status=401,
         )
-    token = secrets.token_urlsafe(32)
+    token = _access_token(state, request)
     state.tokens[token] = state.clock() + state.faults.token_lifetime
     return web.json_response(
         {
@@ -479,6 +486,29 @@ async def _token(request: web.Request) -> web.Response:
             "access_token": token,
         }
     )
+
+
+def _access_token(state: SimulatorState, request: web.Request) -> str:
+    """A token shaped like Entra's (a JWT: header, claims, signature; the signature is random):
+    clients read the tenant from its `tid` claim, as they do from a real one."""
+
+    def part(data: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+    now = int(time.time())
+    claims = {
+        "aud": "https://graph.microsoft.com",
+        "iss": f"https://sts.windows.net/{state.tenant_id}/",
+        "iat": now,
+        "nbf": now,
+        "exp": now + state.faults.token_lifetime,
+        "tid": state.tenant_id,
+        "roles": ["UserAuthenticationMethod.ReadWrite.All"],
+        "jti": secrets.token_urlsafe(16),
+        SIMULATED_CLAIM: True,
+    }
+    signature = base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode()
+    return f"{part({'typ': 'JWT', 'alg': 'RS256'})}.{part(claims)}.{signature}"
 
 
 def _user_from_path(raw: str) -> tuple[str, str] | None:

@@ -42,11 +42,13 @@ def test_valid_rows_become_requests_with_utc_start(tmp_path: Path) -> None:
     assert result.requests == [
         PassRequest(Origin("hires.csv", 2), "ada@contoso.com", "Ada Lovelace",
                     datetime(2027, 1, 4, 8, 0, tzinfo=timezone.utc), 480, True,
-                    start_date=date(2027, 1, 4)),
+                    start_date=date(2027, 1, 4),
+                    intended_start=datetime(2027, 1, 4, 8, 0, tzinfo=timezone.utc)),
         # British Summer Time: 08:00 local is 07:00 UTC
         PassRequest(Origin("hires.csv", 3), "alan@contoso.com", "Alan Turing",
                     datetime(2027, 7, 5, 7, 0, tzinfo=timezone.utc), 240, False,
-                    start_date=date(2027, 7, 5)),
+                    start_date=date(2027, 7, 5),
+                    intended_start=datetime(2027, 7, 5, 7, 0, tzinfo=timezone.utc)),
     ]
     assert result.row_count == 2
     assert len(result.sha256) == 64

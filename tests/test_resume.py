@@ -55,6 +55,11 @@ def run_cli(config: Path, *args: str) -> subprocess.Popen[str]:
     )
 
 
+def run_id_from(stdout: str) -> str:
+    line = next(line for line in stdout.splitlines() if line.startswith("onboard run "))
+    return line.split()[2].rstrip(":")
+
+
 def audit_path_from(stdout: str) -> Path:
     line = next(line for line in stdout.splitlines() if line.startswith("audit workbook: "))
     return Path(line.removeprefix("audit workbook: "))
@@ -133,7 +138,7 @@ def test_rerun_of_a_finished_sheet_sends_nothing_and_reissue_user_overrides(
     sheet = write_sheet(tmp_path / "hires.csv", [(u, SOON) for u in HIRES[:10]])
     config = sim.config(tmp_path / "c.yaml")
     assert main(["run", str(sheet), "-c", str(config)]) == EXIT_OK
-    first_run = capsys.readouterr().out.split()[2].rstrip(":")
+    first_run = run_id_from(capsys.readouterr().out)
     created = len(state.issued)
 
     attempts = sum(state.create_attempts.values())
@@ -171,7 +176,9 @@ def test_moved_start_date_issues_a_new_pass_and_says_so(
     sheets = audit(audit_path_from(capsys.readouterr().out))
     (issued,) = sheets["Issued"]
     assert issued["User"] == HIRES[1]
-    assert f"start moved from {SOON} to {moved}" in str(issued["Note"])
+    assert f"start moved from {SOON} 08:00–16:00 UTC to {moved} 08:00–16:00 UTC" in str(
+        issued["Note"]
+    )
     assert issued["Temporary Access Pass"] == state.current_pass(HIRES[1])
     assert len(sheets["Skipped"]) == 2
 
