@@ -21,7 +21,7 @@ import requests
 
 from . import redact
 from .config import AuthSettings
-from .errors import AuthError, ConfigError, first_line
+from .errors import AuthError, ConfigError, first_line, shorten
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ class MsalTokenProvider:
                 if fresh:
                     app.remove_tokens_for_client()
                 result = app.acquire_token_for_client(scopes=[self._scope])
-        except AuthError:
+        except AuthError:  # e.g. our session refused a redirect: its message says where to
             raise
         except requests.exceptions.SSLError:
             raise AuthError(
@@ -180,7 +180,7 @@ class MsalTokenProvider:
             raise AuthError(f"the sign-in service at {self._authority} did not answer") from None
         except (ValueError, requests.RequestException, msal.exceptions.MsalError) as exc:
             raise AuthError(
-                f"cannot reach the sign-in service at {self._authority}: {first_line(exc, 300)}"
+                f"cannot reach the sign-in service at {self._authority}: {first_line(exc)}"
             ) from None
         return dict(result or {})
 
@@ -215,4 +215,5 @@ def _explain(error: str, description: str) -> str:
         "invalid_scope": "the scope was refused: check graph.cloud matches your tenant's cloud",
     }
     hint = hints.get(error, "sign-in failed")
+    description = shorten(description)
     return f"{hint} ({error}: {description})" if description else f"{hint} ({error})"

@@ -2,11 +2,14 @@
 
 One aiohttp session per run. Every request carries a fresh `client-request-id`; Graph's
 `request-id` comes back on the result or the error. Errors keep Graph's status and code as
-attributes; the worker pool decides what is retried (see retrying.py).
+attributes; the worker pool decides what is retried (see retrying.py). Graph never redirects an
+API call, so a redirect is refused, never followed (it would carry the token, and its answer
+would be taken for Graph's); and no answer is read past the size its kind can need.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -20,10 +23,11 @@ from yarl import URL
 
 from . import redact
 from .auth import TokenProvider
-from .errors import AuthError, GraphError, ThrottledError, TransientError
+from .errors import AuthError, GraphError, ProtocolError, ThrottledError, TransientError
 from .outcomes import PassRequest
 from .rate import RateController, Ticket
 from .retrying import RETRYABLE_STATUS, parse_retry_after
+from .tls import redirect_refused
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +41,10 @@ START_MARGIN = timedelta(minutes=2)
 MAX_BATCH = 20  # Graph's limit on requests in one $batch
 # Graph sends Retry-After with every 429; if one ever comes without, everybody pauses this long.
 PAUSE_WITHOUT_RETRY_AFTER = 1.0
+# The most of an answer onboard reads (a few kB is usual); a larger one fails its request.
+MB = 1024 * 1024
+ANSWER_LIMIT = 1 * MB  # about one pass, one user's passes or the policy
+PAGE_LIMIT = 4 * MB  # a page of a user lookup (up to 999 users) or a $batch answer
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,7 +233,12 @@ class GraphClient:
                 }
             )
         status, data, request_id, ticket = await self._send(
-            "POST", f"{self._root}/$batch", {"requests": items}, cost=len(items), judge=False
+            "POST",
+            f"{self._root}/$batch",
+            {"requests": items},
+            cost=len(items),
+            judge=False,
+            limit=PAGE_LIMIT,
         )
         if status != 200:
             raise _error(status, data, request_id, None)
@@ -376,7 +389,7 @@ class GraphClient:
         )
         found: list[dict[str, Any]] = []
         while url is not None:
-            status, data, request_id, _ = await self._send("GET", url, None)
+            status, data, request_id, _ = await self._send("GET", url, None, limit=PAGE_LIMIT)
             if status != 200:
                 raise _error(status, data, request_id, None)
             page = data.get("value")
@@ -404,6 +417,7 @@ class GraphClient:
         *,
         cost: int = 1,
         judge: bool = True,
+        limit: int = ANSWER_LIMIT,
     ) -> tuple[int, dict[str, Any], str | None, Ticket]:
         token = await self._tokens.token()
         for attempt in (1, 2):
@@ -423,10 +437,15 @@ class GraphClient:
                     timeout=self._timeout,
                     proxy=self._proxy,
                     proxy_auth=self._proxy_auth,
+                    allow_redirects=False,
                 ) as response:
+                    if 300 <= response.status < 400:
+                        response.close()
+                        location = response.headers.get("Location")
+                        raise redirect_refused("Graph", url, location, "graph.endpoint")
                     request_id = response.headers.get("request-id")
                     retry_after = parse_retry_after(response.headers.get("Retry-After"))
-                    data = await _json(response)
+                    data = await _json(response, limit)
                     status = response.status
                     if judge or status != 200:
                         self._judge(ticket, [(status, response.headers)])
@@ -465,12 +484,33 @@ class GraphClient:
         raise AssertionError("unreachable")
 
 
-async def _json(response: aiohttp.ClientResponse) -> dict[str, Any]:
+async def _json(response: aiohttp.ClientResponse, limit: int) -> dict[str, Any]:
+    """The answer's JSON object ({} if it holds none), never reading more than `limit` bytes:
+    Content-Length is checked first, and a chunked answer is read only up to limit + 1."""
+    if response.content_length is not None and response.content_length > limit:
+        raise _too_large(response, limit)
+    body = bytearray()
+    while len(body) <= limit:
+        chunk = await response.content.read(limit + 1 - len(body))
+        if not chunk:
+            break
+        body += chunk
+    if len(body) > limit:
+        raise _too_large(response, limit)
     try:
-        data = await response.json(content_type=None)
-    except (ValueError, aiohttp.ContentTypeError):
+        data = json.loads(body)
+    except (ValueError, RecursionError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def _too_large(response: aiohttp.ClientResponse, limit: int) -> ProtocolError:
+    response.close()  # drops the connection: the rest is never received
+    return ProtocolError(
+        f"Graph's answer was larger than {limit // MB} MB: not read",
+        status=response.status,
+        request_id=response.headers.get("request-id"),
+    )
 
 
 def _error(
@@ -532,6 +572,14 @@ def explain(exc: GraphError, user: str, attempts: int) -> tuple[str, str]:
     """
     message = exc.message
     status = exc.status
+    if isinstance(exc, ProtocolError):
+        return (
+            "Unreadable answer from Graph",
+            f"{message} (HTTP {status}). Nothing is wrong with the row: Graph, or something "
+            "between it and this machine, sent an answer far larger than any Graph sends. If "
+            "Graph had accepted the create, the user holds a pass whose value nobody has: "
+            "run again with --reissue-user for this user to replace it.",
+        )
     if isinstance(exc, (ThrottledError, TransientError)):
         what = f"HTTP {status}" if status else message
         return (

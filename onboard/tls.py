@@ -3,12 +3,18 @@
 The same SSLContext serves aiohttp (Graph) and requests (msal's sign-in calls), so a
 TLS-inspecting proxy's CA in ``graph.ca_bundle`` (or SSL_CERT_FILE) works for both. Nothing here
 can turn verification off.
+
+msal's requests session also never follows a redirect (the sign-in service never redirects an
+API call, and requests would re-POST the client secret to wherever it points) and sends nothing
+over plain http except to this machine or a link-local address, where Azure's managed-identity
+endpoints answer (http://169.254.169.254, App Service's http://127.0.0.1:port) by design.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import ipaddress
 import ssl
 import threading
 from pathlib import Path
@@ -17,6 +23,11 @@ from typing import Any
 import certifi
 import requests
 from requests.adapters import HTTPAdapter
+from yarl import URL
+
+from .config import is_loopback
+from .errors import PlainHttpRefused, RedirectRefused
+from .redact import printable
 
 SIGN_IN_TIMEOUT = (10.0, 30.0)  # seconds to connect, seconds to wait for an answer
 
@@ -45,8 +56,40 @@ def _warm(ca_bundle: Path | None) -> None:
         make_ssl_context(ca_bundle)
 
 
+def plain_http_allowed(host: str | None) -> bool:
+    """Whether a request may go to `host` over plain http: this machine or link-local only."""
+    if is_loopback(host):
+        return True
+    try:
+        return ipaddress.ip_address(host or "").is_link_local
+    except ValueError:
+        return False
+
+
+def redirect_refused(service: str, url: str, location: str | None, setting: str) -> RedirectRefused:
+    """The error for a redirect from `service` (asked at `url`) to `location`: never followed,
+    as neither Graph nor the sign-in service ever redirects an API call."""
+    asked = URL(url)
+    to: str | None = None
+    if location:
+        try:
+            to = asked.join(URL(location)).host_port_subcomponent or printable(location)
+        except ValueError:  # not a URL at all: show it as sent (escaped: it is the server's)
+            to = printable(location)
+    where = f"to {to}" if to else "(no Location)"
+    return RedirectRefused(
+        f"{service} at {asked.host_port_subcomponent} answered with a redirect {where}: onboard "
+        f"never follows one, as {service} never redirects these requests. Check {setting} and "
+        "any proxy between this machine and it",
+        from_host=asked.host_port_subcomponent or "",
+        to_host=to,
+    )
+
+
 class _ContextAdapter(HTTPAdapter):
-    """A requests adapter that always uses our verified context, whatever `verify` says."""
+    """A requests adapter that always uses our verified context, whatever `verify` says, and
+    sees every hop (requests follows redirects by calling it again): so it refuses them here,
+    for every msal call, whatever `allow_redirects` msal passes."""
 
     def __init__(self, context: ssl.SSLContext) -> None:
         self._context = context
@@ -77,9 +120,21 @@ class _ContextAdapter(HTTPAdapter):
         cert: Any = None,
         proxies: Any = None,
     ) -> Any:
+        url = URL(request.url)
+        if url.scheme != "https" and not plain_http_allowed(url.host):
+            raise PlainHttpRefused(
+                f"refused to send a sign-in request to {url.scheme}://{url.host_port_subcomponent}"
+                ": only https is allowed, except to this machine or a link-local address",
+                host=url.host or "",
+            )
         # msal sets no timeout on its own http_client: a sign-in host that never answers must
         # not hang the run.
-        return super().send(request, stream, timeout or SIGN_IN_TIMEOUT, verify, cert, proxies)
+        response = super().send(request, stream, timeout or SIGN_IN_TIMEOUT, verify, cert, proxies)
+        if 300 <= response.status_code < 400:
+            response.close()
+            location = response.headers.get("Location")
+            raise redirect_refused("the sign-in service", request.url, location, "auth.authority")
+        return response
 
     def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
         # REQUESTS_CA_BUNDLE or verify=False must not replace or disable our trust.
@@ -87,7 +142,13 @@ class _ContextAdapter(HTTPAdapter):
 
 
 def requests_session(context: ssl.SSLContext) -> requests.Session:
-    """A requests session (for msal's http_client) that trusts exactly what aiohttp trusts."""
+    """A requests session (for msal's http_client) that trusts exactly what aiohttp trusts,
+    never follows a redirect and uses plain http only to this machine or link-local hosts."""
     session = requests.Session()
-    session.mount("https://", _ContextAdapter(context))
+    # Also copied into the session msal derives for Service Fabric's managed identity, which
+    # mounts its own adapter: there a redirect raises TooManyRedirects instead of being sent.
+    session.max_redirects = 0
+    adapter = _ContextAdapter(context)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
     return session
