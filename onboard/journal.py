@@ -552,6 +552,7 @@ def _request(r: PassRequest) -> dict[str, Any]:
         "note": r.note,
         "start_date": r.start_date.isoformat() if r.start_date else None,
         "sheet_value": r.sheet_value,
+        "extra": [list(pair) for pair in r.extra],
     }
 
 
@@ -566,6 +567,7 @@ def _unrequest(d: dict[str, Any]) -> PassRequest:
         d["note"],
         start_date=date.fromisoformat(d["start_date"]) if d["start_date"] else None,
         sheet_value=d.get("sheet_value"),  # journals written before it was kept: none
+        extra=tuple((str(h), str(v)) for h, v in d.get("extra", ())),  # likewise
     )
 
 

@@ -36,6 +36,10 @@ class PassRequest:
     ask_existing: bool = False
     # The sheet's header for each field it had (field, header): for messages naming a column.
     headers: tuple[tuple[str, str], ...] = field(default=(), compare=False, repr=False)
+    # The sheet's columns onboard does not use (Manager, Department...), (header, cell as the
+    # sheet shows it) in sheet order: carried to the audit so the passes can be handed out
+    # without the input file.
+    extra: tuple[tuple[str, str], ...] = field(default=(), compare=False, repr=False)
 
     @property
     def start_key(self) -> str:
@@ -95,6 +99,8 @@ class Skipped:
     reason: str
     previous_run: str | None = None  # the run that already issued this user's pass
     issued_at: datetime | None = None
+    # The user holds a pass that no journal record explains: counted apart in the audit.
+    held_elsewhere: bool = False
 
 
 Outcome = Issued | Failed | Skipped
