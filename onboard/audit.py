@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from msoffcrypto.format.ooxml import OOXMLFile
 from openpyxl import Workbook
@@ -35,25 +36,27 @@ from openpyxl.writer.excel import ExcelWriter
 
 from .config import OutputSettings
 from .files import private_dir
-from .outcomes import Failed, Issued, Skipped
+from .outcomes import NOT_SENT, Failed, Issued, PassRequest, Skipped
 
-ISSUED_COLUMNS = (
+UTC_ZONE = "UTC"
+# The person and the pass first: what whoever hands the passes out reads. The pass's start and
+# end are shown in the pass time zone (pass.timezone); `issued_columns` labels them with it.
+PASS_COLUMNS = (
     "Source file",
     "Row",
     "User",
     "Display name",
     "Temporary Access Pass",
-    "Starts (UTC)",
-    "Expires (UTC)",
+    "Starts",
+    "Expires",
     "Lifetime (minutes)",
     "One-time",
-    "Method ID",
-    "Created (UTC)",
-    "Attempts",
-    "Request ID",
     "Note",
     "Found by (sheet value)",  # input.match_by mail / employeeId: what the sheet named them by
 )
+# Then the input sheet's own other columns, then these, for support and for checking.
+TECHNICAL_COLUMNS = ("Method ID", "Created (UTC)", "Attempts", "Request ID")
+UTC_COLUMNS = ("Starts (UTC)", "Expires (UTC)")  # only when the pass time zone is not UTC
 FAILED_COLUMNS = (
     "Source file",
     "Row",
@@ -66,10 +69,24 @@ FAILED_COLUMNS = (
     "Request ID",
     "Column",
 )
-SKIPPED_COLUMNS = ("Source file", "Row", "User", "Reason", "Previous run", "Issued at")
+HELD_ELSEWHERE = "Holds a pass this journal did not issue"  # the Skipped sheet's column
+SUMMARY_HELD_ELSEWHERE = "Hold a pass this journal did not issue"  # the Summary's count
+SETTINGS_HEADING = "Settings"  # the Summary's heading for settings outside any section
+SKIPPED_COLUMNS = (
+    "Source file",
+    "Row",
+    "User",
+    "Reason",
+    "Previous run",
+    "Issued at",
+    HELD_ELSEWHERE,
+)
 PROBLEM_COLUMNS = ("Source file", "Row", "Column", "User", "Kind", "Problem", "What to do")
 SUMMARY_COLUMNS = ("Item", "Value", "Detail")
 REDACTED = "(not in this copy)"
+SIMULATED = "SIMULATED: no pass was issued in a tenant"
+ISSUED_SHEET = "Issued"
+SIMULATED_SUFFIX = "-simulated"
 # What XML cannot hold: control characters (openpyxl refuses them) and lone surrogates (from a
 # file name that is not UTF-8; openpyxl would write a broken character reference).
 _ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
@@ -95,11 +112,14 @@ _WIDTHS = {
     "HTTP status": 8,
     "Graph error code": 22,
     "Column": 16,
-    "Item": 24,
+    "Item": 40,
     "Value": 66,
     "Previous run": 22,
     "Issued at": 20,
+    HELD_ELSEWHERE: 20,
 }
+# A column not in _WIDTHS (the sheet's own, the time zone's) is as wide as its header, within these.
+WIDTH_RANGE = (16, 40)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +130,12 @@ class FileSummary:
     sheet: str | None
 
 
+# A Summary figure: a number, a flag or a time is written as such, text as text.
+NoteValue = str | int | float | bool | datetime | None
+# (item, value) or (item, value, detail): ("Effective rate", 12.5, "requests/s").
+Note = tuple[str, NoteValue] | tuple[str, NoteValue, str]
+
+
 @dataclass(frozen=True, slots=True)
 class RunSummary:
     run_id: str
@@ -117,9 +143,16 @@ class RunSummary:
     finished: datetime
     version: str
     files: Sequence[FileSummary]
-    settings: Sequence[tuple[str, str]]
+    # (name, value), names "section.key" (config.public_settings); a value given as text that
+    # is a whole number, a decimal or True/False is written as a number or a flag.
+    settings: Sequence[tuple[str, str | int | float | bool]]
     status: str = "completed"
-    notes: Sequence[tuple[str, str | int]] = field(default_factory=tuple)
+    notes: Sequence[Note] = field(default_factory=tuple)
+    timezone: str = UTC_ZONE  # pass.timezone: the Issued sheet shows Starts/Expires in it
+    simulated: bool = False  # issued by the simulator: marked in the file name and the sheets
+    # False when the Issued sheet cannot hold the pass values (a redacted copy, or a workbook
+    # rebuilt after the run's own audit took them): the next steps then say where they are.
+    pass_values: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +167,11 @@ class AuditOptions:
 def audit_options(output: OutputSettings, env: Mapping[str, str]) -> AuditOptions:
     """Read output.password (raising ConfigError if it is configured but missing)."""
     return AuditOptions(output.password.read(env), output.redacted_copy)
+
+
+def audit_path(directory: Path, run_id: str, *, simulated: bool) -> Path:
+    """Where a run's audit workbook goes: a simulated run's name says so."""
+    return directory / f"onboard-{run_id}{SIMULATED_SUFFIX if simulated else ''}.xlsx"
 
 
 def redacted_path(path: Path) -> Path:
@@ -178,33 +216,11 @@ def _write(
         workbook = Workbook(write_only=True)
         sheets = _Sheets(workbook, None if in_memory else scratch)
         if masked:
-            summary = replace(summary, notes=(*summary.notes, ("Pass values", REDACTED)))
+            summary = replace(
+                summary, notes=(*summary.notes, ("Pass values", REDACTED)), pass_values=False
+            )
         _summary_sheet(sheets, summary, issued, failed, skipped)
-        rows = sorted(issued, key=lambda i: (i.origin.source, i.origin.row))
-        sheets.add(
-            "Issued",
-            ISSUED_COLUMNS,
-            (
-                (
-                    i.origin.source,
-                    i.origin.row,
-                    _Text(i.request.user),
-                    _Text(i.request.display_name),
-                    REDACTED if masked else _Text(i.temporary_access_pass),
-                    i.starts,
-                    i.expires,
-                    i.lifetime_minutes,
-                    "yes" if i.usable_once else "no",
-                    i.method_id,
-                    i.created,
-                    i.attempts,
-                    i.request_id,
-                    i.note,
-                    _Text(i.request.sheet_value),
-                )
-                for i in rows
-            ),
-        )
+        _issued_sheet(sheets, summary, issued, masked=masked)
         sheets.add(
             "Failed",
             FAILED_COLUMNS,
@@ -235,6 +251,7 @@ def _write(
                     _Text(s.reason),
                     s.previous_run,
                     s.issued_at,
+                    _yes_no(s.held_elsewhere),
                 )
                 for s in sorted(skipped, key=lambda s: (s.origin.source, s.origin.row))
             ),
@@ -249,6 +266,115 @@ def _write(
             plain.seek(0)
             plain.truncate()
             _save_atomically(path, scratch, lambda handle: handle.write(sealed.getbuffer()))
+
+
+def issued_title(*, simulated: bool) -> str:
+    """The Issued sheet's title: a simulated run's says so."""
+    return f"{ISSUED_SHEET} (SIMULATED)" if simulated else ISSUED_SHEET
+
+
+def issued_columns(timezone: str = UTC_ZONE, extra: Sequence[str] = ()) -> tuple[str, ...]:
+    """The Issued sheet's header: the pass columns (Starts and Expires labelled with the pass
+    time zone), the input sheet's other columns (`extra`), then the technical columns, and the
+    UTC start and end last, unless the pass time zone is UTC (the columns would repeat)."""
+    labelled = tuple(
+        f"{name} ({timezone})" if name in ("Starts", "Expires") else name for name in PASS_COLUMNS
+    )
+    tail = () if timezone == UTC_ZONE else UTC_COLUMNS
+    return (*labelled, *extra, *TECHNICAL_COLUMNS, *tail)
+
+
+# The Issued header of a run whose pass time zone is UTC, from a sheet with no other columns.
+ISSUED_COLUMNS = issued_columns()
+
+
+def _issued_sheet(
+    sheets: _Sheets, summary: RunSummary, issued: Sequence[Issued], *, masked: bool
+) -> None:
+    zone, name = _zone(summary.timezone)
+    rows = sorted(issued, key=lambda i: (i.origin.source, i.origin.row))
+    extra = _ExtraColumns(rows, taken=issued_columns(name))
+    in_utc = name == UTC_ZONE
+
+    def row(i: Issued) -> tuple[Any, ...]:
+        pass_part = (
+            i.origin.source,
+            i.origin.row,
+            _Text(i.request.user),
+            _Text(i.request.display_name),
+            REDACTED if masked else _Text(i.temporary_access_pass),
+            _local(i.starts, zone),
+            _local(i.expires, zone),
+            i.lifetime_minutes,
+            _yes_no(i.usable_once),
+            i.note,
+            _Text(i.request.sheet_value),
+        )
+        technical = (i.method_id, i.created, i.attempts, i.request_id)
+        utc = () if in_utc else (i.starts, i.expires)
+        return (*pass_part, *extra.values(i.request), *technical, *utc)
+
+    sheets.add(
+        issued_title(simulated=summary.simulated),
+        issued_columns(name, extra.headers),
+        (row(i) for i in rows),
+    )
+
+
+def _zone(name: str) -> tuple[ZoneInfo, str]:
+    """The pass time zone, and its name for the headers: UTC if the name is not a zone this
+    machine knows (a journal written elsewhere), so a header never names a zone not used."""
+    try:
+        return ZoneInfo(name), name
+    except (ZoneInfoNotFoundError, ValueError):
+        return ZoneInfo(UTC_ZONE), UTC_ZONE
+
+
+def _local(moment: datetime, zone: ZoneInfo) -> datetime:
+    # Excel has no time zones: the wall-clock time in the zone the header names.
+    return moment.astimezone(zone).replace(tzinfo=None)
+
+
+def _yes_no(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+class _ExtraColumns:
+    """The input sheets' other columns (PassRequest.extra) as Issued columns: the union of
+    every row's headers in order of first appearance, matched without regard to case; a
+    header a sheet repeats becomes "Header (2)", and one that is also a column of ours gets
+    " (input)", so no column hides another."""
+
+    def __init__(self, rows: Sequence[Issued], *, taken: Iterable[str]) -> None:
+        self.index: dict[tuple[str, int], int] = {}
+        labels: list[str] = []
+        ours = {name.casefold() for name in taken}
+        for issued in rows:
+            for key, header in self._keyed(issued.request):
+                if key in self.index:
+                    continue
+                label = header if key[1] == 0 else f"{header} ({key[1] + 1})"
+                if label.casefold() in ours:
+                    label = f"{label} (input)"
+                self.index[key] = len(labels)
+                labels.append(label)
+        self.headers = tuple(labels)
+
+    @staticmethod
+    def _keyed(request: PassRequest) -> Iterator[tuple[tuple[str, int], str]]:
+        seen: dict[str, int] = {}
+        for header, _ in request.extra:
+            folded = header.casefold()
+            n = seen.get(folded, 0)
+            seen[folded] = n + 1
+            yield (folded, n), header
+
+    def values(self, request: PassRequest) -> list[_Text | None]:
+        cells: list[_Text | None] = [None] * len(self.headers)
+        if request.extra:
+            for (key, _), (_, value) in zip(self._keyed(request), request.extra, strict=True):
+                cells[self.index[key]] = _Text(value)
+        return cells
 
 
 def write_problems(path: Path, rows: Sequence[Failed | Skipped]) -> Path:
@@ -324,11 +450,20 @@ class _Sheets:
         self.workbook = workbook
         self.scratch = scratch
 
-    def add(self, title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    def add(
+        self,
+        title: str,
+        columns: Sequence[str],
+        rows: Iterable[Sequence[Any]],
+        *,
+        banner: str | None = None,
+    ) -> None:
+        """A sheet: `banner` (bold) in row 1 if given, the header below it, then the rows."""
         sheet: WriteOnlyWorksheet = self.workbook.create_sheet(title)
         for index, name in enumerate(columns, start=1):
-            sheet.column_dimensions[get_column_letter(index)].width = _WIDTHS.get(name, 16)
-        sheet.freeze_panes = "A2"
+            sheet.column_dimensions[get_column_letter(index)].width = _width(name)
+        header_row = 1 if banner is None else 2
+        sheet.freeze_panes = f"A{header_row + 1}"  # the banner stays in sight too
         if self.scratch is None:
             out: Any = io.BytesIO()
         else:
@@ -336,7 +471,14 @@ class _Sheets:
             os.close(fd)
         sheet._writer = _SheetWriter(sheet, out)
         sheet._writer.write_top()  # what openpyxl does at the first append, with our `out`
-        _fill(sheet, columns, rows)
+        if banner is not None:
+            sheet.append([_cell(sheet, _Heading(banner))])
+        _fill(sheet, columns, rows, header_row)
+
+
+def _width(column: str) -> int:
+    low, high = WIDTH_RANGE
+    return _WIDTHS.get(column, max(low, min(high, len(column) + 2)))
 
 
 class _Text(str):
@@ -348,6 +490,12 @@ class _Text(str):
         return super().__new__(cls, "" if value is None else str(value))
 
 
+class _Heading(_Text):
+    """Text in bold: the Summary's banner and its section rows, and every header cell."""
+
+    __slots__ = ()
+
+
 def _summary_sheet(
     sheets: _Sheets,
     s: RunSummary,
@@ -355,60 +503,169 @@ def _summary_sheet(
     failed: Sequence[Failed],
     skipped: Sequence[Skipped],
 ) -> None:
+    counts = _Counts.of(issued, failed, skipped)
     rows: list[tuple[Any, ...]] = [
+        ("Next steps", _Text(next_steps(s, counts)), None),
+        ("Issued", counts.issued, None),
+        ("Failed", counts.failed, None),
+        ("Not sent", counts.not_sent, "the run stopped before sending them (on the Failed sheet)"),
+        ("Skipped", counts.skipped, None),
+        (SUMMARY_HELD_ELSEWHERE, counts.held_elsewhere, "on the Skipped sheet"),
+        ("Rows read", sum(f.rows for f in s.files), None),
         ("Run ID", s.run_id, None),
         ("Status", s.status, None),
         ("Started (UTC)", s.started, None),
         ("Finished (UTC)", s.finished, None),
-        ("Issued", len(issued), None),
-        ("Failed", len(failed), None),
-        ("Skipped", len(skipped), None),
-        ("Rows read", sum(f.rows for f in s.files), None),
         ("Tool version", f"onboard {s.version}", None),
     ]
-    rows.extend(
-        (name, value if isinstance(value, int) else _Text(value), None) for name, value in s.notes
-    )
+    for name, value, *unit in s.notes:
+        rows.append((name, _Text(value) if isinstance(value, str) else value, *map(_Text, unit)))
     for f in s.files:
         detail = f"{f.rows} rows" + (f", sheet '{f.sheet}'" if f.sheet else "")
         rows.append(("Input file", _Text(f.path), _Text(f"SHA-256 {f.sha256}; {detail}")))
-    rows.extend((f"Setting {name}", _Text(value), None) for name, value in s.settings)
-    sheets.add("Summary", SUMMARY_COLUMNS, rows)
+    rows.extend(_settings_rows(s.settings))
+    sheets.add(
+        "Summary", SUMMARY_COLUMNS, rows, banner=_Heading(SIMULATED) if s.simulated else None
+    )
 
 
-def _fill(sheet: WriteOnlyWorksheet, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-    bold = Font(bold=True)
-    header = []
-    for name in columns:
-        cell = WriteOnlyCell(sheet, value=name)
-        cell.font = bold
-        header.append(cell)
-    sheet.append(header)
+@dataclass(frozen=True, slots=True)
+class _Counts:
+    """The Summary's counts: Failed excludes the rows never sent, Skipped the users holding a
+    pass no journal record explains; each has its own line."""
+
+    issued: int
+    failed: int
+    not_sent: int
+    skipped: int
+    held_elsewhere: int
+
+    @classmethod
+    def of(
+        cls, issued: Sequence[Issued], failed: Sequence[Failed], skipped: Sequence[Skipped]
+    ) -> _Counts:
+        not_sent = sum(f.reason == NOT_SENT for f in failed)
+        held = sum(s.held_elsewhere for s in skipped)
+        return cls(len(issued), len(failed) - not_sent, not_sent, len(skipped) - held, held)
+
+
+def next_steps(s: RunSummary, counts: _Counts) -> str:
+    """What the admin does with this run, most urgent first, in one line."""
+    steps: list[str] = []
+    passes = _count(counts.issued, "pass", "passes")
+    if counts.issued and s.simulated:
+        steps.append(f"Nothing to hand out: the {passes} came from the simulator, not a tenant.")
+    elif counts.issued and s.pass_values:
+        steps.append(f"Hand out the {passes} on the Issued sheet.")
+    elif counts.issued:
+        steps.append(
+            f"This workbook does not hold the pass values: hand out the {passes} from the run's "
+            "full audit workbook."
+        )
+    if counts.held_elsewhere:
+        steps.append(
+            f"{_count(counts.held_elsewhere, 'user holds', 'users hold')} a pass this journal did "
+            "not issue (Skipped sheet): to replace such a pass, run again with --reissue-user "
+            "or pass.existing: replace."
+        )
+    if counts.failed:
+        steps.append(
+            f"Fix the {_count(counts.failed, 'row', 'rows')} on the Failed sheet and run the same "
+            "command again."
+        )
+    if counts.not_sent:
+        were = "was" if counts.not_sent == 1 else "were"
+        steps.append(
+            f"{_count(counts.not_sent, 'row', 'rows')} {were} not sent (the run stopped): run the "
+            "same command again."
+        )
+    if counts.issued and s.pass_values and not s.simulated:
+        steps.append("Then delete this workbook: it holds the passes.")
+    return " ".join(steps) or "Nothing to do: no pass to hand out and no row to fix."
+
+
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
+def _settings_rows(
+    settings: Sequence[tuple[str, str | int | float | bool]],
+) -> list[tuple[Any, ...]]:
+    """The settings grouped by section ("graph", "pass" ...: the part of the name before the
+    dot), a bold row naming each, in the order given; names without a section come first."""
+    sections: dict[str, list[tuple[Any, ...]]] = {SETTINGS_HEADING: []}
+    for name, value in settings:
+        section = name.partition(".")[0] if "." in name else SETTINGS_HEADING
+        sections.setdefault(section, []).append((_Text(name), _typed(value), None))
+    rows: list[tuple[Any, ...]] = []
+    for section, members in sections.items():
+        if members:
+            rows.append((_Heading(section), None, None))
+            rows.extend(members)
+    return rows
+
+
+_INTEGER = re.compile(r"-?(?:0|[1-9][0-9]*)")  # no leading zero: "007" is an id, not a number
+_DECIMAL = re.compile(r"-?(?:0|[1-9][0-9]*)\.[0-9]+")
+_FLAGS = {"True": True, "False": False}  # what str() makes of a bool
+
+
+def _typed(value: str | int | float | bool) -> Any:
+    """A setting as its cell: numbers and flags as such (public_settings gives them as str())."""
+    if not isinstance(value, str):
+        return value
+    if value in _FLAGS:
+        return _FLAGS[value]
+    if _INTEGER.fullmatch(value):
+        return int(value)
+    if _DECIMAL.fullmatch(value):
+        return float(value)
+    return _Text(value)
+
+
+def _fill(
+    sheet: WriteOnlyWorksheet,
+    columns: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    header_row: int = 1,
+) -> None:
+    sheet.append([_cell(sheet, _Heading(name)) for name in columns])
     count = 0
     for row in rows:
         sheet.append([_cell(sheet, value) for value in row])
         count += 1
-    sheet.auto_filter.ref = f"A1:{get_column_letter(len(columns))}{count + 1}"
+    last = get_column_letter(len(columns))
+    sheet.auto_filter.ref = f"A{header_row}:{last}{header_row + count}"
+
+
+_BOLD = Font(bold=True)
 
 
 def _cell(sheet: WriteOnlyWorksheet, value: Any) -> Any:
     # Plain values where openpyxl stores them right by itself (much faster than a styled
     # cell each: it matters at 100,000 rows); a cell of its own only where it must be forced.
     if isinstance(value, datetime):
-        # Excel has no time zones: UTC, as the column headers say. openpyxl gives datetimes
+        # Excel has no time zones: an aware time is written in UTC (as its header says); a
+        # naive one is already the wall-clock time its header names. openpyxl gives datetimes
         # its own date-and-time number format.
-        return value.astimezone(UTC).replace(tzinfo=None)
+        return value if value.tzinfo is None else value.astimezone(UTC).replace(tzinfo=None)
     if not isinstance(value, str):
         return value
     # openpyxl refuses control characters: show them escaped rather than fail the whole write.
     text = _ILLEGAL.sub(_escape, value)
     risky = text.startswith(FORMULA_PREFIXES) or text in ERROR_CODES
-    if not risky:
+    heading = isinstance(value, _Heading)
+    if not (risky or heading):
         return text or None
     cell = WriteOnlyCell(sheet, value=text)
-    cell.data_type = "s"  # openpyxl would otherwise store "=..." as a formula, "#N/A" as an error
-    if text.startswith(FORMULA_PREFIXES):
-        cell.quotePrefix = True  # Excel keeps it text when the cell is edited
+    if heading:
+        cell.font = _BOLD
+    if risky:
+        cell.data_type = (
+            "s"  # openpyxl would otherwise store "=..." as a formula, "#N/A" as an error
+        )
+        if text.startswith(FORMULA_PREFIXES):
+            cell.quotePrefix = True  # Excel keeps it text when the cell is edited
     return cell
 
 

@@ -12,12 +12,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from . import __version__
-from .audit import AuditOptions, FileSummary, RunSummary, write_audit
+from .audit import UTC_ZONE, AuditOptions, FileSummary, RunSummary, audit_path, write_audit
 from .config import Config
 from .errors import ConfigError
 from .journal import Journal, RunInfo
 from .outcomes import Failed, Issued, Outcome, Skipped, interrupted
 
+SIMULATED_KEY = "simulated"  # the run's meta: True when its passes came from the simulator
+TIMEZONE_SETTING = "pass.timezone"  # the recorded setting the Issued sheet's times are shown in
 UNCONFIRMED = (
     "not confirmed with Graph: a request of unknown fate was sent for this user; the next run "
     "of the sheet checks it with Graph"
@@ -32,7 +34,7 @@ def recover_unfinished(
     for run in journal.unfinished_runs():
         if run.run_id == exclude:
             continue
-        path = rebuild(journal, run, config.output.dir / f"onboard-{run.run_id}.xlsx", options)
+        path = rebuild(journal, run, _own_path(config.output.dir, run), options)
         journal.finish(run.run_id, "recovered", path)
         recovered.append(replace(run, status="recovered", audit_path=str(path)))
     return recovered
@@ -52,11 +54,11 @@ def report(
             f"no run {run_id} in the journal {journal.path}; 'onboard runs' lists them"
         )
     if run.status == "running":  # killed before its audit: this is its audit, values included
-        path = rebuild(journal, run, directory / f"onboard-{run.run_id}.xlsx", options)
+        path = rebuild(journal, run, _own_path(directory, run), options)
         journal.finish(run.run_id, "recovered", path)
         return path, replace(run, status="recovered", audit_path=str(path)), True
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    path = directory / f"onboard-{run.run_id}-rebuilt-{stamp}.xlsx"
+    path = audit_path(directory, f"{run.run_id}-rebuilt-{stamp}", simulated=simulated(run))
     path = rebuild(journal, run, path, options)
     return path, run, False
 
@@ -77,14 +79,30 @@ def rebuild(journal: Journal, run: RunInfo, path: Path, options: AuditOptions) -
         else:
             skipped.append(outcome)
     meta = run.meta
+    summary_settings = [(str(name), value) for name, value in meta["settings"]]
     summary = RunSummary(
         run_id=run.run_id,
         started=run.started,
         finished=run.finished or datetime.now(UTC),
         version=__version__,
         files=[FileSummary(str(p), sha, rows, sheet) for p, sha, rows, sheet in meta["files"]],
-        settings=[tuple(pair) for pair in meta["settings"]],
+        settings=summary_settings,
         status="recovered from the journal" if run.status == "running" else run.status,
-        notes=[("Rebuilt from the journal", datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"))],
+        notes=[("Rebuilt from the journal (UTC)", datetime.now(UTC))],
+        timezone=str(dict(summary_settings).get(TIMEZONE_SETTING, UTC_ZONE)),
+        simulated=simulated(run),
+        # A finished run's values went to its own audit and were wiped from the journal.
+        pass_values=run.status == "running",
     )
     return write_audit(path, summary, issued, failed, skipped, options)
+
+
+def simulated(run: RunInfo) -> bool:
+    """Whether the run issued its passes in the simulator (meta["simulated"]; runs recorded
+    before it was kept: no)."""
+    return bool(run.meta.get(SIMULATED_KEY, False))
+
+
+def _own_path(directory: Path, run: RunInfo) -> Path:
+    """The audit a run killed before writing it gets: the name its own would have had."""
+    return audit_path(directory, run.run_id, simulated=simulated(run))

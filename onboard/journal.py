@@ -750,6 +750,7 @@ def _request(r: PassRequest) -> dict[str, Any]:
         "sheet_value": r.sheet_value,
         "intended_start": r.intended_start.isoformat() if r.intended_start else None,
         "object_id": r.object_id,
+        "extra": [list(pair) for pair in r.extra],
     }
 
 
@@ -766,6 +767,7 @@ def _unrequest(d: dict[str, Any]) -> PassRequest:
         sheet_value=d.get("sheet_value"),  # journals written before it was kept: none
         intended_start=_time(d.get("intended_start")),
         object_id=d.get("object_id"),
+        extra=tuple((str(h), str(v)) for h, v in d.get("extra", ())),  # likewise
     )
 
 

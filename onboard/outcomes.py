@@ -42,6 +42,10 @@ class PassRequest:
     # The person's object id in the directory, where known (a lookup found it, or the sheet
     # names the person by it): the journal ties passes to the person by it, not by a name.
     object_id: str | None = None
+    # The sheet's columns onboard does not use (Manager, Department...), (header, cell as the
+    # sheet shows it) in sheet order: carried to the audit so the passes can be handed out
+    # without the input file.
+    extra: tuple[tuple[str, str], ...] = field(default=(), compare=False, repr=False)
 
     @property
     def start_key(self) -> str:

@@ -24,7 +24,7 @@ import warnings
 import zipfile
 import zlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
@@ -153,6 +153,8 @@ def read_input(
     _check_cells(table, path)
     footer = _footer_start(body, columns, settings)
     result = InputFile(path, digest, sheet, headers, len(body), header_row=top + 1)
+    used = set(columns.values())
+    others = [(i, _clean(h)) for i, h in enumerate(headers) if i not in used and _clean(h)]
     for index, values in enumerate(body):
         origin = Origin(source or path.name, top + index + 2)
         if all(_blank(v) for v in values):
@@ -167,9 +169,35 @@ def read_input(
         outcome = _validate_row(origin, values, columns, headers, defaults, now, settings)
         if isinstance(outcome, Failed):
             result.failed.append(outcome)
+        elif others:
+            result.requests.append(replace(outcome, extra=_extra(values, others)))
         else:
             result.requests.append(outcome)
     return result
+
+
+def _extra(values: Sequence[Any], others: Sequence[tuple[int, str]]) -> tuple[tuple[str, str], ...]:
+    """The row's cells in the columns onboard does not use, (header, text), in sheet order;
+    an empty cell is "" so every row names the same columns."""
+    return tuple((h, _as_shown(values[i]) if i < len(values) else "") for i, h in others)
+
+
+def _as_shown(value: Any) -> str:
+    """A cell as text, the way a spreadsheet shows it: a date without a midnight time, a
+    time of day without zero seconds, TRUE/FALSE, a whole number without ".0"."""
+    if _is_missing(value):
+        return ""
+    if isinstance(value, datetime):
+        if value.time() == time():
+            return value.date().isoformat()
+        return value.isoformat(" ", "seconds" if value.second else "minutes")
+    if isinstance(value, time):
+        return value.isoformat("seconds" if value.second else "minutes")
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, bool):
+        return str(value).upper()
+    return _text(value) or ""
 
 
 def _read_bytes(path: Path, max_mb: float) -> bytes:
