@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, history, job, redact
-from .audit import audit_options, redacted_path, write_problems
+from .audit import SIMULATED, audit_options, redacted_path, write_problems
 from .config import Config, load_config
 from .errors import (
     AuditWriteError,
@@ -338,9 +338,6 @@ def _what_is_kept(exc: OnboardError) -> str:
         f"stopped are kept in the journal: 'onboard report {run_id}' writes them to a workbook "
         "now, or run the same command again once this is fixed."
     )
-
-
-SIMULATED = "SIMULATED: no pass was issued in a tenant"
 
 
 def _print_report(report: job.RunReport, config: Config) -> None:

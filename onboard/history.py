@@ -100,7 +100,7 @@ def rebuild(journal: Journal, run: RunInfo, path: Path, options: AuditOptions) -
 def simulated(run: RunInfo) -> bool:
     """Whether the run issued its passes in the simulator (meta["simulated"]; runs recorded
     before it was kept: no)."""
-    return bool(run.meta.get(SIMULATED_KEY, False))
+    return run.simulated or bool(run.meta.get(SIMULATED_KEY, False))
 
 
 def _own_path(directory: Path, run: RunInfo) -> Path:

@@ -27,7 +27,15 @@ from aiohttp.helpers import get_env_proxy_for_url
 from yarl import URL
 
 from . import __version__
-from .audit import AuditOptions, FileSummary, RunSummary, audit_options, write_audit
+from .audit import (
+    AuditOptions,
+    FileSummary,
+    Note,
+    RunSummary,
+    audit_options,
+    audit_path,
+    write_audit,
+)
 from .auth import MsalTokenProvider, load_credential
 from .checks import existing_passes, find_people, on_conflict, read_policy, within_policy
 from .config import CLOUDS, Config
@@ -56,7 +64,7 @@ from .errors import (
 )
 from .files import private_dir
 from .graph import GraphClient
-from .history import recover_unfinished
+from .history import SIMULATED_KEY, recover_unfinished
 from .journal import (
     RECORD_SQL,
     SENDING_SQL,
@@ -602,7 +610,7 @@ def _start(
     meta = {
         "files": [[str(f.path), f.sha256, f.row_count, f.sheet] for f in files],
         "settings": config.public_settings(),
-        "simulated": tenant.simulated,
+        SIMULATED_KEY: tenant.simulated,
         "tenant": tenant.describe(),
     }
     journal.begin(
@@ -1009,18 +1017,18 @@ async def simulator_for(config: Config) -> AsyncIterator[RunningSimulator]:
         yield running
 
 
-def _rate_notes(rate: RateController | None) -> list[tuple[str, str | int]]:
-    """How close to Graph's limit the run went, for the Summary sheet."""
+def _rate_notes(rate: RateController | None) -> list[Note]:
+    """How close to Graph's limit the run went, for the Summary sheet (numbers as numbers)."""
     if rate is None:
         return [("429 answers", 0)]
     effective = rate.effective_rate
     return [
         ("Requests to Graph", rate.requests),
-        ("Effective rate", "-" if effective is None else f"{effective:.1f} requests/s"),
-        ("Rate ceiling (run.max_rate)", f"{rate.max_rate:g} requests/s"),
+        ("Effective rate", "-" if effective is None else round(effective, 1), "requests/s"),
+        ("Rate ceiling (run.max_rate)", rate.max_rate, "requests/s"),
         ("429 answers", rate.throttles),
         ("Throttle warnings (x-ms-throttle-limit-percentage)", rate.warnings),
-        ("Time paused by Retry-After", f"{rate.paused_seconds:.1f} s"),
+        ("Time paused by Retry-After", round(rate.paused_seconds, 1), "s"),
     ]
 
 
@@ -1037,7 +1045,7 @@ def _finish(
 
     `journal_ok` False: the journal could not be written, so only the workbook is written."""
     report.finished = datetime.now(UTC)
-    notes: list[tuple[str, str | int]] = [
+    notes: list[Note] = [
         ("Tenant", report.tenant.describe() if report.tenant else "-"),
         *report.notes,
         ("Not yet due", report.not_yet_due),
@@ -1053,8 +1061,10 @@ def _finish(
         settings=config.public_settings(),
         status=report.stopped or "completed",
         notes=notes,
+        timezone=config.pass_.timezone,
+        simulated=report.simulated,
     )
-    path = directory / f"onboard-{report.run_id}.xlsx"
+    path = audit_path(directory, report.run_id, simulated=report.simulated)
     try:
         report.audit_path = write_audit(
             path, summary, report.issued, report.failed, report.skipped, options

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from .config import RunSettings
-from .errors import AuthError, GraphError, JournalWriteError, TransientError
+from .errors import AuthError, GraphError, JournalWriteError, ProtocolError, TransientError
 from .graph import CreatedPass, explain
 from .outcomes import (
     Failed,
@@ -148,7 +148,7 @@ async def issue_all(
             exc.code,
             attempts,
             exc.request_id,
-            may_have_pass=unclear is not None or request.prior_attempts > 0,
+            may_have_pass=unclear is not None or request.prior_attempts > 0 or _made(exc),
         )
 
     def answered(request: PassRequest, exc: GraphError) -> None:
@@ -471,6 +471,11 @@ async def confirm(
         else:
             found.replaced.append(item)
     return found
+
+
+def _made(exc: GraphError) -> bool:
+    """A create answered with success but unreadable (too large): the pass may exist."""
+    return isinstance(exc, ProtocolError) and exc.status is not None and 200 <= exc.status < 300
 
 
 def _join(first: str, second: str) -> str:

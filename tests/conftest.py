@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
+from openpyxl import load_workbook
 
 from onboard.simulator import DEFAULT_CLIENT_SECRET, Faults, SimulatorState, SimUser, serve
 
@@ -46,6 +47,20 @@ class Served:
             data.setdefault(section, {}).update(values)
         path.write_text(yaml.safe_dump(data), encoding="utf-8")
         return path
+
+
+def read_audit(path: Path) -> dict[str, list[dict[str, Any]]]:
+    """Every sheet of a workbook as rows of {header: value}: the Issued sheet by its name's
+    start (a simulated run's is "Issued (SIMULATED)"), the Summary without its banner row."""
+    book = load_workbook(path)
+    out: dict[str, list[dict[str, Any]]] = {}
+    for sheet in book.worksheets:
+        rows = list(sheet.iter_rows(values_only=True))
+        if rows and str(rows[0][0] or "").startswith("SIMULATED"):
+            rows = rows[1:]
+        name = sheet.title.split(" (")[0]
+        out[name] = [dict(zip(rows[0], row, strict=False)) for row in rows[1:]] if rows else []
+    return out
 
 
 def users(*names: str, **flags: dict[str, Any]) -> list[SimUser]:

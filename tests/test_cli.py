@@ -9,7 +9,7 @@ from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import users
+from conftest import read_audit, users
 from openpyxl import load_workbook
 
 from onboard.cli import (
@@ -39,16 +39,13 @@ def sheet(tmp_path: Path, extra: str = "") -> Path:
 
 
 def audit_rows(path: Path) -> dict[str, list[dict[str, object]]]:
-    book = load_workbook(path)
-    out = {}
-    for name in ("Issued", "Failed", "Skipped"):
-        rows = list(book[name].iter_rows(values_only=True))
-        out[name] = [dict(zip(rows[0], row, strict=True)) for row in rows[1:]]
-    return out
+    """The Issued, Failed and Skipped sheets' rows."""
+    sheets = read_audit(path)
+    return {name: sheets[name] for name in ("Issued", "Failed", "Skipped")}
 
 
 def latest_audit(directory: Path) -> Path:
-    (path,) = sorted(directory.glob("onboard-*.xlsx"))
+    (path,) = sorted(p for p in directory.glob("onboard-*.xlsx") if "-validate-" not in p.name)
     return path
 
 

@@ -13,7 +13,7 @@ from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import users
+from conftest import read_audit, users
 from openpyxl import load_workbook
 
 from onboard.cli import EXIT_LOCKED, EXIT_OK, EXIT_ROWS_FAILED, EXIT_TERMINATED, main
@@ -34,12 +34,7 @@ def write_sheet(path: Path, rows: list[tuple[str, str]]) -> Path:
 
 
 def audit(path: Path) -> dict[str, list[dict[str, object]]]:
-    book = load_workbook(path)
-    out: dict[str, list[dict[str, object]]] = {}
-    for name in ("Summary", "Issued", "Failed", "Skipped"):
-        rows = list(book[name].iter_rows(values_only=True))
-        out[name] = [dict(zip(rows[0], row, strict=True)) for row in rows[1:]]
-    return out
+    return read_audit(path)
 
 
 def summary(sheets: dict[str, list[dict[str, object]]]) -> dict[object, object]:
