@@ -79,7 +79,9 @@ def start_simulator(scenario: Scenario, work: Path) -> tuple[subprocess.Popen[st
     simulator = {"tenant": None, "latency_ms": scenario.latency_ms}
     if scenario.rate is not None:
         simulator |= {"throttle_rate": scenario.rate, "throttle_burst": scenario.burst}
-    config.write_text(json.dumps({"simulator": simulator}), encoding="utf-8")
+    config.write_text(
+        json.dumps({"graph": {"endpoint": "simulator"}, "simulator": simulator}), encoding="utf-8"
+    )
     process = subprocess.Popen(
         [
             sys.executable,
@@ -303,7 +305,7 @@ def run_onboard(
                 "graph": {"endpoint": url, "ca_bundle": ca},
                 "auth": {"tenant_id": TENANT, "client_id": CLIENT_ID, "authority": url},
                 "run": settings,
-                "pass": {"existing": existing},
+                "pass": {"existing": existing, "timezone": "UTC"},
                 "output": {"dir": str(work / "audit")},
                 "state": {"path": str(work / "state" / "journal.sqlite")},
             }

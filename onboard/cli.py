@@ -11,26 +11,47 @@ Exit codes (documented in the README):
   130  stopped by SIGINT (Ctrl-C); 143 stopped by SIGTERM. After one signal the run finishes
        the requests in flight and writes the audit; after a second it stops at once, and the
        same command resumes it.
+
+`simulate` serves until it is stopped: Ctrl-C (or SIGTERM) is its normal end, exit 0.
+`run` and `validate --online` need a config file (./config.yaml or -c): defaults alone never
+reach a tenant, and never the simulator either.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import sys
 import textwrap
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
+
+from tqdm import tqdm
 
 from . import __version__, history, job, redact
 from .audit import SIMULATED, audit_options, redacted_path, write_problems
-from .config import Config, load_config
+from .config import (
+    AUTH_METHODS,
+    CLOUDS,
+    DEFAULT_CLIENT_SECRET_ENV,
+    EXAMPLE_TIMEZONE,
+    SIMULATOR_TIMEZONE,
+    Config,
+    TenantSetup,
+    client_id_problem,
+    load_config,
+    machine_zone,
+    render_config,
+    tenant_problem,
+    timezone_problem,
+)
 from .errors import (
     AuditWriteError,
     AuthError,
@@ -55,7 +76,16 @@ EXIT_TERMINATED = 143
 SIGNAL_EXIT = {signal.SIGINT: EXIT_INTERRUPTED, signal.SIGTERM: EXIT_TERMINATED}
 DEFAULT_CONFIG = "config.yaml"
 PROGRESS_EVERY_SECONDS = 10.0
+BAR_REFRESH_SECONDS = 1.0  # the bar's clock and rate move even while no row finishes
 SHOW_FAILURES = 20
+NO_CONFIG = (
+    f"no config file: there is no ./{DEFAULT_CONFIG} and no -c FILE, and onboard does not guess "
+    "where passes go. For your tenant, write one with 'onboard init' (it asks for the tenant "
+    "id, client id, credential and time zone). To try onboard without a tenant, give -c a "
+    "config with 'graph.endpoint: simulator', like the config.yaml shipped with onboard"
+)
+
+Ask = Callable[[str], str]  # shows a prompt, returns the answer (input, or a test's fake)
 
 log = logging.getLogger("onboard")
 
@@ -112,17 +142,21 @@ def _parser() -> argparse.ArgumentParser:
         "143 stopped by SIGTERM.",
     )
     parser.add_argument("--version", action="version", version=f"onboard {__version__}")
+    config_help = (
+        f"configuration file (default: ./{DEFAULT_CONFIG}; 'run' and 'validate --online' "
+        "refuse to start without one); before or after the command"
+    )
+    parser.add_argument("-c", "--config", metavar="FILE", help=config_help)
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def common(p: argparse.ArgumentParser, verbose: str = "more log output") -> None:
+        # SUPPRESS: given after the command they count; not given, the subcommand leaves the
+        # value given before it (`onboard -c x.yaml run ...`) alone.
         p.add_argument(
-            "-c",
-            "--config",
-            metavar="FILE",
-            help=f"configuration file (default: ./{DEFAULT_CONFIG} if present, else built-in "
-            "defaults, which use the simulator)",
+            "-c", "--config", metavar="FILE", default=argparse.SUPPRESS, help=config_help
         )
-        p.add_argument("-v", "--verbose", action="count", default=0, help=verbose)
+        p.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help=verbose)
 
     run = commands.add_parser(
         "run",
@@ -202,7 +236,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Serve the Graph simulator over HTTPS on loopback, for trying a config that "
         "points at a URL (as a real tenant would) without a tenant.",
     )
-    simulate.add_argument("--port", type=int, default=8443, help="port (default 8443; 0: any)")
+    simulate.add_argument(
+        "--port", type=_port, default=8443, help="port on 127.0.0.1 (default 8443; 0: any free one)"
+    )
     simulate.add_argument(
         "--cert-dir",
         metavar="DIR",
@@ -211,20 +247,62 @@ def _parser() -> argparse.ArgumentParser:
     )
     common(simulate)
     simulate.set_defaults(handler=_simulate)
+
+    init = commands.add_parser(
+        "init",
+        help="write a commented config.yaml for your tenant",
+        description="Write a config file for a real tenant: every key with its default and a "
+        "comment. On a terminal it asks for what the options do not give; otherwise the "
+        "missing options are an error. It never asks for or writes a secret, and never "
+        "replaces a file unless --force.",
+    )
+    init.add_argument(
+        "path",
+        nargs="?",
+        metavar="PATH",
+        help=f"file (or folder) to write (default ./{DEFAULT_CONFIG})",
+    )
+    init.add_argument("--tenant-id", metavar="ID", help="the tenant's id (GUID) or domain")
+    init.add_argument(
+        "--client-id", metavar="ID", help="the app registration's Application (client) ID"
+    )
+    init.add_argument(
+        "--auth-method", choices=AUTH_METHODS, help="the app's credential (default client_secret)"
+    )
+    init.add_argument(
+        "--certificate-path", metavar="FILE", help="with --auth-method certificate: PEM or PFX"
+    )
+    init.add_argument(
+        "--timezone", metavar="ZONE", help="IANA zone the start dates are in, e.g. Europe/London"
+    )
+    init.add_argument(
+        "--cloud",
+        choices=tuple(CLOUDS),
+        default="global",
+        help="the tenant's cloud (default global)",
+    )
+    init.add_argument("--force", action="store_true", help="replace the file if it exists")
+    init.set_defaults(handler=_init)
     return parser
 
 
-def _load(args: argparse.Namespace) -> Config:
+def _load(args: argparse.Namespace, *, sends: bool = False) -> Config:
+    """The config file given, or ./config.yaml. Without either, only commands that send
+    nothing go on (on the defaults); `sends` (run, validate --online) refuses, saying how to
+    start, so that nothing ever reports a pass from an unchosen tenant or the simulator."""
     path = args.config
     if path is None and Path(DEFAULT_CONFIG).is_file():
         path = DEFAULT_CONFIG
+    if path is None and sends:
+        raise ConfigError(NO_CONFIG)
     return load_config(path, os.environ)
 
 
 class _Progress:
     """A progress bar on a terminal; a plain line every few seconds otherwise (cron)."""
 
-    def __init__(self) -> None:
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stderr
         self.bar: Any = None
         self.total = 0
         self.done = 0
@@ -233,10 +311,8 @@ class _Progress:
 
     def start(self, total: int) -> None:
         self.total = total
-        if sys.stderr.isatty() and total:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, unit="row", file=sys.stderr, dynamic_ncols=True)
+        if self.stream.isatty() and total:
+            self.bar = tqdm(total=total, unit="row", file=self.stream, dynamic_ncols=True)
 
     def __call__(self, outcome: Outcome) -> None:
         self.done += 1
@@ -245,12 +321,33 @@ class _Progress:
             self.bar.update(1)
             self.bar.set_postfix(failed=self.failed, refresh=False)
             return
+        self._line()
+
+    def tick(self) -> None:
+        """Redraw the bar (its clock and rate move while no row finishes, e.g. during a
+        Retry-After pause); off a terminal, the plain line when it is due."""
+        if self.bar is not None:
+            self.bar.refresh()
+        elif self.total:
+            self._line()
+
+    async def keep_fresh(
+        self,
+        every: float = BAR_REFRESH_SECONDS,
+        sleep: Callable[[float], Any] = asyncio.sleep,
+    ) -> None:
+        """tick() every `every` seconds until cancelled."""
+        while True:
+            await sleep(every)
+            self.tick()
+
+    def _line(self) -> None:
         now = time.monotonic()
         if now - self.last >= PROGRESS_EVERY_SECONDS:
             self.last = now
             print(
                 f"progress: {self.done}/{self.total} rows done, {self.failed} failed",
-                file=sys.stderr,
+                file=self.stream,
                 flush=True,
             )
 
@@ -259,8 +356,22 @@ class _Progress:
             self.bar.close()
 
 
+class _AboveTheBar(logging.StreamHandler[TextIO]):
+    """Console log lines written with tqdm.write: a progress bar on the same stream is cleared
+    first and drawn again below the line, rather than the line being glued to the bar's."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            tqdm.write(self.format(record), file=self.stream)
+            self.flush()
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
+
+
 def _run(args: argparse.Namespace) -> int:
-    config = _load(args)
+    config = _load(args, sends=True)
     progress = _Progress()
     out = Path(args.out) if args.out else None
     received: list[signal.Signals] = []
@@ -294,18 +405,22 @@ def _run(args: argparse.Namespace) -> int:
                 loop.add_signal_handler(signum, on_signal, signum)
             except NotImplementedError:  # Windows: Ctrl-C stops at once; the journal resumes
                 break
-        return await job.run(
-            config,
-            args.inputs,
-            env=os.environ,
-            out_dir=out,
-            on_outcome=progress,
-            on_start=progress.start,
-            stop=stop,
-            reissue=args.reissue,
-            reissue_users=args.reissue_user,
-            due_within_days=args.due_within,
-        )
+        ticker = asyncio.create_task(progress.keep_fresh())
+        try:
+            return await job.run(
+                config,
+                args.inputs,
+                env=os.environ,
+                out_dir=out,
+                on_outcome=progress,
+                on_start=progress.start,
+                stop=stop,
+                reissue=args.reissue,
+                reissue_users=args.reissue_user,
+                due_within_days=args.due_within,
+            )
+        finally:
+            ticker.cancel()
 
     try:
         report = asyncio.run(run_until_signalled())
@@ -396,7 +511,7 @@ def _print_protection(config: Config, path: Path) -> None:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    config = _load(args)
+    config = _load(args, sends=args.online)
     found = asyncio.run(job.validate(config, args.inputs, env=os.environ, online=args.online))
     for file in found.files:
         sheet = f", sheet '{printable(file.sheet)}'" if file.sheet else ""
@@ -461,11 +576,34 @@ def _simulate(args: argparse.Namespace) -> int:
     config = _load(args)
     cert_dir = Path(args.cert_dir).resolve()
 
-    async def serve_forever() -> None:
+    async def serve_until_stopped() -> str | None:
+        """Serve until SIGINT or SIGTERM; the reason it could not start, if it could not."""
         from .simulator import DEFAULT_CLIENT_SECRET, serve
 
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in SIGNAL_EXIT:
+            try:
+                loop.add_signal_handler(signum, stop.set)
+            except NotImplementedError:  # Windows: Ctrl-C raises KeyboardInterrupt instead
+                break
         state = job.simulator_state(config)
-        async with serve(state, port=args.port, cert_dir=cert_dir) as running:
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                running = await stack.enter_async_context(
+                    serve(state, port=args.port, cert_dir=cert_dir)
+                )
+            except OSError as exc:
+                reason = os.strerror(exc.errno) if exc.errno else str(exc)
+                if exc.filename is not None:
+                    return (
+                        f"cannot write the simulator's certificates into {cert_dir}: {reason}; "
+                        "choose another folder with --cert-dir"
+                    )
+                return (
+                    f"cannot serve the simulator on 127.0.0.1 port {args.port}: {reason}; "
+                    "choose another with --port (0: any free port)"
+                )
             print(f"Graph simulator listening on {running.url} (Ctrl-C to stop)")
             print("point a config at it with:")
             print(f"  graph:\n    endpoint: {running.url}\n    ca_bundle: {running.ca_file}")
@@ -473,15 +611,208 @@ def _simulate(args: argparse.Namespace) -> int:
                 f"  auth:\n    authority: {running.url}\n    tenant_id: {job.SIMULATOR_TENANT}"
                 f"\n    client_id: {job.SIMULATOR_CLIENT_ID}"
             )
+            # A URL is a real tenant to the config: it must choose its time zone.
+            print(f"  pass:\n    timezone: {SIMULATOR_TIMEZONE}")
             print(
                 f"and the demo client secret: export {config.auth.client_secret.env}="
                 f"{DEFAULT_CLIENT_SECRET}",
                 flush=True,
             )
-            await asyncio.Event().wait()
+            await stop.wait()
+        return None
 
-    asyncio.run(serve_forever())
+    try:
+        problem = asyncio.run(serve_until_stopped())
+    except KeyboardInterrupt:  # Windows' Ctrl-C
+        problem = None
+    if problem is not None:
+        print(f"onboard: {problem}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    # Stopping is how a simulator ends: a normal end, not an interrupted job.
+    print("simulator stopped", file=sys.stderr)
     return EXIT_OK
+
+
+def _init(args: argparse.Namespace, ask: Ask | None = None) -> int:
+    """Write a commented config file for a real tenant. `ask` prompts for what the options
+    did not give (by default `input`, when stdin and stdout are a terminal); without it the
+    missing options are an error. Nothing is written unless every value is valid."""
+    if ask is None and sys.stdin.isatty() and sys.stdout.isatty():
+        ask = input
+    if args.path and args.config and Path(args.path) != Path(args.config):
+        return _refused(f"give the file to write once: PATH ({args.path}) or -c ({args.config})")
+    path = Path(args.path or args.config or DEFAULT_CONFIG)
+    if path.is_dir():
+        path = path / DEFAULT_CONFIG
+    if path.exists() and not args.force:
+        return _refused(f"{path} already exists: nothing was written (--force replaces it)")
+    for flag, value, check in (
+        ("--tenant-id", args.tenant_id, tenant_problem),
+        ("--client-id", args.client_id, client_id_problem),
+        ("--timezone", args.timezone, timezone_problem),
+        ("--certificate-path", args.certificate_path, _path_problem),
+    ):
+        problem = None if value is None else check(value)
+        if problem is not None:
+            return _refused(f"{flag}: {problem}")
+    try:
+        setup = _setup(args, ask)
+    except _Missing as missing:
+        hint = ""
+        if "--timezone" in missing.flags:
+            zone = machine_zone(os.environ)
+            hint = f" (this machine's zone: {zone})" if zone else f" (e.g. {EXAMPLE_TIMEZONE})"
+        return _refused(
+            f"not on a terminal, so nothing can be asked: give {' and '.join(missing.flags)}"
+            f"{hint}; nothing was written"
+        )
+    except EOFError:
+        return _refused("no answer: nothing was written")
+    except KeyboardInterrupt:
+        print("\nonboard: init stopped: nothing was written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    text = render_config(setup)
+    try:
+        with path.open("w" if args.force else "x", encoding="utf-8") as file:
+            file.write(text)
+    except FileExistsError:  # created since the check above
+        return _refused(f"{path} already exists: nothing was written (--force replaces it)")
+    except OSError as exc:
+        return _refused(f"cannot write {path}: {exc.strerror}")
+    app = f"app {setup.client_id}" if setup.client_id else "system-assigned managed identity"
+    print(
+        f"wrote {path}: tenant {setup.tenant_id}, {app}, {setup.method}, "
+        f"start dates in {setup.timezone}"
+    )
+    print("next steps:")
+    if setup.method == "managed_identity":
+        print(
+            "  1. grant the managed identity the Microsoft Graph application permission "
+            'UserAuthenticationMethod.ReadWrite.All (README: "Connecting to a real tenant")'
+        )
+        print("  2. run onboard on the Azure machine that holds the identity")
+    else:
+        print(
+            "  1. grant the app the Microsoft Graph application permission "
+            "UserAuthenticationMethod.ReadWrite.All, with admin consent (README: "
+            '"Connecting to a real tenant")'
+        )
+        if setup.method == "certificate":
+            print(
+                "  2. upload the certificate's public part to the app registration; if its "
+                "key has a password, name its variable in auth.certificate_password_env"
+            )
+        else:
+            print(
+                f"  2. export {DEFAULT_CLIENT_SECRET_ENV}='<the client secret's Value>' (it is "
+                "never written into the file; or set auth.client_secret_file)"
+            )
+    given = "" if path.resolve() == Path(DEFAULT_CONFIG).resolve() else f" -c {path}"
+    print(
+        f"  3. onboard validate --online HIRES.xlsx{given}   (signs in and checks the sheet; "
+        "creates nothing)"
+    )
+    return EXIT_OK
+
+
+class _Missing(Exception):
+    """Values init needs that no option gave and nobody can be asked for."""
+
+    def __init__(self, flags: list[str]) -> None:
+        super().__init__(", ".join(flags))
+        self.flags = flags
+
+
+def _setup(args: argparse.Namespace, ask: Ask | None) -> TenantSetup:
+    """The options, and the answers to what they left out (or _Missing without `ask`)."""
+    method = args.auth_method
+    if ask is None:
+        method = method or "client_secret"
+        needed = [
+            ("--tenant-id", args.tenant_id is None),
+            ("--client-id", args.client_id is None and method != "managed_identity"),
+            ("--certificate-path", args.certificate_path is None and method == "certificate"),
+            ("--timezone", args.timezone is None),
+        ]
+        missing = [flag for flag, absent in needed if absent]
+        if missing:
+            raise _Missing(missing)
+        certificate = args.certificate_path if method == "certificate" else None
+        return TenantSetup(
+            args.tenant_id, args.client_id, args.timezone, method, certificate, args.cloud
+        )
+    tenant = args.tenant_id or _prompt(
+        ask, "tenant id (GUID) or domain, e.g. contoso.onmicrosoft.com", tenant_problem
+    )
+    method = method or _prompt(
+        ask, f"credential: {' | '.join(AUTH_METHODS)}", _method_problem, "client_secret"
+    )
+    client = args.client_id
+    if client is None and method == "managed_identity":
+        client = _prompt(
+            ask,
+            "client id of a user-assigned identity (empty: a system-assigned one)",
+            client_id_problem,
+            optional=True,
+        )
+    elif client is None:
+        client = _prompt(ask, "the app's Application (client) ID", client_id_problem)
+    certificate = args.certificate_path
+    if certificate is None and method == "certificate":
+        certificate = _prompt(ask, "certificate file (PEM with its key, or PFX)", _path_problem)
+    zone = args.timezone or _prompt(
+        ask,
+        "time zone of the start dates (IANA)",
+        timezone_problem,
+        machine_zone(os.environ) or EXAMPLE_TIMEZONE,
+    )
+    return TenantSetup(
+        str(tenant),
+        client,
+        str(zone),
+        str(method),
+        certificate if method == "certificate" else None,
+        args.cloud,
+    )
+
+
+def _prompt(
+    ask: Ask,
+    question: str,
+    check: Callable[[str], str | None],
+    default: str | None = None,
+    *,
+    optional: bool = False,
+) -> str | None:
+    """Ask until the answer passes `check`; empty means `default` (or None when optional)."""
+    while True:
+        answer = ask(f"{question}{f' [{default}]' if default else ''}: ").strip() or default
+        if answer is None:
+            if optional:
+                return None
+            print("  an answer is needed")
+            continue
+        problem = check(answer)
+        if problem is None:
+            return answer
+        print(f"  {problem}")
+
+
+def _method_problem(method: str) -> str | None:
+    return None if method in AUTH_METHODS else f"one of {', '.join(AUTH_METHODS)}, please"
+
+
+def _path_problem(path: str) -> str | None:
+    if not path.isprintable():
+        return "a file name without control characters, please"
+    if not Path(path).expanduser().is_file():
+        return f"{path} is not a file"
+    return None
+
+
+def _refused(message: str) -> int:
+    print(f"onboard: {message}", file=sys.stderr)
+    return EXIT_BAD_INPUT
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -553,6 +884,16 @@ def _tenant_cell(run: RunInfo) -> str:
     return f"SIMULATED ({run.tenant_shown})" if run.simulated else run.tenant_shown
 
 
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError("must be between 0 and 65535 (0: any free port)")
+    return port
+
+
 def _days(text: str) -> int:
     try:
         days = int(text)
@@ -573,7 +914,7 @@ def _setup_logging(verbosity: int, log_file: str | None = None) -> None:
         "%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%SZ"
     )
     formatter.converter = time.gmtime  # UTC, like the audit workbook
-    handler: logging.Handler = logging.StreamHandler(sys.stderr)
+    handler: logging.Handler = _AboveTheBar(sys.stderr)
     handler.setFormatter(formatter)
     handlers = [handler]
     if log_file:

@@ -4,17 +4,29 @@ Every scalar key can be overridden by an environment variable named
 ``ONBOARD_<SECTION>_<KEY>`` in upper case, e.g. ``ONBOARD_AUTH_TENANT_ID`` or
 ``ONBOARD_RUN_CONCURRENCY``; the value is read as YAML (so ``8``, ``true``, ``null`` work).
 Secrets never live here: only the *names* of the variables or files that hold them.
+
+The defaults describe a real tenant: ``graph.endpoint`` null means the cloud's Graph root, and
+only ``graph.endpoint: simulator`` uses the built-in simulator. A config file for a real tenant
+must name the tenant, the app and the time zone of the start dates (`pass.timezone`): nothing
+about a real tenant is guessed. Without a file (``load_config(None)``) the defaults name no
+tenant: enough to read and check a sheet, list runs or serve the simulator, never to send.
+
+YAML is read by a SafeLoader that refuses anchors and aliases (an alias bomb expands a few
+hundred bytes into gigabytes) and duplicate keys (a second ``pass:`` would silently replace
+the first), in the file and in every ONBOARD_* value.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import ipaddress
 import logging
 import os
 import re
 import ssl
 import stat
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import time
 from pathlib import Path
@@ -22,6 +34,7 @@ from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import jinja2
 import yaml
 
 from . import redact
@@ -49,6 +62,11 @@ DEFAULT_MAX_MB = 200
 MIN_LIFETIME_MINUTES = 10
 MAX_LIFETIME_MINUTES = 43200
 SIMULATOR = "simulator"
+# With the simulator (or no config file at all), a pass.timezone left unset means UTC; a real
+# tenant must choose its zone.
+SIMULATOR_TIMEZONE = "UTC"
+EXAMPLE_TIMEZONE = "Europe/London"  # suggested when this machine's own zone cannot be told
+DEFAULT_CLIENT_SECRET_ENV = "ONBOARD_CLIENT_SECRET"  # noqa: S105 (a variable's name)
 ENV_PREFIX = "ONBOARD_"
 
 
@@ -83,12 +101,13 @@ DATE_ORDERS = ("DMY", "MDY", "YMD")
 EXISTING = ("skip", "replace")
 
 _DEFAULTS: dict[str, dict[str, Any]] = {
-    "graph": {"endpoint": SIMULATOR, "cloud": "global", "api_version": "v1.0", "ca_bundle": None},
+    # endpoint null: the cloud's Graph root. Only an explicit "simulator" simulates.
+    "graph": {"endpoint": None, "cloud": "global", "api_version": "v1.0", "ca_bundle": None},
     "auth": {
         "tenant_id": None,
         "client_id": None,
         "method": "client_secret",
-        "client_secret_env": "ONBOARD_CLIENT_SECRET",
+        "client_secret_env": DEFAULT_CLIENT_SECRET_ENV,
         "client_secret_file": None,
         "client_secret": None,
         "certificate_path": None,
@@ -109,7 +128,7 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
         "lifetime_minutes": DEFAULT_LIFETIME_MINUTES,
         "usable_once": True,
         "start_time": DEFAULT_START_TIME,
-        "timezone": "UTC",
+        "timezone": None,  # required for a real tenant; SIMULATOR_TIMEZONE with the simulator
         "existing": "skip",
     },
     "run": {
@@ -144,7 +163,7 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
     },
 }
 
-_AUTH_METHODS = ("client_secret", "certificate", "managed_identity")
+AUTH_METHODS = ("client_secret", "certificate", "managed_identity")
 # Keys that hold a secret inline: allowed only in an owner-only config file, never from ONBOARD_*.
 INLINE_SECRETS = (
     ("auth", "client_secret"),
@@ -158,7 +177,7 @@ _DOMAIN = re.compile(r"^[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
 
 @dataclass(frozen=True, slots=True)
 class GraphSettings:
-    endpoint: str = SIMULATOR
+    endpoint: str = CLOUDS["global"].graph_root
     cloud: str = "global"
     api_version: str = "v1.0"
     ca_bundle: Path | None = None
@@ -231,7 +250,7 @@ class AuthSettings:
     tenant_id: str | None = None
     client_id: str | None = None
     method: str = "client_secret"
-    client_secret: Secret = Secret("auth.client_secret", env="ONBOARD_CLIENT_SECRET")
+    client_secret: Secret = Secret("auth.client_secret", env=DEFAULT_CLIENT_SECRET_ENV)
     certificate_path: Path | None = None
     certificate_password: Secret = Secret("auth.certificate_password")
     authority: str | None = None
@@ -257,7 +276,7 @@ class PassSettings:
     lifetime_minutes: int = DEFAULT_LIFETIME_MINUTES
     usable_once: bool = True
     start_time: time = time(8, 0)
-    timezone: str = "UTC"
+    timezone: str = SIMULATOR_TIMEZONE
     existing: str = "skip"  # a user who holds a usable pass: skip the row, or replace the pass
 
     @property
@@ -342,8 +361,74 @@ class Config:
         return rows
 
 
+class _Refused(yaml.MarkedYAMLError):
+    """YAML that is valid but refused: an anchor, an alias, or a key given twice. `problem`
+    says what and on which line."""
+
+
+def _refuse(what: str, mark: Any) -> _Refused:
+    return _Refused(
+        problem=f"{what} on line {mark.line + 1}: anchors and aliases are not allowed here",
+        problem_mark=mark,
+    )
+
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class StrictLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader, refusing anchors and aliases (checked as each node is composed,
+    before anything is built, so an alias bomb never expands) and keys given twice."""
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        event = self.peek_event()  # type: ignore[no-untyped-call]
+        mark = event.start_mark
+        if isinstance(event, yaml.AliasEvent):
+            raise _refuse(f"an alias (*{event.anchor})", mark)
+        if getattr(event, "anchor", None) is not None:
+            raise _refuse(f"an anchor (&{event.anchor})", mark)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Hashable, yaml.Node] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == _MERGE_TAG:
+                continue  # not a name (the settings checks refuse it), or a literal '<<:' merge
+            key = self.construct_object(key_node)
+            if key in seen:
+                raise _Refused(
+                    problem=f"'{key}' is given twice, on line {seen[key].start_mark.line + 1} "
+                    f"and on line {key_node.start_mark.line + 1}: keep one",
+                    problem_mark=key_node.start_mark,
+                )
+            seen[key] = key_node
+        return super().construct_mapping(node, deep)
+
+
+def _yaml_error(exc: yaml.YAMLError, where: str) -> ConfigError:
+    """Only the problem and where it is: PyYAML's own message quotes the line, which may hold
+    an inline secret."""
+    problem = getattr(exc, "problem", None) or "cannot be parsed"
+    if isinstance(exc, _Refused):
+        return ConfigError(f"{where}: {problem}")
+    mark = getattr(exc, "problem_mark", None)
+    at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+    return ConfigError(f"{where} is not valid YAML: {problem}{at}")
+
+
+def read_yaml(text: str, where: str) -> Any:
+    """`text` read as YAML by StrictLoader; a ConfigError naming `where` and the line if not."""
+    try:
+        return yaml.load(text, Loader=StrictLoader)  # noqa: S506 (StrictLoader is a SafeLoader)
+    except yaml.YAMLError as exc:
+        raise _yaml_error(exc, where) from None
+
+
 def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -> Config:
-    """Read config.yaml (or only defaults when path is None) and apply ONBOARD_* overrides."""
+    """Read config.yaml (or only defaults when path is None) and apply ONBOARD_* overrides.
+
+    With a file for a real tenant (graph.endpoint not "simulator"), auth.tenant_id,
+    auth.client_id (but for a managed identity) and pass.timezone are required."""
     env = env or {}
     raw: dict[str, Any] = {}
     base = Path.cwd()
@@ -352,17 +437,10 @@ def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -
         source = Path(path)
         try:
             text = source.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"cannot read config file {source}: {exc.strerror}") from None
-        try:
-            loaded = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            # Only the problem and where: PyYAML's message quotes the line, which may hold an
-            # inline secret.
-            mark = getattr(exc, "problem_mark", None)
-            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-            problem = getattr(exc, "problem", None) or "cannot be parsed"
-            raise ConfigError(f"{source} is not valid YAML: {problem}{where}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or "not UTF-8 text"
+            raise ConfigError(f"cannot read config file {source}: {reason}") from None
+        loaded = read_yaml(text, str(source))
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
@@ -372,7 +450,7 @@ def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -
         _check_inline_secrets(raw, source)
     merged = _merge(raw, source)
     overrides = _apply_env(merged, env)
-    return _build(merged, base, source, overrides)
+    return _build(merged, base, source, overrides, env)
 
 
 def _merge(raw: dict[str, Any], source: Path | None) -> dict[str, dict[str, Any]]:
@@ -429,10 +507,7 @@ def _apply_env(
             known.add(name)
             if name in env:
                 overrides[(section, key)] = name
-                try:
-                    values[key] = yaml.safe_load(env[name])
-                except yaml.YAMLError:
-                    values[key] = env[name]
+                values[key] = _env_value(name, env[name])
     secrets = {merged[section][f"{key}_env"] for section, key in INLINE_SECRETS}
     prefixes = tuple(f"{ENV_PREFIX}{section.upper()}_" for section in merged)
     for name in env:
@@ -454,6 +529,17 @@ def _apply_env(
     return overrides
 
 
+def _env_value(name: str, text: str) -> Any:
+    """An ONBOARD_* value read as YAML; text that is not YAML is taken as it is, but an anchor,
+    an alias or a key given twice is refused, naming the variable."""
+    try:
+        return yaml.load(text, Loader=StrictLoader)  # noqa: S506 (StrictLoader is a SafeLoader)
+    except _Refused as exc:
+        raise _yaml_error(exc, f"environment variable {name}") from None
+    except yaml.YAMLError:
+        return text
+
+
 def env_override_names() -> list[str]:
     """Every ONBOARD_* variable that overrides a config key (for the docs and tests)."""
     return [
@@ -464,11 +550,79 @@ def env_override_names() -> list[str]:
     ]
 
 
+def config_keys() -> list[str]:
+    """Every key a config file can set, dotted (``input.columns.user`` for each column list)."""
+    return [
+        f"{section}.{key}.{column}" if isinstance(value, dict) else f"{section}.{key}"
+        for section, values in _DEFAULTS.items()
+        for key, value in values.items()
+        for column in (value if isinstance(value, dict) else [None])
+    ]
+
+
+def default_value(key: str) -> Any:
+    """The default of a dotted key, as config_keys() names it."""
+    value: Any = _DEFAULTS
+    for part in key.split("."):
+        value = value[part]
+    return copy.deepcopy(value)
+
+
+INIT_TEMPLATE = "config.yaml.j2"
+
+
+@dataclass(frozen=True, slots=True)
+class TenantSetup:
+    """What `onboard init` writes for a real tenant; every other key keeps its default."""
+
+    tenant_id: str
+    client_id: str | None  # None only for a system-assigned managed identity
+    timezone: str
+    method: str = "client_secret"
+    certificate_path: str | None = None
+    cloud: str = "global"
+
+
+def render_config(setup: TenantSetup) -> str:
+    """A commented config.yaml for a real tenant, from the template shipped in the package:
+    every key, with its default (or the setup's value) and a one-line comment. It names where
+    the secret comes from, never the secret."""
+    values = copy.deepcopy(_DEFAULTS)
+    values["graph"]["cloud"] = setup.cloud
+    values["auth"].update(
+        tenant_id=setup.tenant_id,
+        client_id=setup.client_id,
+        method=setup.method,
+        certificate_path=setup.certificate_path,
+    )
+    values["pass"]["timezone"] = setup.timezone
+    environment = jinja2.Environment(  # noqa: S701 (YAML, not HTML: values go through |yaml)
+        loader=jinja2.PackageLoader("onboard", "templates"),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    environment.filters["yaml"] = yaml_scalar
+    template = environment.get_template(INIT_TEMPLATE)
+    return template.render(c=values, setup=setup, clouds=CLOUDS, cloud=CLOUDS[setup.cloud])
+
+
+def yaml_scalar(value: Any) -> str:
+    """`value` as YAML on one line: quoted where YAML would misread it ('8:00'), lists in
+    brackets, None as null, whole numbers without '.0'."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # 60, as a person writes it, not 60.0
+    text = yaml.safe_dump(value, default_flow_style=True, width=2**16, allow_unicode=True)
+    return text.removesuffix("\n...\n").strip()
+
+
 def _build(
     m: dict[str, dict[str, Any]],
     base: Path,
     source: Path | None,
     overrides: dict[tuple[str, str], str],
+    env: Mapping[str, str],
 ) -> Config:
     where = str(source or "config")
 
@@ -544,27 +698,23 @@ def _build(
     if ca_bundle is not None:
         _check_ca_bundle(ca_bundle, at("graph", "ca_bundle"))
     graph = GraphSettings(endpoint, cloud, api_version, ca_bundle)
+    # A file for a real tenant must say which; without a file nothing can be sent (the CLI
+    # refuses), and the defaults serve to read sheets, list runs and serve the simulator.
+    tenant_required = source is not None and not graph.is_simulator
 
     a = m["auth"]
     method = str(a["method"])
-    if method not in _AUTH_METHODS:
+    if method not in AUTH_METHODS:
         raise ConfigError(
             f"{at('auth', 'method')}: auth.method must be one of "
-            f"{', '.join(_AUTH_METHODS)}, got {method!r}"
+            f"{', '.join(AUTH_METHODS)}, got {method!r}"
         )
     tenant = None if a["tenant_id"] in (None, "") else str(a["tenant_id"]).strip()
     client = None if a["client_id"] in (None, "") else str(a["client_id"]).strip()
     if tenant is not None:
-        if tenant.lower() in _UNSAFE_TENANTS:
-            raise ConfigError(
-                f"{at('auth', 'tenant_id')}: auth.tenant_id must be your tenant's id or "
-                f"domain, not '{tenant}'"
-            )
-        if not (_GUID.match(tenant) or _DOMAIN.match(tenant)):
-            raise ConfigError(
-                f"{at('auth', 'tenant_id')}: auth.tenant_id {tenant!r} is neither a GUID "
-                "nor a domain name"
-            )
+        problem = tenant_problem(tenant)
+        if problem is not None:
+            raise ConfigError(f"{at('auth', 'tenant_id')}: auth.tenant_id {problem}")
     authority = a["authority"]
     if authority not in (None, ""):
         authority = str(authority).rstrip("/")
@@ -589,12 +739,12 @@ def _build(
         tenant_id=tenant,
         client_id=client,
         method=method,
-        client_secret=secret("auth", "client_secret", "ONBOARD_CLIENT_SECRET"),
+        client_secret=secret("auth", "client_secret", DEFAULT_CLIENT_SECRET_ENV),
         certificate_path=path_or_none(a["certificate_path"]),
         certificate_password=secret("auth", "certificate_password"),
         authority=authority,
     )
-    if not graph.is_simulator:
+    if tenant_required:
         if tenant is None:
             raise ConfigError(
                 f"{at('auth', 'tenant_id')}: auth.tenant_id is required for a real tenant"
@@ -625,14 +775,20 @@ def _build(
 
     p = m["pass"]
     start_time = _parse_time(p["start_time"], at("pass", "start_time"))
-    zone = str(p["timezone"])
-    try:
-        ZoneInfo(zone)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ConfigError(
-            f"{at('pass', 'timezone')}: pass.timezone {zone!r} is not an IANA time zone "
-            "(e.g. Europe/London)"
-        ) from None
+    if p["timezone"] in (None, ""):
+        if tenant_required:
+            mine = machine_zone(env)
+            suggestion = f"{mine} (this machine's zone)" if mine else EXAMPLE_TIMEZONE
+            raise ConfigError(
+                f"{at('pass', 'timezone')}: pass.timezone is not set: for a real tenant, set "
+                f"the IANA time zone the start dates are in, e.g. timezone: {suggestion}"
+            )
+        zone = SIMULATOR_TIMEZONE
+    else:
+        zone = str(p["timezone"]).strip()
+    problem = timezone_problem(zone)
+    if problem is not None:
+        raise ConfigError(f"{at('pass', 'timezone')}: pass.timezone {problem}")
     pass_ = PassSettings(
         lifetime_minutes=number(
             "pass", "lifetime_minutes", int, MIN_LIFETIME_MINUTES, MAX_LIFETIME_MINUTES
@@ -679,6 +835,45 @@ def _build(
     )
     state = StateSettings(path_or_none(m["state"]["path"]) or base / DEFAULT_STATE_PATH)
     return Config(graph, auth, inp, pass_, run, output, simulator, state, source)
+
+
+def tenant_problem(tenant: str) -> str | None:
+    """Why `tenant` cannot be auth.tenant_id (None if it can): a GUID or a domain name."""
+    if tenant.lower() in _UNSAFE_TENANTS:
+        return f"must be your tenant's id or domain, not '{tenant}'"
+    if not (_GUID.match(tenant) or _DOMAIN.match(tenant)):
+        return f"{tenant!r} is neither a GUID nor a domain name"
+    return None
+
+
+def client_id_problem(client: str) -> str | None:
+    """Why `client` cannot be an app registration's client id (None if it can)."""
+    if not _GUID.match(client):
+        return f"{client!r} is not a GUID (the app's Application (client) ID)"
+    return None
+
+
+def timezone_problem(zone: str) -> str | None:
+    """Why `zone` cannot be pass.timezone (None if it can): an IANA name this machine knows."""
+    try:
+        ZoneInfo(zone)
+    except (ZoneInfoNotFoundError, ValueError):
+        return f"{zone!r} is not an IANA time zone (e.g. {EXAMPLE_TIMEZONE})"
+    return None
+
+
+def machine_zone(environ: Mapping[str, str], etc: Path = Path("/etc")) -> str | None:
+    """This machine's IANA time zone, to suggest (never to use unasked): from TZ,
+    /etc/timezone, or the zone file /etc/localtime links to. None when none of them tells."""
+    found: list[str] = []
+    tz = environ.get("TZ", "").lstrip(":")  # ":Europe/Paris" and a zone file's path mean it too
+    if tz:
+        found.append(tz.rpartition("zoneinfo/")[2])
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        found.append((etc / "timezone").read_text(encoding="utf-8").strip())
+    with contextlib.suppress(OSError):  # not a link (a copy of the zone file), or absent
+        found.append(os.readlink(etc / "localtime").rpartition("zoneinfo/")[2])
+    return next((zone for zone in found if zone and timezone_problem(zone) is None), None)
 
 
 def _check_ca_bundle(path: Path, where: str) -> None:

@@ -215,10 +215,11 @@ def _read_bytes(path: Path, max_mb: float) -> bytes:
         raise InputFileError("is a directory, not a spreadsheet", path=str(path)) from None
     except OSError as exc:
         raise InputFileError(f"cannot read: {exc.strerror}", path=str(path)) from None
+    if stat.S_ISDIR(os.fstat(fd).st_mode):  # before fdopen, which refuses a directory itself
+        os.close(fd)
+        raise InputFileError("is a directory, not a spreadsheet", path=str(path))
     with os.fdopen(fd, "rb") as handle:
         info = os.fstat(fd)
-        if stat.S_ISDIR(info.st_mode):
-            raise InputFileError("is a directory, not a spreadsheet", path=str(path))
         if not stat.S_ISREG(info.st_mode):
             raise InputFileError("is not a regular file (a device or a pipe?)", path=str(path))
         try:

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
+import logging
 import os
+import re
+import signal
+import socket
 import subprocess
 import sys
+import textwrap
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -19,11 +26,14 @@ from onboard.cli import (
     EXIT_OK,
     EXIT_ROWS_FAILED,
     _parser,
+    _Progress,
+    _setup_logging,
     main,
 )
 from onboard.simulator import Faults, SimulatorState
 
 ROOT = Path(__file__).resolve().parent.parent
+SIM = "graph:\n  endpoint: simulator\n"
 GOOD = [f"hire{n:02d}@contoso.com" for n in range(40)]
 
 
@@ -189,7 +199,7 @@ def test_every_command_has_help() -> None:
     """Each subcommand documents itself."""
     parser = _parser()
     commands = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
-    assert set(commands) == {"run", "validate", "simulate", "report", "runs"}
+    assert set(commands) == {"run", "validate", "simulate", "report", "runs", "init"}
     for name, sub in commands.items():
         assert sub.description, name
         assert all(a.help for a in sub._actions if a.dest != "help"), name
@@ -225,19 +235,15 @@ def test_simulate_serves_a_tenant_a_config_can_point_at(
     )
     try:
         assert server.stdout is not None
-        lines = [server.stdout.readline() for _ in range(10)]
+        lines = [server.stdout.readline() for _ in range(12)]
         printed = "".join(lines)
+        assert lines[-1].startswith("and the demo client secret: export ONBOARD_CLIENT_SECRET=")
         url = next(line.split()[-1] for line in lines if "endpoint:" in line)
-        ca = next(line.split()[-1] for line in lines if "ca_bundle:" in line)
-        assert url.startswith("https://127.0.0.1:") and "export ONBOARD_CLIENT_SECRET=" in printed
-        config = tmp_path / "url.yaml"
-        config.write_text(
-            f"graph:\n  endpoint: {url}\n  ca_bundle: {ca}\n"
-            f"auth:\n  authority: {url}\n  tenant_id: contoso.onmicrosoft.com\n"
-            "  client_id: 00000000-0000-0000-0000-0000000000aa\n"
-            f"output:\n  dir: {tmp_path / 'audit'}\n"
-            "run:\n  backoff_seconds: 0.01\n"
-        )
+        assert url.startswith("https://127.0.0.1:")
+        block = printed.split("point a config at it with:\n")[1].split("and the demo")[0]
+        config = tmp_path / "url.yaml"  # the printed lines, as they are, and two of our own
+        config.write_text(textwrap.dedent(block) + f"output:\n  dir: {tmp_path / 'audit'}\n"
+                          "run:\n  backoff_seconds: 0.01\n")
         monkeypatch.setenv("ONBOARD_CLIENT_SECRET", "simulator-secret")
         code = main(["run", str(ROOT / "samples" / "new_hires.csv"), "-c", str(config)])
         out = capsys.readouterr().out
@@ -296,9 +302,10 @@ def test_internal_error_still_writes_the_audit(
 
 
 def test_same_file_twice_and_same_names_in_two_folders(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The same file given twice is refused; two files with one name are told apart by path."""
+    monkeypatch.chdir(tmp_path)  # the problems workbook goes to ./audit: here, not the checkout
     first = sheet(tmp_path)
     assert main(["validate", str(first), str(first)]) == EXIT_BAD_INPUT
     assert "has the same content as" in capsys.readouterr().err
@@ -308,3 +315,124 @@ def test_same_file_twice_and_same_names_in_two_folders(
     assert main(["validate", str(first), str(other / "hires.csv")]) == EXIT_OK
     out = capsys.readouterr().out
     assert f"{other / 'hires.csv'}: 1 rows" in out or f"{other / 'hires.csv'}: 1 row" in out
+
+
+def test_run_and_validate_online_refuse_without_a_config_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No ./config.yaml and no -c: run and validate --online exit 2 saying how to start,
+    instead of reporting simulated passes; validate (offline) still checks the sheet."""
+    monkeypatch.chdir(tmp_path)
+    path = sheet(tmp_path)
+    for args in (["run", str(path)], ["validate", "--online", str(path)]):
+        assert main(args) == EXIT_BAD_INPUT
+        err = capsys.readouterr().err
+        assert "no config file" in err and "'onboard init'" in err
+        assert "'graph.endpoint: simulator'" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hires.csv"]  # no audit, no journal
+    assert main(["validate", str(path)]) == EXIT_OK
+
+
+def test_config_option_before_or_after_the_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`onboard -c FILE validate ...` uses FILE, as `onboard validate ... -c FILE` does."""
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "people.yaml"
+    config.write_text(SIM + "input:\n  columns:\n    user: [Person]\n")
+    hires = tmp_path / "hires.csv"
+    hires.write_text(f"Person,Start Date\nada@contoso.com,{SOON[0]}\n")
+    assert main(["-c", str(config), "validate", str(hires)]) == EXIT_OK
+    assert main(["validate", str(hires), "-c", str(config)]) == EXIT_OK
+    assert "1 row ready to send" in capsys.readouterr().out
+    assert _parser().parse_args(["-c", "a.yaml", "runs"]).config == "a.yaml"
+    assert _parser().parse_args(["-c", "a.yaml", "runs", "-c", "b.yaml"]).config == "b.yaml"
+    assert _parser().parse_args(["-v", "runs"]).verbose == 1
+
+
+@pytest.mark.parametrize("name", ["folder", "x.csv", "x.xlsx"])
+@pytest.mark.parametrize("command", ["run", "validate"])
+def test_a_directory_as_input_is_bad_input(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str, name: str
+) -> None:
+    """A folder (even one named like a spreadsheet) is exit 2 naming it, not an internal error."""
+    config = tmp_path / "config.yaml"
+    config.write_text(SIM)
+    folder = tmp_path / name
+    folder.mkdir()
+    assert main([command, str(folder), "-c", str(config)]) == EXIT_BAD_INPUT
+    assert f"onboard: {folder}: is a directory, not a spreadsheet" in capsys.readouterr().err
+
+
+def test_simulate_on_a_busy_port_names_the_port(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A port another program holds is a usage error (exit 2) naming the port."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code = main(["simulate", "--port", str(port), "--cert-dir", str(tmp_path / "certs"),
+                     "-c", str(ROOT / "config.yaml")])
+    assert code == EXIT_BAD_INPUT
+    assert capsys.readouterr().err == (
+        f"onboard: cannot serve the simulator on 127.0.0.1 port {port}: Address already in "
+        "use; choose another with --port (0: any free port)\n")
+
+
+def test_simulate_stopped_with_ctrl_c_ends_normally(tmp_path: Path) -> None:
+    """Ctrl-C is how the simulator is stopped: 'simulator stopped', exit 0."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ONBOARD_")}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "onboard", "simulate", "--port", "0", "--cert-dir",
+         str(tmp_path / "certs"), "-c", str(ROOT / "config.yaml")],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    assert server.stdout is not None
+    while "export" not in server.stdout.readline():
+        pass
+    server.send_signal(signal.SIGINT)
+    _, err = server.communicate(timeout=10)
+    assert (server.returncode, err) == (EXIT_OK, "simulator stopped\n")
+
+
+class Terminal(io.StringIO):
+    """A stream that says it is a terminal, so the progress bar draws on it."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_the_bar_is_redrawn_while_no_row_finishes() -> None:
+    """keep_fresh redraws the bar every second (its clock moves) with no row done."""
+    screen = Terminal()
+    progress = _Progress(screen)
+    progress.start(3)
+    drawn = screen.getvalue().count("\r")
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        if len(waits) > 3:
+            raise asyncio.CancelledError
+
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(progress.keep_fresh(sleep=sleep))
+    progress.close()
+    assert waits == [1.0] * 4
+    assert screen.getvalue().count("\r") >= drawn + 3
+    assert screen.getvalue().count("0/3") >= 4
+
+
+def test_log_lines_print_above_the_bar(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A warning during a run clears the bar's line, prints, and draws the bar again below."""
+    screen = Terminal()
+    monkeypatch.setattr(sys, "stderr", screen)
+    _setup_logging(0)
+    progress = _Progress()
+    progress.start(3)
+    before = len(screen.getvalue())
+    logging.getLogger("onboard.pool").warning("row 5 failed")
+    progress.close()
+    written = screen.getvalue()[before:]
+    assert re.match(r"\r +\r\S+ WARNING onboard\.pool: row 5 failed\n\r +0%\|", written), written

@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
+import re
+import time as clock
 from datetime import time
 from pathlib import Path
 
 import pytest
+import yaml
 
-from onboard.config import CLOUDS, env_override_names, load_config
+from onboard.config import (
+    CLOUDS,
+    SIMULATOR_TIMEZONE,
+    config_keys,
+    default_value,
+    env_override_names,
+    load_config,
+    machine_zone,
+)
 from onboard.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
+SIM = "graph:\n  endpoint: simulator\n"
+REAL = ("auth:\n  tenant_id: contoso.onmicrosoft.com\n"
+        "  client_id: 11111111-2222-3333-4444-555555555555\n")
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -30,7 +44,7 @@ def test_shipped_config_runs_against_the_simulator() -> None:
 
 def test_environment_overrides_config(tmp_path: Path) -> None:
     """ONBOARD_<SECTION>_<KEY> overrides the file, read as YAML."""
-    path = write(tmp_path, "run:\n  concurrency: 4\n")
+    path = write(tmp_path, SIM + "run:\n  concurrency: 4\n")
     config = load_config(path, {"ONBOARD_RUN_CONCURRENCY": "12",
                                 "ONBOARD_PASS_USABLE_ONCE": "false",
                                 "ONBOARD_PASS_TIMEZONE": "America/New_York"})
@@ -42,14 +56,15 @@ def test_environment_overrides_config(tmp_path: Path) -> None:
 def test_cloud_sets_graph_root_for_a_real_tenant(tmp_path: Path) -> None:
     """endpoint null means the cloud's Graph root."""
     path = write(tmp_path, "graph:\n  endpoint: null\n  cloud: usgov\n"
-                 "auth:\n  tenant_id: contoso.onmicrosoft.us\n  client_id: abc\n")
+                 "auth:\n  tenant_id: contoso.onmicrosoft.us\n  client_id: abc\n"
+                 "pass:\n  timezone: America/New_York\n")
     config = load_config(path)
     assert config.graph.endpoint == CLOUDS["usgov"].graph_root == "https://graph.microsoft.us"
 
 
 def test_unquoted_start_time_is_understood(tmp_path: Path) -> None:
     """YAML reads an unquoted 08:30 as 510 (base 60); it still means 08:30."""
-    config = load_config(write(tmp_path, "pass:\n  start_time: 08:30\n"))
+    config = load_config(write(tmp_path, SIM + "pass:\n  start_time: 08:30\n"))
     assert config.pass_.start_time == time(8, 30)
 
 
@@ -58,10 +73,11 @@ def test_unquoted_start_time_is_understood(tmp_path: Path) -> None:
     [
         ("graph:\n  endpont: x\n", "unknown key(s) in 'graph': endpont"),
         ("grpah: {}\n", "unknown section(s): grpah"),
-        ("pass:\n  timezone: Mars/Olympus\n", "not an IANA time zone"),
-        ("pass:\n  lifetime_minutes: 5\n", "pass.lifetime_minutes must be between 10 and 43200"),
-        ("pass:\n  start_time: 25:00\n", "pass.start_time must be HH:MM"),
-        ("run:\n  concurrency: many\n", "run.concurrency must be a number"),
+        (SIM + "pass:\n  timezone: Mars/Olympus\n", "not an IANA time zone"),
+        (SIM + "pass:\n  lifetime_minutes: 5\n",
+         "pass.lifetime_minutes must be between 10 and 43200"),
+        (SIM + "pass:\n  start_time: 25:00\n", "pass.start_time must be HH:MM"),
+        (SIM + "run:\n  concurrency: many\n", "run.concurrency must be a number"),
         ("graph:\n  endpoint: http://graph.example.com\n", "must be an https:// URL"),
         ("graph:\n  endpoint: https://graph.microsoft.com\nauth:\n  tenant_id: common\n",
          "not 'common'"),
@@ -96,7 +112,7 @@ def test_mistyped_environment_variable_is_refused() -> None:
 
 def test_bad_environment_value_names_the_variable(tmp_path: Path) -> None:
     """An invalid override is blamed on its variable, not on config.yaml."""
-    path = write(tmp_path, "run:\n  concurrency: 8\n")
+    path = write(tmp_path, SIM + "run:\n  concurrency: 8\n")
     with pytest.raises(ConfigError) as caught:
         load_config(path, {"ONBOARD_RUN_CONCURRENCY": "abc"})
     assert str(caught.value).startswith("environment variable ONBOARD_RUN_CONCURRENCY: ")
@@ -109,3 +125,142 @@ def test_ca_bundle_must_hold_a_certificate(tmp_path: Path) -> None:
     path = write(tmp_path, f"graph:\n  ca_bundle: {bundle}\n")
     with pytest.raises(ConfigError, match="holds no PEM certificate"):
         load_config(path)
+
+
+def test_without_an_endpoint_a_file_means_the_real_graph(tmp_path: Path) -> None:
+    """graph.endpoint left out is the cloud's Graph root: only 'simulator' simulates."""
+    config = load_config(write(tmp_path, REAL + "pass:\n  timezone: Europe/Paris\n"))
+    assert (config.graph.is_simulator, config.graph.endpoint) == (
+        False, CLOUDS["global"].graph_root)
+    cloud = load_config(write(tmp_path, REAL + "graph:\n  cloud: china\n"
+                              "pass:\n  timezone: Asia/Shanghai\n"))
+    assert cloud.graph.endpoint == CLOUDS["china"].graph_root
+
+
+def test_a_real_tenant_must_choose_its_time_zone(tmp_path: Path) -> None:
+    """No pass.timezone for a real tenant: an error naming the key and this machine's zone."""
+    path = write(tmp_path, REAL)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, {"TZ": ":America/Denver"})
+    assert str(caught.value) == (
+        f"{path}: pass.timezone is not set: for a real tenant, set the IANA time zone the "
+        "start dates are in, e.g. timezone: America/Denver (this machine's zone)")
+    assert load_config(path, {"ONBOARD_PASS_TIMEZONE": "Asia/Tokyo"}).pass_.timezone == (
+        "Asia/Tokyo")
+
+
+def test_the_simulator_without_a_zone_means_utc(tmp_path: Path) -> None:
+    """With graph.endpoint: simulator, a missing pass.timezone is UTC."""
+    assert load_config(write(tmp_path, SIM)).pass_.timezone == SIMULATOR_TIMEZONE == "UTC"
+
+
+def test_machine_zone_from_tz_etc_timezone_or_the_localtime_link(tmp_path: Path) -> None:
+    """TZ first, then /etc/timezone, then where /etc/localtime links; None if none tells."""
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    assert machine_zone({}, etc) is None
+    (etc / "localtime").symlink_to("../usr/share/zoneinfo/Australia/Perth")
+    assert machine_zone({}, etc) == "Australia/Perth"
+    (etc / "timezone").write_text("Europe/Oslo\n")
+    assert machine_zone({}, etc) == "Europe/Oslo"
+    assert machine_zone({"TZ": "/usr/share/zoneinfo/Asia/Kolkata"}, etc) == "Asia/Kolkata"
+    assert machine_zone({"TZ": "Not/AZone"}, etc) == "Europe/Oslo"
+
+
+BOMB = "".join(
+    [SIM, "simulator:\n  seed: &a [1, 1, 1, 1, 1, 1, 1, 1, 1]\n"]
+    + [f"  x{n}: &{chr(98 + n)} [{', '.join(['*' + chr(97 + n)] * 9)}]\n" for n in range(5)]
+)
+
+
+def test_an_alias_bomb_is_refused_before_it_expands(tmp_path: Path) -> None:
+    """Anchors and aliases are refused, naming the file and the line, in no time."""
+    path = write(tmp_path, BOMB)
+    started = clock.perf_counter()
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert clock.perf_counter() - started < 1
+    assert str(caught.value) == (
+        f"{path}: an anchor (&a) on line 4: anchors and aliases are not allowed here")
+    pointed = write(tmp_path, SIM + "pass:\n  timezone: *zone\n")
+    with pytest.raises(ConfigError, match="an alias \\(\\*zone\\) on line 4"):
+        load_config(pointed)
+
+
+def test_an_alias_in_an_environment_variable_is_refused() -> None:
+    """ONBOARD_* values are YAML too: an anchor or alias there is refused, naming it."""
+    bomb = "[&a [1, 1], [*a, *a], [*a, *a]]"
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, {"ONBOARD_PASS_TIMEZONE": bomb})
+    assert str(caught.value) == (
+        "environment variable ONBOARD_PASS_TIMEZONE: an anchor (&a) on line 1: anchors and "
+        "aliases are not allowed here")
+
+
+@pytest.mark.parametrize(
+    ("text", "lines"),
+    [
+        (SIM + "pass:\n  timezone: UTC\nrun:\n  concurrency: 2\npass:\n  lifetime_minutes: 60\n",
+         "'pass' is given twice, on line 3 and on line 7"),
+        (SIM + "run:\n  concurrency: 2\n  max_rate: 5\n  concurrency: 9\n",
+         "'concurrency' is given twice, on line 4 and on line 6"),
+    ],
+)
+def test_a_key_or_section_given_twice_is_refused(tmp_path: Path, text: str, lines: str) -> None:
+    """A second section or key would silently replace the first: refused, naming both lines."""
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert str(caught.value) == f"{path}: {lines}: keep one"
+
+
+def _nodes(path: Path) -> dict[str, yaml.Node]:
+    """Each dotted key of a YAML file, with its value's node (for its line)."""
+    found: dict[str, yaml.Node] = {}
+
+    def walk(node: yaml.Node, prefix: str) -> None:
+        for key, value in node.value:
+            name = f"{prefix}{key.value}"
+            found[name] = value
+            if isinstance(value, yaml.MappingNode):
+                walk(value, name + ".")
+
+    walk(yaml.compose(path.read_text(encoding="utf-8")), "")
+    return found
+
+
+def test_the_shipped_config_lists_every_key_and_notes_each_changed_default() -> None:
+    """Every key config.py knows is in config.yaml; a value other than the default says so."""
+    path = ROOT / "config.yaml"
+    nodes = _nodes(path)
+    shipped = yaml.safe_load(path.read_text(encoding="utf-8"))
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert [k for k in config_keys() if k not in nodes] == []
+    for key in config_keys():
+        section, _, rest = key.partition(".")
+        value = shipped[section]
+        for part in rest.split("."):
+            value = value[part]
+        if value != default_value(key):
+            line = lines[nodes[key].start_mark.line]
+            assert re.search(r"#.*\bdefault\b", line), f"{key}: {line}"
+
+
+def _readme_cell(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list):
+        return ", ".join(value)
+    return f'"{value}"' if value == "08:00" else str(value)
+
+
+def test_the_readme_table_gives_the_defaults_of_config_py() -> None:
+    """README "Configuration" documents every key, each with config.py's default."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = dict(re.findall(r"^\| `([a-z_.]+)` \| `?([^|`]*)`? \|", readme, re.MULTILINE))
+    assert {k: table.get(k) for k in config_keys()} == {
+        k: _readme_cell(default_value(k)) for k in config_keys()}

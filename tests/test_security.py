@@ -410,7 +410,8 @@ def test_a_crash_traceback_hides_passes_and_secrets(
 def test_reprs_hide_every_secret(tmp_path: Path) -> None:
     """Objects that hold a secret show where it comes from, never what it is."""
     config_file = tmp_path / "c.yaml"
-    config_file.write_text(yaml.safe_dump({"auth": {"client_secret": CLIENT_SECRET},
+    config_file.write_text(yaml.safe_dump({"graph": {"endpoint": "simulator"},
+                                           "auth": {"client_secret": CLIENT_SECRET},
                                            "output": {"password": WORKBOOK_PASSWORD}}))
     config_file.chmod(0o600)
     config = load_config(config_file)
@@ -532,7 +533,8 @@ def test_a_password_that_is_not_text_is_refused(tmp_path: Path) -> None:
     from onboard.audit import audit_options
 
     config = tmp_path / "c.yaml"
-    config.write_text(yaml.safe_dump({"output": {"password_env": "AUDIT_PW"}}))
+    config.write_text(yaml.safe_dump({"graph": {"endpoint": "simulator"},
+                                      "output": {"password_env": "AUDIT_PW"}}))
     settings = load_config(config).output
     with pytest.raises(ConfigError, match=r"output\.password from the environment variable "
                        r"AUDIT_PW .* is not UTF-8 text"):
@@ -551,7 +553,7 @@ def test_a_password_that_is_not_text_is_refused(tmp_path: Path) -> None:
 )
 def test_plain_http_only_to_this_machine(tmp_path: Path, key: str, url: str, ok: bool) -> None:
     section = "graph" if key == "endpoint" else "auth"
-    data = {"auth": {"tenant_id": TENANT, "client_id": CLIENT_ID}}
+    data = {"auth": {"tenant_id": TENANT, "client_id": CLIENT_ID}, "pass": {"timezone": "UTC"}}
     data.setdefault(section, {})[key] = url
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(data))
