@@ -63,6 +63,11 @@ def read_audit(path: Path) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
+def issued_sheet(book: Any) -> Any:
+    """The Issued sheet of a loaded workbook, whether or not the run was simulated."""
+    return next(ws for ws in book.worksheets if ws.title.split(" (")[0] == "Issued")
+
+
 def users(*names: str, **flags: dict[str, Any]) -> list[SimUser]:
     """Simulator users for the given UPNs; flags maps a UPN to SimUser overrides."""
     made = []

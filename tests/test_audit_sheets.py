@@ -189,6 +189,9 @@ def test_rebuilt_audit_uses_the_recorded_time_zone_and_simulated_mark(tmp_path: 
                 "settings": [["pass.timezone", LONDON], ["pass.lifetime_minutes", "480"]],
                 "simulated": True,
             },
+            tenant="t1 simulator",
+            tenant_name=None,
+            simulated=True,
         )
         journal.record("run-9", issued(request(2, "ada@contoso.com", ("Manager", "Grace"))))
         path, _, with_values = report(journal, "run-9", tmp_path / "audit", AuditOptions())
@@ -209,11 +212,14 @@ def test_rebuilt_audit_uses_the_recorded_time_zone_and_simulated_mark(tmp_path: 
 def test_recovered_run_without_the_new_meta_is_utc_and_real(tmp_path: Path) -> None:
     """A run recorded before the zone and the mark were kept: UTC columns, a plain name."""
     with Journal(tmp_path / "journal.db") as journal:
-        journal.begin("run-8", CREATED, "key", {"files": [], "settings": []})
+        journal.begin("run-8", CREATED, "key", {"files": [], "settings": []}, tenant="t1 root",
+                      tenant_name=None, simulated=False)  # fmt: skip
         journal.record("run-8", issued(request(2, "ada@contoso.com")))
-        (tmp_path / "config.yaml").write_text(f"output:\n  dir: {tmp_path / 'audit'}\n")
+        (tmp_path / "config.yaml").write_text(
+            f"graph:\n  endpoint: simulator\noutput:\n  dir: {tmp_path / 'audit'}\n"
+        )
         config = load_config(tmp_path / "config.yaml")
-        (run,) = recover_unfinished(journal, config, AuditOptions(), exclude="")
+        (run,) = recover_unfinished(journal, config, AuditOptions(), exclude=None)
     path = Path(str(run.audit_path))
     assert path.name == "onboard-run-8.xlsx"
     book = load_workbook(path)

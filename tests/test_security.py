@@ -23,7 +23,7 @@ import msoffcrypto
 import pytest
 import yaml
 from aiohttp import web
-from conftest import CLIENT_ID, TENANT, users
+from conftest import CLIENT_ID, TENANT, issued_sheet, users
 from openpyxl import load_workbook
 from test_auth_graph import make_certificate
 
@@ -128,7 +128,7 @@ def test_encrypted_workbook_never_puts_plain_bytes_on_disk(
     with pytest.raises(msoffcrypto.exceptions.InvalidKeyError):
         decrypt(path, "wrong password")
     book = load_workbook(decrypt(path, WORKBOOK_PASSWORD))
-    assert [c.value for c in book["Issued"]["E"][1:]] == [r.temporary_access_pass for r in rows]
+    assert [c.value for c in issued_sheet(book)["E"][1:]] == [r.temporary_access_pass for r in rows]
 
     seen.clear()
     write_audit(tmp_path / "plain" / "a.xlsx", SUMMARY, rows, [], [])
@@ -224,7 +224,7 @@ def test_run_encrypts_the_audit_and_writes_the_copy(
     assert "encrypted with the password from the environment variable AUDIT_PW" in out
     assert str(redacted_path(path)) in out
     book = load_workbook(decrypt(path, WORKBOOK_PASSWORD))
-    values = sorted(str(c.value) for c in book["Issued"]["E"][1:])
+    values = sorted(str(c.value) for c in issued_sheet(book)["E"][1:])
     assert values == sorted(p.value for p in state.issued)
     with zipfile.ZipFile(redacted_path(path)) as archive:
         blob = b"".join(archive.read(n) for n in archive.namelist())
@@ -275,7 +275,7 @@ def test_with_a_password_the_journal_holds_no_pass_in_clear(
     monkeypatch.setenv("AUDIT_PW", WORKBOOK_PASSWORD)
     assert main(["report", run.run_id, "-c", str(config)]) == 0
     book = load_workbook(decrypt(only_audit(tmp_path / "audit"), WORKBOOK_PASSWORD))
-    assert sorted(c.value for c in book["Issued"]["E"][1:]) == sorted(p.value for p in state.issued)
+    assert sorted(c.value for c in issued_sheet(book)["E"][1:]) == sorted(p.value for p in state.issued)
 
 
 def test_without_a_password_the_journal_holds_passes_until_the_audit(
@@ -403,7 +403,7 @@ def test_a_crash_traceback_hides_passes_and_secrets(
     assert "Traceback" in err
     assert "ValueError: could not show '<hidden>' with secret <hidden> token <hidden>" in err
     assert leaked(err, {p.value for p in state.issued} | {CLIENT_SECRET} | set(state.tokens)) == []
-    rows = load_workbook(only_audit(tmp_path / "audit"))["Issued"]
+    rows = issued_sheet(load_workbook(only_audit(tmp_path / "audit")))
     assert {c.value for c in rows["E"][1:]} == {p.value for p in state.issued}
 
 
@@ -503,7 +503,7 @@ def test_the_console_shows_input_text_escaped(
     assert code == EXIT_ROWS_FAILED
     assert "\\x1b]0;owned\\x07\\x1b[2Jx@contoso.com" in out
     assert not re.search("[\x00-\x08\x0b-\x1f\x7f]", out + err)
-    rows = load_workbook(only_audit(tmp_path / "audit"))["Issued"]
+    rows = issued_sheet(load_workbook(only_audit(tmp_path / "audit")))
     assert {c.value for c in rows["A"][1:]} == {"hires-\\xff.csv"}
 
 
@@ -523,9 +523,9 @@ def test_text_xml_cannot_hold_keeps_the_workbook_readable(
     assert not re.search("[\x00-\x08\x0b-\x1f\x7f]", out + err)
     assert "x\\x1b]0;PWNED\\x07#EXT#@contoso.com: External guest user" in out
     book = load_workbook(only_audit(tmp_path / "audit"))
-    names = {c.value for c in book["Issued"]["D"][1:]}
+    names = {c.value for c in issued_sheet(book)["D"][1:]}
     assert "Amara\\uffff Okafor" in names
-    assert {c.value for c in book["Issued"]["A"][1:]} == {"hires\\ufffe.csv"}
+    assert {c.value for c in issued_sheet(book)["A"][1:]} == {"hires\\ufffe.csv"}
 
 
 def test_a_password_that_is_not_text_is_refused(tmp_path: Path) -> None:
@@ -669,16 +669,16 @@ def test_risky_text_is_stored_as_text_and_passes_stay_exact(tmp_path: Path) -> N
                         "{http://schemas.openxmlformats.org/spreadsheetml/2006/main}c"):
                     assert cell.get("t") in (None, "n", "s", "inlineStr", "b", "d"), cell.get("t")
         book = load_workbook(io.BytesIO(data))
-        issued = list(book["Issued"].iter_rows(min_row=2, values_only=True))
+        issued = list(issued_sheet(book).iter_rows(min_row=2, values_only=True))
         # Display names exact (XML reads a lone CR back as a line feed: still text).
         assert sorted(r[3] for r in issued) == sorted(t.replace("\r", "\n") for t in RISKY)
         for sheet_name, column in (("Issued", "C"), ("Issued", "D"), ("Failed", "E")):
             for cell in book[sheet_name][column][1:]:
                 assert cell.data_type == "s", (sheet_name, cell.coordinate, cell.value)
     full = load_workbook(decrypt(path, WORKBOOK_PASSWORD))
-    assert sorted(c.value for c in full["Issued"]["E"][1:]) == sorted(
+    assert sorted(c.value for c in issued_sheet(full)["E"][1:]) == sorted(
         r.temporary_access_pass for r in rows)
-    for cell in full["Issued"]["E"][1:]:
+    for cell in issued_sheet(full)["E"][1:]:
         assert cell.data_type == "s" and cell.quotePrefix
 
 
