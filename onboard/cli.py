@@ -113,7 +113,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (AuditWriteError, JournalWriteError) as exc:
         print(f"onboard: run aborted: {exc}", file=sys.stderr)
         if exc.audit_path is not None:
-            print(f"the audit workbook {exc.audit_path} holds what was done", file=sys.stderr)
+            print(
+                f"the audit workbook {exc.audit_path} holds what was done (rows marked 'Not "
+                "finished' may hold a pass: run the same command again for them)",
+                file=sys.stderr,
+            )
+        elif not isinstance(exc, AuditWriteError):
+            print(_what_is_kept(exc), file=sys.stderr)
         return EXIT_ABORTED
     except JournalLocked as exc:
         print(f"onboard: {exc}", file=sys.stderr)

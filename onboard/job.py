@@ -333,11 +333,11 @@ async def run(
                     report.notes.append(("Pass policy", "not read: nothing to send"))
                 if to_send or to_check or any(i.unconfirmed for i in report.issued):
                     await _send(config, client, ledger, to_send, to_check, stop, options)
-            except (AuthError, ConfigError) as exc:
-                if not report.resumed and not report.issued:  # no pass is held: close it
-                    journal.finish(report.run_id, "aborted", None)
-                else:
+            except (AuthError, ConfigError, JournalWriteError) as exc:
+                if report.resumed or report.issued:
                     exc.kept = (report.run_id, len(report.issued))
+                elif not isinstance(exc, JournalWriteError):  # no pass is held: close it
+                    journal.finish(report.run_id, "aborted", None)
                 raise
             _finish(journal, config, report, directory, options)
             return report
@@ -546,12 +546,7 @@ class _Ledger:
         with self._writing:
             batches = [b for b in self._unwritten if only is None or b is only]
             for batch in batches:
-                try:
-                    self.journal.write(batch[1])
-                except Exception as exc:
-                    raise JournalWriteError(
-                        f"cannot write the run journal {self.journal.path}: {exc}"
-                    ) from None
+                self.journal.write(batch[1])  # raises JournalWriteError when it cannot
                 self._unwritten.remove(batch)
 
     def flush(self) -> None:
