@@ -12,6 +12,7 @@ import contextlib
 import logging
 import secrets
 import shutil
+import sqlite3
 import tempfile
 import threading
 import time
@@ -546,7 +547,14 @@ class _Ledger:
         with self._writing:
             batches = [b for b in self._unwritten if only is None or b is only]
             for batch in batches:
-                self.journal.write(batch[1])  # raises JournalWriteError when it cannot
+                try:
+                    self.journal.write(batch[1])
+                except JournalWriteError:
+                    raise
+                except (sqlite3.Error, OSError) as exc:  # whatever the store itself raised
+                    raise JournalWriteError(
+                        f"cannot write the run journal {self.journal.path}: {exc}"
+                    ) from None
                 self._unwritten.remove(batch)
 
     def flush(self) -> None:

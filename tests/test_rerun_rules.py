@@ -65,8 +65,8 @@ def test_a_pass_left_unconfirmed_is_checked_only_once_earlier_requests_settled(
     """A run stopped while a create's answer was lost (the create lands late), then run again
     at once: the check waits until settle_seconds after that request, sees the late pass
     replaced the audited one, and issues again; the audit holds the pass Graph holds."""
-    state = SimulatorState(users("ada@contoso.com"),
-                           faults=Faults(late_create_rate=1.0, late_create_seconds=0.5))  # fmt: skip
+    late = Faults(late_create_rate=1.0, late_create_seconds=0.5)
+    state = SimulatorState(users("ada@contoso.com"), faults=late)
     sim = serve_simulator(state)
     config = sim.config(tmp_path / "c.yaml", run={"timeout_seconds": 0.15, "settle_seconds": 0.8,
                                                   "stop_grace_seconds": 2})  # fmt: skip
@@ -347,7 +347,7 @@ def test_a_journal_that_cannot_be_written_is_exit_3_with_a_true_message(tmp_path
     done = subprocess.run(
         [sys.executable, "-m", "onboard", "run", str(path), "-c", str(config)],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
-        preexec_fn=small_files,  # noqa: PLW1509 (a limit for the child only)
+        preexec_fn=small_files,
     )  # fmt: skip
     assert done.returncode == EXIT_ABORTED, done.stderr
     assert "internal error" not in done.stderr

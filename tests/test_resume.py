@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 from conftest import read_audit, users
-from openpyxl import load_workbook
 
 from onboard.cli import EXIT_LOCKED, EXIT_OK, EXIT_ROWS_FAILED, EXIT_TERMINATED, main
 from onboard.errors import ConfigError

@@ -275,7 +275,8 @@ def test_with_a_password_the_journal_holds_no_pass_in_clear(
     monkeypatch.setenv("AUDIT_PW", WORKBOOK_PASSWORD)
     assert main(["report", run.run_id, "-c", str(config)]) == 0
     book = load_workbook(decrypt(only_audit(tmp_path / "audit"), WORKBOOK_PASSWORD))
-    assert sorted(c.value for c in issued_sheet(book)["E"][1:]) == sorted(p.value for p in state.issued)
+    values = sorted(c.value for c in issued_sheet(book)["E"][1:])
+    assert values == sorted(p.value for p in state.issued)
 
 
 def test_without_a_password_the_journal_holds_passes_until_the_audit(

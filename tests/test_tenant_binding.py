@@ -252,5 +252,5 @@ def test_the_tenant_is_read_from_the_token() -> None:
     assert opaque.id == guid
     from onboard.errors import AuthError
 
-    with pytest.raises(AuthError, match="auth.tenant_id"):
+    with pytest.raises(AuthError, match=r"auth\.tenant_id"):
         tenant_of("opaque", graph_root="r", configured="contoso.com", simulator=False)
