@@ -3,7 +3,10 @@
 It serves, over HTTPS with a throwaway certificate authority:
 
 - ``GET  /{tenant}/v2.0/.well-known/openid-configuration`` and
-  ``POST /{tenant}/oauth2/v2.0/token`` (client credentials), so msal runs unchanged;
+  ``POST /{tenant}/oauth2/v2.0/token`` (client credentials), so msal runs unchanged. The token
+  endpoint checks credentials as Entra ID does: the registered client secret, or a client
+  assertion signed by a registered certificate (named by its thumbprint, for this endpoint,
+  issued by the client, in its time), answering Entra ID's errors (AADSTS codes) otherwise;
 - ``POST|GET /{version}/users/{id|upn}/authentication/temporaryAccessPassMethods`` and
   ``DELETE .../temporaryAccessPassMethods/{id}``, with Graph's rules: one pass per user, a new
   one replaces the old, the value is returned only in the 201 response;
@@ -31,19 +34,26 @@ import ssl
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
+import jwt
 import yaml
 from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
 from .errors import ConfigError
 
 DEFAULT_CLIENT_SECRET = "simulator-secret"
 DEFAULT_TOKEN_LIFETIME = 3599
+# Client assertions (certificate sign-in), checked as Entra ID checks them.
+CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+ASSERTION_ALGORITHMS = ("RS256", "PS256")
+ASSERTION_CLOCK_SKEW_SECONDS = 300  # leeway on exp / nbf, as Entra's five minutes
 # The simulated tenant's id (the `tid` claim of its tokens), whatever name a config gives it.
 SIMULATED_TENANT_ID = "00000000-0000-4000-8000-00000000c0de"
 # A claim only the simulator's tokens carry: a run that meets it says everywhere that it was
@@ -138,6 +148,7 @@ class SimulatorState:
         policy: dict[str, Any] | None = None,
         faults: Faults | None = None,
         client_secret: str = DEFAULT_CLIENT_SECRET,
+        certificates: Sequence[x509.Certificate] = (),
         auto_users: bool = False,
         seed: int | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -147,7 +158,11 @@ class SimulatorState:
             self.add_user(user)
         self.policy = dict(DEFAULT_POLICY if policy is None else {**DEFAULT_POLICY, **policy})
         self.faults = faults or Faults()
+        # The app registration's credentials: its secret, and the certificates uploaded to it
+        # (a client assertion must be signed by one of these, named by its thumbprint).
         self.client_secret = client_secret
+        self.certificates = list(certificates)
+        self.assertion_headers: list[dict[str, Any]] = []  # each client assertion's JWT header
         self.auto_users = auto_users
         self.random = random.Random(seed)
         self.clock = clock
@@ -443,6 +458,12 @@ async def _batch(state: SimulatorState, call: Call) -> web.Response:
     return web.json_response({"responses": responses})
 
 
+def _token_endpoint(request: web.Request) -> str:
+    """This tenant's token endpoint URL: what discovery announces, and the only audience a
+    client assertion may name."""
+    return f"{request.scheme}://{request.host}/{request.match_info['tenant']}/oauth2/v2.0/token"
+
+
 async def _openid_configuration(request: web.Request) -> web.Response:
     tenant = request.match_info["tenant"]
     base = f"{request.scheme}://{request.host}/{tenant}"
@@ -450,9 +471,26 @@ async def _openid_configuration(request: web.Request) -> web.Response:
         {
             "issuer": f"{base}/v2.0",
             "authorization_endpoint": f"{base}/oauth2/v2.0/authorize",
-            "token_endpoint": f"{base}/oauth2/v2.0/token",
+            "token_endpoint": _token_endpoint(request),
             "device_authorization_endpoint": f"{base}/oauth2/v2.0/devicecode",
         }
+    )
+
+
+def _sts_error(error: str, code: int, text: str, status: int = 401) -> web.Response:
+    """An answer shaped like Entra ID's: the AADSTS code first, then trace lines."""
+    now = _now()
+    trace = str(uuid.uuid4())
+    return web.json_response(
+        {
+            "error": error,
+            "error_description": f"AADSTS{code}: {text}\r\nTrace ID: {trace}\r\n"
+            f"Correlation ID: {uuid.uuid4()}\r\nTimestamp: {now:%Y-%m-%d %H:%M:%SZ}",
+            "error_codes": [code],
+            "timestamp": f"{now:%Y-%m-%d %H:%M:%SZ}",
+            "trace_id": trace,
+        },
+        status=status,
     )
 
 
@@ -461,20 +499,31 @@ async def _token(request: web.Request) -> web.Response:
     form = await request.post()
     state.count("token_requests")
     if form.get("grant_type") != "client_credentials":
-        return web.json_response(
-            {"error": "unsupported_grant_type", "error_description": "AADSTS70003"}, status=400
+        return _sts_error(
+            "unsupported_grant_type", 70003, "The app requested an unsupported grant type.", 400
         )
-    secret = form.get("client_secret")
-    has_assertion = bool(form.get("client_assertion"))
-    if not has_assertion and secret != state.client_secret:
-        return web.json_response(
-            {
-                "error": "invalid_client",
-                "error_description": "AADSTS7000215: Invalid client secret provided. Ensure the "
-                "secret being sent in the request is the client secret value, not the client "
-                "secret ID.",
-            },
-            status=401,
+    assertion = form.get("client_assertion")
+    client_id = str(form.get("client_id") or "")
+    if assertion:
+        refused = _check_assertion(state, request, str(assertion), client_id,
+                                   str(form.get("client_assertion_type") or ""))  # fmt: skip
+        if refused is not None:
+            state.count("assertions_refused")
+            return refused
+    elif not form.get("client_secret"):
+        return _sts_error(
+            "invalid_client",
+            7000218,
+            "The request body must contain the following parameter: 'client_assertion' or "
+            "'client_secret'.",
+        )
+    elif form.get("client_secret") != state.client_secret:
+        return _sts_error(
+            "invalid_client",
+            7000215,
+            "Invalid client secret provided. Ensure the secret being sent in the request is the "
+            "client secret value, not the client secret ID, for a secret added to app "
+            f"'{client_id}'.",
         )
     token = _access_token(state, request)
     state.tokens[token] = state.clock() + state.faults.token_lifetime
@@ -486,6 +535,96 @@ async def _token(request: web.Request) -> web.Response:
             "access_token": token,
         }
     )
+
+
+def _check_assertion(
+    state: SimulatorState, request: web.Request, assertion: str, client_id: str, kind: str
+) -> web.Response | None:
+    """Entra ID's checks of a certificate sign-in: the certificate named by the header's
+    thumbprint (x5t#S256, else x5t) is registered, the signature verifies with its public key,
+    `aud` is this token endpoint, `iss` and `sub` the client id, `exp` / `nbf` hold. None if
+    it passes; else the error Entra ID answers."""
+    if kind != CLIENT_ASSERTION_TYPE:
+        return _sts_error(
+            "invalid_request",
+            50027,
+            f"Invalid client_assertion_type '{kind}': only '{CLIENT_ASSERTION_TYPE}' is supported.",
+            400,
+        )
+    try:
+        header = jwt.get_unverified_header(assertion)
+    except jwt.DecodeError:
+        return _sts_error("invalid_client", 50027, "JWT token is invalid or malformed.")
+    state.assertion_headers.append(header)
+    algorithm = header.get("alg")
+    if algorithm not in ASSERTION_ALGORITHMS:
+        return _sts_error(
+            "invalid_client",
+            5002738,
+            f"Invalid JWT token. '{algorithm}' is not a supported signature algorithm. "
+            f"Supported signing algorithms are: '{', '.join(ASSERTION_ALGORITHMS)}'",
+        )
+    certificate, thumbprint = _registered_certificate(state, header)
+    if certificate is None:
+        return _sts_error(
+            "invalid_client",
+            700027,
+            "The certificate with identifier used to sign the client assertion is not "
+            f"registered on application. [Reason - The key was not found., Thumbprint of key "
+            f"used by client: '{thumbprint}', Please visit the Azure Portal, Graph Explorer or "
+            f"directly use MS Graph to see configured keys for app Id '{client_id}'.]",
+        )
+    try:
+        claims = jwt.decode(
+            assertion,
+            certificate.public_key(),  # type: ignore[arg-type]  # an RSA key, checked by alg
+            algorithms=[algorithm],
+            audience=_token_endpoint(request),
+            leeway=ASSERTION_CLOCK_SKEW_SECONDS,
+            options={"require": ["aud", "exp", "iss", "sub"]},
+        )
+    except jwt.InvalidSignatureError:
+        return _sts_error("invalid_client", 700027, "Client assertion failed signature validation.")
+    except (jwt.ExpiredSignatureError, jwt.ImmatureSignatureError):
+        return _sts_error(
+            "invalid_client",
+            700024,
+            "Client assertion is not within its valid time range. Current time: "
+            f"{_now():%Y-%m-%dT%H:%M:%S}Z.",
+        )
+    except jwt.InvalidAudienceError:
+        return _sts_error(
+            "invalid_client", 50012, "Client assertion audience claim does not match Realm issuer."
+        )
+    except jwt.PyJWTError:  # a missing claim, a malformed body, a key of the wrong kind
+        return _sts_error("invalid_client", 50027, "JWT token is invalid or malformed.")
+    if claims.get("iss") != client_id or claims.get("sub") != client_id:
+        return _sts_error(
+            "invalid_client",
+            700021,
+            "Client assertion application identifier doesn't match 'client_id' parameter.",
+        )
+    return None
+
+
+def _registered_certificate(
+    state: SimulatorState, header: dict[str, Any]
+) -> tuple[x509.Certificate | None, str]:
+    """The registered certificate the header's thumbprint names (SHA-256 first), and that
+    thumbprint in hex as Entra ID quotes it."""
+    for name, algorithm in (("x5t#S256", hashes.SHA256()), ("x5t", hashes.SHA1())):  # noqa: S303
+        value = header.get(name)
+        if not isinstance(value, str):
+            continue
+        try:
+            wanted = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+        except ValueError:
+            return None, value
+        for certificate in state.certificates:
+            if certificate.fingerprint(algorithm) == wanted:
+                return certificate, wanted.hex().upper()
+        return None, wanted.hex().upper()
+    return None, "(none: no x5t#S256 or x5t header)"
 
 
 def _access_token(state: SimulatorState, request: web.Request) -> str:

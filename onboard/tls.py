@@ -29,7 +29,9 @@ from .config import is_loopback
 from .errors import PlainHttpRefused, RedirectRefused
 from .redact import printable
 
-SIGN_IN_TIMEOUT = (10.0, 30.0)  # seconds to connect, seconds to wait for an answer
+# Seconds to connect, and to wait for each read, on every sign-in request (the authority's, or
+# a managed-identity endpoint's, http or https): msal sets none itself.
+SIGN_IN_TIMEOUT = (10.0, 30.0)
 
 
 @functools.lru_cache(maxsize=8)
@@ -91,8 +93,9 @@ class _ContextAdapter(HTTPAdapter):
     sees every hop (requests follows redirects by calling it again): so it refuses them here,
     for every msal call, whatever `allow_redirects` msal passes."""
 
-    def __init__(self, context: ssl.SSLContext) -> None:
+    def __init__(self, context: ssl.SSLContext, timeout: tuple[float, float]) -> None:
         self._context = context
+        self._timeout = timeout
         super().__init__()
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
@@ -127,9 +130,9 @@ class _ContextAdapter(HTTPAdapter):
                 ": only https is allowed, except to this machine or a link-local address",
                 host=url.host or "",
             )
-        # msal sets no timeout on its own http_client: a sign-in host that never answers must
-        # not hang the run.
-        response = super().send(request, stream, timeout or SIGN_IN_TIMEOUT, verify, cert, proxies)
+        # msal sets no timeout on its own http_client: a sign-in host (or identity endpoint)
+        # that accepts the connection and never answers must not hang the run.
+        response = super().send(request, stream, timeout or self._timeout, verify, cert, proxies)
         if 300 <= response.status_code < 400:
             response.close()
             location = response.headers.get("Location")
@@ -141,14 +144,18 @@ class _ContextAdapter(HTTPAdapter):
         super().cert_verify(conn, url, True, cert)  # type: ignore[no-untyped-call]
 
 
-def requests_session(context: ssl.SSLContext) -> requests.Session:
+def requests_session(
+    context: ssl.SSLContext, *, timeout: tuple[float, float] = SIGN_IN_TIMEOUT
+) -> requests.Session:
     """A requests session (for msal's http_client) that trusts exactly what aiohttp trusts,
-    never follows a redirect and uses plain http only to this machine or link-local hosts."""
+    never follows a redirect, uses plain http only to this machine or link-local hosts, and
+    gives every request `timeout` (seconds to connect, to wait for each read) unless the
+    caller sets its own."""
     session = requests.Session()
     # Also copied into the session msal derives for Service Fabric's managed identity, which
     # mounts its own adapter: there a redirect raises TooManyRedirects instead of being sent.
     session.max_redirects = 0
-    adapter = _ContextAdapter(context)
+    adapter = _ContextAdapter(context, timeout)
     session.mount("https://", adapter)
     session.mount("http://", adapter)
     return session

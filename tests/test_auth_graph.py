@@ -118,6 +118,11 @@ def make_certificate(tmp_path: Path, password: bytes | None) -> tuple[Path, Path
     return pem, pfx
 
 
+def certificate_of(pem: Path) -> x509.Certificate:
+    """The certificate in a PEM made by make_certificate: register it with the simulator."""
+    return x509.load_pem_x509_certificate(pem.read_bytes())
+
+
 @pytest.mark.parametrize("kind", ["pem", "pfx"])
 def test_certificate_credentials_sign_in_through_msal(serve_simulator, tmp_path: Path,
                                                       kind: str) -> None:
@@ -129,7 +134,7 @@ def test_certificate_credentials_sign_in_through_msal(serve_simulator, tmp_path:
                                                         env="CERT_PASSWORD"))
     credential = load_credential(settings, {"CERT_PASSWORD": "pfx-pass-123"})
     assert "pfx-pass-123" not in repr(credential)
-    state = SimulatorState()
+    state = SimulatorState(certificates=[certificate_of(pem)])
     sim = serve_simulator(state)
     token = asyncio.run(provider(sim.url, sim.ca_file, credential.material).token())
     assert token in state.tokens

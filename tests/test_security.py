@@ -25,7 +25,7 @@ import yaml
 from aiohttp import web
 from conftest import CLIENT_ID, TENANT, issued_sheet, users
 from openpyxl import load_workbook
-from test_auth_graph import make_certificate
+from test_auth_graph import certificate_of, make_certificate
 
 from onboard import audit, redact
 from onboard.audit import (
@@ -363,7 +363,7 @@ def test_certificate_password_never_shows(tmp_path: Path, serve_simulator) -> No
     """A certificate sign-in at -vv shows neither the certificate password nor the key."""
     cert_password = "Cert-Pass-4471"
     pem, _ = make_certificate(tmp_path, cert_password.encode())
-    state = SimulatorState(users(*HIRES))
+    state = SimulatorState(users(*HIRES), certificates=[certificate_of(pem)])
     sim = serve_simulator(state)
     config = sim.config(tmp_path / "c.yaml", auth={
         "method": "certificate", "certificate_path": str(pem),
