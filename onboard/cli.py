@@ -22,9 +22,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import signal
+import stat
 import sys
 import textwrap
 import time
@@ -95,47 +97,55 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         _setup_logging(args.verbose, getattr(args, "log_file", None))
-    except OSError as exc:
-        print(
-            f"onboard: cannot write the log file {args.log_file}: {exc.strerror}", file=sys.stderr
-        )
+    except _LogFileRefused as exc:
+        print(f"onboard: {exc}; nothing was sent to Graph.", file=sys.stderr)
         return EXIT_BAD_INPUT
     try:
         return int(args.handler(args))
     except (ConfigError, InputFileError) as exc:
-        print(f"onboard: {exc}", file=sys.stderr)
-        print("nothing was sent to Graph.", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return _stopped(EXIT_BAD_INPUT, f"onboard: {exc}", "nothing was sent to Graph.")
     except AuthError as exc:
-        print(f"onboard: run aborted: {exc}", file=sys.stderr)
-        print(_what_is_kept(exc), file=sys.stderr)
-        return EXIT_ABORTED
+        return _stopped(EXIT_ABORTED, f"onboard: run aborted: {exc}", _what_is_kept(exc))
     except (AuditWriteError, JournalWriteError) as exc:
-        print(f"onboard: run aborted: {exc}", file=sys.stderr)
+        said = [f"onboard: run aborted: {exc}"]
         if exc.audit_path is not None:
-            print(
+            said.append(
                 f"the audit workbook {exc.audit_path} holds what was done (rows marked 'Not "
-                "finished' may hold a pass: run the same command again for them)",
-                file=sys.stderr,
+                "finished' may hold a pass: run the same command again for them)"
             )
         elif not isinstance(exc, AuditWriteError):
-            print(_what_is_kept(exc), file=sys.stderr)
-        return EXIT_ABORTED
+            said.append(_what_is_kept(exc))
+        return _stopped(EXIT_ABORTED, *said)
     except JournalLocked as exc:
-        print(f"onboard: {exc}", file=sys.stderr)
-        return EXIT_LOCKED
+        return _stopped(EXIT_LOCKED, f"onboard: {exc}")
     except KeyboardInterrupt:
-        print("onboard: interrupted; run the same command again to finish.", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return _stopped(
+            EXIT_INTERRUPTED, "onboard: interrupted; run the same command again to finish."
+        )
     except Exception as exc:  # a bug: say so plainly, never with the data it held
         log.debug("internal error", exc_info=True)
-        print(
+        return _stopped(
+            EXIT_INTERNAL,
             f"onboard: internal error ({type(exc).__name__}). If passes were being issued, the "
             "audit workbook in the output folder holds what was done. Run again with -vv for "
             "the details and report it.",
-            file=sys.stderr,
         )
-        return EXIT_INTERNAL
+
+
+def _stopped(code: int, *said: str) -> int:
+    """Say on stderr why the command stopped, and in the --log-file too (where cron's operator
+    looks first); return the exit code."""
+    for line in said:
+        print(line, file=sys.stderr)
+    _note_in_log_file(f"{'; '.join(said).removeprefix('onboard: ')} (exit {code})", logging.ERROR)
+    return code
+
+
+def _note_in_log_file(message: str, level: int) -> None:
+    """A line for the --log-file only, if there is one (the console has its own words)."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, _LogFile):
+            handler.note(message, level)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -442,11 +452,19 @@ def _run(args: argparse.Namespace) -> int:
         progress.close()
     _print_report(report, config)
     if received:
-        return SIGNAL_EXIT[received[0]]
-    if report.stopped and report.stopped.startswith("aborted"):
-        return EXIT_ABORTED
-    # A pass nobody here can vouch for is not a success: the hire needs a person's attention.
-    return EXIT_ROWS_FAILED if report.failed or report.held_elsewhere else EXIT_OK
+        code = SIGNAL_EXIT[received[0]]
+    elif report.stopped and report.stopped.startswith("aborted"):
+        code = EXIT_ABORTED
+    else:
+        # A pass nobody here can vouch for is not a success: the hire needs a person's attention.
+        code = EXIT_ROWS_FAILED if report.failed or report.held_elsewhere else EXIT_OK
+    early = f", stopped early ({report.stopped})" if report.stopped else ""
+    _note_in_log_file(
+        f"run {report.run_id}: {len(report.issued)} issued, {len(report.failed)} failed, "
+        f"{len(report.skipped)} skipped{early} (exit {code})",
+        logging.INFO if code == EXIT_OK else logging.WARNING,
+    )
+    return code
 
 
 def _what_is_kept(exc: OnboardError) -> str:
@@ -826,8 +844,18 @@ def _report(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else config.output.dir
     job.check_output_dir(out)
     options = audit_options(config.output, os.environ)
-    with Journal(config.state.path, options.password) as journal:
-        path, run, with_values = history.report(journal, args.run_id, out, options)
+    # A finished run's workbook is rebuilt from a read-only journal, without its lock; only a
+    # run killed before its audit has its values written out and wiped, which takes the lock.
+    journal = Journal(config.state.path, options.password).open(lock=False)
+    try:
+        found = journal.run(args.run_id)
+        if found is None or found.status != "running":
+            path, run, with_values = history.report(journal, args.run_id, out, options)
+    finally:
+        journal.close()
+    if found is not None and found.status == "running":
+        with Journal(config.state.path, options.password) as journal:
+            path, run, with_values = history.report(journal, args.run_id, out, options)
     if run.simulated:
         print(SIMULATED)
     print(f"run {run.run_id} ({run.status}): audit workbook rebuilt from the journal: {path}")
@@ -848,17 +876,14 @@ def _runs(args: argparse.Namespace) -> int:
     if not config.state.path.exists():
         print(f"no runs yet (no journal at {config.state.path})")
         return EXIT_OK
-    probe = Journal(config.state.path)
-    try:
-        probe.open()  # taking the lock, and letting go at once, tells a live run from a dead one
-        live = False
-    except JournalLocked:
-        live = True
-    finally:
-        probe.close()
+    # Read only, never locked: a run starting meanwhile must not find `runs` in its way.
     journal = Journal(config.state.path).open(lock=False)
     try:
+        # A run marked running is going on, or was killed: asked before and after reading,
+        # so a run that starts or ends meanwhile is not called stopped.
+        live = journal.lock_held()
         runs = journal.runs()
+        live = journal.lock_held() or live
     finally:
         journal.close()
     tenants = [_tenant_cell(r) for r in runs]
@@ -914,25 +939,122 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
+class _LogFileRefused(Exception):
+    """--log-file names something no line can be written to: the run does not start."""
+
+
+class _LogFile(logging.StreamHandler[TextIO]):
+    """--log-file: lines appended to the file opened once at the start. A write that fails
+    later (a full disk) is said once on stderr, and the file gets no more lines; the run goes
+    on (its outcome is in the audit workbook and the journal)."""
+
+    def __init__(self, name: str, stream: TextIO) -> None:
+        super().__init__(stream)
+        self.shown = name
+        self.broken = False
+
+    @classmethod
+    def open(cls, name: str, formatter: logging.Formatter) -> _LogFile:
+        """Open `name` to append (created 0600) and write a first line; _LogFileRefused if it
+        is a folder or takes no line (/dev/full, a full disk, a FIFO nobody reads).
+
+        What it is is decided on the opened file (fstat), never on the name again, so a
+        symlink or a file swapped meanwhile cannot turn a chmod elsewhere: only a regular file
+        the caller owns is tightened to 0600; a device (/dev/null) or a FIFO is used as it is.
+        """
+        # O_NONBLOCK: a FIFO nobody reads fails at once (ENXIO) rather than hanging the run.
+        nonblock = getattr(os, "O_NONBLOCK", 0)  # POSIX only, as are the next two
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | nonblock
+        flags |= getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+        try:
+            fd = os.open(name, flags, 0o600)
+        except OSError as exc:
+            raise _LogFileRefused(_cannot_log(name, exc)) from None
+        try:
+            if nonblock:
+                os.set_blocking(fd, True)  # only the opening was not to wait
+            info = os.fstat(fd)
+            if os.name != "nt" and stat.S_ISREG(info.st_mode) and info.st_uid == os.getuid():
+                os.fchmod(fd, 0o600)  # user names and request ids: owner-only all the same
+        except OSError as exc:
+            os.close(fd)
+            raise _LogFileRefused(_cannot_log(name, exc)) from None
+        # "w" on an open descriptor truncates nothing (O_APPEND holds) and never seeks.
+        stream = open(fd, "w", encoding="utf-8", errors="backslashreplace")  # noqa: SIM115
+        handler = cls(name, stream)
+        handler.setFormatter(formatter)
+        started = f"onboard {__version__} run started (pid {os.getpid()})"
+        line = handler.format(
+            log.makeRecord(log.name, logging.INFO, __file__, 0, started, (), None)
+        )
+        try:
+            stream.write(line + handler.terminator)
+            stream.flush()
+        except OSError as exc:
+            handler.close()
+            raise _LogFileRefused(_cannot_log(name, exc)) from None
+        return handler
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.broken:
+            return
+        try:
+            line = self.format(record)
+        except Exception:  # a formatting bug, not the file's fault: logging's usual report
+            self.handleError(record)
+            return
+        try:
+            self.stream.write(line + self.terminator)
+            self.stream.flush()
+        except OSError as exc:
+            self.close()
+            print(
+                f"onboard: {_cannot_log(self.shown, exc)}: it gets no more lines from this run",
+                file=sys.stderr,
+            )
+
+    def note(self, message: str, level: int) -> None:
+        """A line for this file only."""
+        self.handle(log.makeRecord(log.name, level, __file__, 0, message, (), None))
+
+    def flush(self) -> None:
+        if not self.broken:
+            super().flush()
+
+    def close(self) -> None:
+        """Let the file go; lines that could not be written are dropped, not raised again."""
+        self.broken = True
+        with contextlib.suppress(OSError, ValueError):
+            self.stream.close()
+        super().close()
+
+
+def _cannot_log(name: str, exc: OSError) -> str:
+    reason = exc.strerror or type(exc).__name__
+    with contextlib.suppress(OSError):
+        if exc.errno == errno.ENXIO and stat.S_ISFIFO(os.stat(name).st_mode):
+            reason = "a FIFO nobody reads"
+    return f"cannot write the log file {name}: {reason}"
+
+
+LOG_TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"  # UTC, like the audit workbook
+
+
 def _setup_logging(verbosity: int, log_file: str | None = None) -> None:
     level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
-    formatter = redact.Formatter(
-        "%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%SZ"
-    )
-    formatter.converter = time.gmtime  # UTC, like the audit workbook
+    formatter = redact.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", LOG_TIME_FORMAT)
+    formatter.converter = time.gmtime
     handler: logging.Handler = _AboveTheBar(sys.stderr)
     handler.setFormatter(formatter)
     handlers = [handler]
     if log_file:
-        # The log holds user names and request ids (never passes): owner-only all the same.
-        os.close(os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
-        if os.stat(log_file).st_uid == os.getuid():
-            os.chmod(log_file, 0o600)  # a file set up by someone else keeps its own mode
-        to_file = logging.FileHandler(log_file, encoding="utf-8")
-        to_file.setFormatter(formatter)
+        to_file = _LogFile.open(log_file, formatter)
         to_file.setLevel(min(level, logging.INFO))
         handlers.append(to_file)
     root = logging.getLogger()
+    for old in root.handlers:  # an earlier main() in this process (tests): let its file go
+        if isinstance(old, _LogFile):
+            old.close()
     root.handlers[:] = handlers
     root.setLevel(min(level, logging.INFO) if log_file else level)
     handler.setLevel(level)

@@ -13,7 +13,9 @@ tenant: enough to read and check a sheet, list runs or serve the simulator, neve
 
 YAML is read by a SafeLoader that refuses anchors and aliases (an alias bomb expands a few
 hundred bytes into gigabytes) and duplicate keys (a second ``pass:`` would silently replace
-the first), in the file and in every ONBOARD_* value.
+the first), in the file and in every ONBOARD_* value, and reads numbers as YAML 1.2 does
+(``0120`` is 120, not octal 80). Every value is then checked against its key's kind and
+bounds (SETTINGS) before any is used: a mistake names the key and the file or variable.
 """
 
 from __future__ import annotations
@@ -22,13 +24,15 @@ import contextlib
 import copy
 import ipaddress
 import logging
+import math
 import os
 import re
 import ssl
 import stat
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import time
+from enum import Enum
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -162,6 +166,105 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
         "seed": None,
     },
 }
+
+
+class Kind(Enum):
+    """What a setting accepts. Every value, from the file or an ONBOARD_* variable, is checked
+    against its key's kind (SETTINGS) before it is used, so a list never names a file and an
+    infinite number never reaches a timer."""
+
+    TEXT = "text"
+    PATH = "a file or folder name"
+    SECRET = "the secret as text"  # noqa: S105 (a description, not a secret)
+    FLAG = "true or false"
+    WHOLE = "a whole number"
+    NUMBER = "a number"
+    SHEET = "a sheet name or a 0-based sheet index"
+    HEADERS = "a list of header names"
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One key: its kind, whether null is allowed, and for a number its least and greatest value."""
+
+    kind: Kind
+    nullable: bool = False
+    low: float = 0
+    high: float = 0
+
+
+def _text(*, nullable: bool = True) -> Setting:
+    return Setting(Kind.TEXT, nullable)
+
+
+def _path() -> Setting:
+    return Setting(Kind.PATH, nullable=True)
+
+
+def _whole(low: int, high: int, *, nullable: bool = False) -> Setting:
+    return Setting(Kind.WHOLE, nullable, low, high)
+
+
+def _number(low: float, high: float, *, nullable: bool = False) -> Setting:
+    return Setting(Kind.NUMBER, nullable, low, high)
+
+
+MAX_WAIT_SECONDS = 3600.0  # no timeout, backoff, settle or grace time onboard waits is longer
+MAX_SHEET_INDEX = 9_999
+# Every key a config file can set, with what it accepts (the defaults are in _DEFAULTS).
+SETTINGS: dict[str, Setting] = {
+    "graph.endpoint": _text(),
+    "graph.cloud": _text(nullable=False),
+    "graph.api_version": _text(nullable=False),
+    "graph.ca_bundle": _path(),
+    "auth.tenant_id": _text(),
+    "auth.client_id": _text(),
+    "auth.method": _text(nullable=False),
+    "auth.client_secret_env": _text(),
+    "auth.client_secret_file": _path(),
+    "auth.client_secret": Setting(Kind.SECRET, nullable=True),
+    "auth.certificate_path": _path(),
+    "auth.certificate_password_env": _text(),
+    "auth.certificate_password_file": _path(),
+    "auth.certificate_password": Setting(Kind.SECRET, nullable=True),
+    "auth.authority": _text(),
+    "input.sheet": Setting(Kind.SHEET, nullable=True, high=MAX_SHEET_INDEX),
+    "input.columns": Setting(Kind.HEADERS),
+    "input.max_rows": _whole(1, 10_000_000),
+    "input.max_mb": _number(0.001, 100_000),
+    "input.date_order": _text(),
+    "input.match_by": _text(nullable=False),
+    "pass.lifetime_minutes": _whole(MIN_LIFETIME_MINUTES, MAX_LIFETIME_MINUTES),
+    "pass.usable_once": Setting(Kind.FLAG),
+    "pass.start_time": _text(nullable=False),
+    "pass.timezone": _text(),
+    "pass.existing": _text(nullable=False),
+    "run.concurrency": _whole(1, 256),
+    "run.max_rate": _number(0.1, 10_000),
+    "run.batch_size": _whole(1, MAX_BATCH_SIZE),
+    "run.max_attempts": _whole(1, 100),
+    "run.timeout_seconds": _number(0.1, MAX_WAIT_SECONDS),
+    "run.backoff_seconds": _number(0, MAX_WAIT_SECONDS),
+    "run.backoff_max_seconds": _number(0, MAX_WAIT_SECONDS),
+    "run.settle_seconds": _number(0, MAX_WAIT_SECONDS),
+    "run.stop_grace_seconds": _number(0, MAX_WAIT_SECONDS),
+    "run.due_within_days": _whole(0, 366, nullable=True),
+    "output.dir": _path(),
+    "output.password_env": _text(),
+    "output.password_file": _path(),
+    "output.password": Setting(Kind.SECRET, nullable=True),
+    "output.redacted_copy": Setting(Kind.FLAG),
+    "state.path": _path(),
+    "simulator.tenant": _path(),
+    "simulator.latency_ms": _number(0, 60_000),
+    "simulator.fault_rate": _number(0, 1),
+    "simulator.lost_response_rate": _number(0, 1),
+    "simulator.throttle_rate": _number(0.001, 1_000_000, nullable=True),
+    "simulator.throttle_burst": _whole(1, 1_000_000),
+    "simulator.retry_after_seconds": _number(0, MAX_WAIT_SECONDS, nullable=True),
+    "simulator.seed": _whole(0, 2**63 - 1, nullable=True),
+}
+SHOWN_CHARS = 60  # a value quoted in an error message is cut to this length
 
 AUTH_METHODS = ("client_secret", "certificate", "managed_identity")
 # Keys that hold a secret inline: allowed only in an owner-only config file, never from ONBOARD_*.
@@ -374,6 +477,16 @@ def _refuse(what: str, mark: Any) -> _Refused:
 
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+_INT_TAG = "tag:yaml.org,2002:int"
+_FLOAT_TAG = "tag:yaml.org,2002:float"
+# Numbers as YAML 1.2 reads them, not YAML 1.1: 0120 is 120 (not octal 80: nothing in this file
+# is ever octal, and a person who writes 0120 minutes means 120), 08:30 is text (not the base-60
+# number 510), 1e3 is a number. Octal and hexadecimal only with their 0o / 0x prefixes.
+_INT = re.compile(r"[-+]?(?:[0-9][0-9_]*|0o[0-7_]+|0x[0-9a-fA-F_]+)$")
+_FLOAT = re.compile(
+    r"[-+]?(?:\.[0-9][0-9_]*|[0-9][0-9_]*(?:\.[0-9_]*)?)(?:[eE][-+]?[0-9]+)?$"
+    r"|[-+]?\.(?:inf|Inf|INF)$|\.(?:nan|NaN|NAN)$"
+)
 
 
 class StrictLoader(yaml.SafeLoader):
@@ -403,6 +516,30 @@ class StrictLoader(yaml.SafeLoader):
                 )
             seen[key] = key_node
         return super().construct_mapping(node, deep)
+
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        text = str(self.construct_scalar(node)).replace("_", "")
+        sign = -1 if text.startswith("-") else 1
+        digits = text.lstrip("+-")
+        base = {"0o": 8, "0x": 16}.get(digits[:2], 10)
+        try:
+            return sign * int(digits[2:] if base != 10 else digits, base)
+        except ValueError:  # more digits than Python converts (4300): no setting is near that
+            raise _Refused(
+                problem=f"a number of {len(digits)} digits on line {node.start_mark.line + 1}: "
+                "too large",
+                problem_mark=node.start_mark,
+            ) from None
+
+
+# Its own copy of the resolvers (SafeLoader's stay as they are), with the YAML 1.2 numbers.
+StrictLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag not in (_INT_TAG, _FLOAT_TAG)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+StrictLoader.add_implicit_resolver(_INT_TAG, _INT, list("-+0123456789"))
+StrictLoader.add_implicit_resolver(_FLOAT_TAG, _FLOAT, list("-+.0123456789"))
+StrictLoader.add_constructor(_INT_TAG, StrictLoader.construct_yaml_int)
 
 
 def _yaml_error(exc: yaml.YAMLError, where: str) -> ConfigError:
@@ -457,10 +594,12 @@ def _merge(raw: dict[str, Any], source: Path | None) -> dict[str, dict[str, Any]
     where = source or "config"
     merged: dict[str, dict[str, Any]] = {}
     for section, defaults in _DEFAULTS.items():
-        given = raw.get(section) or {}
+        given = raw.get(section)
+        if given is None:  # an empty section
+            given = {}
         if not isinstance(given, dict):
             raise ConfigError(f"{where}: '{section}' must be a mapping of keys")
-        unknown = set(given) - set(defaults)
+        unknown = {str(key) for key in given} - set(defaults)
         if unknown:
             raise ConfigError(
                 f"{where}: unknown key(s) in '{section}': {', '.join(sorted(unknown))}; "
@@ -469,14 +608,16 @@ def _merge(raw: dict[str, Any], source: Path | None) -> dict[str, dict[str, Any]
         section_values = dict(defaults)
         section_values.update(given)
         merged[section] = section_values
-    unknown_sections = set(raw) - set(_DEFAULTS)
+    unknown_sections = {str(section) for section in raw} - set(_DEFAULTS)
     if unknown_sections:
         raise ConfigError(
             f"{where}: unknown section(s): {', '.join(sorted(unknown_sections))}; "
             f"known: {', '.join(_DEFAULTS)}"
         )
     columns = dict(DEFAULT_COLUMNS)
-    given_columns = merged["input"]["columns"] or {}
+    given_columns = merged["input"]["columns"]
+    if given_columns is None:
+        given_columns = {}
     if not isinstance(given_columns, dict):
         raise ConfigError(f"{where}: input.columns must map a field to a list of header names")
     for key, names in given_columns.items():
@@ -508,7 +649,9 @@ def _apply_env(
             if name in env:
                 overrides[(section, key)] = name
                 values[key] = _env_value(name, env[name])
-    secrets = {merged[section][f"{key}_env"] for section, key in INLINE_SECRETS}
+    # The variables that hold secrets (any other value is refused, naming its key, in _build).
+    named = [merged[section][f"{key}_env"] for section, key in INLINE_SECRETS]
+    secrets = {name for name in named if isinstance(name, str)}
     prefixes = tuple(f"{ENV_PREFIX}{section.upper()}_" for section in merged)
     for name in env:
         if name.startswith(prefixes) and name not in known and name not in secrets:
@@ -617,6 +760,67 @@ def yaml_scalar(value: Any) -> str:
     return text.removesuffix("\n...\n").strip()
 
 
+def _checked(key: str, value: Any, where: str) -> Any:
+    """`value` for the dotted `key` if it is of the key's kind (SETTINGS), a whole number as an
+    int; else a ConfigError naming `where` (the file or the variable) and the key. A secret's
+    value is never quoted."""
+    setting = SETTINGS[key]
+    kind = setting.kind
+    if value is None and setting.nullable:
+        return None
+    shown = "(not shown)" if kind is Kind.SECRET else _shown(value)
+
+    def refuse(problem: str, hint: str = "") -> ConfigError:
+        return ConfigError(f"{where}: {key} {problem}, got {shown}{hint}")
+
+    wanted = f"must be {kind.value}"
+    if kind in (Kind.WHOLE, Kind.NUMBER):
+        wanted += f" between {_bound(setting.low)} and {_bound(setting.high)}"
+    wanted += " (or null)" if setting.nullable else ""
+    if kind is Kind.FLAG:
+        if not isinstance(value, bool):
+            raise refuse(wanted)
+        return value
+    if kind in (Kind.WHOLE, Kind.NUMBER) or (kind is Kind.SHEET and not isinstance(value, str)):
+        return _checked_number(setting, value, refuse, wanted)
+    if kind is Kind.HEADERS:
+        return value  # input.columns: checked as the file is merged (_merge)
+    if not isinstance(value, str):
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        raise refuse(wanted, ": quote it to mean it as text" if number else "")
+    if kind is not Kind.SECRET and not value.isprintable():
+        raise refuse(f"{wanted} without control characters")
+    return value
+
+
+def _checked_number(
+    setting: Setting, value: Any, refuse: Callable[[str], Exception], wanted: str
+) -> int | float:
+    whole = setting.kind is not Kind.NUMBER
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise refuse(wanted)
+    low, high = _bound(setting.low), _bound(setting.high)
+    if not math.isfinite(value):
+        raise refuse(f"must be a finite number between {low} and {high}")
+    if whole and value != int(value):
+        raise refuse(f"must be a whole number between {low} and {high}")
+    if value > setting.high:
+        raise refuse(f"is too large: at most {high}")
+    if value < setting.low:
+        raise refuse(f"must be between {low} and {high}")
+    return int(value) if whole else float(value)
+
+
+def _bound(number: float) -> str:
+    return str(int(number)) if float(number).is_integer() else str(number)
+
+
+def _shown(value: Any) -> str:
+    """A value as an error message quotes it: Python's repr, cut short."""
+    text = repr(value)
+    return text if len(text) <= SHOWN_CHARS else f"{text[: SHOWN_CHARS - 3]}..."
+
+
 def _build(
     m: dict[str, dict[str, Any]],
     base: Path,
@@ -631,28 +835,22 @@ def _build(
         name = overrides.get((section, key))
         return f"environment variable {name}" if name else where
 
-    def path_or_none(value: Any) -> Path | None:
+    for section, values in m.items():  # every key, before any is used
+        for key in values:
+            values[key] = _checked(f"{section}.{key}", values[key], at(section, key))
+
+    def path_or_none(section: str, key: str) -> Path | None:
+        value = m[section][key]
         if value in (None, ""):
             return None
-        p = Path(str(value)).expanduser()
-        return p if p.is_absolute() else base / p
-
-    def number(section: str, key: str, kind: type, low: float, high: float | None = None) -> Any:
-        value = m[section][key]
         try:
-            if isinstance(value, bool):
-                raise ValueError
-            converted = kind(value)
-            if kind is int and converted != float(value):
-                raise ValueError
-        except (TypeError, ValueError):
+            p = Path(value).expanduser()
+        except RuntimeError:  # ~user of no such user, or no home folder to expand ~ to
             raise ConfigError(
-                f"{at(section, key)}: {section}.{key} must be a number, got {value!r}"
+                f"{at(section, key)}: {section}.{key} {value!r}: its ~ cannot be expanded "
+                "(no such user, or no home folder): write the full path"
             ) from None
-        if converted != converted or converted < low or (high is not None and converted > high):
-            bound = f"between {low} and {high}" if high is not None else f"at least {low}"
-            raise ConfigError(f"{at(section, key)}: {section}.{key} must be {bound}, got {value!r}")
-        return converted
+        return p if p.is_absolute() else base / p
 
     def choice(
         section: str, key: str, allowed: Sequence[str], *, upper: bool = False,
@@ -667,14 +865,6 @@ def _build(
                 return option
         wanted = " | ".join(allowed) + (" (or null)" if optional else "")
         raise ConfigError(f"{at(section, key)}: {section}.{key} must be {wanted}, got {value!r}")
-
-    def boolean(section: str, key: str) -> bool:
-        value = m[section][key]
-        if not isinstance(value, bool):
-            raise ConfigError(
-                f"{at(section, key)}: {section}.{key} must be true or false, got {value!r}"
-            )
-        return value
 
     g = m["graph"]
     cloud = str(g["cloud"])
@@ -694,7 +884,7 @@ def _build(
             f"{at('graph', 'api_version')}: graph.api_version must be v1.0 or beta, "
             f"got {api_version!r}"
         )
-    ca_bundle = path_or_none(g["ca_bundle"])
+    ca_bundle = path_or_none("graph", "ca_bundle")
     if ca_bundle is not None:
         _check_ca_bundle(ca_bundle, at("graph", "ca_bundle"))
     graph = GraphSettings(endpoint, cloud, api_version, ca_bundle)
@@ -726,9 +916,7 @@ def _build(
         values = m[section]
         env_name = values[f"{key}_env"] or default_env
         inline = values[key]
-        file = path_or_none(values[f"{key}_file"])
-        if inline is not None and not isinstance(inline, str):
-            raise ConfigError(f"{where}: {section}.{key} must be text (quote it)")
+        file = path_or_none(section, f"{key}_file")
         if inline is not None and file is not None:
             raise ConfigError(
                 f"{where}: {section}.{key} and {section}.{key}_file are both set; keep one"
@@ -740,7 +928,7 @@ def _build(
         client_id=client,
         method=method,
         client_secret=secret("auth", "client_secret", DEFAULT_CLIENT_SECRET_ENV),
-        certificate_path=path_or_none(a["certificate_path"]),
+        certificate_path=path_or_none("auth", "certificate_path"),
         certificate_password=secret("auth", "certificate_password"),
         authority=authority,
     )
@@ -759,16 +947,11 @@ def _build(
             )
 
     i = m["input"]
-    sheet = i["sheet"]
-    if sheet is not None and not isinstance(sheet, (str, int)):
-        raise ConfigError(
-            f"{at('input', 'sheet')}: input.sheet must be a sheet name or a 0-based index"
-        )
     inp = InputSettings(
-        sheet=sheet,
+        sheet=i["sheet"],
         columns=i["columns"],
-        max_rows=number("input", "max_rows", int, 1, 10_000_000),
-        max_mb=number("input", "max_mb", float, 0.001, 100_000),
+        max_rows=i["max_rows"],
+        max_mb=i["max_mb"],
         date_order=choice("input", "date_order", DATE_ORDERS, upper=True, optional=True),
         match_by=str(choice("input", "match_by", MATCH_BY)),
     )
@@ -790,50 +973,19 @@ def _build(
     if problem is not None:
         raise ConfigError(f"{at('pass', 'timezone')}: pass.timezone {problem}")
     pass_ = PassSettings(
-        lifetime_minutes=number(
-            "pass", "lifetime_minutes", int, MIN_LIFETIME_MINUTES, MAX_LIFETIME_MINUTES
-        ),
-        usable_once=boolean("pass", "usable_once"),
+        lifetime_minutes=p["lifetime_minutes"],
+        usable_once=p["usable_once"],
         start_time=start_time,
         timezone=zone,
         existing=str(choice("pass", "existing", EXISTING)),
     )
 
-    run = RunSettings(
-        concurrency=number("run", "concurrency", int, 1, 256),
-        max_rate=number("run", "max_rate", float, 0.1, 10_000),
-        batch_size=number("run", "batch_size", int, 1, MAX_BATCH_SIZE),
-        max_attempts=number("run", "max_attempts", int, 1, 100),
-        timeout_seconds=number("run", "timeout_seconds", float, 0.1),
-        backoff_seconds=number("run", "backoff_seconds", float, 0),
-        backoff_max_seconds=number("run", "backoff_max_seconds", float, 0),
-        settle_seconds=number("run", "settle_seconds", float, 0),
-        stop_grace_seconds=number("run", "stop_grace_seconds", float, 0),
-        due_within_days=None
-        if m["run"]["due_within_days"] is None
-        else number("run", "due_within_days", int, 0, 366),
-    )
-    out_dir = path_or_none(m["output"]["dir"]) or base / "audit"
-    output = OutputSettings(
-        out_dir, secret("output", "password"), boolean("output", "redacted_copy")
-    )
+    run = RunSettings(**m["run"])  # every value checked against SETTINGS above
+    out_dir = path_or_none("output", "dir") or base / "audit"
+    output = OutputSettings(out_dir, secret("output", "password"), m["output"]["redacted_copy"])
     s = m["simulator"]
-    throttle_rate = s["throttle_rate"]
-    simulator = SimulatorSettings(
-        tenant=path_or_none(s["tenant"]),
-        latency_ms=number("simulator", "latency_ms", float, 0),
-        fault_rate=number("simulator", "fault_rate", float, 0, 1),
-        lost_response_rate=number("simulator", "lost_response_rate", float, 0, 1),
-        throttle_rate=None
-        if throttle_rate is None
-        else number("simulator", "throttle_rate", float, 0.001),
-        throttle_burst=number("simulator", "throttle_burst", int, 1),
-        retry_after_seconds=None
-        if s["retry_after_seconds"] is None
-        else number("simulator", "retry_after_seconds", float, 0),
-        seed=None if s["seed"] is None else number("simulator", "seed", int, 0),
-    )
-    state = StateSettings(path_or_none(m["state"]["path"]) or base / DEFAULT_STATE_PATH)
+    simulator = SimulatorSettings(**{**s, "tenant": path_or_none("simulator", "tenant")})
+    state = StateSettings(path_or_none("state", "path") or base / DEFAULT_STATE_PATH)
     return Config(graph, auth, inp, pass_, run, output, simulator, state, source)
 
 
@@ -931,11 +1083,10 @@ def _check_inline_secrets(raw: dict[str, Any], source: Path) -> None:
         )
 
 
-def _parse_time(value: Any, where: str) -> time:
-    if isinstance(value, int) and not isinstance(value, bool):
-        # YAML 1.1 reads an unquoted 08:00 as the sexagesimal number 480.
-        value = f"{value // 60:02d}:{value % 60:02d}"
-    match = re.fullmatch(r"(\d{1,2}):(\d{2})", str(value).strip())
+def _parse_time(value: str, where: str) -> time:
+    # An unquoted 08:00 is text too: StrictLoader does not read base-60 numbers (YAML 1.1 would
+    # read it as 480).
+    match = re.fullmatch(r"(\d{1,2}):(\d{2})", value.strip())
     if not match or int(match.group(1)) > 23 or int(match.group(2)) > 59:
         raise ConfigError(f"{where}: pass.start_time must be HH:MM (24-hour), got {value!r}")
     return time(int(match.group(1)), int(match.group(2)))

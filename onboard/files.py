@@ -32,8 +32,11 @@ class LockFile:
     """An exclusive lock held for a run, in a small file that also says who holds it.
 
     Byte 0 is locked (flock; msvcrt on Windows); after it, a line naming the holder, for the
-    message a second run prints. The lock goes with the process: closing the file, or the
-    process dying (kill -9 included), releases it.
+    message a second run prints, and a line identifying the holding process (its pid and when
+    it started), so that a reader can tell a live holder from a dead one without taking the
+    lock (`held`): taking it, even for an instant, would turn a run starting at that instant
+    away. The lock goes with the process: closing the file, or the process dying (kill -9
+    included), releases it; a clean release also clears the lines.
     """
 
     def __init__(self, path: Path) -> None:
@@ -45,19 +48,71 @@ class LockFile:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         if not _try_lock(fd):
             os.lseek(fd, 1, os.SEEK_SET)
-            held_by = os.read(fd, 400).decode(errors="replace").strip() or "unknown"
+            text = os.read(fd, HOLDER_BYTES).decode(errors="replace")
             os.close(fd)
-            return held_by
+            return text.split("\n", 1)[0].strip() or "unknown"
         os.ftruncate(fd, 1)
         os.lseek(fd, 1, os.SEEK_SET)
-        os.write(fd, f"{holder}\n".encode())
+        os.write(fd, f"{holder}\n{PROCESS} {os.getpid()} {_started(os.getpid()) or '-'}\n".encode())
         self._fd = fd
         return None
 
     def release(self) -> None:
         if self._fd is not None:
+            with contextlib.suppress(OSError):  # cleared, so no reader takes us for a holder
+                os.ftruncate(self._fd, 1)
             os.close(self._fd)  # closing releases the lock
             self._fd = None
+
+    def held(self) -> bool:
+        """Whether a live process holds the lock, told without taking it: the process the file
+        names exists and (where the system tells, Linux) started when the file says, so a
+        reused pid is not taken for it. A holder in another pid namespace (another container
+        sharing the folder) is not seen: such a run is then shown as stopped, and a run started
+        to resume it is refused by the lock itself."""
+        if sys.platform == "win32":  # no way to test a msvcrt lock but to take it
+            probe = LockFile(self.path)
+            held_by = probe.acquire("onboard runs (reading)")
+            probe.release()
+            return held_by is not None
+        try:
+            text = self.path.read_bytes()[1 : 1 + HOLDER_BYTES].decode(errors="replace")
+        except OSError:
+            return False
+        for line in text.splitlines():
+            word, _, rest = line.partition(" ")
+            pid_text, _, started = rest.partition(" ")
+            if word == PROCESS and pid_text.isdigit():
+                return _alive(int(pid_text), started)
+        return False
+
+
+HOLDER_BYTES = 400
+PROCESS = "process"  # the second line: "process <pid> <start>" (start "-" where unknown)
+
+
+def _alive(pid: int, started: str) -> bool:
+    if started != "-":  # the holder's system told when it started: the same process or none
+        return _started(pid) == started
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, as another user's
+        return True
+    return True
+
+
+def _started(pid: int) -> str | None:
+    """When process `pid` started, as Linux tells it (boot id and clock ticks after boot);
+    None elsewhere, or when there is no such process."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text(encoding="ascii").strip()
+    except OSError:
+        return None
+    fields = text.rpartition(")")[2].split()  # after the name, which may hold spaces
+    return f"{boot}:{fields[19]}" if len(fields) > 19 else None
 
 
 def holder_line(what: str) -> str:

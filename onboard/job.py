@@ -671,6 +671,7 @@ def _sort(
     for request in requests:
         decision = decide(request, history, now, options)
         if isinstance(decision, Keep):
+            _log_checked(decision.outcome)
             ledger.add(decision.outcome)
         elif isinstance(decision, Skip):
             report.not_yet_due += decision.not_yet_due
@@ -776,6 +777,7 @@ async def _check_first(
         if await stopped_within(stop, wait):
             for check in to_check:  # not asked, so not sent
                 pending.pop(check.request.origin, None)
+                _log_checked(not_sent(check.request))
                 ledger.add(not_sent(check.request), later=True)
             return []
     answers = await current_passes(
@@ -815,8 +817,11 @@ def _unfinished(request: PassRequest) -> Failed:
 
 
 def _log_checked(outcome: Outcome) -> None:
+    """A row's line in the log (--log-file gets at least one per row)."""
     where = f"{outcome.origin.source} row {outcome.origin.row}"
-    if isinstance(outcome, Failed):
+    if isinstance(outcome, Issued):  # kept from before the run was stopped and resumed
+        log.info("%s %s: pass issued before the run stopped (kept)", where, outcome.request.user)
+    elif isinstance(outcome, Failed):
         log.warning("%s %s: %s: %s", where, outcome.user or "-", outcome.reason, outcome.detail)
     elif isinstance(outcome, Skipped):
         log.info("%s %s: skipped: %s", where, outcome.user or "-", outcome.reason)

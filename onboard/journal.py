@@ -191,16 +191,19 @@ class Journal:
     def open(self, *, lock: bool = True) -> Journal:
         """Create (owner-only) or open the journal and take its lock. Raises JournalLocked.
 
-        lock=False only reads (listing runs while another run holds the lock).
+        lock=False opens it to read only (`onboard runs`, `report` of a finished run,
+        `validate`): no lock is taken, so a run starting meanwhile is never turned away, and
+        nothing is written, the journal's file or its schema (see `_open_to_read`).
         """
+        if not lock:
+            return self._open_to_read()
         path = self.real_path
         try:
             private_dir(path.parent)
-            if lock:
-                self._take_lock()
+            self._take_lock()
             if not path.exists():
                 os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
-            elif lock:
+            else:
                 path.chmod(0o600)  # it holds passes until their audit is written
             db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         except OSError as exc:
@@ -222,12 +225,53 @@ class Journal:
             raise ConfigError(f"the run journal {self.path} is unusable: {exc}") from None
         for suffix in ("-wal", "-shm"):
             side = path.with_name(path.name + suffix)
-            if side.exists() and lock:
+            if side.exists():
                 side.chmod(0o600)
         self._db = db
         if self._password is not None:
             self._fernet = Fernet(_derive_key(self._password, self._salt(db)))
         return self
+
+    def _open_to_read(self) -> Journal:
+        """The journal opened read-only (SQLite mode=ro, query_only), without its lock.
+
+        In WAL mode a reader needs the -shm file: SQLite makes it (with the journal's own
+        mode and owner) when the folder lets it; in a folder it cannot write, a journal with
+        no -wal beside it (no writer has it open) is read as immutable instead. A journal
+        written by an older onboard is read as today's: the columns it lacks are made up, as
+        their defaults, in views of the connection's own TEMP schema, never in the file.
+        """
+        path = self.real_path
+        if not path.is_file():
+            raise ConfigError(f"no run journal at {self.path} (state.path): no run recorded yet")
+        uri = f"{path.as_uri()}?mode=ro"
+        try:
+            try:
+                db = _connect_to_read(uri)
+            except sqlite3.OperationalError:
+                if path.with_name(path.name + "-wal").exists():
+                    raise
+                db = _connect_to_read(uri + "&immutable=1")
+        except sqlite3.DatabaseError as exc:
+            raise ConfigError(f"cannot read the run journal {self.path}: {exc}") from None
+        try:
+            _as_today(db)
+            db.execute("PRAGMA query_only=ON")  # from now on not even TEMP is written
+            salt = None
+            if self._password is not None:
+                salt = db.execute("SELECT value FROM settings WHERE name='salt'").fetchone()
+        except sqlite3.DatabaseError as exc:
+            db.close()
+            raise ConfigError(f"the run journal {self.path} is unusable: {exc}") from None
+        self._db = db
+        if self._password is not None and salt is not None:  # none: nothing was ever sealed
+            self._fernet = Fernet(_derive_key(self._password, base64.b64decode(salt[0])))
+        return self
+
+    def lock_held(self) -> bool:
+        """Whether a live process holds the journal's lock (a run is going on), told without
+        taking it."""
+        return self._lock.held()
 
     def _salt(self, db: sqlite3.Connection) -> bytes:
         db.execute(
@@ -276,7 +320,8 @@ class Journal:
         self._lock.release()
 
     def __enter__(self) -> Journal:
-        return self.open()
+        # `with Journal(p).open(lock=False):` keeps the read-only opening it was given.
+        return self if self._db is not None else self.open()
 
     def __exit__(self, *exc: object) -> None:
         self.close()
@@ -553,6 +598,41 @@ def _person_match(tenant: str, person: Person, excluding: str) -> tuple[str, tup
         f"{clause} AND runs.status != 'running' AND rows.run_id != ?",
         (*params, excluding),
     )
+
+
+def _connect_to_read(uri: str) -> sqlite3.Connection:
+    db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+    try:
+        db.execute("SELECT count(*) FROM sqlite_master").fetchone()  # opens it: fails here
+    except sqlite3.Error:
+        db.close()
+        raise
+    return db
+
+
+def _as_today(db: sqlite3.Connection) -> None:
+    """Make a read-only connection see an older (or empty) journal with today's tables: what
+    the file lacks is made up in TEMP, which shadows the file's own tables for this connection
+    only."""
+    tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    if not tables:  # created, never written
+        db.executescript(SCHEMA.replace("CREATE TABLE IF NOT EXISTS", "CREATE TEMP TABLE"))
+        _add_columns(db)
+        return
+    if "settings" not in tables:  # older than the journal's settings: nothing sealed in it
+        db.execute("CREATE TEMP TABLE settings (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    for table, columns in ADDED_COLUMNS.items():
+        present = {row[1] for row in db.execute(f"PRAGMA main.table_info({table})")}
+        made_up = [
+            f"{kind.partition(' DEFAULT ')[2] or 'NULL'} AS {name}"
+            for name, kind in columns.items()
+            if name not in present
+        ]
+        if made_up:
+            db.execute(
+                f"CREATE TEMP VIEW {table} AS SELECT rowid AS rowid, *, {', '.join(made_up)} "  # noqa: S608 (names from ADDED_COLUMNS, not input)
+                f"FROM main.{table}"
+            )
 
 
 def _add_columns(db: sqlite3.Connection) -> None:

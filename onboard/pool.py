@@ -101,6 +101,12 @@ async def issue_all(
         if on_outcome is not None:
             on_outcome(outcome)
 
+    def ended(outcome: Failed) -> None:
+        """A row the run stopped before it finished: logged, as every row's outcome is."""
+        where = f"{outcome.origin.source} row {outcome.origin.row} {outcome.user}"
+        log.info("%s: %s", where, outcome.reason)
+        record(outcome)
+
     def issued(request: PassRequest, created: CreatedPass, unclear: float | None) -> Issued:
         if unclear is not None:
             result.unclear[request.origin] = unclear
@@ -292,7 +298,7 @@ async def issue_all(
                     if request.origin in in_hand:
                         # the request refused for the token made no pass; earlier ones may have
                         flying.discard(request.origin)
-                        record(stopped(request, str(exc)))
+                        ended(stopped(request, str(exc)))
             except JournalWriteError:
                 raise  # stop the run: no pass may be handed out that the journal cannot keep
             except Exception as exc:  # a bug must not lose a row: report it and go on
@@ -320,10 +326,10 @@ async def issue_all(
             task.cancel()
         raise
     for request in list(in_hand.values()):
-        record(stopped(request))
+        ended(stopped(request))
     while not queue.empty():
         request = queue.get_nowait()
-        record(not_sent(request, str(result.aborted) if result.aborted else None))
+        ended(not_sent(request, str(result.aborted) if result.aborted else None))
     return result
 
 

@@ -12,7 +12,10 @@ import yaml
 
 from onboard.config import (
     CLOUDS,
+    SETTINGS,
     SIMULATOR_TIMEZONE,
+    Kind,
+    Setting,
     config_keys,
     default_value,
     env_override_names,
@@ -77,7 +80,8 @@ def test_unquoted_start_time_is_understood(tmp_path: Path) -> None:
         (SIM + "pass:\n  lifetime_minutes: 5\n",
          "pass.lifetime_minutes must be between 10 and 43200"),
         (SIM + "pass:\n  start_time: 25:00\n", "pass.start_time must be HH:MM"),
-        (SIM + "run:\n  concurrency: many\n", "run.concurrency must be a number"),
+        (SIM + "run:\n  concurrency: many\n",
+         "run.concurrency must be a whole number between 1 and 256"),
         ("graph:\n  endpoint: http://graph.example.com\n", "must be an https:// URL"),
         ("graph:\n  endpoint: https://graph.microsoft.com\nauth:\n  tenant_id: common\n",
          "not 'common'"),
@@ -264,3 +268,148 @@ def test_the_readme_table_gives_the_defaults_of_config_py() -> None:
     table = dict(re.findall(r"^\| `([a-z_.]+)` \| `?([^|`]*)`? \|", readme, re.MULTILINE))
     assert {k: table.get(k) for k in config_keys()} == {
         k: _readme_cell(default_value(k)) for k in config_keys()}
+
+
+WRONG = {  # YAML text of values no key but a few accepts
+    "list": "[x]",
+    "mapping": "{a: 1}",
+    "bool": "true",
+    "inf": ".inf",
+    "minus inf": "-.inf",
+    "nan": ".nan",
+    "huge": "1" + "0" * 30,
+}
+RIGHT_FOR = {Kind.FLAG: {"bool"}, Kind.HEADERS: {"list"}}
+
+
+def _setting(key: str) -> Setting:
+    """The SETTINGS entry of a dotted key (input.columns.user is input.columns's)."""
+    return SETTINGS.get(key) or SETTINGS[key.rpartition(".")[0]]
+
+
+def _file_with(tmp_path: Path, key: str, raw: str) -> Path:
+    """A simulator config whose `key` (dotted) is written as the YAML text `raw`; owner-only,
+    so an inline secret is looked at."""
+    section, _, rest = key.partition(".")
+    lines = {"graph": ["  endpoint: simulator"]}
+    lines.setdefault(section, [])
+    if section == "graph":
+        lines["graph"] = [line for line in lines["graph"] if not line.startswith(f"  {rest}:")]
+    if "." in rest:
+        outer, _, inner = rest.partition(".")
+        lines[section] += [f"  {outer}:", f"    {inner}: {raw}"]
+    else:
+        lines[section].append(f"  {rest}: {raw}")
+    path = write(tmp_path, "".join(f"{s}:\n" + "".join(f"{x}\n" for x in v)
+                                    for s, v in lines.items()))
+    path.chmod(0o600)
+    return path
+
+
+def test_every_key_says_what_it_takes() -> None:
+    """SETTINGS declares every key of the defaults, and nothing else: no key goes unchecked."""
+    declared = {key if key in SETTINGS else key.rpartition(".")[0] for key in config_keys()}
+    assert declared == set(SETTINGS)
+
+
+CASES = [(key, name) for key in config_keys() for name in WRONG
+         if name not in RIGHT_FOR.get(_setting(key).kind, set())]
+
+
+@pytest.mark.parametrize(("key", "name"), CASES)
+def test_every_key_refuses_a_value_of_the_wrong_kind(tmp_path: Path, key: str, name: str) -> None:
+    """A list, mapping, true, .inf, .nan or huge number where the key wants none: exit 2's
+    ConfigError naming the file and the key (never an OverflowError, never a file named ['x'])."""
+    path = _file_with(tmp_path, key, WRONG[name])
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: ")
+    assert key in message or key.rpartition(".")[0] in message
+    if _setting(key).kind is Kind.SECRET:
+        assert "(not shown)" in message
+
+
+ENV_CASES = [(key, name) for key in config_keys()
+             if f"ONBOARD_{key.replace('.', '_').upper()}" in env_override_names()
+             for name in WRONG if name not in RIGHT_FOR.get(_setting(key).kind, set())]
+
+
+@pytest.mark.parametrize(("key", "name"), ENV_CASES)
+def test_every_variable_refuses_a_value_of_the_wrong_kind(
+    tmp_path: Path, key: str, name: str
+) -> None:
+    """The same values in ONBOARD_* variables: refused, naming the variable and the key."""
+    variable = f"ONBOARD_{key.replace('.', '_').upper()}"
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, SIM), {variable: WRONG[name]})
+    assert str(caught.value).startswith(f"environment variable {variable}: {key} ")
+
+
+NUMBERS = [key for key in config_keys() if _setting(key).kind in (Kind.WHOLE, Kind.NUMBER)]
+
+
+@pytest.mark.parametrize("key", NUMBERS)
+def test_leading_zeros_are_decimal_in_every_number(tmp_path: Path, key: str) -> None:
+    """YAML 1.1 reads 010 as octal 8 and 0120 as 80: onboard reads them as 10 and 120, as
+    YAML 1.2 and people do."""
+    setting = _setting(key)
+    number = next(n for n in (10, 120, 0) if setting.low <= n <= setting.high)
+    config = load_config(_file_with(tmp_path, key, f"0{number}"))
+    section, _, name = key.partition(".")
+    assert getattr(getattr(config, "pass_" if section == "pass" else section), name) == number
+
+
+def test_a_huge_number_is_too_large_with_its_bound(tmp_path: Path) -> None:
+    """A number past the key's bound says "too large" and the bound, not "must be a number"."""
+    path = write(tmp_path, SIM + "run:\n  timeout_seconds: 1e300\n  concurrency: 1000\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert str(caught.value) == (f"{path}: run.concurrency is too large: at most 256, "
+                                 "got 1000")
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, SIM + "run:\n  timeout_seconds: 1e300\n"))
+    assert "run.timeout_seconds is too large: at most 3600, got 1e+300" in str(caught.value)
+    long = write(tmp_path, SIM + "simulator:\n  seed: " + "9" * 5000 + "\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(long)
+    assert str(caught.value) == f"{long}: a number of 5000 digits on line 4: too large"
+
+
+def test_infinity_in_a_variable_is_exit_2_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """ONBOARD_RUN_CONCURRENCY=.inf was exit 4 (OverflowError): now exit 2, naming it."""
+    from onboard.cli import EXIT_BAD_INPUT, main
+
+    monkeypatch.setenv("ONBOARD_RUN_CONCURRENCY", ".inf")
+    assert main(["runs", "-c", str(write(tmp_path, SIM))]) == EXIT_BAD_INPUT
+    assert capsys.readouterr().err.startswith(
+        "onboard: environment variable ONBOARD_RUN_CONCURRENCY: run.concurrency must be a "
+        "finite number between 1 and 256, got inf\n")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("state:\n  path: [x]\n", "state.path must be a file or folder name (or null), got ['x']"),
+        ("output:\n  dir: {a: 1}\n", "output.dir must be a file or folder name"),
+        ("state:\n  path: \"a\\0b\"\n", "state.path must be a file or folder name (or null) "
+         "without control characters"),
+        ("state:\n  path: ~no-such-user-here/j.sqlite\n", "its ~ cannot be expanded"),
+        ("auth:\n  tenant_id: 0120\n", "auth.tenant_id must be text (or null), got 120: quote "
+         "it to mean it as text"),
+        ("pass:\n  start_time: 480\n", "pass.start_time must be text, got 480: quote it"),
+        ("input:\n  sheet: -1\n", "input.sheet must be between 0 and 9999, got -1"),
+        ("run:\n  batch_size: 2.5\n", "run.batch_size must be a whole number between 1 and 20"),
+        ("run:\n  1: 2\n  x: 3\n", "unknown key(s) in 'run': 1, x"),
+        ("pass: []\n", "'pass' must be a mapping of keys"),
+    ],
+)
+def test_paths_and_text_refuse_what_is_not_text(tmp_path: Path, text: str, message: str) -> None:
+    """A path or text setting takes text only, printable; other mistakes name the key too."""
+    path = write(tmp_path, SIM + text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert message in str(caught.value)
+    assert str(caught.value).startswith(f"{path}: ")

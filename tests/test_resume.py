@@ -389,6 +389,7 @@ def test_readme_crontab_line_works(tmp_path: Path) -> None:
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     log = (tmp_path / "onboard.log").read_text()
+    assert stat.S_IMODE((tmp_path / "onboard.log").stat().st_mode) == 0o600  # umask 077
     assert "6 rows: 3 issued, 1 failed, 2 skipped (2 not yet due)" in log
     assert "onboard exit 1" in (tmp_path / "mail").read_text()  # the unreadable date
     assert "Invalid Start Date" in (tmp_path / "onboard-run.log").read_text()
