@@ -10,14 +10,22 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from .config import Config
 from .decide import already_issued
 from .errors import GraphError, PolicyDisabled, ThrottledError, TransientError
-from .graph import FILTER_VALUES, GraphClient, HeldPass, Policy, explain
+from .graph import (
+    FILTER_VALUES,
+    POLICY_IN_PORTAL,
+    STRONG_METHODS,
+    GraphClient,
+    HeldPass,
+    Policy,
+    explain,
+)
 from .journal import PreviousPass
 from .outcomes import Failed, Outcome, PassRequest, Skipped, not_sent, shown_window
 from .pool import ask_all, retries_for, stopped_within
@@ -72,9 +80,8 @@ async def read_policy(
                 if holding
                 else "nothing was sent"
             )
-            + ". Turn it on in the Entra admin center > Protection > Authentication methods > "
-            "Policies > Temporary Access Pass (Enable, and include the new hires' group), then "
-            "run the same command again"
+            + f". Turn it on in the {POLICY_IN_PORTAL} (Enable, and include the new hires' "
+            "group), then run the same command again"
         )
     return policy, policy.describe()
 
@@ -413,3 +420,143 @@ def on_conflict(outcome: Outcome, request: PassRequest | None) -> Outcome:
             held_elsewhere=True,
         )
     return outcome
+
+
+ROLES_PERMISSION = "RoleManagement.Read.Directory (or Directory.Read.All)"
+METHODS_PERMISSION = "UserAuthenticationMethod.Read.All"
+
+
+@dataclass(frozen=True, slots=True)
+class Screening:
+    """The rows whose user may get a pass from a sheet, the rows refused, and what the Summary
+    says was checked (or could not be)."""
+
+    keep: list[PassRequest]
+    refused: list[Failed]
+    notes: list[tuple[str, str]]
+
+
+async def screen_accounts(
+    config: Config,
+    client: GraphClient,
+    requests: list[PassRequest],
+    stop: asyncio.Event | None,
+    *,
+    allowed: frozenset[str] = frozenset(),
+) -> Screening:
+    """Refuse rows whose user is not a new hire: one who holds a directory role (a pass for a
+    Global Administrator is a takeover, and whoever can edit HR's sheet could add one), or
+    already has strong sign-in methods registered. Reads only.
+
+    `allowed` (--allow-user, casefolded UPNs or sheet values) lets a deliberate exception
+    through with a note in the audit; pass.allow_existing_accounts turns the check off. Where
+    the app may not read roles or methods (403), the run says once what it could not check and
+    goes on; any other failure to check fails the row (never issue for an unchecked account).
+    """
+    if config.pass_.allow_existing_accounts:
+        note = "not checked (pass.allow_existing_accounts: true)"
+        return Screening(requests, [], [("Existing accounts", note)])
+    if not requests:
+        return Screening(requests, [], [])
+    users = list(dict.fromkeys(r.user for r in requests))
+    concurrency, retries = config.run.concurrency, retries_for(config.run)
+    roles, methods = await asyncio.gather(
+        ask_all(users, client.directory_roles, concurrency=concurrency, retries=retries, stop=stop),
+        ask_all(users, client.methods, concurrency=concurrency, retries=retries, stop=stop),
+    )
+    unread = {
+        "roles": any(_denied(a) for a in roles.values()),
+        "methods": any(_denied(a) for a in methods.values()),
+    }
+    notes = [
+        ("Admin roles", f"not checked: the app lacks {ROLES_PERMISSION}")
+        if unread["roles"]
+        else ("Admin roles", "checked: users holding a directory role are refused"),
+        ("Sign-in methods", f"not checked: the app lacks {METHODS_PERMISSION}")
+        if unread["methods"]
+        else ("Sign-in methods", "checked: users who already have strong methods are refused"),
+    ]
+    if unread["roles"]:
+        log.warning(
+            "cannot read users' directory roles (the app lacks %s): a user holding an admin role "
+            "is not refused; grant it so that a sheet cannot name an administrator",
+            ROLES_PERMISSION,
+        )
+    if unread["methods"]:
+        log.warning(
+            "cannot list users' authentication methods (the app lacks %s): a user who already "
+            "signs in with Authenticator, a security key or Windows Hello is not refused",
+            METHODS_PERMISSION,
+        )
+    keep: list[PassRequest] = []
+    refused: list[Failed] = []
+    for request in requests:
+        if request.user not in roles or request.user not in methods:
+            keep.append(request)  # not asked: the run was asked to stop, so it is not sent
+            continue
+        held_roles, registered = roles[request.user], methods[request.user]
+        problem = _account_problem(request, held_roles, registered)
+        if problem is None:
+            keep.append(request)
+        elif request.key in allowed or (request.sheet_value or "").casefold() in allowed:
+            note = f"issued on purpose (--allow-user): {problem[1].split('. ')[0]}"
+            keep.append(replace(request, note=f"{request.note}; {note}".lstrip("; ")))
+        else:
+            reason, detail, error = problem
+            earlier = request.prior_attempts > 0 or request.doubtful
+            refused.append(Failed(
+                request.origin, request.user, reason, detail,
+                http_status=error.status if error else None,
+                graph_code=error.code if error else None,
+                request_id=error.request_id if error else None,
+                column=request.header(config.input.key_column), may_have_pass=earlier,
+            ))  # fmt: skip
+    return Screening(keep, refused, notes)
+
+
+def _denied(answer: object) -> bool:
+    return isinstance(answer, GraphError) and answer.status == 403
+
+
+def _account_problem(
+    request: PassRequest,
+    roles: list[str] | GraphError,
+    methods: list[str] | GraphError,
+) -> tuple[str, str, GraphError | None] | None:
+    """Why this user may not get a pass from a sheet (reason, detail, Graph's error), or None."""
+    for answer in (roles, methods):
+        if isinstance(answer, GraphError) and answer.status == 404:
+            reason, detail = explain(answer, request.user, 1)
+            return reason, detail, answer
+        if isinstance(answer, GraphError) and answer.status != 403:
+            return (
+                "Could not check the account",
+                f"Graph would not say whether {request.user} holds an admin role or already has "
+                f"sign-in methods (HTTP {answer.status}: {answer.message}), so no pass was "
+                "created. Run again later.",
+                answer,
+            )
+    allow = f"--allow-user {request.sheet_value or request.user}"
+    if isinstance(roles, list) and roles:
+        return (
+            "Holds an admin role",
+            f"{request.user} holds the directory role(s) {', '.join(sorted(roles))}. A pass for "
+            "an administrator is not issued from a spreadsheet: whoever can edit the sheet could "
+            "otherwise take over an admin account. If it is deliberate, run again with "
+            f"{allow} (recorded in the audit).",
+            None,
+        )
+    strong = (
+        sorted({STRONG_METHODS[m] for m in methods if m in STRONG_METHODS})
+        if isinstance(methods, list)
+        else []
+    )
+    if strong:
+        return (
+            "Already has sign-in methods",
+            f"{request.user} already signs in with {', '.join(strong)}: not a new hire, and a "
+            "pass would let whoever holds it register their own methods on this account. If it "
+            f"is deliberate (a lost phone, say), run again with {allow} (recorded in the audit).",
+            None,
+        )
+    return None

@@ -195,6 +195,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="UPN",
         help="issue again for this user even if they already got a pass (repeatable)",
     )
+    _allow_user(run)
     run.add_argument(
         "--due-within",
         type=_days,
@@ -240,9 +241,11 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument(
         "--online",
         action="store_true",
-        help="also read the pass policy and find every user in the directory (reads only)",
+        help="also read the pass policy, find every user in the directory and check they are "
+        "new hires: no admin role, no sign-in methods yet (reads only)",
     )
     validate.add_argument("--out", metavar="DIR", help="folder for the workbook (output.dir)")
+    _allow_user(validate)
     common(validate)
     validate.set_defaults(handler=_validate)
 
@@ -433,6 +436,7 @@ def _run(args: argparse.Namespace) -> int:
                 stop=stop,
                 reissue=args.reissue,
                 reissue_users=args.reissue_user,
+                allow_users=args.allow_user,
                 due_within_days=args.due_within,
             )
         finally:
@@ -536,7 +540,11 @@ def _print_protection(config: Config, path: Path) -> None:
 
 def _validate(args: argparse.Namespace) -> int:
     config = _load(args, sends=args.online)
-    found = asyncio.run(job.validate(config, args.inputs, env=os.environ, online=args.online))
+    found = asyncio.run(
+        job.validate(
+            config, args.inputs, env=os.environ, online=args.online, allow_users=args.allow_user
+        )
+    )
     for file in found.files:
         sheet = f", sheet '{printable(file.sheet)}'" if file.sheet else ""
         header = f", headers on row {file.header_row}" if file.header_row != 1 else ""
@@ -550,6 +558,8 @@ def _validate(args: argparse.Namespace) -> int:
         print(f"pass policy: {found.policy}")
     if found.journal is not None:
         print(f"earlier runs: {found.journal}")
+    for item, said in found.checks:
+        print(f"{item.lower()}: {said}")
     rows: list[Failed | Skipped] = [*found.problems, *found.skipped]
     if rows:
         print()
@@ -923,6 +933,17 @@ def _port(text: str) -> int:
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError("must be between 0 and 65535 (0: any free port)")
     return port
+
+
+def _allow_user(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--allow-user",
+        action="append",
+        default=[],
+        metavar="UPN",
+        help="issue for this user even though they hold an admin role or already have sign-in "
+        "methods (a deliberate exception, recorded in the audit; repeatable)",
+    )
 
 
 def _days(text: str) -> int:

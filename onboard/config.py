@@ -80,6 +80,8 @@ class Cloud:
     authority_host: str
 
 
+# Clouds where Graph documents the pass endpoints only in beta (China, operated by 21Vianet).
+BETA_ONLY_CLOUDS = frozenset({"china"})
 CLOUDS: dict[str, Cloud] = {
     "global": Cloud("https://graph.microsoft.com", "https://login.microsoftonline.com"),
     "usgov": Cloud("https://graph.microsoft.us", "https://login.microsoftonline.us"),
@@ -134,6 +136,7 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
         "start_time": DEFAULT_START_TIME,
         "timezone": None,  # required for a real tenant; SIMULATOR_TIMEZONE with the simulator
         "existing": "skip",
+        "allow_existing_accounts": False,
     },
     "run": {
         "concurrency": DEFAULT_CONCURRENCY,
@@ -239,6 +242,7 @@ SETTINGS: dict[str, Setting] = {
     "pass.start_time": _text(nullable=False),
     "pass.timezone": _text(),
     "pass.existing": _text(nullable=False),
+    "pass.allow_existing_accounts": Setting(Kind.FLAG),
     "run.concurrency": _whole(1, 256),
     "run.max_rate": _number(0.1, 10_000),
     "run.batch_size": _whole(1, MAX_BATCH_SIZE),
@@ -381,6 +385,9 @@ class PassSettings:
     start_time: time = time(8, 0)
     timezone: str = SIMULATOR_TIMEZONE
     existing: str = "skip"  # a user who holds a usable pass: skip the row, or replace the pass
+    # Issue passes for users who hold a directory role or already have sign-in methods (not
+    # new hires): off, so a row added to HR's sheet cannot take over an admin's account.
+    allow_existing_accounts: bool = False
 
     @property
     def zone(self) -> ZoneInfo:
@@ -884,6 +891,11 @@ def _build(
             f"{at('graph', 'api_version')}: graph.api_version must be v1.0 or beta, "
             f"got {api_version!r}"
         )
+    if cloud in BETA_ONLY_CLOUDS and api_version != "beta" and endpoint != SIMULATOR:
+        raise ConfigError(
+            f"{at('graph', 'api_version')}: graph.cloud {cloud}: Graph documents the Temporary "
+            "Access Pass endpoints there only in beta; set graph.api_version: beta"
+        )
     ca_bundle = path_or_none("graph", "ca_bundle")
     if ca_bundle is not None:
         _check_ca_bundle(ca_bundle, at("graph", "ca_bundle"))
@@ -978,6 +990,7 @@ def _build(
         start_time=start_time,
         timezone=zone,
         existing=str(choice("pass", "existing", EXISTING)),
+        allow_existing_accounts=p["allow_existing_accounts"],
     )
 
     run = RunSettings(**m["run"])  # every value checked against SETTINGS above

@@ -32,6 +32,22 @@ from .tls import redirect_refused
 log = logging.getLogger(__name__)
 
 TAP_PATH = "authentication/temporaryAccessPassMethods"
+# Where an admin finds the pass policy (the Entra admin center's menus since 2025).
+POLICY_IN_PORTAL = (
+    "Entra admin center > Entra ID > Authentication methods > Policies > Temporary Access Pass"
+)
+ROLES_PATH = "transitiveMemberOf/microsoft.graph.directoryRole"
+METHODS_PATH = "authentication/methods"
+# Methods that show a person already signs in without a pass: not a new hire. (Password and
+# email, which any account may have, and the pass itself, do not count.)
+STRONG_METHODS = {
+    "#microsoft.graph.microsoftAuthenticatorAuthenticationMethod": "Microsoft Authenticator",
+    "#microsoft.graph.fido2AuthenticationMethod": "FIDO2 security key or passkey",
+    "#microsoft.graph.windowsHelloForBusinessAuthenticationMethod": "Windows Hello for Business",
+    "#microsoft.graph.phoneAuthenticationMethod": "phone (SMS or call)",
+    "#microsoft.graph.softwareOathAuthenticationMethod": "authenticator app code (OATH)",
+    "#microsoft.graph.platformCredentialAuthenticationMethod": "platform credential (macOS)",
+}
 POLICY_PATH = (
     "policies/authenticationMethodsPolicy/authenticationMethodConfigurations/temporaryAccessPass"
 )
@@ -135,8 +151,7 @@ class Policy:
                     else "This row has no lifetime of its own: set pass.lifetime_minutes (the "
                     "default) in that range"
                 )
-                + ", or widen the range in the policy (Entra admin center > Protection > "
-                "Authentication methods > Policies > Temporary Access Pass).",
+                + f", or widen the range in the policy ({POLICY_IN_PORTAL}).",
                 "lifetime_minutes",
             )
         if self.usable_once_only and not request.usable_once:
@@ -384,20 +399,39 @@ class GraphClient:
             "$select": USER_FIELDS,
             "$top": str(USER_PAGE),
         }
-        url: str | None = f"{self._root}/users?" + "&".join(
-            f"{k}={quote(v, safe=',()')}" for k, v in query.items()
+        return await self._pages(
+            f"{self._root}/users?"
+            + "&".join(f"{k}={quote(v, safe=',()')}" for k, v in query.items())
         )
+
+    async def directory_roles(self, user: str) -> list[str]:
+        """The directory roles a user holds, directly or through groups (display names; needs
+        RoleManagement.Read.Directory or Directory.Read.All)."""
+        found = await self._pages(
+            f"{self._root}/{user_path(user)}/{ROLES_PATH}?$select=id,displayName"
+        )
+        return [str(r.get("displayName") or r.get("id") or "?") for r in found]
+
+    async def methods(self, user: str) -> list[str]:
+        """The `@odata.type` of every authentication method a user has registered (the
+        password included; needs UserAuthenticationMethod.Read.All)."""
+        found = await self._pages(f"{self._root}/{user_path(user)}/{METHODS_PATH}")
+        return [str(m.get("@odata.type") or "") for m in found]
+
+    async def _pages(self, url: str) -> list[dict[str, Any]]:
+        """Every item of a listing, following @odata.nextLink (only under this Graph root)."""
         found: list[dict[str, Any]] = []
-        while url is not None:
-            status, data, request_id, _ = await self._send("GET", url, None, limit=PAGE_LIMIT)
+        next_url: str | None = url
+        while next_url is not None:
+            status, data, request_id, _ = await self._send("GET", next_url, None, limit=PAGE_LIMIT)
             if status != 200:
                 raise _error(status, data, request_id, None)
             page = data.get("value")
             if isinstance(page, list):
                 found.extend(u for u in page if isinstance(u, dict))
             link = data.get("@odata.nextLink")
-            url = link if isinstance(link, str) else None
-            if url is not None and not url.startswith(f"{self._root}/"):
+            next_url = link if isinstance(link, str) else None
+            if next_url is not None and not next_url.startswith(f"{self._root}/"):
                 # Following it would send the token elsewhere; dropping it would miss people.
                 raise GraphError(f"Graph's next page is not under {self._root}", status=200)
         return found
@@ -560,7 +594,7 @@ def _parse_time(value: Any) -> datetime | None:
 
 
 POLICY_REFUSAL_MARKER = "Converged UserCredentialPolicy"
-PERMISSIONS = "UserAuthenticationMethod.ReadWrite.All (or UserAuthMethod-TAP.ReadWrite.All)"
+PERMISSIONS = "UserAuthMethod-TAP.ReadWrite.All (or UserAuthenticationMethod.ReadWrite.All)"
 
 
 def explain(exc: GraphError, user: str, attempts: int) -> tuple[str, str]:
@@ -592,9 +626,8 @@ def explain(exc: GraphError, user: str, attempts: int) -> tuple[str, str]:
         return (
             "Outside the pass policy",
             "The Temporary Access Pass policy is turned off, or this user is not in its target "
-            "groups. In the Entra admin center: Protection > Authentication methods > Policies > "
-            "Temporary Access Pass: enable it and include a group this user belongs to. "
-            f"(Graph: {message})",
+            f"groups. In the {POLICY_IN_PORTAL}: enable it and include a group this user belongs "
+            f"to. (Graph: {message})",
         )
     if "LifetimeInMinutes" in message:
         return (
@@ -624,8 +657,7 @@ def explain(exc: GraphError, user: str, attempts: int) -> tuple[str, str]:
         return (
             "Permission denied",
             f"Graph refused ({exc.code or 'accessDenied'}: {message}). The app needs "
-            f"{PERMISSIONS} with admin consent; for a user who holds an admin role, only a "
-            "Privileged Authentication Administrator may create a pass.",
+            f"{PERMISSIONS} with admin consent.",
         )
     if status == 409:
         return (

@@ -38,7 +38,14 @@ from .audit import (
     write_audit,
 )
 from .auth import MsalTokenProvider, load_credential
-from .checks import existing_passes, find_people, on_conflict, read_policy, within_policy
+from .checks import (
+    existing_passes,
+    find_people,
+    on_conflict,
+    read_policy,
+    screen_accounts,
+    within_policy,
+)
 from .config import CLOUDS, Config
 from .decide import (
     CheckFirst,
@@ -235,6 +242,7 @@ async def run(
     reissue: bool = False,
     reissue_users: Collection[str] = (),
     due_within_days: int | None = None,
+    allow_users: Collection[str] = (),
 ) -> RunReport:
     """Run the whole job, journalled: safe to kill, to re-run, and to schedule.
 
@@ -260,6 +268,8 @@ async def run(
     # Under match_by mail / employeeId a UPN is known only after the lookup: checked then.
     by_upn = config.input.match_by == "upn"
     _check_reissue_users({u for u in wanted_users if by_upn or "@" not in u}, anywhere)
+    allowed_users = {user_key(u) for u in allow_users}
+    _check_named("--allow-user", {u for u in allowed_users if by_upn or "@" not in u}, anywhere)
     for name in sorted(wanted_users - sendable):
         log.warning(
             "--reissue-user %s: that user's rows failed their checks; nothing to send", name
@@ -326,7 +336,12 @@ async def run(
                     )
                     report.notes.append(("Pass policy", line))
                     to_send, refused = within_policy(policy, to_send)
-                    for failed in refused:
+                    screened = await screen_accounts(
+                        config, client, to_send, stop, allowed=frozenset(allowed_users)
+                    )
+                    to_send = screened.keep
+                    report.notes.extend(screened.notes)
+                    for failed in [*refused, *screened.refused]:
                         _log_checked(failed)
                         ledger.add(failed, later=True)
                     ledger.flush()
@@ -369,11 +384,16 @@ def _warn_untied(journal: Journal) -> None:
 
 def _check_reissue_users(wanted: set[str], named: set[str]) -> None:
     """Stop (before anything is sent) when --reissue-user names nobody in the input."""
+    _check_named("--reissue-user", wanted, named)
+
+
+def _check_named(option: str, wanted: set[str], named: set[str]) -> None:
+    """Stop (before anything is sent) when an option names a user who is in no row: a typo."""
     unknown = wanted - named
     if unknown:
         raise ConfigError(
-            f"--reissue-user names no row of the input: {', '.join(sorted(unknown))} (name "
-            "each user as the sheet does, or by the UPN a mail or employee id lookup finds)"
+            f"{option} names no row of the input: {', '.join(sorted(unknown))} (name each user "
+            "as the sheet does, or by the UPN a mail or employee id lookup finds)"
         )
 
 
@@ -388,10 +408,16 @@ class Validation:
     policy: str | None = None  # the pass policy as read (online), for the summary line
     tenant: Tenant | None = None  # signed in to (online)
     journal: str | None = None  # what the journal said of earlier runs, for the summary line
+    checks: list[tuple[str, str]] = field(default_factory=list)  # what was (not) checked online
 
 
 async def validate(
-    config: Config, inputs: Sequence[str | Path], *, env: Mapping[str, str], online: bool
+    config: Config,
+    inputs: Sequence[str | Path],
+    *,
+    env: Mapping[str, str],
+    online: bool,
+    allow_users: Collection[str] = (),
 ) -> Validation:
     """Every check a run makes before its first create, without creating anything: the files,
     their columns and cells, repeats; the journal (the rows `run` would skip as already issued
@@ -415,7 +441,11 @@ async def validate(
                 )
             requests, looked_up = await find_people(config, client, requests)
             requests, refused = within_policy(policy, requests)
-            checked.extend([*looked_up, *refused])
+            screened = await screen_accounts(
+                config, client, requests, None, allowed=frozenset(map(user_key, allow_users))
+            )
+            requests, found.checks = screened.keep, screened.notes
+            checked.extend([*looked_up, *refused, *screened.refused])
         requests, decided, found.journal = _dry_run(config, requests, now, found.tenant)
         checked.extend(decided)
     order = sorted(checked, key=lambda o: (o.origin.source, o.origin.row))

@@ -97,6 +97,12 @@ class SimUser:
     employee_id: str | None = None
     creation_type: str | None = None  # "Invitation" for a B2B guest
     external_user_state: str | None = None  # "Accepted" / "PendingAcceptance" for a guest
+    # Directory roles the user holds (display names, e.g. "Global Administrator").
+    roles: list[str] = field(default_factory=list)
+    # Authentication methods registered besides the password, by Graph's type name without
+    # its namespace and suffix: "microsoftAuthenticator", "fido2", "windowsHelloForBusiness",
+    # "phone", "softwareOath", "email", "platformCredential".
+    methods: list[str] = field(default_factory=list)
 
     def as_graph(self) -> dict[str, Any]:
         """The user as GET /users lists it (USER_FIELDS)."""
@@ -172,6 +178,12 @@ class SimulatorState:
         self.counts: dict[str, int] = {}
         self.create_attempts: dict[str, int] = {}  # user id -> POSTs that reached the handler
         self.policy_forbidden = False  # the app lacks Policy.Read.AuthenticationMethod: 403
+        # The app lacks RoleManagement.Read.Directory / Directory.Read.All: reading a user's
+        # directory roles is refused (403).
+        self.roles_forbidden = False
+        # The app lacks UserAuthenticationMethod.Read.All (it holds only the narrow
+        # UserAuthMethod-TAP.* permission): listing a user's methods is refused (403).
+        self.methods_forbidden = False
         self.tenant_id = SIMULATED_TENANT_ID  # the `tid` claim of the tokens it issues
         self._bucket = float(self.faults.throttle_burst)
         self._bucket_at = clock()
@@ -262,6 +274,8 @@ class SimulatorState:
                     employee_id=_optional(entry.get("employeeId")),
                     creation_type=_optional(entry.get("creationType")),
                     external_user_state=_optional(entry.get("externalUserState")),
+                    roles=[str(r) for r in entry.get("roles") or []],
+                    methods=[str(m) for m in entry.get("methods") or []],
                 )
             )
         return cls(users, policy=data.get("policy"), **kwargs)
@@ -294,6 +308,7 @@ class Call:
     client_request_id: str
     base: str  # scheme://host
     query: str = ""  # the raw query string, e.g. $filter=...
+    version: str = "v1.0"  # v1.0 or beta, as the URL said
 
 
 # status, headers, JSON body
@@ -354,7 +369,7 @@ def _respond(answer: Answer) -> web.Response:
 async def _graph(request: web.Request) -> web.StreamResponse:
     state = _state(request)
     raw_path, _, query = request.raw_path.partition("?")
-    _version, _, rest = raw_path.lstrip("/").partition("/")
+    version, _, rest = raw_path.lstrip("/").partition("/")
     rest = rest.lstrip("/")  # Graph takes "v1.0//users" (as clients with a base URL send it)
     body: Any = None
     if request.can_read_body:
@@ -370,6 +385,7 @@ async def _graph(request: web.Request) -> web.StreamResponse:
         request.headers.get("client-request-id", ""),
         f"{request.scheme}://{request.host}",
         query,
+        version,
     )
     auth = request.headers.get("Authorization", "")
     token = auth[7:] if auth.startswith("Bearer ") else ""
@@ -442,7 +458,16 @@ async def _batch(state: SimulatorState, call: Call) -> web.Response:
         url, _, query = str(item.get("url") or "").lstrip("/").partition("?")
         method = str(item.get("method") or "GET").upper()
         calls.append(
-            Call(method, url, body, str(uuid.uuid4()), call.client_request_id, call.base, query)
+            Call(
+                method,
+                url,
+                body,
+                str(uuid.uuid4()),
+                call.client_request_id,
+                call.base,
+                query,
+                call.version,
+            )
         )
     answers = await asyncio.gather(*(_call(state, sub) for sub in calls))
     order = list(range(len(calls)))
@@ -687,6 +712,10 @@ async def _route(state: SimulatorState, call: Call) -> Answer:
                     return _list_passes(call, state, key)
             elif remainder.startswith(_TAP_PATH + "/") and call.method == "DELETE":
                 return _delete_pass(call, state, key, remainder[len(_TAP_PATH) + 1 :])
+            elif remainder == _ROLES_PATH and call.method == "GET":
+                return _list_roles(call, state, key)
+            elif remainder == _METHODS_PATH and call.method == "GET":
+                return _list_methods(call, state, key)
     return _graph_error(
         call, 400, "BadRequest", f"Resource not found for the segment '{rest.split('/')[0]}'."
     )
@@ -838,6 +867,68 @@ async def _create_pass(call: Call, state: SimulatorState, key: str) -> Answer:
             "methodUsabilityReason": reason,
         },
     )
+
+
+_ROLES_PATH = "transitiveMemberOf/microsoft.graph.directoryRole"
+_METHODS_PATH = "authentication/methods"
+_DENIED = "Insufficient privileges to complete the operation."
+
+
+def _list_roles(call: Call, state: SimulatorState, key: str) -> Answer:
+    """GET /users/{id}/transitiveMemberOf/microsoft.graph.directoryRole: the directory roles
+    the user holds (RoleManagement.Read.Directory or Directory.Read.All)."""
+    user = state.find_user(key)
+    if user is None:
+        return _not_found(call, key)
+    if state.roles_forbidden:
+        return _graph_error(call, 403, "Authorization_RequestDenied", _DENIED)
+    roles = [
+        {
+            "@odata.type": "#microsoft.graph.directoryRole",
+            "id": _stable_id(f"role:{name}"),
+            "displayName": name,
+            "roleTemplateId": _stable_id(f"template:{name}"),
+        }
+        for name in user.roles
+    ]
+    return 200, {}, {"@odata.context": _context(call, "directoryObjects"), "value": roles}
+
+
+def _list_methods(call: Call, state: SimulatorState, key: str) -> Answer:
+    """GET /users/{id}/authentication/methods: every method, the password included, and the
+    user's pass while one is held (UserAuthenticationMethod.Read.All)."""
+    user = state.find_user(key)
+    if user is None:
+        return _not_found(call, key)
+    if state.methods_forbidden:
+        return _graph_error(call, 403, "accessDenied", "Request Authorization failed")
+    methods = [
+        {
+            "@odata.type": "#microsoft.graph.passwordAuthenticationMethod",
+            "id": "28c10230-6103-485e-b985-444c60001490",  # Graph's fixed id for the password
+        }
+    ]
+    methods += [
+        {
+            "@odata.type": f"#microsoft.graph.{kind}AuthenticationMethod",
+            "id": _stable_id(f"{user.id}:{kind}"),
+        }
+        for kind in user.methods
+    ]
+    held = state.passes.get(user.id)
+    if held is not None:
+        methods.append(
+            {
+                "@odata.type": "#microsoft.graph.temporaryAccessPassAuthenticationMethod",
+                "id": held.id,
+            }
+        )
+    return 200, {}, {"@odata.context": _context(call, "authenticationMethods"), "value": methods}
+
+
+def _context(call: Call, what: str) -> str:
+    version = "beta" if call.version == "beta" else "v1.0"
+    return f"{call.base}/{version}/$metadata#{what}"
 
 
 def _list_passes(call: Call, state: SimulatorState, key: str) -> Answer:

@@ -136,7 +136,7 @@ def test_without_an_endpoint_a_file_means_the_real_graph(tmp_path: Path) -> None
     config = load_config(write(tmp_path, REAL + "pass:\n  timezone: Europe/Paris\n"))
     assert (config.graph.is_simulator, config.graph.endpoint) == (
         False, CLOUDS["global"].graph_root)
-    cloud = load_config(write(tmp_path, REAL + "graph:\n  cloud: china\n"
+    cloud = load_config(write(tmp_path, REAL + "graph:\n  cloud: china\n  api_version: beta\n"
                               "pass:\n  timezone: Asia/Shanghai\n"))
     assert cloud.graph.endpoint == CLOUDS["china"].graph_root
 
@@ -413,3 +413,18 @@ def test_paths_and_text_refuse_what_is_not_text(tmp_path: Path, text: str, messa
         load_config(path)
     assert message in str(caught.value)
     assert str(caught.value).startswith(f"{path}: ")
+
+
+def test_china_needs_the_beta_api_named_in_the_error(tmp_path: Path) -> None:
+    """In China the pass endpoints are documented in beta only: v1.0 there is refused, naming
+    graph.api_version; beta loads."""
+    path = tmp_path / "c.yaml"
+    base = (
+        "graph:\n  cloud: china\n{version}auth:\n  tenant_id: contoso.partner.onmschina.cn\n"
+        "  client_id: 11111111-2222-3333-4444-555555555555\npass:\n  timezone: Asia/Shanghai\n"
+    )
+    path.write_text(base.format(version=""), encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"graph\.api_version: beta"):
+        load_config(path)
+    path.write_text(base.format(version="  api_version: beta\n"), encoding="utf-8")
+    assert load_config(path).graph.api_version == "beta"

@@ -132,8 +132,10 @@ def test_a_row_answered_429_before_a_stop_holds_no_pass_and_is_checked_next_time
                            faults=Faults(throttle_rate=0.001, throttle_burst=1,
                                          retry_after_seconds=30))  # fmt: skip
     sim = serve_simulator(state)
+    # Only the policy read spends the budget before the create (no account checks).
+    sending = {"existing": "replace", "timezone": "UTC", "allow_existing_accounts": True}
     replace = sim.config(tmp_path / "r.yaml", run={"stop_grace_seconds": 0.1},
-                         **{"pass": {"existing": "replace", "timezone": "UTC"}})  # fmt: skip
+                         **{"pass": sending})  # fmt: skip
     path = sheet(tmp_path / "hires.csv", [("ada@contoso.com", SOON)])
 
     async def first() -> job.RunReport:
