@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import IO, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import msoffcrypto
 from msoffcrypto.format.ooxml import OOXMLFile
-from openpyxl import Workbook
+from openpyxl import Workbook, load_workbook
 from openpyxl.cell import WriteOnlyCell
 from openpyxl.cell.cell import ERROR_CODES
 from openpyxl.styles import Font
@@ -703,3 +704,70 @@ def _fsync_directory(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditedPass:
+    """A pass as an audit workbook's Issued sheet records it (the value included)."""
+
+    source: str
+    row: int
+    user: str
+    value: str = field(repr=False)
+    method_id: str
+    starts: datetime | None  # UTC
+    expires: datetime | None  # UTC
+
+
+def read_issued(path: Path, password: str | None = None) -> list[AuditedPass]:
+    """The passes an audit workbook onboard wrote holds (decrypted with `password` when it is
+    encrypted). Raises OSError or ValueError when it cannot be read as one."""
+    data = path.read_bytes()
+    if password is not None and not data.startswith(b"PK"):
+        office = msoffcrypto.OfficeFile(io.BytesIO(data))
+        office.load_key(password=password)
+        plain = io.BytesIO()
+        office.decrypt(plain)
+        data = plain.getvalue()
+    book = load_workbook(io.BytesIO(data), read_only=True, data_only=True)
+    try:
+        sheet = next(ws for ws in book.worksheets if ws.title.split(" (")[0] == ISSUED_SHEET)
+        rows = sheet.iter_rows(values_only=True)
+        header = [str(h) if h is not None else "" for h in next(rows, ())]
+        found = []
+        for values in rows:
+            cell = dict(zip(header, values, strict=False))
+            value, method = cell.get("Temporary Access Pass"), cell.get("Method ID")
+            if not isinstance(value, str) or not isinstance(method, str):
+                continue
+            found.append(
+                AuditedPass(
+                    str(cell.get("Source file") or ""),
+                    int(cell.get("Row") or 0),
+                    str(cell.get("User") or ""),
+                    value,
+                    method,
+                    _utc(cell.get("Starts (UTC)")),
+                    _utc(cell.get("Expires (UTC)")),
+                )
+            )
+        return found
+    except StopIteration:
+        raise ValueError(f"{path} has no Issued sheet") from None
+    finally:
+        book.close()
+
+
+def _utc(value: object) -> datetime | None:
+    return value.replace(tzinfo=UTC) if isinstance(value, datetime) else None
+
+
+def free_path(path: Path) -> Path:
+    """`path`, or, when a workbook is already there, the same name with -2, -3...: an audit
+    is evidence, never written over (a resumed run whose first workbook was written when the
+    journal failed keeps both)."""
+    candidate, number = path, 1
+    while candidate.exists():
+        number += 1
+        candidate = path.with_name(f"{path.stem}-{number}{path.suffix}")
+    return candidate

@@ -278,9 +278,10 @@ async def existing_passes(
     *,
     issued_by: Callable[[str], PreviousPass | None] = lambda method_id: None,
 ) -> tuple[list[PassRequest], list[Outcome]]:
-    """pass.existing skip: list the current pass of each row marked `ask_existing` and decide
-    the rows whose user holds one that is usable or not yet valid (someone may have handed it
-    out). Returns the rows still to send, and the outcomes of the others.
+    """List the current pass of each row marked `ask_existing` and decide the rows whose user
+    holds one that is usable or not yet valid (pass.existing skip: someone may have handed it
+    out; replace: only this journal's own is kept). Returns the rows still to send, and the
+    outcomes of the others.
 
     `issued_by(method_id)`: the journal's record of that pass, if a run of this tenant issued
     it. Such a pass is this journal's own (the row names the person differently now): skipped
@@ -299,6 +300,7 @@ async def existing_passes(
         stop=stop,
     )
     now = datetime.now(UTC)
+    replacing = config.pass_.existing == "replace"
     keep: list[PassRequest] = []
     decided: list[Outcome] = []
     for request in requests:
@@ -307,7 +309,9 @@ async def existing_passes(
             continue
         held = answers.get(request.user) if request.ask_existing else None
         outcome: Outcome | None = None
-        if isinstance(held, GraphError):
+        if isinstance(held, GraphError) and held.status != 404 and replacing:
+            pass  # replace issues anyway: the listing only looked for this journal's own pass
+        elif isinstance(held, GraphError):
             reason, detail = explain(held, request.user, config.run.max_attempts)
             if held.status != 404:
                 reason = "Could not check for an existing pass"
@@ -328,6 +332,12 @@ async def existing_passes(
                     f"start moved from {shown_window(ours.start_key)} to "
                     f"{shown_window(request.start_key)}: this pass replaces the one run "
                     f"{ours.run_id} issued"
+                )
+                request = replace(request, note=f"{request.note}; {note}".lstrip("; "))
+            elif replacing:
+                note = (
+                    f"replaces a pass created {_when(held.created)} that this journal did not "
+                    "issue (pass.existing: replace)"
                 )
                 request = replace(request, note=f"{request.note}; {note}".lstrip("; "))
             else:

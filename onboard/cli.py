@@ -7,7 +7,7 @@ Exit codes (documented in the README):
     3  the run aborted: sign-in failed, Graph refused our token, or the audit could not be
        written (the passes are kept in the journal)
     4  internal error (a bug); the audit workbook holds what was done
-    5  another onboard run holds the journal: nothing was done
+    5  another onboard run holds the journal or the tenant: nothing was done
   130  stopped by SIGINT (Ctrl-C); 143 stopped by SIGTERM. After one signal the run finishes
        the requests in flight and writes the audit; after a second it stops at once, and the
        same command resumes it.
@@ -63,6 +63,7 @@ from .errors import (
     JournalWriteError,
     OnboardError,
 )
+from .graph import PERMISSIONS_USED
 from .journal import Journal, RunInfo
 from .outcomes import Failed, Outcome, Skipped
 from .redact import printable
@@ -93,6 +94,16 @@ log = logging.getLogger("onboard")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # A library's clean-up failing after the error that matters (openpyxl's sheet writer on a
+    # full disk, say) would print a traceback on its own; the error is reported once, by us.
+    before, sys.unraisablehook = sys.unraisablehook, _quiet_unraisable
+    try:
+        return _main(argv)
+    finally:
+        sys.unraisablehook = before
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
@@ -105,9 +116,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, InputFileError) as exc:
         return _stopped(EXIT_BAD_INPUT, f"onboard: {exc}", "nothing was sent to Graph.")
     except AuthError as exc:
-        return _stopped(EXIT_ABORTED, f"onboard: run aborted: {exc}", _what_is_kept(exc))
+        said = [f"onboard: {_aborted(args)}: {exc}", _what_is_kept(exc)]
+        if exc.audit_path is not None:
+            said.append(f"the audit workbook {exc.audit_path} holds what was done")
+        return _stopped(EXIT_ABORTED, *said)
     except (AuditWriteError, JournalWriteError) as exc:
-        said = [f"onboard: run aborted: {exc}"]
+        said = [f"onboard: {_aborted(args)}: {exc}"]
         if exc.audit_path is not None:
             said.append(
                 f"the audit workbook {exc.audit_path} holds what was done (rows marked 'Not "
@@ -117,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             said.append(_what_is_kept(exc))
         return _stopped(EXIT_ABORTED, *said)
     except JournalLocked as exc:
-        return _stopped(EXIT_LOCKED, f"onboard: {exc}")
+        return _stopped(EXIT_LOCKED, f"onboard: {exc}", "nothing was done.")
     except KeyboardInterrupt:
         return _stopped(
             EXIT_INTERRUPTED, "onboard: interrupted; run the same command again to finish."
@@ -130,6 +144,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             "audit workbook in the output folder holds what was done. Run again with -vv for "
             "the details and report it.",
         )
+
+
+def _quiet_unraisable(unraisable: Any) -> None:
+    log.debug("ignored in %r: %s", unraisable.object, type(unraisable.exc_value).__name__)
+
+
+def _aborted(args: argparse.Namespace) -> str:
+    """How an exit 3 begins: "run aborted", or for a command that creates nothing (validate
+    --online, report), that it stopped."""
+    return "run aborted" if args.command == "run" else f"{args.command} stopped"
 
 
 def _stopped(code: int, *said: str) -> int:
@@ -154,7 +178,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Issue Microsoft Entra ID Temporary Access Passes for a new-hire spreadsheet.",
         epilog="Exit codes: 0 all issued, 1 some rows failed, 2 bad usage/config/input "
         "(nothing sent), 3 aborted (sign-in failed, or the audit or journal could not be written), "
-        "4 internal error, 5 another run holds the journal, 130 stopped by SIGINT (Ctrl-C), "
+        "4 internal error, 5 another run holds the journal or the tenant, 130 stopped by SIGINT "
+        "(Ctrl-C), "
         "143 stopped by SIGTERM.",
     )
     parser.add_argument("--version", action="version", version=f"onboard {__version__}")
@@ -326,7 +351,16 @@ class _Progress:
         self.total = 0
         self.done = 0
         self.failed = 0
+        self.not_sent = 0
+        self.doing = ""
         self.last = time.monotonic()
+
+    def phase(self, doing: str) -> None:
+        """What the run is doing now (reading, checking, issuing): the bar's label, so it does
+        not look stuck while the checks before the first create read from Graph."""
+        self.doing = doing
+        if self.bar is not None:
+            self.bar.set_description(doing, refresh=True)
 
     def start(self, total: int) -> None:
         self.total = total
@@ -335,10 +369,15 @@ class _Progress:
 
     def __call__(self, outcome: Outcome) -> None:
         self.done += 1
-        self.failed += isinstance(outcome, Failed)
+        if isinstance(outcome, Failed):
+            self.not_sent += outcome.not_sent
+            self.failed += not outcome.not_sent
         if self.bar is not None:
             self.bar.update(1)
-            self.bar.set_postfix(failed=self.failed, refresh=False)
+            counts = {"failed": self.failed} | (
+                {"not_sent": self.not_sent} if self.not_sent else {}
+            )
+            self.bar.set_postfix(counts, refresh=False)
             return
         self._line()
 
@@ -364,8 +403,11 @@ class _Progress:
         now = time.monotonic()
         if now - self.last >= PROGRESS_EVERY_SECONDS:
             self.last = now
+            doing = f" ({self.doing})" if self.doing else ""
+            not_sent = f", {self.not_sent} not sent" if self.not_sent else ""
             print(
-                f"progress: {self.done}/{self.total} rows done, {self.failed} failed",
+                f"progress: {self.done}/{self.total} rows done, {self.failed} failed"
+                f"{not_sent}{doing}",
                 file=self.stream,
                 flush=True,
             )
@@ -433,6 +475,7 @@ def _run(args: argparse.Namespace) -> int:
                 out_dir=out,
                 on_outcome=progress,
                 on_start=progress.start,
+                on_phase=progress.phase,
                 stop=stop,
                 reissue=args.reissue,
                 reissue_users=args.reissue_user,
@@ -476,10 +519,14 @@ def _what_is_kept(exc: OnboardError) -> str:
     if exc.kept is None:
         return "no pass was created."
     run_id, count = exc.kept
+    passes = (
+        f"the pass run {run_id} issued before it stopped is"
+        if count == 1
+        else (f"the {count} passes run {run_id} issued before it stopped are")
+    )
     return (
-        f"no further pass was created; the {_count(count, 'pass')} run {run_id} issued before it "
-        f"stopped are kept in the journal: 'onboard report {run_id}' writes them to a workbook "
-        "now, or run the same command again once this is fixed."
+        f"no further pass was created; {passes} kept in the journal: 'onboard report {run_id}' "
+        "writes them to a workbook now, or run the same command again once this is fixed."
     )
 
 
@@ -719,28 +766,28 @@ def _init(args: argparse.Namespace, ask: Ask | None = None) -> int:
         f"start dates in {setup.timezone}"
     )
     print("next steps:")
+    who = "the managed identity" if setup.method == "managed_identity" else "the app"
+    how = (
+        "with Graph PowerShell or the Azure CLI"
+        if setup.method == "managed_identity"
+        else "with admin consent"
+    )
+    print(f"  1. grant {who} these Microsoft Graph application permissions, {how} (README: "
+          '"Connecting to a real tenant"):')  # fmt: skip
+    for permission, why in PERMISSIONS_USED:
+        print(f"       {permission}  {why}")
     if setup.method == "managed_identity":
-        print(
-            "  1. grant the managed identity the Microsoft Graph application permission "
-            'UserAuthenticationMethod.ReadWrite.All (README: "Connecting to a real tenant")'
-        )
         print("  2. run onboard on the Azure machine that holds the identity")
+    elif setup.method == "certificate":
+        print(
+            "  2. upload the certificate's public part to the app registration; if its key has "
+            "a password, name its variable in auth.certificate_password_env"
+        )
     else:
         print(
-            "  1. grant the app the Microsoft Graph application permission "
-            "UserAuthenticationMethod.ReadWrite.All, with admin consent (README: "
-            '"Connecting to a real tenant")'
+            f"  2. export {DEFAULT_CLIENT_SECRET_ENV}='<the client secret's Value>' (it is "
+            "never written into the file; or set auth.client_secret_file)"
         )
-        if setup.method == "certificate":
-            print(
-                "  2. upload the certificate's public part to the app registration; if its "
-                "key has a password, name its variable in auth.certificate_password_env"
-            )
-        else:
-            print(
-                f"  2. export {DEFAULT_CLIENT_SECRET_ENV}='<the client secret's Value>' (it is "
-                "never written into the file; or set auth.client_secret_file)"
-            )
     given = "" if path.resolve() == Path(DEFAULT_CONFIG).resolve() else f" -c {path}"
     print(
         f"  3. onboard validate --online HIRES.xlsx{given}   (signs in and checks the sheet; "
@@ -851,6 +898,11 @@ def _refused(message: str) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     config = _load(args)
+    if not config.state.path.exists():  # before any folder is made: nothing to report from
+        raise ConfigError(
+            f"no journal at {config.state.path}: no run to report (name the config file the "
+            "runs used with -c)"
+        )
     out = Path(args.out) if args.out else config.output.dir
     job.check_output_dir(out)
     options = audit_options(config.output, os.environ)
@@ -896,11 +948,14 @@ def _runs(args: argparse.Namespace) -> int:
         live = journal.lock_held() or live
     finally:
         journal.close()
+    if not runs:
+        print(f"no runs yet (the journal {config.state.path} is empty)")
+        return EXIT_OK
     tenants = [_tenant_cell(r) for r in runs]
     width = max([len("tenant"), *map(len, tenants)])
     print(
         f"{'run id':<24} {'started (UTC)':<20} {'status':<22} {'tenant':<{width}} {'issued':>6} "
-        f"{'failed':>6} {'skipped':>7} {'not sent':>8} {'in flight':>9}  audit workbook"
+        f"{'failed':>6} {'skipped':>7} {'held':>4} {'not sent':>8} {'in flight':>9}  audit workbook"
     )
     for r, tenant in zip(runs, tenants, strict=True):
         c = r.counts
@@ -910,8 +965,12 @@ def _runs(args: argparse.Namespace) -> int:
         print(
             f"{r.run_id:<24} {r.started:%Y-%m-%d %H:%M:%S} {status:<22} {tenant:<{width}} "
             f"{c.get('issued', 0) + c.get('unclear', 0):>6} {c.get('failed', 0):>6} "
-            f"{c.get('skipped', 0):>7} {c.get('not_sent', 0):>8} "
+            f"{c.get('skipped', 0):>7} {c.get('held', 0):>4} {c.get('not_sent', 0):>8} "
             f"{c.get('in_flight', 0) + c.get('interrupted', 0):>9}  {r.audit_path or '-'}"
+        )
+    if any(r.counts.get("held") for r in runs):
+        print(
+            "held: users who hold a pass this journal did not issue (see the run's Skipped sheet)"
         )
     if any(r.simulated for r in runs):
         print("SIMULATED: runs marked so issued no pass in a tenant")
@@ -1079,9 +1138,12 @@ def _setup_logging(verbosity: int, log_file: str | None = None) -> None:
     root.handlers[:] = handlers
     root.setLevel(min(level, logging.INFO) if log_file else level)
     handler.setLevel(level)
-    # msal's and urllib3's debug output carries request details we do not need to show.
-    for noisy in ("msal", "urllib3", "asyncio"):
+    # urllib3's debug output carries request details we do not need to show; msal's lines
+    # can quote a token answer whole (its error for one that is not JSON): onboard reports
+    # sign-in failures itself, so msal is not logged at all.
+    for noisy in ("urllib3", "asyncio"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    logging.getLogger("msal").setLevel(logging.CRITICAL + 1)
 
 
 if __name__ == "__main__":

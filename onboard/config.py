@@ -885,6 +885,7 @@ def _build(
     endpoint = str(endpoint).rstrip("/")
     if endpoint != SIMULATOR:
         _check_https(endpoint, "graph.endpoint", at("graph", "endpoint"))
+        endpoint = normal_url(endpoint)
     api_version = str(g["api_version"])
     if api_version not in ("v1.0", "beta"):
         raise ConfigError(
@@ -1039,6 +1040,20 @@ def machine_zone(environ: Mapping[str, str], etc: Path = Path("/etc")) -> str | 
     with contextlib.suppress(OSError):  # not a link (a copy of the zone file), or absent
         found.append(os.readlink(etc / "localtime").rpartition("zoneinfo/")[2])
     return next((zone for zone in found if zone and timezone_problem(zone) is None), None)
+
+
+def normal_url(url: str) -> str:
+    """One spelling per address: scheme and host in lower case, no default port, no trailing
+    slash. The journal records a run's Graph root by it, so HTTPS://Graph.Microsoft.com:443/
+    is the same Graph as https://graph.microsoft.com."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    if ":" in host:
+        host = f"[{host}]"  # IPv6
+    default = {"https": 443, "http": 80}.get(parts.scheme.lower())
+    port = "" if parts.port in (None, default) else f":{parts.port}"
+    path = parts.path.rstrip("/")
+    return f"{parts.scheme.lower()}://{host}{port}{path}"
 
 
 def _check_ca_bundle(path: Path, where: str) -> None:

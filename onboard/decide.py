@@ -69,6 +69,9 @@ class History:
     this_run: Mapping[Origin, RowState]
     previous: Mapping[Person, PreviousPass | None]
     unsettled: frozenset[Person] = frozenset()
+    # An earlier run of this tenant issued passes: a row the journal cannot tie to a person by
+    # name may still be one of them (a renamed user, a sheet of object ids after UPNs).
+    issued_before: bool = False
 
 
 def finished(state: RowState | None) -> bool:
@@ -137,8 +140,10 @@ def decide(request: PassRequest, history: History, now: datetime, options: Optio
             "after this one"
         )
         return Send(replace(request, note=_join(request.note, note), doubtful=True))
-    if previous is None and not wanted and options.existing == "skip":
-        return Send(replace(request, ask_existing=True))  # a pass from elsewhere may be in force
+    if previous is None and not wanted and (options.existing == "skip" or history.issued_before):
+        # A pass may be in force: from elsewhere (kept under skip), or this journal's own under
+        # another name (found by its method id: never a second pass for one person).
+        return Send(replace(request, ask_existing=True))
     return Send(request)
 
 
@@ -154,10 +159,18 @@ def already_issued(request: PassRequest, previous: PreviousPass, *, confirmed: b
     )
 
 
-def settle_wait(last_sent: datetime | None, now: datetime, settle_seconds: float) -> float:
+def settle_wait(
+    last_sent: datetime | None,
+    now: datetime,
+    settle_seconds: float,
+    sent_ago: float | None = None,
+) -> float:
     """Seconds still to wait before a check with Graph can be trusted: until settle_seconds
-    after the last request of unknown fate was sent. A clock that reads earlier than that
-    send (stepped back) is not trusted: the whole settle time is waited."""
+    after the last request of unknown fate was sent. Sent in this boot, that is measured by the
+    monotonic clock (`sent_ago`), which no step of the wall clock moves; otherwise by the wall
+    clock, and one that reads earlier than the send (stepped back) waits the whole time."""
+    if sent_ago is not None:
+        return settle_seconds if sent_ago < 0 else max(0.0, settle_seconds - sent_ago)
     if last_sent is None:
         return 0.0
     elapsed = (now - last_sent).total_seconds()

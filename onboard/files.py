@@ -4,6 +4,7 @@ and the lock files that keep two runs apart."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sys
 from datetime import UTC, datetime
@@ -103,13 +104,25 @@ def _alive(pid: int, started: str) -> bool:
     return True
 
 
+@functools.cache
+def boot_id() -> str | None:
+    """This boot of the machine (Linux), or None: a reading of the monotonic clock means
+    something only within the boot it was taken in."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text(encoding="ascii").strip()
+    except OSError:
+        return None
+
+
 def _started(pid: int) -> str | None:
     """When process `pid` started, as Linux tells it (boot id and clock ticks after boot);
     None elsewhere, or when there is no such process."""
+    boot = boot_id()
     try:
         text = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text(encoding="ascii").strip()
     except OSError:
+        return None
+    if boot is None:
         return None
     fields = text.rpartition(")")[2].split()  # after the name, which may hold spaces
     return f"{boot}:{fields[19]}" if len(fields) > 19 else None

@@ -341,14 +341,25 @@ class GraphClient:
         request_id: str | None,
         note: str,
     ) -> CreatedPass:
-        redact.remember(str(data.get("temporaryAccessPass") or ""))
+        value, method_id = data.get("temporaryAccessPass"), data.get("id")
+        if isinstance(value, str):
+            redact.remember(value)
+        lifetime = data.get("lifetimeInMinutes", request.lifetime_minutes)
+        if not (isinstance(value, str) and value.strip() and isinstance(method_id, str)
+                and method_id.strip() and isinstance(lifetime, int)
+                and not isinstance(lifetime, bool)):  # fmt: skip
+            # A success without a usable pass (null, empty, no id): the pass may exist, but
+            # nobody can hand it out; a retry replaces it.
+            raise TransientError(
+                "Graph's answer had no readable pass", status=status, request_id=request_id
+            )
         try:
             return CreatedPass(
-                value=str(data["temporaryAccessPass"]),
-                method_id=str(data["id"]),
+                value=value,
+                method_id=method_id,
                 created=_parse_time(data.get("createdDateTime")),
                 starts=_parse_time(data.get("startDateTime")) or self._now(),
-                lifetime_minutes=int(data.get("lifetimeInMinutes", request.lifetime_minutes)),
+                lifetime_minutes=lifetime,
                 usable_once=bool(data.get("isUsableOnce", request.usable_once)),
                 request_id=request_id,
                 note=note,
@@ -370,12 +381,17 @@ class GraphClient:
         status, data, request_id, _ = await self._send("GET", url, None)
         if status != 200:
             raise _error(status, data, request_id, None)
-        items = data.get("value") or []
-        if not isinstance(items, list) or not items or not isinstance(items[0], dict):
+        items = data.get("value")
+        if items == []:
             return None
+        if not (isinstance(items, list) and isinstance(items[0], dict) and items[0].get("id")):
+            # Not Graph's shape: whether the user holds a pass cannot be told, and "no pass"
+            # would let a live one be replaced.
+            raise ProtocolError(
+                "Graph's list of the user's passes could not be read", status=status,
+                request_id=request_id,
+            )  # fmt: skip
         item = items[0]
-        if not item.get("id"):
-            return None
         starts = _parse_time(item.get("startDateTime"))
         lifetime = item.get("lifetimeInMinutes")
         return HeldPass(
@@ -595,6 +611,14 @@ def _parse_time(value: Any) -> datetime | None:
 
 POLICY_REFUSAL_MARKER = "Converged UserCredentialPolicy"
 PERMISSIONS = "UserAuthMethod-TAP.ReadWrite.All (or UserAuthenticationMethod.ReadWrite.All)"
+# Every Graph application permission onboard uses, and what for (init's next steps).
+PERMISSIONS_USED = (
+    (PERMISSIONS, "to create passes"),
+    ("RoleManagement.Read.Directory", "to refuse users who hold an admin role"),
+    ("UserAuthenticationMethod.Read.All", "to refuse users who already have sign-in methods"),
+    ("Policy.Read.AuthenticationMethod", "to check the rows against the pass policy first"),
+    ("User.Read.All", "to find people (validate --online; input.match_by mail or employeeId)"),
+)
 
 
 def explain(exc: GraphError, user: str, attempts: int) -> tuple[str, str]:

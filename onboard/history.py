@@ -12,7 +12,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from . import __version__
-from .audit import UTC_ZONE, AuditOptions, FileSummary, RunSummary, audit_path, write_audit
+from .audit import (
+    UTC_ZONE,
+    AuditOptions,
+    FileSummary,
+    RunSummary,
+    audit_path,
+    free_path,
+    write_audit,
+)
 from .config import Config
 from .errors import ConfigError
 from .journal import Journal, RunInfo
@@ -88,7 +96,10 @@ def rebuild(journal: Journal, run: RunInfo, path: Path, options: AuditOptions) -
         files=[FileSummary(str(p), sha, rows, sheet) for p, sha, rows, sheet in meta["files"]],
         settings=summary_settings,
         status="recovered from the journal" if run.status == "running" else run.status,
-        notes=[("Rebuilt from the journal (UTC)", datetime.now(UTC))],
+        notes=[
+            ("Tenant", str(meta.get("tenant") or run.tenant_shown)),
+            ("Rebuilt from the journal (UTC)", datetime.now(UTC)),
+        ],
         timezone=str(dict(summary_settings).get(TIMEZONE_SETTING, UTC_ZONE)),
         simulated=simulated(run),
         # A finished run's values went to its own audit and were wiped from the journal.
@@ -105,4 +116,4 @@ def simulated(run: RunInfo) -> bool:
 
 def _own_path(directory: Path, run: RunInfo) -> Path:
     """The audit a run killed before writing it gets: the name its own would have had."""
-    return audit_path(directory, run.run_id, simulated=simulated(run))
+    return free_path(audit_path(directory, run.run_id, simulated=simulated(run)))

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -35,6 +35,8 @@ from .audit import (
     RunSummary,
     audit_options,
     audit_path,
+    free_path,
+    read_issued,
     write_audit,
 )
 from .auth import MsalTokenProvider, load_credential
@@ -178,8 +180,11 @@ def read_all(config: Config, inputs: Sequence[str | Path], now: datetime) -> lis
         read = read_input(path, config.input, config.pass_, now=now, source=source)
         for earlier in files:
             if earlier.sha256 == read.sha256:
+                same = earlier.path.resolve() == path.resolve()
                 raise InputFileError(
-                    f"has the same content as {earlier.path}; give each file once",
+                    "is given twice; give each file once"
+                    if same
+                    else f"has the same content as {earlier.path}; give each file once",
                     path=str(path),
                 )
         files.append(read)
@@ -243,6 +248,7 @@ async def run(
     reissue_users: Collection[str] = (),
     due_within_days: int | None = None,
     allow_users: Collection[str] = (),
+    on_phase: Callable[[str], None] | None = None,
 ) -> RunReport:
     """Run the whole job, journalled: safe to kill, to re-run, and to schedule.
 
@@ -254,6 +260,7 @@ async def run(
     no new row is started and the audit is written for what was done.
     """
     started = datetime.now(UTC)
+    phase = on_phase or (lambda doing: None)
     if out_dir is not None:
         config = replace(config, output=replace(config.output, dir=out_dir))
     directory = config.output.dir
@@ -310,9 +317,13 @@ async def run(
                 # Rows this run already finished before a stop keep their outcome (and pass);
                 # only the others are looked up and checked again.
                 known = journal.rows(report.run_id)
+                if report.resumed:
+                    requests = await _adopt_from_audit(config, client, ledger, requests, known,
+                                                       options)  # fmt: skip
                 done = [r for r in requests if finished(known.get(r.origin))]
                 open_rows = [r for r in requests if not finished(known.get(r.origin))]
                 if config.input.match_by != "upn" and open_rows:
+                    phase("finding people")
                     open_rows, found = await find_people(config, client, open_rows, stop)
                     requests = done + open_rows
                     checked = [*checked, *found]
@@ -331,6 +342,7 @@ async def run(
                 if stop is not None and stop.is_set():
                     report.stopped = "stopped"
                 if to_send or to_check:
+                    phase("checking the policy and accounts")
                     policy, line = await read_policy(
                         client, config, stop, holding=report.resumed or bool(report.issued)
                     )
@@ -348,7 +360,7 @@ async def run(
                 else:
                     report.notes.append(("Pass policy", "not read: nothing to send"))
                 if to_send or to_check or any(i.unconfirmed for i in report.issued):
-                    await _send(config, client, ledger, to_send, to_check, stop, options)
+                    await _send(config, client, ledger, to_send, to_check, stop, options, phase)
             except (AuthError, ConfigError, JournalWriteError) as exc:
                 if report.resumed or report.issued:
                     exc.kept = (report.run_id, len(report.issued))
@@ -359,6 +371,64 @@ async def run(
             return report
     finally:
         journal.close()
+
+
+async def _adopt_from_audit(
+    config: Config,
+    client: GraphClient,
+    ledger: _Ledger,
+    requests: list[PassRequest],
+    known: Mapping[Origin, RowState],
+    options: AuditOptions,
+) -> list[PassRequest]:
+    """A resumed run whose journal failed mid-run: its first audit workbook (written then) may
+    list passes the journal never recorded, rows it still has in flight. Those the admin may
+    already hand out: where Graph still holds that very pass, it is kept (value and all), not
+    replaced. Returns the rows still to decide."""
+    report = ledger.report
+    path = audit_path(config.output.dir, report.run_id, simulated=report.simulated)
+    waiting = {
+        r.origin: r
+        for r in requests
+        if (state := known.get(r.origin)) is not None
+        and state.state in ("in_flight", "interrupted")
+    }
+    if not waiting or not path.exists():
+        return requests
+    try:
+        audited = {
+            Origin(p.source, p.row): p
+            for p in read_issued(path, options.password)
+            if Origin(p.source, p.row) in waiting
+        }
+    except Exception as exc:  # an unreadable workbook: the rows are decided as before
+        log.warning("cannot read the earlier audit workbook %s: %s", path, first_line(exc))
+        return requests
+    if not audited:
+        return requests
+    answers = await current_passes(
+        [waiting[o].user for o in audited],
+        client.current_pass_id,
+        concurrency=config.run.concurrency,
+        retries=retries_for(config.run),
+    )
+    kept: set[Origin] = set()
+    for origin, found in audited.items():
+        request = waiting[origin]
+        if answers.get(request.user) != found.method_id:
+            continue  # Graph holds another pass (or would not say): decided as before
+        starts = found.starts or request.start or datetime.now(UTC)
+        issued = Issued(
+            request, found.value, found.method_id, starts,
+            found.expires or starts + timedelta(minutes=request.lifetime_minutes),
+            request.lifetime_minutes, request.usable_once, None, known[origin].attempts, None,
+            f"kept from the audit workbook {path.name}, written when the journal could not be: "
+            "confirmed with Graph",
+        )  # fmt: skip
+        _log_checked(issued)
+        ledger.add(issued)
+        kept.add(origin)
+    return [r for r in requests if r.origin not in kept]
 
 
 def _kept_by_unfinished(journal: Journal, key: str) -> tuple[str, int] | None:
@@ -516,6 +586,7 @@ class _Ledger:
         self._committed = 0  # items written so far
         self._in_commit = 0  # items being written now
         self._unwritten: list[tuple[int, Any]] = []  # prepared, not yet on disk
+        self.sent: set[Origin] = set()  # rows this run sent a create for
         self._writing = threading.Lock()
 
     def add(self, outcome: Outcome, *, progress: bool = True, later: bool = False) -> None:
@@ -540,6 +611,7 @@ class _Ledger:
         self.add(outcome, progress=False, later=later)
 
     def queue_send(self, request: PassRequest) -> None:
+        self.sent.add(request.origin)
         self._queued.append(request)
 
     async def durable(self) -> None:
@@ -675,7 +747,7 @@ def history_for(
         previous[person] = journal.previous_pass(tenant, person, excluding=run_id)
         if previous[person] is None and journal.unsettled(tenant, person, excluding=run_id):
             unsettled.add(person)
-    return History(this_run, previous, frozenset(unsettled))
+    return History(this_run, previous, frozenset(unsettled), journal.issued_in(tenant))
 
 
 def _sort(
@@ -746,6 +818,7 @@ async def _send(
     to_check: list[CheckFirst],
     stop: asyncio.Event | None,
     options: AuditOptions,
+    phase: Callable[[str], None],
 ) -> None:
     """Issue; whatever happens once passes may exist, the audit gets written."""
     report = ledger.report
@@ -753,6 +826,8 @@ async def _send(
     pending = {r.origin: r for r in requests}
     pending.update((c.request.origin, c.request) for c in to_check)
     try:
+        if any(r.ask_existing for r in requests):
+            phase("checking existing passes")
         requests, decided = await existing_passes(
             config,
             client,
@@ -766,17 +841,20 @@ async def _send(
             ledger.add(outcome, later=True)
         await ledger.durable()
         requests = requests + await _check_first(config, client, ledger, to_check, pending, stop)
+        phase("issuing passes")
         await _issue(config, client, requests, ledger, pending, stop)
     except (asyncio.CancelledError, KeyboardInterrupt):
         # Stopped at once: the journal holds every outcome and pass so far, and the rows in
         # flight; running the same command again resumes this run and writes its audit.
         raise
     except BaseException as exc:
-        report.stopped = f"crashed ({type(exc).__name__})"
+        cause = _cause(exc)
+        report.stopped = f"aborted: {exc}" if isinstance(exc, AuthError) else f"crashed ({cause})"
         # A journal that cannot be written gets no more writes: the audit gets them all.
         broken = isinstance(exc, JournalWriteError)
         for r in pending.values():
-            ledger.replace(_unfinished(r), later=broken)
+            sent = r.origin in ledger.sent or r.prior_attempts > 0 or r.doubtful
+            ledger.replace(_unfinished(r, cause) if sent else not_sent(r, cause), later=broken)
         _finish(ledger.journal, config, report, config.output.dir, options, journal_ok=not broken)
         if isinstance(exc, OnboardError):
             exc.audit_path = report.audit_path
@@ -801,7 +879,10 @@ async def _check_first(
         return []
     run = config.run
     now = datetime.now(UTC)
-    wait = max(settle_wait(c.previous.last_sent, now, run.settle_seconds) for c in to_check)
+    wait = max(
+        settle_wait(c.previous.last_sent, now, run.settle_seconds, c.previous.sent_ago)
+        for c in to_check
+    )
     if wait > 0:
         log.info("waiting %.1f s for earlier requests to settle before asking Graph", wait)
         if await stopped_within(stop, wait):
@@ -835,15 +916,26 @@ async def _check_first(
     return send
 
 
-def _unfinished(request: PassRequest) -> Failed:
+def _unfinished(request: PassRequest, cause: str) -> Failed:
+    """A row whose create was sent when the run stopped on `cause`: it may hold a pass."""
     return Failed(
         request.origin,
         request.user,
         "Not finished",
-        "An internal error stopped the run while this row was waiting or in flight; it may or "
-        "may not have a pass. Run again for this row (a new pass replaces any earlier one).",
+        f"The run stopped ({cause}) after this row's request was sent; it may or may not have a "
+        "pass. Run again for this row (a new pass replaces any earlier one).",
         may_have_pass=True,
     )
+
+
+def _cause(exc: BaseException) -> str:
+    """What stopped a run, for its unfinished rows: a sign-in or journal failure says itself;
+    anything else is an internal error (never its message: it may hold data)."""
+    if isinstance(exc, AuthError):
+        return f"sign-in failed: {exc}"
+    if isinstance(exc, JournalWriteError):
+        return "the run journal could not be written"
+    return f"an internal error, {type(exc).__name__}"
 
 
 def _log_checked(outcome: Outcome) -> None:
@@ -1102,7 +1194,7 @@ def _finish(
         timezone=config.pass_.timezone,
         simulated=report.simulated,
     )
-    path = audit_path(directory, report.run_id, simulated=report.simulated)
+    path = free_path(audit_path(directory, report.run_id, simulated=report.simulated))
     try:
         report.audit_path = write_audit(
             path, summary, report.issued, report.failed, report.skipped, options

@@ -27,7 +27,9 @@ import contextlib
 import json
 import os
 import sqlite3
+import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -38,7 +40,7 @@ from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from .errors import ConfigError, JournalLocked, JournalWriteError
-from .files import LockFile, holder_line, private_dir
+from .files import LockFile, boot_id, holder_line, private_dir
 from .outcomes import (
     INTERRUPTED,
     NOT_SENT,
@@ -91,6 +93,9 @@ ADDED_COLUMNS = {
         "tenant": "TEXT",
         "seq": "INTEGER NOT NULL DEFAULT 0",  # counts up with every write: which is the latest
         "sent_at": "TEXT",  # when the last request for the row was sent (wall clock, UTC)
+        # ... and by the monotonic clock: "<boot id> <seconds>", which no step of the wall
+        # clock (NTP, a VM restore) moves
+        "sent_clock": "TEXT",
         "object_id": "TEXT",  # the person's directory object id, where known
     },
 }
@@ -107,9 +112,12 @@ SEALED = "sealed:"  # the prefix of a pass value encrypted with output.password
 # answer was lost may still replace it: check with Graph before trusting it. interrupted: the
 # run stopped with the request in flight. not_sent: the run stopped before sending. failed,
 # skipped: as in the audit.
-STATES = ("in_flight", "issued", "unclear", "interrupted", "not_sent", "failed", "skipped")
+# held: skipped because the user holds a pass no record of this journal explains.
+STATES = (
+    "in_flight", "issued", "unclear", "interrupted", "not_sent", "failed", "skipped", "held"
+)  # fmt: skip
 # Rows a resumed run decides again rather than keeping.
-REDECIDE = ("in_flight", "interrupted", "not_sent", "skipped")
+REDECIDE = ("in_flight", "interrupted", "not_sent", "skipped", "held")
 FINISHED = ("completed", "stopped", "aborted", "crashed", "recovered")
 
 
@@ -129,12 +137,18 @@ class RunInfo:
 
     @property
     def tenant_shown(self) -> str:
-        """The tenant for people: its configured name, else its id; "unknown" for old runs."""
+        """The tenant for people: the configured name and the tenant id; "unknown" for runs
+        recorded before runs had a tenant."""
         if self.tenant is None:
             return "unknown (before tenants were recorded)"
         tid, _, root = self.tenant.partition(" ")
-        name = self.tenant_name if self.tenant_name and self.tenant_name != tid else tid
-        return "simulator" if self.simulated and root == "simulator" else name
+        name = self.tenant_name if self.tenant_name and self.tenant_name != tid else None
+        where = (
+            ""
+            if root in ("simulator",) or root.startswith("https://graph.microsoft.com")
+            else (f" at {root}")
+        )
+        return (f"{name} ({tid})" if name else tid) + where
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,8 +160,10 @@ class PreviousPass:
     start_key: str
     issued_at: datetime | None
     method_id: str | None
-    # When the last request for this person that may have made a pass was sent (UTC).
+    # When the last request for this person that may have made a pass was sent (UTC), and
+    # how many seconds ago by the monotonic clock when it was sent in this same boot.
     last_sent: datetime | None = None
+    sent_ago: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +199,7 @@ class Journal:
         self._password = password
         self._fernet: Fernet | None = None
         self._lock = LockFile(self.real_path.with_name(self.real_path.name + ".lock"))
+        self._file_lock: int | None = None  # a descriptor holding a flock on the file itself
         self._db: sqlite3.Connection | None = None
         self._guard = threading.Lock()
         self.tenant: str | None = None  # the tenant of the run being recorded (begin)
@@ -205,9 +222,10 @@ class Journal:
                 os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
             else:
                 path.chmod(0o600)  # it holds passes until their audit is written
+            self._lock_file_itself(path)
             db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         except OSError as exc:
-            self._lock.release()
+            self._release()
             raise ConfigError(
                 f"cannot open the run journal {self.path}: {exc.strerror}; set state.path to a "
                 "writable file"
@@ -221,7 +239,7 @@ class Journal:
             db.executescript(INDEXES)
         except sqlite3.DatabaseError as exc:
             db.close()
-            self._lock.release()
+            self._release()
             raise ConfigError(f"the run journal {self.path} is unusable: {exc}") from None
         for suffix in ("-wal", "-shm"):
             side = path.with_name(path.name + suffix)
@@ -307,17 +325,44 @@ class Journal:
         holder = self._lock.acquire(holder_line(f"journal {self.path}"))
         if holder is not None:
             raise JournalLocked(
-                f"another onboard run is using the journal {self.path} ({holder}); this run "
-                "stopped before sending anything",
+                f"another onboard run is using the journal {self.path} ({holder}); wait for it "
+                "to finish",
                 holder=holder,
             )
+
+    def _lock_file_itself(self, path: Path) -> None:
+        """Lock the journal's file too (its inode): a hard link, or a bind mount of the file
+        alone, reaches it under another name and another lock file. (flock, which SQLite's
+        own POSIX locks do not see; not on Windows, where a lock would bar SQLite itself.)"""
+        if sys.platform == "win32":
+            return
+        import fcntl
+
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            self._lock.release()
+            raise JournalLocked(
+                f"another onboard run is using the journal {self.path} through another name "
+                "(a hard link or a mount of the same file); wait for it to finish",
+                holder="the same journal file, under another name",
+            ) from None
+        self._file_lock = fd
+
+    def _release(self) -> None:
+        if self._file_lock is not None:
+            os.close(self._file_lock)  # after SQLite's connection: see _lock_file_itself
+            self._file_lock = None
+        self._lock.release()
 
     def close(self) -> None:
         with self._guard:  # never under a commit running in the ledger's thread
             if self._db is not None:
                 self._db.close()
                 self._db = None
-        self._lock.release()
+        self._release()
 
     def __enter__(self) -> Journal:
         # `with Journal(p).open(lock=False):` keeps the read-only opening it was given.
@@ -469,7 +514,7 @@ class Journal:
                 f"VALUES (?, ?, ?, ?, 'not_sent', ?, ?, ?, ?, ?, ?, {_NEXT_SEQ}) "
                 "ON CONFLICT(run_id, source, row) DO UPDATE SET state='not_sent', "
                 "record=excluded.record, updated=excluded.updated, seq=excluded.seq "
-                "WHERE rows.state IN ('skipped', 'not_sent')",
+                "WHERE rows.state IN ('skipped', 'held', 'not_sent')",
                 [
                     (
                         run_id,
@@ -533,14 +578,8 @@ class Journal:
             (*params, seq),
         ).fetchone()
         stands = state == "issued" and later is None
-        return PreviousPass(
-            run_id,
-            stands,
-            start_key,
-            _time(issued_at),
-            method_id,
-            self.last_sent(tenant, person, excluding=excluding),
-        )
+        wall, ago = self.last_sent(tenant, person, excluding=excluding)
+        return PreviousPass(run_id, stands, start_key, _time(issued_at), method_id, wall, ago)
 
     def unsettled(self, tenant: str | None, person: Person, *, excluding: str) -> bool:
         """For a person with no audited pass: whether an earlier run of this tenant sent a
@@ -555,15 +594,36 @@ class Journal:
         ).fetchone()
         return row is not None
 
-    def last_sent(self, tenant: str, person: Person, *, excluding: str) -> datetime | None:
-        """When an earlier run last sent a request for this person that may have made a pass."""
+    def last_sent(
+        self, tenant: str, person: Person, *, excluding: str
+    ) -> tuple[datetime | None, float | None]:
+        """When an earlier run last sent a request for this person that may have made a pass:
+        by the wall clock, and how many seconds ago by the monotonic clock (None when no such
+        request was sent in this boot)."""
         match, params = _person_match(tenant, person, excluding)
-        (sent,) = self.db.execute(
-            f"SELECT MAX(sent_at) FROM rows JOIN runs USING (run_id) WHERE {match} "  # noqa: S608 (constant SQL; values are ? parameters)
+        rows = self.db.execute(
+            f"SELECT sent_at, sent_clock FROM rows JOIN runs USING (run_id) WHERE {match} "  # noqa: S608 (constant SQL; values are ? parameters)
             "AND may_have_pass=1",
             params,
+        ).fetchall()
+        wall = max((t for t in (_time(r[0]) for r in rows) if t is not None), default=None)
+        now, boot = time.monotonic(), boot_id()
+        agos = [
+            now - float(clock.split()[1])
+            for _, clock in rows
+            if clock and boot is not None and clock.split()[0] == boot
+        ]
+        return wall, (min(agos) if agos else None)
+
+    def issued_in(self, tenant: str | None) -> bool:
+        """Whether any run of this tenant issued a pass (so a row may be one of its people)."""
+        if tenant is None:
+            return False
+        found = self.db.execute(
+            "SELECT 1 FROM rows WHERE tenant=? AND state IN ('issued', 'unclear') LIMIT 1",
+            (tenant,),
         ).fetchone()
-        return _time(sent)
+        return found is not None
 
     def issued_by(self, tenant: str | None, method_id: str) -> PreviousPass | None:
         """The pass with this method id, if a run of this tenant issued it: a pass Graph holds
@@ -650,11 +710,12 @@ def _object_id(request: PassRequest) -> str | None:
 # --- outcomes to and from JSON (never the pass value: it has its own column) -----------------
 SENDING_SQL = (
     "INSERT INTO rows (run_id, source, row, user_key, state, start_key, attempts, "  # noqa: S608 (constant SQL; values are ? parameters)
-    "may_have_pass, updated, sent_at, tenant, object_id, seq) "
-    f"VALUES (?, ?, ?, ?, 'in_flight', ?, ?, 1, ?, ?, ?, ?, {_NEXT_SEQ}) "
+    "may_have_pass, updated, sent_at, sent_clock, tenant, object_id, seq) "
+    f"VALUES (?, ?, ?, ?, 'in_flight', ?, ?, 1, ?, ?, ?, ?, ?, {_NEXT_SEQ}) "
     "ON CONFLICT(run_id, source, row) DO UPDATE SET state='in_flight', "
     "attempts=max(attempts + 1, excluded.attempts), may_have_pass=1, record=NULL, "
     "pass_value=NULL, method_id=NULL, updated=excluded.updated, sent_at=excluded.sent_at, "
+    "sent_clock=excluded.sent_clock, "
     "object_id=excluded.object_id, seq=excluded.seq"
 )
 # An outcome says whether the row may hold a pass from a request of unknown fate: it is what
@@ -675,6 +736,7 @@ RECORD_SQL = (
 
 def sending_params(run_id: str, request: PassRequest, tenant: str | None) -> tuple[Any, ...]:
     now = _now()
+    boot = boot_id()
     return (
         run_id,
         request.origin.source,
@@ -684,6 +746,7 @@ def sending_params(run_id: str, request: PassRequest, tenant: str | None) -> tup
         request.prior_attempts + 1,
         now,
         now,
+        f"{boot} {time.monotonic():.3f}" if boot else None,
         tenant,
         _object_id(request),
     )
@@ -711,7 +774,8 @@ def record_params(
         )
         state = {INTERRUPTED: "interrupted", NOT_SENT: "not_sent"}.get(outcome.reason, "failed")
     else:
-        state, user = "skipped", outcome.user.casefold()
+        state = "held" if outcome.held_elsewhere else "skipped"
+        user = outcome.user.casefold()
     return (
         run_id,
         outcome.origin.source,

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from .config import RunSettings
-from .errors import AuthError, GraphError, JournalWriteError, ProtocolError, TransientError
+from .errors import AuthError, GraphError, JournalWriteError, TransientError
 from .graph import CreatedPass, explain
 from .outcomes import (
     Failed,
@@ -480,8 +480,9 @@ async def confirm(
 
 
 def _made(exc: GraphError) -> bool:
-    """A create answered with success but unreadable (too large): the pass may exist."""
-    return isinstance(exc, ProtocolError) and exc.status is not None and 200 <= exc.status < 300
+    """A create answered with success but unreadable (too large, no pass in it): the pass may
+    exist, and nobody has its value."""
+    return exc.status is not None and 200 <= exc.status < 300
 
 
 def _join(first: str, second: str) -> str:

@@ -11,6 +11,7 @@ traceback text has each one replaced before it is written anywhere.
 from __future__ import annotations
 
 import logging
+import re
 from types import TracebackType
 
 HIDDEN = "<hidden>"
@@ -32,11 +33,30 @@ def scrub(text: str) -> str:
     return text
 
 
+# Credentials a library may echo before onboard could remember them (a token answer that was
+# not valid JSON, say): anything shaped like a JWT, and the value after a credential's name.
+_TOKEN_SHAPED = re.compile(r"eyJ[\w-]{8,}\.[\w-]{8,}\.[\w-]*")
+_NAMED_SECRET = re.compile(
+    r"""(?i)((?:access_token|refresh_token|id_token|client_secret|client_assertion|"""
+    r"""temporaryAccessPass)["']?\s*[:=]\s*["']?)([^"'&\s,}]+)"""
+)
+
+
+def scrub_shapes(text: str) -> str:
+    """`text` with remembered values, token-shaped text and named credentials hidden."""
+    text = _TOKEN_SHAPED.sub(HIDDEN, scrub(text))
+    return _NAMED_SECRET.sub(lambda m: m.group(1) + HIDDEN, text)
+
+
 class Formatter(logging.Formatter):
-    """A log formatter whose tracebacks never show a remembered value."""
+    """A log formatter whose lines and tracebacks never show a remembered value, nor anything
+    shaped like a token or named as a credential (a library's own log lines included)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return scrub_shapes(super().format(record))
 
     def formatException(self, ei: ExcInfo) -> str:
-        return scrub(super().formatException(ei))
+        return scrub_shapes(super().formatException(ei))
 
 
 def printable(text: str) -> str:

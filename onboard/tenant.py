@@ -74,6 +74,11 @@ def tenant_of(token: str, *, graph_root: str, configured: str | None, simulator:
     tid = claims.get("tid")
     simulated = simulator or claims.get(SIMULATED_CLAIM) is True
     if isinstance(tid, str) and _GUID.match(tid):
+        if configured and _GUID.match(configured) and configured.lower() != tid.lower():
+            raise AuthError(
+                f"the token is for the tenant {tid}, not auth.tenant_id {configured}: passes "
+                "would land in another tenant. Check auth.tenant_id and auth.authority"
+            )
         return Tenant(tid.lower(), graph_root, configured, simulated)
     if configured and _GUID.match(configured):
         return Tenant(configured.lower(), graph_root, configured, simulated)
@@ -89,11 +94,14 @@ def lock_folder() -> Path:
 
 
 class TenantLock:
-    """Held while a run may issue passes in a tenant: a second run for it exits 5."""
+    """Held while a run may issue passes in a tenant: a second run for it exits 5.
+
+    Keyed by the tenant id alone (tenant ids are unique across clouds), so however the Graph
+    root is spelled, two runs for one tenant meet the same lock."""
 
     def __init__(self, tenant: Tenant, folder: Path | None = None) -> None:
         self.tenant = tenant
-        digest = hashlib.sha256(tenant.key.encode()).hexdigest()[:24]
+        digest = hashlib.sha256(tenant.id.encode()).hexdigest()[:24]
         self.path = (folder or lock_folder()) / f"{digest}.lock"
         self._file = LockFile(self.path)
 
@@ -110,7 +118,7 @@ class TenantLock:
         if held_by is not None:
             raise JournalLocked(
                 f"another onboard run is issuing passes in the tenant {self.tenant.describe()} "
-                f"on this machine ({held_by}); this run stopped before sending anything",
+                f"on this machine ({held_by}); wait for it to finish",
                 holder=held_by,
             )
 

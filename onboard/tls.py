@@ -26,7 +26,7 @@ from requests.adapters import HTTPAdapter
 from yarl import URL
 
 from .config import is_loopback
-from .errors import PlainHttpRefused, RedirectRefused
+from .errors import AuthError, PlainHttpRefused, RedirectRefused
 from .redact import printable
 
 # Seconds to connect, and to wait for each read, on every sign-in request (the authority's, or
@@ -132,16 +132,41 @@ class _ContextAdapter(HTTPAdapter):
             )
         # msal sets no timeout on its own http_client: a sign-in host (or identity endpoint)
         # that accepts the connection and never answers must not hang the run.
-        response = super().send(request, stream, timeout or self._timeout, verify, cert, proxies)
+        response = super().send(request, True, timeout or self._timeout, verify, cert, proxies)
         if 300 <= response.status_code < 400:
             response.close()
             location = response.headers.get("Location")
             raise redirect_refused("the sign-in service", request.url, location, "auth.authority")
+        # Read here, at most SIGN_IN_ANSWER_LIMIT: a sign-in answer is a few KB, and one of
+        # hundreds of MB must not fill the memory (requests would read it whole).
+        declared = response.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > SIGN_IN_ANSWER_LIMIT:
+            response.close()
+            raise _too_large(request.url)
+        body = bytearray()
+        for chunk in response.iter_content(64 * 1024):
+            body += chunk
+            if len(body) > SIGN_IN_ANSWER_LIMIT:
+                response.close()
+                raise _too_large(request.url)
+        response._content = bytes(body)
+        response._content_consumed = True  # type: ignore[attr-defined]
         return response
 
     def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
         # REQUESTS_CA_BUNDLE or verify=False must not replace or disable our trust.
         super().cert_verify(conn, url, True, cert)  # type: ignore[no-untyped-call]
+
+
+SIGN_IN_ANSWER_LIMIT = 1024 * 1024  # a token or discovery answer is a few KB
+
+
+def _too_large(url: str) -> AuthError:
+    host = URL(url).host_port_subcomponent
+    return AuthError(
+        f"the sign-in service at {host} answered with more than "
+        f"{SIGN_IN_ANSWER_LIMIT // 1024} KB: not read (is auth.authority a sign-in service?)"
+    )
 
 
 def requests_session(

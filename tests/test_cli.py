@@ -285,7 +285,8 @@ def test_internal_error_still_writes_the_audit(
     tmp_path: Path, serve_simulator, secret_env, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """A bug mid-run exits 4 with a short message; the rows are all in the workbook."""
+    """A bug mid-run exits 4 with a short message; the rows are all in the workbook (none was
+    sent before the bug, so each is "not sent", holding no pass)."""
     from onboard import job
 
     async def broken(*args: object, **kwargs: object) -> None:
@@ -298,7 +299,8 @@ def test_internal_error_still_writes_the_audit(
     assert code == EXIT_INTERNAL
     assert "internal error (RuntimeError)" in err and "secret detail" not in err
     rows = audit_rows(latest_audit(tmp_path / "audit"))
-    assert [r["Reason"] for r in rows["Failed"]] == ["Not finished"] * len(GOOD)
+    assert [r["Reason"] for r in rows["Failed"]] == ["Not sent: run stopped"] * len(GOOD)
+    assert all("an internal error, RuntimeError" in str(r["Detail"]) for r in rows["Failed"])
 
 
 def test_same_file_twice_and_same_names_in_two_folders(
@@ -308,7 +310,7 @@ def test_same_file_twice_and_same_names_in_two_folders(
     monkeypatch.chdir(tmp_path)  # the problems workbook goes to ./audit: here, not the checkout
     first = sheet(tmp_path)
     assert main(["validate", str(first), str(first)]) == EXIT_BAD_INPUT
-    assert "has the same content as" in capsys.readouterr().err
+    assert "is given twice" in capsys.readouterr().err
     other = tmp_path / "site2"
     other.mkdir()
     (other / "hires.csv").write_text(f"UPN,Start Date\nzed@contoso.com,{SOON[0]}\n")

@@ -428,3 +428,14 @@ def test_china_needs_the_beta_api_named_in_the_error(tmp_path: Path) -> None:
         load_config(path)
     path.write_text(base.format(version="  api_version: beta\n"), encoding="utf-8")
     assert load_config(path).graph.api_version == "beta"
+
+
+@pytest.mark.parametrize(
+    "spelled",
+    ["HTTPS://GRAPH.microsoft.com", "https://graph.microsoft.com:443/", "https://Graph.Microsoft.com"],
+)
+def test_one_graph_root_has_one_spelling(tmp_path: Path, spelled: str) -> None:
+    """The Graph root the journal records a run's tenant by does not depend on how the URL is
+    written (case, default port, trailing slash)."""
+    path = write(tmp_path, REAL + f"graph:\n  endpoint: {spelled}\npass:\n  timezone: UTC\n")
+    assert load_config(path).graph.endpoint == "https://graph.microsoft.com"

@@ -295,7 +295,8 @@ def test_rows_never_sent_are_counted_as_not_sent(
     assert f"0 issued, 0 failed, 0 skipped, {len(HIRES)} not sent" in out
     assert main(["runs", "-c", str(config)]) == EXIT_OK
     line = capsys.readouterr().out.splitlines()[1]
-    assert line.split()[-6:-1] == ["0", "0", "0", str(len(HIRES)), "0"]
+    # issued, failed, skipped, held, not sent, in flight
+    assert line.split()[-7:-1] == ["0", "0", "0", "0", str(len(HIRES)), "0"]
 
 
 def test_validate_after_a_run_lists_what_run_would_skip(
@@ -391,3 +392,147 @@ def test_an_audit_that_cannot_be_encrypted_is_exit_3_naming_report(
     with sqlite3.connect(tmp_path / "state" / "journal.sqlite") as db:
         (held,) = db.execute("SELECT count(*) FROM rows WHERE pass_value IS NOT NULL").fetchone()
     assert held == 0  # wiped once `report` wrote them out
+
+
+def test_a_sign_in_failure_during_the_checks_leaves_unsent_rows_without_a_pass(
+    tmp_path: Path, serve_simulator
+) -> None:
+    """Graph stops taking the token while the existing passes are listed (the secret was
+    rotated): the rows never sent are "not sent" (no pass), not "Not finished ... internal
+    error"; the next run lists them first, so a helpdesk pass is kept, not replaced blindly."""
+    state = SimulatorState(users("ada@contoso.com", "bo@contoso.com"), faults=Faults(latency_ms=20))
+    sim = serve_simulator(state)
+    state.give_pass("bo@contoso.com", lifetime_minutes=43_200)
+    config = sim.config(tmp_path / "c.yaml", run={"concurrency": 1})
+    path = sheet(tmp_path / "hires.csv", [("ada@contoso.com", SOON), ("bo@contoso.com", SOON)])
+
+    async def rotated() -> None:
+        checks = 1 + 2 * 2  # the policy, then each user's roles and methods
+        watch = asyncio.create_task(_stop_when(
+            lambda: state.counts.get("graph_requests", 0) >= checks, asyncio.Event()))  # fmt: skip
+        task = asyncio.create_task(job.run(load_config(config, ENV), [path], env=ENV))
+        await watch
+        state.client_secret = "rotated"
+        state.revoke_tokens()
+        with pytest.raises(AuthError):
+            await task
+
+    from onboard.errors import AuthError
+
+    asyncio.run(rotated())
+    (first,) = (tmp_path / "audit").glob("onboard-*.xlsx")
+    failed = read_audit(first)["Failed"]
+    assert [r["Reason"] for r in failed] == ["Not sent: run stopped"] * 2
+    assert all("sign-in failed" in str(r["Detail"]) for r in failed)
+    state.client_secret = "simulator-secret"
+    report = run(config, path)
+    assert [s.user for s in report.skipped if s.held_elsewhere] == ["bo@contoso.com"]
+    assert state.current_pass("bo@contoso.com") == "handed-out"
+
+
+def test_a_journal_reached_through_a_hard_link_is_locked_as_the_same_file(tmp_path: Path) -> None:
+    """A hard link (or a bind mount of the file alone) names the same journal under another
+    path, beside another lock file: the journal's own file is locked too."""
+    from onboard.errors import JournalLocked
+
+    real = tmp_path / "state" / "journal.sqlite"
+    first = Journal(real).open()
+    try:
+        link = tmp_path / "elsewhere" / "journal.sqlite"
+        link.parent.mkdir()
+        os.link(real, link)
+        with pytest.raises(JournalLocked, match="through another name"):
+            Journal(link).open()
+    finally:
+        first.close()
+    Journal(link).open().close()
+
+
+def test_settle_is_measured_by_the_monotonic_clock_within_a_boot(tmp_path: Path) -> None:
+    """A request sent moments ago in this boot: however far the wall clock jumped forward
+    since, the check still waits the settle time out (measured by the monotonic clock)."""
+    tenant, person = "t root", Person("ada@contoso.com")
+    request = PassRequest(Origin("hires.csv", 2), "ada@contoso.com", None, None, 480, True)
+    with Journal(tmp_path / "j.sqlite") as journal:
+        journal.begin("run-1", datetime.now(UTC), "k", {}, tenant=tenant, tenant_name=None,
+                      simulated=False)  # fmt: skip
+        from onboard.journal import SENDING_SQL, sending_params
+
+        journal.write([(SENDING_SQL, [sending_params("run-1", request, tenant)])])
+        journal.finish("run-1", "stopped", None)
+        wall, ago = journal.last_sent(tenant, person, excluding="run-2")
+    assert wall is not None and ago is not None and 0 <= ago < 5
+    stepped = datetime.now(UTC) + timedelta(hours=1)  # NTP stepped the clock an hour ahead
+    assert settle_wait(wall, stepped, 10) == 0  # the wall clock alone would not wait
+    assert settle_wait(wall, stepped, 10, ago) == pytest.approx(10 - ago, abs=0.5)
+
+
+def test_after_a_journal_failure_the_passes_in_the_first_audit_are_kept_not_replaced(
+    tmp_path: Path, serve_simulator
+) -> None:
+    """The journal fills up mid-run (ulimit -f): the audit written then lists passes the
+    journal never recorded. Running the same command again keeps those passes (Graph still
+    holds them), instead of replacing what the admin may have handed out, and writes its own
+    workbook beside the first, never over it."""
+    hires = [f"u{n:03d}@contoso.com" for n in range(300)]
+    state = SimulatorState(users(*hires))
+    sim = serve_simulator(state)
+    config = sim.config(tmp_path / "c.yaml", run={"concurrency": 8})
+    path = sheet(tmp_path / "hires.csv", [(u, SOON) for u in hires])
+    limit = 600 * 1024
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ONBOARD_")} | ENV
+    done = subprocess.run(
+        [sys.executable, "-m", "onboard", "run", str(path), "-c", str(config)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        preexec_fn=small_files,  # a limit for the child only
+    )  # fmt: skip
+    assert done.returncode == 3, done.stderr
+    (first,) = (tmp_path / "audit").glob("onboard-*.xlsx")
+    shown = {r["User"]: r["Temporary Access Pass"] for r in read_audit(first)["Issued"]}
+    assert shown  # some passes were issued before the journal failed
+    report = run(config, path)
+    assert report.resumed
+    final = {i.request.user: i.temporary_access_pass for i in report.issued}
+    for user, value in shown.items():  # every pass the first workbook showed still stands
+        assert final[user] == value == state.current_pass(user)
+    assert len(final) == len(hires)
+    assert report.audit_path is not None and report.audit_path != first and first.exists()
+
+
+def test_under_replace_a_renamed_user_gets_no_second_pass(tmp_path: Path, serve_simulator) -> None:
+    """pass.existing replace, a sheet by UPN, the user renamed since the pass was issued (same
+    object id): the journal issued passes in this tenant, so the row's current pass is listed;
+    it is the one this journal issued, for the same start: already issued, no second pass."""
+    state = SimulatorState(users("ann@contoso.com"))
+    sim = serve_simulator(state)
+    config = sim.config(tmp_path / "c.yaml", **{"pass": {"existing": "replace", "timezone": "UTC"}})
+    path = sheet(tmp_path / "hires.csv", [("ann@contoso.com", SOON)])
+    assert len(run(config, path).issued) == 1
+    user = state.find_user("ann@contoso.com")
+    assert user is not None
+    user.user_principal_name = "ann.lee@contoso.com"
+    state.add_user(user)
+    renamed = sheet(tmp_path / "renamed.csv", [("ann.lee@contoso.com", SOON)])
+    report = run(config, renamed)
+    assert report.issued == [] and state.passes_created_for("ann.lee@contoso.com") == 1
+    (skipped,) = report.skipped
+    assert "already issued" in skipped.reason and "confirmed with Graph" in skipped.reason
+
+
+def test_a_token_for_another_tenant_than_the_configured_guid_is_refused(
+    tmp_path: Path, serve_simulator, secret_env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """auth.tenant_id names one tenant (a GUID), the token is for another (an authority that
+    names a different tenant): exit 3 before anything is sent."""
+    state = SimulatorState(users("ann@contoso.com"))
+    sim = serve_simulator(state)
+    config = sim.config(tmp_path / "c.yaml",
+                        auth={"tenant_id": "aaaaaaaa-0000-4000-8000-000000000001"})  # fmt: skip
+    path = sheet(tmp_path / "hires.csv", [("ann@contoso.com", SOON)])
+    assert main(["run", str(path), "-c", str(config)]) == EXIT_ABORTED
+    assert "the token is for the tenant" in capsys.readouterr().err
+    assert state.issued == []

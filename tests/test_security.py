@@ -687,3 +687,32 @@ def test_scrub_hides_longest_values_first() -> None:
     redact.remember("abcd1234")
     redact.remember("abcd1234-longer")
     assert redact.scrub("x abcd1234-longer y abcd1234") == "x <hidden> y <hidden>"
+
+
+def test_a_library_log_line_quoting_a_token_answer_is_scrubbed() -> None:
+    """msal logs a token answer that is not valid JSON whole (before onboard could remember
+    the token): the log formatter hides anything shaped like a token or named as one."""
+    import logging
+
+    from onboard.redact import HIDDEN, Formatter
+
+    token = "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.eyJ0aWQiOiJ4eXoiLCJleHAiOjF9.c2lnbmF0dXJl"
+    line = ('Token response is not in json format: {"token_type": "Bearer", '
+            f'"access_token": "{token}')
+    record = logging.LogRecord("msal", logging.ERROR, __file__, 1, line, None, None)
+    shown = Formatter("%(message)s").format(record)
+    assert token not in shown and "eyJ0eXAi" not in shown and HIDDEN in shown
+    form = logging.LogRecord("x", logging.ERROR, __file__, 1, "client_secret=abc123&x=1", None,
+                             None)  # fmt: skip
+    assert "abc123" not in Formatter("%(message)s").format(form)
+
+
+def test_msal_is_never_logged(tmp_path: Path) -> None:
+    """Whatever -v says, msal's own lines (which can quote a token answer) are not logged."""
+    import logging
+
+    from onboard.cli import _setup_logging
+
+    for verbosity in (0, 1, 2):
+        _setup_logging(verbosity, str(tmp_path / "log.txt"))
+        assert not logging.getLogger("msal").isEnabledFor(logging.CRITICAL)

@@ -212,7 +212,7 @@ def test_simulated_runs_say_so_everywhere_a_result_is_read(
     run_id = lines[1].split()[2].rstrip(":")
     assert main(["runs", "-c", str(config)]) == EXIT_OK
     listed = capsys.readouterr().out
-    assert f"SIMULATED ({TENANT})" in next(x for x in listed.splitlines() if run_id in x)
+    assert f"SIMULATED ({TENANT} (" in next(x for x in listed.splitlines() if run_id in x)
     assert main(["report", run_id, "-c", str(config)]) == EXIT_OK
     assert capsys.readouterr().out.startswith("SIMULATED: no pass was issued in a tenant")
 

@@ -455,3 +455,87 @@ def test_an_overlong_sign_in_error_description_is_cut_between_words(tmp_path: Pa
     assert error.error == "invalid_client" and message.endswith(" …)")
     kept = message.split("(invalid_client: ", 1)[1].removesuffix(" …)")
     assert description.startswith(kept) and description[len(kept)] == " "
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {**PASS_BODY, "temporaryAccessPass": None},
+        {**PASS_BODY, "temporaryAccessPass": ""},
+        {**PASS_BODY, "id": None},
+        {**PASS_BODY, "lifetimeInMinutes": "120"},
+    ],
+)
+def test_a_201_without_a_usable_pass_is_never_a_pass(body: dict[str, Any]) -> None:
+    """A success whose pass is null, empty, without an id (or with an odd lifetime): not an
+    issued pass "None" but an answer to retry (the pass may exist; a retry replaces it)."""
+    from onboard.errors import TransientError
+
+    async def graph(request: web.BaseRequest) -> web.Response:
+        await request.read()
+        return web.json_response(body, status=201)
+
+    async def main() -> None:
+        async with serving(graph) as url, aiohttp.ClientSession() as session:
+            client = GraphClient(session, url, Tokens())
+            with pytest.raises(TransientError, match="no readable pass"):
+                await client.create_pass(pass_request())
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("value", [{"id": "m1"}, "m1", [None], [{"name": "x"}], None])
+def test_a_list_of_passes_of_another_shape_is_not_read_as_none(value: object) -> None:
+    """A 200 listing whose `value` is not Graph's list of pass objects: whether the user holds
+    a pass cannot be told, so it is an error, never "holds none" (which would replace one)."""
+
+    async def graph(request: web.BaseRequest) -> web.Response:
+        return web.json_response({"value": value} if value is not None else {})
+
+    async def main() -> None:
+        async with serving(graph) as url, aiohttp.ClientSession() as session:
+            client = GraphClient(session, url, Tokens())
+            with pytest.raises(ProtocolError):
+                await client.current_pass("ada@contoso.com")
+
+    asyncio.run(main())
+
+
+def test_a_huge_sign_in_answer_is_not_read_whole(tmp_path: Path) -> None:
+    """A token endpoint answering with an endless body: the sign-in fails as an AuthError after
+    at most the cap, instead of filling the memory."""
+    from onboard.tls import SIGN_IN_ANSWER_LIMIT
+
+    sent = {"bytes": 0}
+
+    async def endless(request: web.BaseRequest, answer: web.StreamResponse) -> None:
+        chunk = b"x" * 65536
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            while sent["bytes"] < 64 * MB:
+                if request.transport is None or request.transport.is_closing():
+                    return  # the client hung up
+                await answer.write(chunk)
+                sent["bytes"] += len(chunk)
+
+    certs = make_certificates(tmp_path / "certs")
+
+    async def handle(request: web.BaseRequest) -> web.StreamResponse:
+        if request.path.endswith("/.well-known/openid-configuration"):
+            base = f"https://{request.host}/{TENANT}"
+            return web.json_response({"issuer": f"{base}/v2.0",
+                                      "authorization_endpoint": f"{base}/oauth2/v2.0/authorize",
+                                      "token_endpoint": f"{base}/oauth2/v2.0/token"})  # fmt: skip
+        await request.read()
+        answer = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await answer.prepare(request)
+        await endless(request, answer)
+        return answer
+
+    async def main() -> None:
+        async with serving(handle, certs.server_context()) as url:
+            tokens = secret_provider(url, certs.ca_file)
+            with pytest.raises(AuthError, match="answered with more than"):
+                await tokens.token()
+
+    asyncio.run(main())
+    assert sent["bytes"] > SIGN_IN_ANSWER_LIMIT  # the answer really was larger than the cap
