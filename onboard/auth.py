@@ -84,9 +84,27 @@ class Credential:
 
     client_id: str | None
     material: Any  # a secret string, or msal's certificate dict; None for managed identity
+    # A certificate's last moment of validity, and its SHA-1 thumbprint (as the portal lists
+    # it): what the operator must hear about before sign-in stops.
+    expires: dt.datetime | None = None
+    thumbprint: str | None = None
 
     def __repr__(self) -> str:
         return f"Credential(client_id={self.client_id!r}, material=<hidden>)"
+
+    def expiring(self, now: dt.datetime) -> str | None:
+        """A line for the operator when the certificate expires within
+        CERTIFICATE_EXPIRY_WARNING_DAYS; None otherwise."""
+        if self.expires is None:
+            return None
+        left = self.expires - now
+        if left >= dt.timedelta(days=CERTIFICATE_EXPIRY_WARNING_DAYS):
+            return None
+        return (
+            f"the app's certificate (thumbprint {self.thumbprint}) expires in {left.days} "
+            f"day(s), {self.expires:%Y-%m-%d %H:%M} UTC: upload a new one to the app "
+            "registration and point auth.certificate_path at it before then"
+        )
 
 
 def load_credential(
@@ -136,7 +154,12 @@ def load_credential(
     if password is not None:
         material["passphrase"] = password
     _check_certificate(path, key, certificate, now or dt.datetime.now(dt.UTC))
-    return Credential(settings.client_id, material)
+    return Credential(
+        settings.client_id,
+        material,
+        certificate.not_valid_after_utc,
+        certificate.fingerprint(hashes.SHA1()).hex().upper(),  # noqa: S303 (the portal's id)
+    )
 
 
 def _password_setting(secret: Secret) -> str:

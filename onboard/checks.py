@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -20,11 +20,11 @@ from .errors import GraphError, PolicyDisabled, ThrottledError, TransientError
 from .graph import (
     FILTER_VALUES,
     POLICY_IN_PORTAL,
-    STRONG_METHODS,
     GraphClient,
     HeldPass,
     Policy,
     explain,
+    strong_methods,
 )
 from .journal import PreviousPass
 from .outcomes import Failed, Outcome, PassRequest, Skipped, not_sent, shown_window
@@ -444,6 +444,9 @@ class Screening:
     keep: list[PassRequest]
     refused: list[Failed]
     notes: list[tuple[str, str]]
+    # Checks that could not be made (the app may not read roles or methods): the run goes on,
+    # and says so where cron's operator hears it (exit 1).
+    unchecked: list[str] = field(default_factory=list)
 
 
 async def screen_accounts(
@@ -498,6 +501,18 @@ async def screen_accounts(
             "signs in with Authenticator, a security key or Windows Hello is not refused",
             METHODS_PERMISSION,
         )
+    unchecked = [
+        *(
+            [f"users' admin roles were not checked: grant the app {ROLES_PERMISSION}, or set "
+             "pass.allow_existing_accounts: true to accept that a sheet may name an admin"]
+            if unread["roles"] else []
+        ),
+        *(
+            [f"users' sign-in methods were not checked: grant the app {METHODS_PERMISSION}, or "
+             "set pass.allow_existing_accounts: true"]
+            if unread["methods"] else []
+        ),
+    ]  # fmt: skip
     keep: list[PassRequest] = []
     refused: list[Failed] = []
     for request in requests:
@@ -521,7 +536,7 @@ async def screen_accounts(
                 request_id=error.request_id if error else None,
                 column=request.header(config.input.key_column), may_have_pass=earlier,
             ))  # fmt: skip
-    return Screening(keep, refused, notes)
+    return Screening(keep, refused, notes, unchecked)
 
 
 def _denied(answer: object) -> bool:
@@ -556,11 +571,8 @@ def _account_problem(
             f"{allow} (recorded in the audit).",
             None,
         )
-    strong = (
-        sorted({STRONG_METHODS[m] for m in methods if m in STRONG_METHODS})
-        if isinstance(methods, list)
-        else []
-    )
+    strong = strong_methods(methods) if isinstance(methods, list) else []
+
     if strong:
         return (
             "Already has sign-in methods",

@@ -30,7 +30,7 @@ import stat
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -497,21 +497,50 @@ def _run(args: argparse.Namespace) -> int:
         return SIGNAL_EXIT[received[-1]] if received else EXIT_INTERRUPTED
     finally:
         progress.close()
-    _print_report(report, config)
+    with _stdout_may_close():
+        _print_report(report, config)
     if received:
         code = SIGNAL_EXIT[received[0]]
     elif report.stopped and report.stopped.startswith("aborted"):
         code = EXIT_ABORTED
     else:
-        # A pass nobody here can vouch for is not a success: the hire needs a person's attention.
-        code = EXIT_ROWS_FAILED if report.failed or report.held_elsewhere else EXIT_OK
+        # A pass nobody here can vouch for, or a check that could not be made, is not a
+        # success: a person must look (and cron's mail goes out on anything but 0).
+        attention = report.failed or report.held_elsewhere or report.attention
+        code = EXIT_ROWS_FAILED if attention else EXIT_OK
     early = f", stopped early ({report.stopped})" if report.stopped else ""
     _note_in_log_file(
-        f"run {report.run_id}: {len(report.issued)} issued, {len(report.failed)} failed, "
-        f"{len(report.skipped)} skipped{early} (exit {code})",
+        f"run {report.run_id}: {_counts(report)}{early} (exit {code})",
         logging.INFO if code == EXIT_OK else logging.WARNING,
     )
     return code
+
+
+@contextlib.contextmanager
+def _stdout_may_close() -> Iterator[None]:
+    """Results printed to a pipe that was closed (`| head -1`) are not an error of the run:
+    the rest of the output is dropped, and the exit code stays the run's."""
+    try:
+        yield
+        sys.stdout.flush()
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+
+
+def _counts(report: job.RunReport) -> str:
+    """The counts, as the printed line and the log's last line both say them."""
+    counts = [
+        f"{len(report.issued)} issued",
+        f"{len(report.failures)} failed",
+        f"{len(report.skipped) - len(report.held_elsewhere)} skipped"
+        + (f" ({report.not_yet_due} not yet due)" if report.not_yet_due else ""),
+    ]
+    if report.held_elsewhere:
+        counts.append(f"{len(report.held_elsewhere)} hold a pass this journal did not issue")
+    if report.not_sent:
+        counts.append(f"{len(report.not_sent)} not sent")
+    return ", ".join(counts)
 
 
 def _what_is_kept(exc: OnboardError) -> str:
@@ -535,17 +564,7 @@ def _print_report(report: job.RunReport, config: Config) -> None:
         print(SIMULATED)
     if report.resumed:
         print(f"resumed run {report.run_id}, which had stopped before it finished")
-    counts = [
-        f"{len(report.issued)} issued",
-        f"{len(report.failures)} failed",
-        f"{len(report.skipped) - len(report.held_elsewhere)} skipped"
-        + (f" ({report.not_yet_due} not yet due)" if report.not_yet_due else ""),
-    ]
-    if report.held_elsewhere:
-        counts.append(f"{len(report.held_elsewhere)} hold a pass this journal did not issue")
-    if report.not_sent:
-        counts.append(f"{len(report.not_sent)} not sent")
-    print(f"onboard run {report.run_id}: {_count(report.rows, 'row')}: {', '.join(counts)}")
+    print(f"onboard run {report.run_id}: {_count(report.rows, 'row')}: {_counts(report)}")
     if report.tenant is not None:
         print(f"tenant: {report.tenant.describe()}")
     if report.stopped:
@@ -564,6 +583,8 @@ def _print_report(report: job.RunReport, config: Config) -> None:
             "  nobody here can vouch those passes were handed out: if they were not, replace "
             "them with --reissue-user UPN (or pass.existing: replace)"
         )
+    for line in report.attention:
+        print(f"  needs attention: {line}")
     if report.audit_path is not None:
         print(f"audit workbook: {report.audit_path}")
         if report.issued:
@@ -592,6 +613,19 @@ def _validate(args: argparse.Namespace) -> int:
             config, args.inputs, env=os.environ, online=args.online, allow_users=args.allow_user
         )
     )
+    rows: list[Failed | Skipped] = [*found.problems, *found.skipped]
+    out = Path(args.out) if args.out else config.output.dir
+    path = out / f"onboard-validate-{datetime.now(UTC):%Y%m%d-%H%M%S}.xlsx"
+    job.check_output_dir(out)
+    write_problems(path, rows)
+    with _stdout_may_close():
+        _print_validation(found, rows, path, online=args.online)
+    return EXIT_ROWS_FAILED if found.problems or found.attention else EXIT_OK
+
+
+def _print_validation(
+    found: job.Validation, rows: list[Failed | Skipped], path: Path, *, online: bool
+) -> None:
     for file in found.files:
         sheet = f", sheet '{printable(file.sheet)}'" if file.sheet else ""
         header = f", headers on row {file.header_row}" if file.header_row != 1 else ""
@@ -607,24 +641,20 @@ def _validate(args: argparse.Namespace) -> int:
         print(f"earlier runs: {found.journal}")
     for item, said in found.checks:
         print(f"{item.lower()}: {said}")
-    rows: list[Failed | Skipped] = [*found.problems, *found.skipped]
     if rows:
         print()
         print(_table(rows))
-    out = Path(args.out) if args.out else config.output.dir
-    path = out / f"onboard-validate-{datetime.now(UTC):%Y%m%d-%H%M%S}.xlsx"
-    job.check_output_dir(out)
-    write_problems(path, rows)
     print()
     print(
         f"{_count(len(found.ready), 'row')} ready to send, {len(found.problems)} with problems, "
-        f"{len(found.skipped)} to skip" + ("" if args.online else " (not checked with Graph: "
+        f"{len(found.skipped)} to skip" + ("" if online else " (not checked with Graph: "
         "add --online to check the pass policy and that each user exists)")
     )  # fmt: skip
     print(f"problems workbook: {path}")
+    for line in found.attention:
+        print(f"needs attention: {line}")
     if simulated:
         print(SIMULATED)
-    return EXIT_ROWS_FAILED if found.problems else EXIT_OK
 
 
 PROBLEM_WIDTH = 100  # "what to do" is wrapped to this width under its row
@@ -752,7 +782,7 @@ def _init(args: argparse.Namespace, ask: Ask | None = None) -> int:
     except KeyboardInterrupt:
         print("\nonboard: init stopped: nothing was written", file=sys.stderr)
         return EXIT_INTERRUPTED
-    text = render_config(setup)
+    text = render_config(setup, PERMISSIONS_USED)
     try:
         with path.open("w" if args.force else "x", encoding="utf-8") as file:
             file.write(text)
@@ -820,8 +850,9 @@ def _setup(args: argparse.Namespace, ask: Ask | None) -> TenantSetup:
             raise _Missing(missing)
         certificate = args.certificate_path if method == "certificate" else None
         return TenantSetup(
-            args.tenant_id, args.client_id, args.timezone, method, certificate, args.cloud
-        )
+            args.tenant_id, args.client_id, args.timezone, method, _absolute(certificate),
+            args.cloud,
+        )  # fmt: skip
     tenant = args.tenant_id or _prompt(
         ask, "tenant id (GUID) or domain, e.g. contoso.onmicrosoft.com", tenant_problem
     )
@@ -852,9 +883,15 @@ def _setup(args: argparse.Namespace, ask: Ask | None) -> TenantSetup:
         client,
         str(zone),
         str(method),
-        certificate if method == "certificate" else None,
+        _absolute(certificate) if method == "certificate" else None,
         args.cloud,
     )
+
+
+def _absolute(path: str | None) -> str | None:
+    """A certificate path as init was given it, made absolute: paths in a config are relative
+    to the config file, and init checked this one against the current folder."""
+    return None if path is None else str(Path(path).expanduser().resolve())
 
 
 def _prompt(

@@ -733,12 +733,15 @@ class TenantSetup:
     cloud: str = "global"
 
 
-def render_config(setup: TenantSetup) -> str:
+def render_config(setup: TenantSetup, permissions: Sequence[tuple[str, str]] = ()) -> str:
     """A commented config.yaml for a real tenant, from the template shipped in the package:
-    every key, with its default (or the setup's value) and a one-line comment. It names where
-    the secret comes from, never the secret."""
+    every key, with its default (or the setup's value) and a one-line comment, and the Graph
+    permissions to grant (`permissions`: name, what for). It names where the secret comes
+    from, never the secret."""
     values = copy.deepcopy(_DEFAULTS)
     values["graph"]["cloud"] = setup.cloud
+    if setup.cloud in BETA_ONLY_CLOUDS:
+        values["graph"]["api_version"] = "beta"  # the only version that has the pass endpoints
     values["auth"].update(
         tenant_id=setup.tenant_id,
         client_id=setup.client_id,
@@ -755,7 +758,9 @@ def render_config(setup: TenantSetup) -> str:
     )
     environment.filters["yaml"] = yaml_scalar
     template = environment.get_template(INIT_TEMPLATE)
-    return template.render(c=values, setup=setup, clouds=CLOUDS, cloud=CLOUDS[setup.cloud])
+    return template.render(
+        c=values, setup=setup, clouds=CLOUDS, cloud=CLOUDS[setup.cloud], permissions=permissions
+    )
 
 
 def yaml_scalar(value: Any) -> str:

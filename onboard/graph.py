@@ -38,16 +38,39 @@ POLICY_IN_PORTAL = (
 )
 ROLES_PATH = "transitiveMemberOf/microsoft.graph.directoryRole"
 METHODS_PATH = "authentication/methods"
-# Methods that show a person already signs in without a pass: not a new hire. (Password and
-# email, which any account may have, and the pass itself, do not count.)
-STRONG_METHODS = {
+# Methods any account may have, or that are no way to sign in on their own: the password,
+# email (password reset only), and the pass itself. Any other registered method shows a person
+# who already signs in without a pass: not a new hire.
+WEAK_METHODS = frozenset({
+    "#microsoft.graph.passwordAuthenticationMethod",
+    "#microsoft.graph.emailAuthenticationMethod",
+    "#microsoft.graph.temporaryAccessPassAuthenticationMethod",
+})  # fmt: skip
+# Names for people of the usual strong methods (others are named from their type).
+METHOD_NAMES = {
     "#microsoft.graph.microsoftAuthenticatorAuthenticationMethod": "Microsoft Authenticator",
     "#microsoft.graph.fido2AuthenticationMethod": "FIDO2 security key or passkey",
     "#microsoft.graph.windowsHelloForBusinessAuthenticationMethod": "Windows Hello for Business",
     "#microsoft.graph.phoneAuthenticationMethod": "phone (SMS or call)",
     "#microsoft.graph.softwareOathAuthenticationMethod": "authenticator app code (OATH)",
+    "#microsoft.graph.hardwareOathAuthenticationMethod": "hardware OATH token",
+    "#microsoft.graph.x509CertificateAuthenticationMethod": "certificate (smart card)",
     "#microsoft.graph.platformCredentialAuthenticationMethod": "platform credential (macOS)",
 }
+
+
+def strong_methods(types: Sequence[str]) -> list[str]:
+    """The methods among `types` (@odata.type values) that show a person already signs in,
+    named for people, sorted."""
+    found = set()
+    for kind in types:
+        if kind in WEAK_METHODS:
+            continue
+        short = kind.removeprefix("#microsoft.graph.").removesuffix("AuthenticationMethod")
+        found.add(METHOD_NAMES.get(kind, short or "an unnamed method"))
+    return sorted(found)
+
+
 POLICY_PATH = (
     "policies/authenticationMethodsPolicy/authenticationMethodConfigurations/temporaryAccessPass"
 )

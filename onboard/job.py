@@ -39,7 +39,7 @@ from .audit import (
     read_issued,
     write_audit,
 )
-from .auth import MsalTokenProvider, load_credential
+from .auth import Credential, MsalTokenProvider, load_credential
 from .checks import (
     existing_passes,
     find_people,
@@ -128,6 +128,9 @@ class RunReport:
     rate: RateController | None = None  # how fast requests went, 429s, time paused
     notes: list[tuple[str, str]] = field(default_factory=list)
     tenant: Tenant | None = None  # the tenant the run signed in to
+    # What the operator must hear though no row failed (a check that could not be made, a
+    # certificate about to expire): the run exits 1, so cron's mail goes out.
+    attention: list[str] = field(default_factory=list)
 
     @property
     def rows(self) -> int:
@@ -290,7 +293,7 @@ async def run(
         check_free_space([directory, config.state.path.parent], len(requests) + len(checked))
         async with contextlib.AsyncExitStack() as stack:
             try:
-                client, tenant = await _open(config, env, stack)  # nothing sent if this fails
+                client, tenant, attention = await _open(config, env, stack)  # nothing sent yet
             except (AuthError, ConfigError) as exc:
                 exc.kept = _kept_by_unfinished(journal, key)
                 raise
@@ -310,6 +313,7 @@ async def run(
                 )
             report = _start(journal, config, files, started, tenant, resumable)
             report.rate = client.rate
+            report.attention.extend(attention)
             ledger = _Ledger(report, journal, on_outcome)
             if on_start is not None:
                 on_start(len(requests) + len(checked))
@@ -353,6 +357,7 @@ async def run(
                     )
                     to_send = screened.keep
                     report.notes.extend(screened.notes)
+                    report.attention.extend(screened.unchecked)
                     for failed in [*refused, *screened.refused]:
                         _log_checked(failed)
                         ledger.add(failed, later=True)
@@ -478,6 +483,7 @@ class Validation:
     policy: str | None = None  # the pass policy as read (online), for the summary line
     tenant: Tenant | None = None  # signed in to (online)
     journal: str | None = None  # what the journal said of earlier runs, for the summary line
+    attention: list[str] = field(default_factory=list)  # as RunReport.attention
     checks: list[tuple[str, str]] = field(default_factory=list)  # what was (not) checked online
 
 
@@ -497,10 +503,15 @@ async def validate(
     now = datetime.now(UTC)
     files = read_all(config, inputs, now)
     requests, checked = check_rows(files)
+    # The same typo check `run` makes (so validate is a true dry run of it).
+    named = {r.key for r in requests} | {user_key(o.user) for o in checked if o.user}
+    by_upn = config.input.match_by == "upn"
+    allowed = {user_key(u) for u in allow_users}
+    _check_named("--allow-user", {u for u in allowed if by_upn or "@" not in u}, named)
     found = Validation(files, [], [], [])
     async with contextlib.AsyncExitStack() as stack:
         if online and requests:
-            client, found.tenant = await _open(config, env, stack)
+            client, found.tenant, found.attention = await _open(config, env, stack)
             policy = None
             try:
                 policy, found.policy = await read_policy(client, config, None)
@@ -512,9 +523,10 @@ async def validate(
             requests, looked_up = await find_people(config, client, requests)
             requests, refused = within_policy(policy, requests)
             screened = await screen_accounts(
-                config, client, requests, None, allowed=frozenset(map(user_key, allow_users))
+                config, client, requests, None, allowed=frozenset(allowed)
             )
             requests, found.checks = screened.keep, screened.notes
+            found.attention.extend(screened.unchecked)
             checked.extend([*looked_up, *refused, *screened.refused])
         requests, decided, found.journal = _dry_run(config, requests, now, found.tenant)
         checked.extend(decided)
@@ -794,11 +806,11 @@ def _join(first: str, second: str) -> str:
 
 async def _open(
     config: Config, env: Mapping[str, str], stack: contextlib.AsyncExitStack
-) -> tuple[GraphClient, Tenant]:
-    """The endpoint (the simulator, started here, or the tenant's), a connected client, and
-    the tenant its token names."""
+) -> tuple[GraphClient, Tenant, list[str]]:
+    """The endpoint (the simulator, started here, or the tenant's), a connected client, the
+    tenant its token names, and what the operator must hear (a certificate about to expire)."""
     endpoint = await stack.enter_async_context(_endpoint(config, env))
-    client, token = await _connect(config, endpoint, stack)
+    client, token, credential = await _connect(config, endpoint, stack)
     simulator = config.graph.is_simulator
     tenant = tenant_of(
         token,
@@ -807,7 +819,8 @@ async def _open(
         simulator=simulator,
     )
     log.info("signed in to the tenant %s", tenant.describe())
-    return client, tenant
+    expiring = credential.expiring(datetime.now(UTC))
+    return client, tenant, [expiring] if expiring else []
 
 
 async def _send(
@@ -951,7 +964,7 @@ def _log_checked(outcome: Outcome) -> None:
 
 async def _connect(
     config: Config, endpoint: Endpoint, stack: contextlib.AsyncExitStack
-) -> tuple[GraphClient, str]:
+) -> tuple[GraphClient, str, Credential]:
     """Credential, TLS, a first token and the HTTP session: everything before the first
     create. Returns the client and that first token (it names the tenant)."""
     credential = load_credential(config.auth, endpoint.secret_env)
@@ -982,7 +995,7 @@ async def _connect(
         proxy=proxy,
         proxy_auth=proxy_auth,
     )
-    return client, token
+    return client, token, credential
 
 
 async def _issue(
@@ -1177,6 +1190,7 @@ def _finish(
     report.finished = datetime.now(UTC)
     notes: list[Note] = [
         ("Tenant", report.tenant.describe() if report.tenant else "-"),
+        *(("Needs attention", line) for line in report.attention),
         *report.notes,
         ("Not yet due", report.not_yet_due),
         ("Retries", report.retries),

@@ -99,13 +99,15 @@ def test_allow_user_naming_nobody_is_a_typo_caught_before_anything_is_sent(
 def test_without_permission_to_read_roles_the_run_says_once_what_it_could_not_check(
     tmp_path: Path, serve_simulator, secret_env, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """403 on roles and on methods: one warning each, the Summary says so, the rows go on."""
+    """403 on roles and on methods: one warning each, the Summary says so, the rows go on,
+    and the run exits 1 (so cron's mail goes out) naming the permissions to grant."""
     state = tenant()
     state.roles_forbidden = state.methods_forbidden = True
     sim = serve_simulator(state)
     path = sheet(tmp_path, "new@contoso.com", "boss@contoso.com")
-    assert main(["run", str(path), "-c", str(sim.config(tmp_path / "c.yaml"))]) == EXIT_OK
-    err = capsys.readouterr().err
+    assert main(["run", str(path), "-c", str(sim.config(tmp_path / "c.yaml"))]) == 1
+    out, err = capsys.readouterr()
+    assert "needs attention: users' admin roles were not checked: grant the app" in out
     assert err.count("cannot read users' directory roles") == 1
     assert err.count("cannot list users' authentication methods") == 1
     summary = {r["Item"]: r["Value"] for r in audit_in(tmp_path)["Summary"]}
@@ -166,3 +168,20 @@ def test_a_run_with_nothing_due_still_signs_in_and_a_bad_secret_is_exit_3(
     assert state.counts["token_requests"] == 1
     monkeypatch.setenv("ONBOARD_CLIENT_SECRET", "expired")
     assert main(["run", str(path), "-c", config, "--due-within", "7"]) == EXIT_ABORTED
+
+
+def test_any_method_but_password_email_and_the_pass_counts_as_signing_in(
+    tmp_path: Path, serve_simulator, secret_env
+) -> None:
+    """A hardware OATH token or a smart-card certificate shows an account in use as much as
+    Authenticator does; the list is not only the usual few."""
+    state = SimulatorState(users("hw@contoso.com", "card@contoso.com",
+                                 hw={"methods": ["hardwareOath"]},
+                                 card={"methods": ["x509Certificate"]}))  # fmt: skip
+    sim = serve_simulator(state)
+    path = sheet(tmp_path, "hw@contoso.com", "card@contoso.com")
+    assert main(["run", str(path), "-c", str(sim.config(tmp_path / "c.yaml"))]) == 1
+    failed = {r["User"]: r for r in audit_in(tmp_path)["Failed"]}
+    assert failed["hw@contoso.com"]["Reason"] == "Already has sign-in methods"
+    assert "hardware OATH token" in str(failed["hw@contoso.com"]["Detail"])
+    assert "certificate (smart card)" in str(failed["card@contoso.com"]["Detail"])

@@ -105,7 +105,7 @@ def make_certificate(tmp_path: Path, password: bytes | None) -> tuple[Path, Path
     now = dt.datetime.now(dt.timezone.utc)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
             .public_key(key.public_key()).serial_number(1)
-            .not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
+            .not_valid_before(now).not_valid_after(now + dt.timedelta(days=365))
             .sign(key, hashes.SHA256()))
     encryption = (serialization.BestAvailableEncryption(password) if password
                   else serialization.NoEncryption())

@@ -760,3 +760,24 @@ def test_arc_key_kept_from_this_user_names_the_himds_group(tmp_path: Path) -> No
     assert code == 3, printed
     assert f"the Azure Arc agent's token key {tokens / '0b1c2d.key'} may not be read by" in printed
     assert "add it to the himds group (sudo usermod -aG himds USER" in printed
+
+
+def test_a_certificate_about_to_expire_makes_the_run_exit_1_saying_so(
+    tmp_path: Path, serve_simulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every pass issued, but the certificate expires within 30 days: the printed result says
+    so and the run exits 1, so a cron job's mail goes out before sign-in stops."""
+    key = rsa_key()
+    cert = certificate(key, days=10)
+    path = pem_file(tmp_path, key_pem(key) + pem_of(cert))
+    state = SimulatorState(users("ada@contoso.com"), certificates=[cert])
+    sim = serve_simulator(state)
+    config = sim.config(tmp_path / "c.yaml", auth={"method": "certificate",
+                                                   "certificate_path": str(path)})  # fmt: skip
+    hires = tmp_path / "hires.csv"
+    start = (dt.date.today() + dt.timedelta(days=5)).isoformat()
+    hires.write_text(f"Work Email,Start Date\nada@contoso.com,{start}\n", encoding="utf-8")
+    assert main(["run", str(hires), "-c", str(config)]) == 1
+    out = capsys.readouterr().out
+    assert "1 issued, 0 failed" in out
+    assert "needs attention: the app's certificate (thumbprint " in out and "expires in 9" in out
