@@ -69,6 +69,7 @@ FAILED_COLUMNS = (
     "Attempts",
     "Request ID",
     "Column",
+    "Method ID",  # a pass Graph made but nobody can use (outside the policy's groups)
 )
 HELD_ELSEWHERE = "Holds a pass this journal did not issue"  # the Skipped sheet's column
 SUMMARY_HELD_ELSEWHERE = "Hold a pass this journal did not issue"  # the Summary's count
@@ -237,6 +238,7 @@ def _write(
                     f.attempts or None,
                     f.request_id,
                     _Text(f.column),
+                    f.method_id,
                 )
                 for f in sorted(failed, key=lambda f: (f.origin.source, f.origin.row))
             ),

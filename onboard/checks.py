@@ -18,8 +18,14 @@ from .config import Config
 from .decide import already_issued
 from .errors import GraphError, PolicyDisabled, ThrottledError, TransientError
 from .graph import (
+    EXTERNAL_GUEST,
     FILTER_VALUES,
+    GUEST_REFUSAL,
+    GUESTS_ADVICE,
+    INVITATION,
+    NOT_YET_VALID,
     POLICY_IN_PORTAL,
+    USER_NOT_FOUND,
     GraphClient,
     HeldPass,
     Policy,
@@ -29,7 +35,7 @@ from .graph import (
 from .journal import PreviousPass
 from .outcomes import Failed, Outcome, PassRequest, Skipped, not_sent, shown_window
 from .pool import ask_all, retries_for, stopped_within
-from .reader import GUEST_MARKER, GUEST_REFUSAL, GUID, one_per_user
+from .reader import GUEST_MARKER, GUID, one_per_user
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +148,8 @@ async def _look_up(
 ) -> tuple[list[PassRequest], list[Failed]]:
     """Find each row's person in the directory (15 values to a request, as Graph allows): by
     input.match_by mail or employee id, the row then names the UPN found; by UPN, or object id,
-    it is only checked. No match, several, or a guest: the row fails."""
+    it is only checked. No match, several, or an external guest: the row fails (an internal
+    guest, userType Guest with no invitation, may have a pass)."""
     match_by = config.input.match_by
 
     def field_for(value: str) -> str:
@@ -196,7 +203,7 @@ async def _look_up(
         refused = _refused(request.user, label, people, error)
         if refused is not None:
             reason, detail = refused
-            guest = reason == "External guest user"
+            guest = error is None and len(people) == 1 and _is_external(people[0])
             failed.append(Failed(
                 request.origin, _upn(people[0]) if guest else request.user, reason, detail,
                 http_status=error.status if error else None,
@@ -226,7 +233,7 @@ def _refused(
             f"{error.code or '-'}: {error.message}).{needs}"
         )
     if not people and label == "UPN":
-        return "User not found", (
+        return USER_NOT_FOUND, (
             f"No user '{value}' in the tenant: check the spelling in the sheet, or wait until "
             "the account has been created, then run again for this row."
         )
@@ -242,10 +249,9 @@ def _refused(
             "UPN instead (a sheet with input.match_by: upn), or fix the directory so the value "
             "is unique."
         )
-    if _is_guest(people[0]):
-        return "External guest user", (
-            f"{GUEST_REFUSAL} ({label} '{value}' is the guest {upns[0]}.) Guests sign in with "
-            "their home organisation's credentials."
+    if _is_external(people[0]):
+        return EXTERNAL_GUEST, (
+            f"{GUEST_REFUSAL} ({label} '{value}' is the external guest {upns[0]}.) {GUESTS_ADVICE}"
         )
     if not upns[0]:
         return (
@@ -264,10 +270,13 @@ def _upn(user: Mapping[str, Any]) -> str:
     return str(user.get("userPrincipalName") or "")
 
 
-def _is_guest(user: Mapping[str, Any]) -> bool:
-    """An external guest: userType Guest, or the #EXT# of an invited account's UPN."""
-    guest_type = str(user.get("userType") or "").casefold() == "guest"
-    return guest_type or GUEST_MARKER in _upn(user).upper()
+def _is_external(user: Mapping[str, Any]) -> bool:
+    """An external guest, whom Graph refuses a pass: an invited account (the #EXT# of its UPN,
+    creationType Invitation, or an externalUserState such as PendingAcceptance or Accepted).
+    userType alone does not say: an internal guest (userType Guest, created in this tenant,
+    never invited) may have a pass."""
+    invited = str(user.get("creationType") or "").casefold() == INVITATION.casefold()
+    return invited or bool(user.get("externalUserState")) or GUEST_MARKER in _upn(user).upper()
 
 
 async def existing_passes(
@@ -396,7 +405,7 @@ def _holds(held: HeldPass) -> str:
 
 
 def _state(held: HeldPass) -> str:
-    return "not yet valid" if held.usability == "NotYetValid" else "usable now"
+    return "not yet valid" if held.usability == NOT_YET_VALID else "usable now"
 
 
 def _when(moment: datetime | None) -> str:

@@ -98,10 +98,18 @@ class CreatedPass:
     usable_once: bool
     request_id: str | None
     note: str = ""
+    usable: bool | None = None  # isUsable, as Graph answered (None: not said)
+    usability: str | None = None  # methodUsabilityReason: EnabledByPolicy, NotYetValid, ...
 
     @property
     def expires(self) -> datetime:
         return self.starts + timedelta(minutes=self.lifetime_minutes)
+
+    @property
+    def unusable(self) -> bool:
+        """Graph made the pass but says nobody can sign in with it (not merely not yet)."""
+        later = self.created is not None and self.starts > self.created
+        return cannot_be_used(self.usable, self.usability, starts_later=later)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +121,7 @@ class HeldPass:
     starts: datetime | None
     lifetime_minutes: int | None
     usability: str | None  # methodUsabilityReason: EnabledByPolicy, NotYetValid, Expired, ...
+    usable: bool | None = None  # isUsable (None: not said)
 
     @property
     def expires(self) -> datetime | None:
@@ -121,11 +130,32 @@ class HeldPass:
         return self.starts + timedelta(minutes=self.lifetime_minutes)
 
     def in_force(self, now: datetime) -> bool:
-        """Usable now, or not yet valid: a pass someone may have handed out."""
-        if self.usability is not None:
-            return self.usability in ("EnabledByPolicy", "NotYetValid")
+        """Usable now, or not yet valid: a pass someone may have handed out. One that is
+        expired, used (one-time), or refused by the policy (DisabledByPolicy) is not."""
+        if self.usability is not None or self.usable is not None:
+            later = self.starts is not None and self.starts > now
+            return not cannot_be_used(self.usable, self.usability, starts_later=later)
         ends = self.expires
         return ends is None or now < ends  # cannot tell: assume it is in force
+
+
+# methodUsabilityReason's documented values (temporaryAccessPassAuthenticationMethod resource).
+ENABLED_BY_POLICY = "EnabledByPolicy"
+NOT_YET_VALID = "NotYetValid"
+DISABLED_BY_POLICY = "DisabledByPolicy"
+EXPIRED = "Expired"
+ONE_TIME_USED = "OneTimeUsed"
+
+
+def cannot_be_used(usable: bool | None, usability: str | None, *, starts_later: bool) -> bool:
+    """Whether Graph says a pass cannot be used, now or later: not usable, and not merely
+    not yet valid. The reason decides; a reason Graph may add later, or none, counts by
+    isUsable, which is false too for a pass that `starts_later`; saying neither, usable."""
+    if usability in (ENABLED_BY_POLICY, NOT_YET_VALID):
+        return False
+    if usability in (DISABLED_BY_POLICY, EXPIRED, ONE_TIME_USED):
+        return True
+    return usable is False and not (usability is None and starts_later)
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,7 +195,7 @@ class Policy:
         column = request.header("lifetime_minutes")
         if (low is not None and lifetime < low) or (high is not None and lifetime > high):
             return (
-                "Lifetime outside the pass policy",
+                LIFETIME_OUTSIDE_POLICY,
                 f"A lifetime of {lifetime} minutes is outside the tenant's Temporary Access Pass "
                 f"policy, which allows {low}..{high} minutes. "
                 + (
@@ -179,7 +209,7 @@ class Policy:
             )
         if self.usable_once_only and not request.usable_once:
             return (
-                "Multi-use pass refused by the pass policy",
+                MULTI_USE_REFUSED,
                 "The tenant's pass policy allows one-time passes only, and this row asks for a "
                 "multi-use one. "
                 + (
@@ -196,18 +226,22 @@ class Policy:
 FILTER_VALUES = 15  # Graph's default limit on the values of one `in` filter
 USER_PAGE = 999  # users per page of a lookup ($top): Graph's maximum
 USER_FIELDS = "id,userPrincipalName,mail,employeeId,userType,creationType,externalUserState"
+INVITATION = "Invitation"  # creationType of an account invited from another organisation (B2B)
 
 
 def user_path(user: str) -> str:
     """The URL path segment for a user: percent-encoded (no '/', '?', '#', '%' or control
-    character survives), and `users('$x@y')` for a leading $. Whatever the value, the request
-    names one user: an empty value, or one that is only dots, is refused."""
+    character survives), and `users('$x@y')` for a leading $: an OData string literal, so an
+    apostrophe in it is doubled ('') before encoding. Whatever the value, the request names
+    one user: an empty value, or one that is only dots, is refused."""
     if not user.strip("."):
         raise ValueError("a user must be named by a UPN or an object id")
-    encoded = quote(user, safe="@")
     if user.startswith("$"):
-        return f"users('{encoded}')"
-    return f"users/{encoded}"
+        return f"users('{quote(user.replace(QUOTE, QUOTE * 2), safe='@' + QUOTE)}')"
+    return f"users/{quote(user, safe='@')}"
+
+
+QUOTE = "'"  # OData's string delimiter: doubled inside a literal
 
 
 class GraphClient:
@@ -386,6 +420,8 @@ class GraphClient:
                 usable_once=bool(data.get("isUsableOnce", request.usable_once)),
                 request_id=request_id,
                 note=note,
+                usable=_flag(data.get("isUsable")),
+                usability=_text(data.get("methodUsabilityReason")),
             )
         except (KeyError, TypeError, ValueError):
             # The pass may exist but its value is unreadable; a retry replaces it.
@@ -422,9 +458,8 @@ class GraphClient:
             created=_parse_time(item.get("createdDateTime")),
             starts=starts,
             lifetime_minutes=lifetime if isinstance(lifetime, int) else None,
-            usability=str(item["methodUsabilityReason"])
-            if item.get("methodUsabilityReason")
-            else None,
+            usability=_text(item.get("methodUsabilityReason")),
+            usable=_flag(item.get("isUsable")),
         )
 
     async def find_users(self, field: str, values: Sequence[str]) -> list[dict[str, Any]]:
@@ -621,6 +656,14 @@ def _usage(value: str | None) -> float | None:
     return usage if usage == usage else None  # not NaN
 
 
+def _flag(value: Any) -> bool | None:
+    return value if isinstance(value, bool) else None
+
+
+def _text(value: Any) -> str | None:
+    return str(value) if isinstance(value, str) and value else None
+
+
 def _parse_time(value: Any) -> datetime | None:
     if not value:
         return None
@@ -632,7 +675,6 @@ def _parse_time(value: Any) -> datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-POLICY_REFUSAL_MARKER = "Converged UserCredentialPolicy"
 PERMISSIONS = "UserAuthMethod-TAP.ReadWrite.All (or UserAuthenticationMethod.ReadWrite.All)"
 # Every Graph application permission onboard uses, and what for (init's next steps).
 PERMISSIONS_USED = (
@@ -644,18 +686,42 @@ PERMISSIONS_USED = (
 )
 
 
-def explain(exc: GraphError, user: str, attempts: int) -> tuple[str, str]:
-    """A short reason and what the admin should do, for one Graph error.
+# Graph's own texts for refusals, as Microsoft documents them (the create page, the Temporary
+# Access Pass how-to, and threads quoting Graph's answers). The simulator answers with these.
+GUEST_REFUSAL = "Temporary Access Pass cannot be added to an external guest user."
+POLICY_REFUSAL = (
+    "Converged UserCredentialPolicy does not allow creating or updating this authentication "
+    "method. AuthMethodType [TemporaryAccessPass]."
+)
+LIFETIME_REFUSAL = "Invalid LifetimeInMinutes specified. The valid range between {low} and {high}."
+START_IN_PAST_REFUSAL = "Invalid StartDateTime specified. It can not be a time in the past."
 
-    Graph asks clients to branch on status and code, not message; but the status and code of
-    the policy, lifetime and guest refusals are a generic 400, so the message is matched here,
-    only to choose the advice shown to a person, never to decide what is retried.
-    """
+# Failure reasons for Graph's answers (the Failed sheet's Reason column), each declared once.
+EXTERNAL_GUEST = "External guest user"
+OUTSIDE_POLICY = "Outside the pass policy"
+NOT_USABLE = "Pass not usable"
+LIFETIME_OUTSIDE_POLICY = "Lifetime outside the pass policy"
+MULTI_USE_REFUSED = "Multi-use pass refused by the pass policy"
+START_IN_PAST = "Start in the past"
+USER_NOT_FOUND = "User not found"
+PERMISSION_DENIED = "Permission denied"
+ALREADY_HOLDS_ONE = "A pass already exists"
+GAVE_UP = "Gave up after retries"
+UNREADABLE = "Unreadable answer from Graph"
+REFUSED_BY_GRAPH = "Refused by Graph"
+
+GUESTS_ADVICE = "Guests sign in with their home organisation's credentials."
+
+
+def explain(exc: GraphError, user: str, attempts: int) -> tuple[str, str]:
+    """A short reason and what the admin should do, for one Graph error: by the error's kind
+    and status first; Graph's own message is shown, and picks the advice only where Graph
+    answers with a generic status (see _DOCUMENTED)."""
     message = exc.message
     status = exc.status
     if isinstance(exc, ProtocolError):
         return (
-            "Unreadable answer from Graph",
+            UNREADABLE,
             f"{message} (HTTP {status}). Nothing is wrong with the row: Graph, or something "
             "between it and this machine, sent an answer far larger than any Graph sends. If "
             "Graph had accepted the create, the user holds a pass whose value nobody has: "
@@ -664,52 +730,91 @@ def explain(exc: GraphError, user: str, attempts: int) -> tuple[str, str]:
     if isinstance(exc, (ThrottledError, TransientError)):
         what = f"HTTP {status}" if status else message
         return (
-            "Gave up after retries",
+            GAVE_UP,
             f"Graph kept failing ({what}) for {attempts} attempts; nothing is wrong with the "
             "row: run it again later. If an attempt created a pass whose answer was lost, it "
             "cannot be read back; the new pass replaces it.",
         )
-    if POLICY_REFUSAL_MARKER in message:
-        return (
-            "Outside the pass policy",
-            "The Temporary Access Pass policy is turned off, or this user is not in its target "
-            f"groups. In the {POLICY_IN_PORTAL}: enable it and include a group this user belongs "
-            f"to. (Graph: {message})",
-        )
-    if "LifetimeInMinutes" in message:
-        return (
-            "Lifetime refused by the pass policy",
-            f"{message} Use a lifetime inside that range in the sheet (or pass.lifetime_minutes),"
-            " or widen the range in the Temporary Access Pass policy.",
-        )
-    if "StartDateTime" in message:
-        return ("Start refused", f"{message} Check the start date and pass.timezone.")
-    if "guest" in message.lower():
-        return (
-            "External guest user",
-            f"{message} Guests sign in with their home organisation's credentials.",
-        )
-    if "one-time" in message.lower() or "isUsableOnce" in message:
-        return (
-            "Multi-use pass refused by the pass policy",
-            f"{message} Set One-time to yes for this row (or pass.usable_once: true).",
-        )
     if status == 404:
         return (
-            "User not found",
+            USER_NOT_FOUND,
             f"No user '{user}' in the tenant: check the spelling in the sheet, or wait until the "
             "account has been created, then run again for this row.",
         )
-    if status == 403:
-        return (
-            "Permission denied",
-            f"Graph refused ({exc.code or 'accessDenied'}: {message}). The app needs "
-            f"{PERMISSIONS} with admin consent.",
-        )
     if status == 409:
         return (
-            "A pass already exists",
+            ALREADY_HOLDS_ONE,
             f"Graph says this user already holds a Temporary Access Pass ({message}). Delete it "
             "in the Entra admin center or wait until it expires, then run again for this row.",
         )
-    return ("Refused by Graph", f"HTTP {status} {exc.code or ''}: {message}".replace("  ", " "))
+    for text, statuses, reason, advice in _DOCUMENTED:
+        if status in statuses and message.startswith(text):
+            return reason, f"{message} {advice}"
+    if status in (401, 403):
+        return (
+            PERMISSION_DENIED,
+            f"Graph refused ({exc.code or 'accessDenied'}: {message}). The app needs "
+            f"{PERMISSIONS} with admin consent.",
+        )
+    code = f", {exc.code}" if exc.code else ""
+    return (
+        REFUSED_BY_GRAPH,
+        f"Refused by Graph: {message} (HTTP {status}{code}). No pass was created: fix what "
+        "Graph names, then run this row again.",
+    )
+
+
+# Refusals Graph answers with a generic status (400, or one not recorded: 400 or 403), told
+# apart only by their documented text. Matching it picks the advice shown to a person, never
+# what is retried; an undocumented text falls through to "Refused by Graph" with the message.
+_DOCUMENTED: tuple[tuple[str, frozenset[int | None], str, str], ...] = (
+    (
+        LIFETIME_REFUSAL.partition("{")[0],
+        frozenset({400}),
+        LIFETIME_OUTSIDE_POLICY,
+        "Use a lifetime inside that range in the sheet (or pass.lifetime_minutes), or widen the "
+        f"range in the Temporary Access Pass policy ({POLICY_IN_PORTAL}).",
+    ),
+    (
+        START_IN_PAST_REFUSAL,
+        frozenset({400}),
+        START_IN_PAST,
+        "Check the start date and pass.timezone; a start already past is sent as usable at "
+        "once, so the clock of this machine may be wrong.",
+    ),
+    (GUEST_REFUSAL, frozenset({400, 403}), EXTERNAL_GUEST, GUESTS_ADVICE),
+    (
+        # Documented: creating needs the policy on. Reported in practice for users outside
+        # its target groups too, where Graph now creates a pass that says DisabledByPolicy.
+        POLICY_REFUSAL,
+        frozenset({400, 403}),
+        OUTSIDE_POLICY,
+        "Graph refused to create the pass: the tenant's Temporary Access Pass policy is turned "
+        "off (or, in a tenant that refuses rather than creating an unusable pass, this user is "
+        f"not in its target groups). In the {POLICY_IN_PORTAL}: enable it and include a group "
+        "this user belongs to, then run again for this row.",
+    ),
+)
+
+
+def unusable_pass(created: CreatedPass, user: str) -> tuple[str, str]:
+    """The reason and what to do for a pass Graph created but says cannot be used."""
+    revoke = (
+        f"Graph holds it (method id {created.method_id}): delete it in the Entra admin "
+        f"center, or DELETE .../users/{user}/{TAP_PATH}/{created.method_id}."
+    )
+    if created.usability == DISABLED_BY_POLICY:
+        return (
+            OUTSIDE_POLICY,
+            "Outside the pass policy's groups: the pass cannot be used. Graph created it, but "
+            f"{user} is not in a group the Temporary Access Pass policy targets (or is in one it "
+            f"excludes), so nobody can sign in with it (DisabledByPolicy). In the "
+            f"{POLICY_IN_PORTAL}: add a group this user belongs to to the policy's targets, then "
+            f"run again with --reissue-user {user} (a new pass replaces this one). {revoke}",
+        )
+    said = created.usability or "isUsable: false"
+    return (
+        NOT_USABLE,
+        f"Graph created a pass but says it cannot be used ({said}). Run again with "
+        f"--reissue-user {user} for a new one (it replaces this one). {revoke}",
+    )

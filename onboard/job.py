@@ -108,6 +108,7 @@ from .tls import warm as warm_tls
 log = logging.getLogger(__name__)
 
 SIMULATOR_TENANT = "contoso.onmicrosoft.com"
+POLICY_OFF = "Pass policy turned off"  # validate --online's problem when the policy is off
 SIMULATOR_CLIENT_ID = "00000000-0000-0000-0000-0000000000aa"
 
 
@@ -518,7 +519,7 @@ async def validate(
             except PolicyDisabled as exc:
                 found.policy = "disabled"
                 checked.append(
-                    Failed(Origin("(tenant)", 0), "", "Pass policy turned off", str(exc))
+                    Failed(Origin("(tenant)", 0), "", POLICY_OFF, str(exc))
                 )
             requests, looked_up = await find_people(config, client, requests)
             requests, refused = within_policy(policy, requests)

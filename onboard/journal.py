@@ -773,6 +773,7 @@ def record_params(
             outcome.may_have_pass,
         )
         state = {INTERRUPTED: "interrupted", NOT_SENT: "not_sent"}.get(outcome.reason, "failed")
+        method_id = outcome.method_id  # a pass Graph made that cannot be used: revocable
     else:
         state = "held" if outcome.held_elsewhere else "skipped"
         user = outcome.user.casefold()
@@ -824,6 +825,7 @@ def to_record(outcome: Outcome) -> dict[str, Any]:
             "request_id": outcome.request_id,
             "column": outcome.column,
             "may_have_pass": outcome.may_have_pass,
+            "method_id": outcome.method_id,
         }
     return {
         "kind": "skipped",
@@ -867,6 +869,7 @@ def from_record(data: dict[str, Any], value: str | None) -> Outcome:
             data["request_id"],
             data["column"],
             may_have_pass=data.get("may_have_pass", False),
+            method_id=data.get("method_id"),
         )
     return Skipped(
         origin,

@@ -97,6 +97,9 @@ class Failed:
     request_id: str | None = None
     column: str | None = None
     may_have_pass: bool = False  # a request of unknown fate was sent: Graph may hold a pass
+    # Graph created a pass for this row that cannot be used (DisabledByPolicy...): its id, so
+    # that it can be revoked. The value is never kept.
+    method_id: str | None = None
 
     @property
     def not_sent(self) -> bool:

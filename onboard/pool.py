@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from .config import RunSettings
 from .errors import AuthError, GraphError, JournalWriteError, TransientError
-from .graph import CreatedPass, explain
+from .graph import CreatedPass, explain, unusable_pass
 from .outcomes import (
     Failed,
     Issued,
@@ -38,6 +38,7 @@ OnOutcome = Callable[[Outcome], None]
 OnSend = Callable[[PassRequest], None]
 Durable = Callable[[], Awaitable[None]]
 DEFAULT_GRACE_SECONDS = 15.0
+CREATED = 201  # the status of a create Graph accepted, shown on a row whose pass is unusable
 
 
 @dataclass(slots=True)
@@ -107,7 +108,11 @@ async def issue_all(
         log.info("%s: %s", where, outcome.reason)
         record(outcome)
 
-    def issued(request: PassRequest, created: CreatedPass, unclear: float | None) -> Issued:
+    def issued(
+        request: PassRequest, created: CreatedPass, unclear: float | None
+    ) -> Issued | Failed:
+        if created.unusable:
+            return not_usable(request, created, unclear)
         if unclear is not None:
             result.unclear[request.origin] = unclear
         log.info(
@@ -131,6 +136,32 @@ async def issue_all(
             created.request_id,
             created.note,
             unconfirmed=unclear is not None,
+        )
+
+    def not_usable(request: PassRequest, created: CreatedPass, unclear: float | None) -> Failed:
+        """A 201 whose pass Graph says nobody can sign in with (DisabledByPolicy...): not a
+        success. Its value is dropped; its method id is kept, so it can be revoked."""
+        reason, detail = unusable_pass(created, request.user)
+        log.warning(
+            "%s row %d %s: %s (method %s, request-id %s)",
+            request.origin.source,
+            request.origin.row,
+            request.user,
+            reason,
+            created.method_id,
+            created.request_id,
+        )
+        return Failed(
+            request.origin,
+            request.user,
+            reason,
+            detail,
+            CREATED,
+            None,
+            sent[request.origin],
+            created.request_id,
+            may_have_pass=unclear is not None,
+            method_id=created.method_id,
         )
 
     def failed(request: PassRequest, exc: GraphError, unclear: float | None) -> Failed:

@@ -9,7 +9,11 @@ It serves, over HTTPS with a throwaway certificate authority:
   issued by the client, in its time), answering Entra ID's errors (AADSTS codes) otherwise;
 - ``POST|GET /{version}/users/{id|upn}/authentication/temporaryAccessPassMethods`` and
   ``DELETE .../temporaryAccessPassMethods/{id}``, with Graph's rules: one pass per user, a new
-  one replaces the old, the value is returned only in the 201 response;
+  one replaces the old, the value is returned only in the 201 response; a user outside the
+  policy's target groups still gets one, which says it cannot be used (DisabledByPolicy); an
+  external (invited) guest is refused, an internal guest is not. Passes carry `@odata.type`
+  and their methodUsabilityReason (EnabledByPolicy, NotYetValid, Expired, OneTimeUsed after
+  `SimulatorState.sign_in_with`, DisabledByPolicy), and refusals Graph's documented texts;
 - ``GET /{version}/policies/authenticationMethodsPolicy/authenticationMethodConfigurations/
   temporaryAccessPass``.
 
@@ -47,6 +51,19 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from .errors import ConfigError
+from .graph import (
+    DISABLED_BY_POLICY,
+    ENABLED_BY_POLICY,
+    EXPIRED,
+    GUEST_REFUSAL,
+    INVITATION,
+    LIFETIME_REFUSAL,
+    NOT_YET_VALID,
+    ONE_TIME_USED,
+    POLICY_REFUSAL,
+    START_IN_PAST_REFUSAL,
+)
+from .reader import GUEST_MARKER
 
 DEFAULT_CLIENT_SECRET = "simulator-secret"
 DEFAULT_TOKEN_LIFETIME = 3599
@@ -59,11 +76,11 @@ SIMULATED_TENANT_ID = "00000000-0000-4000-8000-00000000c0de"
 # A claim only the simulator's tokens carry: a run that meets it says everywhere that it was
 # simulated, even when the simulator is reached by URL like a real tenant (`onboard simulate`).
 SIMULATED_CLAIM = "onboard_simulated"
-POLICY_REFUSAL = (
-    "Converged UserCredentialPolicy does not allow creating or updating this authentication "
-    "method. AuthMethodType [TemporaryAccessPass]."
-)
-GUEST_REFUSAL = "Temporary Access Pass cannot be added to an external guest user."
+# Graph's text for a multi-use pass under a one-time-only policy is not documented: this one is
+# the simulator's own, and onboard reads nothing in it (it shows it as Graph's message).
+MULTI_USE_REFUSAL = "The Temporary Access Pass policy does not allow a multi-use pass."
+ALL_USERS = "all_users"  # the policy target that includes everyone
+PASS_TYPE = "#microsoft.graph.temporaryAccessPassAuthenticationMethod"
 PASS_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789+-=!@#$%&*"
 DEFAULT_POLICY: dict[str, Any] = {
     "state": "enabled",
@@ -90,12 +107,13 @@ class SimUser:
     id: str
     user_principal_name: str
     display_name: str = ""
-    user_type: str = "Member"
+    user_type: str = "Member"  # "Guest" alone is an internal guest, who may have a pass
+    # False: outside the pass policy's targets whatever its groups (a shorthand for tests).
     in_pass_policy: bool = True
     forbidden: bool = False  # e.g. an admin the app's role may not touch: 403
     mail: str | None = None
     employee_id: str | None = None
-    creation_type: str | None = None  # "Invitation" for a B2B guest
+    creation_type: str | None = None  # "Invitation" for a B2B guest; None for an internal one
     external_user_state: str | None = None  # "Accepted" / "PendingAcceptance" for a guest
     # Directory roles the user holds (display names, e.g. "Global Administrator").
     roles: list[str] = field(default_factory=list)
@@ -103,6 +121,18 @@ class SimUser:
     # its namespace and suffix: "microsoftAuthenticator", "fido2", "windowsHelloForBusiness",
     # "phone", "softwareOath", "email", "platformCredential".
     methods: list[str] = field(default_factory=list)
+    # The ids of the groups the user belongs to (the pass policy targets groups by id).
+    groups: list[str] = field(default_factory=list)
+
+    @property
+    def external(self) -> bool:
+        """An external guest: an invited account (#EXT# UPN, creationType Invitation, or an
+        externalUserState). Graph refuses them a pass; internal guests it does not."""
+        return (
+            GUEST_MARKER in self.user_principal_name.upper()
+            or self.creation_type == INVITATION
+            or bool(self.external_user_state)
+        )
 
     def as_graph(self) -> dict[str, Any]:
         """The user as GET /users lists it (USER_FIELDS)."""
@@ -126,6 +156,7 @@ class SimPass:
     start: dt.datetime
     lifetime_minutes: int
     usable_once: bool
+    used: bool = False  # a one-time pass someone signed in with: OneTimeUsed from then on
 
 
 @dataclass(slots=True)
@@ -195,23 +226,62 @@ class SimulatorState:
 
     def find_user(self, key: str) -> SimUser | None:
         user = self.users.get(key.casefold())
-        if user is None and self.auto_users and "@" in key and "#EXT#" not in key.upper():
+        if user is None and self.auto_users and "@" in key and GUEST_MARKER not in key.upper():
             user = SimUser(_stable_id(key), key)
             self.add_user(user)
         return user
 
     def give_pass(
         self, user: str, *, start: dt.datetime | None = None, lifetime_minutes: int = 480,
-        created: dt.datetime | None = None,
+        created: dt.datetime | None = None, usable_once: bool = True,
     ) -> SimPass:  # fmt: skip
         """A pass issued outside onboard (the portal, a helpdesk): tests only."""
         found = self.find_user(user)
         assert found is not None, user
         made = created or _now()
         held = SimPass(str(uuid.uuid4()), found.id, "handed-out", made, start or made,
-                       lifetime_minutes, True)  # fmt: skip
+                       lifetime_minutes, usable_once)  # fmt: skip
         self.passes[found.id] = held
         return held
+
+    def sign_in_with(self, user: str, value: str | None = None) -> bool:
+        """Sign in as this user with the pass Graph holds for them (`value`: the pass value
+        the person typed; None: the right one). True if Entra ID would accept it: the pass is
+        usable now (EnabledByPolicy). A one-time pass is then used up (OneTimeUsed)."""
+        found = self.find_user(user)
+        held = None if found is None else self.passes.get(found.id)
+        if found is None or held is None or (value is not None and value != held.value):
+            return False
+        if self.usability(found, held, _now()) != ENABLED_BY_POLICY:
+            return False
+        held.used = held.usable_once
+        return True
+
+    def in_policy(self, user: SimUser) -> bool:
+        """Whether the pass policy targets this user: one of its includeTargets (all_users,
+        or a group the user is in) and none of its excludeTargets."""
+
+        def targets(key: str) -> set[str]:
+            listed = self.policy.get(key) or []
+            return {str(t.get("id")) for t in listed if isinstance(t, dict)}
+
+        groups = set(user.groups)
+        include, exclude = targets("includeTargets"), targets("excludeTargets")
+        included = ALL_USERS in include or bool(groups & include)
+        return user.in_pass_policy and included and not groups & exclude
+
+    def usability(self, user: SimUser, held: SimPass, now: dt.datetime) -> str:
+        """The pass's methodUsabilityReason now. Graph does not document which reason wins
+        when several hold; here the policy first, then the pass's own window and use."""
+        if self.policy.get("state") != "enabled" or not self.in_policy(user):
+            return DISABLED_BY_POLICY
+        if held.start + dt.timedelta(minutes=held.lifetime_minutes) <= now:
+            return EXPIRED
+        if held.used:
+            return ONE_TIME_USED
+        if held.start > now:
+            return NOT_YET_VALID
+        return ENABLED_BY_POLICY
 
     def current_pass(self, user: str) -> str | None:
         """The pass value Graph would hold for this user now (tests only)."""
@@ -276,6 +346,7 @@ class SimulatorState:
                     external_user_state=_optional(entry.get("externalUserState")),
                     roles=[str(r) for r in entry.get("roles") or []],
                     methods=[str(m) for m in entry.get("methods") or []],
+                    groups=[str(g) for g in entry.get("groups") or []],
                 )
             )
         return cls(users, policy=data.get("policy"), **kwargs)
@@ -293,8 +364,10 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def _iso(moment: dt.datetime) -> str:
-    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+def _iso(moment: dt.datetime, digits: int = 3) -> str:
+    """UTC with a Z, to `digits` of a second (Graph shows a pass's createdDateTime to 6)."""
+    text = moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")
+    return text[: len(text) - 6 + digits] + "Z"
 
 
 @dataclass(slots=True)
@@ -676,12 +749,25 @@ def _access_token(state: SimulatorState, request: web.Request) -> str:
 
 
 def _user_from_path(raw: str) -> tuple[str, str] | None:
-    """Split a raw path after ``/users`` into (user key, remainder); None if malformed."""
-    if raw.startswith("('"):
-        end = raw.find("')")
-        if end < 0:
-            return None
-        return unquote(raw[2:end]), raw[end + 2 :].lstrip("/")
+    """Split a raw path after ``/users`` into (user key, remainder); None if malformed. The
+    key is a path segment, or an OData string literal in ``('...')`` where '' stands for '.
+    Percent-escapes are decoded first, as Graph does, so %27 is an apostrophe too."""
+    if raw.startswith("('") or raw.startswith("(%27"):
+        text = unquote(raw)
+        key: list[str] = []
+        at = 2
+        while at < len(text):
+            if text[at] != "'":
+                key.append(text[at])
+                at += 1
+            elif text.startswith("''", at):
+                key.append("'")
+                at += 2
+            elif text.startswith("')", at):
+                return "".join(key), text[at + 2 :].lstrip("/")
+            else:
+                return None
+        return None
     if not raw.startswith("/"):
         return None
     segment, _, rest = raw[1:].partition("/")
@@ -781,6 +867,9 @@ def _not_found(call: Call, key: str) -> Answer:
 
 
 async def _create_pass(call: Call, state: SimulatorState, key: str) -> Answer:
+    """POST .../temporaryAccessPassMethods, as documented: a user outside the policy's target
+    groups still gets a pass, which says it cannot be used (201, DisabledByPolicy); only a
+    policy turned off refuses the create."""
     body = call.body
     if not isinstance(body, dict):
         return _graph_error(call, 400, "BadRequest", "Unable to read JSON request payload.")
@@ -797,43 +886,32 @@ async def _create_pass(call: Call, state: SimulatorState, key: str) -> Answer:
     policy = state.policy
     if user.forbidden:
         return _graph_error(call, 403, "accessDenied", "Request Authorization failed")
-    if user.user_type == "Guest" or "#EXT#" in user.user_principal_name.upper():
+    if user.external:
         return _graph_error(call, 400, "badRequest", GUEST_REFUSAL)
-    if policy.get("state") != "enabled" or not user.in_pass_policy:
+    if policy.get("state") != "enabled":
         return _graph_error(call, 400, "badRequest", POLICY_REFUSAL)
     lifetime = body.get("lifetimeInMinutes", policy["defaultLifetimeInMinutes"])
     low, high = policy["minimumLifetimeInMinutes"], policy["maximumLifetimeInMinutes"]
     if not isinstance(lifetime, int) or not low <= lifetime <= high:
-        return _graph_error(
-            call,
-            400,
-            "badRequest",
-            f"Invalid LifetimeInMinutes specified. The valid range between {low} and {high}.",
-        )
+        message = LIFETIME_REFUSAL.format(low=low, high=high)
+        return _graph_error(call, 400, "badRequest", message)
     usable_once = body.get("isUsableOnce", policy["isUsableOnce"])
     if policy.get("isUsableOnce") and usable_once is False:
-        return _graph_error(
-            call,
-            400,
-            "badRequest",
-            "The tenant policy requires one-time use Temporary Access Passes.",
-        )
+        return _graph_error(call, 400, "badRequest", MULTI_USE_REFUSAL)
     now = _now()
     start = now
     if body.get("startDateTime") is not None:
+        text = str(body["startDateTime"])
         try:
-            start = dt.datetime.fromisoformat(str(body["startDateTime"]).replace("Z", "+00:00"))
-            if start.tzinfo is None:
-                raise ValueError
+            start = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
         except ValueError:
-            return _graph_error(call, 400, "badRequest", "Invalid StartDateTime specified.")
+            return _graph_error(call, 400, "BadRequest", _not_a_date(text))
+        if start.tzinfo is None:
+            # Microsoft's own PowerShell example sends '2022-05-23 06:00:00' and gets a pass
+            # starting then: a start without an offset is read as UTC.
+            start = start.replace(tzinfo=dt.UTC)
         if start < now - dt.timedelta(minutes=1):
-            return _graph_error(
-                call,
-                400,
-                "badRequest",
-                "Invalid StartDateTime specified. It can not be a time in the past.",
-            )
+            return _graph_error(call, 400, "badRequest", START_IN_PAST_REFUSAL)
     existing = state.passes.get(user.id)
     if existing is not None and state.faults.conflict_on_existing:
         expires = existing.start + dt.timedelta(minutes=existing.lifetime_minutes)
@@ -850,23 +928,31 @@ async def _create_pass(call: Call, state: SimulatorState, key: str) -> Answer:
     if faults.lost_response_rate and state.random.random() < faults.lost_response_rate:
         state.count("lost")
         return _graph_error(call, 504, "gatewayTimeout", "The gateway timed out.")
-    reason = "NotYetValid" if start > now + dt.timedelta(seconds=5) else "EnabledByPolicy"
-    return (
-        201,
-        {},
-        {
-            "@odata.context": f"{call.base}/v1.0/$metadata#users('{user.id}')"
-            "/authentication/temporaryAccessPassMethods/$entity",
-            "id": created.id,
-            "temporaryAccessPass": value,
-            "createdDateTime": _iso(now),
-            "startDateTime": _iso(start),
-            "lifetimeInMinutes": lifetime,
-            "isUsableOnce": bool(usable_once),
-            "isUsable": reason == "EnabledByPolicy",
-            "methodUsabilityReason": reason,
-        },
-    )
+    context = _context(call, f"users('{user.id}')/authentication/temporaryAccessPassMethods")
+    return 201, {}, {"@odata.context": f"{context}/$entity", **_pass_json(state, user, created)}
+
+
+def _not_a_date(text: str) -> str:
+    """Graph's (OData's) answer to a value that is not a DateTimeOffset."""
+    return f"Cannot convert the literal '{text}' to the expected type 'Edm.DateTimeOffset'."
+
+
+def _pass_json(
+    state: SimulatorState, user: SimUser, held: SimPass, *, value: bool = True
+) -> dict[str, Any]:
+    """A pass as Graph shows it: its value only in the create's answer (null when listed)."""
+    reason = state.usability(user, held, _now())
+    return {
+        "@odata.type": PASS_TYPE,
+        "id": held.id,
+        "temporaryAccessPass": held.value if value else None,
+        "createdDateTime": _iso(held.created, digits=6),
+        "startDateTime": _iso(held.start),
+        "lifetimeInMinutes": held.lifetime_minutes,
+        "isUsableOnce": held.usable_once,
+        "isUsable": reason == ENABLED_BY_POLICY,
+        "methodUsabilityReason": reason,
+    }
 
 
 _ROLES_PATH = "transitiveMemberOf/microsoft.graph.directoryRole"
@@ -936,31 +1022,9 @@ def _list_passes(call: Call, state: SimulatorState, key: str) -> Answer:
     if user is None:
         return _not_found(call, key)
     current = state.passes.get(user.id)
-    items = []
-    if current is not None:
-        items.append(
-            {
-                "id": current.id,
-                "temporaryAccessPass": None,
-                "createdDateTime": _iso(current.created),
-                "startDateTime": _iso(current.start),
-                "lifetimeInMinutes": current.lifetime_minutes,
-                "isUsableOnce": current.usable_once,
-                **_usability(current),
-            }
-        )
-    return 200, {}, {"value": items}
-
-
-def _usability(held: SimPass) -> dict[str, Any]:
-    now = _now()
-    if held.start + dt.timedelta(minutes=held.lifetime_minutes) <= now:
-        reason = "Expired"
-    elif held.start > now:
-        reason = "NotYetValid"
-    else:
-        reason = "EnabledByPolicy"
-    return {"isUsable": reason == "EnabledByPolicy", "methodUsabilityReason": reason}
+    items = [] if current is None else [_pass_json(state, user, current, value=False)]
+    context = _context(call, f"users('{user.id}')/authentication/temporaryAccessPassMethods")
+    return 200, {}, {"@odata.context": context, "value": items}
 
 
 def _delete_pass(call: Call, state: SimulatorState, key: str, method_id: str) -> Answer:

@@ -44,6 +44,9 @@ MANAGERS = {
     "Support": "Arjun Mehta", "Marketing": "Claire Dupont", "People": "Sara Lind",
     "Legal": "Michael O'Neill",
 }
+# The group the sample tenant's pass policy excludes: Pat Contractor is in it, so Graph creates
+# Pat a pass that cannot be used (DisabledByPolicy), and the row fails.
+CONTRACTORS_GROUP = "5b3f2c9e-8d41-4f6a-9c2e-7a1d0e4b6c38"
 HEADERS = [
     "Display Name", "Work Email", "Start Date", "Department", "Manager", "Lifetime (minutes)",
     "One-time",
@@ -113,11 +116,15 @@ def write_tenant(rows: list[list[object]], path: Path) -> None:
             "employeeId": f"E{1001 + len(users)}",
         }
         if email.startswith("pat.contractor"):
-            user["inPassPolicy"] = False
+            user["groups"] = [CONTRACTORS_GROUP]
         users.append(user)
     tenant = {
-        # The simulator's default policy: the portal's defaults, lifetimes 60..480 minutes.
-        "policy": {k: v for k, v in DEFAULT_POLICY.items() if not k.endswith("Targets")},
+        # The simulator's default policy: the portal's defaults, lifetimes 60..480 minutes,
+        # for all users but the contractors group.
+        "policy": {
+            **DEFAULT_POLICY,
+            "excludeTargets": [{"targetType": "group", "id": CONTRACTORS_GROUP}],
+        },
         "users": users,
     }
     header = (

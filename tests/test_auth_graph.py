@@ -184,10 +184,12 @@ def test_managed_identity_uses_msal_managed_identity_client() -> None:
     [("ada@contoso.com", "users/ada@contoso.com"),
      ("o'neil#1@contoso.com", "users/o%27neil%231@contoso.com"),
      ("a/../b@contoso.com", "users/a%2F..%2Fb@contoso.com"),
-     ("$admin@contoso.com", "users('%24admin@contoso.com')")],
+     ("$admin@contoso.com", "users('%24admin@contoso.com')"),
+     ("$o'neil@contoso.com", "users('%24o''neil@contoso.com')")],
 )
 def test_user_path_is_percent_encoded(user: str, path: str) -> None:
-    """UPNs are percent-encoded ('#' as %23, no '/' survives) and '$' uses the users('') form."""
+    """UPNs are percent-encoded ('#' as %23, no '/' survives) and '$' uses the users('') form,
+    an OData literal: an apostrophe in it is doubled."""
     assert user_path(user) == path
 
 

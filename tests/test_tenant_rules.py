@@ -98,21 +98,34 @@ def test_people_found_by_employee_id_in_batches_of_15(
     assert state.counts["user_lookups"] == 3
 
 
-def test_guests_fail_before_any_create(tmp_path: Path, serve_simulator, secret_env) -> None:
-    """An #EXT# UPN fails in the reader; a Guest without #EXT# gets Microsoft's refusal,
-    translated; neither gets a pass."""
-    state = SimulatorState(users("ada@contoso.com", "visitor@contoso.com",
-                                 visitor={"user_type": "Guest"}))  # fmt: skip
+def test_external_guests_fail_and_internal_guests_get_a_pass(
+    tmp_path: Path, serve_simulator, secret_env
+) -> None:
+    """An #EXT# UPN fails in the reader; an invited guest without #EXT# gets Microsoft's
+    refusal, translated, and no pass; an internal guest (userType Guest, never invited) gets
+    a pass, as Graph allows."""
+    state = SimulatorState(users(
+        "ada@contoso.com", "visitor@contoso.com", "intern@contoso.com",
+        visitor={"user_type": "Guest", "creation_type": "Invitation",
+                 "external_user_state": "Accepted"},
+        intern={"user_type": "Guest"},
+    ))  # fmt: skip
     sim = serve_simulator(state)
     path = write(tmp_path, "UPN,Start Date", f"ada@contoso.com,{SOON[0]}",
-                 f"{GUEST_UPN},{SOON[0]}", f"visitor@contoso.com,{SOON[0]}")  # fmt: skip
+                 f"{GUEST_UPN},{SOON[0]}", f"visitor@contoso.com,{SOON[0]}",
+                 f"intern@contoso.com,{SOON[0]}")  # fmt: skip
     assert main(["run", str(path), "-c", str(sim.config(tmp_path / "c.yaml"))]) == 1
     rows = audit_rows(latest_audit(tmp_path / "audit"))
     assert [(r["Row"], r["Reason"]) for r in rows["Failed"]] == [
         (3, "External guest user"),
         (4, "External guest user"),
     ]
+    assert str(rows["Failed"][1]["Detail"]).startswith(
+        "Temporary Access Pass cannot be added to an external guest user. Guests sign in"
+    )
     assert state.current_pass("visitor@contoso.com") is None
+    assert [r["User"] for r in rows["Issued"]] == ["ada@contoso.com", "intern@contoso.com"]
+    assert rows["Issued"][1]["Temporary Access Pass"] == state.current_pass("intern@contoso.com")
 
 
 def test_policy_turned_off_stops_before_the_first_create(
@@ -177,7 +190,7 @@ def test_policy_not_readable_warns_and_relies_on_graph(
     rows = audit_rows(latest_audit(tmp_path / "audit"))
     assert [r["User"] for r in rows["Issued"]] == ["ada@contoso.com"]
     assert [(r["User"], r["Reason"]) for r in rows["Failed"]] == [
-        ("bo@contoso.com", "Lifetime refused by the pass policy")
+        ("bo@contoso.com", "Lifetime outside the pass policy")
     ]
     assert creates(state, "bo@contoso.com") == 1
 
@@ -290,12 +303,14 @@ def test_validate_online_checks_policy_and_people_and_sends_nothing(
     """validate --online: the policy is read, every user is looked up (by UPN, or by object
     id); unknown users, guests and out-of-policy rows are problems; nothing is created."""
     state = SimulatorState(users("ada@contoso.com", "visitor@contoso.com", "bo@contoso.com",
-                                 visitor={"user_type": "Guest"}),
+                                 "intern@contoso.com",
+                                 visitor={"user_type": "Guest", "creation_type": "Invitation"},
+                                 intern={"user_type": "Guest"}),
                            policy={"maximumLifetimeInMinutes": 240})  # fmt: skip
     sim = serve_simulator(state)
     path = write(tmp_path, "UPN,Start Date,Lifetime", f"ada@contoso.com,{SOON[0]},120",
                  f"visitor@contoso.com,{SOON[0]},120", f"ghost@contoso.com,{SOON[0]},120",
-                 f"bo@contoso.com,{SOON[0]},480")  # fmt: skip
+                 f"bo@contoso.com,{SOON[0]},480", f"intern@contoso.com,{SOON[0]},120")  # fmt: skip
     config = sim.config(tmp_path / "c.yaml")
     args = ["validate", str(path), "-c", str(config), "--online", "--out", str(tmp_path / "v")]
     assert main(args) == EXIT_ROWS_FAILED
@@ -307,7 +322,7 @@ def test_validate_online_checks_policy_and_people_and_sends_nothing(
         ["4", "UPN", "ghost@contoso.com", "User", "not", "found"],
         ["5", "Lifetime", "bo@contoso.com", "Lifetime", "outside", "the", "pass", "policy"],
     ]
-    assert "1 row ready to send, 3 with problems, 0 to skip" in out
+    assert "2 rows ready to send, 3 with problems, 0 to skip" in out
     assert state.issued == [] and not state.create_attempts
     by_id = write(tmp_path, "UPN,Start Date,Lifetime",
                   f"00000000-0000-0000-0000-000000000000,{SOON[0]},60",
