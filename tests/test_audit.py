@@ -65,7 +65,7 @@ def test_rows_hold_exact_values_and_real_dates(tmp_path: Path) -> None:
     ]
     failed = [[c.value for c in row] for row in book["Failed"].iter_rows(min_row=2)]
     assert failed == [["hires.xlsx", 4, "x@contoso.com", "User not found", "-no such user", 404,
-                       "Request_ResourceNotFound", 1, "req-2", None]]
+                       "Request_ResourceNotFound", 1, "req-2", None, None]]
 
 
 def test_text_from_input_is_never_a_formula(tmp_path: Path) -> None:
