@@ -128,6 +128,9 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
         "max_rows": DEFAULT_MAX_ROWS,
         "max_mb": DEFAULT_MAX_MB,
         "date_order": None,
+        # {file-name pattern: order} for the files whose dates are written otherwise (a New
+        # York sheet in a run with London's): null, every file is read by date_order.
+        "date_order_by_file": None,
         "match_by": "upn",
     },
     "pass": {
@@ -184,6 +187,7 @@ class Kind(Enum):
     NUMBER = "a number"
     SHEET = "a sheet name or a 0-based sheet index"
     HEADERS = "a list of header names"
+    ORDER_BY_FILE = "a mapping of file-name patterns to DMY, MDY or YMD"
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,6 +240,7 @@ SETTINGS: dict[str, Setting] = {
     "input.max_rows": _whole(1, 10_000_000),
     "input.max_mb": _number(0.001, 100_000),
     "input.date_order": _text(),
+    "input.date_order_by_file": Setting(Kind.ORDER_BY_FILE, nullable=True),
     "input.match_by": _text(nullable=False),
     "pass.lifetime_minutes": _whole(MIN_LIFETIME_MINUTES, MAX_LIFETIME_MINUTES),
     "pass.usable_once": Setting(Kind.FLAG),
@@ -370,6 +375,9 @@ class InputSettings:
     max_rows: int = DEFAULT_MAX_ROWS
     max_mb: float = DEFAULT_MAX_MB
     date_order: str | None = None  # DMY | MDY | YMD: how to read dates written as text
+    # (file-name pattern, order), in the file's order: the order of the files each pattern
+    # names, instead of date_order
+    date_order_by_file: tuple[tuple[str, str], ...] = ()
     match_by: str = "upn"  # upn | mail | employeeId
 
     @property
@@ -797,12 +805,30 @@ def _checked(key: str, value: Any, where: str) -> Any:
         return _checked_number(setting, value, refuse, wanted)
     if kind is Kind.HEADERS:
         return value  # input.columns: checked as the file is merged (_merge)
+    if kind is Kind.ORDER_BY_FILE:
+        return _checked_orders(value, refuse, wanted)
     if not isinstance(value, str):
         number = isinstance(value, (int, float)) and not isinstance(value, bool)
         raise refuse(wanted, ": quote it to mean it as text" if number else "")
     if kind is not Kind.SECRET and not value.isprintable():
         raise refuse(f"{wanted} without control characters")
     return value
+
+
+def _checked_orders(
+    value: Any, refuse: Callable[[str], Exception], wanted: str
+) -> tuple[tuple[str, str], ...]:
+    """input.date_order_by_file as (pattern, order) pairs, the order in capitals."""
+    if not isinstance(value, dict):
+        raise refuse(wanted)
+    pairs: list[tuple[str, str]] = []
+    for pattern, order in value.items():
+        if not (isinstance(pattern, str) and pattern.strip() and pattern.isprintable()):
+            raise refuse(f"{wanted}: each pattern a file name, * and ? allowed")
+        if not (isinstance(order, str) and order.strip().upper() in DATE_ORDERS):
+            raise refuse(f"{wanted}: {pattern!r} must be {' | '.join(DATE_ORDERS)}")
+        pairs.append((pattern.strip(), order.strip().upper()))
+    return tuple(pairs)
 
 
 def _checked_number(
@@ -971,6 +997,7 @@ def _build(
         max_rows=i["max_rows"],
         max_mb=i["max_mb"],
         date_order=choice("input", "date_order", DATE_ORDERS, upper=True, optional=True),
+        date_order_by_file=i["date_order_by_file"] or (),
         match_by=str(choice("input", "match_by", MATCH_BY)),
     )
 

@@ -98,7 +98,7 @@ from .pool import (
     stopped_within,
 )
 from .rate import RateController
-from .reader import InputFile, plan, read_input, user_key
+from .reader import InputFile, check_date_orders, plan, read_input, user_key
 from .redact import printable
 from .simulator import DEFAULT_CLIENT_SECRET, Faults, RunningSimulator, SimulatorState, serve
 from .tenant import SIMULATOR_ROOT, Tenant, TenantLock, tenant_of
@@ -192,6 +192,7 @@ def read_all(config: Config, inputs: Sequence[str | Path], now: datetime) -> lis
                     path=str(path),
                 )
         files.append(read)
+    check_date_orders(files)
     return files
 
 

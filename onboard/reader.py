@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import faulthandler
+import functools
 import hashlib
 import io
 import itertools
@@ -23,20 +24,22 @@ import unicodedata
 import warnings
 import zipfile
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta, timezone
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
 import msoffcrypto
-import pandas as pd
 import python_calamine
 from msoffcrypto.exceptions import FileFormatError
 from openpyxl.utils import get_column_letter
 
+from . import excel
 from .config import MAX_LIFETIME_MINUTES, MIN_LIFETIME_MINUTES, InputSettings, PassSettings
 from .errors import InputFileError, first_line
+from .excel import EPOCH_1900, CellError
 from .outcomes import Failed, Origin, PassRequest, Skipped
 from .redact import printable
 
@@ -45,21 +48,25 @@ CSV_SUFFIXES = (".csv", ".txt")
 GUEST_MARKER = "#EXT#"
 GUEST_REFUSAL = "Temporary Access Pass cannot be added to an external guest user."
 
-_TRUE = {"true", "yes", "y", "1", "x"}
-_FALSE = {"false", "no", "n", "0"}
+_TRUE = {"yes", "y", "1", "x"} | excel.TRUE_WORDS  # TRUE in Excel's languages: WAHR, VRAI...
+_FALSE = {"no", "n", "0"} | excel.FALSE_WORDS
 GUID = re.compile(r"^[0-9a-f]{8}-([0-9a-f]{4}-){3}[0-9a-f]{12}$", re.IGNORECASE)
 # A UPN: local part without spaces, '@', or path characters; a dotted domain.
 _UPN = re.compile(r"^[^@\s/\\?%\x00-\x1f\x7f]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
 # Graph documents no limit on how far ahead a pass may start; a start more than this far ahead
 # is almost certainly a typo in the year.
 MAX_DAYS_AHEAD = 366
+# A time of day after a date: 09:30, 9:30:15.250, 9:30 AM, 09:30:00Z, 09:30:00+01:00.
+_TIME = (r"(\d{1,2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?)\s*([AaPp]\.?[Mm]\.?)?"
+         r"\s*([Zz]|[+-]\d{2}(?::?\d{2})?)?")  # fmt: skip
 # 2026-12-01, 01/12/2026, 1.12.26, 12-01-2026, each optionally followed by a time of day.
-_NUMERIC_DATE = re.compile(
-    r"^(\d{1,4})[-/.](\d{1,2})[-/.](\d{1,4})(?:[T ](\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?))?$"
-)
+_NUMERIC_DATE = re.compile(r"^(\d{1,4})[-/.](\d{1,2})[-/.](\d{1,4})(?:(?:T|\s+)" + _TIME + ")?$")
 # 1 Dec 2026, 01-Dec-2026, December 1, 2026, Tue 1 Dec 2026 ... (English month names).
 _NAMED_DATE = re.compile(r"^((?:[A-Za-z]{3,9},? )?[\w ,.-]*?[A-Za-z]{3,9}[\w ,.-]*?\d{2,4})"
-                         r"(?: (\d{1,2}:\d{2}))?$")  # fmt: skip
+                         r"(?:\s+" + _TIME + ")?$")  # fmt: skip
+# 20261201: year, month, day run together (HR and payroll exports).
+_COMPACT_DATE = re.compile(r"^(19|20|21)\d{6}$")
+_ORDER_WORDS = {"DMY": "day first", "MDY": "month first"}
 _NAMED_FORMATS = (
     "%d %b %Y", "%d %B %Y", "%d-%b-%Y", "%d-%b-%y", "%d %b %y", "%b %d %Y", "%B %d %Y",
     "%b %d, %Y", "%B %d, %Y", "%a %d %b %Y", "%A %d %B %Y", "%a, %d %b %Y", "%A, %d %B %Y",
@@ -69,7 +76,6 @@ _INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff"), None)
 # Excel serial day numbers for 1954..2119: anything else is not a plausible start date.
 _SERIAL_RANGE = (20000, 80000)
 _SERIAL_TEXT = re.compile(r"^[2-7]\d{4}(\.\d+)?$")
-_EXCEL_EPOCH = date(1899, 12, 30)
 EARLIEST_DATE = date(1900, 1, 1)
 _AHEAD = timedelta(days=MAX_DAYS_AHEAD)
 # A start further back than this is a typo (or text read in the wrong order), not a late pass.
@@ -105,6 +111,46 @@ class InputFile:
     failed: list[Failed] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
     header_row: int = 1  # the sheet row the headers were found on (titles may sit above)
+    date_order: str | None = None  # how its text dates were read (DMY, MDY, YMD; None: unset)
+    order_pattern: str | None = None  # the input.date_order_by_file pattern that set it
+    # Text dates that read only one way (25/12/2026 is day first): per order, how many, and
+    # the first one's row and text.
+    date_evidence: dict[str, tuple[int, int, str]] = field(default_factory=dict)
+
+    @property
+    def order_setting(self) -> str:
+        """The setting that gave this file's date order, as a message names it."""
+        if self.order_pattern is None:
+            return "input.date_order"
+        return f"input.date_order_by_file {self.order_pattern!r}"
+
+    @property
+    def written_order(self) -> str | None:
+        """The order most of its one-way text dates show (DMY or MDY); None if none or a tie."""
+        counts = sorted(((n, order) for order, (n, _, _) in self.date_evidence.items()),
+                        reverse=True)  # fmt: skip
+        if not counts or (len(counts) > 1 and counts[0][0] == counts[1][0]):
+            return None
+        return counts[0][1]
+
+
+@dataclass(frozen=True, slots=True)
+class _Table:
+    """A sheet's cells as read, with what the workbook adds: the text a number format shows for
+    some numbers (zero-padded ids), by (row, column), and the day its date serials count from."""
+
+    sheet: str | None
+    rows: list[list[Any]]
+    shown: Mapping[tuple[int, int], str] = field(default_factory=dict)
+    epoch: date = EPOCH_1900
+
+
+@dataclass(frozen=True, slots=True)
+class _Dates:
+    """How one file's dates are read: text in `order`, serial numbers counted from `epoch`."""
+
+    order: str | None
+    epoch: date = EPOCH_1900
 
 
 def read_input(
@@ -124,14 +170,16 @@ def read_input(
     data = _read_bytes(path, settings.max_mb)
     digest = hashlib.sha256(data).hexdigest()
     suffix = path.suffix.lower()
+    order, pattern = _date_order_for(path, settings)
     if suffix in EXCEL_SUFFIXES:
-        sheet, table = _read_excel(data, path, settings)
+        read = _read_excel(data, path, settings)
     elif suffix in CSV_SUFFIXES:
-        sheet, table = None, _read_csv(data, path, settings.max_rows)
+        read = _Table(None, _read_csv(data, path, settings.max_rows))
     else:
         raise InputFileError(
             f"unsupported file type '{path.suffix}'; use .xlsx or .csv", path=str(path)
         )
+    sheet, table = read.sheet, read.rows
     if not table:
         raise InputFileError("the file is empty: no header row found", path=str(path))
     top = find_header(table, settings)
@@ -139,6 +187,15 @@ def read_input(
         raise InputFileError(_no_key_column(table, settings), path=str(path))
     headers = tuple(_text(h) or "" for h in table[top])
     columns = _map_columns(headers, settings)
+    # A number in a zero-padding format is the text Excel shows (001001), except where onboard
+    # reads the number itself (a date serial, minutes, 1/0).
+    numeric = {
+        columns[k] for k in ("start_date", "lifetime_minutes", "usable_once") if k in columns
+    }
+    for (row, column), text in read.shown.items():
+        if column not in numeric and row < len(table) and column < len(table[row]):
+            table[row][column] = text
+    dates = _Dates(order, read.epoch)
     if len(table) - top - 1 > settings.max_rows:  # read up to the limit and one more: more there
         where = f"sheet '{sheet}' has" if sheet else "has"
         raise InputFileError(
@@ -152,9 +209,11 @@ def read_input(
         body.pop()
     _check_cells(table, path)
     footer = _footer_start(body, columns, settings)
-    result = InputFile(path, digest, sheet, headers, len(body), header_row=top + 1)
+    result = InputFile(path, digest, sheet, headers, len(body), header_row=top + 1,
+                       date_order=order, order_pattern=pattern)  # fmt: skip
     used = set(columns.values())
     others = [(i, _clean(h)) for i, h in enumerate(headers) if i not in used and _clean(h)]
+    date_at = columns.get("start_date")
     for index, values in enumerate(body):
         origin = Origin(source or path.name, top + index + 2)
         if all(_blank(v) for v in values):
@@ -166,7 +225,9 @@ def read_input(
                 Skipped(origin, "", f"below the data (a total or a note): {_shown(text)}")
             )
             continue
-        outcome = _validate_row(origin, values, columns, headers, defaults, now, settings)
+        if date_at is not None and date_at < len(values) and isinstance(values[date_at], str):
+            _note_order(result.date_evidence, values[date_at], origin.row)
+        outcome = _validate_row(origin, values, columns, headers, defaults, now, settings, dates)
         if isinstance(outcome, Failed):
             result.failed.append(outcome)
         elif others:
@@ -174,6 +235,85 @@ def read_input(
         else:
             result.requests.append(outcome)
     return result
+
+
+def _date_order_for(path: Path, settings: InputSettings) -> tuple[str | None, str | None]:
+    """The order of a file's text dates, and the input.date_order_by_file pattern that gave it
+    (None: input.date_order gave it). Patterns match the file's name, without regard to case;
+    two that match with different orders are refused rather than one picked."""
+    name = excel.fold(path.name)
+    found = [(p, o) for p, o in settings.date_order_by_file if fnmatchcase(name, excel.fold(p))]
+    if len({order for _, order in found}) > 1:
+        named = ", ".join(f"{p!r}: {o}" for p, o in found)
+        raise InputFileError(
+            f"input.date_order_by_file gives this file two date orders ({named}): make the "
+            "patterns name it once",
+            path=str(path),
+        )
+    if found:
+        return found[0][1], found[0][0]
+    return settings.date_order, None
+
+
+def _note_order(evidence: dict[str, tuple[int, int, str]], raw: str, row: int) -> None:
+    """Count a text date that reads only one way (25/12/2026: day first) as showing its order."""
+    order = _one_way(_clean(raw))
+    if order is not None:
+        count, first, text = evidence.get(order, (0, row, _clean(raw)))
+        evidence[order] = (count + 1, first, text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _one_way(text: str) -> str | None:
+    """DMY or MDY when numeric text with the year last is a valid date in that order only."""
+    match = _NUMERIC_DATE.match(text)
+    if match is None or len(match.group(1)) == 4 or len(match.group(3)) not in (2, 4):
+        return None
+    first, second, year = (int(part) for part in match.group(1, 2, 3))
+    year += 2000 if year < 100 else 0
+    valid = []
+    for order, (month, day) in (("DMY", (second, first)), ("MDY", (first, second))):
+        with contextlib.suppress(ValueError):
+            date(year, month, day)
+            valid.append(order)
+    return valid[0] if len(valid) == 1 else None
+
+
+def check_date_orders(files: Sequence[InputFile]) -> None:
+    """Refuse (InputFileError, exit 2) to read text dates in an order their own files show
+    is not theirs: two files read by one order (no input.date_order_by_file pattern for them)
+    whose one-way dates show different orders (a London sheet's 25/12/2026, a New York sheet's
+    12/25/2026: one order would misread the 1/11/2027 of one of them), or a file whose one-way
+    dates mostly show the other order than the one set for it."""
+    shared = [f for f in files if f.order_pattern is None and f.written_order is not None]
+    for later in shared:
+        earlier = next((f for f in shared if f.written_order != later.written_order), None)
+        if earlier is None:
+            continue
+        a, b = (earlier, later) if files.index(earlier) < files.index(later) else (later, earlier)
+        example = ", ".join(f'"{f.path.name}": {f.written_order}' for f in (a, b))
+        raise InputFileError(
+            f"its dates are written {_evidence(b)}, but {a.path.name}'s are {_evidence(a)}: one "
+            f"input.date_order cannot read both (1/11/2027 would be misread in one of them); "
+            f"set the order per file, e.g. input.date_order_by_file: {{{example}}}",
+            path=str(b.path),
+        )
+    for f in files:
+        if f.date_order in _ORDER_WORDS and f.written_order not in (None, f.date_order):
+            raise InputFileError(
+                f"its dates are written {_evidence(f)}, but {f.order_setting} reads them "
+                f"{_ORDER_WORDS[f.date_order]} ({f.date_order}): its other text dates would be "
+                f"misread; set {f.order_setting} to {f.written_order} if the whole file is "
+                "written so (input.date_order_by_file sets it for this file alone)",
+                path=str(f.path),
+            )
+
+
+def _evidence(f: InputFile) -> str:
+    order = f.written_order or ""
+    count, row, text = f.date_evidence[order]
+    more = f", and {count - 1} more" if count > 1 else ""
+    return f"{_ORDER_WORDS[order]} ({text!r} in row {row}{more})"
 
 
 def _extra(values: Sequence[Any], others: Sequence[tuple[int, str]]) -> tuple[tuple[str, str], ...]:
@@ -184,17 +324,7 @@ def _extra(values: Sequence[Any], others: Sequence[tuple[int, str]]) -> tuple[tu
 
 def _as_shown(value: Any) -> str:
     """A cell as text, the way a spreadsheet shows it: a date without a midnight time, a
-    time of day without zero seconds, TRUE/FALSE, a whole number without ".0"."""
-    if _is_missing(value):
-        return ""
-    if isinstance(value, datetime):
-        if value.time() == time():
-            return value.date().isoformat()
-        return value.isoformat(" ", "seconds" if value.second else "minutes")
-    if isinstance(value, time):
-        return value.isoformat("seconds" if value.second else "minutes")
-    if isinstance(value, date):
-        return value.isoformat()
+    time of day without zero seconds, TRUE/FALSE, a whole number without ".0", #N/A."""
     if isinstance(value, bool):
         return str(value).upper()
     return _text(value) or ""
@@ -234,14 +364,22 @@ def _read_bytes(path: Path, max_mb: float) -> bytes:
     return data
 
 
-def _read_excel(data: bytes, path: Path, settings: InputSettings) -> tuple[str, list[list[Any]]]:
+def _read_excel(data: bytes, path: Path, settings: InputSettings) -> _Table:
     if data.startswith(OLE_MAGIC):
         raise InputFileError(_office_file(data), path=str(path))
     if not zipfile.is_zipfile(io.BytesIO(data)):
         raise InputFileError(_not_a_workbook(data), path=str(path))
     _check_zip(data, path, settings.max_mb)
     # Title rows, the header, the limit, and one more to tell.
-    sheets, hidden = _open_isolated(data, path, settings.max_rows + HEADER_SEARCH_ROWS + 1)
+    book = _open_isolated(data, path, settings.max_rows + HEADER_SEARCH_ROWS + 1)
+    name = _pick_sheet(book, path, settings)
+    rows, shown = book.sheets[name]
+    return _Table(name, rows, shown, book.epoch)
+
+
+def _pick_sheet(book: _Book, path: Path, settings: InputSettings) -> str:
+    sheets = {name: rows for name, (rows, _) in book.sheets.items()}
+    hidden = book.hidden
     names = list(sheets)
     wanted = settings.sheet
     if wanted is not None:
@@ -259,11 +397,11 @@ def _read_excel(data: bytes, path: Path, settings: InputSettings) -> tuple[str, 
                     f"no sheet named '{wanted}'; sheets: {', '.join(names)}", path=str(path)
                 )
             name = matches[0]
-        return name, sheets[name]
+        return name
     visible = [n for n in names if n not in hidden]
     found = [n for n in visible if find_header(sheets[n], settings) is not None]
     if len(found) == 1:
-        return found[0], sheets[found[0]]
+        return found[0]
     if len(found) > 1:
         raise InputFileError(
             f"sheets {', '.join(repr(n) for n in found)} each have a "
@@ -311,7 +449,7 @@ def _footer_start(body: list[list[Any]], columns: dict[str, int], settings: Inpu
     Only rows after the last person count, and only rows that say what they are: their first
     text starts with a word like Total or Notes, or a label with a colon, or * or #. A row with
     a start date, or an address in the user column, is a person (failed if mistyped), and so is
-    anything unclear: a hire is never passed over as a note.
+    a row with an error cell (#N/A), and anything unclear: a hire is never passed over as a note.
     """
     key = columns[settings.key_column]
     date_at = columns.get("start_date")
@@ -320,6 +458,8 @@ def _footer_start(body: list[list[Any]], columns: dict[str, int], settings: Inpu
         values = body[index]
         if all(_blank(v) for v in values):
             continue
+        if any(isinstance(v, CellError) for v in values):
+            break
         cell = _clean(_text(values[key]) or "") if key < len(values) else ""
         if date_at is not None and date_at < len(values) and _looks_like_date(values[date_at]):
             break
@@ -379,22 +519,25 @@ _TOTAL_WORDS = frozenset(["total", "totals", "subtotal", "grand", "sum"])
 _WORD = re.compile(r"[^\W\d_]+")  # the first word of a cell
 
 
-def _rows(frame: pd.DataFrame) -> list[list[Any]]:
-    return [[None if _is_missing(v) else v for v in row] for row in frame.itertuples(index=False)]
+@dataclass(frozen=True, slots=True)
+class _Book:
+    """A workbook as read: each sheet's rows and the text its padded numbers show (see
+    _Table), the hidden sheets, and the day its date serials count from."""
+
+    sheets: dict[str, tuple[list[list[Any]], dict[tuple[int, int], str]]]
+    hidden: set[str]
+    epoch: date
 
 
-Sheets = tuple[dict[str, list[list[Any]]], set[str]]  # rows by sheet name; the hidden sheets
-
-
-def _open_isolated(data: bytes, path: Path, nrows: int) -> Sheets:
-    """Every sheet's rows (at most `nrows` each), read by pandas + calamine in a forked child
-    with a memory limit and a time limit (Linux; elsewhere in this process). Raises
-    InputFileError if the child fails."""
+def _open_isolated(data: bytes, path: Path, nrows: int) -> _Book:
+    """Every sheet's rows (at most `nrows` each), read by calamine in a forked child with a
+    memory limit and a time limit (Linux; elsewhere in this process). Raises InputFileError if
+    the child fails."""
     if sys.platform != "linux":
         kind, payload = _open(data, nrows)
         return _opened(kind, payload, path)
-    # fork: the child starts at once with pandas already imported, and re-runs no __main__
-    # (spawn would); it touches nothing but the bytes it was given.
+    # fork: the child starts at once with the engine already imported, and re-runs no
+    # __main__ (spawn would); it touches nothing but the bytes it was given.
     context = multiprocessing.get_context("fork")
     receive, send = context.Pipe(duplex=False)
     child = context.Process(target=_open_in_child, args=(data, nrows, send), daemon=True)
@@ -418,7 +561,7 @@ def _open_isolated(data: bytes, path: Path, nrows: int) -> Sheets:
     return _opened(kind, payload, path)
 
 
-def _opened(kind: str, payload: Any, path: Path) -> Sheets:
+def _opened(kind: str, payload: Any, path: Path) -> _Book:
     if kind == "limits":
         raise InputFileError(
             f"could not be opened within the reader's limits ({OPEN_MEMORY // 2**30} GB of "
@@ -429,8 +572,8 @@ def _opened(kind: str, payload: Any, path: Path) -> Sheets:
         )
     if kind == "error":
         raise InputFileError(f"cannot open the workbook (damaged?): {payload}", path=str(path))
-    sheets, hidden = payload
-    return dict(sheets), set(hidden)
+    sheets, hidden, date1904 = payload
+    return _Book(dict(sheets), set(hidden), excel.EPOCH_1904 if date1904 else EPOCH_1900)
 
 
 def _open_in_child(data: bytes, nrows: int, send: Any) -> None:
@@ -454,20 +597,61 @@ def _open_in_child(data: bytes, nrows: int, send: Any) -> None:
 
 
 def _open(data: bytes, nrows: int) -> tuple[str, Any]:
+    """("ok", (sheets, hidden sheet names, 1904 date system?)), or ("error", why) for a damaged
+    workbook, or ("limits", None) when memory ran out. Each sheet: its rows (error cells as
+    CellError, empty cells None) and the text of its zero-padded numbers (excel.scan_sheet)."""
     try:
-        with pd.ExcelFile(io.BytesIO(data), engine="calamine") as book:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            layout = excel.layout(archive)
+            styles = excel.number_styles(archive, layout.styles)
+            scans = {
+                name: excel.scan_sheet(archive.read(part), styles, nrows)
+                for name, part in layout.sheets.items()
+            }
+        refused = [layout.sheets[name] for name, scan in scans.items() if scan.engine_unknown]
+        if refused:  # errors the engine does not know (#SPILL!) would make it refuse the file
+            data = excel.engine_safe(data, refused)
+        sheets: dict[str, tuple[list[list[Any]], dict[tuple[int, int], str]]] = {}
+        with python_calamine.CalamineWorkbook.from_object(io.BytesIO(data)) as book:
             hidden = [
-                m.name for m in book.book.sheets_metadata
+                m.name for m in book.sheets_metadata
                 if m.visible != python_calamine.SheetVisibleEnum.Visible
             ]  # fmt: skip
-            sheets = pd.read_excel(book, sheet_name=None, header=None, dtype=object, nrows=nrows)
-        return "ok", ({name: _rows(frame) for name, frame in sheets.items()}, hidden)
+            for name in book.sheet_names:
+                scan = scans.get(name)
+                if scan is None:  # the engine found a sheet the workbook's parts do not list
+                    return "error", f"sheet {name!r} is not where the workbook says"
+                cells = book.get_sheet_by_name(name).to_python(skip_empty_area=False, nrows=nrows)
+                sheets[name] = (_cells(cells, scan.errors), scan.shown)
+        return "ok", (sheets, hidden, layout.date1904)
     except MemoryError:
         return "limits", None
     except BaseException as exc:  # the engine raises many kinds (a Rust panic too) when damaged
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             raise
         return "error", first_line(exc)
+
+
+def _cells(rows: list[list[Any]], errors: Mapping[tuple[int, int], CellError]) -> list[list[Any]]:
+    """The engine's rows with empty cells None and error cells (which it gives as "") the
+    errors they are; text such as "#N/A" is the error it spells too."""
+    table = [[_engine_cell(v) for v in row] for row in rows]
+    for (row, column), error in errors.items():
+        while len(table) <= row:
+            table.append([])
+        cells = table[row]
+        cells.extend([None] * (column + 1 - len(cells)))
+        cells[column] = error
+    return table
+
+
+def _engine_cell(value: Any) -> Any:
+    if isinstance(value, str):
+        if not value:
+            return None
+        if value[0] == "#":
+            return excel.error_in_text(value) or value
+    return value
 
 
 def _limit_memory() -> None:
@@ -596,7 +780,20 @@ def _read_csv(data: bytes, path: Path, max_rows: int) -> list[list[Any]]:
         raise InputFileError(f"cannot parse as CSV: {first_line(exc)}", path=str(path)) from None
     while rows and not rows[-1]:
         rows.pop()
-    return [[v if v != "" else None for v in row] for row in rows]
+    return [[_csv_cell(v) if v[:1] in _CSV_MARKS else v or None for v in row] for row in rows]
+
+
+_CSV_MARKS = ("=", "#")  # a first character that may start Excel's ="..." or an error value
+_FORCED_TEXT = re.compile(r'="(.*)"', re.DOTALL)
+
+
+def _csv_cell(text: str) -> Any:
+    """Excel's ="0042" (text kept as typed: 0042, not 42) as its text; #N/A and the other
+    error values (in English or the CSV's language) as the error; anything else as it is."""
+    forced = _FORCED_TEXT.fullmatch(text)
+    if forced:
+        return forced.group(1).replace('""', '"') or None
+    return excel.error_in_text(text) or text
 
 
 _SEP_HINT = re.compile(r"^sep=([,;\t|])(?=\r?\n|$)")
@@ -689,6 +886,7 @@ def _validate_row(
     defaults: PassSettings,
     now: datetime,
     settings: InputSettings,
+    dates: _Dates,
 ) -> PassRequest | Failed:
     def cell(key: str) -> Any:
         index = columns.get(key)
@@ -697,9 +895,19 @@ def _validate_row(
     def header(key: str) -> str:
         return headers[columns[key]]
 
-    problems: list[tuple[str, str]] = []
     key = settings.key_column
-    user = _clean(_text(cell(key)) or "")
+    # An error cell (#N/A from a lookup that found nothing) in a column onboard reads fails the
+    # row, naming it: it is never read as empty (a hire would vanish) nor as a value.
+    read = (key, "lifetime_minutes", "usable_once", "start_date", "display_name")
+    broken = (
+        {k: v for k in read if isinstance(v := cell(k), CellError)}
+        if any(isinstance(v, CellError) for v in values)
+        else {}
+    )
+    problems: list[tuple[str, str]] = [
+        (header(k), f"is {error}: {error.meaning}") for k, error in broken.items()
+    ]
+    user = "" if key in broken else _clean(_text(cell(key)) or "")
     if key == "employee_id":
         user = user.removesuffix(".0") if re.fullmatch(r"\d+\.0", user) else user
     wanted = {
@@ -707,7 +915,9 @@ def _validate_row(
         "mail": "the user's email address",
         "employee_id": "the user's employee id",
     }[key]
-    if not user:
+    if key in broken:
+        pass
+    elif not user:
         problems.append((header(key), f"is empty; enter {wanted}"))
     elif GUEST_MARKER.casefold() in user.casefold():
         return Failed(
@@ -727,13 +937,14 @@ def _validate_row(
         problems.append((header(key), f"{_shown(user)} is not {wanted}"))
 
     lifetime = defaults.lifetime_minutes
-    if "lifetime_minutes" in columns and not _blank(cell("lifetime_minutes")):
-        parsed = _parse_int(cell("lifetime_minutes"))
+    given = cell("lifetime_minutes")
+    if "lifetime_minutes" in columns and "lifetime_minutes" not in broken and not _blank(given):
+        parsed = _parse_int(given)
         if parsed is None or not MIN_LIFETIME_MINUTES <= parsed <= MAX_LIFETIME_MINUTES:
             problems.append(
                 (
                     header("lifetime_minutes"),
-                    f"{_shown(cell('lifetime_minutes'))} is not a whole number of minutes between "
+                    f"{_shown(given)} is not a whole number of minutes between "
                     f"{MIN_LIFETIME_MINUTES} and {MAX_LIFETIME_MINUTES}",
                 )
             )
@@ -741,13 +952,15 @@ def _validate_row(
             lifetime = parsed
 
     usable_once = defaults.usable_once
-    if "usable_once" in columns and not _blank(cell("usable_once")):
-        flag = _parse_bool(cell("usable_once"))
+    given = cell("usable_once")
+    if "usable_once" in columns and "usable_once" not in broken and not _blank(given):
+        flag = _parse_bool(given)
         if flag is None:
             problems.append(
                 (
                     header("usable_once"),
-                    f"{_shown(cell('usable_once'))} is not yes/no, true/false or 1/0",
+                    f"{_shown(given)} is not yes/no, true/false (also as Excel writes them in "
+                    "other languages: WAHR/FALSCH, VRAI/FAUX...) or 1/0",
                 )
             )
         else:
@@ -757,7 +970,9 @@ def _validate_row(
     intended: datetime | None = None
     start_day: date | None = None
     note = ""
-    if "start_date" in columns:
+    if "start_date" in broken:
+        pass
+    elif "start_date" in columns:
         raw = cell("start_date")
         if _blank(raw):
             problems.append(
@@ -765,7 +980,7 @@ def _validate_row(
             )
         else:
             try:
-                start, intended, start_day, note = _start_of(raw, defaults, settings, now)
+                start, intended, start_day, note = _start_of(raw, defaults, dates, now)
             except ValueError as exc:
                 problems.append((header("start_date"), str(exc)))
     else:
@@ -790,12 +1005,13 @@ def _validate_row(
 
 
 def _start_of(
-    raw: Any, defaults: PassSettings, settings: InputSettings, now: datetime
+    raw: Any, defaults: PassSettings, dates: _Dates, now: datetime
 ) -> tuple[datetime | None, datetime, date, str]:
     """A row's start: when the pass starts (UTC; None: usable at once), when the sheet says it
     starts (UTC, even when that is past), the day the sheet gives, and a note for the audit.
-    Raises ValueError saying what is wrong with the cell."""
-    day, clock = parse_start(raw, settings.date_order)
+    A time of day with an offset (09:30+01:00, 09:30Z) is that moment, whatever pass.timezone
+    says. Raises ValueError saying what is wrong with the cell."""
+    day, clock = parse_start(raw, dates.order, epoch=dates.epoch)
     if day < EARLIEST_DATE:
         raise ValueError(f"{day.isoformat()} is not a plausible start date")
     if day < (now - _BEHIND).date():
@@ -809,63 +1025,87 @@ def _start_of(
             f"{day.isoformat()} is more than {MAX_DAYS_AHEAD} days ahead; check the year"
         )
     at = clock or defaults.start_time
-    start = datetime.combine(day, at, tzinfo=defaults.zone).astimezone(UTC)
+    zone = at.tzinfo or defaults.zone
+    start = datetime.combine(day, at.replace(tzinfo=None), tzinfo=zone).astimezone(UTC)
     if start <= now:
+        where = defaults.timezone if at.tzinfo is None else str(at.tzinfo)
         return (
             None,
             start,
             day,
-            (
-                f"start {day.isoformat()} {at:%H:%M} {defaults.timezone} is in the past: pass "
-                "usable at once"
-            ),
+            f"start {day.isoformat()} {at:%H:%M} {where} is in the past: pass usable at once",
         )
     return start, start, day, ""
 
 
-def parse_start(value: Any, order: str | None) -> tuple[date, time | None]:
+def parse_start(
+    value: Any, order: str | None, *, epoch: date = EPOCH_1900
+) -> tuple[date, time | None]:
     """A start date, and a time of day if the cell gives one (not midnight), from an Excel date
-    or datetime cell, an Excel serial number, ISO text, or text in `order` (DMY, MDY, YMD).
+    or datetime cell, an Excel serial number (counted from `epoch`: the 1904 date system's
+    when the workbook uses it), ISO text (with a time and an offset: the time then carries
+    that offset), YYYYMMDD, or text in `order` (DMY, MDY, YMD).
 
     Raises ValueError with what is wrong and how to fix it. Without `order`, text such as
     03/04/2026 (3 April or 4 March?) is refused; 25/12/2026 can only be day-first.
     """
-    if isinstance(value, pd.Timestamp):
-        if pd.isna(value):
-            raise ValueError("is empty")
-        value = value.to_pydatetime()
     if isinstance(value, datetime):
         return value.date(), _time_of_day(value.time())
     if isinstance(value, date):
         return value, None
+    if isinstance(value, CellError):
+        raise ValueError(f"is {value}: {value.meaning}")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if math.isfinite(value) and _SERIAL_RANGE[0] <= value <= _SERIAL_RANGE[1]:
-            moment = datetime.combine(_EXCEL_EPOCH, time()) + timedelta(days=float(value))
+            moment = datetime.combine(epoch, time()) + timedelta(days=float(value))
             moment = (moment + timedelta(seconds=30)).replace(second=0, microsecond=0)
             return moment.date(), _time_of_day(moment.time())
+        if math.isfinite(value) and float(value).is_integer():
+            compact = _compact_date(str(int(value)))
+            if compact is not None:
+                return compact, None
         raise ValueError(f"{_shown(value)} is a number, not a date (nor an Excel date serial)")
-    text = _clean(_text(value) or "")
+    return _parse_text(_clean(_text(value) or ""), order, epoch)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_text(text: str, order: str | None, epoch: date) -> tuple[date, time | None]:
+    """parse_start for text (a sheet repeats its few start dates: each is parsed once)."""
     if _SERIAL_TEXT.match(text):  # a date column saved as General in a CSV: 46363
-        return parse_start(float(text), order)
+        return parse_start(float(text), order, epoch=epoch)
+    compact = _compact_date(text)
+    if compact is not None:
+        return compact, None
     match = _NUMERIC_DATE.match(text)
     if match:
-        first, second, third, clock = match.group(1, 2, 3, 4)
+        first, second, third = match.group(1, 2, 3)
+        clock = _clock(match.group(4), match.group(5), match.group(6), text)
         if len(first) == 4 or (order == "YMD" and len(third) <= 2):
             # year first (ISO and its kin): one reading, whatever the order
-            return _pick(text, {"YMD": (first, second, third)}, "YMD"), _clock(clock, text)
+            return _pick(text, {"YMD": (first, second, third)}, "YMD"), clock
         candidates = {"DMY": (third, second, first), "MDY": (third, first, second)}
-        return _pick(text, candidates, order), _clock(clock, text)
+        return _pick(text, candidates, order), clock
     match = _NAMED_DATE.match(text)
     if match:
         for pattern in _NAMED_FORMATS:
             with contextlib.suppress(ValueError):
-                return datetime.strptime(match.group(1), pattern).date(), _clock(
-                    match.group(2), text
-                )
+                day = datetime.strptime(match.group(1), pattern).date()
+                return day, _clock(match.group(2), match.group(3), match.group(4), text)
     raise ValueError(
-        f"{_shown(value)} is not a date; use an Excel date cell, YYYY-MM-DD, or day/month/year "
+        f"{_shown(text)} is not a date; use an Excel date cell, YYYY-MM-DD (a time may follow: "
+        "2027-01-05 09:30, 2027-01-05T09:30+01:00), YYYYMMDD, 5 Jan 2027, or day/month/year "
         "text with input.date_order set"
     )
+
+
+def _compact_date(text: str) -> date | None:
+    """20270105 as 5 January 2027 (YYYYMMDD), when it is a valid date; else None."""
+    if not _COMPACT_DATE.match(text):
+        return None
+    try:
+        return date(int(text[:4]), int(text[4:6]), int(text[6:]))
+    except ValueError:
+        return None
 
 
 def _pick(text: str, candidates: dict[str, tuple[str, str, str]], order: str | None) -> date:
@@ -899,13 +1139,33 @@ def _pick(text: str, candidates: dict[str, tuple[str, str, str]], order: str | N
     )
 
 
-def _clock(text: str | None, whole: str) -> time | None:
+MAX_OFFSET = timedelta(hours=14)  # the widest UTC offset any zone uses (Kiribati, UTC+14)
+
+
+def _clock(text: str | None, half: str | None, offset: str | None, whole: str) -> time | None:
+    """The time of day in a date's text (None: none, or midnight), 12-hour with AM/PM too,
+    carrying the offset it gives (Z: UTC)."""
     if not text:
         return None
     hours, minutes = (int(part) for part in text.split(":")[:2])
+    if half is not None:
+        if not 1 <= hours <= 12:
+            raise ValueError(f"{whole!r} has a time that is not h:mm AM/PM")
+        hours = hours % 12 + (12 if half[0] in "Pp" else 0)
     if hours > 23 or minutes > 59:
         raise ValueError(f"{whole!r} has a time that is not HH:MM")
-    return _time_of_day(time(hours, minutes))
+    moment = _time_of_day(time(hours, minutes))
+    if moment is None or offset is None:
+        return moment
+    if offset in "Zz":
+        return moment.replace(tzinfo=UTC)
+    sign = -1 if offset[0] == "-" else 1
+    digits = offset[1:].replace(":", "")
+    hours, minutes = int(digits[:2]), int(digits[2:] or 0)
+    shift = timedelta(hours=hours, minutes=minutes)
+    if shift > MAX_OFFSET or minutes > 59:
+        raise ValueError(f"{whole!r} has an offset from UTC that no place uses")
+    return moment.replace(tzinfo=timezone(sign * shift))
 
 
 def _time_of_day(moment: time) -> time | None:
@@ -932,7 +1192,7 @@ def _parse_bool(value: Any) -> bool | None:
         return value
     if isinstance(value, (int, float)) and value in (0, 1):
         return bool(value)
-    text = _clean(_text(value) or "").casefold()
+    text = excel.fold(_clean(_text(value) or ""))
     if text in _TRUE:
         return True
     if text in _FALSE:
@@ -941,10 +1201,20 @@ def _parse_bool(value: Any) -> bool | None:
 
 
 def _text(value: Any) -> str | None:
+    """A cell as text, the way the sheet shows it: a whole number without ".0", a date without
+    a midnight time (2019-10-24, 2019-10-24 09:30), a time without zero seconds, #N/A."""
     if _is_missing(value):
         return None
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
+    if isinstance(value, datetime):
+        if value.time() == time():
+            return value.date().isoformat()
+        return value.isoformat(" ", "seconds" if value.second else "minutes")
+    if isinstance(value, time):
+        return value.isoformat("seconds" if value.second else "minutes")
+    if isinstance(value, date):
+        return value.isoformat()
     return str(value)
 
 
@@ -963,12 +1233,7 @@ def _blank(value: Any) -> bool:
 
 
 def _is_missing(value: Any) -> bool:
-    if value is None:
-        return True
-    try:
-        return bool(pd.isna(value))
-    except (TypeError, ValueError):
-        return False
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def _shown(value: Any) -> str:

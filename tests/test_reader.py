@@ -83,8 +83,9 @@ def test_each_bad_cell_fails_its_row_naming_the_column(tmp_path: Path) -> None:
     ]
     by_row = {f.origin.row: f.detail for f in result.failed}
     assert by_row[3] == (
-        "Start Date 'next Monday' is not a date; use an Excel date cell, YYYY-MM-DD, or "
-            "day/month/year text with input.date_order set"
+        "Start Date 'next Monday' is not a date; use an Excel date cell, YYYY-MM-DD (a time may "
+        "follow: 2027-01-05 09:30, 2027-01-05T09:30+01:00), YYYYMMDD, 5 Jan 2027, or "
+        "day/month/year text with input.date_order set"
     )
     assert by_row[4] == "Lifetime '5' is not a whole number of minutes between 10 and 43200"
     assert "'maybe' is not yes/no" in by_row[6]
