@@ -20,6 +20,7 @@ from .errors import GraphError, PolicyDisabled, ThrottledError, TransientError
 from .graph import (
     EXTERNAL_GUEST,
     FILTER_VALUES,
+    GUEST_MARKER,
     GUEST_REFUSAL,
     GUESTS_ADVICE,
     INVITATION,
@@ -35,7 +36,7 @@ from .graph import (
 from .journal import PreviousPass
 from .outcomes import Failed, Outcome, PassRequest, Skipped, not_sent, shown_window
 from .pool import ask_all, retries_for, stopped_within
-from .reader import GUEST_MARKER, GUID, one_per_user
+from .reader import GUID, one_per_user
 
 log = logging.getLogger(__name__)
 

@@ -689,6 +689,7 @@ PERMISSIONS_USED = (
 # Graph's own texts for refusals, as Microsoft documents them (the create page, the Temporary
 # Access Pass how-to, and threads quoting Graph's answers). The simulator answers with these.
 GUEST_REFUSAL = "Temporary Access Pass cannot be added to an external guest user."
+GUEST_MARKER = "#EXT#"  # in the UPN of an invited (external) guest
 POLICY_REFUSAL = (
     "Converged UserCredentialPolicy does not allow creating or updating this authentication "
     "method. AuthMethodType [TemporaryAccessPass]."

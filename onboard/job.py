@@ -519,9 +519,7 @@ async def validate(
                 policy, found.policy = await read_policy(client, config, None)
             except PolicyDisabled as exc:
                 found.policy = "disabled"
-                checked.append(
-                    Failed(Origin("(tenant)", 0), "", POLICY_OFF, str(exc))
-                )
+                checked.append(Failed(Origin("(tenant)", 0), "", POLICY_OFF, str(exc)))
             requests, looked_up = await find_people(config, client, requests)
             requests, refused = within_policy(policy, requests)
             screened = await screen_accounts(

@@ -40,13 +40,12 @@ from . import excel
 from .config import MAX_LIFETIME_MINUTES, MIN_LIFETIME_MINUTES, InputSettings, PassSettings
 from .errors import InputFileError, first_line
 from .excel import EPOCH_1900, CellError
+from .graph import EXTERNAL_GUEST, GUEST_MARKER, GUEST_REFUSAL, GUESTS_ADVICE
 from .outcomes import Failed, Origin, PassRequest, Skipped
 from .redact import printable
 
 EXCEL_SUFFIXES = (".xlsx", ".xlsm")  # .xlsm: values only; its macros are never run
 CSV_SUFFIXES = (".csv", ".txt")
-GUEST_MARKER = "#EXT#"
-GUEST_REFUSAL = "Temporary Access Pass cannot be added to an external guest user."
 
 _TRUE = {"yes", "y", "1", "x"} | excel.TRUE_WORDS  # TRUE in Excel's languages: WAHR, VRAI...
 _FALSE = {"no", "n", "0"} | excel.FALSE_WORDS
@@ -923,8 +922,8 @@ def _validate_row(
         return Failed(
             origin,
             printable(user),
-            "External guest user",
-            f"{GUEST_REFUSAL} Guests sign in with their home organisation's credentials.",
+            EXTERNAL_GUEST,
+            f"{GUEST_REFUSAL} {GUESTS_ADVICE}",
             column=header(key),
         )
     elif key == "user" and not ((_UPN.match(user) or GUID.match(user)) and user.isprintable()):

@@ -55,6 +55,7 @@ from .graph import (
     DISABLED_BY_POLICY,
     ENABLED_BY_POLICY,
     EXPIRED,
+    GUEST_MARKER,
     GUEST_REFUSAL,
     INVITATION,
     LIFETIME_REFUSAL,
@@ -63,7 +64,6 @@ from .graph import (
     POLICY_REFUSAL,
     START_IN_PAST_REFUSAL,
 )
-from .reader import GUEST_MARKER
 
 DEFAULT_CLIENT_SECRET = "simulator-secret"
 DEFAULT_TOKEN_LIFETIME = 3599

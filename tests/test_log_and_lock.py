@@ -206,7 +206,8 @@ def test_a_not_yet_due_row_has_its_line(tmp_path: Path, capsys: pytest.CaptureFi
     logged = log.read_text()
     assert f"hires.csv row 2 {USERS[0]}: pass issued" in logged
     assert f"hires.csv row 3 {USERS[1]}: skipped: not yet due" in logged
-    assert logged.splitlines()[-1].endswith("1 issued, 0 failed, 1 skipped (1 not yet due) (exit 0)")
+    last = logged.splitlines()[-1]
+    assert last.endswith("1 issued, 0 failed, 1 skipped (1 not yet due) (exit 0)")
 
 
 def test_rows_a_stopped_run_never_sent_have_their_lines(
