@@ -335,7 +335,13 @@ async def existing_passes(
                              request_id=held.request_id)  # fmt: skip
         elif held is not None and held.in_force(now):
             ours = issued_by(held.method_id)
-            if ours is not None and ours.start_key == request.start_key:
+            if ours is not None and not ours.value_kept:
+                note = (
+                    f"replaces the pass run {ours.run_id} created while it could not be used "
+                    "(outside the pass policy's groups: its value was not kept)"
+                )
+                request = replace(request, note=f"{request.note}; {note}".lstrip("; "))
+            elif ours is not None and ours.start_key == request.start_key:
                 outcome = already_issued(request, ours, confirmed=True)
             elif ours is not None:
                 note = (

@@ -108,15 +108,28 @@ class CellError:
 
     @property
     def meaning(self) -> str:
+        if _LIBREOFFICE_ERROR.match(self.code):
+            return LIBREOFFICE_ERROR
         return ERRORS.get(self.code, UNKNOWN_ERROR)
 
     def __str__(self) -> str:
         return self.code or "#ERROR"
 
 
+# LibreOffice writes its own error codes into a CSV ("Err:502" where Excel has #VALUE!).
+_LIBREOFFICE_ERROR = re.compile(r"(?i)^err:\d{3}$")
+LIBREOFFICE_ERROR = (
+    "LibreOffice's error code for a formula that failed (see its Help, 'Error Codes')"
+)
+
+
 def error_in_text(text: str) -> CellError | None:
-    """The error value `text` is (as a CSV holds it, in English or another language), or None."""
-    code = _ERROR_TEXT.get(text.strip().upper())
+    """The error value `text` is (as a CSV holds it, in English or another language, or
+    LibreOffice's Err:NNN), or None."""
+    stripped = text.strip()
+    code = _ERROR_TEXT.get(stripped.upper())
+    if code is None and _LIBREOFFICE_ERROR.match(stripped):
+        code = stripped.capitalize()
     return None if code is None else CellError(code)
 
 

@@ -164,6 +164,9 @@ class PreviousPass:
     # how many seconds ago by the monotonic clock when it was sent in this same boot.
     last_sent: datetime | None = None
     sent_ago: float | None = None
+    # False: Graph made this pass but it could not be used when it was made (outside the
+    # policy's groups), so its value was never kept: nobody can hand it out.
+    value_kept: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -631,14 +634,16 @@ class Journal:
         if tenant is None:
             return None
         found = self.db.execute(
-            "SELECT run_id, start_key, issued_at FROM rows WHERE tenant=? AND method_id=? "
-            "AND state IN ('issued', 'unclear') ORDER BY seq DESC LIMIT 1",
+            "SELECT run_id, start_key, issued_at, state FROM rows WHERE tenant=? AND "
+            "method_id=? AND state IN ('issued', 'unclear', 'failed') ORDER BY seq DESC LIMIT 1",
             (tenant, method_id),
         ).fetchone()
         if found is None:
             return None
-        run_id, start_key, issued_at = found
-        return PreviousPass(run_id, True, start_key, _time(issued_at), method_id)
+        run_id, start_key, issued_at, state = found
+        return PreviousPass(
+            run_id, True, start_key, _time(issued_at), method_id, value_kept=state != "failed"
+        )
 
 
 def _person_match(tenant: str, person: Person, excluding: str) -> tuple[str, tuple[Any, ...]]:

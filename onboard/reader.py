@@ -186,6 +186,10 @@ def read_input(
         raise InputFileError(_no_key_column(table, settings), path=str(path))
     headers = tuple(_text(h) or "" for h in table[top])
     columns = _map_columns(headers, settings)
+    below = _second_header(table, top, headers, columns, settings)
+    if below is not None:  # a two-row header (group titles merged over the names): one row
+        headers, top = below, top + 1
+        columns = _map_columns(headers, settings)
     # A number in a zero-padding format is the text Excel shows (001001), except where onboard
     # reads the number itself (a date serial, minutes, 1/0).
     numeric = {
@@ -210,7 +214,11 @@ def read_input(
     footer = _footer_start(body, columns, settings)
     result = InputFile(path, digest, sheet, headers, len(body), header_row=top + 1,
                        date_order=order, order_pattern=pattern)  # fmt: skip
-    used = set(columns.values())
+    # The columns onboard reads: every other one (a private address in an Email column onboard
+    # does not match by, say) goes to the audit as the sheet has it.
+    read_fields = (settings.key_column, "start_date", "lifetime_minutes", "usable_once",
+                   "display_name")  # fmt: skip
+    used = {columns[f] for f in read_fields if f in columns}
     others = [(i, _clean(h)) for i, h in enumerate(headers) if i not in used and _clean(h)]
     date_at = columns.get("start_date")
     for index, values in enumerate(body):
@@ -430,6 +438,34 @@ def find_header(table: Sequence[Sequence[Any]], settings: InputSettings) -> int 
     return None
 
 
+def _second_header(
+    table: Sequence[Sequence[Any]],
+    top: int,
+    headers: Sequence[str],
+    columns: dict[str, int],
+    settings: InputSettings,
+) -> tuple[str, ...] | None:
+    """The header merged with the row below it, when that row is a second header row: group
+    titles merged over two rows ("Dates" over "Start Date" | "End Date", "UPN" merged down).
+    It is one when it names a field the first row lacks and holds no person (its cell in the
+    person's column is empty, or is that column's own name). None otherwise."""
+    if top + 1 >= len(table):
+        return None
+    below = [_text(v) or "" for v in table[top + 1]]
+    width = max(len(headers), len(below))
+    merged = tuple(
+        (below[i] if i < len(below) and _clean(below[i]) else "")
+        or (headers[i] if i < len(headers) else "")
+        for i in range(width)
+    )
+    found = _map_columns(merged, settings)
+    key = columns[settings.key_column]
+    person = _clean(below[key]) if key < len(below) else ""
+    if set(found) <= set(columns) or (person and found.get(settings.key_column) != key):
+        return None
+    return merged
+
+
 def _no_key_column(table: Sequence[Sequence[Any]], settings: InputSettings) -> str:
     wanted = ", ".join(settings.columns[settings.key_column])
     first = next((row for row in table[:HEADER_SEARCH_ROWS] if not all(map(_blank, row))), [])
@@ -495,26 +531,17 @@ class AmbiguousDate(ValueError):
     """Text that is a date read day-first and another read month-first."""
 
 
-_FOOTER_WORDS = frozenset(
-    [
-        "total",
-        "totals",
-        "subtotal",
-        "grand",
-        "sum",
-        "count",
-        "note",
-        "notes",
-        "prepared",
-        "generated",
-        "source",
-        "created",
-        "printed",
-        "page",
-        "end",
-    ]
-)
-_TOTAL_WORDS = frozenset(["total", "totals", "subtotal", "grand", "sum"])
+# Totals labels as spreadsheet programs write them in the languages HR sheets come in (a
+# table's totals row: "Total", German Excel's "Ergebnis"...).
+_TOTAL_WORDS = frozenset(
+    ["total", "totals", "subtotal", "grand", "sum", "ergebnis", "summe", "gesamt",
+     "gesamtsumme", "gesamtergebnis", "somme", "totaal", "totale", "suma", "soma", "totalt",
+     "summa", "yhteensä", "razem", "összesen", "celkem", "итог", "всего", "合計", "总计"]
+)  # fmt: skip
+_FOOTER_WORDS = _TOTAL_WORDS | frozenset(
+    ["count", "note", "notes", "prepared", "generated", "source", "created", "printed", "page",
+     "end"]
+)  # fmt: skip
 _WORD = re.compile(r"[^\W\d_]+")  # the first word of a cell
 
 
@@ -752,8 +779,10 @@ def _check_cells(table: list[list[Any]], path: Path) -> None:
 def _read_csv(data: bytes, path: Path, max_rows: int) -> list[list[Any]]:
     text = _decode(data, path)
     hint = _SEP_HINT.match(text)
-    if hint:  # Excel's "sep=;" first line: kept as a blank row, so row numbers stay the sheet's
-        sep, text = hint.group(1), text[hint.end(1) :]
+    if hint:  # Excel's "sep=;" first line: Excel reads it as a setting and shows no row for it,
+        # so rows are numbered as Excel shows them: the line after it is row 1
+        rest = text[hint.end(1) :]
+        sep, text = hint.group(1), rest[2:] if rest.startswith("\r\n") else rest[1:]
     else:
         sep = _delimiter(text[:65536])
     for number, line in enumerate(text.replace("\r", "\n").split("\n"), start=1):
@@ -782,7 +811,8 @@ def _read_csv(data: bytes, path: Path, max_rows: int) -> list[list[Any]]:
     return [[_csv_cell(v) if v[:1] in _CSV_MARKS else v or None for v in row] for row in rows]
 
 
-_CSV_MARKS = ("=", "#")  # a first character that may start Excel's ="..." or an error value
+# A first character that may start Excel's ="...", an error value, or LibreOffice's Err:NNN.
+_CSV_MARKS = ("=", "#", "E", "e")
 _FORCED_TEXT = re.compile(r'="(.*)"', re.DOTALL)
 
 
@@ -1181,7 +1211,9 @@ def _parse_int(value: Any) -> int | None:
     if isinstance(value, float):
         return int(value) if math.isfinite(value) and value.is_integer() else None
     text = _clean(_text(value) or "")
-    if re.fullmatch(r"\d{1,9}(\.0+)?", text):
+    # Digits alone, or with ".0" as a whole number exported as a decimal. "10.000" is refused:
+    # in German or French Excel that is ten thousand, written with a thousands separator.
+    if re.fullmatch(r"\d{1,9}(\.0)?", text):
         return int(text.split(".")[0])
     return None
 

@@ -410,13 +410,13 @@ FIXTURES = [
     ),
     Fixture(
         "sep_hint.csv",
-        "Excel's sep=; first line",
+        "Excel's sep=; first line (a setting Excel shows no row for: the header is row 1)",
         {
             "sep_hint.csv": _text(
                 "sep=;\nName;Work Email;Start Date\nAda;ada@contoso.com;2026-12-07\n"
             )
         },
-        {("sep_hint.csv", 3): ("ready", "ada@contoso.com")},
+        {("sep_hint.csv", 2): ("ready", "ada@contoso.com")},
     ),
     Fixture(
         "windows_1252.csv",
@@ -619,7 +619,7 @@ PRODUCERS = [
                 "sep=;\nWork Email;Start Date;One-time\n"
                 + "".join(
                     f"u{row}@contoso.com;2027-01-05;{word}\n"
-                    for row, word in enumerate(BOOLEAN_WORDS, start=3)  # 1: sep=; 2: headers
+                    for row, word in enumerate(BOOLEAN_WORDS, start=2)  # 1: headers (sep=: none)
                 ),
                 "utf-8-sig",
             )
@@ -627,9 +627,9 @@ PRODUCERS = [
         {
             **{
                 ("localized_booleans.csv", row): ("ready", f"u{row}@contoso.com")
-                for row in range(3, 34)
+                for row in range(2, 33)
             },
-            ("localized_booleans.csv", 34): ("failed", "Invalid One-time"),
+            ("localized_booleans.csv", 33): ("failed", "Invalid One-time"),
         },
     ),
     Fixture(

@@ -417,3 +417,27 @@ def test_dollar_upn_with_an_apostrophe_gets_a_pass_singly_and_in_a_batch(
     values = with_client(sim, both)
     assert state.passes_created_for(upn) == 2
     assert values[1] == state.current_pass(upn)
+
+
+def test_once_the_user_is_in_the_policy_the_unusable_pass_is_replaced_not_held(
+    tmp_path: Path, serve_simulator, secret_env
+) -> None:
+    """The pass made while the user was outside the policy's groups becomes usable once they
+    are added, but its value was never kept: the next run replaces it (a note says why), and
+    never calls it a pass this journal did not issue."""
+    state = SimulatorState(users("pat@contoso.com", pat={"in_pass_policy": False}))
+    sim = serve_simulator(state)
+    path = tmp_path / "hires.csv"
+    path.write_text(f"UPN,Start Date\npat@contoso.com,{SOON[0]}\n", encoding="utf-8")
+    config = load_config(sim.config(tmp_path / "c.yaml"), secret_env)
+    first = asyncio.run(run_job(config, [path], env=secret_env))
+    (failed,) = first.failed
+    pat = state.find_user("pat@contoso.com")
+    assert pat is not None
+    pat.in_pass_policy = True  # the admin adds pat's group to the policy's targets
+    second = asyncio.run(run_job(config, [path], env=secret_env))
+    assert second.held_elsewhere == []
+    (issued,) = second.issued
+    assert "created while it could not be used" in issued.note
+    assert issued.method_id != failed.method_id
+    assert issued.temporary_access_pass == state.current_pass("pat@contoso.com")

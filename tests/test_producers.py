@@ -323,3 +323,88 @@ def test_a_flood_of_error_cells_is_read_within_the_limits(tmp_path: Path) -> Non
     _xlsx(("Sheet1", [HEADERS, *rows]))(path)
     file = read_input(path, load_config(None).input, PassSettings(), now=NOW)
     assert (file.row_count, len(file.failed), len(file.skipped)) == (2000, 2000, 0)
+
+
+def test_a_header_of_two_rows_is_read_as_one(tmp_path: Path) -> None:
+    """Group titles merged over two header rows (LibreOffice, Excel): "UPN" merged down, "Dates"
+    over "Start Date" | "End Date". The start date column is found (never "no start date
+    column: usable at once"), and the first hire is the sheet's row 3."""
+    from openpyxl import Workbook
+
+    book = Workbook()
+    sheet = book.active
+    sheet.append(["UPN", "Dates", None, "Department"])
+    sheet.append([None, "Start Date", "End Date", None])
+    sheet.append(["ada@contoso.com", "2027-01-25", "2027-12-31", "Finance"])
+    sheet.append(["bo@contoso.com", "2027-02-15", "2027-12-31", "Legal"])
+    sheet.merge_cells("A1:A2")
+    sheet.merge_cells("B1:C1")
+    sheet.merge_cells("D1:D2")
+    path = tmp_path / "two_rows.xlsx"
+    book.save(path)
+    found = read_input(path, load_config(None).input, PassSettings(timezone="UTC"), now=NOW)
+    assert found.failed == [] and found.header_row == 2
+    assert [(r.origin.row, r.user, r.start) for r in found.requests] == [
+        (3, "ada@contoso.com", datetime(2027, 1, 25, 8, tzinfo=UTC)),
+        (4, "bo@contoso.com", datetime(2027, 2, 15, 8, tzinfo=UTC)),
+    ]
+    assert found.requests[0].extra == (("End Date", "2027-12-31"), ("Department", "Finance"))
+
+
+@pytest.mark.parametrize("written", ["10.000", "20.000", "1.440", "1,440", "10 000"])
+def test_a_lifetime_with_a_thousands_separator_is_refused_not_shrunk(
+    tmp_path: Path, written: str
+) -> None:
+    """German Excel writes ten thousand minutes as 10.000: never read as 10 minutes (a pass
+    that expires ten minutes after the start); the row fails naming the cell."""
+    path = tmp_path / "de.csv"
+    path.write_text(f"UPN;Start Date;Lifetime\nada@contoso.com;2027-01-05;{written}\n", "utf-8")
+    found = read_input(path, load_config(None).input, PassSettings(timezone="UTC"), now=NOW)
+    (failed,) = found.failed
+    assert failed.reason == "Invalid Lifetime" and repr(written) in failed.detail
+
+
+def test_columns_onboard_does_not_read_reach_the_audit(tmp_path: Path) -> None:
+    """match_by upn: an Email column (a private address to hand the pass to) and an Employee
+    ID column are not the person's key, so they are carried to the Issued sheet like any
+    other column."""
+    path = tmp_path / "hires.csv"
+    path.write_text(
+        "UPN,Start Date,Email,Employee ID,Department\n"
+        "ada@contoso.com,2027-01-05,ada.home@example.com,E1001,Finance\n",
+        "utf-8",
+    )
+    found = read_input(path, load_config(None).input, PassSettings(timezone="UTC"), now=NOW)
+    (request,) = found.requests
+    assert request.extra == (
+        ("Email", "ada.home@example.com"), ("Employee ID", "E1001"), ("Department", "Finance")
+    )
+
+
+@pytest.mark.parametrize("label", ["Ergebnis", "Summe", "Totaal", "Totale", "Somme"])
+def test_a_totals_row_in_another_language_is_below_the_data(tmp_path: Path, label: str) -> None:
+    """An Excel table's totals row as German, Dutch, Italian or French Excel labels it, with its
+    count in the UPN column: skipped as below the data, not a hire that fails."""
+    path = tmp_path / "table.csv"
+    path.write_text(
+        f"Name,UPN,Start Date\nAda,ada@contoso.com,2027-01-05\n{label},1,\n", "utf-8"
+    )
+    found = read_input(path, load_config(None).input, PassSettings(timezone="UTC"), now=NOW)
+    assert found.failed == [] and len(found.requests) == 1
+    (skipped,) = found.skipped
+    assert skipped.reason.startswith("below the data")
+
+
+def test_libreoffices_error_codes_in_a_csv_are_errors(tmp_path: Path) -> None:
+    """LibreOffice writes Err:502 into a CSV where Excel has #VALUE!: an error, never a name
+    or a date."""
+    path = tmp_path / "lo.csv"
+    path.write_text(
+        "Name,UPN,Start Date\nErr:502,ada@contoso.com,2027-01-05\nBo,bo@contoso.com,Err:504\n",
+        "utf-8",
+    )
+    found = read_input(path, load_config(None).input, PassSettings(timezone="UTC"), now=NOW)
+    reasons = {f.origin.row: f.detail for f in found.failed}
+    assert set(reasons) == {2, 3}
+    assert "Err:502" in reasons[2] and "LibreOffice's error code" in reasons[2]
+    assert "Err:504" in reasons[3]
