@@ -42,8 +42,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 
 from . import redact
-from .config import AuthSettings, Secret
+from .config import CERTIFICATE_FILE_LIMIT, AuthSettings, Secret
 from .errors import AuthError, ConfigError, first_line, shorten
+from .files import NotAFile, read_small
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ REFRESH_MARGIN_SECONDS = 300.0
 SIGN_IN_DEADLINE_SECONDS = 120.0
 # A certificate that expires sooner than this is warned about on every run (cron's log).
 CERTIFICATE_EXPIRY_WARNING_DAYS = 30
+MIN_RSA_BITS = 2048  # Entra ID's floor for certificate credentials
 PFX_SUFFIXES = (".pfx", ".p12")
 # Where msal's Azure Arc flow reads the agent's token key; only members of `himds` may.
 ARC_GROUP = "himds"
@@ -122,8 +124,11 @@ def load_credential(
     if path is None:
         raise ConfigError("auth.method certificate needs auth.certificate_path")
     try:
-        data = path.read_bytes()  # bytes: a PEM's bag attributes may hold any text
+        # Bytes (a PEM's bag attributes may hold any text), of a regular file of a sane size.
+        data = read_small(path, CERTIFICATE_FILE_LIMIT)
         mode = stat.S_IMODE(path.stat().st_mode)
+    except NotAFile as exc:
+        raise ConfigError(f"cannot read auth.certificate_path {path}: it {exc}") from None
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         raise ConfigError(f"cannot read auth.certificate_path {path}: {reason}") from None
@@ -291,6 +296,11 @@ def _check_certificate(
         raise ConfigError(
             f"auth.certificate_path {path} holds a key that is not RSA "
             f"({type(key).__name__}): Entra ID signs app sign-ins with RSA keys only (PS256)"
+        )
+    if key.key_size < MIN_RSA_BITS:
+        raise ConfigError(
+            f"auth.certificate_path {path} holds a {key.key_size}-bit RSA key: Entra ID needs "
+            f"at least {MIN_RSA_BITS} bits; create a new certificate"
         )
     start, end = certificate.not_valid_before_utc, certificate.not_valid_after_utc
     dates = f"valid from {start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC"

@@ -493,9 +493,11 @@ async def screen_accounts(
         ask_all(users, client.directory_roles, concurrency=concurrency, retries=retries, stop=stop),
         ask_all(users, client.methods, concurrency=concurrency, retries=retries, stop=stop),
     )
+    # The app lacks the permission when Graph refuses every user alike; a refusal for some
+    # users only is about those users, and fails their rows (never a pass unchecked).
     unread = {
-        "roles": any(_denied(a) for a in roles.values()),
-        "methods": any(_denied(a) for a in methods.values()),
+        "roles": bool(roles) and all(_denied(a) for a in roles.values()),
+        "methods": bool(methods) and all(_denied(a) for a in methods.values()),
     }
     notes = [
         ("Admin roles", f"not checked: the app lacks {ROLES_PERMISSION}")
@@ -536,7 +538,11 @@ async def screen_accounts(
             keep.append(request)  # not asked: the run was asked to stop, so it is not sent
             continue
         held_roles, registered = roles[request.user], methods[request.user]
-        problem = _account_problem(request, held_roles, registered)
+        problem = _account_problem(
+            request,
+            [] if unread["roles"] else held_roles,
+            [] if unread["methods"] else registered,
+        )
         if problem is None:
             keep.append(request)
         elif request.key in allowed or (request.sheet_value or "").casefold() in allowed:
@@ -569,7 +575,7 @@ def _account_problem(
         if isinstance(answer, GraphError) and answer.status == 404:
             reason, detail = explain(answer, request.user, 1)
             return reason, detail, answer
-        if isinstance(answer, GraphError) and answer.status != 403:
+        if isinstance(answer, GraphError):
             return (
                 "Could not check the account",
                 f"Graph would not say whether {request.user} holds an admin role or already has "

@@ -62,6 +62,7 @@ from .errors import (
     JournalLocked,
     JournalWriteError,
     OnboardError,
+    RunStopped,
 )
 from .graph import PERMISSIONS_USED
 from .journal import Journal, RunInfo
@@ -158,7 +159,9 @@ def _aborted(args: argparse.Namespace) -> str:
 
 def _stopped(code: int, *said: str) -> int:
     """Say on stderr why the command stopped, and in the --log-file too (where cron's operator
-    looks first); return the exit code."""
+    looks first); return the exit code. A message can quote a server or a file (an identity
+    endpoint's error text): control characters are shown escaped, never sent to the terminal."""
+    said = tuple(printable(line) for line in said)
     for line in said:
         print(line, file=sys.stderr)
     _note_in_log_file(f"{'; '.join(said).removeprefix('onboard: ')} (exit {code})", logging.ERROR)
@@ -487,6 +490,10 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         report = asyncio.run(run_until_signalled())
+    except RunStopped as exc:
+        progress.close()
+        code = SIGNAL_EXIT[received[0]] if received else EXIT_INTERRUPTED
+        return _stopped(code, f"onboard: {exc}")
     except asyncio.CancelledError:
         progress.close()
         print(
@@ -1077,7 +1084,8 @@ class _LogFile(logging.StreamHandler[TextIO]):
 
         What it is is decided on the opened file (fstat), never on the name again, so a
         symlink or a file swapped meanwhile cannot turn a chmod elsewhere: only a regular file
-        the caller owns is tightened to 0600; a device (/dev/null) or a FIFO is used as it is.
+        the caller owns is tightened to 0600; a device (/dev/null) is used as it is; a FIFO is
+        refused (a reader that stops reading would hang the run).
         """
         # O_NONBLOCK: a FIFO nobody reads fails at once (ENXIO) rather than hanging the run.
         nonblock = getattr(os, "O_NONBLOCK", 0)  # POSIX only, as are the next two
@@ -1091,6 +1099,12 @@ class _LogFile(logging.StreamHandler[TextIO]):
             if nonblock:
                 os.set_blocking(fd, True)  # only the opening was not to wait
             info = os.fstat(fd)
+            if stat.S_ISFIFO(info.st_mode) or stat.S_ISSOCK(info.st_mode):
+                # A reader that stops reading would block every log line, and the run with it.
+                os.close(fd)
+                raise _LogFileRefused(
+                    f"--log-file {name} is a pipe or a socket: give a file (or /dev/null)"
+                )
             if os.name != "nt" and stat.S_ISREG(info.st_mode) and info.st_uid == os.getuid():
                 os.fchmod(fd, 0o600)  # user names and request ids: owner-only all the same
         except OSError as exc:

@@ -43,6 +43,7 @@ import yaml
 
 from . import redact
 from .errors import ConfigError
+from .files import NotAFile, read_small
 from .rate import DEFAULT_MAX_RATE
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,11 @@ DEFAULT_MAX_MB = 200
 MIN_LIFETIME_MINUTES = 10
 MAX_LIFETIME_MINUTES = 43200
 SIMULATOR = "simulator"
+# The most onboard reads of a file that is only ever a few KB: a bigger one is not the file it
+# should be (/dev/zero, a log named by mistake), and is refused rather than read into memory.
+CONFIG_FILE_LIMIT = 1024 * 1024
+SECRET_FILE_LIMIT = 64 * 1024
+CERTIFICATE_FILE_LIMIT = 10 * 1024 * 1024
 # With the simulator (or no config file at all), a pass.timezone left unset means UTC; a real
 # tenant must choose its zone.
 SIMULATOR_TIMEZONE = "UTC"
@@ -334,8 +340,11 @@ class Secret:
             value: str | None = self.inline
         elif self.file is not None:
             try:
-                value = self.file.read_text(encoding="utf-8").rstrip("\r\n")
+                data = read_small(self.file, SECRET_FILE_LIMIT)
+                value = data.decode("utf-8").rstrip("\r\n")
                 mode = stat.S_IMODE(self.file.stat().st_mode)
+            except NotAFile as exc:
+                raise ConfigError(f"cannot read {self.where}: it {exc}") from None
             except (OSError, UnicodeDecodeError) as exc:
                 reason = getattr(exc, "strerror", None) or "not UTF-8 text"
                 raise ConfigError(f"cannot read {self.where}: {reason}") from None
@@ -574,6 +583,8 @@ def read_yaml(text: str, where: str) -> Any:
         return yaml.load(text, Loader=StrictLoader)  # noqa: S506 (StrictLoader is a SafeLoader)
     except yaml.YAMLError as exc:
         raise _yaml_error(exc, where) from None
+    except RecursionError:  # [[[[... nested thousands deep: no configuration looks like that
+        raise ConfigError(f"{where}: the YAML is nested too deeply to be a configuration") from None
 
 
 def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -> Config:
@@ -588,7 +599,9 @@ def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -
     if path is not None:
         source = Path(path)
         try:
-            text = source.read_text(encoding="utf-8")
+            text = read_small(source, CONFIG_FILE_LIMIT).decode("utf-8")
+        except NotAFile as exc:
+            raise ConfigError(f"cannot read config file {source}: it {exc}") from None
         except (OSError, UnicodeDecodeError) as exc:
             reason = getattr(exc, "strerror", None) or "not UTF-8 text"
             raise ConfigError(f"cannot read config file {source}: {reason}") from None
@@ -694,6 +707,10 @@ def _env_value(name: str, text: str) -> Any:
         return yaml.load(text, Loader=StrictLoader)  # noqa: S506 (StrictLoader is a SafeLoader)
     except _Refused as exc:
         raise _yaml_error(exc, f"environment variable {name}") from None
+    except RecursionError:
+        raise ConfigError(
+            f"environment variable {name}: the YAML is nested too deeply to be a setting"
+        ) from None
     except yaml.YAMLError:
         return text
 
@@ -1089,8 +1106,13 @@ def normal_url(url: str) -> str:
 
 
 def _check_ca_bundle(path: Path, where: str) -> None:
-    if not path.is_file():
+    if not path.exists():
         raise ConfigError(f"{where}: graph.ca_bundle {path} does not exist")
+    try:
+        read_small(path, CERTIFICATE_FILE_LIMIT)
+    except (NotAFile, OSError) as exc:
+        why = str(exc) if isinstance(exc, NotAFile) else exc.strerror
+        raise ConfigError(f"{where}: graph.ca_bundle {path}: cannot be used: it {why}") from None
     try:
         ssl.create_default_context().load_verify_locations(cafile=str(path))
     except (ssl.SSLError, ValueError, OSError):

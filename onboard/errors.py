@@ -9,6 +9,7 @@
     │   │                        (`from_host`, `to_host`): never followed
     │   └── PlainHttpRefused     a sign-in request to a plain-http host other than this
     │                            machine or a link-local address (`host`): never sent
+    ├── RunStopped               stopped by a signal before anything was sent
     ├── JournalLocked            another onboard run holds the journal (`holder` says which)
     ├── AuditWriteError          the audit workbook could not be written (passes kept in journal)
     ├── JournalWriteError        the run journal could not be written
@@ -106,6 +107,10 @@ class PlainHttpRefused(AuthError):
     def __init__(self, message: str, *, host: str) -> None:
         super().__init__(message)
         self.host = host
+
+
+class RunStopped(OnboardError):
+    """The run was asked to stop (a signal) before it sent anything: nothing was done."""
 
 
 class JournalLocked(OnboardError):

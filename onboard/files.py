@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import stat
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -152,3 +153,25 @@ def _try_lock(fd: int) -> bool:
     except BlockingIOError:
         return False
     return True
+
+
+class NotAFile(ValueError):
+    """A path that must name a small regular file names something else, or a large one."""
+
+
+def read_small(path: Path, limit: int) -> bytes:
+    """The whole of a small regular file (a config, a secret, a certificate), read at most
+    `limit` bytes. Refuses, before reading, a FIFO (it could block forever), a device
+    (/dev/zero never ends) or a folder; and a file larger than `limit`. Raises NotAFile with
+    what is wrong, or OSError."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise NotAFile("is a folder, not a file")
+        if not stat.S_ISREG(info.st_mode):
+            raise NotAFile("is not a regular file (a device or a pipe?)")
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise NotAFile(f"is larger than {limit // 1024:,} KB: not the file it should be")
+    return data

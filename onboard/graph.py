@@ -501,8 +501,13 @@ class GraphClient:
             if status != 200:
                 raise _error(status, data, request_id, None)
             page = data.get("value")
-            if isinstance(page, list):
-                found.extend(u for u in page if isinstance(u, dict))
+            if not isinstance(page, list) or not all(isinstance(u, dict) for u in page):
+                # Not Graph's shape: "nothing listed" would read as "no roles", "no methods"
+                # or "no such user", and let a row through unchecked.
+                raise ProtocolError(
+                    "Graph's listing could not be read", status=status, request_id=request_id
+                )
+            found.extend(page)
             link = data.get("@odata.nextLink")
             next_url = link if isinstance(link, str) else None
             if next_url is not None and not next_url.startswith(f"{self._root}/"):

@@ -16,11 +16,11 @@ import sqlite3
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -70,6 +70,7 @@ from .errors import (
     JournalWriteError,
     OnboardError,
     PolicyDisabled,
+    RunStopped,
     first_line,
 )
 from .files import private_dir
@@ -102,10 +103,14 @@ from .reader import InputFile, check_date_orders, plan, read_input, user_key
 from .redact import printable
 from .simulator import DEFAULT_CLIENT_SECRET, Faults, RunningSimulator, SimulatorState, serve
 from .tenant import SIMULATOR_ROOT, Tenant, TenantLock, tenant_of
-from .tls import make_ssl_context, requests_session
+from .tls import IDENTITY_ENDPOINT, SIGN_IN_SERVICE, make_ssl_context, requests_session
 from .tls import warm as warm_tls
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+# Stopped (a signal) while signing in: how long the sign-in may still take to answer, so that
+# the rows get their "not sent" outcomes and an audit, before the run gives it up.
+SIGN_IN_GRACE_SECONDS = 2.0
 
 SIMULATOR_TENANT = "contoso.onmicrosoft.com"
 POLICY_OFF = "Pass policy turned off"  # validate --online's problem when the policy is off
@@ -295,7 +300,8 @@ async def run(
         check_free_space([directory, config.state.path.parent], len(requests) + len(checked))
         async with contextlib.AsyncExitStack() as stack:
             try:
-                client, tenant, attention = await _open(config, env, stack)  # nothing sent yet
+                # Nothing is sent yet; a signal during a slow sign-in stops it at once.
+                client, tenant, attention = await _unless_stopped(_open(config, env, stack), stop)
             except (AuthError, ConfigError) as exc:
                 exc.kept = _kept_by_unfinished(journal, key)
                 raise
@@ -348,26 +354,23 @@ async def run(
                 if stop is not None and stop.is_set():
                     report.stopped = "stopped"
                 if to_send or to_check:
-                    phase("checking the policy and accounts")
+                    phase("reading the pass policy")
                     policy, line = await read_policy(
                         client, config, stop, holding=report.resumed or bool(report.issued)
                     )
                     report.notes.append(("Pass policy", line))
                     to_send, refused = within_policy(policy, to_send)
-                    screened = await screen_accounts(
-                        config, client, to_send, stop, allowed=frozenset(allowed_users)
-                    )
-                    to_send = screened.keep
-                    report.notes.extend(screened.notes)
-                    report.attention.extend(screened.unchecked)
-                    for failed in [*refused, *screened.refused]:
+                    for failed in refused:
                         _log_checked(failed)
                         ledger.add(failed, later=True)
                     ledger.flush()
                 else:
                     report.notes.append(("Pass policy", "not read: nothing to send"))
                 if to_send or to_check or any(i.unconfirmed for i in report.issued):
-                    await _send(config, client, ledger, to_send, to_check, stop, options, phase)
+                    allowed = frozenset(allowed_users)
+                    await _send(
+                        config, client, ledger, to_send, to_check, stop, options, phase, allowed
+                    )
             except (AuthError, ConfigError, JournalWriteError) as exc:
                 if report.resumed or report.issued:
                     exc.kept = (report.run_id, len(report.issued))
@@ -422,20 +425,55 @@ async def _adopt_from_audit(
     kept: set[Origin] = set()
     for origin, found in audited.items():
         request = waiting[origin]
-        if answers.get(request.user) != found.method_id:
-            continue  # Graph holds another pass (or would not say): decided as before
+        held = answers.get(request.user)
+        unsure = isinstance(held, GraphError)
+        if not unsure and held != found.method_id:
+            continue  # Graph holds another pass: decided as before
+        # Graph holds that very pass, or would not say (then it is kept, flagged, and checked
+        # with Graph again before the run ends or by the next run: sending again would replace
+        # a pass the admin may have handed out).
         starts = found.starts or request.start or datetime.now(UTC)
+        how = "not yet confirmed with Graph" if unsure else "confirmed with Graph"
         issued = Issued(
             request, found.value, found.method_id, starts,
             found.expires or starts + timedelta(minutes=request.lifetime_minutes),
             request.lifetime_minutes, request.usable_once, None, known[origin].attempts, None,
             f"kept from the audit workbook {path.name}, written when the journal could not be: "
-            "confirmed with Graph",
+            f"{how}",
+            unconfirmed=unsure,
         )  # fmt: skip
         _log_checked(issued)
         ledger.add(issued)
         kept.add(origin)
+    if kept:
+        log.warning(
+            "%d pass(es) listed in the audit workbook %s, written when the journal failed, "
+            "kept rather than replaced: see their Notes",
+            len(kept),
+            path,
+        )
     return [r for r in requests if r.origin not in kept]
+
+
+async def _unless_stopped(work: Awaitable[T], stop: asyncio.Event | None) -> T:
+    """`work`'s result, unless `stop` is set first: then RunStopped (work is cancelled; a
+    sign-in thread still waiting on the network is a daemon and cannot keep the process)."""
+    if stop is None:
+        return await work
+    task = asyncio.ensure_future(work)
+    waiter = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+    if not task.done():  # a moment more: a sign-in about to answer lets the rows be recorded
+        await asyncio.wait({task}, timeout=SIGN_IN_GRACE_SECONDS)
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
+    raise RunStopped("stopped while signing in: nothing was sent")
 
 
 def _kept_by_unfinished(journal: Journal, key: str) -> tuple[str, int] | None:
@@ -832,8 +870,13 @@ async def _send(
     stop: asyncio.Event | None,
     options: AuditOptions,
     phase: Callable[[str], None],
+    allowed: frozenset[str] = frozenset(),
 ) -> None:
-    """Issue; whatever happens once passes may exist, the audit gets written."""
+    """Check, then issue; whatever happens once passes may exist, the audit gets written.
+
+    Every row about to be sent, however it got here (a new row, a resumed one, one whose
+    earlier pass Graph no longer holds), is screened first: no pass for an admin or an
+    account already in use (checks.screen_accounts)."""
     report = ledger.report
     tenant = report.tenant.key if report.tenant else None
     pending = {r.origin: r for r in requests}
@@ -854,6 +897,17 @@ async def _send(
             ledger.add(outcome, later=True)
         await ledger.durable()
         requests = requests + await _check_first(config, client, ledger, to_check, pending, stop)
+        if requests:
+            phase("checking the accounts")
+            screened = await screen_accounts(config, client, requests, stop, allowed=allowed)
+            requests = screened.keep
+            report.notes.extend(screened.notes)
+            report.attention.extend(screened.unchecked)
+            for failed in screened.refused:
+                _log_checked(failed)
+                pending.pop(failed.origin, None)
+                ledger.add(failed, later=True)
+            await ledger.durable()
         phase("issuing passes")
         await _issue(config, client, requests, ledger, pending, stop)
     except (asyncio.CancelledError, KeyboardInterrupt):
@@ -969,7 +1023,8 @@ async def _connect(
     create. Returns the client and that first token (it names the tenant)."""
     credential = load_credential(config.auth, endpoint.secret_env)
     context = make_ssl_context(endpoint.ca_bundle)
-    http = stack.enter_context(contextlib.closing(requests_session(context)))
+    service = IDENTITY_ENDPOINT if config.auth.method == "managed_identity" else SIGN_IN_SERVICE
+    http = stack.enter_context(contextlib.closing(requests_session(context, service=service)))
     tokens = MsalTokenProvider(
         method=config.auth.method,
         credential=credential,

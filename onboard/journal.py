@@ -25,6 +25,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import logging
 import os
 import sqlite3
 import sys
@@ -52,6 +53,8 @@ from .outcomes import (
     Skipped,
     not_sent,
 )
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -223,6 +226,12 @@ class Journal:
             self._take_lock()
             if not path.exists():
                 os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+            elif not path.is_file():  # a FIFO or a device would hang SQLite, or worse
+                self._release()
+                raise ConfigError(
+                    f"the run journal {self.path} is not a regular file (a device, a pipe or a "
+                    "folder?): set state.path to a file"
+                )
             else:
                 path.chmod(0o600)  # it holds passes until their audit is written
             self._lock_file_itself(path)
@@ -489,9 +498,24 @@ class Journal:
                 (status, datetime.now(UTC).isoformat(), str(audit_path or ""), run_id),
             )
             db.execute("UPDATE rows SET pass_value=NULL WHERE run_id=?", (run_id,))
-        # Fold the WAL into the database file and empty it, so no old page keeps a value.
-        with self._guard, contextlib.suppress(sqlite3.Error):
-            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self._compact()
+
+    def _compact(self) -> None:
+        """Leave no wiped pass value anywhere in the file: secure_delete zeroes deleted cells,
+        but a page SQLite rearranged may keep an old copy in its free space. VACUUM rewrites
+        the file with live content only; then the WAL is folded in and emptied."""
+        with self._guard:
+            try:
+                self.db.execute("VACUUM")
+            except sqlite3.Error as exc:  # a reader holding the file, a full disk
+                log.warning(
+                    "could not compact the run journal %s (%s): wiped pass values may remain in "
+                    "its free space until the next run compacts it",
+                    self.path,
+                    exc,
+                )
+            with contextlib.suppress(sqlite3.Error):
+                self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     # --- rows ---------------------------------------------------------------------------------
     def write(self, steps: Sequence[tuple[str, Sequence[tuple[Any, ...]]]]) -> None:

@@ -212,6 +212,7 @@ class SimulatorState:
         # The app lacks RoleManagement.Read.Directory / Directory.Read.All: reading a user's
         # directory roles is refused (403).
         self.roles_forbidden = False
+        self.roles_forbidden_for: set[str] = set()  # user ids whose roles Graph will not show
         # The app lacks UserAuthenticationMethod.Read.All (it holds only the narrow
         # UserAuthMethod-TAP.* permission): listing a user's methods is refused (403).
         self.methods_forbidden = False
@@ -966,7 +967,7 @@ def _list_roles(call: Call, state: SimulatorState, key: str) -> Answer:
     user = state.find_user(key)
     if user is None:
         return _not_found(call, key)
-    if state.roles_forbidden:
+    if state.roles_forbidden or user.id in state.roles_forbidden_for:
         return _graph_error(call, 403, "Authorization_RequestDenied", _DENIED)
     roles = [
         {

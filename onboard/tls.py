@@ -17,6 +17,7 @@ import functools
 import ipaddress
 import ssl
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -93,9 +94,12 @@ class _ContextAdapter(HTTPAdapter):
     sees every hop (requests follows redirects by calling it again): so it refuses them here,
     for every msal call, whatever `allow_redirects` msal passes."""
 
-    def __init__(self, context: ssl.SSLContext, timeout: tuple[float, float]) -> None:
+    def __init__(
+        self, context: ssl.SSLContext, timeout: tuple[float, float], service: SignIn
+    ) -> None:
         self._context = context
         self._timeout = timeout
+        self._service = service
         super().__init__()
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
@@ -136,19 +140,19 @@ class _ContextAdapter(HTTPAdapter):
         if 300 <= response.status_code < 400:
             response.close()
             location = response.headers.get("Location")
-            raise redirect_refused("the sign-in service", request.url, location, "auth.authority")
+            raise redirect_refused(self._service.name, request.url, location, self._service.setting)
         # Read here, at most SIGN_IN_ANSWER_LIMIT: a sign-in answer is a few KB, and one of
         # hundreds of MB must not fill the memory (requests would read it whole).
         declared = response.headers.get("Content-Length", "")
         if declared.isdigit() and int(declared) > SIGN_IN_ANSWER_LIMIT:
             response.close()
-            raise _too_large(request.url)
+            raise _too_large(request.url, self._service)
         body = bytearray()
         for chunk in response.iter_content(64 * 1024):
             body += chunk
             if len(body) > SIGN_IN_ANSWER_LIMIT:
                 response.close()
-                raise _too_large(request.url)
+                raise _too_large(request.url, self._service)
         response._content = bytes(body)
         response._content_consumed = True  # type: ignore[attr-defined]
         return response
@@ -161,16 +165,33 @@ class _ContextAdapter(HTTPAdapter):
 SIGN_IN_ANSWER_LIMIT = 1024 * 1024  # a token or discovery answer is a few KB
 
 
-def _too_large(url: str) -> AuthError:
+@dataclass(frozen=True, slots=True)
+class SignIn:
+    """Who a session's requests go to, for messages: its name and the setting that names it."""
+
+    name: str
+    setting: str
+
+
+SIGN_IN_SERVICE = SignIn("the sign-in service", "auth.authority")
+IDENTITY_ENDPOINT = SignIn(
+    "the managed identity endpoint", "the machine's identity endpoint (IDENTITY_ENDPOINT)"
+)
+
+
+def _too_large(url: str, service: SignIn) -> AuthError:
     host = URL(url).host_port_subcomponent
     return AuthError(
-        f"the sign-in service at {host} answered with more than "
-        f"{SIGN_IN_ANSWER_LIMIT // 1024} KB: not read (is auth.authority a sign-in service?)"
+        f"{service.name} at {host} answered with more than {SIGN_IN_ANSWER_LIMIT // 1024} KB: "
+        f"not read (check {service.setting})"
     )
 
 
 def requests_session(
-    context: ssl.SSLContext, *, timeout: tuple[float, float] = SIGN_IN_TIMEOUT
+    context: ssl.SSLContext,
+    *,
+    timeout: tuple[float, float] = SIGN_IN_TIMEOUT,
+    service: SignIn = SIGN_IN_SERVICE,
 ) -> requests.Session:
     """A requests session (for msal's http_client) that trusts exactly what aiohttp trusts,
     never follows a redirect, uses plain http only to this machine or link-local hosts, and
@@ -180,7 +201,7 @@ def requests_session(
     # Also copied into the session msal derives for Service Fabric's managed identity, which
     # mounts its own adapter: there a redirect raises TooManyRedirects instead of being sent.
     session.max_redirects = 0
-    adapter = _ContextAdapter(context, timeout)
+    adapter = _ContextAdapter(context, timeout, service)
     session.mount("https://", adapter)
     session.mount("http://", adapter)
     return session

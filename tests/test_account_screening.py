@@ -185,3 +185,55 @@ def test_any_method_but_password_email_and_the_pass_counts_as_signing_in(
     assert failed["hw@contoso.com"]["Reason"] == "Already has sign-in methods"
     assert "hardware OATH token" in str(failed["hw@contoso.com"]["Detail"])
     assert "certificate (smart card)" in str(failed["card@contoso.com"]["Detail"])
+
+
+def test_a_row_sent_again_after_a_check_is_screened_too(
+    tmp_path: Path, serve_simulator, secret_env
+) -> None:
+    """A user issued a pass earlier, whose pass Graph no longer holds after a request of
+    unknown fate, has since become a Global Administrator: the row is sent again only after
+    the account check, which refuses it (never a pass for an admin on that path)."""
+    import sqlite3
+
+    state = tenant()
+    sim = serve_simulator(state)
+    config = str(sim.config(tmp_path / "c.yaml"))
+    path = sheet(tmp_path, "new@contoso.com")
+    assert main(["run", str(path), "-c", config]) == EXIT_OK
+    with sqlite3.connect(tmp_path / "state" / "journal.sqlite") as db:
+        # as a later run left it: a request for this user whose answer was lost
+        db.execute("INSERT INTO runs (run_id, started, status, input_key, meta, tenant) "
+                   "SELECT 'later', started, 'completed', 'k', '{}', tenant FROM runs")  # fmt: skip
+        db.execute("INSERT INTO rows (run_id, source, row, user_key, state, may_have_pass, "
+                   "updated, tenant, seq) SELECT 'later', source, row, user_key, 'interrupted', "
+                   "1, updated, tenant, 99 FROM rows")  # fmt: skip
+    state.passes.clear()  # the lost request's pass, if any, is gone too
+    new = state.find_user("new@contoso.com")
+    assert new is not None
+    new.roles = ["Global Administrator"]
+    assert main(["run", str(path), "-c", config]) == 1
+    failed = {r["User"]: r["Reason"] for r in audit_of_latest(tmp_path)["Failed"]}
+    assert failed == {"new@contoso.com": "Holds an admin role"}
+    assert state.passes_created_for("new@contoso.com") == 1  # only the first run's
+
+
+def audit_of_latest(tmp_path: Path) -> dict[str, list[dict[str, object]]]:
+    latest = max((tmp_path / "audit").glob("onboard-*.xlsx"), key=lambda p: p.stat().st_mtime)
+    return read_audit(latest)
+
+
+def test_a_refusal_to_show_one_users_roles_fails_that_row(
+    tmp_path: Path, serve_simulator, secret_env
+) -> None:
+    """Graph shows every user's roles but one's (403): that is about the user, not a missing
+    permission; the row fails "Could not check the account" (never issued unchecked)."""
+    state = tenant()
+    boss = state.find_user("boss@contoso.com")
+    assert boss is not None
+    state.roles_forbidden_for.add(boss.id)
+    sim = serve_simulator(state)
+    path = sheet(tmp_path, "new@contoso.com", "boss@contoso.com")
+    assert main(["run", str(path), "-c", str(sim.config(tmp_path / "c.yaml"))]) == 1
+    failed = {r["User"]: r["Reason"] for r in audit_in(tmp_path)["Failed"]}
+    assert failed == {"boss@contoso.com": "Could not check the account"}
+    assert state.passes_created_for("boss@contoso.com") == 0

@@ -439,3 +439,39 @@ def test_one_graph_root_has_one_spelling(tmp_path: Path, spelled: str) -> None:
     written (case, default port, trailing slash)."""
     path = write(tmp_path, REAL + f"graph:\n  endpoint: {spelled}\npass:\n  timezone: UTC\n")
     assert load_config(path).graph.endpoint == "https://graph.microsoft.com"
+
+
+@pytest.mark.parametrize("kind", ["fifo", "zero", "folder"])
+def test_a_secret_or_config_file_that_is_no_file_is_refused_at_once(
+    tmp_path: Path, kind: str
+) -> None:
+    """A FIFO (it would block for ever), /dev/zero (it never ends) or a folder, given as a
+    secret file or as the config itself: exit 2 naming it, at once, without reading it."""
+    import os
+
+    if kind == "fifo":
+        odd = tmp_path / "secret.fifo"
+        os.mkfifo(odd)
+    elif kind == "zero":
+        odd = Path("/dev/zero")
+    else:
+        odd = tmp_path / "folder"
+        odd.mkdir()
+    config = write(tmp_path, REAL + f"  client_secret_file: {odd}\npass:\n  timezone: UTC\n")
+    secret = load_config(config).auth.client_secret
+    started = clock.monotonic()
+    with pytest.raises(ConfigError, match="cannot read"):
+        secret.read({})
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(odd)
+    assert clock.monotonic() - started < 5
+
+
+def test_yaml_nested_thousands_deep_is_refused_not_a_crash(tmp_path: Path) -> None:
+    """[[[[...]]]] thousands deep (in the file or a variable): exit 2, never RecursionError."""
+    path = tmp_path / "c.yaml"
+    path.write_text("run:\n  concurrency: " + "[" * 5000 + "]" * 5000 + "\n", "utf-8")
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        load_config(None, {"ONBOARD_RUN_CONCURRENCY": "[" * 5000 + "]" * 5000})

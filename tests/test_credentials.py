@@ -781,3 +781,24 @@ def test_a_certificate_about_to_expire_makes_the_run_exit_1_saying_so(
     out = capsys.readouterr().out
     assert "1 issued, 0 failed" in out
     assert "needs attention: the app's certificate (thumbprint " in out and "expires in 9" in out
+
+
+def test_a_key_too_short_for_entra_is_a_config_error(tmp_path: Path) -> None:
+    """A 1024-bit RSA key: exit 2 naming the file (Entra needs 2048 bits), not a sign-in error
+    from deep inside the signing."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    path = pem_file(tmp_path, key_pem(key) + pem_of(certificate(key)))
+    with pytest.raises(ConfigError, match="1024-bit RSA key: Entra ID needs at least 2048"):
+        load_credential(settings(path, None), {})
+
+
+def test_a_certificate_path_that_is_a_fifo_or_a_device_is_refused_at_once(
+    tmp_path: Path,
+) -> None:
+    """A FIFO as auth.certificate_path would block the run for ever (holding its locks), and
+    /dev/zero would fill the memory: both are refused before anything is read."""
+    fifo = tmp_path / "cert.pem"
+    os.mkfifo(fifo)
+    for odd in (fifo, Path("/dev/zero")):
+        with pytest.raises(ConfigError, match="not a regular file"):
+            load_credential(settings(odd, None), {})

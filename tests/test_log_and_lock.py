@@ -93,21 +93,21 @@ def test_dev_null_as_the_log_keeps_its_mode(
             os.chmod(target, before)
 
 
-def test_a_fifo_is_written_as_it_is_and_never_chmodded(
+def test_a_fifo_with_a_reader_is_refused_and_never_chmodded(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A FIFO with a reader gets the lines; its mode stays what its owner chose."""
+    """A FIFO, even with a reader, is refused (exit 2, nothing sent): a reader that stops
+    reading would block every log line, and the run with it. Its mode is left alone."""
     fifo = tmp_path / "log.fifo"
     os.mkfifo(fifo, 0o644)
     os.chmod(fifo, 0o644)
     reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # a reader, so a writer may open it
     try:
-        assert run(tmp_path, "--log-file", str(fifo)) == EXIT_OK
-        received = os.read(reader, 1 << 16).decode()
+        assert run(tmp_path, "--log-file", str(fifo)) == EXIT_BAD_INPUT
     finally:
         os.close(reader)
     assert mode(fifo) == 0o644
-    assert "run started" in received and "pass issued" in received
+    assert "is a pipe or a socket: give a file" in capsys.readouterr().err
 
 
 def test_a_fifo_nobody_reads_stops_the_run_at_once(tmp_path: Path) -> None:

@@ -716,3 +716,25 @@ def test_msal_is_never_logged(tmp_path: Path) -> None:
     for verbosity in (0, 1, 2):
         _setup_logging(verbosity, str(tmp_path / "log.txt"))
         assert not logging.getLogger("msal").isEnabledFor(logging.CRITICAL)
+
+
+def test_no_pass_value_is_left_anywhere_in_the_journal_file_after_runs(
+    tmp_path: Path, serve_simulator, secret_env
+) -> None:
+    """Runs that issue, re-issue and rewrite many rows: once they are finished, no pass value
+    is anywhere in the journal's bytes (its free space included: the file is compacted)."""
+    names = [f"u{n:03d}@contoso.com" for n in range(120)]
+    # Lost answers: passes recorded, then recorded again once confirmed (rows rewritten).
+    state = SimulatorState(users(*names), faults=Faults(lost_response_rate=0.3), seed=7)
+    sim = serve_simulator(state)
+    config = str(sim.config(tmp_path / "c.yaml", run={"settle_seconds": 0.05,
+                                                      "max_attempts": 20}))  # fmt: skip
+    hires = tmp_path / "hires.csv"
+    start = (datetime.now(timezone.utc) + timedelta(days=5)).date().isoformat()
+    hires.write_text("UPN,Start Date\n" + "".join(f"{u},{start}\n" for u in names), "utf-8")
+    assert main(["run", str(hires), "-c", config]) == 0
+    assert main(["run", str(hires), "-c", config, "--reissue"]) == 0
+    assert main(["run", str(hires), "-c", config, "--reissue"]) == 0
+    on_disk = b"".join(p.read_bytes() for p in (tmp_path / "state").iterdir() if p.is_file())
+    assert state.counts.get("lost", 0) > 0
+    assert [p.value for p in state.issued if p.value.encode() in on_disk] == []

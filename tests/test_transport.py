@@ -539,3 +539,44 @@ def test_a_huge_sign_in_answer_is_not_read_whole(tmp_path: Path) -> None:
 
     asyncio.run(main())
     assert sent["bytes"] > SIGN_IN_ANSWER_LIMIT  # the answer really was larger than the cap
+
+
+@pytest.mark.parametrize("body", [{}, {"value": None}, {"value": {"displayName": "x"}},
+                                  {"value": ["Global Administrator"]}])  # fmt: skip
+def test_a_listing_of_another_shape_is_never_read_as_empty(body: dict[str, Any]) -> None:
+    """A user's roles (or methods, or a lookup) answered 200 with no list: unreadable, an
+    error, never "no roles" (which would let an admin's row through)."""
+
+    async def graph(request: web.BaseRequest) -> web.Response:
+        return web.json_response(body)
+
+    async def main() -> None:
+        async with serving(graph) as url, aiohttp.ClientSession() as session:
+            client = GraphClient(session, url, Tokens())
+            with pytest.raises(ProtocolError):
+                await client.directory_roles("ada@contoso.com")
+            with pytest.raises(ProtocolError):
+                await client.methods("ada@contoso.com")
+
+    asyncio.run(main())
+
+
+def test_the_identity_endpoints_redirect_names_it_not_the_authority() -> None:
+    """A managed identity's session says what redirected: the identity endpoint, not "the
+    sign-in service ... auth.authority" (which a managed identity does not use)."""
+    from onboard.tls import IDENTITY_ENDPOINT
+
+    async def main() -> str:
+        async def redirecting(request: web.BaseRequest) -> web.Response:
+            return web.Response(status=307, headers={"Location": "http://169.254.1.1/x"})
+
+        async with serving(redirecting) as url:
+            session = requests_session(make_ssl_context(None), service=IDENTITY_ENDPOINT)
+            try:
+                await asyncio.to_thread(session.get, f"{url}/metadata/identity")
+            except RedirectRefused as exc:
+                return str(exc)
+            return "not refused"
+
+    said = asyncio.run(main())
+    assert said.startswith("the managed identity endpoint") and "auth.authority" not in said
