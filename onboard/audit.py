@@ -37,7 +37,7 @@ from openpyxl.writer.excel import ExcelWriter
 
 from .config import OutputSettings
 from .files import private_dir
-from .outcomes import NOT_SENT, Failed, Issued, PassRequest, Skipped
+from .outcomes import Failed, Issued, PassRequest, Skipped
 
 UTC_ZONE = "UTC"
 # The person and the pass first: what whoever hands the passes out reads. The pass's start and
@@ -231,7 +231,7 @@ def _write(
                     f.origin.source,
                     f.origin.row,
                     _Text(f.user),
-                    f.reason,
+                    f.shown,
                     _Text(f.detail),
                     f.http_status,
                     f.graph_code,
@@ -251,7 +251,7 @@ def _write(
                     s.origin.source,
                     s.origin.row,
                     _Text(s.user),
-                    _Text(s.reason),
+                    _Text(s.detail),
                     s.previous_run,
                     s.issued_at,
                     _yes_no(s.held_elsewhere),
@@ -396,7 +396,7 @@ def write_problems(path: Path, rows: Sequence[Failed | Skipped]) -> Path:
                     _Text(o.column) if isinstance(o, Failed) else None,
                     _Text(o.user),
                     "problem" if isinstance(o, Failed) else "skipped",
-                    _Text(o.reason),
+                    _Text(o.shown if isinstance(o, Failed) else o.detail),
                     _Text(o.detail) if isinstance(o, Failed) else None,
                 )
                 for o in rows
@@ -547,7 +547,7 @@ class _Counts:
     def of(
         cls, issued: Sequence[Issued], failed: Sequence[Failed], skipped: Sequence[Skipped]
     ) -> _Counts:
-        not_sent = sum(f.reason == NOT_SENT for f in failed)
+        not_sent = sum(f.not_sent for f in failed)
         held = sum(s.held_elsewhere for s in skipped)
         return cls(len(issued), len(failed) - not_sent, not_sent, len(skipped) - held, held)
 

@@ -18,7 +18,6 @@ from .config import Config
 from .decide import already_issued
 from .errors import GraphError, PolicyDisabled, ThrottledError, TransientError
 from .graph import (
-    EXTERNAL_GUEST,
     FILTER_VALUES,
     GUEST_MARKER,
     GUEST_REFUSAL,
@@ -26,7 +25,6 @@ from .graph import (
     INVITATION,
     NOT_YET_VALID,
     POLICY_IN_PORTAL,
-    USER_NOT_FOUND,
     GraphClient,
     HeldPass,
     Policy,
@@ -34,7 +32,7 @@ from .graph import (
     strong_methods,
 )
 from .journal import PreviousPass
-from .outcomes import Failed, Outcome, PassRequest, Skipped, not_sent, shown_window
+from .outcomes import Failed, Outcome, PassRequest, Reason, Skipped, not_sent, shown_window
 from .pool import ask_all, retries_for, stopped_within
 from .reader import GUID, one_per_user
 
@@ -203,13 +201,13 @@ async def _look_up(
         error = errors.get(key)
         refused = _refused(request.user, label, people, error)
         if refused is not None:
-            reason, detail = refused
+            reason, shown, detail = refused
             guest = error is None and len(people) == 1 and _is_external(people[0])
             failed.append(Failed(
                 request.origin, _upn(people[0]) if guest else request.user, reason, detail,
                 http_status=error.status if error else None,
                 graph_code=error.code if error else None,
-                column=request.header(config.input.key_column),
+                column=request.header(config.input.key_column), label=shown,
             ))  # fmt: skip
         elif match_by == "upn":
             found.append(replace(request, object_id=_object_id(people[0])))
@@ -221,42 +219,65 @@ async def _look_up(
 
 def _refused(
     value: str, label: str, people: list[dict[str, Any]], error: GraphError | None
-) -> tuple[str, str] | None:
-    """Why a row cannot go on after its lookup (reason, what to do); None if it can."""
+) -> tuple[Reason, str | None, str] | None:
+    """Why a row cannot go on after its lookup (reason, the label to show when the reason's own
+    is too general, what to do); None if it can."""
     if error is not None:
         needs = (
             " Finding people needs User.Read.All for the app: grant it with admin consent."
             if error.status in (401, 403)
             else " Run again later."
         )
-        return "Lookup failed", (
-            f"Could not search the directory for {label} '{value}' (HTTP {error.status} "
-            f"{error.code or '-'}: {error.message}).{needs}"
+        return (
+            Reason.LOOKUP_FAILED,
+            None,
+            (
+                f"Could not search the directory for {label} '{value}' (HTTP {error.status} "
+                f"{error.code or '-'}: {error.message}).{needs}"
+            ),
         )
     if not people and label == "UPN":
-        return USER_NOT_FOUND, (
-            f"No user '{value}' in the tenant: check the spelling in the sheet, or wait until "
-            "the account has been created, then run again for this row."
+        return (
+            Reason.USER_NOT_FOUND,
+            None,
+            (
+                f"No user '{value}' in the tenant: check the spelling in the sheet, or wait until "
+                "the account has been created, then run again for this row."
+            ),
         )
     if not people:
-        return f"No user with this {label}", (
-            f"No user in the tenant has {label} '{value}'. Check the sheet, or wait until the "
-            f"account exists with its {label} set, then run again for this row."
+        return (
+            Reason.NO_MATCH,
+            f"No user with this {label}",
+            (
+                f"No user in the tenant has {label} '{value}'. Check the sheet, or wait until the "
+                f"account exists with its {label} set, then run again for this row."
+            ),
         )
     upns = sorted(_upn(u) for u in people)
     if len(people) > 1:
-        return f"Several users with this {label}", (
-            f"{len(people)} users have {label} '{value}': {', '.join(upns)}. Give this person's "
-            "UPN instead (a sheet with input.match_by: upn), or fix the directory so the value "
-            "is unique."
+        return (
+            Reason.SEVERAL_MATCHES,
+            f"Several users with this {label}",
+            (
+                f"{len(people)} users have {label} '{value}': {', '.join(upns)}. Give this "
+                "person's UPN instead (a sheet with input.match_by: upn), or fix the directory "
+                "so the value is unique."
+            ),
         )
     if _is_external(people[0]):
-        return EXTERNAL_GUEST, (
-            f"{GUEST_REFUSAL} ({label} '{value}' is the external guest {upns[0]}.) {GUESTS_ADVICE}"
+        return (
+            Reason.EXTERNAL_GUEST,
+            None,
+            (
+                f"{GUEST_REFUSAL} ({label} '{value}' is the external guest {upns[0]}.) "
+                f"{GUESTS_ADVICE}"
+            ),
         )
     if not upns[0]:
         return (
-            "Lookup failed",
+            Reason.LOOKUP_FAILED,
+            None,
             f"The directory returned a user for {label} '{value}' without a UPN.",
         )
     return None
@@ -324,7 +345,7 @@ async def existing_passes(
         elif isinstance(held, GraphError):
             reason, detail = explain(held, request.user, config.run.max_attempts)
             if held.status != 404:
-                reason = "Could not check for an existing pass"
+                reason = Reason.EXISTING_UNKNOWN
                 detail = (
                     f"pass.existing is skip, and Graph would not list this user's current pass "
                     f"(HTTP {held.status}: {held.message}), so none was created. Run again "
@@ -378,7 +399,7 @@ def _held_elsewhere(request: PassRequest, held: HeldPass, now: datetime) -> Outc
     ends = held.expires
     if held.starts is not None and held.starts > start + _SLACK:
         return Failed(
-            request.origin, request.user, "Holds a pass that starts after the start",
+            request.origin, request.user, Reason.PASS_STARTS_LATER,
             f"{request.user} {_holds(held)}, after this row's start "
             f"{start:%Y-%m-%d %H:%M} UTC, so the hire has no usable pass on the first day. It "
             "was not replaced, as someone may have handed it out: if the sheet's start is "
@@ -386,7 +407,7 @@ def _held_elsewhere(request: PassRequest, held: HeldPass, now: datetime) -> Outc
         )  # fmt: skip
     if request.start is not None and ends is not None and ends <= request.start:
         return Failed(
-            request.origin, request.user, "Holds a pass that ends before the start",
+            request.origin, request.user, Reason.PASS_ENDS_EARLY,
             f"{request.user} {_holds(held)}, before this row's start "
             f"{request.start:%Y-%m-%d %H:%M} UTC, so it is no use on the first day; it "
             "was not replaced, as someone may be using it now. Once it is no longer "
@@ -395,12 +416,12 @@ def _held_elsewhere(request: PassRequest, held: HeldPass, now: datetime) -> Outc
     return Skipped(
         request.origin,
         request.user,
+        Reason.HELD_ELSEWHERE,
         f"holds a pass created {_when(held.created)} that this journal did not issue "
         f"({_state(held)}, ends {_when(held.expires)}); kept, as pass.existing is skip. If "
         "nobody handed it out (a run whose journal was lost, say), replace it: run again with "
         "--reissue-user for this user, or with pass.existing: replace",
         issued_at=held.created,
-        held_elsewhere=True,
     )
 
 
@@ -440,10 +461,10 @@ def on_conflict(outcome: Outcome, request: PassRequest | None) -> Outcome:
         return Skipped(
             outcome.origin,
             outcome.user,
+            Reason.HELD_ELSEWHERE,
             "holds a pass that this journal did not issue (Graph refused a new one: 409 "
             "conflict); kept, as pass.existing is skip. To replace it, run again with "
             "--reissue-user for this user, or with pass.existing: replace",
-            held_elsewhere=True,
         )
     return outcome
 
@@ -569,7 +590,7 @@ def _account_problem(
     request: PassRequest,
     roles: list[str] | GraphError,
     methods: list[str] | GraphError,
-) -> tuple[str, str, GraphError | None] | None:
+) -> tuple[Reason, str, GraphError | None] | None:
     """Why this user may not get a pass from a sheet (reason, detail, Graph's error), or None."""
     for answer in (roles, methods):
         if isinstance(answer, GraphError) and answer.status == 404:
@@ -577,7 +598,7 @@ def _account_problem(
             return reason, detail, answer
         if isinstance(answer, GraphError):
             return (
-                "Could not check the account",
+                Reason.ACCOUNT_UNKNOWN,
                 f"Graph would not say whether {request.user} holds an admin role or already has "
                 f"sign-in methods (HTTP {answer.status}: {answer.message}), so no pass was "
                 "created. Run again later.",
@@ -586,7 +607,7 @@ def _account_problem(
     allow = f"--allow-user {request.sheet_value or request.user}"
     if isinstance(roles, list) and roles:
         return (
-            "Holds an admin role",
+            Reason.ADMIN_ROLE,
             f"{request.user} holds the directory role(s) {', '.join(sorted(roles))}. A pass for "
             "an administrator is not issued from a spreadsheet: whoever can edit the sheet could "
             "otherwise take over an admin account. If it is deliberate, run again with "
@@ -597,7 +618,7 @@ def _account_problem(
 
     if strong:
         return (
-            "Already has sign-in methods",
+            Reason.HAS_METHODS,
             f"{request.user} already signs in with {', '.join(strong)}: not a new hire, and a "
             "pass would let whoever holds it register their own methods on this account. If it "
             f"is deliberate (a lost phone, say), run again with {allow} (recorded in the audit).",

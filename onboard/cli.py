@@ -578,7 +578,7 @@ def _print_report(report: job.RunReport, config: Config) -> None:
         print(f"the run stopped early ({report.stopped}); run the same command again to finish")
     failures = sorted(report.failures, key=lambda f: (f.origin.source, f.origin.row))
     for f in failures[:SHOW_FAILURES]:
-        print(f"  failed  {f.origin.source} row {f.origin.row}  {f.user or '-'}: {f.reason}")
+        print(f"  failed  {f.origin.source} row {f.origin.row}  {f.user or '-'}: {f.shown}")
     if len(failures) > SHOW_FAILURES:
         print(f"  ... and {len(failures) - SHOW_FAILURES} more in the Failed sheet")
     held = sorted(report.held_elsewhere, key=lambda s: (s.origin.source, s.origin.row))
@@ -676,7 +676,7 @@ def _table(rows: Sequence[Failed | Skipped]) -> str:
             str(o.origin.row or "-"),
             printable(o.column or "-") if isinstance(o, Failed) else "-",
             printable(o.user or "-"),
-            printable(o.reason if isinstance(o, Failed) else f"skipped: {o.reason}"),
+            printable(o.shown if isinstance(o, Failed) else f"skipped: {o.detail}"),
         )
         for o in rows
     ]

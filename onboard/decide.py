@@ -17,8 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from .journal import REDECIDE, Person, PreviousPass, RowState
-from .outcomes import Origin, Outcome, PassRequest, Skipped, shown_window
+from .journal import REDECIDE, Person, PreviousPass, RowRecord, RowState
+from .outcomes import Origin, Outcome, PassRequest, Reason, Skipped, shown_window
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class History:
     and per person the last pass earlier runs of the same tenant issued, and whether one of
     them sent a request of unknown fate."""
 
-    this_run: Mapping[Origin, RowState]
+    this_run: Mapping[Origin, RowRecord]
     previous: Mapping[Person, PreviousPass | None]
     unsettled: frozenset[Person] = frozenset()
     # An earlier run of this tenant issued passes: a row the journal cannot tie to a person by
@@ -74,7 +74,7 @@ class History:
     issued_before: bool = False
 
 
-def finished(state: RowState | None) -> bool:
+def finished(state: RowRecord | None) -> bool:
     """A row this run already finished (before a stop): its outcome stands."""
     return state is not None and state.outcome is not None and state.state not in REDECIDE
 
@@ -87,8 +87,8 @@ def decide(request: PassRequest, history: History, now: datetime, options: Optio
         # An 'unclear' pass stays flagged and is checked with Graph before this run finishes.
         return Keep(earlier.outcome)
     sent_before = earlier is not None and (
-        earlier.state in ("in_flight", "interrupted")
-        or (earlier.state == "not_sent" and earlier.may_have_pass)
+        earlier.state in (RowState.IN_FLIGHT, RowState.INTERRUPTED)
+        or (earlier.state is RowState.NOT_SENT and earlier.may_have_pass)
     )
     if earlier is not None and sent_before:
         # Its request may still be at Graph: send again, then check which pass Graph holds.
@@ -120,7 +120,9 @@ def decide(request: PassRequest, history: History, now: datetime, options: Optio
                 f"{previous.run_id} issued for it "
                 + ("stays valid until then" if previous.stands else "may still be valid")
             )
-        return Skip(Skipped(request.origin, request.user, reason), not_yet_due=True)
+        return Skip(
+            Skipped(request.origin, request.user, Reason.NOT_YET_DUE, reason), not_yet_due=True
+        )
     if previous is not None:
         if wanted:
             why = "issued again on request (--reissue" + ("" if options.reissue else "-user") + ")"
@@ -152,6 +154,7 @@ def already_issued(request: PassRequest, previous: PreviousPass, *, confirmed: b
     return Skipped(
         request.origin,
         request.user,
+        Reason.ALREADY_ISSUED,
         f"already issued for this start ({shown_window(request.start_key)}) by run "
         f"{previous.run_id}{how}; use --reissue-user to replace it",
         previous.run_id,

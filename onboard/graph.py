@@ -24,7 +24,7 @@ from yarl import URL
 from . import redact
 from .auth import TokenProvider
 from .errors import AuthError, GraphError, ProtocolError, ThrottledError, TransientError
-from .outcomes import PassRequest
+from .outcomes import PassRequest, Reason
 from .rate import RateController, Ticket
 from .retrying import RETRYABLE_STATUS, parse_retry_after
 from .tls import redirect_refused
@@ -187,7 +187,7 @@ class Policy:
         state = "enabled" if self.enabled else "disabled"
         return f"{state}; lifetime {low}..{high} minutes; one-time only: {once}"
 
-    def refuses(self, request: PassRequest) -> tuple[str, str, str] | None:
+    def refuses(self, request: PassRequest) -> tuple[Reason, str, str] | None:
         """Why the policy would refuse this row's pass (reason, what to do, the field at fault);
         None if it would not (the target groups aside: Graph alone knows who is in them)."""
         low, high = self.minimum, self.maximum
@@ -195,7 +195,7 @@ class Policy:
         column = request.header("lifetime_minutes")
         if (low is not None and lifetime < low) or (high is not None and lifetime > high):
             return (
-                LIFETIME_OUTSIDE_POLICY,
+                Reason.LIFETIME_OUTSIDE_POLICY,
                 f"A lifetime of {lifetime} minutes is outside the tenant's Temporary Access Pass "
                 f"policy, which allows {low}..{high} minutes. "
                 + (
@@ -209,7 +209,7 @@ class Policy:
             )
         if self.usable_once_only and not request.usable_once:
             return (
-                MULTI_USE_REFUSED,
+                Reason.MULTI_USE_REFUSED,
                 "The tenant's pass policy allows one-time passes only, and this row asks for a "
                 "multi-use one. "
                 + (
@@ -702,24 +702,11 @@ POLICY_REFUSAL = (
 LIFETIME_REFUSAL = "Invalid LifetimeInMinutes specified. The valid range between {low} and {high}."
 START_IN_PAST_REFUSAL = "Invalid StartDateTime specified. It can not be a time in the past."
 
-# Failure reasons for Graph's answers (the Failed sheet's Reason column), each declared once.
-EXTERNAL_GUEST = "External guest user"
-OUTSIDE_POLICY = "Outside the pass policy"
-NOT_USABLE = "Pass not usable"
-LIFETIME_OUTSIDE_POLICY = "Lifetime outside the pass policy"
-MULTI_USE_REFUSED = "Multi-use pass refused by the pass policy"
-START_IN_PAST = "Start in the past"
-USER_NOT_FOUND = "User not found"
-PERMISSION_DENIED = "Permission denied"
-ALREADY_HOLDS_ONE = "A pass already exists"
-GAVE_UP = "Gave up after retries"
-UNREADABLE = "Unreadable answer from Graph"
-REFUSED_BY_GRAPH = "Refused by Graph"
 
 GUESTS_ADVICE = "Guests sign in with their home organisation's credentials."
 
 
-def explain(exc: GraphError, user: str, attempts: int) -> tuple[str, str]:
+def explain(exc: GraphError, user: str, attempts: int) -> tuple[Reason, str]:
     """A short reason and what the admin should do, for one Graph error: by the error's kind
     and status first; Graph's own message is shown, and picks the advice only where Graph
     answers with a generic status (see _DOCUMENTED)."""
@@ -727,7 +714,7 @@ def explain(exc: GraphError, user: str, attempts: int) -> tuple[str, str]:
     status = exc.status
     if isinstance(exc, ProtocolError):
         return (
-            UNREADABLE,
+            Reason.UNREADABLE_ANSWER,
             f"{message} (HTTP {status}). Nothing is wrong with the row: Graph, or something "
             "between it and this machine, sent an answer far larger than any Graph sends. If "
             "Graph had accepted the create, the user holds a pass whose value nobody has: "
@@ -736,20 +723,20 @@ def explain(exc: GraphError, user: str, attempts: int) -> tuple[str, str]:
     if isinstance(exc, (ThrottledError, TransientError)):
         what = f"HTTP {status}" if status else message
         return (
-            GAVE_UP,
+            Reason.GAVE_UP,
             f"Graph kept failing ({what}) for {attempts} attempts; nothing is wrong with the "
             "row: run it again later. If an attempt created a pass whose answer was lost, it "
             "cannot be read back; the new pass replaces it.",
         )
     if status == 404:
         return (
-            USER_NOT_FOUND,
+            Reason.USER_NOT_FOUND,
             f"No user '{user}' in the tenant: check the spelling in the sheet, or wait until the "
             "account has been created, then run again for this row.",
         )
     if status == 409:
         return (
-            ALREADY_HOLDS_ONE,
+            Reason.PASS_EXISTS,
             f"Graph says this user already holds a Temporary Access Pass ({message}). Delete it "
             "in the Entra admin center or wait until it expires, then run again for this row.",
         )
@@ -758,13 +745,13 @@ def explain(exc: GraphError, user: str, attempts: int) -> tuple[str, str]:
             return reason, f"{message} {advice}"
     if status in (401, 403):
         return (
-            PERMISSION_DENIED,
+            Reason.PERMISSION_DENIED,
             f"Graph refused ({exc.code or 'accessDenied'}: {message}). The app needs "
             f"{PERMISSIONS} with admin consent.",
         )
     code = f", {exc.code}" if exc.code else ""
     return (
-        REFUSED_BY_GRAPH,
+        Reason.REFUSED,
         f"Refused by Graph: {message} (HTTP {status}{code}). No pass was created: fix what "
         "Graph names, then run this row again.",
     )
@@ -773,28 +760,28 @@ def explain(exc: GraphError, user: str, attempts: int) -> tuple[str, str]:
 # Refusals Graph answers with a generic status (400, or one not recorded: 400 or 403), told
 # apart only by their documented text. Matching it picks the advice shown to a person, never
 # what is retried; an undocumented text falls through to "Refused by Graph" with the message.
-_DOCUMENTED: tuple[tuple[str, frozenset[int | None], str, str], ...] = (
+_DOCUMENTED: tuple[tuple[str, frozenset[int | None], Reason, str], ...] = (
     (
         LIFETIME_REFUSAL.partition("{")[0],
         frozenset({400}),
-        LIFETIME_OUTSIDE_POLICY,
+        Reason.LIFETIME_OUTSIDE_POLICY,
         "Use a lifetime inside that range in the sheet (or pass.lifetime_minutes), or widen the "
         f"range in the Temporary Access Pass policy ({POLICY_IN_PORTAL}).",
     ),
     (
         START_IN_PAST_REFUSAL,
         frozenset({400}),
-        START_IN_PAST,
+        Reason.START_IN_PAST,
         "Check the start date and pass.timezone; a start already past is sent as usable at "
         "once, so the clock of this machine may be wrong.",
     ),
-    (GUEST_REFUSAL, frozenset({400, 403}), EXTERNAL_GUEST, GUESTS_ADVICE),
+    (GUEST_REFUSAL, frozenset({400, 403}), Reason.EXTERNAL_GUEST, GUESTS_ADVICE),
     (
         # Documented: creating needs the policy on. Reported in practice for users outside
         # its target groups too, where Graph now creates a pass that says DisabledByPolicy.
         POLICY_REFUSAL,
         frozenset({400, 403}),
-        OUTSIDE_POLICY,
+        Reason.OUTSIDE_POLICY,
         "Graph refused to create the pass: the tenant's Temporary Access Pass policy is turned "
         "off (or, in a tenant that refuses rather than creating an unusable pass, this user is "
         f"not in its target groups). In the {POLICY_IN_PORTAL}: enable it and include a group "
@@ -803,7 +790,7 @@ _DOCUMENTED: tuple[tuple[str, frozenset[int | None], str, str], ...] = (
 )
 
 
-def unusable_pass(created: CreatedPass, user: str) -> tuple[str, str]:
+def unusable_pass(created: CreatedPass, user: str) -> tuple[Reason, str]:
     """The reason and what to do for a pass Graph created but says cannot be used."""
     revoke = (
         f"Graph holds it (method id {created.method_id}): delete it in the Entra admin "
@@ -811,7 +798,7 @@ def unusable_pass(created: CreatedPass, user: str) -> tuple[str, str]:
     )
     if created.usability == DISABLED_BY_POLICY:
         return (
-            OUTSIDE_POLICY,
+            Reason.OUTSIDE_POLICY,
             "Outside the pass policy's groups: the pass cannot be used. Graph created it, but "
             f"{user} is not in a group the Temporary Access Pass policy targets (or is in one it "
             f"excludes), so nobody can sign in with it (DisabledByPolicy). In the "
@@ -820,7 +807,7 @@ def unusable_pass(created: CreatedPass, user: str) -> tuple[str, str]:
         )
     said = created.usability or "isUsable: false"
     return (
-        NOT_USABLE,
+        Reason.NOT_USABLE,
         f"Graph created a pass but says it cannot be used ({said}). Run again with "
         f"--reissue-user {user} for a new one (it replaces this one). {revoke}",
     )

@@ -81,13 +81,13 @@ from .journal import (
     SENDING_SQL,
     Journal,
     Person,
-    RowState,
+    RowRecord,
     RunInfo,
     input_key,
     record_params,
     sending_params,
 )
-from .outcomes import Failed, Issued, Origin, Outcome, PassRequest, Skipped, not_sent
+from .outcomes import Failed, Issued, Origin, Outcome, PassRequest, Reason, Skipped, not_sent
 from .pool import (
     Confirmation,
     OnOutcome,
@@ -113,7 +113,6 @@ T = TypeVar("T")
 SIGN_IN_GRACE_SECONDS = 2.0
 
 SIMULATOR_TENANT = "contoso.onmicrosoft.com"
-POLICY_OFF = "Pass policy turned off"  # validate --online's problem when the policy is off
 SIMULATOR_CLIENT_ID = "00000000-0000-0000-0000-0000000000aa"
 
 
@@ -388,7 +387,7 @@ async def _adopt_from_audit(
     client: GraphClient,
     ledger: _Ledger,
     requests: list[PassRequest],
-    known: Mapping[Origin, RowState],
+    known: Mapping[Origin, RowRecord],
     options: AuditOptions,
 ) -> list[PassRequest]:
     """A resumed run whose journal failed mid-run: its first audit workbook (written then) may
@@ -557,7 +556,7 @@ async def validate(
                 policy, found.policy = await read_policy(client, config, None)
             except PolicyDisabled as exc:
                 found.policy = "disabled"
-                checked.append(Failed(Origin("(tenant)", 0), "", POLICY_OFF, str(exc)))
+                checked.append(Failed(Origin("(tenant)", 0), "", Reason.POLICY_OFF, str(exc)))
             requests, looked_up = await find_people(config, client, requests)
             requests, refused = within_policy(policy, requests)
             screened = await screen_accounts(
@@ -785,7 +784,7 @@ def history_for(
     run_id: str,
     tenant: str | None,
     requests: Sequence[PassRequest],
-    this_run: Mapping[Origin, RowState],
+    this_run: Mapping[Origin, RowRecord],
 ) -> History:
     """What the journal knows of these rows' people in this tenant (see decide.History)."""
     previous = {}
@@ -806,7 +805,7 @@ def _sort(
     checked: Sequence[Failed | Skipped],
     now: datetime,
     options: Options,
-    this_run: Mapping[Origin, RowState],
+    this_run: Mapping[Origin, RowRecord],
 ) -> tuple[list[PassRequest], list[CheckFirst]]:
     """Decide every row (decide.decide); record the outcome of each that is not sent now.
 
@@ -988,7 +987,7 @@ def _unfinished(request: PassRequest, cause: str) -> Failed:
     return Failed(
         request.origin,
         request.user,
-        "Not finished",
+        Reason.NOT_FINISHED,
         f"The run stopped ({cause}) after this row's request was sent; it may or may not have a "
         "pass. Run again for this row (a new pass replaces any earlier one).",
         may_have_pass=True,
@@ -1011,9 +1010,9 @@ def _log_checked(outcome: Outcome) -> None:
     if isinstance(outcome, Issued):  # kept from before the run was stopped and resumed
         log.info("%s %s: pass issued before the run stopped (kept)", where, outcome.request.user)
     elif isinstance(outcome, Failed):
-        log.warning("%s %s: %s: %s", where, outcome.user or "-", outcome.reason, outcome.detail)
+        log.warning("%s %s: %s: %s", where, outcome.user or "-", outcome.shown, outcome.detail)
     elif isinstance(outcome, Skipped):
-        log.info("%s %s: skipped: %s", where, outcome.user or "-", outcome.reason)
+        log.info("%s %s: skipped: %s", where, outcome.user or "-", outcome.detail)
 
 
 async def _connect(
@@ -1146,7 +1145,7 @@ async def _issue(
             Failed(
                 item.origin,
                 item.request.user,
-                "Pass not confirmed",
+                Reason.NOT_CONFIRMED,
                 "Graph kept holding a different pass than the one it returned. Run this row again.",
                 attempts=item.attempts,
                 request_id=item.request_id,

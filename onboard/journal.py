@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -43,13 +44,12 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from .errors import ConfigError, JournalLocked, JournalWriteError
 from .files import LockFile, boot_id, holder_line, private_dir
 from .outcomes import (
-    INTERRUPTED,
-    NOT_SENT,
     Failed,
     Issued,
     Origin,
     Outcome,
     PassRequest,
+    Reason,
     Skipped,
     not_sent,
 )
@@ -110,17 +110,25 @@ CREATE INDEX IF NOT EXISTS rows_by_seq ON rows (seq);
 """
 _NEXT_SEQ = "(SELECT IFNULL(MAX(seq), 0) + 1 FROM rows)"
 SEALED = "sealed:"  # the prefix of a pass value encrypted with output.password
-# A row's states. in_flight: a create was sent, no answer recorded yet. issued: Graph returned
-# the pass and nothing sent since can have replaced it. unclear: issued, but a request whose
-# answer was lost may still replace it: check with Graph before trusting it. interrupted: the
-# run stopped with the request in flight. not_sent: the run stopped before sending. failed,
-# skipped: as in the audit.
-# held: skipped because the user holds a pass no record of this journal explains.
-STATES = (
-    "in_flight", "issued", "unclear", "interrupted", "not_sent", "failed", "skipped", "held"
-)  # fmt: skip
+
+
+class RowState(StrEnum):
+    """Where a row stands in the journal (the `state` column)."""
+
+    IN_FLIGHT = "in_flight"  # a create was sent, no answer recorded yet
+    ISSUED = "issued"  # Graph returned the pass and nothing sent since can have replaced it
+    UNCLEAR = "unclear"  # issued, but a request of unknown fate may still replace it
+    INTERRUPTED = "interrupted"  # the run stopped with the request in flight
+    NOT_SENT = "not_sent"  # the run stopped before sending
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    HELD = "held"  # skipped: the user holds a pass no record of this journal explains
+
+
 # Rows a resumed run decides again rather than keeping.
-REDECIDE = ("in_flight", "interrupted", "not_sent", "skipped", "held")
+REDECIDE = frozenset(
+    {RowState.IN_FLIGHT, RowState.INTERRUPTED, RowState.NOT_SENT, RowState.SKIPPED, RowState.HELD}
+)
 FINISHED = ("completed", "stopped", "aborted", "crashed", "recovered")
 
 
@@ -173,8 +181,10 @@ class PreviousPass:
 
 
 @dataclass(frozen=True, slots=True)
-class RowState:
-    state: str
+class RowRecord:
+    """A row of a run as the journal holds it (outcome rebuilt; None while in flight)."""
+
+    state: RowState
     user_key: str
     attempts: int
     outcome: Outcome | None  # None while in flight
@@ -563,16 +573,18 @@ class Journal:
         """Commit one row's outcome (with its pass value, if issued) the moment it is known."""
         self.write([(RECORD_SQL, [record_params(run_id, outcome, self.seal, self.tenant)])])
 
-    def rows(self, run_id: str) -> dict[Origin, RowState]:
+    def rows(self, run_id: str) -> dict[Origin, RowRecord]:
         """Every row of a run as the journal knows it, outcomes rebuilt (values where held)."""
-        found: dict[Origin, RowState] = {}
+        found: dict[Origin, RowRecord] = {}
         for source, row, state, user_key, attempts, record, value, maybe in self.db.execute(
             "SELECT source, row, state, user_key, attempts, record, pass_value, may_have_pass "
             "FROM rows WHERE run_id=?",
             (run_id,),
         ):
             outcome = from_record(json.loads(record), self.unseal(value)) if record else None
-            found[Origin(source, row)] = RowState(state, user_key, attempts, outcome, bool(maybe))
+            found[Origin(source, row)] = RowRecord(
+                RowState(state), user_key, attempts, outcome, bool(maybe)
+            )
         return found
 
     # --- what earlier runs of the same tenant did -----------------------------------------
@@ -781,6 +793,9 @@ def sending_params(run_id: str, request: PassRequest, tenant: str | None) -> tup
     )
 
 
+_FAILED_STATES = {Reason.INTERRUPTED: RowState.INTERRUPTED, Reason.NOT_SENT: RowState.NOT_SENT}
+
+
 def record_params(
     run_id: str, outcome: Outcome, seal: Callable[[str], str], tenant: str | None
 ) -> tuple[Any, ...]:
@@ -789,7 +804,7 @@ def record_params(
     attempts = 0
     may_have_pass = False
     if isinstance(outcome, Issued):
-        state = "unclear" if outcome.unconfirmed else "issued"
+        state = RowState.UNCLEAR if outcome.unconfirmed else RowState.ISSUED
         user, value = outcome.request.key, seal(outcome.temporary_access_pass)
         start_key, attempts = outcome.request.start_key, outcome.attempts
         method_id, may_have_pass = outcome.method_id, True
@@ -801,10 +816,10 @@ def record_params(
             outcome.attempts,
             outcome.may_have_pass,
         )
-        state = {INTERRUPTED: "interrupted", NOT_SENT: "not_sent"}.get(outcome.reason, "failed")
+        state = _FAILED_STATES.get(outcome.reason, RowState.FAILED)
         method_id = outcome.method_id  # a pass Graph made that cannot be used: revocable
     else:
-        state = "held" if outcome.held_elsewhere else "skipped"
+        state = RowState.HELD if outcome.held_elsewhere else RowState.SKIPPED
         user = outcome.user.casefold()
     return (
         run_id,
@@ -846,7 +861,8 @@ def to_record(outcome: Outcome) -> dict[str, Any]:
             "kind": "failed",
             "origin": [outcome.origin.source, outcome.origin.row],
             "user": outcome.user,
-            "reason": outcome.reason,
+            "reason": outcome.reason.value,
+            "label": outcome.label,
             "detail": outcome.detail,
             "http_status": outcome.http_status,
             "graph_code": outcome.graph_code,
@@ -860,10 +876,10 @@ def to_record(outcome: Outcome) -> dict[str, Any]:
         "kind": "skipped",
         "origin": [outcome.origin.source, outcome.origin.row],
         "user": outcome.user,
-        "reason": outcome.reason,
+        "reason": outcome.reason.value,
+        "detail": outcome.detail,
         "previous_run": outcome.previous_run,
         "issued_at": outcome.issued_at.isoformat() if outcome.issued_at else None,
-        "held_elsewhere": outcome.held_elsewhere,
     }
 
 
@@ -887,10 +903,11 @@ def from_record(data: dict[str, Any], value: str | None) -> Outcome:
         )
     origin = Origin(*data["origin"])
     if kind == "failed":
+        reason, label = _failure(data["reason"])
         return Failed(
             origin,
             data["user"],
-            data["reason"],
+            reason,
             data["detail"],
             data["http_status"],
             data["graph_code"],
@@ -899,15 +916,59 @@ def from_record(data: dict[str, Any], value: str | None) -> Outcome:
             data["column"],
             may_have_pass=data.get("may_have_pass", False),
             method_id=data.get("method_id"),
+            label=data.get("label", label),
         )
+    # Journals written before reasons were categories kept the text alone, as "reason".
+    detail = data.get("detail", data["reason"])
+    legacy = Reason.HELD_ELSEWHERE if data.get("held_elsewhere") else _skip(detail)
     return Skipped(
         origin,
         data["user"],
-        data["reason"],
+        Reason(data["reason"]) if "detail" in data else legacy,
+        detail,
         data["previous_run"],
         _time(data["issued_at"]),
-        held_elsewhere=data.get("held_elsewhere", False),
     )
+
+
+# Labels journals written before reasons were categories may hold, and what they are now.
+_OLD_FAILURES = {
+    "Lifetime refused by the pass policy": Reason.LIFETIME_OUTSIDE_POLICY,
+    "Start refused": Reason.START_IN_PAST,
+}
+_OLD_LABELS = (("Invalid ", Reason.INVALID), ("No user with this ", Reason.NO_MATCH),
+               ("Several users with this ", Reason.SEVERAL_MATCHES))  # fmt: skip
+
+
+def _failure(text: str) -> tuple[Reason, str | None]:
+    """A recorded failure's reason, and the label it was shown with when that was its own."""
+    try:
+        return Reason(text), None
+    except ValueError:
+        pass
+    if text in _OLD_FAILURES:
+        return _OLD_FAILURES[text], None
+    for prefix, reason in _OLD_LABELS:
+        if text.startswith(prefix):
+            return reason, text
+    return Reason.REFUSED, text  # an old label no longer used: shown as it was
+
+
+_OLD_SKIPS = (
+    ("blank row", Reason.BLANK_ROW),
+    ("below the data", Reason.BELOW_THE_DATA),
+    ("same as", Reason.REPEATED),
+    ("already", Reason.ALREADY_ISSUED),
+    ("not yet due", Reason.NOT_YET_DUE),
+)
+
+
+def _skip(text: str) -> Reason:
+    """An old skipped row's reason, from the text it was recorded with."""
+    for prefix, reason in _OLD_SKIPS:
+        if text.startswith(prefix):
+            return reason
+    return Reason.HELD_ELSEWHERE if "did not issue" in text else Reason.ALREADY_ISSUED
 
 
 WIPED = "(not kept: see the run's own audit workbook)"

@@ -1,9 +1,82 @@
-"""Records: one row to send, and the three ways a row can end (issued, failed, skipped)."""
+"""Records: one row to send, and the three ways a row can end (issued, failed, skipped), with
+the Reason for each row that got no pass.
+
+Code decides by a row's Reason (a category); people read its `detail` (free text: what
+happened, and what to do). No code ever decides by reading a message.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from enum import StrEnum
+
+
+class Reason(StrEnum):
+    """Why a row got no pass: failed (a person must act) or skipped (on purpose). The value is
+    the label the audit workbook and the console show; REASON_HELP says what each means and
+    what to do (the failure-reason reference is generated from it)."""
+
+    # The sheet
+    INVALID = "Invalid row"  # shown "Invalid <column>" when one column is at fault
+    CONFLICTING_ROWS = "Conflicting rows"
+    MIXED_IDENTIFIERS = "Mixed user identifiers"
+    EXTERNAL_GUEST = "External guest user"
+    # The directory and the account
+    USER_NOT_FOUND = "User not found"
+    NO_MATCH = "No user with this value"  # shown "No user with this mail" (input.match_by)
+    SEVERAL_MATCHES = "Several users with this value"  # likewise
+    LOOKUP_FAILED = "Lookup failed"
+    ADMIN_ROLE = "Holds an admin role"
+    HAS_METHODS = "Already has sign-in methods"
+    ACCOUNT_UNKNOWN = "Could not check the account"
+    # The pass policy and passes already held
+    POLICY_OFF = "Pass policy turned off"
+    LIFETIME_OUTSIDE_POLICY = "Lifetime outside the pass policy"
+    MULTI_USE_REFUSED = "Multi-use pass refused by the pass policy"
+    OUTSIDE_POLICY = "Outside the pass policy"
+    NOT_USABLE = "Pass not usable"
+    # ("pass" in these names is the Temporary Access Pass, not a password)
+    PASS_ENDS_EARLY = "Holds a pass that ends before the start"  # noqa: S105
+    PASS_STARTS_LATER = "Holds a pass that starts after the start"  # noqa: S105
+    EXISTING_UNKNOWN = "Could not check for an existing pass"
+    PASS_EXISTS = "A pass already exists"  # noqa: S105
+    # Graph's answers
+    START_IN_PAST = "Start in the past"
+    PERMISSION_DENIED = "Permission denied"
+    GAVE_UP = "Gave up after retries"
+    UNREADABLE_ANSWER = "Unreadable answer from Graph"
+    REFUSED = "Refused by Graph"
+    NOT_CONFIRMED = "Pass not confirmed"
+    # The run
+    NOT_SENT = "Not sent: run stopped"
+    INTERRUPTED = "Interrupted"
+    NOT_FINISHED = "Not finished"
+    INTERNAL_ERROR = "Internal error"
+    # Skipped (nothing to do)
+    BLANK_ROW = "blank row"
+    BELOW_THE_DATA = "below the data"
+    REPEATED = "repeated row"
+    ALREADY_ISSUED = "already issued"
+    NOT_YET_DUE = "not yet due"
+    HELD_ELSEWHERE = "holds a pass this journal did not issue"
+
+    @property
+    def skip(self) -> bool:
+        """A reason to skip a row (nothing to do), not a failure."""
+        return self in SKIPS
+
+
+SKIPS = frozenset(
+    {
+        Reason.BLANK_ROW,
+        Reason.BELOW_THE_DATA,
+        Reason.REPEATED,
+        Reason.ALREADY_ISSUED,
+        Reason.NOT_YET_DUE,
+        Reason.HELD_ELSEWHERE,
+    }
+)
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -89,7 +162,7 @@ class Issued:
 class Failed:
     origin: Origin
     user: str
-    reason: str
+    reason: Reason
     detail: str
     http_status: int | None = None
     graph_code: str | None = None
@@ -97,26 +170,37 @@ class Failed:
     request_id: str | None = None
     column: str | None = None
     may_have_pass: bool = False  # a request of unknown fate was sent: Graph may hold a pass
-    # Graph created a pass for this row that cannot be used (DisabledByPolicy...): its id, so
-    # that it can be revoked. The value is never kept.
+    # A pass Graph made that cannot be used (outside the policy's groups): revocable by its id.
     method_id: str | None = None
+    # The label when the reason's own is too general: "Invalid Start Date", "No user with this
+    # mail". Shown only; code reads `reason`.
+    label: str | None = None
+
+    @property
+    def shown(self) -> str:
+        """The reason as the audit and the console show it."""
+        return self.label or self.reason.value
 
     @property
     def not_sent(self) -> bool:
         """The run stopped before this row's pass was asked for (counted apart from failures)."""
-        return self.reason == NOT_SENT
+        return self.reason is Reason.NOT_SENT
 
 
 @dataclass(frozen=True, slots=True)
 class Skipped:
     origin: Origin
     user: str
-    reason: str
+    reason: Reason
+    detail: str  # for people: "already issued for this start (...) by run X; ..."
     previous_run: str | None = None  # the run that already issued this user's pass
     issued_at: datetime | None = None
-    # The user holds a pass that no record of this journal (in this tenant) explains: nobody
-    # here can vouch that its value was handed out. Counted apart, never as a success.
-    held_elsewhere: bool = False
+
+    @property
+    def held_elsewhere(self) -> bool:
+        """The user holds a pass that no record of this journal (in this tenant) explains:
+        nobody here can vouch that its value was handed out. Counted apart, never a success."""
+        return self.reason is Reason.HELD_ELSEWHERE
 
 
 Outcome = Issued | Failed | Skipped
@@ -147,15 +231,11 @@ def _utc(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%MZ")
 
 
-NOT_SENT = "Not sent: run stopped"
-INTERRUPTED = "Interrupted"
-
-
 def not_sent(request: PassRequest, cause: str | None = None) -> Failed:
     """A row the run never sent because it stopped (`cause`: why it aborted, if it did)."""
     if cause is not None:
         detail = f"The run stopped before this row got a pass: {cause}. Fix that and run again."
-        return Failed(request.origin, request.user, NOT_SENT, detail)
+        return Failed(request.origin, request.user, Reason.NOT_SENT, detail)
     earlier = (
         " An earlier, stopped run had sent it, so it may have a pass: the same command "
         "issues a new one, which replaces it."
@@ -165,7 +245,7 @@ def not_sent(request: PassRequest, cause: str | None = None) -> Failed:
     return Failed(
         request.origin,
         request.user,
-        NOT_SENT,
+        Reason.NOT_SENT,
         "The run was stopped before this row was sent. Run the same command again to issue "
         f"it (rows already issued are not sent again).{earlier}",
         attempts=request.prior_attempts,
@@ -179,7 +259,7 @@ def refused_before_stop(request: PassRequest, attempts: int) -> Failed:
     return Failed(
         request.origin,
         request.user,
-        NOT_SENT,
+        Reason.NOT_SENT,
         f"The run stopped while this row waited to be tried again. Graph had answered its "
         f"{attempts} request(s) without creating a pass (throttled or unavailable), so it has "
         "none from this run: run the same command again to issue it.",
@@ -192,7 +272,7 @@ def interrupted(origin: Origin, user: str, attempts: int) -> Failed:
     return Failed(
         origin,
         user,
-        INTERRUPTED,
+        Reason.INTERRUPTED,
         "The run stopped while this row's request was in flight; it may or may not have a "
         "pass. Run the same command again: it issues a new pass, which replaces any earlier one.",
         attempts=attempts,

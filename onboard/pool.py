@@ -24,6 +24,7 @@ from .outcomes import (
     Origin,
     Outcome,
     PassRequest,
+    Reason,
     interrupted,
     not_sent,
     refused_before_stop,
@@ -105,7 +106,7 @@ async def issue_all(
     def ended(outcome: Failed) -> None:
         """A row the run stopped before it finished: logged, as every row's outcome is."""
         where = f"{outcome.origin.source} row {outcome.origin.row} {outcome.user}"
-        log.info("%s: %s", where, outcome.reason)
+        log.info("%s: %s", where, outcome.shown)
         record(outcome)
 
     def issued(
@@ -340,7 +341,7 @@ async def issue_all(
                             Failed(
                                 request.origin,
                                 request.user,
-                                "Internal error",
+                                Reason.INTERNAL_ERROR,
                                 f"{type(exc).__name__} while issuing; report this to onboard's "
                                 "maintainers",
                                 may_have_pass=request.origin in sent,

@@ -40,8 +40,8 @@ from . import excel
 from .config import MAX_LIFETIME_MINUTES, MIN_LIFETIME_MINUTES, InputSettings, PassSettings
 from .errors import InputFileError, first_line
 from .excel import EPOCH_1900, CellError
-from .graph import EXTERNAL_GUEST, GUEST_MARKER, GUEST_REFUSAL, GUESTS_ADVICE
-from .outcomes import Failed, Origin, PassRequest, Skipped
+from .graph import GUEST_MARKER, GUEST_REFUSAL, GUESTS_ADVICE
+from .outcomes import Failed, Origin, PassRequest, Reason, Skipped
 from .redact import printable
 
 EXCEL_SUFFIXES = (".xlsx", ".xlsm")  # .xlsm: values only; its macros are never run
@@ -224,12 +224,17 @@ def read_input(
     for index, values in enumerate(body):
         origin = Origin(source or path.name, top + index + 2)
         if all(_blank(v) for v in values):
-            result.skipped.append(Skipped(origin, "", "blank row"))
+            result.skipped.append(Skipped(origin, "", Reason.BLANK_ROW, "blank row"))
             continue
         if index >= footer:
             text = " ".join(_clean(_text(v) or "") for v in values if not _blank(v))
             result.skipped.append(
-                Skipped(origin, "", f"below the data (a total or a note): {_shown(text)}")
+                Skipped(
+                    origin,
+                    "",
+                    Reason.BELOW_THE_DATA,
+                    f"below the data (a total or a note): {_shown(text)}",
+                )
             )
             continue
         if date_at is not None and date_at < len(values) and isinstance(values[date_at], str):
@@ -952,7 +957,7 @@ def _validate_row(
         return Failed(
             origin,
             printable(user),
-            EXTERNAL_GUEST,
+            Reason.EXTERNAL_GUEST,
             f"{GUEST_REFUSAL} {GUESTS_ADVICE}",
             column=header(key),
         )
@@ -1019,9 +1024,10 @@ def _validate_row(
         return Failed(
             origin,
             printable(user),
-            "Invalid row" if len(problems) > 1 else f"Invalid {problems[0][0]}",
+            Reason.INVALID,
             "; ".join(f"{column} {problem}" for column, problem in problems),
             column=", ".join(column for column, _ in problems),
+            label=None if len(problems) > 1 else f"Invalid {problems[0][0]}",
         )
     display = " ".join(_clean(_text(cell("display_name")) or "").split()) or None
     return PassRequest(
@@ -1301,7 +1307,7 @@ def one_per_user(
                     Failed(
                         r.origin,
                         r.user,
-                        "Mixed user identifiers",
+                        Reason.MIXED_IDENTIFIERS,
                         "This run names some users by object id and others by UPN, so onboard "
                         "cannot tell whether two rows are the same person. Use the UPN in this "
                         "row (or object ids in every row).",
@@ -1317,7 +1323,9 @@ def one_per_user(
             requests.append(first)
             for repeat in group[1:]:
                 where = _where(first.origin, repeat.origin)
-                skipped.append(Skipped(repeat.origin, repeat.user, f"same as {where}"))
+                skipped.append(
+                    Skipped(repeat.origin, repeat.user, Reason.REPEATED, f"same as {where}")
+                )
             continue
         places = ", ".join(f"{r.origin.source} row {r.origin.row}" for r in group)
         for r in group:
@@ -1325,7 +1333,7 @@ def one_per_user(
                 Failed(
                     r.origin,
                     r.user,
-                    "Conflicting rows",
+                    Reason.CONFLICTING_ROWS,
                     f"{r.user} appears in {places} with different start date, lifetime or one-time "
                     "setting; a user can hold only one pass: keep one row and run again",
                 )

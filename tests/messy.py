@@ -767,7 +767,7 @@ def outcomes(
         put((r.origin.source, r.origin.row), ("ready", describe(r)))
     for o in checked:
         kind = "failed" if isinstance(o, Failed) else "skipped"
-        put((o.origin.source, o.origin.row), (kind, o.reason))
+        put((o.origin.source, o.origin.row), (kind, o.shown if isinstance(o, Failed) else o.detail))
     return found
 
 

@@ -16,7 +16,7 @@ from onboard.audit import (
     RunSummary,
     write_audit,
 )
-from onboard.outcomes import Failed, Issued, Origin, PassRequest, Skipped
+from onboard.outcomes import Failed, Issued, Origin, PassRequest, Reason, Skipped
 
 START = datetime(2027, 1, 4, 8, tzinfo=timezone.utc)
 END = datetime(2027, 1, 4, 16, tzinfo=timezone.utc)
@@ -29,9 +29,9 @@ def sample(tmp_path: Path) -> Path:
                     "a note")
     equals = Issued(PassRequest(Origin("hires.xlsx", 3), "bo@contoso.com", None, START, 60,
                                 False), "=Ab12-x", "m-2", START, END, 60, False, None, 1, None)
-    failed = Failed(Origin("hires.xlsx", 4), "x@contoso.com", "User not found", "-no such user",
+    failed = Failed(Origin("hires.xlsx", 4), "x@contoso.com", Reason.USER_NOT_FOUND, "-no such user",
                     404, "Request_ResourceNotFound", 1, "req-2")
-    skipped = Skipped(Origin("hires.xlsx", 5), "bo@contoso.com", "same as row 3")
+    skipped = Skipped(Origin("hires.xlsx", 5), "bo@contoso.com", Reason.REPEATED, "same as row 3")
     summary = RunSummary("run-1", START, END, "0.1.0",
                          [FileSummary("hires.xlsx", "ab" * 32, 4, "Sheet1")],
                          [("pass.timezone", "UTC")])
@@ -64,7 +64,7 @@ def test_rows_hold_exact_values_and_real_dates(tmp_path: Path) -> None:
          datetime(2027, 1, 4, 16), 60, "no", None, None, "m-2", None, 1, None],
     ]
     failed = [[c.value for c in row] for row in book["Failed"].iter_rows(min_row=2)]
-    assert failed == [["hires.xlsx", 4, "x@contoso.com", "User not found", "-no such user", 404,
+    assert failed == [["hires.xlsx", 4, "x@contoso.com", Reason.USER_NOT_FOUND, "-no such user", 404,
                        "Request_ResourceNotFound", 1, "req-2", None, None]]
 
 
@@ -100,7 +100,7 @@ def test_file_is_owner_only_and_written_whole(tmp_path: Path) -> None:
 
 def test_control_characters_are_escaped_not_fatal(tmp_path: Path) -> None:
     """A control character from the sheet is shown escaped; the workbook is still written."""
-    failed = Failed(Origin("a.csv", 2), "bob@contoso.com", "Invalid row", "Name 'Bob\x01' x")
+    failed = Failed(Origin("a.csv", 2), "bob@contoso.com", Reason.INVALID, "Name 'Bob\x01' x")
     summary = RunSummary("r", START, END, "0", [], [])
     path = write_audit(tmp_path / "a.xlsx", summary, [], [failed], [])
     assert load_workbook(path)["Failed"]["E2"].value == "Name 'Bob\\x01' x"

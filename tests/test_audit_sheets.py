@@ -26,7 +26,7 @@ from onboard.audit import (
 from onboard.config import InputSettings, PassSettings, load_config
 from onboard.history import recover_unfinished, report
 from onboard.journal import Journal, from_record, to_record
-from onboard.outcomes import NOT_SENT, Failed, Issued, Origin, PassRequest, Skipped, not_sent
+from onboard.outcomes import Failed, Issued, Origin, PassRequest, Reason, Skipped, not_sent
 from onboard.reader import read_input
 
 # British Summer Time: 07:00 UTC is 08:00 in London.
@@ -331,7 +331,7 @@ def test_other_columns_after_the_pass_columns_union_in_order(tmp_path: Path) -> 
             )
         ),
     ]
-    fail = Failed(Origin("a.xlsx", 3), "x@contoso.com", "User not found", "no such user")
+    fail = Failed(Origin("a.xlsx", 3), "x@contoso.com", Reason.USER_NOT_FOUND, "no such user")
     book = load_workbook(write(tmp_path, SUMMARY, rows, [fail]))
     header, first, second = values(issued_sheet(book))
     assert header == [
@@ -465,9 +465,9 @@ def test_not_sent_rows_are_counted_apart_from_failed(tmp_path: Path) -> None:
     failed = [
         not_sent(request(2, "ada@contoso.com")),
         not_sent(request(3, "bo@contoso.com"), "sign-in failed"),
-        Failed(Origin("hires.xlsx", 4), "x@contoso.com", "User not found", "no such user"),
+        Failed(Origin("hires.xlsx", 4), "x@contoso.com", Reason.USER_NOT_FOUND, "no such user"),
     ]
-    assert {f.reason for f in failed[:2]} == {NOT_SENT}
+    assert {f.reason for f in failed[:2]} == {Reason.NOT_SENT}
     path = write(tmp_path, replace(SUMMARY, status="stopped"), [], failed)
     items = summary_items(path)
     assert (items["Failed"], items["Not sent"]) == (1, 2)
@@ -476,8 +476,8 @@ def test_not_sent_rows_are_counted_apart_from_failed(tmp_path: Path) -> None:
         "sent (the run stopped): run the same command again."
     )
     assert [r[3] for r in values(load_workbook(path)["Failed"])[1:]] == [
-        NOT_SENT,
-        NOT_SENT,
+        str(Reason.NOT_SENT),
+        str(Reason.NOT_SENT),
         "User not found",
     ]
 
@@ -486,12 +486,13 @@ def test_passes_this_journal_did_not_issue_are_counted_apart(tmp_path: Path) -> 
     """Users holding a pass no journal record explains: their own Summary line and next step,
     and a column saying so on the Skipped sheet."""
     skipped = [
-        Skipped(Origin("hires.xlsx", 2), "ada@contoso.com", "already issued", "run-0", CREATED),
+        Skipped(Origin("hires.xlsx", 2), "ada@contoso.com", Reason.ALREADY_ISSUED, "already issued",
+                "run-0", CREATED),
         Skipped(
             Origin("hires.xlsx", 3),
             "bo@contoso.com",
+            Reason.HELD_ELSEWHERE,
             "holds a pass created 2027-07-01 that this journal did not issue",
-            held_elsewhere=True,
         ),
     ]
     path = write(tmp_path, SUMMARY, [], [], skipped)
@@ -527,7 +528,7 @@ def test_passes_this_journal_did_not_issue_are_counted_apart(tmp_path: Path) -> 
 
 def test_next_steps_when_there_is_nothing_to_do(tmp_path: Path) -> None:
     """A run that issued nothing and failed nothing says there is nothing to do."""
-    skipped = [Skipped(Origin("hires.xlsx", 2), "", "blank row")]
+    skipped = [Skipped(Origin("hires.xlsx", 2), "", Reason.BLANK_ROW, "blank row")]
     assert summary_items(write(tmp_path, SUMMARY, [], [], skipped))["Next steps"] == (
         "Nothing to do: no pass to hand out and no row to fix."
     )

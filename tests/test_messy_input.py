@@ -90,7 +90,7 @@ def test_employee_ids_from_excel_numbers_and_mail_need_their_column(tmp_path: Pa
         ("1001", "1001"),
         ("E-2002", "E-2002"),
     ]
-    assert [(f.origin.row, f.reason) for f in read.failed] == [(4, "Invalid Employee ID")]
+    assert [(f.origin.row, f.shown) for f in read.failed] == [(4, "Invalid Employee ID")]
     by_mail = replace(config, input=replace(config.input, match_by="mail"))
     with pytest.raises(InputFileError, match=r"no mail column \(input.match_by: mail\)"):
         job.read_all(by_mail, [path], NOW)

@@ -361,7 +361,7 @@ def test_a_lifetime_with_a_thousands_separator_is_refused_not_shrunk(
     path.write_text(f"UPN;Start Date;Lifetime\nada@contoso.com;2027-01-05;{written}\n", "utf-8")
     found = read_input(path, load_config(None).input, PassSettings(timezone="UTC"), now=NOW)
     (failed,) = found.failed
-    assert failed.reason == "Invalid Lifetime" and repr(written) in failed.detail
+    assert failed.shown == "Invalid Lifetime" and repr(written) in failed.detail
 
 
 def test_columns_onboard_does_not_read_reach_the_audit(tmp_path: Path) -> None:
@@ -392,7 +392,7 @@ def test_a_totals_row_in_another_language_is_below_the_data(tmp_path: Path, labe
     found = read_input(path, load_config(None).input, PassSettings(timezone="UTC"), now=NOW)
     assert found.failed == [] and len(found.requests) == 1
     (skipped,) = found.skipped
-    assert skipped.reason.startswith("below the data")
+    assert skipped.detail.startswith("below the data")
 
 
 def test_libreoffices_error_codes_in_a_csv_are_errors(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from openpyxl import Workbook
 
 from onboard.config import InputSettings, PassSettings, load_config
 from onboard.errors import InputFileError
-from onboard.outcomes import Failed, Origin, PassRequest, Skipped
+from onboard.outcomes import Failed, Origin, PassRequest, Reason, Skipped
 from onboard.reader import InputFile, parse_start, plan, read_input
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc)
@@ -70,7 +70,7 @@ def test_each_bad_cell_fails_its_row_naming_the_column(tmp_path: Path) -> None:
     )
     result = read_input(path, SETTINGS, UTC8, now=NOW)
     assert result.requests == []
-    got = [(f.origin.row, f.user, f.reason, f.column) for f in result.failed]
+    got = [(f.origin.row, f.user, f.shown, f.column) for f in result.failed]
     assert got == [
         (2, "not-an-email", "Invalid Work Email", "Work Email"),
         (3, "b@contoso.com", "Invalid Start Date", "Start Date"),
@@ -132,7 +132,7 @@ def test_xlsx_with_real_dates_serials_and_booleans(tmp_path: Path) -> None:
         (3, "b@contoso.com", datetime(2027, 1, 1, 8, tzinfo=timezone.utc), False, None),
         (5, "c@contoso.com", datetime(2027, 3, 2, 8, tzinfo=timezone.utc), True, "Cy"),
     ]
-    assert result.skipped == [Skipped(Origin("hires.xlsx", 4), "", "blank row")]
+    assert result.skipped == [Skipped(Origin("hires.xlsx", 4), "", Reason.BLANK_ROW, "blank row")]
     assert result.sheet == "Sheet"
 
 
@@ -194,7 +194,7 @@ def test_plan_keeps_one_request_per_user() -> None:
                                                  req(4, "b@x.com", 60), req(5, "b@x.com", 120),
                                                  req(6, "c@x.com"))])
     assert [r.origin.row for r in requests] == [2, 6]
-    assert skipped == [Skipped(Origin("a.csv", 3), "A@X.com", "same as row 2")]
+    assert skipped == [Skipped(Origin("a.csv", 3), "A@X.com", Reason.REPEATED, "same as row 2")]
     assert [(f.origin.row, f.reason) for f in failed] == [
         (4, "Conflicting rows"), (5, "Conflicting rows")]
     assert isinstance(failed[0], Failed) and "a.csv row 4, a.csv row 5" in failed[0].detail
@@ -249,10 +249,10 @@ def test_sample_sheet_has_the_intended_rows() -> None:
     for name in ("new_hires.xlsx", "new_hires.csv"):
         result = read_input(root / "samples" / name, config.input, config.pass_, now=NOW)
         assert result.row_count == 55
-        assert [(f.origin.row, f.reason) for f in result.failed] == [(32, "Invalid Start Date")]
+        assert [(f.origin.row, f.shown) for f in result.failed] == [(32, "Invalid Start Date")]
         requests, failed, skipped = plan([result])
         assert (len(requests), len(failed)) == (53, 0)
-        assert [(s.origin.row, s.reason) for s in skipped] == [(56, "same as row 5")]
+        assert [(s.origin.row, s.detail) for s in skipped] == [(56, "same as row 5")]
 
 
 def test_control_characters_and_far_starts_fail_the_row(tmp_path: Path) -> None:

@@ -214,7 +214,7 @@ def test_a_renamed_user_is_known_by_object_id(tmp_path: Path, serve_simulator) -
     report = run(config, path)
     assert report.issued == [] and len(state.issued) == 1
     (skipped,) = report.skipped
-    assert skipped.user == "ada.lovelace@contoso.com" and "already issued" in skipped.reason
+    assert skipped.user == "ada.lovelace@contoso.com" and "already issued" in skipped.detail
 
 
 def test_a_start_moved_within_the_day_is_a_new_pass(tmp_path: Path, serve_simulator) -> None:
@@ -531,7 +531,7 @@ def test_under_replace_a_renamed_user_gets_no_second_pass(tmp_path: Path, serve_
     report = run(config, renamed)
     assert report.issued == [] and state.passes_created_for("ann.lee@contoso.com") == 1
     (skipped,) = report.skipped
-    assert "already issued" in skipped.reason and "confirmed with Graph" in skipped.reason
+    assert "already issued" in skipped.detail and "confirmed with Graph" in skipped.detail
 
 
 def test_a_token_for_another_tenant_than_the_configured_guid_is_refused(

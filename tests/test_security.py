@@ -41,7 +41,7 @@ from onboard.cli import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_ROWS_FAILED, _parser
 from onboard.config import _DEFAULTS, Secret, load_config
 from onboard.errors import ConfigError
 from onboard.graph import GraphClient, user_path
-from onboard.outcomes import Failed, Issued, Origin, PassRequest
+from onboard.outcomes import Failed, Issued, Origin, PassRequest, Reason
 from onboard.simulator import Faults, SimulatorState
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -180,7 +180,7 @@ def _for_writing(flags: object) -> bool:
 def test_redacted_copy_has_everything_but_the_passes(tmp_path: Path) -> None:
     """The pass-free copy: same rows and columns, the pass column masked, no value anywhere."""
     rows = issued_rows(5)
-    failed = Failed(Origin("hires.csv", 9), "x@contoso.com", "User not found", "no such user")
+    failed = Failed(Origin("hires.csv", 9), "x@contoso.com", Reason.USER_NOT_FOUND, "no such user")
     path = write_audit(tmp_path / "a.xlsx", SUMMARY, rows, [failed], [],
                        AuditOptions(WORKBOOK_PASSWORD, redacted_copy=True))
     copy = redacted_path(path)
@@ -656,7 +656,7 @@ def test_risky_text_is_stored_as_text_and_passes_stay_exact(tmp_path: Path) -> N
     rows = [Issued(PassRequest(Origin(f"{text}.csv", n + 2), f"{text}@contoso.com", text,
                                START, 60, True), ["+Plus1234", "=Eq12345"][n % 2], f"m{n}",
                    START, START, 60, True, START, 1, None) for n, text in enumerate(RISKY)]
-    failed = [Failed(Origin("x.csv", 40 + n), text, text, text, column=text)
+    failed = [Failed(Origin("x.csv", 40 + n), text, Reason.REFUSED, text, column=text, label=text)
               for n, text in enumerate(RISKY)]
     path = write_audit(tmp_path / "a.xlsx", SUMMARY, rows, failed, [],
                        AuditOptions(WORKBOOK_PASSWORD, redacted_copy=True))

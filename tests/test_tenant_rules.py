@@ -13,7 +13,7 @@ from test_cli import SOON, audit_rows, latest_audit
 
 from onboard.checks import on_conflict
 from onboard.cli import EXIT_ABORTED, EXIT_OK, EXIT_ROWS_FAILED, main
-from onboard.outcomes import Failed, Origin, PassRequest, Skipped
+from onboard.outcomes import Failed, Origin, PassRequest, Reason, Skipped
 from onboard.simulator import Faults, SimulatorState, SimUser
 
 GUEST_UPN = "guest_fabrikam.com#EXT#@contoso.onmicrosoft.com"
@@ -285,15 +285,15 @@ def test_a_409_for_a_row_checked_under_skip_is_skipped() -> None:
     """Under skip, a pass that appeared after the listing (a 409 at create) is kept: skipped;
     a row meant to replace (--reissue-user) still fails."""
     origin = Origin("a.csv", 2)
-    refused = Failed(origin, "ada@contoso.com", "A pass already exists", "...", http_status=409)
+    refused = Failed(origin, "ada@contoso.com", Reason.PASS_EXISTS, "...", http_status=409)
     checked = PassRequest(origin, "ada@contoso.com", None, None, 60, True, ask_existing=True)
     kept = on_conflict(refused, checked)
-    assert isinstance(kept, Skipped) and "409 conflict" in kept.reason
+    assert isinstance(kept, Skipped) and "409 conflict" in kept.detail
     assert (
         on_conflict(refused, PassRequest(origin, "ada@contoso.com", None, None, 60, True))
         is refused
     )
-    other = Failed(origin, "ada@contoso.com", "User not found", "...", http_status=404)
+    other = Failed(origin, "ada@contoso.com", Reason.USER_NOT_FOUND, "...", http_status=404)
     assert on_conflict(other, checked) is other
 
 
