@@ -68,6 +68,7 @@ from .graph import PERMISSIONS_USED
 from .journal import Journal, RunInfo
 from .outcomes import Failed, Outcome, Skipped
 from .redact import printable
+from .report import RunReport, RunStatus
 
 EXIT_OK = 0
 EXIT_ROWS_FAILED = 1
@@ -440,7 +441,7 @@ def _run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else None
     received: list[signal.Signals] = []
 
-    async def run_until_signalled() -> job.RunReport:
+    async def run_until_signalled() -> RunReport:
         # The first SIGINT or SIGTERM (Ctrl-C, cron's timeout, systemd, a container stop) stops
         # taking rows, lets requests in flight finish and writes the audit; a second stops now.
         task = asyncio.current_task()
@@ -508,7 +509,7 @@ def _run(args: argparse.Namespace) -> int:
         _print_report(report, config)
     if received:
         code = SIGNAL_EXIT[received[0]]
-    elif report.stopped and report.stopped.startswith("aborted"):
+    elif report.status is RunStatus.ABORTED:
         code = EXIT_ABORTED
     else:
         # A pass nobody here can vouch for, or a check that could not be made, is not a
@@ -535,7 +536,7 @@ def _stdout_may_close() -> Iterator[None]:
         os.dup2(devnull, sys.stdout.fileno())
 
 
-def _counts(report: job.RunReport) -> str:
+def _counts(report: RunReport) -> str:
     """The counts, as the printed line and the log's last line both say them."""
     counts = [
         f"{len(report.issued)} issued",
@@ -566,7 +567,7 @@ def _what_is_kept(exc: OnboardError) -> str:
     )
 
 
-def _print_report(report: job.RunReport, config: Config) -> None:
+def _print_report(report: RunReport, config: Config) -> None:
     if report.simulated:
         print(SIMULATED)
     if report.resumed:
@@ -955,11 +956,11 @@ def _report(args: argparse.Namespace) -> int:
     journal = Journal(config.state.path, options.password).open(lock=False)
     try:
         found = journal.run(args.run_id)
-        if found is None or found.status != "running":
+        if found is None or found.status is not RunStatus.RUNNING:
             path, run, with_values = history.report(journal, args.run_id, out, options)
     finally:
         journal.close()
-    if found is not None and found.status == "running":
+    if found is not None and found.status is RunStatus.RUNNING:
         with Journal(config.state.path, options.password) as journal:
             path, run, with_values = history.report(journal, args.run_id, out, options)
     if run.simulated:
@@ -1003,8 +1004,8 @@ def _runs(args: argparse.Namespace) -> int:
     )
     for r, tenant in zip(runs, tenants, strict=True):
         c = r.counts
-        status = r.status
-        if status == "running":
+        status = str(r.status)
+        if r.status is RunStatus.RUNNING:
             status = "running now" if live else "stopped early: resume"
         print(
             f"{r.run_id:<24} {r.started:%Y-%m-%d %H:%M:%S} {status:<22} {tenant:<{width}} "

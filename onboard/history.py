@@ -23,7 +23,7 @@ from .audit import (
 )
 from .config import Config
 from .errors import ConfigError
-from .journal import Journal, RunInfo
+from .journal import Journal, RunInfo, RunStatus
 from .outcomes import Failed, Issued, Outcome, Skipped, interrupted
 
 SIMULATED_KEY = "simulated"  # the run's meta: True when its passes came from the simulator
@@ -43,8 +43,8 @@ def recover_unfinished(
         if run.run_id == exclude:
             continue
         path = rebuild(journal, run, _own_path(config.output.dir, run), options)
-        journal.finish(run.run_id, "recovered", path)
-        recovered.append(replace(run, status="recovered", audit_path=str(path)))
+        journal.finish(run.run_id, RunStatus.RECOVERED, path)
+        recovered.append(replace(run, status=RunStatus.RECOVERED, audit_path=str(path)))
     return recovered
 
 
@@ -63,8 +63,8 @@ def report(
         )
     if run.status == "running":  # killed before its audit: this is its audit, values included
         path = rebuild(journal, run, _own_path(directory, run), options)
-        journal.finish(run.run_id, "recovered", path)
-        return path, replace(run, status="recovered", audit_path=str(path)), True
+        journal.finish(run.run_id, RunStatus.RECOVERED, path)
+        return path, replace(run, status=RunStatus.RECOVERED, audit_path=str(path)), True
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     path = audit_path(directory, f"{run.run_id}-rebuilt-{stamp}", simulated=simulated(run))
     path = rebuild(journal, run, path, options)

@@ -101,6 +101,7 @@ from .pool import (
 from .rate import RateController
 from .reader import InputFile, check_date_orders, plan, read_input, user_key
 from .redact import printable
+from .report import STOPPED, RunReport, RunStatus, StopCause
 from .simulator import DEFAULT_CLIENT_SECRET, Faults, RunningSimulator, SimulatorState, serve
 from .tenant import SIMULATOR_ROOT, Tenant, TenantLock, tenant_of
 from .tls import IDENTITY_ENDPOINT, SIGN_IN_SERVICE, make_ssl_context, requests_session
@@ -114,52 +115,6 @@ SIGN_IN_GRACE_SECONDS = 2.0
 
 SIMULATOR_TENANT = "contoso.onmicrosoft.com"
 SIMULATOR_CLIENT_ID = "00000000-0000-0000-0000-0000000000aa"
-
-
-@dataclass(slots=True)
-class RunReport:
-    run_id: str
-    started: datetime
-    finished: datetime | None = None
-    files: list[InputFile] = field(default_factory=list)
-    issued: list[Issued] = field(default_factory=list)
-    failed: list[Failed] = field(default_factory=list)
-    skipped: list[Skipped] = field(default_factory=list)
-    audit_path: Path | None = None
-    stopped: str | None = None  # why the run stopped early, if it did
-    resumed: bool = False  # this run continues one that was killed before it finished
-    not_yet_due: int = 0
-    retries: int = 0
-    rate: RateController | None = None  # how fast requests went, 429s, time paused
-    notes: list[tuple[str, str]] = field(default_factory=list)
-    tenant: Tenant | None = None  # the tenant the run signed in to
-    # What the operator must hear though no row failed (a check that could not be made, a
-    # certificate about to expire): the run exits 1, so cron's mail goes out.
-    attention: list[str] = field(default_factory=list)
-
-    @property
-    def rows(self) -> int:
-        return len(self.issued) + len(self.failed) + len(self.skipped)
-
-    @property
-    def simulated(self) -> bool:
-        """No pass was issued in a real tenant: the run talked to the simulator."""
-        return self.tenant is not None and self.tenant.simulated
-
-    @property
-    def not_sent(self) -> list[Failed]:
-        """Rows the run stopped before sending (listed on the Failed sheet, counted apart)."""
-        return [f for f in self.failed if f.not_sent]
-
-    @property
-    def failures(self) -> list[Failed]:
-        """Rows that failed (not counting those never sent because the run stopped)."""
-        return [f for f in self.failed if not f.not_sent]
-
-    @property
-    def held_elsewhere(self) -> list[Skipped]:
-        """Users who hold a pass no record of this journal explains (never a success)."""
-        return [s for s in self.skipped if s.held_elsewhere]
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,7 +306,7 @@ async def run(
                 choices = Options(due, reissue, frozenset(wanted_users), config.pass_.existing)
                 to_send, to_check = _sort(ledger, requests, checked, started, choices, known)
                 if stop is not None and stop.is_set():
-                    report.stopped = "stopped"
+                    report.stop(STOPPED)
                 if to_send or to_check:
                     phase("reading the pass policy")
                     policy, line = await read_policy(
@@ -374,7 +329,7 @@ async def run(
                 if report.resumed or report.issued:
                     exc.kept = (report.run_id, len(report.issued))
                 elif not isinstance(exc, JournalWriteError):  # no pass is held: close it
-                    journal.finish(report.run_id, "aborted", None)
+                    journal.finish(report.run_id, RunStatus.ABORTED, None)
                 raise
             _finish(journal, config, report, directory, options)
             return report
@@ -915,7 +870,11 @@ async def _send(
         raise
     except BaseException as exc:
         cause = _cause(exc)
-        report.stopped = f"aborted: {exc}" if isinstance(exc, AuthError) else f"crashed ({cause})"
+        report.stop(
+            StopCause(RunStatus.ABORTED, str(exc))
+            if isinstance(exc, AuthError)
+            else StopCause(RunStatus.CRASHED, cause)
+        )
         # A journal that cannot be written gets no more writes: the audit gets them all.
         broken = isinstance(exc, JournalWriteError)
         for r in pending.values():
@@ -1099,8 +1058,8 @@ async def _issue(
 
     result = await issue(requests, track)
     _add_stats(report, result)
-    if stop is not None and stop.is_set() and not report.stopped:
-        report.stopped = "stopped"
+    if stop is not None and stop.is_set():
+        report.stop(STOPPED)
     # When each unconfirmed pass's doubtful request was last sent (resumed ones: now, which is
     # later than any request of the run that stopped).
     sent_at = dict(result.unclear)
@@ -1114,7 +1073,7 @@ async def _issue(
             stop, settled_at + run.settle_seconds - time.monotonic()
         ):
             # Stopping: leave them flagged in the journal; the next run checks them with Graph.
-            report.stopped = report.stopped or "stopped"
+            report.stop(STOPPED)
             for item in suspects:
                 ledger.replace(replace(item, note=_join(item.note, _UNCONFIRMED_NOTE)))
             return
@@ -1165,7 +1124,7 @@ _UNCONFIRMED_NOTE = (
 def _add_stats(report: RunReport, result: PoolResult) -> None:
     report.retries += result.retries
     if result.aborted is not None:
-        report.stopped = f"aborted: {result.aborted}"
+        report.stop(StopCause(RunStatus.ABORTED, str(result.aborted)))
 
 
 @contextlib.asynccontextmanager
@@ -1257,7 +1216,7 @@ def _finish(
         version=__version__,
         files=[FileSummary(str(f.path), f.sha256, f.row_count, f.sheet) for f in report.files],
         settings=config.public_settings(),
-        status=report.stopped or "completed",
+        status=str(report.stopped or RunStatus.COMPLETED),
         notes=notes,
         timezone=config.pass_.timezone,
         simulated=report.simulated,
@@ -1284,9 +1243,8 @@ def _finish(
         raise error from None
     if not journal_ok:
         return
-    status = "completed" if not report.stopped else report.stopped.split(":")[0].split(" ")[0]
     try:
-        journal.finish(report.run_id, status, report.audit_path)
+        journal.finish(report.run_id, report.status, report.audit_path)
     except JournalWriteError as exc:
         exc.audit_path = report.audit_path
         raise

@@ -112,6 +112,17 @@ _NEXT_SEQ = "(SELECT IFNULL(MAX(seq), 0) + 1 FROM rows)"
 SEALED = "sealed:"  # the prefix of a pass value encrypted with output.password
 
 
+class RunStatus(StrEnum):
+    """How a run stands (the journal's `status` column)."""
+
+    RUNNING = "running"  # going on now, or killed before it finished (then resumed)
+    COMPLETED = "completed"
+    STOPPED = "stopped"  # a signal: rows in flight finished, the rest not sent
+    ABORTED = "aborted"  # sign-in refused, the policy turned off: the rest not sent
+    CRASHED = "crashed"  # a journal that cannot be written, or a bug
+    RECOVERED = "recovered"  # killed; its audit was written later from the journal
+
+
 class RowState(StrEnum):
     """Where a row stands in the journal (the `state` column)."""
 
@@ -129,7 +140,6 @@ class RowState(StrEnum):
 REDECIDE = frozenset(
     {RowState.IN_FLIGHT, RowState.INTERRUPTED, RowState.NOT_SENT, RowState.SKIPPED, RowState.HELD}
 )
-FINISHED = ("completed", "stopped", "aborted", "crashed", "recovered")
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +147,7 @@ class RunInfo:
     run_id: str
     started: datetime
     finished: datetime | None
-    status: str
+    status: RunStatus
     input_key: str
     meta: dict[str, Any]
     audit_path: str | None
@@ -423,7 +433,7 @@ class Journal:
 
     # --- runs ---------------------------------------------------------------------------------
     def unfinished_runs(self) -> list[RunInfo]:
-        return [r for r in self.runs() if r.status == "running"]
+        return [r for r in self.runs() if r.status is RunStatus.RUNNING]
 
     def runs(self) -> list[RunInfo]:
         rows = self.db.execute(
@@ -440,7 +450,7 @@ class Journal:
                 r[0],
                 _time(r[1]) or datetime.min,
                 _time(r[2]),
-                r[3],
+                RunStatus(r[3]),
                 r[4],
                 json.loads(r[5]),
                 r[6],
@@ -500,7 +510,7 @@ class Journal:
             )
         self.tenant = tenant
 
-    def finish(self, run_id: str, status: str, audit_path: Path | None) -> None:
+    def finish(self, run_id: str, status: RunStatus, audit_path: Path | None) -> None:
         """Mark the run finished and wipe its pass values: call only once the audit is on disk."""
         with self._transaction() as db:
             db.execute(

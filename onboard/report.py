@@ -1,0 +1,95 @@
+"""What a run did: every row's outcome, and how the run ended (RunStatus, with a typed cause).
+
+`onboard.run` returns a RunReport; the CLI prints it and maps it to an exit code, the audit
+workbook is written from it. Deciding code reads its values (RunStatus, the outcomes' Reason),
+never its text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from .journal import RunStatus
+from .outcomes import Failed, Issued, Skipped
+from .rate import RateController
+from .reader import InputFile
+from .tenant import Tenant
+
+
+@dataclass(frozen=True, slots=True)
+class StopCause:
+    """Why a run ended early: its status (STOPPED, ABORTED or CRASHED) and, for people, why."""
+
+    status: RunStatus
+    detail: str = ""
+
+    def __str__(self) -> str:
+        if self.status is RunStatus.ABORTED:
+            return f"aborted: {self.detail}"
+        if self.status is RunStatus.CRASHED:
+            return f"crashed ({self.detail})"
+        return self.status.value
+
+
+STOPPED = StopCause(RunStatus.STOPPED)
+
+__all__ = ["STOPPED", "RunReport", "RunStatus", "StopCause"]
+
+
+@dataclass(slots=True)
+class RunReport:
+    """One run: its rows' outcomes, what it read and wrote, and how it ended."""
+
+    run_id: str
+    started: datetime
+    finished: datetime | None = None
+    files: list[InputFile] = field(default_factory=list)
+    issued: list[Issued] = field(default_factory=list)
+    failed: list[Failed] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+    audit_path: Path | None = None
+    stopped: StopCause | None = None  # why the run stopped early, if it did
+    resumed: bool = False  # this run continues one that was killed before it finished
+    not_yet_due: int = 0
+    retries: int = 0
+    rate: RateController | None = None  # how fast requests went, 429s, time paused
+    notes: list[tuple[str, str]] = field(default_factory=list)
+    tenant: Tenant | None = None  # the tenant the run signed in to
+    # What the operator must hear though no row failed (a check that could not be made, a
+    # certificate about to expire): the run exits 1, so cron's mail goes out.
+    attention: list[str] = field(default_factory=list)
+
+    @property
+    def status(self) -> RunStatus:
+        return RunStatus.COMPLETED if self.stopped is None else self.stopped.status
+
+    def stop(self, cause: StopCause) -> None:
+        """Record why the run ended early; the first cause stands."""
+        if self.stopped is None:
+            self.stopped = cause
+
+    @property
+    def rows(self) -> int:
+        return len(self.issued) + len(self.failed) + len(self.skipped)
+
+    @property
+    def simulated(self) -> bool:
+        """No pass was issued in a real tenant: the run talked to the simulator."""
+        return self.tenant is not None and self.tenant.simulated
+
+    @property
+    def not_sent(self) -> list[Failed]:
+        """Rows the run stopped before sending (listed on the Failed sheet, counted apart)."""
+        return [f for f in self.failed if f.not_sent]
+
+    @property
+    def failures(self) -> list[Failed]:
+        """Rows that failed (not counting those never sent because the run stopped)."""
+        return [f for f in self.failed if not f.not_sent]
+
+    @property
+    def held_elsewhere(self) -> list[Skipped]:
+        """Users who hold a pass no record of this journal explains (never a success)."""
+        return [s for s in self.skipped if s.held_elsewhere]
