@@ -33,8 +33,9 @@ from .graph import (
 )
 from .journal import PreviousPass
 from .outcomes import Failed, Outcome, PassRequest, Reason, Skipped, not_sent, shown_window
-from .pool import ask_all, retries_for, stopped_within
 from .reader import GUID, one_per_user
+from .retrying import retries_for
+from .runner import ask_all, stopped_within
 
 log = logging.getLogger(__name__)
 

@@ -12,15 +12,12 @@ import contextlib
 import logging
 import secrets
 import shutil
-import sqlite3
 import tempfile
-import threading
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -74,34 +71,17 @@ from .errors import (
     first_line,
 )
 from .files import private_dir
-from .graph import GraphClient
+from .graph import GraphClient, explain, unusable_pass
 from .history import SIMULATED_KEY, recover_unfinished
-from .journal import (
-    RECORD_SQL,
-    SENDING_SQL,
-    Journal,
-    Person,
-    RowRecord,
-    RunInfo,
-    input_key,
-    record_params,
-    sending_params,
-)
+from .journal import Journal, Person, RowRecord, RunInfo, input_key
 from .outcomes import Failed, Issued, Origin, Outcome, PassRequest, Reason, Skipped, not_sent
-from .pool import (
-    Confirmation,
-    OnOutcome,
-    PoolResult,
-    confirm,
-    current_passes,
-    issue_all,
-    retries_for,
-    stopped_within,
-)
+from .pool import Sender, send
 from .rate import RateController
 from .reader import InputFile, check_date_orders, plan, read_input, user_key
 from .redact import printable
 from .report import STOPPED, RunReport, RunStatus, StopCause
+from .retrying import retries_for
+from .runner import ask_all, stopped_within
 from .simulator import DEFAULT_CLIENT_SECRET, Faults, RunningSimulator, SimulatorState, serve
 from .tenant import SIMULATOR_ROOT, Tenant, TenantLock, tenant_of
 from .tls import IDENTITY_ENDPOINT, SIGN_IN_SERVICE, make_ssl_context, requests_session
@@ -109,6 +89,7 @@ from .tls import warm as warm_tls
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+OnOutcome = Callable[[Outcome], None]
 # Stopped (a signal) while signing in: how long the sign-in may still take to answer, so that
 # the rows get their "not sent" outcomes and an audit, before the run gives it up.
 SIGN_IN_GRACE_SECONDS = 2.0
@@ -276,7 +257,7 @@ async def run(
             report = _start(journal, config, files, started, tenant, resumable)
             report.rate = client.rate
             report.attention.extend(attention)
-            ledger = _Ledger(report, journal, on_outcome)
+            rows = _Rows(report, journal, on_outcome)
             if on_start is not None:
                 on_start(len(requests) + len(checked))
             try:
@@ -284,7 +265,7 @@ async def run(
                 # only the others are looked up and checked again.
                 known = journal.rows(report.run_id)
                 if report.resumed:
-                    requests = await _adopt_from_audit(config, client, ledger, requests, known,
+                    requests = await _adopt_from_audit(config, client, rows, requests, known,
                                                        options)  # fmt: skip
                 done = [r for r in requests if finished(known.get(r.origin))]
                 open_rows = [r for r in requests if not finished(known.get(r.origin))]
@@ -304,7 +285,7 @@ async def run(
                         anywhere | {r.key for r in open_rows} | {user_key(o.user) for o in found},
                     )
                 choices = Options(due, reissue, frozenset(wanted_users), config.pass_.existing)
-                to_send, to_check = _sort(ledger, requests, checked, started, choices, known)
+                to_send, to_check = _sort(rows, requests, checked, started, choices, known)
                 if stop is not None and stop.is_set():
                     report.stop(STOPPED)
                 if to_send or to_check:
@@ -316,14 +297,14 @@ async def run(
                     to_send, refused = within_policy(policy, to_send)
                     for failed in refused:
                         _log_checked(failed)
-                        ledger.add(failed, later=True)
-                    ledger.flush()
+                        rows.add(failed, later=True)
+                    rows.flush()
                 else:
                     report.notes.append(("Pass policy", "not read: nothing to send"))
                 if to_send or to_check or any(i.unconfirmed for i in report.issued):
                     allowed = frozenset(allowed_users)
                     await _send(
-                        config, client, ledger, to_send, to_check, stop, options, phase, allowed
+                        config, client, rows, to_send, to_check, stop, options, phase, allowed
                     )
             except (AuthError, ConfigError, JournalWriteError) as exc:
                 if report.resumed or report.issued:
@@ -340,7 +321,7 @@ async def run(
 async def _adopt_from_audit(
     config: Config,
     client: GraphClient,
-    ledger: _Ledger,
+    rows: _Rows,
     requests: list[PassRequest],
     known: Mapping[Origin, RowRecord],
     options: AuditOptions,
@@ -349,7 +330,7 @@ async def _adopt_from_audit(
     list passes the journal never recorded, rows it still has in flight. Those the admin may
     already hand out: where Graph still holds that very pass, it is kept (value and all), not
     replaced. Returns the rows still to decide."""
-    report = ledger.report
+    report = rows.report
     path = audit_path(config.output.dir, report.run_id, simulated=report.simulated)
     waiting = {
         r.origin: r
@@ -370,7 +351,7 @@ async def _adopt_from_audit(
         return requests
     if not audited:
         return requests
-    answers = await current_passes(
+    answers = await ask_all(
         [waiting[o].user for o in audited],
         client.current_pass_id,
         concurrency=config.run.concurrency,
@@ -397,7 +378,7 @@ async def _adopt_from_audit(
             unconfirmed=unsure,
         )  # fmt: skip
         _log_checked(issued)
-        ledger.add(issued)
+        rows.add(issued)
         kept.add(origin)
     if kept:
         log.warning(
@@ -571,33 +552,27 @@ def _dry_run(
     return ready, skipped, f"checked against the journal {path} (tenant {key.split()[0]})"
 
 
-class _Ledger:
-    """Every outcome goes three places at once: the report, the journal, and the progress.
+class _Rows:
+    """Every row's outcome goes three places at once: the report, the journal, the progress.
 
-    While passes are being issued, journal writes are grouped: the pool queues them (`queue`,
-    `queue_send`) and each worker then awaits `durable()`, which commits everything queued in
-    the same moment in one transaction. A worker still sends nothing before its row is marked
-    in flight on disk, and takes no new row before its outcome is on disk; but twenty workers
-    share one fsync instead of paying for twenty.
+    It is the pool's Sink too: while passes are being issued, journal writes are grouped (the
+    journal's RowWriter) and a 409 is read as checks.on_conflict says. `pending` holds the rows
+    to send that have no outcome yet: a crash gives each an outcome all the same.
     """
 
     def __init__(self, report: RunReport, journal: Journal, on_outcome: OnOutcome | None):
         self.report = report
         self.journal = journal
         self.on_outcome = on_outcome
-        self._queued: list[PassRequest | Outcome] = []
-        self._commit: asyncio.Future[None] | None = None
-        self._committed = 0  # items written so far
-        self._in_commit = 0  # items being written now
-        self._unwritten: list[tuple[int, Any]] = []  # prepared, not yet on disk
+        self.writer = journal.writer(report.run_id)
+        self.pending: dict[Origin, PassRequest] = {}
         self.sent: set[Origin] = set()  # rows this run sent a create for
-        self._writing = threading.Lock()
 
     def add(self, outcome: Outcome, *, progress: bool = True, later: bool = False) -> None:
-        if later:
-            self._queued.append(outcome)
-        else:
-            self.journal.record(self.report.run_id, outcome)
+        self.pending.pop(outcome.origin, None)
+        self.writer.add(outcome)
+        if not later:
+            self.writer.flush()
         if isinstance(outcome, Issued):
             self.report.issued.append(outcome)
         elif isinstance(outcome, Failed):
@@ -614,77 +589,27 @@ class _Ledger:
         r.failed = [f for f in r.failed if f.origin != outcome.origin]
         self.add(outcome, progress=False, later=later)
 
-    def queue_send(self, request: PassRequest) -> None:
+    # pool.Sink
+    def sending(self, request: PassRequest) -> None:
         self.sent.add(request.origin)
-        self._queued.append(request)
+        self.pending[request.origin] = request
+        self.writer.add(request)
+
+    def outcome(self, outcome: Outcome, *, again: bool = False) -> None:
+        outcome = on_conflict(outcome, self.pending.get(outcome.origin))
+        if again:
+            self.replace(outcome, later=True)
+        else:
+            self.add(outcome, later=True)
 
     async def durable(self) -> None:
-        """Wait until everything queued so far is committed.
-
-        The commit runs in a thread, so the event loop goes on while the disk syncs; whatever
-        is queued meanwhile goes into the next commit, together. A failed write stops the run
-        (JournalWriteError): going on would hand out passes the journal cannot keep.
-        """
-        target = self._committed + self._in_commit + len(self._queued)
-        while self._committed < target:
-            if self._commit is None:
-                self._commit = asyncio.ensure_future(self._commit_queued())
-            await asyncio.shield(self._commit)
-
-    async def _commit_queued(self) -> None:
-        items, self._queued = self._queued, []
-        steps = self._prepare(items)  # on the loop: the thread then barely needs the GIL
-        batch = (len(items), steps)
-        self._unwritten.append(batch)
-        self._in_commit = len(items)
-        try:
-            await asyncio.to_thread(self._write_unwritten, batch)
-        finally:
-            self._in_commit = 0
-            self._commit = None
-        self._committed += len(items)
-
-    def _write_unwritten(self, only: tuple[int, Any] | None = None) -> None:
-        """Write prepared batches not yet on disk (`only`: just that one, if still unwritten).
-
-        The lock makes `flush` wait for a commit in progress, and a batch is written once:
-        by its thread, or by `flush` if its thread never ran (a cancelled run).
-        """
-        with self._writing:
-            batches = [b for b in self._unwritten if only is None or b is only]
-            for batch in batches:
-                try:
-                    self.journal.write(batch[1])
-                except JournalWriteError:
-                    raise
-                except (sqlite3.Error, OSError) as exc:  # whatever the store itself raised
-                    raise JournalWriteError(
-                        f"cannot write the run journal {self.journal.path}: {exc}"
-                    ) from None
-                self._unwritten.remove(batch)
+        await self.writer.durable()
 
     def flush(self) -> None:
-        """Commit whatever is queued or being committed, now (also when the run is torn down)."""
-        items, self._queued = self._queued, []
-        if items:
-            self._unwritten.append((len(items), self._prepare(items)))
-            self._committed += len(items)
-        self._write_unwritten()
+        self.writer.flush()
 
-    def _prepare(self, items: list[PassRequest | Outcome]) -> list[tuple[str, list[Any]]]:
-        """The statements for these items, in their order (runs of one kind go together)."""
-        run_id, tenant = self.report.run_id, self.journal.tenant
-        steps: list[tuple[str, list[Any]]] = []
-        for item in items:
-            if isinstance(item, PassRequest):
-                sql, params = SENDING_SQL, sending_params(run_id, item, tenant)
-            else:
-                sql, params = RECORD_SQL, record_params(run_id, item, self.journal.seal, tenant)
-            if steps and steps[-1][0] == sql:
-                steps[-1][1].append(params)
-            else:
-                steps.append((sql, [params]))
-        return steps
+    def unconfirmed(self) -> list[Issued]:
+        return [i for i in self.report.issued if i.unconfirmed]
 
 
 def _key(files: Sequence[InputFile]) -> str:
@@ -755,7 +680,7 @@ def history_for(
 
 
 def _sort(
-    ledger: _Ledger,
+    rows: _Rows,
     requests: list[PassRequest],
     checked: Sequence[Failed | Skipped],
     now: datetime,
@@ -766,10 +691,10 @@ def _sort(
 
     Returns the rows to send, and the rows to decide once Graph has said which pass it holds.
     """
-    journal, report = ledger.journal, ledger.report
+    journal, report = rows.journal, rows.report
     for outcome in sorted(checked, key=lambda o: (o.origin.source, o.origin.row)):
         _log_checked(outcome)
-        ledger.add(outcome)
+        rows.add(outcome)
     tenant = report.tenant.key if report.tenant else None
     history = history_for(journal, report.run_id, tenant, requests, this_run)
     to_send: list[PassRequest] = []
@@ -778,11 +703,11 @@ def _sort(
         decision = decide(request, history, now, options)
         if isinstance(decision, Keep):
             _log_checked(decision.outcome)
-            ledger.add(decision.outcome)
+            rows.add(decision.outcome)
         elif isinstance(decision, Skip):
             report.not_yet_due += decision.not_yet_due
             _log_checked(decision.outcome)
-            ledger.add(decision.outcome)
+            rows.add(decision.outcome)
         elif isinstance(decision, CheckFirst):
             to_check.append(decision)
         else:
@@ -818,7 +743,7 @@ async def _open(
 async def _send(
     config: Config,
     client: GraphClient,
-    ledger: _Ledger,
+    rows: _Rows,
     requests: list[PassRequest],
     to_check: list[CheckFirst],
     stop: asyncio.Event | None,
@@ -831,10 +756,10 @@ async def _send(
     Every row about to be sent, however it got here (a new row, a resumed one, one whose
     earlier pass Graph no longer holds), is screened first: no pass for an admin or an
     account already in use (checks.screen_accounts)."""
-    report = ledger.report
+    report = rows.report
     tenant = report.tenant.key if report.tenant else None
-    pending = {r.origin: r for r in requests}
-    pending.update((c.request.origin, c.request) for c in to_check)
+    rows.pending.update((r.origin, r) for r in requests)
+    rows.pending.update((c.request.origin, c.request) for c in to_check)
     try:
         if any(r.ask_existing for r in requests):
             phase("checking existing passes")
@@ -843,14 +768,13 @@ async def _send(
             client,
             requests,
             stop,
-            issued_by=lambda method_id: ledger.journal.issued_by(tenant, method_id),
+            issued_by=lambda method_id: rows.journal.issued_by(tenant, method_id),
         )
         for outcome in decided:
             _log_checked(outcome)
-            pending.pop(outcome.origin, None)
-            ledger.add(outcome, later=True)
-        await ledger.durable()
-        requests = requests + await _check_first(config, client, ledger, to_check, pending, stop)
+            rows.add(outcome, later=True)
+        await rows.durable()
+        requests = requests + await _check_first(config, client, rows, to_check, stop)
         if requests:
             phase("checking the accounts")
             screened = await screen_accounts(config, client, requests, stop, allowed=allowed)
@@ -859,11 +783,10 @@ async def _send(
             report.attention.extend(screened.unchecked)
             for failed in screened.refused:
                 _log_checked(failed)
-                pending.pop(failed.origin, None)
-                ledger.add(failed, later=True)
-            await ledger.durable()
+                rows.add(failed, later=True)
+            await rows.durable()
         phase("issuing passes")
-        await _issue(config, client, requests, ledger, pending, stop)
+        await _issue(config, client, requests, rows, stop)
     except (asyncio.CancelledError, KeyboardInterrupt):
         # Stopped at once: the journal holds every outcome and pass so far, and the rows in
         # flight; running the same command again resumes this run and writes its audit.
@@ -877,10 +800,10 @@ async def _send(
         )
         # A journal that cannot be written gets no more writes: the audit gets them all.
         broken = isinstance(exc, JournalWriteError)
-        for r in pending.values():
-            sent = r.origin in ledger.sent or r.prior_attempts > 0 or r.doubtful
-            ledger.replace(_unfinished(r, cause) if sent else not_sent(r, cause), later=broken)
-        _finish(ledger.journal, config, report, config.output.dir, options, journal_ok=not broken)
+        for r in list(rows.pending.values()):
+            sent = r.origin in rows.sent or r.prior_attempts > 0 or r.doubtful
+            rows.replace(_unfinished(r, cause) if sent else not_sent(r, cause), later=broken)
+        _finish(rows.journal, config, report, config.output.dir, options, journal_ok=not broken)
         if isinstance(exc, OnboardError):
             exc.audit_path = report.audit_path
         raise
@@ -889,9 +812,8 @@ async def _send(
 async def _check_first(
     config: Config,
     client: GraphClient,
-    ledger: _Ledger,
+    rows: _Rows,
     to_check: list[CheckFirst],
-    pending: dict[Origin, PassRequest],
     stop: asyncio.Event | None,
 ) -> list[PassRequest]:
     """Skip the rows whose earlier pass Graph still holds; return the others, to be sent.
@@ -912,11 +834,10 @@ async def _check_first(
         log.info("waiting %.1f s for earlier requests to settle before asking Graph", wait)
         if await stopped_within(stop, wait):
             for check in to_check:  # not asked, so not sent
-                pending.pop(check.request.origin, None)
                 _log_checked(not_sent(check.request))
-                ledger.add(not_sent(check.request), later=True)
+                rows.add(not_sent(check.request), later=True)
             return []
-    answers = await current_passes(
+    answers = await ask_all(
         [c.request.user for c in to_check],
         client.current_pass_id,
         concurrency=run.concurrency,
@@ -926,10 +847,9 @@ async def _check_first(
     for check in to_check:
         held = answers[check.request.user]
         if held is not None and held == check.previous.method_id:
-            pending.pop(check.request.origin, None)
             skipped = already_issued(check.request, check.previous, confirmed=True)
             _log_checked(skipped)
-            ledger.add(skipped)
+            rows.add(skipped)
             continue
         why = (
             f"could not ask Graph (HTTP {held.status})"
@@ -1015,116 +935,19 @@ async def _issue(
     config: Config,
     client: GraphClient,
     requests: list[PassRequest],
-    ledger: _Ledger,
-    pending: dict[Origin, PassRequest],
+    rows: _Rows,
     stop: asyncio.Event | None,
 ) -> None:
-    report = ledger.report
-    run = config.run
-
-    def track(outcome: Outcome) -> None:
-        request = pending.pop(outcome.origin, None)
-        ledger.add(on_conflict(outcome, request), later=True)
-
-    def track_again(outcome: Outcome) -> None:
-        request = pending.pop(outcome.origin, None)
-        ledger.replace(on_conflict(outcome, request), later=True)
-
-    async def issue(batch: list[PassRequest], on_outcome: OnOutcome) -> PoolResult:
-        try:
-            return await issue_all(
-                batch,
-                client.create_pass,
-                concurrency=run.concurrency,
-                retries=retries_for(run),
-                on_outcome=on_outcome,
-                on_send=ledger.queue_send,
-                durable=ledger.durable,
-                stop=stop,
-                grace_seconds=run.stop_grace_seconds,
-                create_batch=client.create_passes,
-                batch_size=run.batch_size,
-            )
-        finally:
-            ledger.flush()  # the rows the pool ended itself (interrupted, not sent), or on a crash
-
-    async def check(suspects: list[Issued]) -> Confirmation:
-        return await confirm(
-            suspects,
-            client.current_pass_id,
-            concurrency=run.concurrency,
-            retries=retries_for(run),
-        )
-
-    result = await issue(requests, track)
-    _add_stats(report, result)
-    if stop is not None and stop.is_set():
-        report.stop(STOPPED)
-    # When each unconfirmed pass's doubtful request was last sent (resumed ones: now, which is
-    # later than any request of the run that stopped).
-    sent_at = dict(result.unclear)
-    given_up: set[Origin] = set()
-    for _ in range(CONFIRM_ROUNDS):
-        suspects = [i for i in report.issued if i.unconfirmed and i.origin not in given_up]
-        if not suspects:
-            return
-        settled_at = max(sent_at.get(i.origin, time.monotonic()) for i in suspects)
-        if report.stopped or await stopped_within(
-            stop, settled_at + run.settle_seconds - time.monotonic()
-        ):
-            # Stopping: leave them flagged in the journal; the next run checks them with Graph.
-            report.stop(STOPPED)
-            for item in suspects:
-                ledger.replace(replace(item, note=_join(item.note, _UNCONFIRMED_NOTE)))
-            return
-        found = await check(suspects)
-        for item in found.confirmed + found.unknown:
-            ledger.replace(item)
-        given_up.update(item.origin for item in found.unknown)
-        if not found.replaced:
-            return
-        for item in found.replaced:
-            log.warning(
-                "%s row %d %s: Graph holds a different pass than the one it returned (a slower "
-                "earlier request finished late); issuing again",
-                item.origin.source,
-                item.origin.row,
-                item.request.user,
-            )
-            pending[item.origin] = item.request
-        again = [
-            replace(i.request, note=_REISSUE_NOTE, prior_attempts=i.attempts)
-            for i in found.replaced
-        ]
-        result = await issue(again, track_again)
-        _add_stats(report, result)
-        sent_at.update(result.unclear)
-    for item in [i for i in report.issued if i.unconfirmed and i.origin not in given_up]:
-        ledger.replace(
-            Failed(
-                item.origin,
-                item.request.user,
-                Reason.NOT_CONFIRMED,
-                "Graph kept holding a different pass than the one it returned. Run this row again.",
-                attempts=item.attempts,
-                request_id=item.request_id,
-                may_have_pass=True,
-            )
-        )
-
-
-CONFIRM_ROUNDS = 3
-_REISSUE_NOTE = "issued again: a slower earlier request had replaced the first pass"
-_UNCONFIRMED_NOTE = (
-    "not yet confirmed with Graph after an unclear attempt (the run was stopped): the next run "
-    "checks it"
-)
-
-
-def _add_stats(report: RunReport, result: PoolResult) -> None:
+    sender = Sender(
+        client.create_pass, client.create_passes, client.current_pass_id, explain, unusable_pass
+    )
+    result = await send(requests, sender, rows, config.run, stop)
+    report = rows.report
     report.retries += result.retries
     if result.aborted is not None:
         report.stop(StopCause(RunStatus.ABORTED, str(result.aborted)))
+    if result.stopped:
+        report.stop(STOPPED)
 
 
 @contextlib.asynccontextmanager

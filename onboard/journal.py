@@ -22,6 +22,7 @@ once, however each reached it.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import json
@@ -413,7 +414,7 @@ class Journal:
         """One write transaction. Any failure to write (a full disk, a quota, a file size
         limit) is a JournalWriteError: the run must stop rather than hand out passes it cannot
         keep."""
-        with self._guard:  # grouped commits come from a worker thread (job._Ledger)
+        with self._guard:  # grouped commits come from a worker thread (RowWriter)
             try:
                 self.db.execute("BEGIN IMMEDIATE")
                 try:
@@ -538,10 +539,10 @@ class Journal:
                 self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     # --- rows ---------------------------------------------------------------------------------
-    def write(self, steps: Sequence[tuple[str, Sequence[tuple[Any, ...]]]]) -> None:
-        """Run prepared statements (see `sending_params`, `record_params`) in one transaction.
+    def _write(self, steps: Sequence[tuple[str, Sequence[tuple[Any, ...]]]]) -> None:
+        """Run prepared statements (see `_sending_params`, `_record_params`) in one transaction.
 
-        `sending_params`: before each request the row is in flight, one more attempt counted,
+        `_sending_params`: before each request the row is in flight, one more attempt counted,
         and its earlier outcome (and pass) dropped: once sent, Graph may replace that pass.
 
         Made for a worker thread: the caller builds the parameters, so the thread holds the
@@ -550,6 +551,14 @@ class Journal:
         with self._transaction() as db:
             for sql, params in steps:
                 db.executemany(sql, params)
+
+    def sending(self, run_id: str, request: PassRequest) -> None:
+        """Mark one row in flight (one more attempt) before its request goes, and commit."""
+        self._write([(_SENDING_SQL, [_sending_params(run_id, request, self.tenant)])])
+
+    def writer(self, run_id: str) -> RowWriter:
+        """A group-commit writer for this run's rows (see RowWriter)."""
+        return RowWriter(self, run_id)
 
     def queued(self, run_id: str, requests: Sequence[PassRequest]) -> None:
         """Before sending: every row to send is known, so a killed run's audit lists them all."""
@@ -581,7 +590,7 @@ class Journal:
 
     def record(self, run_id: str, outcome: Outcome) -> None:
         """Commit one row's outcome (with its pass value, if issued) the moment it is known."""
-        self.write([(RECORD_SQL, [record_params(run_id, outcome, self.seal, self.tenant)])])
+        self._write([(_RECORD_SQL, [_record_params(run_id, outcome, self.seal, self.tenant)])])
 
     def rows(self, run_id: str) -> dict[Origin, RowRecord]:
         """Every row of a run as the journal knows it, outcomes rebuilt (values where held)."""
@@ -759,7 +768,7 @@ def _object_id(request: PassRequest) -> str | None:
 
 
 # --- outcomes to and from JSON (never the pass value: it has its own column) -----------------
-SENDING_SQL = (
+_SENDING_SQL = (
     "INSERT INTO rows (run_id, source, row, user_key, state, start_key, attempts, "  # noqa: S608 (constant SQL; values are ? parameters)
     "may_have_pass, updated, sent_at, sent_clock, tenant, object_id, seq) "
     f"VALUES (?, ?, ?, ?, 'in_flight', ?, ?, 1, ?, ?, ?, ?, ?, {_NEXT_SEQ}) "
@@ -771,7 +780,7 @@ SENDING_SQL = (
 )
 # An outcome says whether the row may hold a pass from a request of unknown fate: it is what
 # the pool worked out from every attempt (a request answered 429 made no pass).
-RECORD_SQL = (
+_RECORD_SQL = (
     "INSERT INTO rows (run_id, source, row, user_key, state, start_key, attempts, "  # noqa: S608 (constant SQL; values are ? parameters)
     "may_have_pass, method_id, record, pass_value, issued_at, updated, tenant, object_id, seq) "
     f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, {_NEXT_SEQ}) "
@@ -785,7 +794,7 @@ RECORD_SQL = (
 )
 
 
-def sending_params(run_id: str, request: PassRequest, tenant: str | None) -> tuple[Any, ...]:
+def _sending_params(run_id: str, request: PassRequest, tenant: str | None) -> tuple[Any, ...]:
     now = _now()
     boot = boot_id()
     return (
@@ -806,7 +815,7 @@ def sending_params(run_id: str, request: PassRequest, tenant: str | None) -> tup
 _FAILED_STATES = {Reason.INTERRUPTED: RowState.INTERRUPTED, Reason.NOT_SENT: RowState.NOT_SENT}
 
 
-def record_params(
+def _record_params(
     run_id: str, outcome: Outcome, seal: Callable[[str], str], tenant: str | None
 ) -> tuple[Any, ...]:
     value = method_id = issued_at = object_id = None
@@ -1035,3 +1044,90 @@ def _derive_key(password: str, salt: bytes) -> bytes:
     """A Fernet key from the password: scrypt (n=2**14, r=8, p=1), about 50 ms, once per open."""
     key = Scrypt(salt=salt, length=32, n=2**14, r=8, p=1).derive(password.encode())
     return base64.urlsafe_b64encode(key)
+
+
+class RowWriter:
+    """Rows' journal writes, grouped: `add` queues a row about to be sent (a PassRequest) or an
+    outcome; `await durable()` commits everything queued in the same moment in one transaction,
+    in a thread, so the event loop goes on while the disk syncs. A worker still sends nothing
+    before its row is marked in flight on disk, and takes no new row before its outcome is on
+    disk; but twenty workers share one fsync instead of paying for twenty. A failed write is a
+    JournalWriteError: the run must stop rather than hand out passes it cannot keep.
+    """
+
+    def __init__(self, journal: Journal, run_id: str) -> None:
+        self.journal = journal
+        self.run_id = run_id
+        self._queued: list[PassRequest | Outcome] = []
+        self._commit: asyncio.Future[None] | None = None
+        self._committed = 0  # items written so far
+        self._in_commit = 0  # items being written now
+        self._unwritten: list[tuple[int, Any]] = []  # prepared, not yet on disk
+        self._writing = threading.Lock()
+
+    def add(self, item: PassRequest | Outcome) -> None:
+        self._queued.append(item)
+
+    async def durable(self) -> None:
+        """Wait until everything queued so far is committed (whatever is queued meanwhile goes
+        into the next commit, together)."""
+        target = self._committed + self._in_commit + len(self._queued)
+        while self._committed < target:
+            if self._commit is None:
+                self._commit = asyncio.ensure_future(self._commit_queued())
+            await asyncio.shield(self._commit)
+
+    def flush(self) -> None:
+        """Commit whatever is queued or being committed, now (also when the run is torn down)."""
+        items, self._queued = self._queued, []
+        if items:
+            self._unwritten.append((len(items), self._prepare(items)))
+            self._committed += len(items)
+        self._write_unwritten()
+
+    async def _commit_queued(self) -> None:
+        items, self._queued = self._queued, []
+        steps = self._prepare(items)  # on the loop: the thread then barely needs the GIL
+        batch = (len(items), steps)
+        self._unwritten.append(batch)
+        self._in_commit = len(items)
+        try:
+            await asyncio.to_thread(self._write_unwritten, batch)
+        finally:
+            self._in_commit = 0
+            self._commit = None
+        self._committed += len(items)
+
+    def _write_unwritten(self, only: tuple[int, Any] | None = None) -> None:
+        """Write prepared batches not yet on disk (`only`: just that one, if still unwritten).
+
+        The lock makes `flush` wait for a commit in progress, and a batch is written once:
+        by its thread, or by `flush` if its thread never ran (a cancelled run).
+        """
+        with self._writing:
+            for batch in [b for b in self._unwritten if only is None or b is only]:
+                try:
+                    self.journal._write(batch[1])
+                except JournalWriteError:
+                    raise
+                except (sqlite3.Error, OSError) as exc:  # whatever the store itself raised
+                    raise JournalWriteError(
+                        f"cannot write the run journal {self.journal.path}: {exc}"
+                    ) from None
+                self._unwritten.remove(batch)
+
+    def _prepare(self, items: list[PassRequest | Outcome]) -> list[tuple[str, list[Any]]]:
+        """The statements for these items, in their order (runs of one kind go together)."""
+        journal, run_id = self.journal, self.run_id
+        steps: list[tuple[str, list[Any]]] = []
+        for item in items:
+            if isinstance(item, PassRequest):
+                sql, params = _SENDING_SQL, _sending_params(run_id, item, journal.tenant)
+            else:
+                sql = _RECORD_SQL
+                params = _record_params(run_id, item, journal.seal, journal.tenant)
+            if steps and steps[-1][0] == sql:
+                steps[-1][1].append(params)
+            else:
+                steps.append((sql, [params]))
+        return steps

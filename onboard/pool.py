@@ -1,9 +1,11 @@
-"""The worker pool: how many requests at once, and what each row ends as.
+"""The per-row work of sending: issue one pass (or one $batch of them), retry it, and say what
+each row ended as; then confirm passes whose request had an unclear answer.
 
-"What to do with one row" is the `create` callable (GraphClient.create_pass); this module only
-decides how many run at once, retries them, and turns every result into an outcome. Rows are
-unique per user before they get here (reader.plan), so no two requests for one user are ever in
-flight. An AuthError stops the pool: rows not yet sent end as Failed "Not sent".
+How many at once and how to stop is runner.run_each's business; how fast, the rate
+controller's; what an error means to a person, the `explain` and `unusable` functions the
+caller passes in (graph.py's). Every row's fate goes to one Sink. Rows are unique per user
+before they get here (reader.plan), so no two requests for one user are ever in flight. An
+AuthError stops the pool: rows not yet sent end as "Not sent".
 """
 
 from __future__ import annotations
@@ -11,13 +13,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar
+from typing import Protocol
 
 from .config import RunSettings
 from .errors import AuthError, GraphError, JournalWriteError, TransientError
-from .graph import CreatedPass, explain, unusable_pass
+from .graph import CreatedPass
 from .outcomes import (
     Failed,
     Issued,
@@ -29,93 +31,261 @@ from .outcomes import (
     not_sent,
     refused_before_stop,
 )
-from .retrying import RETRYABLE, Retries, is_unclear, with_retries
+from .retrying import RETRYABLE, Retries, Sleep, is_unclear, retries_for, with_retries
+from .runner import ask_all, run_each, stopped_within
 
 log = logging.getLogger(__name__)
 
 Create = Callable[[PassRequest], Awaitable[CreatedPass]]
 CreateBatch = Callable[[Sequence[PassRequest]], Awaitable[list[CreatedPass | GraphError]]]
-OnOutcome = Callable[[Outcome], None]
-OnSend = Callable[[PassRequest], None]
-Durable = Callable[[], Awaitable[None]]
-DEFAULT_GRACE_SECONDS = 15.0
+Current = Callable[[str], Awaitable[str | None]]
+Explain = Callable[[GraphError, str, int], tuple[Reason, str]]
+Unusable = Callable[[CreatedPass, str], tuple[Reason, str]]
 CREATED = 201  # the status of a create Graph accepted, shown on a row whose pass is unusable
+CONFIRM_ROUNDS = 3
+_REISSUE_NOTE = "issued again: a slower earlier request had replaced the first pass"
+_UNCONFIRMED_NOTE = (
+    "not yet confirmed with Graph after an unclear attempt (the run was stopped): the next run "
+    "checks it"
+)
+
+
+class Sink(Protocol):
+    """Where what happens to each row goes (for a run: its report, journal and progress)."""
+
+    def sending(self, request: PassRequest) -> None:
+        """A request for this row is about to go (the journal marks it in flight)."""
+
+    def outcome(self, outcome: Outcome, *, again: bool = False) -> None:
+        """The row's outcome, as soon as it is known (`again`: in place of its earlier one)."""
+
+    async def durable(self) -> None:
+        """Everything given so far is on disk."""
+
+    def flush(self) -> None:
+        """Write whatever is waiting, now (also when the run is torn down)."""
+
+    def unconfirmed(self) -> list[Issued]:
+        """The passes issued after an unclear attempt, not yet confirmed with Graph."""
+
+
+@dataclass(frozen=True, slots=True)
+class Sender:
+    """What sending needs from Graph: a create, a batch of them, and the pass a user holds."""
+
+    create: Create
+    create_batch: CreateBatch | None
+    current_pass_id: Current
+    explain: Explain
+    unusable: Unusable
 
 
 @dataclass(slots=True)
 class PoolResult:
-    outcomes: list[Outcome] = field(default_factory=list)
     aborted: AuthError | None = None
     retries: int = 0
+    stopped: bool = False  # asked to stop: some rows were not sent, or not confirmed
     # Rows issued after an attempt of unknown fate, with when (time.monotonic) that attempt ended.
     unclear: dict[Origin, float] = field(default_factory=dict)
 
 
+async def send(
+    requests: Sequence[PassRequest],
+    sender: Sender,
+    sink: Sink,
+    run: RunSettings,
+    stop: asyncio.Event | None = None,
+    *,
+    sleep: Sleep = asyncio.sleep,
+) -> PoolResult:
+    """Issue a pass for each request, then make sure each pass issued after an unclear attempt
+    is the one Graph holds: once run.settle_seconds have passed since that attempt, ask Graph;
+    issue again where a slower request replaced it (CONFIRM_ROUNDS times at most)."""
+    result = PoolResult()
+    try:
+        await _send(requests, sender, sink, run, stop, sleep, result)
+    finally:
+        sink.flush()
+    return result
+
+
+async def _send(
+    requests: Sequence[PassRequest],
+    sender: Sender,
+    sink: Sink,
+    run: RunSettings,
+    stop: asyncio.Event | None,
+    sleep: Sleep,
+    result: PoolResult,
+) -> None:
+    await issue_all(requests, sender, sink, run, stop, sleep=sleep, result=result)
+    if stop is not None and stop.is_set():
+        result.stopped = True
+    sent_at = dict(result.unclear)  # resumed ones: now, later than any of the stopped run's
+    given_up: set[Origin] = set()
+    for _ in range(CONFIRM_ROUNDS):
+        suspects = [i for i in sink.unconfirmed() if i.origin not in given_up]
+        if not suspects:
+            return
+        settled_at = max(sent_at.get(i.origin, time.monotonic()) for i in suspects)
+        if result.stopped or await stopped_within(
+            stop, settled_at + run.settle_seconds - time.monotonic()
+        ):
+            # Stopping: leave them flagged in the journal; the next run checks them with Graph.
+            result.stopped = True
+            for item in suspects:
+                sink.outcome(replace(item, note=_join(item.note, _UNCONFIRMED_NOTE)), again=True)
+            return
+        found = await confirm(suspects, sender.current_pass_id, run, sleep)
+        for item in found.confirmed + found.unknown:
+            sink.outcome(item, again=True)
+        given_up.update(item.origin for item in found.unknown)
+        if not found.replaced:
+            return
+        for item in found.replaced:
+            log.warning(
+                "%s row %d %s: Graph holds a different pass than the one it returned (a slower "
+                "earlier request finished late); issuing again",
+                item.origin.source,
+                item.origin.row,
+                item.request.user,
+            )
+        again = [
+            replace(i.request, note=_REISSUE_NOTE, prior_attempts=i.attempts)
+            for i in found.replaced
+        ]
+        await issue_all(again, sender, _Again(sink), run, stop, sleep=sleep, result=result)
+        sent_at.update(result.unclear)  # the latest unclear attempt of each row
+    for item in [i for i in sink.unconfirmed() if i.origin not in given_up]:
+        sink.outcome(
+            Failed(
+                item.origin,
+                item.request.user,
+                Reason.NOT_CONFIRMED,
+                "Graph kept holding a different pass than the one it returned. Run this row again.",
+                attempts=item.attempts,
+                request_id=item.request_id,
+                may_have_pass=True,
+            ),
+            again=True,
+        )
+
+
 async def issue_all(
     requests: Sequence[PassRequest],
-    create: Create,
-    *,
-    concurrency: int,
-    retries: Retries,
-    on_outcome: OnOutcome | None = None,
-    on_send: OnSend | None = None,
+    sender: Sender,
+    sink: Sink,
+    run: RunSettings,
     stop: asyncio.Event | None = None,
-    grace_seconds: float = DEFAULT_GRACE_SECONDS,
-    create_batch: CreateBatch | None = None,
-    batch_size: int = 1,
-    durable: Durable | None = None,
+    *,
+    sleep: Sleep = asyncio.sleep,
+    result: PoolResult | None = None,
 ) -> PoolResult:
-    """Issue one pass per request, `concurrency` workers; every row gets an outcome.
+    """Issue one pass per request, run.concurrency workers; every row gets an outcome.
 
-    How fast requests go is the rate controller's business (see rate.py); the workers only
-    bound how many are in flight. With `batch_size` > 1 and `create_batch`, a worker sends up to
-    `batch_size` rows in one JSON batch. `on_send` runs before every request (the journal marks
-    the row in flight); `on_outcome` as soon as a row's outcome is known. Where they only queue
-    the journal write, `durable` is awaited after each: before the request goes, and before the
-    worker takes another row. Once `stop` is set, no new row is started; rows in flight get
-    `grace_seconds` to finish, then are cancelled.
+    With run.batch_size > 1 (and a batch create), a worker sends up to that many rows in one
+    JSON batch. Before every request the sink hears of it (and the worker waits until that is
+    durable); each outcome goes to the sink as soon as it is known. Once `stop` is set no new
+    row is started; rows in flight get run.stop_grace_seconds to finish, then are cancelled.
     """
-    result = PoolResult()
-    queue: asyncio.Queue[PassRequest] = asyncio.Queue()
-    for request in requests:
-        queue.put_nowait(request)
-    batching = create_batch is not None and batch_size > 1
+    result = result if result is not None else PoolResult()
+    issuer = _Issuer(sender, sink, retries_for(run, sleep), result)
+    size = run.batch_size if sender.create_batch is not None and run.batch_size > 1 else 1
+    try:
+        unsent = await run_each(
+            _batches(requests, size),
+            issuer.handle,
+            concurrency=run.concurrency,
+            stop=stop,
+            grace_seconds=run.stop_grace_seconds,
+            halt=lambda: result.aborted is not None,
+        )
+        for request in list(issuer.in_hand.values()):
+            issuer.ended(issuer.stopped(request))
+        cause = str(result.aborted) if result.aborted else None
+        for batch in unsent:
+            for request in batch:
+                issuer.ended(not_sent(request, cause))
+    finally:
+        sink.flush()  # the rows the pool ended itself (interrupted, not sent), or on a crash
+    return result
 
-    in_hand: dict[Origin, PassRequest] = {}
-    sent: dict[Origin, int] = {}  # attempts made so far, per row
-    flying: set[Origin] = set()  # rows with a request on its way now
+
+@dataclass(slots=True)
+class _Issuer:
+    """The work for one row, or one batch of rows: attempts, retries, and each row's outcome."""
+
+    sender: Sender
+    sink: Sink
+    retries: Retries
+    result: PoolResult
+    in_hand: dict[Origin, PassRequest] = field(default_factory=dict)
+    sent: dict[Origin, int] = field(default_factory=dict)  # attempts made so far, per row
+    flying: set[Origin] = field(default_factory=set)  # rows with a request on its way now
     # Rows that may hold a pass from a request of unknown fate (this run's, or an earlier
     # run's); a request Graph answered (429, 503, 400...) made none.
-    doubt: set[Origin] = set()
+    doubt: set[Origin] = field(default_factory=set)
 
-    def stopped(request: PassRequest, cause: str | None = None) -> Failed:
+    async def handle(self, batch: list[PassRequest]) -> None:
+        for request in batch:
+            self.in_hand[request.origin] = request
+        try:
+            if len(batch) > 1:
+                await self.several(batch)
+            else:
+                await self.one(batch[0])
+            await self.sink.durable()
+        except AuthError as exc:
+            if self.result.aborted is None:
+                self.result.aborted = exc
+            for request in batch:
+                if request.origin in self.in_hand:
+                    # the request refused for the token made no pass; earlier ones may have
+                    self.flying.discard(request.origin)
+                    self.ended(self.stopped(request, str(exc)))
+        except JournalWriteError:
+            raise  # stop the run: no pass may be handed out that the journal cannot keep
+        except Exception as exc:  # a bug must not lose a row: report it and go on
+            log.exception("unexpected error for rows %s", [r.origin.row for r in batch])
+            for request in batch:
+                if request.origin in self.in_hand:
+                    self.record(
+                        Failed(
+                            request.origin,
+                            request.user,
+                            Reason.INTERNAL_ERROR,
+                            f"{type(exc).__name__} while issuing; report this to onboard's "
+                            "maintainers",
+                            may_have_pass=request.origin in self.sent,
+                        )
+                    )
+
+    def stopped(self, request: PassRequest, cause: str | None = None) -> Failed:
         """The outcome of a row the run stopped before it finished."""
-        attempts = sent.get(request.origin, request.prior_attempts)
-        if request.origin in flying or request.origin in doubt:
+        attempts = self.sent.get(request.origin, request.prior_attempts)
+        if request.origin in self.flying or request.origin in self.doubt:
             return interrupted(request.origin, request.user, attempts)
         if cause is None and attempts > request.prior_attempts:
             return refused_before_stop(request, attempts)
         return not_sent(request, cause)
 
-    def record(outcome: Outcome) -> None:
-        in_hand.pop(outcome.origin, None)
-        result.outcomes.append(outcome)
-        if on_outcome is not None:
-            on_outcome(outcome)
+    def record(self, outcome: Outcome) -> None:
+        self.in_hand.pop(outcome.origin, None)
+        self.sink.outcome(outcome)
 
-    def ended(outcome: Failed) -> None:
+    def ended(self, outcome: Failed) -> None:
         """A row the run stopped before it finished: logged, as every row's outcome is."""
-        where = f"{outcome.origin.source} row {outcome.origin.row} {outcome.user}"
-        log.info("%s: %s", where, outcome.shown)
-        record(outcome)
+        log.info("%s row %d %s: %s", outcome.origin.source, outcome.origin.row, outcome.user,
+                 outcome.shown)  # fmt: skip
+        self.record(outcome)
 
     def issued(
-        request: PassRequest, created: CreatedPass, unclear: float | None
+        self, request: PassRequest, created: CreatedPass, unclear: float | None
     ) -> Issued | Failed:
         if created.unusable:
-            return not_usable(request, created, unclear)
+            return self.not_usable(request, created, unclear)
         if unclear is not None:
-            result.unclear[request.origin] = unclear
+            self.result.unclear[request.origin] = unclear
         log.info(
             "%s row %d %s: pass issued (method %s, request-id %s)",
             request.origin.source,
@@ -133,160 +303,130 @@ async def issue_all(
             created.lifetime_minutes,
             created.usable_once,
             created.created,
-            sent[request.origin],
+            self.sent[request.origin],
             created.request_id,
             created.note,
             unconfirmed=unclear is not None,
         )
 
-    def not_usable(request: PassRequest, created: CreatedPass, unclear: float | None) -> Failed:
+    def not_usable(
+        self, request: PassRequest, created: CreatedPass, unclear: float | None
+    ) -> Failed:
         """A 201 whose pass Graph says nobody can sign in with (DisabledByPolicy...): not a
         success. Its value is dropped; its method id is kept, so it can be revoked."""
-        reason, detail = unusable_pass(created, request.user)
-        log.warning(
-            "%s row %d %s: %s (method %s, request-id %s)",
-            request.origin.source,
-            request.origin.row,
-            request.user,
-            reason,
-            created.method_id,
-            created.request_id,
-        )
+        reason, detail = self.sender.unusable(created, request.user)
+        log.warning("%s row %d %s: %s (method %s, request-id %s)", request.origin.source,
+                    request.origin.row, request.user, reason, created.method_id,
+                    created.request_id)  # fmt: skip
         return Failed(
-            request.origin,
-            request.user,
-            reason,
-            detail,
-            CREATED,
-            None,
-            sent[request.origin],
-            created.request_id,
-            may_have_pass=unclear is not None,
-            method_id=created.method_id,
-        )
+            request.origin, request.user, reason, detail, CREATED, None,
+            self.sent[request.origin], created.request_id,
+            may_have_pass=unclear is not None, method_id=created.method_id,
+        )  # fmt: skip
 
-    def failed(request: PassRequest, exc: GraphError, unclear: float | None) -> Failed:
-        attempts = sent.get(request.origin, request.prior_attempts)
-        reason, detail = explain(exc, request.user, attempts)
-        log.warning(
-            "%s row %d %s: %s (HTTP %s, request-id %s)",
-            request.origin.source,
-            request.origin.row,
-            request.user,
-            reason,
-            exc.status,
-            exc.request_id,
-        )
+    def failed(self, request: PassRequest, exc: GraphError, unclear: float | None) -> Failed:
+        attempts = self.sent.get(request.origin, request.prior_attempts)
+        reason, detail = self.sender.explain(exc, request.user, attempts)
+        log.warning("%s row %d %s: %s (HTTP %s, request-id %s)", request.origin.source,
+                    request.origin.row, request.user, reason, exc.status,
+                    exc.request_id)  # fmt: skip
         return Failed(
-            request.origin,
-            request.user,
-            reason,
-            detail,
-            exc.status,
-            exc.code,
-            attempts,
+            request.origin, request.user, reason, detail, exc.status, exc.code, attempts,
             exc.request_id,
             may_have_pass=unclear is not None or request.prior_attempts > 0 or _made(exc),
-        )
+        )  # fmt: skip
 
-    def answered(request: PassRequest, exc: GraphError) -> None:
-        log.debug(
-            "row %s %s attempt %d: HTTP %s %s",
-            request.origin.row,
-            request.user,
-            sent[request.origin],
-            exc.status,
-            exc.code,
-        )
+    def answered(self, request: PassRequest, exc: GraphError) -> None:
+        log.debug("row %s %s attempt %d: HTTP %s %s", request.origin.row, request.user,
+                  self.sent[request.origin], exc.status, exc.code)  # fmt: skip
 
-    def first_doubt(request: PassRequest) -> float | None:
+    def first_doubt(self, request: PassRequest) -> float | None:
         # A row sent before by a run that stopped: that request's fate is unknown too.
         if request.prior_attempts or request.doubtful:
-            doubt.add(request.origin)
+            self.doubt.add(request.origin)
             return time.monotonic()
         return None
 
-    async def one(request: PassRequest) -> None:
-        unclear = first_doubt(request)
+    async def going(self, requests: Sequence[PassRequest], number: int) -> None:
+        """Before an attempt: count it, tell the sink, and wait until that is on disk."""
+        for request in requests:
+            self.sent[request.origin] = request.prior_attempts + number
+            self.sink.sending(request)
+        if number > 1:
+            self.result.retries += len(requests)
+        await self.sink.durable()
+
+    def unclear_answer(self, request: PassRequest, exc: GraphError) -> bool:
+        if is_unclear(exc):
+            self.doubt.add(request.origin)
+            return True
+        return False
+
+    async def one(self, request: PassRequest) -> None:
+        unclear = self.first_doubt(request)
 
         async def attempt(number: int) -> CreatedPass:
             nonlocal unclear
-            sent[request.origin] = request.prior_attempts + number
-            if number > 1:
-                result.retries += 1
-            if on_send is not None:
-                on_send(request)
-            if durable is not None:
-                await durable()
-            flying.add(request.origin)
+            await self.going([request], number)
+            self.flying.add(request.origin)
             try:
-                return await create(request)
+                return await self.sender.create(request)
             except GraphError as exc:
-                if is_unclear(exc):
+                if self.unclear_answer(request, exc):
                     unclear = time.monotonic()
-                    doubt.add(request.origin)
-                answered(request, exc)
+                self.answered(request, exc)
                 raise
             finally:
-                flying.discard(request.origin)
+                self.flying.discard(request.origin)
 
         try:
-            created = await with_retries(attempt, retries)
+            created = await with_retries(attempt, self.retries)
         except GraphError as exc:
-            record(failed(request, exc, unclear))
+            self.record(self.failed(request, exc, unclear))
             return
-        record(issued(request, created, unclear))
+        self.record(self.issued(request, created, unclear))
 
-    async def several(batch: list[PassRequest]) -> None:
+    async def several(self, batch: list[PassRequest]) -> None:
         """One JSON batch; rows whose sub-request must be retried go again, after the wait."""
+        create_batch = self.sender.create_batch
         assert create_batch is not None
-        unclear = {r.origin: first_doubt(r) for r in batch}
+        unclear = {r.origin: self.first_doubt(r) for r in batch}
         remaining = list(batch)
         last: dict[Origin, GraphError] = {}
 
         async def attempt(number: int) -> None:
             nonlocal remaining
-            for request in remaining:
-                sent[request.origin] = request.prior_attempts + number
-                if on_send is not None:
-                    on_send(request)
-            if durable is not None:
-                await durable()
-            if number > 1:
-                result.retries += len(remaining)
-            flying.update(r.origin for r in remaining)
+            await self.going(remaining, number)
+            self.flying.update(r.origin for r in remaining)
             try:
                 answers = await create_batch(remaining)
             except GraphError as exc:  # the whole batch: refused, or its answer lost
                 for request in remaining:
-                    if is_unclear(exc):
+                    if self.unclear_answer(request, exc):
                         unclear[request.origin] = time.monotonic()
-                        doubt.add(request.origin)
-                    answered(request, exc)
+                    self.answered(request, exc)
                 last.clear()
                 raise
             finally:
-                flying.difference_update(r.origin for r in remaining)
+                self.flying.difference_update(r.origin for r in remaining)
             again: list[PassRequest] = []
             waits: list[float] = []
             for request, answer in zip(remaining, answers, strict=True):
                 if isinstance(answer, CreatedPass):
-                    record(issued(request, answer, unclear[request.origin]))
+                    self.record(self.issued(request, answer, unclear[request.origin]))
                 elif isinstance(answer, RETRYABLE):
-                    if is_unclear(answer):
+                    if self.unclear_answer(request, answer):
                         unclear[request.origin] = time.monotonic()
-                        doubt.add(request.origin)
-                    answered(request, answer)
+                    self.answered(request, answer)
                     last[request.origin] = answer
                     again.append(request)
                     if answer.retry_after is not None:
                         waits.append(answer.retry_after)
                 else:
-                    record(failed(request, answer, unclear[request.origin]))
+                    self.record(self.failed(request, answer, unclear[request.origin]))
             remaining = again
             if remaining:
-                if durable is not None:
-                    await durable()  # the passes issued so far, on disk before the wait
+                await self.sink.durable()  # the passes issued so far, on disk before the wait
                 # Retried together, after the longest Retry-After among them.
                 raise TransientError(
                     f"{len(remaining)} requests in the batch must be retried",
@@ -295,128 +435,38 @@ async def issue_all(
                 )
 
         try:
-            await with_retries(attempt, retries)
+            await with_retries(attempt, self.retries)
         except GraphError as exc:
             for request in remaining:
-                record(failed(request, last.get(request.origin, exc), unclear[request.origin]))
-
-    def take() -> list[PassRequest]:
-        batch: list[PassRequest] = []
-        while len(batch) < (batch_size if batching else 1):
-            try:
-                batch.append(queue.get_nowait())
-            except asyncio.QueueEmpty:
-                break
-        return batch
-
-    async def worker() -> None:
-        while result.aborted is None and not (stop is not None and stop.is_set()):
-            batch = take()
-            if not batch:
-                return
-            for request in batch:
-                in_hand[request.origin] = request
-            try:
-                if batching:
-                    await several(batch)
-                else:
-                    await one(batch[0])
-                if durable is not None:
-                    await durable()
-            except AuthError as exc:
-                if result.aborted is None:
-                    result.aborted = exc
-                for request in batch:
-                    if request.origin in in_hand:
-                        # the request refused for the token made no pass; earlier ones may have
-                        flying.discard(request.origin)
-                        ended(stopped(request, str(exc)))
-            except JournalWriteError:
-                raise  # stop the run: no pass may be handed out that the journal cannot keep
-            except Exception as exc:  # a bug must not lose a row: report it and go on
-                log.exception("unexpected error for rows %s", [r.origin.row for r in batch])
-                for request in batch:
-                    if request.origin in in_hand:
-                        record(
-                            Failed(
-                                request.origin,
-                                request.user,
-                                Reason.INTERNAL_ERROR,
-                                f"{type(exc).__name__} while issuing; report this to onboard's "
-                                "maintainers",
-                                may_have_pass=request.origin in sent,
-                            )
-                        )
-
-    workers = [
-        asyncio.create_task(worker()) for _ in range(max(1, min(concurrency, len(requests))))
-    ]
-    try:
-        await _until_done_or_stopped(workers, stop, grace_seconds)
-    except BaseException:
-        for task in workers:
-            task.cancel()
-        raise
-    for request in list(in_hand.values()):
-        ended(stopped(request))
-    while not queue.empty():
-        request = queue.get_nowait()
-        ended(not_sent(request, str(result.aborted) if result.aborted else None))
-    return result
+                failure = last.get(request.origin, exc)
+                self.record(self.failed(request, failure, unclear[request.origin]))
 
 
-async def _until_done_or_stopped(
-    workers: list[asyncio.Task[None]], stop: asyncio.Event | None, grace_seconds: float
-) -> None:
-    everything: asyncio.Future[list[None]] = asyncio.gather(*workers)
-    # When we are cancelled (a second signal), the workers are cancelled too: read the result
-    # so asyncio does not report an exception "never retrieved".
-    everything.add_done_callback(lambda f: f.cancelled() or f.exception())
-    if stop is None:
-        await everything
-        return
-    stopping: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
-    try:
-        pending: list[asyncio.Future[Any]] = [everything, stopping]
-        await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-        if everything.done():
-            await _raise_if_failed(everything, workers)
-            return
-        log.warning(
-            "stopping: no new rows; waiting up to %.0f s for requests in flight", grace_seconds
-        )
-        # asyncio.wait, not wait_for: Python 3.11's wait_for loses a cancel (a second signal)
-        # that arrives just as the last request in flight finishes.
-        done, _ = await asyncio.wait([everything], timeout=grace_seconds)
-        if done:
-            await _raise_if_failed(everything, workers)
-        else:
-            await _stop_all(workers)
-    finally:
-        stopping.cancel()
+class _Again:
+    """A sink that puts each outcome in place of the row's earlier one (a pass issued again)."""
+
+    def __init__(self, sink: Sink) -> None:
+        self._sink = sink
+
+    def sending(self, request: PassRequest) -> None:
+        self._sink.sending(request)
+
+    def outcome(self, outcome: Outcome, *, again: bool = False) -> None:
+        self._sink.outcome(outcome, again=True)
+
+    async def durable(self) -> None:
+        await self._sink.durable()
+
+    def flush(self) -> None:
+        self._sink.flush()
+
+    def unconfirmed(self) -> list[Issued]:
+        return self._sink.unconfirmed()
 
 
-async def _raise_if_failed(
-    everything: asyncio.Future[Any], workers: list[asyncio.Task[None]]
-) -> None:
-    """A worker that raised (a journal that cannot be written) stops the run: the others are
-    stopped and waited for, then its error goes on up. asyncio.wait alone would swallow it."""
-    if everything.cancelled() or everything.exception() is None:
-        return
-    await _stop_all(workers)
-    raise everything.exception()  # type: ignore[misc]
-
-
-async def _stop_all(workers: list[asyncio.Task[None]]) -> None:
-    """Cancel the workers and wait until each has finished with its cancellation."""
-    for task in workers:
-        task.cancel()
-    await asyncio.gather(*workers, return_exceptions=True)
-
-
-Current = Callable[[str], Awaitable[str | None]]
-K = TypeVar("K", bound=Hashable)
-A = TypeVar("A")
+def _batches(requests: Sequence[PassRequest], size: int) -> Iterator[list[PassRequest]]:
+    for start in range(0, len(requests), size):
+        yield list(requests[start : start + size])
 
 
 @dataclass(slots=True)
@@ -426,73 +476,19 @@ class Confirmation:
     unknown: list[Issued] = field(default_factory=list)  # could not ask; kept, with a note
 
 
-async def current_passes(
-    users: Sequence[str],
-    current: Current,
-    *,
-    concurrency: int,
-    retries: Retries,
-) -> dict[str, str | GraphError | None]:
-    """Ask Graph which pass (method id) each user holds now; a GraphError where it would not say."""
-    return await ask_all(users, current, concurrency=concurrency, retries=retries)
-
-
-async def ask_all(
-    keys: Iterable[K],
-    ask: Callable[[K], Awaitable[A]],
-    *,
-    concurrency: int,
-    retries: Retries,
-    stop: asyncio.Event | None = None,
-) -> dict[K, A | GraphError]:
-    """`ask(key)` for every distinct key, `concurrency` at a time, each retried as a create
-    would be: the answer, or the GraphError that ended its tries. Nothing is created. Once
-    `stop` is set no key is asked again: those keys have no answer.
-
-    `concurrency` workers share one iterator of the keys, so 100,000 keys cost 100,000
-    answers, not 100,000 waiting tasks."""
-    answers: dict[K, A | GraphError] = {}
-    todo = iter(dict.fromkeys(keys))
-
-    class Stopped(Exception):
-        pass
-
-    async def worker() -> None:
-        for key in todo:
-
-            async def attempt(_: int, key: K = key) -> A:
-                if stop is not None and stop.is_set():
-                    raise Stopped
-                return await ask(key)
-
-            try:
-                answers[key] = await with_retries(attempt, retries)
-            except GraphError as exc:
-                answers[key] = exc
-            except Stopped:
-                return
-
-    await asyncio.gather(*(worker() for _ in range(max(1, concurrency))))
-    return answers
-
-
 async def confirm(
-    issued: Sequence[Issued],
-    current: Current,
-    *,
-    concurrency: int,
-    retries: Retries,
+    issued: Sequence[Issued], current: Current, run: RunSettings, sleep: Sleep = asyncio.sleep
 ) -> Confirmation:
     """Ask Graph which pass each user holds now, for passes issued after an unclear attempt.
 
     A request that timed out may still complete at Graph after its retry did; its pass then
     replaces the one we were given. Comparing method ids finds those users.
     """
-    answers = await current_passes(
+    answers = await ask_all(
         [item.request.user for item in issued],
         current,
-        concurrency=concurrency,
-        retries=retries,
+        concurrency=run.concurrency,
+        retries=retries_for(run, sleep),
     )
     found = Confirmation()
     for item in issued:
@@ -519,25 +515,3 @@ def _made(exc: GraphError) -> bool:
 
 def _join(first: str, second: str) -> str:
     return f"{first}; {second}" if first else second
-
-
-def retries_for(run: RunSettings) -> Retries:
-    """The retry policy run.* sets (attempts, first wait, longest wait)."""
-    return Retries(run.max_attempts, run.backoff_seconds, run.backoff_max_seconds)
-
-
-async def stopped_within(stop: asyncio.Event | None, seconds: float) -> bool:
-    """Wait `seconds`, or less if asked to stop; True if asked to stop."""
-    if stop is None:
-        await asyncio.sleep(max(0.0, seconds))
-        return False
-    if seconds <= 0:
-        return stop.is_set()
-    # asyncio.wait, not wait_for: Python 3.11's wait_for loses a cancel (a second signal) that
-    # arrives as the event is already set.
-    waiter = asyncio.ensure_future(stop.wait())
-    try:
-        done, _ = await asyncio.wait([waiter], timeout=seconds)
-    finally:
-        waiter.cancel()
-    return bool(done)

@@ -25,6 +25,7 @@ from tenacity import (
 )
 from tenacity.wait import wait_base
 
+from .config import RunSettings
 from .errors import ThrottledError, TransientError
 
 RETRYABLE = (ThrottledError, TransientError)
@@ -116,6 +117,11 @@ class Retries:
     backoff_seconds: float = 1.0
     backoff_max_seconds: float = 60.0
     sleep: Sleep = asyncio.sleep
+
+
+def retries_for(run: RunSettings, sleep: Sleep = asyncio.sleep) -> Retries:
+    """The retry policy run.* sets (attempts, first wait, longest wait); `sleep` waits."""
+    return Retries(run.max_attempts, run.backoff_seconds, run.backoff_max_seconds, sleep)
 
 
 async def with_retries(attempt: Callable[[int], Awaitable[T]], retries: Retries) -> T:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from onboard.errors import AuthError, GraphError, ThrottledError, TransientError
-from onboard.graph import CreatedPass
-from onboard.outcomes import Failed, Issued, Origin, PassRequest
-from onboard.pool import issue_all
+from onboard.config import RunSettings
+from onboard.graph import CreatedPass, explain, unusable_pass
+from onboard.outcomes import Failed, Issued, Origin, Outcome, PassRequest
+from onboard.pool import Sender, issue_all
 from onboard.retrying import Retries
 
 START = datetime(2027, 1, 4, 8, tzinfo=timezone.utc)
@@ -53,13 +55,56 @@ class Script:
         return created(f"+pass-{req.user}")
 
 
-def run(requests: list[PassRequest], create: Callable, clock: FakeClock | None = None,
-        **kwargs) -> object:
+class Collected:
+    """A pool Sink that keeps what it is told (a run's is the report, journal and progress)."""
+
+    def __init__(self, durable: Callable[[], Awaitable[None]] | None = None) -> None:
+        self.outcomes: list[Outcome] = []
+        self.sent: list[PassRequest] = []
+        self._durable = durable
+
+    def sending(self, request: PassRequest) -> None:
+        self.sent.append(request)
+
+    def outcome(self, outcome: Outcome, *, again: bool = False) -> None:
+        if again:
+            self.outcomes = [o for o in self.outcomes if o.origin != outcome.origin]
+        self.outcomes.append(outcome)
+
+    async def durable(self) -> None:
+        if self._durable is not None:
+            await self._durable()
+
+    def flush(self) -> None:
+        pass
+
+    def unconfirmed(self) -> list[Issued]:
+        return [o for o in self.outcomes if isinstance(o, Issued) and o.unconfirmed]
+
+
+@dataclass
+class Ran:
+    outcomes: list[Outcome]
+    retries: int
+    aborted: AuthError | None
+    unclear: dict[Origin, float]
+
+
+def run(requests: list[PassRequest], create: Callable, clock: FakeClock | None = None, *,
+        concurrency: int = 4, max_attempts: int = 5, create_batch: Callable | None = None,
+        batch_size: int = 1, stop: asyncio.Event | None = None,
+        durable: Callable[[], Awaitable[None]] | None = None) -> Ran:
     clock = clock or FakeClock()
-    retries = Retries(kwargs.pop("max_attempts", 5), 1.0, 8.0, clock.sleep)
-    return asyncio.run(issue_all(
-        requests, create, concurrency=kwargs.pop("concurrency", 4), retries=retries, **kwargs,
-    ))
+    settings = RunSettings(concurrency=concurrency, max_attempts=max_attempts, backoff_seconds=1.0,
+                           backoff_max_seconds=8.0, batch_size=batch_size)
+    sender = Sender(create, create_batch, no_current, explain, unusable_pass)
+    sink = Collected(durable)
+    result = asyncio.run(issue_all(requests, sender, sink, settings, stop, sleep=clock.sleep))
+    return Ran(sink.outcomes, result.retries, result.aborted, result.unclear)
+
+
+async def no_current(user: str) -> str | None:
+    raise AssertionError("these tests never confirm a pass")
 
 
 def throttled(seconds: float | None = 2.0) -> ThrottledError:
@@ -274,7 +319,7 @@ def test_a_journal_that_cannot_be_written_stops_the_pool_with_its_error() -> Non
 
 def test_ask_all_asks_nothing_more_once_stopped() -> None:
     """Reads before the first create stop when asked to: keys not asked have no answer."""
-    from onboard.pool import ask_all
+    from onboard.runner import ask_all
 
     asked: list[int] = []
 

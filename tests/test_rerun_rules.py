@@ -467,9 +467,8 @@ def test_settle_is_measured_by_the_monotonic_clock_within_a_boot(tmp_path: Path)
     with Journal(tmp_path / "j.sqlite") as journal:
         journal.begin("run-1", datetime.now(UTC), "k", {}, tenant=tenant, tenant_name=None,
                       simulated=False)  # fmt: skip
-        from onboard.journal import SENDING_SQL, sending_params
 
-        journal.write([(SENDING_SQL, [sending_params("run-1", request, tenant)])])
+        journal.sending("run-1", request)
         journal.finish("run-1", "stopped", None)
         wall, ago = journal.last_sent(tenant, person, excluding="run-2")
     assert wall is not None and ago is not None and 0 <= ago < 5

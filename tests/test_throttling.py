@@ -104,7 +104,7 @@ def test_a_journal_that_cannot_be_written_stops_the_run(
 
     state = SimulatorState(users(*GOOD), seed=1)
     sim = serve_simulator(state)
-    original = Journal.write
+    original = Journal._write
     calls = {"n": 0}
 
     def failing(self: Journal, steps: object) -> None:
@@ -113,7 +113,7 @@ def test_a_journal_that_cannot_be_written_stops_the_run(
             raise sqlite3.OperationalError("database or disk is full")
         original(self, steps)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(Journal, "write", failing)
+    monkeypatch.setattr(Journal, "_write", failing)
     lines = ["Name,Work Email,Start Date,Lifetime"]
     lines += [f"Hire {n},{upn},{SOON[n % 5]}," for n, upn in enumerate(GOOD)]
     path = tmp_path / "hires.csv"
