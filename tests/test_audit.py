@@ -29,8 +29,8 @@ def sample(tmp_path: Path) -> Path:
                     "a note")
     equals = Issued(PassRequest(Origin("hires.xlsx", 3), "bo@contoso.com", None, START, 60,
                                 False), "=Ab12-x", "m-2", START, END, 60, False, None, 1, None)
-    failed = Failed(Origin("hires.xlsx", 4), "x@contoso.com", Reason.USER_NOT_FOUND, "-no such user",
-                    404, "Request_ResourceNotFound", 1, "req-2")
+    failed = Failed(Origin("hires.xlsx", 4), "x@contoso.com", Reason.USER_NOT_FOUND,
+                    "-no such user", 404, "Request_ResourceNotFound", 1, "req-2")
     skipped = Skipped(Origin("hires.xlsx", 5), "bo@contoso.com", Reason.REPEATED, "same as row 3")
     summary = RunSummary("run-1", START, END, "0.1.0",
                          [FileSummary("hires.xlsx", "ab" * 32, 4, "Sheet1")],
@@ -64,8 +64,8 @@ def test_rows_hold_exact_values_and_real_dates(tmp_path: Path) -> None:
          datetime(2027, 1, 4, 16), 60, "no", None, None, "m-2", None, 1, None],
     ]
     failed = [[c.value for c in row] for row in book["Failed"].iter_rows(min_row=2)]
-    assert failed == [["hires.xlsx", 4, "x@contoso.com", Reason.USER_NOT_FOUND, "-no such user", 404,
-                       "Request_ResourceNotFound", 1, "req-2", None, None]]
+    assert failed == [["hires.xlsx", 4, "x@contoso.com", Reason.USER_NOT_FOUND, "-no such user",
+                       404, "Request_ResourceNotFound", 1, "req-2", None, None]]
 
 
 def test_text_from_input_is_never_a_formula(tmp_path: Path) -> None:

@@ -7,8 +7,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from onboard.errors import AuthError, GraphError, ThrottledError, TransientError
 from onboard.config import RunSettings
+from onboard.errors import AuthError, GraphError, ThrottledError, TransientError
 from onboard.graph import CreatedPass, explain, unusable_pass
 from onboard.outcomes import Failed, Issued, Origin, Outcome, PassRequest
 from onboard.pool import Sender, issue_all
