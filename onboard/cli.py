@@ -1,16 +1,7 @@
 """The command line: parse options, call the library, print, and map errors to exit codes.
 
-Exit codes (documented in the README):
-    0  every row issued (or skipped on purpose)
-    1  the run finished, but some rows failed (see the Failed sheet)
-    2  bad usage, config or input file: nothing was sent
-    3  the run aborted: sign-in failed, Graph refused our token, or the audit could not be
-       written (the passes are kept in the journal)
-    4  internal error (a bug); the audit workbook holds what was done
-    5  another onboard run holds the journal or the tenant: nothing was done
-  130  stopped by SIGINT (Ctrl-C); 143 stopped by SIGTERM. After one signal the run finishes
-       the requests in flight and writes the audit; after a second it stops at once, and the
-       same command resumes it.
+Exit codes: EXIT_CODES below says what each means and what to do, once; the exit-code
+reference (docs/reference/exit-codes.md) and the README's table are generated from it.
 
 `simulate` serves until it is stopped: Ctrl-C (or SIGTERM) is its normal end, exit 0.
 `run` and `validate --online` need a config file (./config.yaml or -c): defaults alone never
@@ -33,7 +24,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NamedTuple, TextIO
 
 from tqdm import tqdm
 
@@ -78,6 +69,63 @@ EXIT_INTERNAL = 4
 EXIT_LOCKED = 5
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
+
+
+class ExitMeaning(NamedTuple):
+    """What an exit code tells the operator, and what to do about it: one line each."""
+
+    meaning: str
+    action: str
+
+
+# Said once, here: docs/generate.py writes the exit-code reference and the README's table from
+# it, and tests/test_docs.py fails when a committed copy differs.
+EXIT_CODES: dict[int, ExitMeaning] = {
+    EXIT_OK: ExitMeaning(
+        "every row was issued, or skipped on purpose (a repeated row, a pass already issued)",
+        "hand out the passes",
+    ),
+    EXIT_ROWS_FAILED: ExitMeaning(
+        "the run finished, but some rows failed, or some users hold a pass this journal did not"
+        " issue (nobody here can vouch it was handed out), or a check needs attention (a"
+        " certificate that expires within 30 days, a check onboard had no permission to make);"
+        " for `validate`: a problem was found",
+        "read the `Failed` sheet, fix the sheet, run it again (rows already issued are skipped);"
+        " for a pass held elsewhere, replace it with `--reissue-user` if nobody has it",
+    ),
+    EXIT_BAD_INPUT: ExitMeaning(
+        "bad usage, config or input file (missing, unreadable, no user column, unwritable"
+        " output folder); **nothing was sent**",
+        "read the message: it names the file and what is wrong",
+    ),
+    EXIT_ABORTED: ExitMeaning(
+        "the run aborted: the tenant's pass policy is turned off, sign-in or TLS failed, Graph"
+        " refused a fresh token, or the audit workbook or the run journal could not be"
+        " written; the message says what was done and where it is kept",
+        "fix the credential, consent, policy, `graph.ca_bundle`, or free disk space; then run"
+        " the same command again",
+    ),
+    EXIT_INTERNAL: ExitMeaning(
+        "internal error (a bug in onboard); the audit workbook holds what was done, unfinished"
+        " rows marked `Not finished`",
+        "run with `-vv`, report it",
+    ),
+    EXIT_LOCKED: ExitMeaning(
+        "another onboard run is using the journal, or is issuing passes in the same tenant on"
+        " this machine (the message names its process and journal); nothing was done",
+        "wait for it, or check it is not hung",
+    ),
+    EXIT_INTERRUPTED: ExitMeaning(
+        "stopped by SIGINT (Ctrl-C): requests in flight finished, the audit workbook holds what"
+        " was done. After a *second* signal: stopped at once, no workbook yet (the journal"
+        " keeps everything)",
+        "run the same command again to finish",
+    ),
+    EXIT_TERMINATED: ExitMeaning(
+        "stopped by SIGTERM (a `timeout`, systemd, a container stop): as for 130",
+        "run the same command again to finish",
+    ),
+}
 SIGNAL_EXIT = {signal.SIGINT: EXIT_INTERRUPTED, signal.SIGTERM: EXIT_TERMINATED}
 DEFAULT_CONFIG = "config.yaml"
 PROGRESS_EVERY_SECONDS = 10.0

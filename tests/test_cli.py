@@ -215,6 +215,12 @@ def test_quick_start_demo_runs_on_the_sample(tmp_path: Path) -> None:
     )
     assert done.returncode == EXIT_ROWS_FAILED, done.stderr
     assert "55 rows: 50 issued, 4 failed, 1 skipped" in done.stdout
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    shown = readme.split("prints on standard output:\n\n```\n", 1)[1].split("```", 1)[0]
+    run_id = re.compile(r"\d{8}-\d{6}-[0-9a-f]{6}")
+    folder = re.compile(r"(?m)^(audit workbook: ).*/")
+    same = [run_id.sub("RUN", folder.sub(r"\1", text)) for text in (shown, done.stdout)]
+    assert same[0] == same[1]  # the README shows what the demo prints, but for id and folder
     rows = audit_rows(latest_audit(tmp_path))
     assert {r["Reason"] for r in rows["Failed"]} == {
         "Lifetime outside the pass policy", "Invalid Start Date", "User not found",

@@ -263,8 +263,8 @@ def _readme_cell(value: object) -> str:
 
 
 def test_the_readme_table_gives_the_defaults_of_config_py() -> None:
-    """README "Configuration" documents every key, each with config.py's default."""
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    """The configuration reference documents every key, each with config.py's default."""
+    readme = (ROOT / "docs" / "reference" / "configuration.md").read_text(encoding="utf-8")
     table = dict(re.findall(r"^\| `([a-z_.]+)` \| `?([^|`]*)`? \|", readme, re.MULTILINE))
     assert {k: table.get(k) for k in config_keys()} == {
         k: _readme_cell(default_value(k)) for k in config_keys()}
