@@ -4,7 +4,7 @@ workbook, each with a title row, a blank row, day-first text dates and a totals 
     .venv/bin/python benchmarks/reading.py            # 100,000 rows
     .venv/bin/python benchmarks/reading.py --rows 20000
 
-Each file is read in a process of its own (`job.read_all`, as `onboard run` reads it), so the
+Each file is read in a process of its own (`reader.read_all`, as `onboard run` reads it), so the
 peak memory is the read's alone. Results are in benchmarks/README.md ("Issue 6").
 """
 
@@ -20,6 +20,13 @@ import time
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+
+from onboard.reader import read_all
+
+
+def read_files(config, paths, now):  # type: ignore[no-untyped-def]
+    """The input files as `onboard run` reads them."""
+    return read_all(paths, config.input, config.pass_, now)
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -48,13 +55,12 @@ def make(kind: str, rows: int, path: Path) -> None:
 
 
 def read_one(path: Path) -> dict[str, float]:
-    from onboard import job
     from onboard.config import load_config
 
     config = load_config(None)
     config = replace(config, input=replace(config.input, date_order="DMY"))
     started = time.perf_counter()
-    (read,) = job.read_all(config, [path], NOW)
+    (read,) = read_files(config, [path], NOW)
     seconds = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"seconds": seconds, "requests": len(read.requests), "skipped": len(read.skipped),

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from .config import Config
-from .decide import already_issued
+from .config import Config, RunSettings
+from .decide import CheckFirst, already_issued, settle_wait
 from .errors import GraphError, PolicyDisabled, ThrottledError, TransientError
 from .graph import (
     FILTER_VALUES,
@@ -626,3 +626,54 @@ def _account_problem(
             None,
         )
     return None
+
+
+async def check_first(
+    run: RunSettings,
+    client: GraphClient,
+    to_check: list[CheckFirst],
+    stop: asyncio.Event | None,
+) -> tuple[list[PassRequest], list[Outcome]]:
+    """The rows whose earlier pass Graph no longer holds (to be sent again), and the outcome
+    of the others: skipped where Graph holds that very pass, not sent if stopped first.
+
+    Graph is asked only once run.settle_seconds have passed since the last request of unknown
+    fate for each row was sent (the journal knows when): a request that lands late would
+    otherwise replace the pass the check found.
+    """
+    if not to_check:
+        return [], []
+    now = datetime.now(UTC)
+    wait = max(
+        settle_wait(c.previous.last_sent, now, run.settle_seconds, c.previous.sent_ago)
+        for c in to_check
+    )
+    if wait > 0:
+        log.info("waiting %.1f s for earlier requests to settle before asking Graph", wait)
+        if await stopped_within(stop, wait):
+            return [], [not_sent(c.request) for c in to_check]  # not asked, so not sent
+    answers = await ask_all(
+        [c.request.user for c in to_check],
+        client.current_pass_id,
+        concurrency=run.concurrency,
+        retries=retries_for(run),
+    )
+    send: list[PassRequest] = []
+    decided: list[Outcome] = []
+    for check in to_check:
+        held = answers[check.request.user]
+        if held is not None and held == check.previous.method_id:
+            decided.append(already_issued(check.request, check.previous, confirmed=True))
+            continue
+        why = (
+            f"could not ask Graph (HTTP {held.status})"
+            if isinstance(held, GraphError)
+            else "Graph no longer holds it (a later request of unknown fate replaced it)"
+        )
+        note = f"the pass run {check.previous.run_id} issued may not stand: {why}; issued again"
+        send.append(replace(check.request, note=_join(check.request.note, note), doubtful=True))
+    return send, decided
+
+
+def _join(first: str, second: str) -> str:
+    return f"{first}; {second}" if first else second

@@ -29,6 +29,7 @@ from typing import Any, NamedTuple, TextIO
 from tqdm import tqdm
 
 from . import __version__, history, job, redact
+from . import validate as validation
 from .audit import SIMULATED, audit_options, redacted_path, write_problems
 from .config import (
     AUTH_METHODS,
@@ -45,6 +46,7 @@ from .config import (
     tenant_problem,
     timezone_problem,
 )
+from .connect import simulator_state
 from .errors import (
     AuditWriteError,
     AuthError,
@@ -55,11 +57,13 @@ from .errors import (
     OnboardError,
     RunStopped,
 )
+from .files import check_output_dir
 from .graph import PERMISSIONS_USED
 from .journal import Journal, RunInfo
 from .outcomes import Failed, Outcome, Skipped
 from .redact import printable
 from .report import RunReport, RunStatus
+from .tenant import SIMULATOR_CLIENT_ID, SIMULATOR_TENANT
 
 EXIT_OK = 0
 EXIT_ROWS_FAILED = 1
@@ -665,14 +669,14 @@ def _print_protection(config: Config, path: Path) -> None:
 def _validate(args: argparse.Namespace) -> int:
     config = _load(args, sends=args.online)
     found = asyncio.run(
-        job.validate(
+        validation.validate(
             config, args.inputs, env=os.environ, online=args.online, allow_users=args.allow_user
         )
     )
     rows: list[Failed | Skipped] = [*found.problems, *found.skipped]
     out = Path(args.out) if args.out else config.output.dir
     path = out / f"onboard-validate-{datetime.now(UTC):%Y%m%d-%H%M%S}.xlsx"
-    job.check_output_dir(out)
+    check_output_dir(out)
     write_problems(path, rows)
     with _stdout_may_close():
         _print_validation(found, rows, path, online=args.online)
@@ -680,7 +684,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _print_validation(
-    found: job.Validation, rows: list[Failed | Skipped], path: Path, *, online: bool
+    found: validation.Validation, rows: list[Failed | Skipped], path: Path, *, online: bool
 ) -> None:
     for file in found.files:
         sheet = f", sheet '{printable(file.sheet)}'" if file.sheet else ""
@@ -754,7 +758,7 @@ def _simulate(args: argparse.Namespace) -> int:
                 loop.add_signal_handler(signum, stop.set)
             except NotImplementedError:  # Windows: Ctrl-C raises KeyboardInterrupt instead
                 break
-        state = job.simulator_state(config)
+        state = simulator_state(config)
         async with contextlib.AsyncExitStack() as stack:
             try:
                 running = await stack.enter_async_context(
@@ -775,8 +779,8 @@ def _simulate(args: argparse.Namespace) -> int:
             print("point a config at it with:")
             print(f"  graph:\n    endpoint: {running.url}\n    ca_bundle: {running.ca_file}")
             print(
-                f"  auth:\n    authority: {running.url}\n    tenant_id: {job.SIMULATOR_TENANT}"
-                f"\n    client_id: {job.SIMULATOR_CLIENT_ID}"
+                f"  auth:\n    authority: {running.url}\n    tenant_id: {SIMULATOR_TENANT}"
+                f"\n    client_id: {SIMULATOR_CLIENT_ID}"
             )
             # A URL is a real tenant to the config: it must choose its time zone.
             print(f"  pass:\n    timezone: {SIMULATOR_TIMEZONE}")
@@ -997,7 +1001,7 @@ def _report(args: argparse.Namespace) -> int:
             "runs used with -c)"
         )
     out = Path(args.out) if args.out else config.output.dir
-    job.check_output_dir(out)
+    check_output_dir(out)
     options = audit_options(config.output, os.environ)
     # A finished run's workbook is rebuilt from a read-only journal, without its lock; only a
     # run killed before its audit has its values written out and wiped, which takes the lock.

@@ -25,14 +25,12 @@ from .errors import RunStopped
 from .graph import GraphClient
 from .rate import RateController
 from .simulator import DEFAULT_CLIENT_SECRET, Faults, RunningSimulator, SimulatorState, serve
-from .tenant import SIMULATOR_ROOT, Tenant, tenant_of
+from .tenant import SIMULATOR_ROOT, SIMULATOR_TENANT, Tenant, tenant_of
 from .tls import IDENTITY_ENDPOINT, SIGN_IN_SERVICE, make_ssl_context, requests_session
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-SIMULATOR_TENANT = "contoso.onmicrosoft.com"
-SIMULATOR_CLIENT_ID = "00000000-0000-0000-0000-0000000000aa"
 # Stopped (a signal) while signing in: how long the sign-in may still take to answer, so that
 # the rows get their "not sent" outcomes and an audit, before the run gives it up.
 SIGN_IN_GRACE_SECONDS = 2.0

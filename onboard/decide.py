@@ -13,12 +13,14 @@ decisions as `onboard run`, without recording them.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
+from .errors import ConfigError
 from .journal import REDECIDE, Person, PreviousPass, RowRecord, RowState
-from .outcomes import Origin, Outcome, PassRequest, Reason, Skipped, shown_window
+from .outcomes import Failed, Origin, Outcome, PassRequest, Reason, Skipped, shown_window
+from .reader import user_key
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +151,36 @@ def decide(request: PassRequest, history: History, now: datetime, options: Optio
     return Send(request)
 
 
+@dataclass(slots=True)
+class Sorted:
+    """Every row decided: those to send now, those to decide once Graph has said which pass it
+    holds, and the outcome of each of the others (kept, skipped)."""
+
+    send: list[PassRequest] = field(default_factory=list)
+    check: list[CheckFirst] = field(default_factory=list)
+    decided: list[Outcome] = field(default_factory=list)
+    not_yet_due: int = 0
+
+
+def decide_all(
+    requests: Sequence[PassRequest], history: History, now: datetime, options: Options
+) -> Sorted:
+    """`decide` for each row, sorted by what comes next."""
+    found = Sorted()
+    for request in requests:
+        decision = decide(request, history, now, options)
+        if isinstance(decision, Keep):
+            found.decided.append(decision.outcome)
+        elif isinstance(decision, Skip):
+            found.not_yet_due += decision.not_yet_due
+            found.decided.append(decision.outcome)
+        elif isinstance(decision, CheckFirst):
+            found.check.append(decision)
+        else:
+            found.send.append(decision.request)
+    return found
+
+
 def already_issued(request: PassRequest, previous: PreviousPass, *, confirmed: bool) -> Skipped:
     how = " (confirmed with Graph)" if confirmed else ""
     return Skipped(
@@ -184,3 +216,60 @@ def settle_wait(
 
 def _join(first: str, second: str) -> str:
     return f"{first}; {second}" if first else second
+
+
+@dataclass(slots=True)
+class Named:
+    """The users --reissue-user and --allow-user name, as the sheet does. A name that is in no
+    row is a typo: the run stops before anything is sent."""
+
+    reissue: set[str]
+    allow: frozenset[str]
+    anywhere: set[str] = field(default_factory=set)
+
+    @classmethod
+    def check(
+        cls,
+        match_by: str,
+        requests: Sequence[PassRequest],
+        checked: Sequence[Failed | Skipped],
+        reissue_users: Collection[str],
+        allow_users: Collection[str],
+    ) -> Named:
+        named = cls(
+            {user_key(u) for u in reissue_users}, frozenset(user_key(u) for u in allow_users)
+        )
+        sendable = {r.key for r in requests}
+        named.anywhere = sendable | {user_key(o.user) for o in checked if o.user}
+        # Under match_by mail / employeeId a UPN is known only after the lookup: checked then.
+        sure = {u for u in named.reissue if match_by == "upn" or "@" not in u}
+        _check_named("--reissue-user", sure, named.anywhere)
+        sure = {u for u in named.allow if match_by == "upn" or "@" not in u}
+        _check_named("--allow-user", sure, named.anywhere)
+        for name in sorted(named.reissue - sendable):
+            log.warning(
+                "--reissue-user %s: that user's rows failed their checks; nothing to send", name
+            )
+        return named
+
+    def found(
+        self, rows: Sequence[PassRequest], failed: Sequence[Failed | Skipped]
+    ) -> frozenset[str]:
+        """--reissue-user names people as the sheet does; found by mail or employee id, they
+        are now known by their UPN (and a name that matched nobody is a typo after all)."""
+        self.reissue |= {
+            r.key for r in rows if r.sheet_value and r.sheet_value.casefold() in self.reissue
+        }
+        known = self.anywhere | {r.key for r in rows} | {user_key(o.user) for o in failed}
+        _check_named("--reissue-user", self.reissue, known)
+        return frozenset(self.reissue)
+
+
+def _check_named(option: str, wanted: set[str], named: set[str]) -> None:
+    """Stop (before anything is sent) when an option names a user who is in no row: a typo."""
+    unknown = wanted - named
+    if unknown:
+        raise ConfigError(
+            f"{option} names no row of the input: {', '.join(sorted(unknown))} (name each user "
+            "as the sheet does, or by the UPN a mail or employee id lookup finds)"
+        )

@@ -6,10 +6,15 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import shutil
 import stat
 import sys
+import tempfile
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+
+from .errors import ConfigError
 
 
 def private_dir(path: Path) -> None:
@@ -175,3 +180,37 @@ def read_small(path: Path, limit: int) -> bytes:
     if len(data) > limit:
         raise NotAFile(f"is larger than {limit // 1024:,} KB: not the file it should be")
     return data
+
+
+def check_free_space(folders: Sequence[Path], rows: int) -> None:
+    """Stop before the first request when the audit or the journal may not fit on the disk."""
+    need = MIN_FREE_BYTES + rows * BYTES_PER_ROW
+    for folder in folders:
+        free = shutil.disk_usage(folder).free
+        if free < need:
+            raise ConfigError(
+                f"not enough free disk space in {folder}: {free // 2**20} MB free, at least "
+                f"{need // 2**20 + 1} MB needed for the journal and the audit workbook"
+            )
+
+
+MIN_FREE_BYTES = 20 * 2**20
+BYTES_PER_ROW = 4096
+
+
+def check_output_dir(directory: Path) -> None:
+    """Create the output directory (owner-only) and prove it is writable, before any request."""
+    if directory.exists() and not directory.is_dir():
+        raise ConfigError(
+            f"cannot write the audit workbook into {directory}: it is a file, not a folder; "
+            "set output.dir or --out to a folder"
+        )
+    try:
+        private_dir(directory)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write the audit workbook into {directory}: {exc.strerror}; "
+            "set output.dir or --out to a writable folder"
+        ) from None

@@ -139,6 +139,7 @@ async def _send(
         found = await confirm(suspects, sender.current_pass_id, run, sleep)
         for item in found.confirmed + found.unknown:
             sink.outcome(item, again=True)
+        await sink.durable()
         given_up.update(item.origin for item in found.unknown)
         if not found.replaced:
             return

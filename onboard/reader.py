@@ -1345,3 +1345,41 @@ def _where(first: Origin, repeat: Origin) -> str:
     if first.source == repeat.source:
         return f"row {first.row}"
     return f"{first.source} row {first.row}"
+
+
+def read_all(
+    inputs: Sequence[str | Path], settings: InputSettings, pass_: PassSettings, now: datetime
+) -> list[InputFile]:
+    """Read every input file; raises InputFileError on the first unusable one.
+
+    Rows are traced by file name, or by the file's real path when two inputs share a name: a
+    resumed run knows its rows however the paths are typed.
+    """
+    paths = [Path(p) for p in inputs]
+    names = [p.name for p in paths]
+    files: list[InputFile] = []
+    for path in paths:
+        source = printable(path.name if names.count(path.name) == 1 else str(path.resolve()))
+        read = read_input(path, settings, pass_, now=now, source=source)
+        for earlier in files:
+            if earlier.sha256 == read.sha256:
+                same = earlier.path.resolve() == path.resolve()
+                raise InputFileError(
+                    "is given twice; give each file once"
+                    if same
+                    else f"has the same content as {earlier.path}; give each file once",
+                    path=str(path),
+                )
+        files.append(read)
+    check_date_orders(files)
+    return files
+
+
+def check_rows(files: Sequence[InputFile]) -> tuple[list[PassRequest], list[Failed | Skipped]]:
+    """The rows to consider sending (one per user), and every row already decided by reading."""
+    requests, conflicts, repeats = plan(files)
+    checked: list[Failed | Skipped] = [*conflicts, *repeats]
+    for f in files:
+        checked.extend(f.failed)
+        checked.extend(f.skipped)
+    return requests, checked

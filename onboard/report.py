@@ -7,10 +7,13 @@ never its text.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from . import __version__
+from .audit import FileSummary, Note, RunSummary
 from .journal import RunStatus
 from .outcomes import Failed, Issued, Skipped
 from .rate import RateController
@@ -93,3 +96,44 @@ class RunReport:
     def held_elsewhere(self) -> list[Skipped]:
         """Users who hold a pass no record of this journal explains (never a success)."""
         return [s for s in self.skipped if s.held_elsewhere]
+
+    def summary(
+        self, settings: Sequence[tuple[str, str | int | float | bool]], timezone: str
+    ) -> RunSummary:
+        """The audit workbook's Summary sheet: the run, its files and settings, its notes."""
+        notes: list[Note] = [
+            ("Tenant", self.tenant.describe() if self.tenant else "-"),
+            *(("Needs attention", line) for line in self.attention),
+            *self.notes,
+            ("Not yet due", self.not_yet_due),
+            ("Retries", self.retries),
+            *_rate_notes(self.rate),
+        ]
+        assert self.finished is not None
+        return RunSummary(
+            run_id=self.run_id,
+            started=self.started,
+            finished=self.finished,
+            version=__version__,
+            files=[FileSummary(str(f.path), f.sha256, f.row_count, f.sheet) for f in self.files],
+            settings=settings,
+            status=str(self.stopped or RunStatus.COMPLETED),
+            notes=notes,
+            timezone=timezone,
+            simulated=self.simulated,
+        )
+
+
+def _rate_notes(rate: RateController | None) -> list[Note]:
+    """How close to Graph's limit the run went, for the Summary sheet (numbers as numbers)."""
+    if rate is None:
+        return [("429 answers", 0)]
+    effective = rate.effective_rate
+    return [
+        ("Requests to Graph", rate.requests),
+        ("Effective rate", "-" if effective is None else round(effective, 1), "requests/s"),
+        ("Rate ceiling (run.max_rate)", rate.max_rate, "requests/s"),
+        ("429 answers", rate.throttles),
+        ("Throttle warnings (x-ms-throttle-limit-percentage)", rate.warnings),
+        ("Time paused by Retry-After", round(rate.paused_seconds, 1), "s"),
+    ]

@@ -27,6 +27,8 @@ from .errors import AuthError, ConfigError, JournalLocked
 from .files import LockFile, holder_line, private_dir
 
 SIMULATOR_ROOT = "simulator"  # the Graph root recorded for the built-in, in-process simulator
+SIMULATOR_TENANT = "contoso.onmicrosoft.com"  # the built-in simulator's demo tenant
+SIMULATOR_CLIENT_ID = "00000000-0000-0000-0000-0000000000aa"
 # A claim the simulator's tokens carry (simulator.SIMULATED_CLAIM): the run was simulated.
 SIMULATED_CLAIM = "onboard_simulated"
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")

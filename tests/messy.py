@@ -18,9 +18,14 @@ from typing import Any
 
 from openpyxl import Workbook
 
-from onboard import job
 from onboard.config import Config, PassSettings, load_config
 from onboard.outcomes import Failed, PassRequest
+from onboard.reader import check_rows, read_all
+
+
+def read_files(config, paths, now):  # type: ignore[no-untyped-def]
+    """The input files as `onboard run` reads them."""
+    return read_all(paths, config.input, config.pass_, now)
 
 # What a row must end as: ("ready", UPN) is sent as that user; ("failed", reason) and
 # ("skipped", text in the reason) are decided before anything is sent.
@@ -755,8 +760,8 @@ def outcomes(
     """What each row became: ("ready", "user start display"), ("failed", reason) or
     ("skipped", reason); a row reported twice fails the test."""
     paths = fixture.build(folder)
-    files = job.read_all(config_for(fixture), paths, now)
-    requests, checked = job.check_rows(files)
+    files = read_files(config_for(fixture), paths, now)
+    requests, checked = check_rows(files)
     found: dict[tuple[str, int], tuple[str, str]] = {}
 
     def put(key: tuple[str, int], value: tuple[str, str]) -> None:

@@ -10,10 +10,15 @@ from pathlib import Path
 import pytest
 from messy import FIXTURES, HEADERS, Fixture, _rows, _xlsx, check_outcomes, config_for, outcomes
 
-from onboard import job
 from onboard.config import InputSettings, load_config
 from onboard.errors import InputFileError
 from onboard.outcomes import Failed, Skipped
+from onboard.reader import check_rows, read_all
+
+
+def read_files(config, paths, now):  # type: ignore[no-untyped-def]
+    """The input files as `onboard run` reads them."""
+    return read_all(paths, config.input, config.pass_, now)
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 
@@ -31,7 +36,7 @@ def test_a_bad_date_names_the_file_row_and_column(tmp_path: Path) -> None:
     """An ambiguous date says which cell, both readings, and the setting that decides."""
     fixture = next(f for f in FIXTURES if f.name == "excel_dates.xlsx")
     paths = fixture.build(tmp_path)
-    (read,) = job.read_all(config_for(fixture), paths, NOW)
+    (read,) = read_files(config_for(fixture), paths, NOW)
     failed = {f.origin.row: f for f in read.failed}
     assert failed[8].column == "Start Date"
     assert failed[8].detail == (
@@ -43,7 +48,7 @@ def test_a_bad_date_names_the_file_row_and_column(tmp_path: Path) -> None:
 
 def test_the_header_row_is_reported_where_it_was_found(tmp_path: Path) -> None:
     fixture = next(f for f in FIXTURES if f.name == "title_rows.xlsx")
-    (read,) = job.read_all(config_for(fixture), fixture.build(tmp_path), NOW)
+    (read,) = read_files(config_for(fixture), fixture.build(tmp_path), NOW)
     assert (read.sheet, read.header_row, read.row_count) == ("New hires", 4, 2)
 
 
@@ -53,9 +58,9 @@ def test_two_sheets_with_the_user_column_are_refused_not_guessed(tmp_path: Path)
     _xlsx(("London", [HEADERS, *_rows(("ada", date(2026, 12, 7), 480))]),
           ("Oslo", [HEADERS, *_rows(("bo", date(2026, 12, 7), 480))]))(path)  # fmt: skip
     with pytest.raises(InputFileError, match="sheets 'London', 'Oslo' each have a user column"):
-        job.read_all(load_config(None), [path], NOW)
+        read_files(load_config(None), [path], NOW)
     settings = replace(InputSettings(), sheet="Oslo")
-    (read,) = job.read_all(replace(load_config(None), input=settings), [path], NOW)
+    (read,) = read_files(replace(load_config(None), input=settings), [path], NOW)
     assert [r.user for r in read.requests] == ["bo@contoso.com"]
 
 
@@ -64,7 +69,7 @@ def test_a_hidden_sheet_alone_is_named_in_the_message(tmp_path: Path) -> None:
     data = [HEADERS, *_rows(("ada", date(2026, 12, 7), 480))]
     _xlsx(("Cover", [["Nothing here"]]), ("Data", data), hidden=("Data",))(path)
     with pytest.raises(InputFileError, match=r"hidden sheet 'Data' has one: name it in input"):
-        job.read_all(load_config(None), [path], NOW)
+        read_files(load_config(None), [path], NOW)
 
 
 def test_headers_below_the_search_rows_are_not_found(tmp_path: Path) -> None:
@@ -72,9 +77,9 @@ def test_headers_below_the_search_rows_are_not_found(tmp_path: Path) -> None:
     path = tmp_path / "deep.csv"
     path.write_text("\n" * 30 + "Work Email\nada@contoso.com\n", encoding="utf-8")
     with pytest.raises(InputFileError, match="no user column in the first 30 rows"):
-        job.read_all(load_config(None), [path], NOW)
+        read_files(load_config(None), [path], NOW)
     path.write_text("\n" * 29 + "Work Email\nada@contoso.com\n", encoding="utf-8")
-    (read,) = job.read_all(load_config(None), [path], NOW)
+    (read,) = read_files(load_config(None), [path], NOW)
     assert [(r.origin.row, r.user) for r in read.requests] == [(31, "ada@contoso.com")]
 
 
@@ -85,7 +90,7 @@ def test_employee_ids_from_excel_numbers_and_mail_need_their_column(tmp_path: Pa
                       ["E-2002", date(2026, 12, 7)], [None, date(2026, 12, 7)]]))(path)  # fmt: skip
     config = load_config(None)
     by_id = replace(config, input=replace(config.input, match_by="employeeId"))
-    (read,) = job.read_all(by_id, [path], NOW)
+    (read,) = read_files(by_id, [path], NOW)
     assert [(r.user, r.sheet_value) for r in read.requests] == [
         ("1001", "1001"),
         ("E-2002", "E-2002"),
@@ -93,7 +98,7 @@ def test_employee_ids_from_excel_numbers_and_mail_need_their_column(tmp_path: Pa
     assert [(f.origin.row, f.shown) for f in read.failed] == [(4, "Invalid Employee ID")]
     by_mail = replace(config, input=replace(config.input, match_by="mail"))
     with pytest.raises(InputFileError, match=r"no mail column \(input.match_by: mail\)"):
-        job.read_all(by_mail, [path], NOW)
+        read_files(by_mail, [path], NOW)
 
 
 def test_every_outcome_is_reported_once_across_files(tmp_path: Path) -> None:
@@ -103,8 +108,8 @@ def test_every_outcome_is_reported_once_across_files(tmp_path: Path) -> None:
     for index, fixture in enumerate(f for f in FIXTURES if not f.settings and not f.passes):
         paths += fixture.build(tmp_path / str(index))
         expected += len(fixture.expected)
-    files = job.read_all(load_config(None), paths, NOW)
-    requests, checked = job.check_rows(files)
+    files = read_files(load_config(None), paths, NOW)
+    requests, checked = check_rows(files)
     keys = [(r.origin.source, r.origin.row) for r in requests]
     keys += [(o.origin.source, o.origin.row) for o in checked]
     assert len(keys) == len(set(keys)) == expected

@@ -24,12 +24,16 @@ from messy import (
     outcomes,
 )
 
-from onboard import job
 from onboard.cli import EXIT_ROWS_FAILED, main
 from onboard.config import PassSettings, load_config
 from onboard.errors import ConfigError, InputFileError
 from onboard.excel import EPOCH_1904, whole_number_format
-from onboard.reader import parse_start, read_input
+from onboard.reader import InputFile, check_rows, parse_start, read_all, read_input
+
+
+def read_files(config, paths, now):  # type: ignore[no-untyped-def]
+    """The input files as `onboard run` reads them."""
+    return read_all(paths, config.input, config.pass_, now)
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,9 +43,9 @@ def producer(name: str) -> Fixture:
     return next(f for f in PRODUCERS if f.name == name)
 
 
-def read(name: str, folder: Path) -> list[job.InputFile]:
+def read(name: str, folder: Path) -> list[InputFile]:
     fixture = producer(name)
-    return job.read_all(config_for(fixture), fixture.build(folder), NOW)
+    return read_files(config_for(fixture), fixture.build(folder), NOW)
 
 
 @pytest.mark.parametrize("fixture", PRODUCERS, ids=[f.name for f in PRODUCERS])
@@ -57,7 +61,7 @@ def test_every_row_of_the_producers_files_is_reported_once_in_one_run(tmp_path: 
     """The files that need no setting of their own, all in one run: one outcome per row."""
     together = [f for f in PRODUCERS if not f.settings and not f.passes]
     paths = [p for index, f in enumerate(together) for p in f.build(tmp_path / str(index))]
-    requests, checked = job.check_rows(job.read_all(load_config(None), paths, NOW))
+    requests, checked = check_rows(read_files(load_config(None), paths, NOW))
     keys = [(r.origin.source, r.origin.row) for r in requests]
     keys += [(o.origin.source, o.origin.row) for o in checked]
     assert len(keys) == len(set(keys))
@@ -246,7 +250,7 @@ def test_files_whose_dates_show_different_orders_are_refused(
     fixture = replace(producer("two_offices"), settings={"date_order": order})
     paths = fixture.build(tmp_path)
     with pytest.raises(InputFileError) as caught:
-        job.read_all(config_for(fixture), paths, NOW)
+        read_files(config_for(fixture), paths, NOW)
     assert str(caught.value) == (
         f"{paths[1]}: its dates are written month first ('12/25/2026' in row 2), but "
         "london-hires.csv's are day first ('25/12/2026' in row 2): one input.date_order cannot "
@@ -265,7 +269,7 @@ def test_a_file_whose_dates_contradict_its_order_is_refused(tmp_path: Path) -> N
     with pytest.raises(InputFileError, match=re.escape(
         "ny.csv: its dates are written month first ('12/25/2026' in row 2, and 1 more), but "
         "input.date_order reads them day first (DMY)")):  # fmt: skip
-        job.read_all(config_for(fixture), [path], NOW)
+        read_files(config_for(fixture), [path], NOW)
 
 
 def test_a_file_two_patterns_give_two_orders_is_refused(tmp_path: Path) -> None:
@@ -276,14 +280,14 @@ def test_a_file_two_patterns_give_two_orders_is_refused(tmp_path: Path) -> None:
     with pytest.raises(InputFileError, match=re.escape(
         "ny-hires.csv: input.date_order_by_file gives this file two date orders "
         "('*-hires.csv': DMY, 'ny-*': MDY)")):  # fmt: skip
-        job.read_all(config_for(fixture), fixture.build(tmp_path), NOW)
+        read_files(config_for(fixture), fixture.build(tmp_path), NOW)
 
 
 def test_one_order_shown_by_every_file_needs_no_setting(tmp_path: Path) -> None:
     """Two London sheets: both day first, nothing to refuse; their one-way dates are read."""
     for name, who in (("a.csv", "ada"), ("b.csv", "bo")):
         _text(f"Work Email,Start Date\n{who}@contoso.com,25/12/2026\n")(tmp_path / name)
-    files = job.read_all(load_config(None), [tmp_path / "a.csv", tmp_path / "b.csv"], NOW)
+    files = read_files(load_config(None), [tmp_path / "a.csv", tmp_path / "b.csv"], NOW)
     assert [f.written_order for f in files] == ["DMY", "DMY"]
 
 

@@ -17,7 +17,7 @@ from conftest import read_audit, users
 
 from onboard.cli import EXIT_LOCKED, EXIT_OK, EXIT_ROWS_FAILED, EXIT_TERMINATED, main
 from onboard.errors import ConfigError
-from onboard.job import check_free_space
+from onboard.files import check_free_space
 from onboard.journal import Journal
 from onboard.simulator import Faults, SimulatorState
 

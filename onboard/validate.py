@@ -1,0 +1,93 @@
+"""`onboard validate`: every check a run makes before its first create, creating nothing."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from .checks import find_people, read_policy, screen_accounts, within_policy
+from .config import Config
+from .connect import Connection, connect
+from .decide import Named
+from .errors import PolicyDisabled
+from .history import dry_run
+from .outcomes import Failed, Origin, PassRequest, Reason, Skipped
+from .reader import InputFile, check_rows, read_all
+from .tenant import Tenant
+
+
+@dataclass(slots=True)
+class Validation:
+    """What `onboard validate` found: the rows ready to send, and every other row's outcome."""
+
+    files: list[InputFile]
+    ready: list[PassRequest]
+    problems: list[Failed]
+    skipped: list[Skipped]
+    policy: str | None = None  # the pass policy as read (online), for the summary line
+    tenant: Tenant | None = None  # signed in to (online)
+    journal: str | None = None  # what the journal said of earlier runs, for the summary line
+    attention: list[str] = field(default_factory=list)  # as RunReport.attention
+    checks: list[tuple[str, str]] = field(default_factory=list)  # what was (not) checked online
+
+
+async def validate(
+    config: Config,
+    inputs: Sequence[str | Path],
+    *,
+    env: Mapping[str, str],
+    online: bool,
+    allow_users: Collection[str] = (),
+) -> Validation:
+    """Every check a run makes before its first create, without creating anything: the files,
+    their columns and cells, repeats; the journal (the rows `run` would skip as already issued
+    or not yet due); and `online`, the pass policy and each person in the directory (by UPN,
+    object id, mail or employee id). Raises as `run` does for an unusable file, configuration
+    or sign-in."""
+    now = datetime.now(UTC)
+    files = read_all(inputs, config.input, config.pass_, now)
+    requests, checked = check_rows(files)
+    # The same typo check `run` makes (so validate is a true dry run of it).
+    named = Named.check(config.input.match_by, requests, checked, (), allow_users)
+    found = Validation(files, [], [], [])
+    async with contextlib.AsyncExitStack() as stack:
+        if online and requests:
+            connection = await connect(config, env, stack)
+            found.tenant, found.attention = connection.tenant, connection.attention
+            requests = await _validate_online(config, connection, requests, checked, found,
+                                              named.allow)  # fmt: skip
+        requests, decided, found.journal = dry_run(config, requests, now, found.tenant)
+        checked.extend(decided)
+    order = sorted(checked, key=lambda o: (o.origin.source, o.origin.row))
+    found.ready = requests
+    found.problems = [o for o in order if isinstance(o, Failed)]
+    found.skipped = [o for o in order if isinstance(o, Skipped)]
+    return found
+
+
+async def _validate_online(
+    config: Config,
+    connection: Connection,
+    requests: list[PassRequest],
+    checked: list[Failed | Skipped],
+    found: Validation,
+    allowed: frozenset[str],
+) -> list[PassRequest]:
+    """The pass policy, the people in the directory, their accounts: read, nothing created."""
+    client = connection.client
+    policy = None
+    try:
+        policy, found.policy = await read_policy(client, config, None)
+    except PolicyDisabled as exc:
+        found.policy = "disabled"
+        checked.append(Failed(Origin("(tenant)", 0), "", Reason.POLICY_OFF, str(exc)))
+    requests, looked_up = await find_people(config, client, requests)
+    requests, refused = within_policy(policy, requests)
+    screened = await screen_accounts(config, client, requests, None, allowed=allowed)
+    found.checks = screened.notes
+    found.attention.extend(screened.unchecked)
+    checked.extend([*looked_up, *refused, *screened.refused])
+    return screened.keep
