@@ -17,7 +17,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -52,7 +51,9 @@ def read_one(path: Path) -> dict[str, float]:
     from onboard.config import load_config
 
     config = load_config(None)
-    config = replace(config, input=replace(config.input, date_order="DMY"))
+    config = config.model_copy(
+        update={"input": config.input.model_copy(update={"date_order": "DMY"})}
+    )
     started = time.perf_counter()
     (read,) = job.read_all(config, [path], NOW)
     seconds = time.perf_counter() - started

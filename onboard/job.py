@@ -272,7 +272,9 @@ async def run(
     started = datetime.now(UTC)
     phase = on_phase or (lambda doing: None)
     if out_dir is not None:
-        config = replace(config, output=replace(config.output, dir=out_dir))
+        config = config.model_copy(
+            update={"output": config.output.model_copy(update={"dir": out_dir})}
+        )
     directory = config.output.dir
     options = audit_options(config.output, env)  # a missing password stops the run here
     if not config.graph.is_simulator:
@@ -292,7 +294,9 @@ async def run(
             "--reissue-user %s: that user's rows failed their checks; nothing to send", name
         )
     due = due_within_days if due_within_days is not None else config.run.due_within_days
-    config = replace(config, run=replace(config.run, due_within_days=due))
+    config = config.model_copy(
+        update={"run": config.run.model_copy(update={"due_within_days": due})}
+    )
     check_output_dir(directory)
     journal = Journal(config.state.path, options.password).open()
     key = _key(files)
