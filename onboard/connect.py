@@ -23,7 +23,7 @@ from .auth import Credential, MsalTokenProvider, load_credential
 from .config import CLOUDS, Config
 from .errors import RunStopped
 from .graph import GraphClient
-from .rate import RateController
+from .rate import Pacing
 from .simulator import DEFAULT_CLIENT_SECRET, Faults, RunningSimulator, SimulatorState, serve
 from .tenant import SIMULATOR_ROOT, SIMULATOR_TENANT, Tenant, tenant_of
 from .tls import IDENTITY_ENDPOINT, SIGN_IN_SERVICE, make_ssl_context, requests_session
@@ -124,7 +124,7 @@ async def _sign_in(
         tokens,
         api_version=config.graph.api_version,
         timeout_seconds=config.run.timeout_seconds,
-        rate=RateController(config.run.max_rate),
+        pacing=Pacing(config.run.max_rate, config.run.max_read_rate),
         proxy=proxy,
         proxy_auth=proxy_auth,
     )
@@ -162,6 +162,8 @@ def simulator_state(config: Config) -> SimulatorState:
         fault_rate=s.fault_rate,
         throttle_rate=s.throttle_rate,
         throttle_burst=s.throttle_burst,
+        read_rate=s.read_rate,
+        read_burst=s.read_burst,
         retry_after_seconds=s.retry_after_seconds,
         lost_response_rate=s.lost_response_rate,
     )

@@ -25,7 +25,7 @@ from . import redact
 from .auth import TokenProvider
 from .errors import AuthError, GraphError, ProtocolError, ThrottledError, TransientError
 from .outcomes import PassRequest, Reason
-from .rate import RateController, Ticket
+from .rate import RESOURCE_UNIT_HEADER, Budget, Pacing, Ticket
 from .retrying import RETRYABLE_STATUS, parse_retry_after
 from .tls import redirect_refused
 
@@ -80,6 +80,7 @@ START_MARGIN = timedelta(minutes=2)
 MAX_BATCH = 20  # Graph's limit on requests in one $batch
 # Graph sends Retry-After with every 429; if one ever comes without, everybody pauses this long.
 PAUSE_WITHOUT_RETRY_AFTER = 1.0
+THROTTLE_INFORMATION = "x-ms-throttle-information"  # names the budget a 429 came from
 # The most of an answer onboard reads (a few kB is usual); a larger one fails its request.
 MB = 1024 * 1024
 ANSWER_LIMIT = 1 * MB  # about one pass, one user's passes or the policy
@@ -253,7 +254,7 @@ class GraphClient:
         *,
         api_version: str = "v1.0",
         timeout_seconds: float = 60.0,
-        rate: RateController | None = None,
+        pacing: Pacing | None = None,
         proxy: URL | None = None,
         proxy_auth: aiohttp.BasicAuth | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -263,7 +264,7 @@ class GraphClient:
         self._session = session
         self._root = f"{base_url.rstrip('/')}/{api_version}"
         self._tokens = tokens
-        self.rate = rate or RateController()
+        self.pacing = pacing or Pacing()
         self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
         self._now = now
 
@@ -353,29 +354,38 @@ class GraphClient:
             else:
                 retry_after = parse_retry_after(sub_headers.get("retry-after"))
                 results.append(_error(sub_status, answer_body, sub_id, retry_after))
-        self._judge(ticket, judged)
+        self._judge(Budget.WRITES, ticket, judged)
         return results
 
-    def _judge(self, ticket: Ticket, answers: Sequence[tuple[int, Mapping[str, str]]]) -> None:
-        """Tell the rate controller what Graph answered, once per request sent: one answer, or
+    def _judge(
+        self, budget: Budget, ticket: Ticket, answers: Sequence[tuple[int, Mapping[str, str]]]
+    ) -> None:
+        """Tell the rate controllers what Graph answered, once per request sent: one answer, or
         a batch's sub-answers (sent together, so the highest budget usage or the longest
-        Retry-After speaks for them). Header names are looked up in lower case."""
+        Retry-After speaks for them). A 429 goes to the controller of the budget it names
+        (x-ms-throttle-information), which alone pauses; the rest to the request's own.
+        Header names are looked up in lower case."""
+        rate = self.pacing[budget]
         retry = [h for status, h in answers if status in RETRYABLE_STATUS and status != 429]
         pauses = [parse_retry_after(h.get("retry-after")) for h in retry]
         if any(p is not None for p in pauses):
-            self.rate.hold(max(p for p in pauses if p is not None))
-        throttled = [h for status, h in answers if status == 429]
-        if throttled:
-            pauses = [parse_retry_after(h.get("retry-after")) for h in throttled]
-            known = [p for p in pauses if p is not None]
+            rate.hold(max(p for p in pauses if p is not None))
+        throttled: dict[Budget, list[float | None]] = {}
+        for status, headers in answers:
+            if status == 429:
+                spent = self.pacing.throttled_budget(headers.get(THROTTLE_INFORMATION), budget)
+                throttled.setdefault(spent, []).append(
+                    parse_retry_after(headers.get("retry-after"))
+                )
+        for spent, waits in throttled.items():
+            known = [p for p in waits if p is not None]
             pause = max(known) if known else PAUSE_WITHOUT_RETRY_AFTER
-            self.rate.throttled(ticket, pause, count=len(throttled))
-            return
-        if len(retry) == len(answers):  # nothing came back clean: no reason to speed up
+            self.pacing[spent].throttled(ticket, pause, count=len(waits))
+        if throttled or len(retry) == len(answers):  # nothing came back clean: no speeding up
             return
         usages = [_usage(h.get("x-ms-throttle-limit-percentage")) for _, h in answers]
         seen = [u for u in usages if u is not None]
-        self.rate.answered(ticket, max(seen) if seen else None)
+        rate.answered(ticket, max(seen) if seen else None)
 
     def _pass_body(self, request: PassRequest) -> tuple[dict[str, Any], str]:
         body: dict[str, Any] = {
@@ -532,9 +542,14 @@ class GraphClient:
         judge: bool = True,
         limit: int = ANSWER_LIMIT,
     ) -> tuple[int, dict[str, Any], str | None, Ticket]:
+        """One request, paced by the budget it spends (a GET: resource units; anything else:
+        writes, each of which spends a resource unit too)."""
+        budget = Budget.READS if method == "GET" else Budget.WRITES
         token = await self._tokens.token()
         for attempt in (1, 2):
-            ticket = await self.rate.acquire(cost)
+            ticket = await self.pacing[budget].acquire(cost)
+            if budget is Budget.WRITES:
+                self.pacing.reads.book(cost)
             client_request_id = str(uuid.uuid4())
             headers = {
                 "Authorization": f"Bearer {token}",
@@ -561,7 +576,11 @@ class GraphClient:
                     data = await _json(response, limit)
                     status = response.status
                     if judge or status != 200:
-                        self._judge(ticket, [(status, response.headers)])
+                        self._judge(budget, ticket, [(status, response.headers)])
+                    if budget is Budget.READS:
+                        # A read that cost more resource units than were booked for it.
+                        charged = _whole(response.headers.get(RESOURCE_UNIT_HEADER))
+                        self.pacing.reads.book((charged or cost) - cost)
             except aiohttp.ClientConnectorCertificateError as exc:
                 raise AuthError(
                     f"TLS certificate of {exc.host} is not trusted: {exc.certificate_error}; "
@@ -648,6 +667,18 @@ def _error(
         request_id=request_id,
         retry_after=retry_after,
     )
+
+
+def _whole(value: str | None) -> int | None:
+    """A header's positive whole number (x-ms-resource-unit), or None."""
+    try:
+        number = int((value or "").strip())
+    except ValueError:
+        return None
+    return number if 0 < number <= MAX_RESOURCE_UNITS else None
+
+
+MAX_RESOURCE_UNITS = 100  # a read costs 1 to 5 units: a larger figure is not Graph's
 
 
 def _usage(value: str | None) -> float | None:

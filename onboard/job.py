@@ -164,7 +164,7 @@ async def _begin(
             other.audit_path,
         )
     report = begin(journal, config, files, started, tenant, resumed)
-    report.rate = connection.client.rate
+    report.pacing = connection.client.pacing
     report.attention.extend(connection.attention)
     return RunRows(report, journal, connection.client)
 

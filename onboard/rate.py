@@ -23,6 +23,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from enum import StrEnum
 
 Sleep = Callable[[float], Awaitable[None]]
 Clock = Callable[[], float]
@@ -181,3 +182,64 @@ class RateController:
             return None
         elapsed = self._last_answer - self._first_send
         return self.requests / elapsed if elapsed > 0 else None
+
+    def book(self, count: float) -> None:
+        """Count `count` units spent without waiting for them (a write's resource unit, or a
+        read that cost more than it was booked for): the next request waits for them."""
+        if count <= 0:
+            return
+        now = self._clock()
+        self._next = max(self._next, now) + count / self.rate
+
+
+class Budget(StrEnum):
+    """Graph's budgets (per app and tenant): writes (creates, deletes: 3,000 per 150 s), and
+    resource units, which every request spends (reads: 3,500 to 8,000 per 10 s by tenant size).
+    A read never waits on the write pacing, and a 429 on one budget pauses only its own."""
+
+    WRITES = "writes"
+    READS = "resource units"
+
+
+# x-ms-throttle-information names the budget a 429 came from; without it, the request's own.
+THROTTLE_INFORMATION = {
+    "WriteLimitExceeded": Budget.WRITES,
+    "ResourceUnitLimitExceeded": Budget.READS,
+}
+# The resource units Graph charged for a request (reads cost 1 to 5 by path and query).
+RESOURCE_UNIT_HEADER = "x-ms-resource-unit"
+# Graph's resource-unit budget for the largest tenants: 8,000 per 10 s (GRAPH_FACTS.md).
+DEFAULT_MAX_READ_RATE = 800.0
+
+
+class Pacing:
+    """A rate controller per budget: `writes` in requests per second, `reads` in resource
+    units per second. Each write also spends a resource unit: booked on the read side without
+    waiting, so reads leave room for it."""
+
+    def __init__(
+        self,
+        max_rate: float = DEFAULT_MAX_RATE,
+        max_read_rate: float = DEFAULT_MAX_READ_RATE,
+        *,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self.writes = RateController(max_rate, clock=clock, sleep=sleep)
+        self.reads = RateController(max_read_rate, clock=clock, sleep=sleep)
+
+    def __getitem__(self, budget: Budget) -> RateController:
+        return self.writes if budget is Budget.WRITES else self.reads
+
+    def throttled_budget(self, information: str | None, own: Budget) -> Budget:
+        """The budget a 429 was for: as x-ms-throttle-information names it, else the
+        request's own (`information` is a header value, compared as Graph documents it)."""
+        return THROTTLE_INFORMATION.get((information or "").strip(), own)
+
+    @property
+    def requests(self) -> int:
+        return self.writes.requests + self.reads.requests
+
+    @property
+    def throttles(self) -> int:
+        return self.writes.throttles + self.reads.throttles

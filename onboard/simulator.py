@@ -42,7 +42,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, unquote
+from urllib.parse import parse_qs, parse_qsl, unquote
 
 import jwt
 import yaml
@@ -64,6 +64,7 @@ from .graph import (
     POLICY_REFUSAL,
     START_IN_PAST_REFUSAL,
 )
+from .tenant import SIMULATOR_CLIENT_ID
 
 DEFAULT_CLIENT_SECRET = "simulator-secret"
 DEFAULT_TOKEN_LIFETIME = 3599
@@ -73,6 +74,7 @@ ASSERTION_ALGORITHMS = ("RS256", "PS256")
 ASSERTION_CLOCK_SKEW_SECONDS = 300  # leeway on exp / nbf, as Entra's five minutes
 # The simulated tenant's id (the `tid` claim of its tokens), whatever name a config gives it.
 SIMULATED_TENANT_ID = "00000000-0000-4000-8000-00000000c0de"
+SIMULATED_APP_ID = SIMULATOR_CLIENT_ID  # the app a 429's x-ms-throttle-scope names
 # A claim only the simulator's tokens carry: a run that meets it says everywhere that it was
 # simulated, even when the simulator is reached by URL like a real tenant (`onboard simulate`).
 SIMULATED_CLAIM = "onboard_simulated"
@@ -94,6 +96,7 @@ DEFAULT_POLICY: dict[str, Any] = {
 }
 _TAP_PATH = "authentication/temporaryAccessPassMethods"
 WARNING_USAGE = 0.8  # Graph sends x-ms-throttle-limit-percentage above this share of the budget
+MAX_REPORTED_USAGE = 1.8  # ... and never more than this (GRAPH_FACTS.md)
 MAX_BATCH = 20
 MAX_FILTER_VALUES = 15  # values in one `in` filter
 REQUEST_ID_KEY = web.RequestKey("request_id", str)
@@ -168,11 +171,80 @@ class Faults:
     lost_response_rate: float = 0.0  # create succeeds, then the answer is a 504
     late_create_rate: float = 0.0  # the create waits `late_create_seconds`, then happens anyway
     late_create_seconds: float = 1.0  # (longer than the client's timeout: it finishes late)
-    throttle_rate: float | None = None  # requests per second; None: never throttle
+    throttle_rate: float | None = None  # writes per second; None: never throttle
     throttle_burst: int = 100
+    read_rate: float | None = None  # resource units per second; None: never throttle
+    read_burst: int = 8000
     retry_after_seconds: float | None = None  # fixed Retry-After; None: time until a token
     conflict_on_existing: bool = False  # old behaviour: 409 while a valid pass exists
     token_lifetime: int = DEFAULT_TOKEN_LIFETIME
+
+
+WRITE_LIMIT = "WriteLimitExceeded"  # x-ms-throttle-information, as Graph names the budgets
+RESOURCE_UNIT_LIMIT = "ResourceUnitLimitExceeded"
+THROTTLE_SCOPE = {WRITE_LIMIT: "Write", RESOURCE_UNIT_LIMIT: "ReadWrite"}
+# Base resource-unit costs of the reads onboard makes that Graph documents above 1
+# (throttling-limits.md, identity and access): listing users, and a user's transitive
+# memberships (me/transitiveMemberOf, which applies to users/{id} too). Any other costs 1.
+LIST_USERS_COST = 2
+TRANSITIVE_MEMBER_OF_COST = 2
+
+
+def resource_units(call: Call) -> int:
+    """What a request costs in resource units, as Graph's identity service counts them: a
+    base cost by path, $select -1, $expand +1, $top under 20 -1, never below 1."""
+    if call.method != "GET":
+        return 1
+    parts = call.path.strip("/").split("/")
+    cost = 1
+    if parts == ["users"]:
+        cost = LIST_USERS_COST
+    elif len(parts) >= 3 and parts[0] == "users" and parts[2] == "transitiveMemberOf":
+        cost = TRANSITIVE_MEMBER_OF_COST
+    query = dict(parse_qsl(call.query))
+    cost += ("$expand" in query) - ("$select" in query)
+    top = query.get("$top", "")
+    if top.isdigit() and int(top) < 20:
+        cost -= 1
+    return max(1, cost)
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    budget: str  # WRITE_LIMIT or RESOURCE_UNIT_LIMIT
+    wait: float  # seconds until the budget allows one more
+
+
+class Bucket:
+    """One budget: a token bucket of `burst` that refills at `rate` per second (None: never
+    runs out)."""
+
+    def __init__(self, rate: float | None, burst: int, now: float) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self.level = self.burst
+        self.at = now
+
+    def refused(self, amount: float, now: float) -> float | None:
+        """Refill to `now`; if `amount` is not there, spend it as debt and return the seconds
+        until one more is allowed."""
+        if self.rate is None:
+            return None
+        self.level = min(self.burst, self.level + (now - self.at) * self.rate)
+        self.at = now
+        if self.level >= amount:
+            return None
+        self.level = max(self.level - amount, -self.burst)
+        return (amount - self.level) / self.rate
+
+    def take(self, amount: float) -> None:
+        if self.rate is not None:
+            self.level -= amount
+
+    @property
+    def usage(self) -> float:
+        """The share of the budget spent (1.0 and more: throttled); 0 for an endless one."""
+        return 0.0 if self.rate is None else (self.burst - self.level) / self.burst
 
 
 class SimulatorState:
@@ -217,8 +289,11 @@ class SimulatorState:
         # UserAuthMethod-TAP.* permission): listing a user's methods is refused (403).
         self.methods_forbidden = False
         self.tenant_id = SIMULATED_TENANT_ID  # the `tid` claim of the tokens it issues
-        self._bucket = float(self.faults.throttle_burst)
-        self._bucket_at = clock()
+        # Graph's two budgets per app and tenant (GRAPH_FACTS.md, "Throttling").
+        self.budgets = {
+            WRITE_LIMIT: Bucket(self.faults.throttle_rate, self.faults.throttle_burst, clock()),
+            RESOURCE_UNIT_LIMIT: Bucket(self.faults.read_rate, self.faults.read_burst, clock()),
+        }
 
     # --- tenant ---------------------------------------------------------------------------
     def add_user(self, user: SimUser) -> None:
@@ -303,25 +378,29 @@ class SimulatorState:
         self.counts[name] = self.counts.get(name, 0) + 1
 
     # --- throttling -----------------------------------------------------------------------
-    def take_token(self) -> tuple[float | None, float | None]:
-        """Spend one request from the bucket: (seconds to wait if refused, usage if over 80%).
+    def spend(self, call: Call) -> tuple[Refusal | None, int, float | None]:
+        """Spend what `call` costs from Graph's budgets: a write spends one write and one
+        resource unit, a read its resource units (by path and query, as Graph documents).
 
-        As at Graph, a refused request still counts against the budget: the bucket goes into
-        debt (at most one burst deep), so a client that keeps sending while throttled waits
-        longer. Usage is the share of the budget spent (1.0 and more: throttled).
+        Returns the refusal (the budget that ran out, and the seconds until it allows one
+        more) or None, the resource units charged, and the budget usage Graph reports once it
+        is over 80% (of the most used budget the request spends). As at Graph, a refused
+        request still counts against the budget that refused it: it goes into debt (at most
+        one burst deep), so a client that keeps sending while throttled waits longer.
         """
-        rate = self.faults.throttle_rate
-        if rate is None:
-            return None, None
-        burst = float(self.faults.throttle_burst)
+        units = resource_units(call)
+        spends = [(RESOURCE_UNIT_LIMIT, float(units))]
+        if call.method != "GET":
+            spends.insert(0, (WRITE_LIMIT, 1.0))
         now = self.clock()
-        self._bucket = min(burst, self._bucket + (now - self._bucket_at) * rate)
-        self._bucket_at = now
-        allowed = self._bucket >= 1
-        self._bucket = max(self._bucket - 1, -burst)
-        used = (burst - self._bucket) / burst
-        usage = used if used > WARNING_USAGE else None
-        return (None if allowed else (1 - self._bucket) / rate), usage
+        for name, amount in spends:
+            wait = self.budgets[name].refused(amount, now)
+            if wait is not None:
+                return Refusal(name, wait), units, self.budgets[name].usage
+        for name, amount in spends:
+            self.budgets[name].take(amount)
+        usage = max(self.budgets[name].usage for name, _ in spends)
+        return None, units, usage if usage > WARNING_USAGE else None
 
     @classmethod
     def from_file(cls, path: Path, **kwargs: Any) -> SimulatorState:
@@ -477,9 +556,11 @@ async def _call(state: SimulatorState, call: Call) -> Answer:
     """Throttling and faults, then the request itself: the same for a batch's sub-requests."""
     faults = state.faults
     state.count("graph_requests")
-    wait, usage = state.take_token()
-    if wait is not None:
+    refusal, units, usage = state.spend(call)
+    if refusal is not None:
         state.count("429")
+        state.count(f"429 {refusal.budget}")
+        wait = refusal.wait
         retry_after = faults.retry_after_seconds if faults.retry_after_seconds is not None else wait
         # Graph sends whole seconds ("10") and decimals ("2.128"): so does the simulator,
         # rounding up: a wait of a second or more half the time in whole seconds.
@@ -494,8 +575,9 @@ async def _call(state: SimulatorState, call: Call) -> Answer:
             "Too many requests.",
             {
                 "Retry-After": shown,
-                "x-ms-throttle-scope": "Tenant_Application/WriteLimit",
-                "x-ms-throttle-information": "WriteLimitExceeded",
+                "x-ms-throttle-scope": f"Tenant_Application/{THROTTLE_SCOPE[refusal.budget]}/"
+                f"{SIMULATED_APP_ID}/{state.tenant_id}",
+                "x-ms-throttle-information": refusal.budget,
             },
         )
     elif faults.fault_rate and state.random.random() < faults.fault_rate:
@@ -505,8 +587,9 @@ async def _call(state: SimulatorState, call: Call) -> Answer:
         )
     else:
         answer = await _route(state, call)
+    answer[1]["x-ms-resource-unit"] = str(units)
     if usage is not None:
-        answer[1]["x-ms-throttle-limit-percentage"] = f"{usage:.2f}"
+        answer[1]["x-ms-throttle-limit-percentage"] = f"{min(usage, MAX_REPORTED_USAGE):.2f}"
     return answer
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from onboard.graph import GraphClient
-from onboard.rate import CUT, RateController, Ticket
+from onboard.rate import CUT, Budget, Pacing, RateController, Ticket
 
 
 class VirtualTime:
@@ -114,9 +114,11 @@ def test_decimal_and_date_retry_after_both_pause_for_that_long() -> None:
         ("2.128", 2.128),
         (format_datetime(datetime.now(timezone.utc) + timedelta(seconds=7), usegmt=True), 7.0),
     ):
-        rate, time = controller(10.0)
-        client = GraphClient(None, "https://graph.invalid", None, rate=rate)  # type: ignore[arg-type]
-        client._judge(Ticket(0.0), [(429, {"retry-after": header})])
+        time = VirtualTime()
+        pacing = Pacing(10.0, clock=time, sleep=time.sleep)
+        rate = pacing.writes
+        client = GraphClient(None, "https://graph.invalid", None, pacing=pacing)  # type: ignore[arg-type]
+        client._judge(Budget.WRITES, Ticket(0.0), [(429, {"retry-after": header})])
 
         async def main(rate: RateController = rate) -> float:
             return (await rate.acquire()).sent_at

@@ -27,7 +27,7 @@ from pydantic import (
     model_validator,
 )
 
-from ..rate import DEFAULT_MAX_RATE
+from ..rate import DEFAULT_MAX_RATE, DEFAULT_MAX_READ_RATE
 from .fields import (
     MAX_SHEET_INDEX,
     NULL_IS_DEFAULT,
@@ -510,8 +510,15 @@ class RunSettings(Settings):
         DEFAULT_MAX_RATE,
         ge=0.1,
         le=10_000,
-        description="The ceiling on requests per second; the rate adapts below it. All workers "
-        "together; lower it to leave room for other apps in the tenant.",
+        description="The ceiling on writes (creates) per second; the rate adapts below it, "
+        "to Graph's write budget. All workers together; lower it to leave room for other apps.",
+    )
+    max_read_rate: Number = Field(
+        DEFAULT_MAX_READ_RATE,
+        ge=0.1,
+        le=100_000,
+        description="The ceiling on resource units per second spent by reads (checks, "
+        "lookups); they adapt below it, to Graph's resource-unit budget, apart from the writes.",
     )
     batch_size: Whole = Field(
         1,
@@ -623,11 +630,24 @@ class SimulatorSettings(Settings):
         None,
         ge=0.001,
         le=1_000_000,
-        description="Requests per second before 429s; null: never throttle. The budget's "
-        "refill rate.",
+        description="Writes per second before 429s (WriteLimitExceeded); null: never throttle. "
+        "The write budget's refill rate.",
     )
     throttle_burst: Whole = Field(
-        100, ge=1, le=1_000_000, description="Requests allowed in a burst. The budget's size."
+        100, ge=1, le=1_000_000, description="Writes allowed in a burst. The write budget's size."
+    )
+    read_rate: Number | None = Field(
+        None,
+        ge=0.001,
+        le=1_000_000,
+        description="Resource units per second before 429s (ResourceUnitLimitExceeded); null: "
+        "never. Every request spends them: reads 1 to 2 each, writes 1.",
+    )
+    read_burst: Whole = Field(
+        8000,
+        ge=1,
+        le=1_000_000,
+        description="Resource units allowed in a burst. The resource-unit budget's size.",
     )
     retry_after_seconds: Number | None = Field(
         None,
