@@ -157,7 +157,6 @@ async def _look_up(
             return match_by
         return "id" if GUID.match(value) else "userPrincipalName"
 
-    label = {"mail": "mail", "employeeId": "employee id", "upn": "UPN"}[match_by]
     # One lookup per distinct value (compared without regard to case), sent as the sheet
     # wrote it: Graph compares case-insensitively itself (casefold() would turn ß into ss).
     wanted: dict[str, dict[str, str]] = {}
@@ -200,7 +199,7 @@ async def _look_up(
             continue
         people = matches[key]
         error = errors.get(key)
-        refused = _refused(request.user, label, people, error)
+        refused = _refused(request.user, match_by, people, error)
         if refused is not None:
             reason, shown, detail = refused
             guest = error is None and len(people) == 1 and _is_external(people[0])
@@ -218,11 +217,16 @@ async def _look_up(
     return found, failed
 
 
+# How a message names each input.match_by field.
+_MATCH_LABELS = {"mail": "mail", "employeeId": "employee id", "upn": "UPN"}
+
+
 def _refused(
-    value: str, label: str, people: list[dict[str, Any]], error: GraphError | None
+    value: str, match_by: str, people: list[dict[str, Any]], error: GraphError | None
 ) -> tuple[Reason, str | None, str] | None:
     """Why a row cannot go on after its lookup (reason, the label to show when the reason's own
     is too general, what to do); None if it can."""
+    label = _MATCH_LABELS[match_by]
     if error is not None:
         needs = (
             " Finding people needs User.Read.All for the app: grant it with admin consent."
@@ -237,7 +241,7 @@ def _refused(
                 f"{error.code or '-'}: {error.message}).{needs}"
             ),
         )
-    if not people and label == "UPN":
+    if not people and match_by == "upn":
         return (
             Reason.USER_NOT_FOUND,
             None,
@@ -249,7 +253,7 @@ def _refused(
     if not people:
         return (
             Reason.NO_MATCH,
-            f"No user with this {label}",
+            Reason.NO_MATCH.labelled(label),
             (
                 f"No user in the tenant has {label} '{value}'. Check the sheet, or wait until the "
                 f"account exists with its {label} set, then run again for this row."
@@ -259,7 +263,7 @@ def _refused(
     if len(people) > 1:
         return (
             Reason.SEVERAL_MATCHES,
-            f"Several users with this {label}",
+            Reason.SEVERAL_MATCHES.labelled(label),
             (
                 f"{len(people)} users have {label} '{value}': {', '.join(upns)}. Give this "
                 "person's UPN instead (a sheet with input.match_by: upn), or fix the directory "

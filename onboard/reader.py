@@ -803,7 +803,8 @@ def _read_csv(data: bytes, path: Path, max_rows: int) -> list[list[Any]]:
         reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep)
         rows = list(itertools.islice(reader, max_rows + HEADER_SEARCH_ROWS + 1))
     except csv.Error as exc:
-        if "field larger than field limit" in str(exc):
+        # csv says "field larger than field limit" only in its message: measure it instead.
+        if _longest_cell(text, sep) > csv.field_size_limit():
             raise InputFileError(
                 f"line {reader.line_num}: a cell of more than {csv.field_size_limit():,} "
                 f"characters (Excel's limit is {MAX_CELL_CHARS:,}; no new-hire field comes "
@@ -814,6 +815,15 @@ def _read_csv(data: bytes, path: Path, max_rows: int) -> list[list[Any]]:
     while rows and not rows[-1]:
         rows.pop()
     return [[_csv_cell(v) if v[:1] in _CSV_MARKS else v or None for v in row] for row in rows]
+
+
+def _longest_cell(text: str, sep: str) -> int:
+    """The most characters in one cell of a CSV text, as the csv module reads it (give or take
+    its quotes): a cell that opens with a quote runs to the closing one and on to a separator or
+    a line break; any other cell, to a separator or a line break."""
+    stop = f"{re.escape(sep)}\\r\\n"
+    cell = re.compile(rf'"[^"]*(?:""[^"]*)*"?[^{stop}]*|[^{stop}"][^{stop}]*')
+    return max((len(found.group()) for found in cell.finditer(text)), default=0)
 
 
 # A first character that may start Excel's ="...", an error value, or LibreOffice's Err:NNN.
@@ -1027,7 +1037,7 @@ def _validate_row(
             Reason.INVALID,
             "; ".join(f"{column} {problem}" for column, problem in problems),
             column=", ".join(column for column, _ in problems),
-            label=None if len(problems) > 1 else f"Invalid {problems[0][0]}",
+            label=None if len(problems) > 1 else Reason.INVALID.labelled(problems[0][0]),
         )
     display = " ".join(_clean(_text(cell("display_name")) or "").split()) or None
     return PassRequest(
