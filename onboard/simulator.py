@@ -219,35 +219,36 @@ class Refusal:
 
 
 class Bucket:
-    """One budget: a token bucket of `burst` that refills at `rate` per second (None: never
-    runs out)."""
+    """One budget: a token bucket of `burst` that refills at `rate` per second (a rate of
+    None: it never runs out). `limits` gives (rate, burst) as the faults say now."""
 
-    def __init__(self, rate: float | None, burst: int, now: float) -> None:
-        self.rate = rate
-        self.burst = float(burst)
-        self.level = self.burst
+    def __init__(self, limits: Callable[[], tuple[float | None, int]], now: float) -> None:
+        self.limits = limits
+        self.level = float(limits()[1])
         self.at = now
 
     def refused(self, amount: float, now: float) -> float | None:
         """Refill to `now`; if `amount` is not there, spend it as debt and return the seconds
         until one more is allowed."""
-        if self.rate is None:
+        rate, burst = self.limits()
+        if rate is None:
             return None
-        self.level = min(self.burst, self.level + (now - self.at) * self.rate)
+        self.level = min(burst, self.level + (now - self.at) * rate)
         self.at = now
         if self.level >= amount:
             return None
-        self.level = max(self.level - amount, -self.burst)
-        return (amount - self.level) / self.rate
+        self.level = max(self.level - amount, -burst)
+        return (amount - self.level) / rate
 
     def take(self, amount: float) -> None:
-        if self.rate is not None:
+        if self.limits()[0] is not None:
             self.level -= amount
 
     @property
     def usage(self) -> float:
         """The share of the budget spent (1.0 and more: throttled); 0 for an endless one."""
-        return 0.0 if self.rate is None else (self.burst - self.level) / self.burst
+        rate, burst = self.limits()
+        return 0.0 if rate is None else (burst - self.level) / burst
 
 
 class SimulatorState:
@@ -293,9 +294,10 @@ class SimulatorState:
         self.methods_forbidden = False
         self.tenant_id = SIMULATED_TENANT_ID  # the `tid` claim of the tokens it issues
         # Graph's two budgets per app and tenant (GRAPH_FACTS.md, "Throttling").
+        f = self.faults  # read at each request: a test may change them as it goes
         self.budgets = {
-            WRITE_LIMIT: Bucket(self.faults.throttle_rate, self.faults.throttle_burst, clock()),
-            RESOURCE_UNIT_LIMIT: Bucket(self.faults.read_rate, self.faults.read_burst, clock()),
+            WRITE_LIMIT: Bucket(lambda: (f.throttle_rate, f.throttle_burst), clock()),
+            RESOURCE_UNIT_LIMIT: Bucket(lambda: (f.read_rate, f.read_burst), clock()),
         }
 
     # --- tenant ---------------------------------------------------------------------------
@@ -381,6 +383,11 @@ class SimulatorState:
         self.counts[name] = self.counts.get(name, 0) + 1
 
     # --- throttling -----------------------------------------------------------------------
+    def exhaust(self, budget: str) -> None:
+        """Spend a budget (WRITE_LIMIT or RESOURCE_UNIT_LIMIT) to empty: the next request
+        that needs it is refused (tests, demos)."""
+        self.budgets[budget].level = 0.0
+
     def spend(self, call: Call) -> tuple[Refusal | None, int, float | None]:
         """Spend what `call` costs from Graph's budgets: a write spends one write and one
         resource unit, a read its resource units (by path and query, as Graph documents).

@@ -19,7 +19,7 @@ from onboard.outcomes import Origin, PassRequest
 from onboard.rate import Budget, Pacing
 from onboard.simulator import Call, Faults, SimulatorState, resource_units
 
-TOKEN = "budget-test-token"  # noqa: S105 (a token the simulator is told to accept)
+TOKEN = "budget-test-token"
 PEOPLE = ("ada@contoso.com", "alan@contoso.com", "grace@contoso.com")
 
 
@@ -86,7 +86,8 @@ def test_a_write_429_does_not_pause_reads(serve_simulator: Callable[..., Served]
         return *waits, await client.current_pass(PEOPLE[0])
 
     write_wait, read_wait, held = with_client(served, work)
-    assert write_wait > 25 and read_wait == 0
+    # Reads wait only for the resource units the two creates spent (a few ms at 800/s).
+    assert write_wait > 25 and read_wait < 0.1
     assert held is not None
     assert state.counts["429 WriteLimitExceeded"] == 1
 

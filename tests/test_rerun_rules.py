@@ -23,7 +23,7 @@ from onboard.config import load_config
 from onboard.decide import settle_wait
 from onboard.journal import Journal, Person
 from onboard.outcomes import Issued, Origin, Outcome, PassRequest
-from onboard.simulator import Faults, SimulatorState
+from onboard.simulator import WRITE_LIMIT, Faults, SimulatorState
 
 ROOT = Path(__file__).resolve().parent.parent
 SOON = (date.today() + timedelta(days=5)).isoformat()
@@ -131,8 +131,8 @@ def test_a_row_answered_429_before_a_stop_holds_no_pass_and_is_checked_next_time
     state = SimulatorState(users("ada@contoso.com"),
                            faults=Faults(throttle_rate=0.001, throttle_burst=1,
                                          retry_after_seconds=30))  # fmt: skip
+    state.exhaust(WRITE_LIMIT)  # the create is refused (429) until long after the stop
     sim = serve_simulator(state)
-    # Only the policy read spends the budget before the create (no account checks).
     sending = {"existing": "replace", "timezone": "UTC", "allow_existing_accounts": True}
     replace = sim.config(tmp_path / "r.yaml", run={"stop_grace_seconds": 0.1},
                          **{"pass": sending})  # fmt: skip

@@ -510,15 +510,15 @@ class RunSettings(Settings):
         DEFAULT_MAX_RATE,
         ge=0.1,
         le=10_000,
-        description="The ceiling on writes (creates) per second; the rate adapts below it, "
-        "to Graph's write budget. All workers together; lower it to leave room for other apps.",
+        description="The ceiling on creates per second. The rate adapts below it, to Graph's "
+        "write budget; all workers together; lower it to leave room for other apps.",
     )
     max_read_rate: Number = Field(
         DEFAULT_MAX_READ_RATE,
         ge=0.1,
         le=100_000,
-        description="The ceiling on resource units per second spent by reads (checks, "
-        "lookups); they adapt below it, to Graph's resource-unit budget, apart from the writes.",
+        description="The ceiling on resource units per second for reads. Checks and lookups "
+        "adapt below it to Graph's resource-unit budget, apart from the creates.",
     )
     batch_size: Whole = Field(
         1,
@@ -630,8 +630,8 @@ class SimulatorSettings(Settings):
         None,
         ge=0.001,
         le=1_000_000,
-        description="Writes per second before 429s (WriteLimitExceeded); null: never throttle. "
-        "The write budget's refill rate.",
+        description="Writes per second before 429s; null: never throttle. The write budget's "
+        "refill rate (429s say WriteLimitExceeded).",
     )
     throttle_burst: Whole = Field(
         100, ge=1, le=1_000_000, description="Writes allowed in a burst. The write budget's size."
@@ -640,8 +640,8 @@ class SimulatorSettings(Settings):
         None,
         ge=0.001,
         le=1_000_000,
-        description="Resource units per second before 429s (ResourceUnitLimitExceeded); null: "
-        "never. Every request spends them: reads 1 to 2 each, writes 1.",
+        description="Resource units per second before 429s; null: never throttle. Every request "
+        "spends them, reads 1 to 2 each, writes 1 (429s say ResourceUnitLimitExceeded).",
     )
     read_burst: Whole = Field(
         8000,
