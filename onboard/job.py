@@ -19,11 +19,10 @@ from pathlib import Path
 
 from .audit import AuditOptions, audit_options, audit_path, free_path, write_audit
 from .checks import (
+    RowChecks,
     check_first,
-    existing_passes,
     find_people,
     read_policy,
-    screen_accounts,
     within_policy,
 )
 from .config import Config
@@ -52,7 +51,7 @@ from .history import (
 )
 from .journal import Journal, RowRecord, RunStatus
 from .outcomes import Failed, Origin, PassRequest, Skipped
-from .pool import Sender, send
+from .pool import Check, Sender, send
 from .reader import InputFile, check_rows, read_all
 from .record import OnOutcome, RunRows, crashed
 from .report import STOPPED, RunReport, StopCause
@@ -236,33 +235,26 @@ async def _check_and_send(
     """Check, then issue; whatever happens once passes may exist, the audit gets written.
 
     Every row about to be sent, however it got here (a new row, a resumed one, one whose
-    earlier pass Graph no longer holds), is screened first: no pass for an admin or an
-    account already in use (checks.screen_accounts)."""
+    earlier pass Graph no longer holds), is checked first, as the creates go (checks.RowChecks:
+    the pass its user holds, and no pass for an admin or an account already in use)."""
     report, client, journal = rows.report, rows.client, rows.journal
     tenant = report.tenant.key if report.tenant else None
     try:
-        if any(r.ask_existing for r in requests):
-            phase("checking existing passes")
-        requests, decided = await existing_passes(
-            config, client, requests, stop,
-            issued_by=lambda method_id: journal.issued_by(tenant, method_id),
-        )  # fmt: skip
         again, confirmed = await check_first(config.run, client, to_check, stop)
-        for outcome in [*decided, *confirmed]:
+        for outcome in confirmed:
             rows.add(outcome, later=True)
         await rows.durable()
         requests = requests + again
+        checks = RowChecks(
+            config, client, len(requests), stop,
+            issued_by=lambda method_id: journal.issued_by(tenant, method_id), allowed=allowed,
+        )  # fmt: skip
+        phase("checking and issuing passes")
+        await _issue(config, client, requests, rows, stop, checks.check)
         if requests:
-            phase("checking the accounts")
-            screened = await screen_accounts(config, client, requests, stop, allowed=allowed)
-            requests = screened.keep
-            report.notes.extend(screened.notes)
-            report.attention.extend(screened.unchecked)
-            for failed in screened.refused:
-                rows.add(failed, later=True)
-            await rows.durable()
-        phase("issuing passes")
-        await _issue(config, client, requests, rows, stop)
+            notes, unchecked = checks.summary()
+            report.notes.extend(notes)
+            report.attention.extend(unchecked)
     except (asyncio.CancelledError, KeyboardInterrupt):
         # Stopped at once: the journal holds every outcome and pass so far, and the rows in
         # flight; running the same command again resumes this run and writes its audit.
@@ -282,11 +274,12 @@ async def _issue(
     requests: list[PassRequest],
     rows: RunRows,
     stop: asyncio.Event | None,
+    check: Check,
 ) -> None:
     sender = Sender(
         client.create_pass, client.create_passes, client.current_pass_id, explain, unusable_pass
     )
-    result = await send(requests, sender, rows, config.run, stop)
+    result = await send(requests, sender, rows, config.run, stop, check=check)
     report = rows.report
     report.retries += result.retries
     if result.aborted is not None:

@@ -133,6 +133,7 @@ def _rate_notes(pacing: Pacing | None) -> list[Note]:
     effective = writes.effective_rate
     return [
         ("Requests to Graph", pacing.requests),
+        ("Writes to Graph", writes.requests),
         ("Effective write rate", "-" if effective is None else round(effective, 1), "requests/s"),
         ("Write rate ceiling (run.max_rate)", writes.max_rate, "requests/s"),
         ("Read rate ceiling (run.max_read_rate)", reads.max_rate, "resource units/s"),

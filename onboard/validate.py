@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from .checks import find_people, read_policy, screen_accounts, within_policy
+from .checks import RowChecks, check_all, find_people, read_policy, within_policy
 from .config import Config
 from .connect import Connection, connect
 from .decide import Named
@@ -86,8 +86,10 @@ async def _validate_online(
         checked.append(Failed(Origin("(tenant)", 0), "", Reason.POLICY_OFF, str(exc)))
     requests, looked_up = await find_people(config, client, requests)
     requests, refused = within_policy(policy, requests)
-    screened = await screen_accounts(config, client, requests, None, allowed=allowed)
-    found.checks = screened.notes
-    found.attention.extend(screened.unchecked)
-    checked.extend([*looked_up, *refused, *screened.refused])
-    return screened.keep
+    checks = RowChecks(config, client, len(requests), allowed=allowed)
+    keep, screened = await check_all(checks, requests)
+    if requests:
+        found.checks, unchecked = checks.summary()
+        found.attention.extend(unchecked)
+    checked.extend([*looked_up, *refused, *screened])  # type: ignore[list-item]
+    return keep

@@ -96,7 +96,10 @@ def test_lost_batch_answers_are_confirmed_with_graph(
 
 
 def test_a_journal_that_cannot_be_written_stops_the_run(
-    tmp_path: Path, serve_simulator, secret_env, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    serve_simulator,
+    secret_env,
+    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """A full disk under the journal stops the run with exit 3 instead of handing out more
@@ -128,6 +131,7 @@ def test_a_journal_that_cannot_be_written_stops_the_run(
     rows = audit_rows(latest_audit(tmp_path / "audit"))
     for row in rows["Issued"]:
         assert row["Temporary Access Pass"] == state.current_pass(str(row["User"]))
+
     def ids(sheet: list[dict[str, object]]) -> set[str]:
         return {state.find_user(str(r["User"])).id for r in sheet}  # type: ignore[union-attr]
 
