@@ -19,7 +19,12 @@ import pytest
 import onboard
 
 PACKAGE = Path(onboard.__file__).resolve().parent
-MODULES = sorted(path.stem for path in PACKAGE.glob("*.py"))
+# The package's modules: each top-level .py file, and each subpackage (a folder with an
+# __init__.py, e.g. config/) taken as one module made of all its files.
+MODULES = sorted(
+    [path.stem for path in PACKAGE.glob("*.py")]
+    + [path.parent.name for path in PACKAGE.glob("*/__init__.py")]
+)
 # Running onboard/__main__.py is running the CLI: importing it is not a layering question.
 IMPORTABLE = [name for name in MODULES if name != "__main__"]
 # The one module that talks to the terminal: it parses, prints, and maps errors to exit codes.
@@ -57,10 +62,28 @@ print(json.dumps(failed))
 """
 
 
+def _parse(path: Path) -> ast.Module:
+    return ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+
+
 @cache
 def _tree(module: str) -> ast.Module:
+    """A module's source; a subpackage's files as one module, its relative imports read as
+    from the top package (`from ..x` is onboard.x; `from .y` stays inside, the package itself)."""
     path = PACKAGE / f"{module}.py"
-    return ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    if path.exists():
+        return _parse(path)
+    body: list[ast.stmt] = []
+    for part in sorted((PACKAGE / module).glob("*.py")):
+        tree = _parse(part)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                node.module, node.names = module, [ast.alias(name="*")]
+            elif isinstance(node, ast.ImportFrom) and node.level > 1:
+                node.level -= 1
+        body += tree.body
+    assert body, f"no module or package named {module}"
+    return ast.Module(body=body, type_ignores=[])
 
 
 def imported_modules(tree: ast.Module) -> set[str]:
@@ -173,3 +196,9 @@ def test_the_stages_never_import_the_job(module: str) -> None:
 def test_every_stage_named_exists() -> None:
     """The modules the layering rules name are real: a rename cannot switch a rule off."""
     assert BELOW_THE_JOB | CONSOLE_MODULES | CLI_IMPORTERS | {"job"} <= set(MODULES)
+
+
+def test_a_subpackage_is_scanned_as_one_module() -> None:
+    """config/ is a folder: its files' imports are all seen, `from ..errors` as onboard.errors."""
+    assert "config" in MODULES
+    assert {"errors", "files", "rate"} <= imported_modules(_tree("config"))
