@@ -303,13 +303,14 @@ class _Feed:
         self.changed.set()
 
     async def take(self, size: int) -> list[PassRequest] | None:
-        """Up to `size` rows ready to send (as many as are ready, at least one), or None when
-        there are no more, or the run is stopping."""
+        """`size` rows ready to send (fewer only once the checks are over: a batch is not sent
+        a row at a time while more are coming), or None when there are no more, or the run is
+        stopping. The checks may run `ahead` >= 2 x size rows ahead, so a full batch comes."""
         while not self.stopping():
             if self.check is None:
                 batch = list(itertools.islice(self.todo, size))
                 return batch or None
-            if self.ready:
+            if len(self.ready) >= size or (self.ready and self.done):
                 batch = [self.ready.popleft() for _ in range(min(size, len(self.ready)))]
                 for _ in batch:
                     self.space.release()

@@ -141,3 +141,89 @@ def test_resource_units_are_charged_as_graph_documents(
     """Base cost by path (listing users and transitive memberships cost 2), $select -1,
     $expand +1, $top under 20 -1, never below 1; a write costs 1."""
     assert resource_units(Call(method, path, None, "r", "c", "https://x", query)) == units
+
+
+class _Counted:
+    """A pool Sink that only keeps the outcomes."""
+
+    def __init__(self) -> None:
+        self.outcomes: list[object] = []
+
+    def sending(self, request: PassRequest) -> None:
+        pass
+
+    def outcome(self, outcome: object, *, again: bool = False) -> None:
+        self.outcomes.append(outcome)
+
+    async def durable(self) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def unconfirmed(self) -> list[Any]:
+        return []
+
+
+def _pipelined(rows: int, concurrency: int, skip: set[int]) -> tuple[_Counted, dict[str, Any]]:
+    """issue_all with a check (a read) per row: how far the checks ran ahead of the creates."""
+    from onboard.config import RunSettings
+    from onboard.graph import CreatedPass, explain, unusable_pass
+    from onboard.outcomes import Reason, Skipped
+    from onboard.pool import Sender, issue_all
+
+    seen: dict[str, Any] = {"checked": 0, "created": 0, "ahead": 0, "first_create_after": None}
+    start = dt.datetime.now(dt.UTC) + dt.timedelta(days=3)
+
+    async def check(request: PassRequest) -> PassRequest | Skipped:
+        await asyncio.sleep(0)  # a read: other work goes on meanwhile
+        seen["checked"] += 1
+        if request.origin.row in skip:
+            return Skipped(request.origin, request.user, Reason.ALREADY_ISSUED, "held")
+        return request
+
+    async def create(request: PassRequest) -> CreatedPass:
+        assert request.origin.row not in skip, "a row its check decided was sent"
+        if seen["first_create_after"] is None:
+            seen["first_create_after"] = seen["checked"]
+        seen["ahead"] = max(seen["ahead"], seen["checked"] - seen["created"])
+        await asyncio.sleep(0)
+        seen["created"] += 1
+        return CreatedPass(f"+v{request.origin.row}", f"m{request.origin.row}", start, start,
+                           480, True, "req")  # fmt: skip
+
+    async def no_current(user: str) -> str | None:
+        raise AssertionError("nothing to confirm")
+
+    requests = [
+        PassRequest(Origin("hires.csv", n), f"u{n}@contoso.com", None, start, 480, True)
+        for n in range(2, rows + 2)
+    ]
+    sender = Sender(create, None, no_current, explain, unusable_pass)
+    sink = _Counted()
+    asyncio.run(issue_all(requests, sender, sink, RunSettings(concurrency=concurrency),
+                          check=check))  # fmt: skip
+    return sink, seen
+
+
+def test_the_checks_run_ahead_of_the_creates_within_a_bound() -> None:
+    """Creates start while most rows are still unchecked (no waiting for every read first),
+    and the rows checked but not yet created never exceed the pool's bound: memory stays
+    flat however long the sheet."""
+    from onboard.pool import AHEAD
+
+    sink, seen = _pipelined(rows=400, concurrency=4, skip=set())
+    assert len(sink.outcomes) == 400 and seen["created"] == 400
+    assert seen["first_create_after"] < 50
+    assert seen["ahead"] <= AHEAD * 4 + 4 + 4  # waiting to be taken, being checked, in flight
+
+
+def test_a_row_its_check_decides_is_never_created() -> None:
+    """A row the check settles (its user holds a pass) gets that outcome, once, and no create."""
+    from onboard.outcomes import Issued, Skipped
+
+    sink, seen = _pipelined(rows=50, concurrency=3, skip={5, 17, 40})
+    skipped = sorted(o.origin.row for o in sink.outcomes if isinstance(o, Skipped))
+    assert skipped == [5, 17, 40]
+    assert sum(isinstance(o, Issued) for o in sink.outcomes) == 47 == seen["created"]
+    assert len({o.origin for o in sink.outcomes}) == 50  # type: ignore[attr-defined]
