@@ -26,11 +26,8 @@ from onboard.simulator import SimulatorState
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc)
 SHEET = "xl/worksheets/sheet1.xml"
-GOOD_ROWS = [
-    ["UPN", "Start Date"],
-    ["ada@contoso.com", "2027-01-04"],
-    ["bo@contoso.com", "2027-01-05"],
-]
+GOOD_ROWS = [["UPN", "Start Date"], ["ada@contoso.com", "2027-01-04"],
+             ["bo@contoso.com", "2027-01-05"]]
 
 
 def xlsx(rows: list[list[object]] = GOOD_ROWS) -> bytes:
@@ -62,9 +59,9 @@ def declare_size(data: bytes, name: str, size: int) -> bytes:
     encoded = name.encode()
     at = patched.find(encoded)
     while at >= 0:
-        if patched[at - 30 : at - 26] == b"PK\x03\x04":
+        if patched[at - 30:at - 26] == b"PK\x03\x04":
             struct.pack_into("<I", patched, at - 30 + 22, size)
-        elif patched[at - 46 : at - 42] == b"PK\x01\x02":
+        elif patched[at - 46:at - 42] == b"PK\x01\x02":
             struct.pack_into("<I", patched, at - 46 + 24, size)
         at = patched.find(encoded, at + 1)
     return bytes(patched)
@@ -84,20 +81,17 @@ def sparse_sheet(cell: bytes) -> bytes:
     """A few-KB workbook: UPN in A1 and one more cell (or row) placed far away."""
     data = xlsx([["UPN"]])
     xml = zipfile.ZipFile(io.BytesIO(data)).read(SHEET)
-    xml = xml.replace(b"</row></sheetData>", b'</row><row r="2">' + cell + b"</row></sheetData>")
+    xml = xml.replace(b"</row></sheetData>", b"</row><row r=\"2\">" + cell + b"</row></sheetData>")
     return rezip(data, {SHEET: xml})
 
 
 def moved_sheet(data: bytes) -> bytes:
     """The same workbook with its sheet stored under a name no reader would guess."""
     source = zipfile.ZipFile(io.BytesIO(data))
-    rels = source.read("xl/_rels/workbook.xml.rels").replace(
-        b"/xl/worksheets/sheet1.xml", b"/xl/data/hires.xml"
-    )
-    return rezip(
-        data,
-        {SHEET: None, "xl/data/hires.xml": source.read(SHEET), "xl/_rels/workbook.xml.rels": rels},
-    )
+    rels = source.read("xl/_rels/workbook.xml.rels").replace(b"/xl/worksheets/sheet1.xml",
+                                                              b"/xl/data/hires.xml")
+    return rezip(data, {SHEET: None, "xl/data/hires.xml": source.read(SHEET),
+                        "xl/_rels/workbook.xml.rels": rels})
 
 
 def password_protected() -> bytes:
@@ -113,89 +107,42 @@ def zeros_sheet(megabytes: int) -> bytes:
 
 
 CASES = [
-    (
-        "renamed.xlsx",
-        lambda: b"UPN,Start Date\nada@contoso.com,2027-01-04\n",
-        "is a text file (a CSV?), not an .xlsx workbook",
-    ),
+    ("renamed.xlsx", lambda: b"UPN,Start Date\nada@contoso.com,2027-01-04\n",
+     "is a text file (a CSV?), not an .xlsx workbook"),
     ("workbook.csv", lambda: xlsx(), "is an Excel workbook (or another zip file), not a CSV"),
     ("report.xlsx", lambda: b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n", "is a PDF, not a workbook"),
-    (
-        "export.xlsx",
-        lambda: b"<html><body><table><tr><td>UPN</td></tr></table></body></html>",
-        "is a web page (HTML)",
-    ),
-    (
-        "letter.xlsx",
-        lambda: rezip(
-            xlsx(),
-            {
-                "xl/workbook.xml": None,
-                "xl/styles.xml": None,
-                "xl/theme/theme1.xml": None,
-                SHEET: None,
-                "xl/_rels/workbook.xml.rels": None,
-            },
-        ),
-        "is a zip file but not an Excel workbook",
-    ),
+    ("export.xlsx", lambda: b"<html><body><table><tr><td>UPN</td></tr></table></body></html>",
+     "is a web page (HTML)"),
+    ("letter.xlsx", lambda: rezip(xlsx(), {"xl/workbook.xml": None, "xl/styles.xml": None,
+                                             "xl/theme/theme1.xml": None, SHEET: None,
+                                             "xl/_rels/workbook.xml.rels": None}),
+     "is a zip file but not an Excel workbook"),
     ("truncated.xlsx", lambda: xlsx()[:3000], "is damaged or incomplete (truncated?)"),
     ("corrupt.xlsx", lambda: corrupt_member(xlsx()), "is damaged (truncated or corrupt)"),
     ("protected.xlsx", password_protected, "is password-protected"),
-    (
-        "bomb.xlsx",
-        lambda: declare_size(xlsx(), SHEET, 0xFFFF_FFF0),
-        "would unpack to 4,096 MB, over the input.max_mb limit of 200 MB: refused unread",
-    ),
-    (
-        "liar.xlsx",
-        lambda: declare_size(zeros_sheet(40), SHEET, 1000),
-        "is damaged (truncated or corrupt)",
-    ),
-    (
-        "huge-cell.csv",
-        lambda: b"UPN,Name\nada@contoso.com," + b"x" * 10 * 2**20 + b"\n",
-        "line 2: a cell of more than 131,072 characters (Excel's limit is 32,767",
-    ),
-    (
-        "huge-cell.xlsx",
-        lambda: xlsx([["UPN", "Name"], ["ada@contoso.com", "x" * 40_000]]),
-        "row 2, column B: a cell of 32,767 or more characters",
-    ),
-    (
-        "million.csv",
-        lambda: b"UPN\n" + b"someone@contoso.com\n" * 1_000_000,
-        "has more than 200,000 rows, blank rows included (input.max_rows): refused",
-    ),
-    (
-        "blank-then-more.csv",
-        lambda: b"UPN,Name\n" + b",\n" * 300_000 + b"late@contoso.com,L\n",
-        "has more than 200,000 rows, blank rows included (input.max_rows): refused",
-    ),
-    (
-        "sparse.xlsx",
-        lambda: sparse_sheet(b'<c r="XFD1048576" t="inlineStr"><is><t>x</t></is></c>'),
-        "could not be opened within the reader's limits (3 GB of memory, 300 s): refused",
-    ),
-    (
-        "sparse-within-limits.xlsx",
-        lambda: sparse_sheet(b'<c r="ZZ200000" t="inlineStr"><is><t>x</t></is></c>'),
-        "could not be opened within the reader's limits",
-    ),
-    (
-        "sparse-elsewhere.xlsx",
-        lambda: moved_sheet(
-            sparse_sheet(
-                b'<c\n r  =  \n\n\n\n\n\n\n\n\n\n\n\n"XFD1048576" t="inlineStr"><is><t>x</t></is></c>'
-            )
-        ),
-        "could not be opened within the reader's limits",
-    ),
-    (
-        "far-row.xlsx",
-        lambda: sparse_sheet(b'</row><row r="900000"><c t="inlineStr"><is><t>x</t></is></c>'),
-        "has more than 200,000 rows, blank rows included (input.max_rows): refused",
-    ),
+    ("bomb.xlsx", lambda: declare_size(xlsx(), SHEET, 0xFFFF_FFF0),
+     "would unpack to 4,096 MB, over the input.max_mb limit of 200 MB: refused unread"),
+    ("liar.xlsx", lambda: declare_size(zeros_sheet(40), SHEET, 1000),
+     "is damaged (truncated or corrupt)"),
+    ("huge-cell.csv", lambda: b"UPN,Name\nada@contoso.com," + b"x" * 10 * 2**20 + b"\n",
+     "line 2: a cell of more than 131,072 characters (Excel's limit is 32,767"),
+    ("huge-cell.xlsx", lambda: xlsx([["UPN", "Name"], ["ada@contoso.com", "x" * 40_000]]),
+     "row 2, column B: a cell of 32,767 or more characters"),
+    ("million.csv", lambda: b"UPN\n" + b"someone@contoso.com\n" * 1_000_000,
+     "has more than 200,000 rows, blank rows included (input.max_rows): refused"),
+    ("blank-then-more.csv", lambda: b"UPN,Name\n" + b",\n" * 300_000 + b"late@contoso.com,L\n",
+     "has more than 200,000 rows, blank rows included (input.max_rows): refused"),
+    ("sparse.xlsx", lambda: sparse_sheet(b'<c r="XFD1048576" t="inlineStr"><is><t>x</t></is></c>'),
+     "could not be opened within the reader's limits (3 GB of memory, 300 s): refused"),
+    ("sparse-within-limits.xlsx", lambda: sparse_sheet(b'<c r="ZZ200000" t="inlineStr"><is><t>x'
+                                                       b'</t></is></c>'),
+     "could not be opened within the reader's limits"),
+    ("sparse-elsewhere.xlsx", lambda: moved_sheet(sparse_sheet(
+        b'<c\n r  =  \n\n\n\n\n\n\n\n\n\n\n\n"XFD1048576" t="inlineStr"><is><t>x</t></is></c>')),
+     "could not be opened within the reader's limits"),
+    ("far-row.xlsx", lambda: sparse_sheet(b'</row><row r="900000"><c t="inlineStr"><is><t>x</t>'
+                                          b'</is></c>'),
+     "has more than 200,000 rows, blank rows included (input.max_rows): refused"),
     ("wide.csv", lambda: b"UPN" + b"," * 2_000_000 + b"\n", "line 1 has more than 702 columns"),
     ("garbage.csv", lambda: random.Random(5).randbytes(20_000), "is not a text CSV file"),
     ("control.csv", lambda: bytes(range(1, 32)) * 50, "is not a text CSV file"),
@@ -205,13 +152,8 @@ CASES = [
 
 @pytest.mark.parametrize(("name", "make", "message"), CASES, ids=[c[0] for c in CASES])
 def test_broken_or_crafted_file_is_bad_input_and_sends_nothing(
-    tmp_path: Path,
-    serve_simulator,
-    secret_env,
-    capsys: pytest.CaptureFixture[str],
-    name: str,
-    make,
-    message: str,
+    tmp_path: Path, serve_simulator, secret_env, capsys: pytest.CaptureFixture[str],
+    name: str, make, message: str,
 ) -> None:
     """Each ends with one clear line naming the file, exit 2, and no request to Graph."""
     state = SimulatorState(users("ada@contoso.com", "bo@contoso.com"))
@@ -253,9 +195,8 @@ def test_rows_past_the_limit_are_never_dropped_silently(tmp_path: Path) -> None:
     with pytest.raises(InputFileError, match="more than 5 rows, blank rows included"):
         read_input(path, InputSettings(max_rows=5), PassSettings(), now=NOW)
     book = tmp_path / "hires.xlsx"
-    book.write_bytes(
-        xlsx([["UPN"], *[[f"u{n}@contoso.com"] for n in range(5)], [None], ["late@contoso.com"]])
-    )
+    book.write_bytes(xlsx([["UPN"], *[[f"u{n}@contoso.com"] for n in range(5)], [None],
+                           ["late@contoso.com"]]))
     with pytest.raises(InputFileError, match="more than 5 rows, blank rows included"):
         read_input(book, InputSettings(max_rows=5), PassSettings(), now=NOW)
     exact = read_input(book, InputSettings(max_rows=7), PassSettings(), now=NOW)
@@ -266,14 +207,11 @@ def test_hostile_cells_fail_their_row_not_the_run(tmp_path: Path) -> None:
     """A 400-digit lifetime, a start in year 1 east of UTC, and a user with a terminal escape
     sequence: each fails its own row with a reason (no crash), and the user is shown escaped."""
     path = tmp_path / "hires.csv"
-    path.write_text(
-        "UPN,Start Date,Lifetime\n"
-        f"a@contoso.com,2027-01-04,{'9' * 400}\n"
-        "b@contoso.com,0001-01-01,60\n"
-        "\x1b]0;owned\x07c@contoso.com,2027-01-04,60\n"
-        "d\u202eexe.@contoso.com,2027-01-04,60\n",
-        encoding="utf-8",
-    )
+    path.write_text("UPN,Start Date,Lifetime\n"
+                    f"a@contoso.com,2027-01-04,{'9' * 400}\n"
+                    "b@contoso.com,0001-01-01,60\n"
+                    "\x1b]0;owned\x07c@contoso.com,2027-01-04,60\n"
+                    "d\u202eexe.@contoso.com,2027-01-04,60\n", encoding="utf-8")
     result = read_input(path, InputSettings(), PassSettings(timezone="Asia/Tokyo"), now=NOW)
     assert result.requests == []
     failed = {f.origin.row: f for f in result.failed}
@@ -304,23 +242,13 @@ def test_a_pipe_or_device_is_refused_unread(tmp_path: Path) -> None:
 
 def test_xlsm_macros_never_run_and_formulas_give_only_values(tmp_path: Path) -> None:
     """An .xlsm with a macro project reads as values; a formula's text is never a user."""
-    data = xlsx(
-        [
-            ["UPN", "Start Date"],
-            ['=CONCAT("mal","@contoso.com")', "2027-01-04"],
-            ["ok@contoso.com", "2027-01-04"],
-        ]
-    )
+    data = xlsx([["UPN", "Start Date"], ['=CONCAT("mal","@contoso.com")', "2027-01-04"],
+                 ["ok@contoso.com", "2027-01-04"]])
     source = zipfile.ZipFile(io.BytesIO(data))
-    types = (
-        source.read("[Content_Types].xml")
-        .replace(b"spreadsheetml.sheet.main+xml", b"sheet.macroEnabled.main+xml")
-        .replace(
-            b"</Types>",
-            b'<Default Extension="bin" ContentType="application/vnd.ms-office.'
-            b'vbaProject"/></Types>',
-        )
-    )
+    types = source.read("[Content_Types].xml").replace(
+        b"spreadsheetml.sheet.main+xml", b"sheet.macroEnabled.main+xml").replace(
+        b"</Types>", b'<Default Extension="bin" ContentType="application/vnd.ms-office.'
+        b'vbaProject"/></Types>')
     macro = b'Attribute VB_Name = "Module1"\nSub Auto_Open()\nShell "calc.exe"\nEnd Sub\n'
     path = tmp_path / "hires.xlsm"
     path.write_bytes(rezip(data, {"[Content_Types].xml": types, "xl/vbaProject.bin": macro}))
@@ -333,32 +261,14 @@ def test_xlsm_macros_never_run_and_formulas_give_only_values(tmp_path: Path) -> 
 # --- fuzzing: whatever the bytes, the reader returns rows or raises InputFileError ----------
 
 TEXT = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=40)
-CELL = st.one_of(
-    st.none(),
-    TEXT,
-    st.integers(-(10**12), 10**12),
-    st.floats(allow_nan=False, allow_infinity=False),
-    st.booleans(),
-    st.dates(date(1900, 3, 1), date(2200, 1, 1)),
-    st.sampled_from(
-        [
-            "UPN",
-            "Start Date",
-            "Lifetime",
-            "One-time",
-            "=1+1",
-            "ada@contoso.com",
-            "2027-01-04",
-            "#EXT#",
-            "../x@y.z",
-        ]
-    ),
-)
-FUZZ = settings(
-    max_examples=60,
-    deadline=5000,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+CELL = st.one_of(st.none(), TEXT, st.integers(-10**12, 10**12),
+                 st.floats(allow_nan=False, allow_infinity=False), st.booleans(),
+                 st.dates(date(1900, 3, 1), date(2200, 1, 1)),
+                 st.sampled_from(["UPN", "Start Date", "Lifetime", "One-time", "=1+1",
+                                  "ada@contoso.com", "2027-01-04", "#EXT#", "../x@y.z"]))
+FUZZ = settings(max_examples=60, deadline=5000,
+                suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                       HealthCheck.too_slow])
 
 
 def read_or_refuse(path: Path) -> None:
@@ -386,13 +296,11 @@ def test_fuzz_generated_workbooks(tmp_path: Path, rows: list[list[object]]) -> N
 
 
 @FUZZ
-@given(
-    flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(1, 255)), min_size=1, max_size=8),
-    cut=st.one_of(st.none(), st.integers(0, 10**6)),
-)
-def test_fuzz_damaged_workbooks(
-    tmp_path: Path, flips: list[tuple[int, int]], cut: int | None
-) -> None:
+@given(flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(1, 255)), min_size=1,
+                      max_size=8),
+       cut=st.one_of(st.none(), st.integers(0, 10**6)))
+def test_fuzz_damaged_workbooks(tmp_path: Path, flips: list[tuple[int, int]],
+                                cut: int | None) -> None:
     data = bytearray(xlsx())
     for offset, mask in flips:
         data[offset % len(data)] ^= mask
@@ -410,11 +318,9 @@ def test_fuzz_csv_bytes(tmp_path: Path, data: bytes) -> None:
 
 
 @FUZZ
-@given(
-    rows=st.lists(st.lists(TEXT, max_size=5), max_size=10),
-    sep=st.sampled_from([",", ";", "\t"]),
-    encoding=st.sampled_from(["utf-8", "utf-8-sig", "utf-16", "cp1252"]),
-)
+@given(rows=st.lists(st.lists(TEXT, max_size=5), max_size=10),
+       sep=st.sampled_from([",", ";", "\t"]),
+       encoding=st.sampled_from(["utf-8", "utf-8-sig", "utf-16", "cp1252"]))
 def test_fuzz_csv_text(tmp_path: Path, rows: list[list[str]], sep: str, encoding: str) -> None:
     text = "UPN,Start Date\n" + "\n".join(sep.join(row) for row in rows)
     path = tmp_path / "fuzz.csv"
