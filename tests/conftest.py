@@ -38,12 +38,8 @@ class Served:
             "graph": {"endpoint": self.url, "ca_bundle": str(self.ca_file)},
             "auth": {"tenant_id": TENANT, "client_id": CLIENT_ID, "authority": self.url},
             "pass": {"timezone": "UTC"},
-            "run": {
-                "concurrency": 4,
-                "backoff_seconds": 0.01,
-                "backoff_max_seconds": 0.05,
-                "settle_seconds": 0.2,
-            },
+            "run": {"concurrency": 4, "backoff_seconds": 0.01, "backoff_max_seconds": 0.05,
+                    "settle_seconds": 0.2},
             "output": {"dir": str(path.parent / "audit")},
             "state": {"path": str(path.parent / "state" / "journal.sqlite")},
         }

@@ -27,7 +27,6 @@ def read_files(config, paths, now):  # type: ignore[no-untyped-def]
     """The input files as `onboard run` reads them."""
     return read_all(paths, config.input, config.pass_, now)
 
-
 # What a row must end as: ("ready", UPN) is sent as that user; ("failed", reason) and
 # ("skipped", text in the reason) are decided before anything is sent.
 Expected = dict[tuple[str, int], tuple[str, str]]
@@ -748,12 +747,10 @@ PRODUCERS = [
 def config_for(fixture: Fixture) -> Config:
     """The defaults, with the fixture's input.* and pass.* settings (pass.timezone UTC)."""
     base = load_config(None)
-    return base.model_copy(
-        update={
-            "input": base.input.model_copy(update=fixture.settings),
-            "pass_": PassSettings(timezone="UTC").model_copy(update=fixture.passes),
-        }
-    )
+    return base.model_copy(update={
+        "input": base.input.model_copy(update=fixture.settings),
+        "pass_": PassSettings(timezone="UTC").model_copy(update=fixture.passes),
+    })
 
 
 def outcomes(

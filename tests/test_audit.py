@@ -23,50 +23,20 @@ END = datetime(2027, 1, 4, 16, tzinfo=timezone.utc)
 
 
 def sample(tmp_path: Path) -> Path:
-    request = PassRequest(
-        Origin("hires.xlsx", 2),
-        "=cmd|'/c calc'!A1@contoso.com",
-        "@SUM(A1)",
-        START,
-        480,
-        True,
-        "a note",
-    )
-    issued = Issued(request, "+drkzqAD", "m-1", START, END, 480, True, START, 2, "req-1", "a note")
-    equals = Issued(
-        PassRequest(Origin("hires.xlsx", 3), "bo@contoso.com", None, START, 60, False),
-        "=Ab12-x",
-        "m-2",
-        START,
-        END,
-        60,
-        False,
-        None,
-        1,
-        None,
-    )
-    failed = Failed(
-        Origin("hires.xlsx", 4),
-        "x@contoso.com",
-        Reason.USER_NOT_FOUND,
-        "-no such user",
-        404,
-        "Request_ResourceNotFound",
-        1,
-        "req-2",
-    )
+    request = PassRequest(Origin("hires.xlsx", 2), "=cmd|'/c calc'!A1@contoso.com",
+                          "@SUM(A1)", START, 480, True, "a note")
+    issued = Issued(request, "+drkzqAD", "m-1", START, END, 480, True, START, 2, "req-1",
+                    "a note")
+    equals = Issued(PassRequest(Origin("hires.xlsx", 3), "bo@contoso.com", None, START, 60,
+                                False), "=Ab12-x", "m-2", START, END, 60, False, None, 1, None)
+    failed = Failed(Origin("hires.xlsx", 4), "x@contoso.com", Reason.USER_NOT_FOUND,
+                    "-no such user", 404, "Request_ResourceNotFound", 1, "req-2")
     skipped = Skipped(Origin("hires.xlsx", 5), "bo@contoso.com", Reason.REPEATED, "same as row 3")
-    summary = RunSummary(
-        "run-1",
-        START,
-        END,
-        "0.1.0",
-        [FileSummary("hires.xlsx", "ab" * 32, 4, "Sheet1")],
-        [("pass.timezone", "UTC")],
-    )
-    return write_audit(
-        tmp_path / "out" / "audit.xlsx", summary, [equals, issued], [failed], [skipped]
-    )
+    summary = RunSummary("run-1", START, END, "0.1.0",
+                         [FileSummary("hires.xlsx", "ab" * 32, 4, "Sheet1")],
+                         [("pass.timezone", "UTC")])
+    return write_audit(tmp_path / "out" / "audit.xlsx", summary, [equals, issued], [failed],
+                       [skipped])
 
 
 def test_sheets_and_header_rows(tmp_path: Path) -> None:
@@ -87,57 +57,15 @@ def test_rows_hold_exact_values_and_real_dates(tmp_path: Path) -> None:
     book = load_workbook(sample(tmp_path))
     rows = [[c.value for c in row] for row in book["Issued"].iter_rows(min_row=2)]
     assert rows == [
-        [
-            "hires.xlsx",
-            2,
-            "=cmd|'/c calc'!A1@contoso.com",
-            "@SUM(A1)",
-            "+drkzqAD",
-            datetime(2027, 1, 4, 8),
-            datetime(2027, 1, 4, 16),
-            480,
-            "yes",
-            "a note",
-            None,
-            "m-1",
-            datetime(2027, 1, 4, 8),
-            2,
-            "req-1",
-        ],
-        [
-            "hires.xlsx",
-            3,
-            "bo@contoso.com",
-            None,
-            "=Ab12-x",
-            datetime(2027, 1, 4, 8),
-            datetime(2027, 1, 4, 16),
-            60,
-            "no",
-            None,
-            None,
-            "m-2",
-            None,
-            1,
-            None,
-        ],
+        ["hires.xlsx", 2, "=cmd|'/c calc'!A1@contoso.com", "@SUM(A1)", "+drkzqAD",
+         datetime(2027, 1, 4, 8), datetime(2027, 1, 4, 16), 480, "yes", "a note", None, "m-1",
+         datetime(2027, 1, 4, 8), 2, "req-1"],
+        ["hires.xlsx", 3, "bo@contoso.com", None, "=Ab12-x", datetime(2027, 1, 4, 8),
+         datetime(2027, 1, 4, 16), 60, "no", None, None, "m-2", None, 1, None],
     ]
     failed = [[c.value for c in row] for row in book["Failed"].iter_rows(min_row=2)]
-    assert failed == [
-        [
-            "hires.xlsx",
-            4,
-            "x@contoso.com",
-            Reason.USER_NOT_FOUND,
-            "-no such user",
-            404,
-            "Request_ResourceNotFound",
-            1,
-            "req-2",
-            None,
-            None,
-        ]
-    ]
+    assert failed == [["hires.xlsx", 4, "x@contoso.com", Reason.USER_NOT_FOUND, "-no such user",
+                       404, "Request_ResourceNotFound", 1, "req-2", None, None]]
 
 
 def test_text_from_input_is_never_a_formula(tmp_path: Path) -> None:
@@ -153,9 +81,8 @@ def test_text_from_input_is_never_a_formula(tmp_path: Path) -> None:
 def test_summary_names_files_counts_and_settings(tmp_path: Path) -> None:
     """The Summary sheet holds the run id, counts, each file's SHA-256 and the settings."""
     book = load_workbook(sample(tmp_path))
-    items = {
-        row[0].value: (row[1].value, row[2].value) for row in book["Summary"].iter_rows(min_row=2)
-    }
+    items = {row[0].value: (row[1].value, row[2].value)
+             for row in book["Summary"].iter_rows(min_row=2)}
     assert items["Run ID"][0] == "run-1"
     assert (items["Issued"][0], items["Failed"][0], items["Skipped"][0]) == (2, 1, 1)
     assert items["Input file"] == ("hires.xlsx", f"SHA-256 {'ab' * 32}; 4 rows, sheet 'Sheet1'")

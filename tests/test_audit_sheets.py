@@ -510,14 +510,8 @@ def test_passes_this_journal_did_not_issue_are_counted_apart(tmp_path: Path) -> 
     """Users holding a pass no journal record explains: their own Summary line and next step,
     and a column saying so on the Skipped sheet."""
     skipped = [
-        Skipped(
-            Origin("hires.xlsx", 2),
-            "ada@contoso.com",
-            Reason.ALREADY_ISSUED,
-            "already issued",
-            "run-0",
-            CREATED,
-        ),
+        Skipped(Origin("hires.xlsx", 2), "ada@contoso.com", Reason.ALREADY_ISSUED, "already issued",
+                "run-0", CREATED),
         Skipped(
             Origin("hires.xlsx", 3),
             "bo@contoso.com",

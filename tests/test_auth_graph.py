@@ -27,17 +27,11 @@ from onboard.tls import make_ssl_context, requests_session
 SCOPE = "https://graph.microsoft.com/.default"
 
 
-def provider(
-    url: str,
-    ca_file: Path | None,
-    material: object = DEFAULT_CLIENT_SECRET,
-    method: str = "client_secret",
-) -> MsalTokenProvider:
+def provider(url: str, ca_file: Path | None, material: object = DEFAULT_CLIENT_SECRET,
+             method: str = "client_secret") -> MsalTokenProvider:
     return MsalTokenProvider(
-        method=method,
-        credential=Credential(CLIENT_ID, material),
-        authority=f"{url}/{TENANT}",
-        scope=SCOPE,
+        method=method, credential=Credential(CLIENT_ID, material),
+        authority=f"{url}/{TENANT}", scope=SCOPE,
         http_client=requests_session(make_ssl_context(ca_file)),
     )
 
@@ -47,9 +41,8 @@ def pass_request(user: str, row: int = 2) -> PassRequest:
     return PassRequest(Origin("t.csv", row), user, None, start, 120, True)
 
 
-async def create_two(
-    url: str, ca_file: Path, state: SimulatorState, tokens: MsalTokenProvider
-) -> list[str]:
+async def create_two(url: str, ca_file: Path, state: SimulatorState,
+                     tokens: MsalTokenProvider) -> list[str]:
     context = make_ssl_context(ca_file)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as session:
         client = GraphClient(session, url, tokens)
@@ -81,9 +74,8 @@ def test_token_is_shared_and_cached_across_requests(serve_simulator) -> None:
         context = make_ssl_context(sim.ca_file)
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as s:
             client = GraphClient(s, sim.url, tokens)
-            await asyncio.gather(
-                *(client.create_pass(pass_request(f"u{n}@contoso.com", n)) for n in range(10))
-            )
+            await asyncio.gather(*(client.create_pass(pass_request(f"u{n}@contoso.com", n))
+                                   for n in range(10)))
 
     asyncio.run(main())
     assert state.counts["token_requests"] == 1
@@ -111,26 +103,16 @@ def make_certificate(tmp_path: Path, password: bytes | None) -> tuple[Path, Path
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "onboard test")])
     now = dt.datetime.now(dt.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now)
-        .not_valid_after(now + dt.timedelta(days=365))
-        .sign(key, hashes.SHA256())
-    )
-    encryption = (
-        serialization.BestAvailableEncryption(password)
-        if password
-        else serialization.NoEncryption()
-    )
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(1)
+            .not_valid_before(now).not_valid_after(now + dt.timedelta(days=365))
+            .sign(key, hashes.SHA256()))
+    encryption = (serialization.BestAvailableEncryption(password) if password
+                  else serialization.NoEncryption())
     pem = tmp_path / "app.pem"
-    pem.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
-        + cert.public_bytes(serialization.Encoding.PEM)
-    )
+    pem.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                      serialization.PrivateFormat.PKCS8, encryption)
+                    + cert.public_bytes(serialization.Encoding.PEM))
     pfx = tmp_path / "app.pfx"
     pfx.write_bytes(pkcs12.serialize_key_and_certificates(b"app", key, cert, None, encryption))
     return pem, pfx
@@ -142,17 +124,14 @@ def certificate_of(pem: Path) -> x509.Certificate:
 
 
 @pytest.mark.parametrize("kind", ["pem", "pfx"])
-def test_certificate_credentials_sign_in_through_msal(
-    serve_simulator, tmp_path: Path, kind: str
-) -> None:
+def test_certificate_credentials_sign_in_through_msal(serve_simulator, tmp_path: Path,
+                                                      kind: str) -> None:
     """A PEM or PFX certificate (with its password from the environment) gets a token."""
     pem, pfx = make_certificate(tmp_path, b"pfx-pass-123")
-    settings = AuthSettings(
-        client_id=CLIENT_ID,
-        method="certificate",
-        certificate_path=pem if kind == "pem" else pfx,
-        certificate_password=Secret("auth.certificate_password", env="CERT_PASSWORD"),
-    )
+    settings = AuthSettings(client_id=CLIENT_ID, method="certificate",
+                            certificate_path=pem if kind == "pem" else pfx,
+                            certificate_password=Secret("auth.certificate_password",
+                                                        env="CERT_PASSWORD"))
     credential = load_credential(settings, {"CERT_PASSWORD": "pfx-pass-123"})
     assert "pfx-pass-123" not in repr(credential)
     state = SimulatorState(certificates=[certificate_of(pem)])
@@ -163,22 +142,18 @@ def test_certificate_credentials_sign_in_through_msal(
 
 def test_missing_secret_variable_is_a_config_error() -> None:
     """No secret in the environment: a ConfigError naming the variable, before any network."""
-    with pytest.raises(
-        ConfigError, match=r"ONBOARD_CLIENT_SECRET \(auth.client_secret_env\), which is not set"
-    ):
+    with pytest.raises(ConfigError,
+                       match=r"ONBOARD_CLIENT_SECRET \(auth.client_secret_env\), which is not set"):
         load_credential(AuthSettings(client_id=CLIENT_ID), {})
 
 
 def test_managed_identity_uses_msal_managed_identity_client() -> None:
     """managed_identity asks msal's ManagedIdentityClient (here against a fake IMDS endpoint)."""
-
     class FakeResponse:
         status_code = 200
         headers: ClassVar[dict[str, str]] = {}
-        text = (
-            '{"access_token": "mi-token", "expires_in": "3599", "token_type": "Bearer", '
-            '"resource": "https://graph.microsoft.com"}'
-        )
+        text = ('{"access_token": "mi-token", "expires_in": "3599", "token_type": "Bearer", '
+                '"resource": "https://graph.microsoft.com"}')
 
         def raise_for_status(self) -> None:
             pass
@@ -197,26 +172,20 @@ def test_managed_identity_uses_msal_managed_identity_client() -> None:
             pass
 
     http = FakeHttp()
-    tokens = MsalTokenProvider(
-        method="managed_identity",
-        credential=Credential(None, None),
-        authority="https://login.microsoftonline.com/x",
-        scope=SCOPE,
-        http_client=http,
-    )  # type: ignore[arg-type]
+    tokens = MsalTokenProvider(method="managed_identity", credential=Credential(None, None),
+                               authority="https://login.microsoftonline.com/x", scope=SCOPE,
+                               http_client=http)  # type: ignore[arg-type]
     assert asyncio.run(tokens.token()) == "mi-token"
     assert http.urls and "169.254.169.254" in http.urls[0]
 
 
 @pytest.mark.parametrize(
     ("user", "path"),
-    [
-        ("ada@contoso.com", "users/ada@contoso.com"),
-        ("o'neil#1@contoso.com", "users/o%27neil%231@contoso.com"),
-        ("a/../b@contoso.com", "users/a%2F..%2Fb@contoso.com"),
-        ("$admin@contoso.com", "users('%24admin@contoso.com')"),
-        ("$o'neil@contoso.com", "users('%24o''neil@contoso.com')"),
-    ],
+    [("ada@contoso.com", "users/ada@contoso.com"),
+     ("o'neil#1@contoso.com", "users/o%27neil%231@contoso.com"),
+     ("a/../b@contoso.com", "users/a%2F..%2Fb@contoso.com"),
+     ("$admin@contoso.com", "users('%24admin@contoso.com')"),
+     ("$o'neil@contoso.com", "users('%24o''neil@contoso.com')")],
 )
 def test_user_path_is_percent_encoded(user: str, path: str) -> None:
     """UPNs are percent-encoded ('#' as %23, no '/' survives) and '$' uses the users('') form,

@@ -64,30 +64,18 @@ def test_run_with_throttling_and_faults_accounts_for_every_row(
 ) -> None:
     """Throttled, flaky Graph losing answers: every row ends once, each pass is Graph's own."""
     state = SimulatorState(
-        users(
-            *GOOD,
-            "outsider@contoso.com",
-            "admin@contoso.com",
-            outsider={"in_pass_policy": False},
-            admin={"forbidden": True},
-        ),
-        faults=Faults(
-            latency_ms=2,
-            fault_rate=0.15,
-            lost_response_rate=0.1,
-            throttle_rate=100,
-            throttle_burst=3,
-        ),
+        users(*GOOD, "outsider@contoso.com", "admin@contoso.com",
+              outsider={"in_pass_policy": False}, admin={"forbidden": True}),
+        faults=Faults(latency_ms=2, fault_rate=0.15, lost_response_rate=0.1,
+                      throttle_rate=100, throttle_burst=3),
         seed=11,
     )
     sim = serve_simulator(state)
-    extra = (
-        f"Ghost,ghost@contoso.com,{SOON[0]},\n"
-        f"Out,outsider@contoso.com,{SOON[0]},\n"
-        f"Admin,admin@contoso.com,{SOON[0]},\n"
-        "Bad date,baddate@contoso.com,someday,\n"
-        f"Again,{GOOD[3]},{SOON[3]},\n"
-    )
+    extra = (f"Ghost,ghost@contoso.com,{SOON[0]},\n"
+             f"Out,outsider@contoso.com,{SOON[0]},\n"
+             f"Admin,admin@contoso.com,{SOON[0]},\n"
+             "Bad date,baddate@contoso.com,someday,\n"
+             f"Again,{GOOD[3]},{SOON[3]},\n")
     path = sheet(tmp_path, extra)
     # A ceiling well above the budget, so the start is sure to run into 429s.
     config = sim.config(tmp_path / "config.yaml", run={"max_attempts": 20, "max_rate": 1000})
@@ -144,9 +132,7 @@ def test_missing_input_is_bad_input_and_sends_nothing(
 
 
 def test_wrong_secret_aborts_before_any_pass(
-    tmp_path: Path,
-    serve_simulator,
-    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, serve_simulator, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """A refused client secret exits 3 with advice; no create request is sent."""
@@ -168,16 +154,8 @@ def test_unwritable_output_dir_fails_before_any_request(
     sim = serve_simulator(state)
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    code = main(
-        [
-            "run",
-            str(sheet(tmp_path)),
-            "-c",
-            str(sim.config(tmp_path / "c.yaml")),
-            "--out",
-            str(blocker / "audit"),
-        ]
-    )
+    code = main(["run", str(sheet(tmp_path)), "-c", str(sim.config(tmp_path / "c.yaml")),
+                 "--out", str(blocker / "audit")])
     assert code == EXIT_BAD_INPUT
     assert "cannot write the audit workbook" in capsys.readouterr().err
     assert state.issued == []
@@ -196,38 +174,23 @@ def test_validate_lists_problems_without_network(
     lines = out.splitlines()
     row = next(i for i, line in enumerate(lines) if line.startswith("hires.csv  42"))
     assert lines[row].split() == [
-        "hires.csv",
-        "42",
-        "Start",
-        "Date",
-        "bad@contoso.com",
-        "Invalid",
-        "Start",
-        "Date",
-    ]
+        "hires.csv", "42", "Start", "Date", "bad@contoso.com", "Invalid", "Start", "Date"]
     assert "'31/02/2027' is not a valid date" in lines[row + 1]
     assert f"{len(GOOD)} rows ready to send, 1 with problems" in out
     (written,) = out_dir.glob("onboard-validate-*.xlsx")
     book = load_workbook(written)
     rows = list(book["Problems"].iter_rows(values_only=True))
     assert rows[0] == ("Source file", "Row", "Column", "User", "Kind", "Problem", "What to do")
-    assert rows[1][:6] == (
-        "hires.csv",
-        42,
-        "Start Date",
-        "bad@contoso.com",
-        "problem",
-        "Invalid Start Date",
-    )
+    assert rows[1][:6] == ("hires.csv", 42, "Start Date", "bad@contoso.com", "problem",
+                           "Invalid Start Date")
     assert "is not a valid date" in str(rows[1][6])
 
 
 def test_validate_passes_a_clean_sheet(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """No problem: exit 0, nothing to fix."""
     path = sheet(tmp_path)
-    code = main(
-        ["validate", str(path), "-c", str(ROOT / "config.yaml"), "--out", str(tmp_path / "out")]
-    )
+    code = main(["validate", str(path), "-c", str(ROOT / "config.yaml"), "--out",
+                 str(tmp_path / "out")])
     assert code == EXIT_OK
     assert f"{len(GOOD)} rows ready to send, 0 with problems" in capsys.readouterr().out
 
@@ -247,12 +210,8 @@ def test_quick_start_demo_runs_on_the_sample(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ONBOARD_")}
     env["ONBOARD_STATE_PATH"] = str(tmp_path / "journal.sqlite")
     done = subprocess.run(
-        [sys.executable, "-m", "onboard", "run", "samples/new_hires.xlsx", "--out", str(tmp_path)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+        [sys.executable, "-m", "onboard", "run", "samples/new_hires.xlsx", "--out",
+         str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
     )
     assert done.returncode == EXIT_ROWS_FAILED, done.stderr
     assert "55 rows: 50 issued, 4 failed, 1 skipped" in done.stdout
@@ -264,11 +223,8 @@ def test_quick_start_demo_runs_on_the_sample(tmp_path: Path) -> None:
     assert same[0] == same[1]  # the README shows what the demo prints, but for id and folder
     rows = audit_rows(latest_audit(tmp_path))
     assert {r["Reason"] for r in rows["Failed"]} == {
-        "Lifetime outside the pass policy",
-        "Invalid Start Date",
-        "User not found",
-        "Outside the pass policy",
-    }
+        "Lifetime outside the pass policy", "Invalid Start Date", "User not found",
+        "Outside the pass policy"}
     for row in rows["Issued"]:
         assert str(row["Temporary Access Pass"]) not in done.stdout + done.stderr
 
@@ -279,23 +235,9 @@ def test_simulate_serves_a_tenant_a_config_can_point_at(
     """`onboard simulate` prints the URL and CA to put in a config; a run against it works."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ONBOARD_")}
     server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "onboard",
-            "simulate",
-            "--port",
-            "0",
-            "--cert-dir",
-            str(tmp_path / "certs"),
-            "-c",
-            str(ROOT / "config.yaml"),
-        ],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+        [sys.executable, "-m", "onboard", "simulate", "--port", "0", "--cert-dir",
+         str(tmp_path / "certs"), "-c", str(ROOT / "config.yaml")],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
         assert server.stdout is not None
@@ -306,10 +248,8 @@ def test_simulate_serves_a_tenant_a_config_can_point_at(
         assert url.startswith("https://127.0.0.1:")
         block = printed.split("point a config at it with:\n")[1].split("and the demo")[0]
         config = tmp_path / "url.yaml"  # the printed lines, as they are, and two of our own
-        config.write_text(
-            textwrap.dedent(block) + f"output:\n  dir: {tmp_path / 'audit'}\n"
-            "run:\n  backoff_seconds: 0.01\n"
-        )
+        config.write_text(textwrap.dedent(block) + f"output:\n  dir: {tmp_path / 'audit'}\n"
+                          "run:\n  backoff_seconds: 0.01\n")
         monkeypatch.setenv("ONBOARD_CLIENT_SECRET", "simulator-secret")
         code = main(["run", str(ROOT / "samples" / "new_hires.csv"), "-c", str(config)])
         out = capsys.readouterr().out
@@ -333,9 +273,8 @@ def test_late_completing_requests_are_caught_and_issued_again(
     lines = ["UPN,Start Date"] + [f"{upn},{SOON[0]}" for upn in GOOD[:12]]
     path = tmp_path / "hires.csv"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    config = sim.config(
-        tmp_path / "c.yaml", run={"timeout_seconds": 0.2, "settle_seconds": 0.6, "max_attempts": 10}
-    )
+    config = sim.config(tmp_path / "c.yaml",
+                        run={"timeout_seconds": 0.2, "settle_seconds": 0.6, "max_attempts": 10})
     code = main(["run", str(path), "-c", str(config)])
     capsys.readouterr()
     assert code == EXIT_OK
@@ -349,10 +288,7 @@ def test_late_completing_requests_are_caught_and_issued_again(
 
 
 def test_internal_error_still_writes_the_audit(
-    tmp_path: Path,
-    serve_simulator,
-    secret_env,
-    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, serve_simulator, secret_env, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """A bug mid-run exits 4 with a short message; the rows are all in the workbook (none was
@@ -444,45 +380,21 @@ def test_simulate_on_a_busy_port_names_the_port(
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        code = main(
-            [
-                "simulate",
-                "--port",
-                str(port),
-                "--cert-dir",
-                str(tmp_path / "certs"),
-                "-c",
-                str(ROOT / "config.yaml"),
-            ]
-        )
+        code = main(["simulate", "--port", str(port), "--cert-dir", str(tmp_path / "certs"),
+                     "-c", str(ROOT / "config.yaml")])
     assert code == EXIT_BAD_INPUT
     assert capsys.readouterr().err == (
         f"onboard: cannot serve the simulator on 127.0.0.1 port {port}: Address already in "
-        "use; choose another with --port (0: any free port)\n"
-    )
+        "use; choose another with --port (0: any free port)\n")
 
 
 def test_simulate_stopped_with_ctrl_c_ends_normally(tmp_path: Path) -> None:
     """Ctrl-C is how the simulator is stopped: 'simulator stopped', exit 0."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ONBOARD_")}
     server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "onboard",
-            "simulate",
-            "--port",
-            "0",
-            "--cert-dir",
-            str(tmp_path / "certs"),
-            "-c",
-            str(ROOT / "config.yaml"),
-        ],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+        [sys.executable, "-m", "onboard", "simulate", "--port", "0", "--cert-dir",
+         str(tmp_path / "certs"), "-c", str(ROOT / "config.yaml")],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     assert server.stdout is not None
     while "export" not in server.stdout.readline():

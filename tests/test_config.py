@@ -33,10 +33,8 @@ from onboard.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 SIM = "graph:\n  endpoint: simulator\n"
-REAL = (
-    "auth:\n  tenant_id: contoso.onmicrosoft.com\n"
-    "  client_id: 11111111-2222-3333-4444-555555555555\n"
-)
+REAL = ("auth:\n  tenant_id: contoso.onmicrosoft.com\n"
+        "  client_id: 11111111-2222-3333-4444-555555555555\n")
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -57,30 +55,19 @@ def test_shipped_config_runs_against_the_simulator() -> None:
 def test_environment_overrides_config(tmp_path: Path) -> None:
     """ONBOARD_<SECTION>_<KEY> overrides the file, read as YAML."""
     path = write(tmp_path, SIM + "run:\n  concurrency: 4\n")
-    config = load_config(
-        path,
-        {
-            "ONBOARD_RUN_CONCURRENCY": "12",
-            "ONBOARD_PASS_USABLE_ONCE": "false",
-            "ONBOARD_PASS_TIMEZONE": "America/New_York",
-        },
-    )
+    config = load_config(path, {"ONBOARD_RUN_CONCURRENCY": "12",
+                                "ONBOARD_PASS_USABLE_ONCE": "false",
+                                "ONBOARD_PASS_TIMEZONE": "America/New_York"})
     assert (config.run.concurrency, config.pass_.usable_once, config.pass_.timezone) == (
-        12,
-        False,
-        "America/New_York",
-    )
+        12, False, "America/New_York")
     assert "ONBOARD_AUTH_TENANT_ID" in env_override_names()
 
 
 def test_cloud_sets_graph_root_for_a_real_tenant(tmp_path: Path) -> None:
     """endpoint null means the cloud's Graph root."""
-    path = write(
-        tmp_path,
-        "graph:\n  endpoint: null\n  cloud: usgov\n"
-        "auth:\n  tenant_id: contoso.onmicrosoft.us\n  client_id: abc\n"
-        "pass:\n  timezone: America/New_York\n",
-    )
+    path = write(tmp_path, "graph:\n  endpoint: null\n  cloud: usgov\n"
+                 "auth:\n  tenant_id: contoso.onmicrosoft.us\n  client_id: abc\n"
+                 "pass:\n  timezone: America/New_York\n")
     config = load_config(path)
     assert config.graph.endpoint == CLOUDS["usgov"].graph_root == "https://graph.microsoft.us"
 
@@ -97,20 +84,14 @@ def test_unquoted_start_time_is_understood(tmp_path: Path) -> None:
         ("graph:\n  endpont: x\n", "unknown key(s) in 'graph': endpont"),
         ("grpah: {}\n", "unknown section(s): grpah"),
         (SIM + "pass:\n  timezone: Mars/Olympus\n", "not an IANA time zone"),
-        (
-            SIM + "pass:\n  lifetime_minutes: 5\n",
-            "pass.lifetime_minutes must be between 10 and 43200",
-        ),
+        (SIM + "pass:\n  lifetime_minutes: 5\n",
+         "pass.lifetime_minutes must be between 10 and 43200"),
         (SIM + "pass:\n  start_time: 25:00\n", "pass.start_time must be HH:MM"),
-        (
-            SIM + "run:\n  concurrency: many\n",
-            "run.concurrency must be a whole number between 1 and 256",
-        ),
+        (SIM + "run:\n  concurrency: many\n",
+         "run.concurrency must be a whole number between 1 and 256"),
         ("graph:\n  endpoint: http://graph.example.com\n", "must be an https:// URL"),
-        (
-            "graph:\n  endpoint: https://graph.microsoft.com\nauth:\n  tenant_id: common\n",
-            "not 'common'",
-        ),
+        ("graph:\n  endpoint: https://graph.microsoft.com\nauth:\n  tenant_id: common\n",
+         "not 'common'"),
         ("graph:\n  endpoint: https://graph.microsoft.com\n", "auth.tenant_id is required"),
         ("- a\n- b\n", "expected sections"),
         ("graph: [\n", "is not valid YAML"),
@@ -161,16 +142,9 @@ def test_without_an_endpoint_a_file_means_the_real_graph(tmp_path: Path) -> None
     """graph.endpoint left out is the cloud's Graph root: only 'simulator' simulates."""
     config = load_config(write(tmp_path, REAL + "pass:\n  timezone: Europe/Paris\n"))
     assert (config.graph.is_simulator, config.graph.endpoint) == (
-        False,
-        CLOUDS["global"].graph_root,
-    )
-    cloud = load_config(
-        write(
-            tmp_path,
-            REAL + "graph:\n  cloud: china\n  api_version: beta\n"
-            "pass:\n  timezone: Asia/Shanghai\n",
-        )
-    )
+        False, CLOUDS["global"].graph_root)
+    cloud = load_config(write(tmp_path, REAL + "graph:\n  cloud: china\n  api_version: beta\n"
+                              "pass:\n  timezone: Asia/Shanghai\n"))
     assert cloud.graph.endpoint == CLOUDS["china"].graph_root
 
 
@@ -181,11 +155,9 @@ def test_a_real_tenant_must_choose_its_time_zone(tmp_path: Path) -> None:
         load_config(path, {"TZ": ":America/Denver"})
     assert str(caught.value) == (
         f"{path}: pass.timezone is not set: for a real tenant, set the IANA time zone the "
-        "start dates are in, e.g. timezone: America/Denver (this machine's zone)"
-    )
+        "start dates are in, e.g. timezone: America/Denver (this machine's zone)")
     assert load_config(path, {"ONBOARD_PASS_TIMEZONE": "Asia/Tokyo"}).pass_.timezone == (
-        "Asia/Tokyo"
-    )
+        "Asia/Tokyo")
 
 
 def test_the_simulator_without_a_zone_means_utc(tmp_path: Path) -> None:
@@ -220,8 +192,7 @@ def test_an_alias_bomb_is_refused_before_it_expands(tmp_path: Path) -> None:
         load_config(path)
     assert clock.perf_counter() - started < 1
     assert str(caught.value) == (
-        f"{path}: an anchor (&a) on line 4: anchors and aliases are not allowed here"
-    )
+        f"{path}: an anchor (&a) on line 4: anchors and aliases are not allowed here")
     pointed = write(tmp_path, SIM + "pass:\n  timezone: *zone\n")
     with pytest.raises(ConfigError, match="an alias \\(\\*zone\\) on line 4"):
         load_config(pointed)
@@ -234,21 +205,16 @@ def test_an_alias_in_an_environment_variable_is_refused() -> None:
         load_config(None, {"ONBOARD_PASS_TIMEZONE": bomb})
     assert str(caught.value) == (
         "environment variable ONBOARD_PASS_TIMEZONE: an anchor (&a) on line 1: anchors and "
-        "aliases are not allowed here"
-    )
+        "aliases are not allowed here")
 
 
 @pytest.mark.parametrize(
     ("text", "lines"),
     [
-        (
-            SIM + "pass:\n  timezone: UTC\nrun:\n  concurrency: 2\npass:\n  lifetime_minutes: 60\n",
-            "'pass' is given twice, on line 3 and on line 7",
-        ),
-        (
-            SIM + "run:\n  concurrency: 2\n  max_rate: 5\n  concurrency: 9\n",
-            "'concurrency' is given twice, on line 4 and on line 6",
-        ),
+        (SIM + "pass:\n  timezone: UTC\nrun:\n  concurrency: 2\npass:\n  lifetime_minutes: 60\n",
+         "'pass' is given twice, on line 3 and on line 7"),
+        (SIM + "run:\n  concurrency: 2\n  max_rate: 5\n  concurrency: 9\n",
+         "'concurrency' is given twice, on line 4 and on line 6"),
     ],
 )
 def test_a_key_or_section_given_twice_is_refused(tmp_path: Path, text: str, lines: str) -> None:
@@ -294,14 +260,11 @@ def test_the_shipped_config_lists_every_key_and_notes_each_changed_default() -> 
 def test_the_reference_gives_the_defaults_of_the_models() -> None:
     """The configuration reference documents every key, each with its default (read back as
     YAML), and the ONBOARD_* variable that overrides it."""
-    rows = re.findall(
-        r"^\| `([a-z_.]+)` \| `([^`]*)` \|.*\| ([^|]*) \|$", reference_markdown(), re.MULTILINE
-    )
+    rows = re.findall(r"^\| `([a-z_.]+)` \| `([^`]*)` \|.*\| ([^|]*) \|$", reference_markdown(),
+                      re.MULTILINE)
     table = {key: (yaml.safe_load(cell), variable) for key, cell, variable in rows}
-    assert table == {
-        k: (default_value(k), f"`{SETTINGS[k].env}`" if SETTINGS[k].env else "(none)")
-        for k in config_keys()
-    }
+    assert table == {k: (default_value(k), f"`{SETTINGS[k].env}`" if SETTINGS[k].env else "(none)")
+                     for k in config_keys()}
 
 
 def test_the_reference_and_the_shipped_config_are_generated_from_the_models() -> None:
@@ -311,8 +274,7 @@ def test_the_reference_and_the_shipped_config_are_generated_from_the_models() ->
         committed = ROOT / path
         assert committed.is_file() and committed.read_text(encoding="utf-8") == text, (
             f"{path} differs from the settings models: regenerate it with `{REGENERATE}`, "
-            "from the repository's root"
-        )
+            "from the repository's root")
 
 
 def test_every_key_has_a_doc_that_fits_a_comment() -> None:
@@ -352,9 +314,8 @@ def _file_with(tmp_path: Path, key: str, raw: str) -> Path:
         lines[section] += [f"  {outer}:", f"    {inner}: {raw}"]
     else:
         lines[section].append(f"  {rest}: {raw}")
-    path = write(
-        tmp_path, "".join(f"{s}:\n" + "".join(f"{x}\n" for x in v) for s, v in lines.items())
-    )
+    path = write(tmp_path, "".join(f"{s}:\n" + "".join(f"{x}\n" for x in v)
+                                    for s, v in lines.items()))
     path.chmod(0o600)
     return path
 
@@ -365,12 +326,8 @@ def test_every_key_says_what_it_takes() -> None:
     assert declared == set(SETTINGS)
 
 
-CASES = [
-    (key, name)
-    for key in config_keys()
-    for name in WRONG
-    if name not in RIGHT_FOR.get(_setting(key).kind, set())
-]
+CASES = [(key, name) for key in config_keys() for name in WRONG
+         if name not in RIGHT_FOR.get(_setting(key).kind, set())]
 
 
 @pytest.mark.parametrize(("key", "name"), CASES)
@@ -388,13 +345,9 @@ def test_every_key_refuses_a_value_of_the_wrong_kind(tmp_path: Path, key: str, n
         assert "(not shown)" in message
 
 
-ENV_CASES = [
-    (key, name)
-    for key in config_keys()
-    if f"ONBOARD_{key.replace('.', '_').upper()}" in env_override_names()
-    for name in WRONG
-    if name not in RIGHT_FOR.get(_setting(key).kind, set())
-]
+ENV_CASES = [(key, name) for key in config_keys()
+             if f"ONBOARD_{key.replace('.', '_').upper()}" in env_override_names()
+             for name in WRONG if name not in RIGHT_FOR.get(_setting(key).kind, set())]
 
 
 @pytest.mark.parametrize(("key", "name"), ENV_CASES)
@@ -428,7 +381,8 @@ def test_a_huge_number_is_too_large_with_its_bound(tmp_path: Path) -> None:
     path = write(tmp_path, SIM + "run:\n  timeout_seconds: 1e300\n  concurrency: 1000\n")
     with pytest.raises(ConfigError) as caught:
         load_config(path)
-    assert str(caught.value) == (f"{path}: run.concurrency is too large: at most 256, got 1000")
+    assert str(caught.value) == (f"{path}: run.concurrency is too large: at most 256, "
+                                 "got 1000")
     with pytest.raises(ConfigError) as caught:
         load_config(write(tmp_path, SIM + "run:\n  timeout_seconds: 1e300\n"))
     assert "run.timeout_seconds is too large: at most 3600, got 1e+300" in str(caught.value)
@@ -448,8 +402,7 @@ def test_infinity_in_a_variable_is_exit_2_naming_it(
     assert main(["runs", "-c", str(write(tmp_path, SIM))]) == EXIT_BAD_INPUT
     assert capsys.readouterr().err.startswith(
         "onboard: environment variable ONBOARD_RUN_CONCURRENCY: run.concurrency must be a "
-        "finite number between 1 and 256, got inf\n"
-    )
+        "finite number between 1 and 256, got inf\n")
 
 
 @pytest.mark.parametrize(
@@ -457,15 +410,11 @@ def test_infinity_in_a_variable_is_exit_2_naming_it(
     [
         ("state:\n  path: [x]\n", "state.path must be a file or folder name (or null), got ['x']"),
         ("output:\n  dir: {a: 1}\n", "output.dir must be a file or folder name"),
-        (
-            'state:\n  path: "a\\0b"\n',
-            "state.path must be a file or folder name (or null) without control characters",
-        ),
+        ("state:\n  path: \"a\\0b\"\n", "state.path must be a file or folder name (or null) "
+         "without control characters"),
         ("state:\n  path: ~no-such-user-here/j.sqlite\n", "its ~ cannot be expanded"),
-        (
-            "auth:\n  tenant_id: 0120\n",
-            "auth.tenant_id must be text (or null), got 120: quote it to mean it as text",
-        ),
+        ("auth:\n  tenant_id: 0120\n", "auth.tenant_id must be text (or null), got 120: quote "
+         "it to mean it as text"),
         ("pass:\n  start_time: 480\n", "pass.start_time must be text, got 480: quote it"),
         ("input:\n  sheet: -1\n", "input.sheet must be between 0 and 9999, got -1"),
         ("run:\n  batch_size: 2.5\n", "run.batch_size must be a whole number between 1 and 20"),
@@ -499,11 +448,7 @@ def test_china_needs_the_beta_api_named_in_the_error(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "spelled",
-    [
-        "HTTPS://GRAPH.microsoft.com",
-        "https://graph.microsoft.com:443/",
-        "https://Graph.Microsoft.com",
-    ],
+    ["HTTPS://GRAPH.microsoft.com", "https://graph.microsoft.com:443/", "https://Graph.Microsoft.com"],
 )
 def test_one_graph_root_has_one_spelling(tmp_path: Path, spelled: str) -> None:
     """The Graph root the journal records a run's tenant by does not depend on how the URL is
@@ -549,91 +494,48 @@ def test_yaml_nested_thousands_deep_is_refused_not_a_crash(tmp_path: Path) -> No
 
 
 SECTIONS_KNOWN = "graph, auth, input, pass, run, output, state, simulator"
-COLUMNS_KNOWN = "user, start_date, lifetime_minutes, usable_once, display_name, mail, employee_id"
+COLUMNS_KNOWN = ("user, start_date, lifetime_minutes, usable_once, display_name, mail, "
+                 "employee_id")
 
 
 @pytest.mark.parametrize(
     ("text", "env", "message"),
     [
-        (
-            SIM + "run:\n  concurrency: many\n",
-            {},
-            "{path}: run.concurrency must be a whole number between 1 and 256, got 'many'",
-        ),
-        (
-            SIM + "pass:\n  usable_once: maybe\n",
-            {},
-            "{path}: pass.usable_once must be true or false, got 'maybe'",
-        ),
-        (
-            SIM + "pass:\n  lifetime_minutes: 5\n",
-            {},
-            "{path}: pass.lifetime_minutes must be between 10 and 43200, got 5",
-        ),
-        (
-            SIM + "simulator:\n  fault_rate: 1.5\n",
-            {},
-            "{path}: simulator.fault_rate is too large: at most 1, got 1.5",
-        ),
-        (
-            "graph:\n  endpont: x\n",
-            {},
-            "{path}: unknown key(s) in 'graph': endpont; known: cloud, endpoint, api_version, "
-            "ca_bundle",
-        ),
-        (
-            "grpah: {}\npas: {}\n",
-            {},
-            "{path}: unknown section(s): grpah, pas; known: " + SECTIONS_KNOWN,
-        ),
-        (
-            "graph:\n  endpoint: simulator\n  cloud: mars\n",
-            {},
-            "{path}: graph.cloud must be global | usgov | usgov-dod | china, got 'mars'",
-        ),
-        (
-            SIM + "input:\n  date_order: DYM\n",
-            {},
-            "{path}: input.date_order must be DMY | MDY | YMD (or null), got 'DYM'",
-        ),
-        (
-            SIM + "input:\n  columns:\n    usr: [Person]\n",
-            {},
-            "{path}: unknown key(s) in 'input.columns': usr; known: " + COLUMNS_KNOWN,
-        ),
-        (
-            SIM + "input:\n  columns:\n    user: 5\n",
-            {},
-            "{path}: input.columns.user must be a list of header names, got 5",
-        ),
-        (
-            SIM + "input:\n  columns: [user]\n",
-            {},
-            "{path}: input.columns must be a mapping of keys, got ['user']",
-        ),
-        (
-            SIM,
-            {"ONBOARD_PASS_EXISTING": "keep"},
-            "environment variable ONBOARD_PASS_EXISTING: pass.existing must be skip | replace, "
-            "got 'keep'",
-        ),
-        (
-            SIM,
-            {"ONBOARD_OUTPUT_PASSWORD": "x"},
-            "environment variable ONBOARD_OUTPUT_PASSWORD is not read: a secret comes from the "
-            "variable that output.password_env names, or the file output.password_file names",
-        ),
-        (
-            REAL + "graph:\n  cloud: china\n  api_version: beta\npass:\n  timezone: UTC\n",
-            {"ONBOARD_GRAPH_API_VERSION": "v1.0"},
-            "environment variable ONBOARD_GRAPH_API_VERSION: graph.cloud china: Graph documents "
-            "the Temporary Access Pass endpoints there only in beta; set graph.api_version: beta",
-        ),
-        (
-            REAL + "  method: certificate\npass:\n  timezone: UTC\n",
-            {},
-            "{path}: auth.method certificate needs auth.certificate_path",
-        ),
+        (SIM + "run:\n  concurrency: many\n", {},
+         "{path}: run.concurrency must be a whole number between 1 and 256, got 'many'"),
+        (SIM + "pass:\n  usable_once: maybe\n", {},
+         "{path}: pass.usable_once must be true or false, got 'maybe'"),
+        (SIM + "pass:\n  lifetime_minutes: 5\n", {},
+         "{path}: pass.lifetime_minutes must be between 10 and 43200, got 5"),
+        (SIM + "simulator:\n  fault_rate: 1.5\n", {},
+         "{path}: simulator.fault_rate is too large: at most 1, got 1.5"),
+        ("graph:\n  endpont: x\n", {},
+         "{path}: unknown key(s) in 'graph': endpont; known: cloud, endpoint, api_version, "
+         "ca_bundle"),
+        ("grpah: {}\npas: {}\n", {},
+         "{path}: unknown section(s): grpah, pas; known: " + SECTIONS_KNOWN),
+        ("graph:\n  endpoint: simulator\n  cloud: mars\n", {},
+         "{path}: graph.cloud must be global | usgov | usgov-dod | china, got 'mars'"),
+        (SIM + "input:\n  date_order: DYM\n", {},
+         "{path}: input.date_order must be DMY | MDY | YMD (or null), got 'DYM'"),
+        (SIM + "input:\n  columns:\n    usr: [Person]\n", {},
+         "{path}: unknown key(s) in 'input.columns': usr; known: " + COLUMNS_KNOWN),
+        (SIM + "input:\n  columns:\n    user: 5\n", {},
+         "{path}: input.columns.user must be a list of header names, got 5"),
+        (SIM + "input:\n  columns: [user]\n", {},
+         "{path}: input.columns must be a mapping of keys, got ['user']"),
+        (SIM, {"ONBOARD_PASS_EXISTING": "keep"},
+         "environment variable ONBOARD_PASS_EXISTING: pass.existing must be skip | replace, "
+         "got 'keep'"),
+        (SIM, {"ONBOARD_OUTPUT_PASSWORD": "x"},
+         "environment variable ONBOARD_OUTPUT_PASSWORD is not read: a secret comes from the "
+         "variable that output.password_env names, or the file output.password_file names"),
+        (REAL + "graph:\n  cloud: china\n  api_version: beta\npass:\n  timezone: UTC\n",
+         {"ONBOARD_GRAPH_API_VERSION": "v1.0"},
+         "environment variable ONBOARD_GRAPH_API_VERSION: graph.cloud china: Graph documents "
+         "the Temporary Access Pass endpoints there only in beta; set graph.api_version: beta"),
+        (REAL + "  method: certificate\npass:\n  timezone: UTC\n", {},
+         "{path}: auth.method certificate needs auth.certificate_path"),
     ],
 )
 def test_each_kind_of_mistake_in_words(
@@ -654,8 +556,7 @@ def test_unknown_keys_come_before_a_bad_value_and_missing_keys_after() -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(None, {"ONBOARD_RUN_CONCURRENCY": "0", "ONBOARD_INPUT_MAX_ROWS": "x"})
     assert str(caught.value).startswith(
-        "environment variable ONBOARD_INPUT_MAX_ROWS: input.max_rows must be a whole number"
-    )
+        "environment variable ONBOARD_INPUT_MAX_ROWS: input.max_rows must be a whole number")
 
 
 def test_settings_are_frozen_and_copied_with_their_source(tmp_path: Path) -> None:
@@ -675,30 +576,24 @@ def test_columns_read_as_a_mapping_of_header_names(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, SIM + "input:\n  columns:\n    user: Person\n"))
     columns = config.input.columns
     assert columns["user"] == ("Person",)
-    assert (
-        columns["start_date"]
-        == InputSettings().columns["start_date"]
-        == ("Start Date", "Hire Date")
-    )
+    assert columns["start_date"] == InputSettings().columns["start_date"] == (
+        "Start Date", "Hire Date")
     assert [name for name, _ in columns.items()] == [
-        k.rpartition(".")[2] for k in config_keys() if k.startswith("input.columns.")
-    ]
+        k.rpartition(".")[2] for k in config_keys() if k.startswith("input.columns.")]
     with pytest.raises(KeyError):
         columns["items"]
 
 
 VALUES = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12),
-    lambda inner: (
-        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3)
-    ),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner,
+                                                                 max_size=3),
     max_leaves=5,
 )
 
 
-@settings(
-    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(key=st.sampled_from(config_keys()), value=VALUES)
 def test_any_value_for_any_key_loads_or_is_refused_in_words(
     tmp_path: Path, key: str, value: object

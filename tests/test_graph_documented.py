@@ -73,7 +73,7 @@ def raw(state: SimulatorState, method: str, path: str, body: object = None) -> t
         async with TestClient(TestServer(make_app(state))) as http:
             form = {"grant_type": "client_credentials", "client_id": "app",
                     "client_secret": DEFAULT_CLIENT_SECRET}  # fmt: skip
-            token = await (await http.post(f"/{TENANT}/oauth2/v2.0/token", data=form)).json()
+            token = (await (await http.post(f"/{TENANT}/oauth2/v2.0/token", data=form)).json())
             headers = {"Authorization": f"Bearer {token['access_token']}"}
             answer = await http.request(method, path, json=body, headers=headers)
             return answer.status, await answer.json()
@@ -176,11 +176,9 @@ def test_an_unusable_pass_fails_its_row_keeping_its_method_id(
     (failed,) = report.failed
     held = state.passes[state.find_user("pat@contoso.com").id]  # type: ignore[union-attr]
     assert (failed.reason, failed.method_id, failed.http_status) == (
-        "Outside the pass policy",
-        held.id,
-        201,
-    )
-    assert failed.detail.startswith("Outside the pass policy's groups: the pass cannot be used.")
+        "Outside the pass policy", held.id, 201)
+    assert failed.detail.startswith(
+        "Outside the pass policy's groups: the pass cannot be used.")
     assert "--reissue-user pat@contoso.com" in failed.detail and held.id in failed.detail
     assert held.value not in failed.detail and held.value not in repr(failed)
     rows = audit_rows(latest_audit(tmp_path / "audit"))
@@ -229,7 +227,8 @@ def test_is_usable_false_without_a_reason_is_judged_by_the_start() -> None:
 
     assert (made(later).unusable, made(created).unusable) == (False, True)
     held = HeldPass("m", created, later, 60, None, usable=False)
-    assert (held.in_force(created), held.in_force(later + dt.timedelta(minutes=1))) == (True, False)
+    assert (held.in_force(created), held.in_force(later + dt.timedelta(minutes=1))) == (
+        True, False)
 
 
 # --- 3. reasons by status and code, documented texts only where the status is generic --------
@@ -299,10 +298,7 @@ def test_created_and_listed_passes_carry_odata_type_and_the_versions_context() -
         assert status == 200 and f"/{version}/$metadata#users('" in listed["@odata.context"]
         (item,) = listed["value"]
         assert (item["@odata.type"], item["id"], item["temporaryAccessPass"]) == (
-            TAP_TYPE,
-            made["id"],
-            None,
-        )
+            TAP_TYPE, made["id"], None)
 
 
 def test_a_start_without_an_offset_is_read_as_utc() -> None:
@@ -310,23 +306,17 @@ def test_a_start_without_an_offset_is_read_as_utc() -> None:
     then, UTC, not yet valid; a value that is no date at all is OData's 400."""
     state = SimulatorState(users("ada@contoso.com"))
     year = dt.date.today().year + 1
-    status, made = raw(
-        state,
-        "POST",
-        f"/v1.0/users/ada@contoso.com/{TAIL}",
-        {"startDateTime": f"{year}-05-23 06:00:00", "isUsableOnce": True},
-    )
+    status, made = raw(state, "POST", f"/v1.0/users/ada@contoso.com/{TAIL}",
+                       {"startDateTime": f"{year}-05-23 06:00:00", "isUsableOnce": True})
     assert status == 201, made
     assert made["startDateTime"].startswith(f"{year}-05-23T06:00:00")
     assert made["startDateTime"].endswith("Z")
     assert (made["isUsable"], made["methodUsabilityReason"]) == (False, "NotYetValid")
-    status, refused = raw(
-        state, "POST", f"/v1.0/users/ada@contoso.com/{TAIL}", {"startDateTime": "next Monday"}
-    )
+    status, refused = raw(state, "POST", f"/v1.0/users/ada@contoso.com/{TAIL}",
+                          {"startDateTime": "next Monday"})
     assert status == 400
     assert refused["error"]["message"] == (
-        "Cannot convert the literal 'next Monday' to the expected type 'Edm.DateTimeOffset'."
-    )
+        "Cannot convert the literal 'next Monday' to the expected type 'Edm.DateTimeOffset'.")
 
 
 def test_listings_show_every_usability_reason(serve_simulator) -> None:

@@ -23,14 +23,8 @@ from onboard.config import (
 from onboard.simulator import SimulatorState
 
 FLAGS = ["--tenant-id", TENANT, "--client-id", CLIENT_ID, "--timezone", "America/Chicago"]
-SET_BY_INIT = {
-    "auth.tenant_id",
-    "auth.client_id",
-    "auth.method",
-    "auth.certificate_path",
-    "graph.cloud",
-    "pass.timezone",
-}
+SET_BY_INIT = {"auth.tenant_id", "auth.client_id", "auth.method", "auth.certificate_path",
+               "graph.cloud", "pass.timezone"}
 
 
 def answers(*replies: str) -> tuple[Callable[[str], str], list[str]]:
@@ -68,15 +62,9 @@ def test_flags_alone_write_a_config_load_config_accepts(
     assert main(["init", str(path), *FLAGS, "--cloud", "usgov"]) == EXIT_OK
     config = load_config(path, {})
     assert (config.auth.tenant_id, config.auth.client_id, config.auth.method) == (
-        TENANT,
-        CLIENT_ID,
-        "client_secret",
-    )
+        TENANT, CLIENT_ID, "client_secret")
     assert (config.pass_.timezone, config.graph.is_simulator, config.graph.endpoint) == (
-        "America/Chicago",
-        False,
-        CLOUDS["usgov"].graph_root,
-    )
+        "America/Chicago", False, CLOUDS["usgov"].graph_root)
     assert config.auth.client_secret.env == "ONBOARD_CLIENT_SECRET"
     out = capsys.readouterr().out
     assert f"wrote {path}" in out
@@ -93,8 +81,7 @@ def test_missing_flags_without_a_terminal_are_named(
     assert main(["init", str(path), "--tenant-id", TENANT]) == EXIT_BAD_INPUT
     assert capsys.readouterr().err == (
         "onboard: not on a terminal, so nothing can be asked: give --client-id and --timezone "
-        "(this machine's zone: Asia/Tokyo); nothing was written\n"
-    )
+        "(this machine's zone: Asia/Tokyo); nothing was written\n")
     assert not path.exists()
     assert main(["init", str(path), *FLAGS, "--auth-method", "certificate"]) == EXIT_BAD_INPUT
     assert "give --certificate-path" in capsys.readouterr().err
@@ -105,11 +92,8 @@ def test_bad_values_in_flags_are_refused(
 ) -> None:
     """A tenant that is no GUID or domain, a client id that is no GUID, an unknown zone."""
     path = tmp_path / "config.yaml"
-    for flag, bad in (
-        ("--tenant-id", "common"),
-        ("--client-id", "my-app"),
-        ("--timezone", "Mars/Olympus"),
-    ):
+    for flag, bad in (("--tenant-id", "common"), ("--client-id", "my-app"),
+                      ("--timezone", "Mars/Olympus")):
         given = [*FLAGS]
         given[given.index(flag) + 1] = bad
         assert main(["init", str(path), *given]) == EXIT_BAD_INPUT
@@ -138,25 +122,19 @@ def test_on_a_terminal_it_asks_and_asks_again_until_valid(
     monkeypatch.setenv("TZ", "Asia/Tokyo")
     path = tmp_path / "config.yaml"
     ask, prompts = answers(
-        "common",
-        "8f2c1d3e-0000-4000-8000-00000000abcd",  # tenant: refused, then a GUID
+        "common", "8f2c1d3e-0000-4000-8000-00000000abcd",  # tenant: refused, then a GUID
         "",  # credential: the suggested client_secret
-        "not-a-guid",
-        CLIENT_ID,  # client id
-        "Mars/Olympus",
-        "Pacific/Auckland",  # time zone
+        "not-a-guid", CLIENT_ID,  # client id
+        "Mars/Olympus", "Pacific/Auckland",  # time zone
     )
     assert _init(_parser().parse_args(["init", str(path)]), ask=ask) == EXIT_OK
     assert len(prompts) == 7
     assert prompts[2].startswith("credential: client_secret | certificate | managed_identity")
     assert prompts[5] == "time zone of the start dates (IANA) [Asia/Tokyo]: "
     config = load_config(path, {})
-    assert (
-        config.auth.tenant_id,
-        config.auth.client_id,
-        config.auth.method,
-        config.pass_.timezone,
-    ) == ("8f2c1d3e-0000-4000-8000-00000000abcd", CLIENT_ID, "client_secret", "Pacific/Auckland")
+    assert (config.auth.tenant_id, config.auth.client_id, config.auth.method,
+            config.pass_.timezone) == (
+        "8f2c1d3e-0000-4000-8000-00000000abcd", CLIENT_ID, "client_secret", "Pacific/Auckland")
     out = capsys.readouterr().out
     assert "must be your tenant's id or domain, not 'common'" in out
     assert "'not-a-guid' is not a GUID" in out and "'Mars/Olympus' is not an IANA" in out
@@ -167,16 +145,12 @@ def test_a_terminal_asks_only_what_the_flags_left_out(tmp_path: Path) -> None:
     path = tmp_path / "config.yaml"
     ask, prompts = answers("", "Europe/Rome")
     args = _parser().parse_args(
-        ["init", str(path), "--tenant-id", TENANT, "--auth-method", "managed_identity"]
-    )
+        ["init", str(path), "--tenant-id", TENANT, "--auth-method", "managed_identity"])
     assert _init(args, ask=ask) == EXIT_OK
     assert [p.split(" ")[0] for p in prompts] == ["client", "time"]
     config = load_config(path, {})
     assert (config.auth.method, config.auth.client_id, config.pass_.timezone) == (
-        "managed_identity",
-        None,
-        "Europe/Rome",
-    )
+        "managed_identity", None, "Europe/Rome")
 
 
 def test_no_answer_writes_nothing(tmp_path: Path) -> None:
@@ -226,10 +200,7 @@ def test_the_written_file_comments_each_key_with_its_doc() -> None:
 
 
 def test_validate_online_with_the_written_file_signs_in(
-    tmp_path: Path,
-    serve_simulator,
-    secret_env,
-    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, serve_simulator, secret_env, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """The file init writes is complete: validate --online signs in and checks the sheet
@@ -238,17 +209,13 @@ def test_validate_online_with_the_written_file_signs_in(
     sim = serve_simulator(state)
     path = tmp_path / "config.yaml"
     assert main(["init", str(path), *FLAGS]) == EXIT_OK
-    for name, value in (
-        ("ONBOARD_GRAPH_ENDPOINT", sim.url),
-        ("ONBOARD_AUTH_AUTHORITY", sim.url),
-        ("ONBOARD_GRAPH_CA_BUNDLE", str(sim.ca_file)),
-    ):
+    for name, value in (("ONBOARD_GRAPH_ENDPOINT", sim.url), ("ONBOARD_AUTH_AUTHORITY", sim.url),
+                        ("ONBOARD_GRAPH_CA_BUNDLE", str(sim.ca_file))):
         monkeypatch.setenv(name, value)
     sheet = tmp_path / "hires.csv"
     sheet.write_text(f"UPN,Start Date\nada@contoso.com,{date.today() + timedelta(days=9)}\n")
-    code = main(
-        ["validate", "--online", str(sheet), "-c", str(path), "--out", str(tmp_path / "out")]
-    )
+    code = main(["validate", "--online", str(sheet), "-c", str(path), "--out",
+                 str(tmp_path / "out")])
     out = capsys.readouterr().out
     assert code == EXIT_OK, out
     assert "1 row ready to send, 0 with problems" in out

@@ -19,7 +19,6 @@ def read_files(config, paths, now):  # type: ignore[no-untyped-def]
     """The input files as `onboard run` reads them."""
     return read_all(paths, config.input, config.pass_, now)
 
-
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 
 
@@ -90,8 +89,7 @@ def test_employee_ids_from_excel_numbers_and_mail_need_their_column(tmp_path: Pa
                       ["E-2002", date(2026, 12, 7)], [None, date(2026, 12, 7)]]))(path)  # fmt: skip
     config = load_config(None)
     by_id = config.model_copy(
-        update={"input": config.input.model_copy(update={"match_by": "employeeId"})}
-    )
+        update={"input": config.input.model_copy(update={"match_by": "employeeId"})})
     (read,) = read_files(by_id, [path], NOW)
     assert [(r.user, r.sheet_value) for r in read.requests] == [
         ("1001", "1001"),
@@ -99,8 +97,7 @@ def test_employee_ids_from_excel_numbers_and_mail_need_their_column(tmp_path: Pa
     ]
     assert [(f.origin.row, f.shown) for f in read.failed] == [(4, "Invalid Employee ID")]
     by_mail = config.model_copy(
-        update={"input": config.input.model_copy(update={"match_by": "mail"})}
-    )
+        update={"input": config.input.model_copy(update={"match_by": "mail"})})
     with pytest.raises(InputFileError, match=r"no mail column \(input.match_by: mail\)"):
         read_files(by_mail, [path], NOW)
 

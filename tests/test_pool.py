@@ -18,9 +18,8 @@ START = datetime(2027, 1, 4, 8, tzinfo=timezone.utc)
 
 
 def request(row: int, user: str | None = None) -> PassRequest:
-    return PassRequest(
-        Origin("hires.csv", row), user or f"user{row}@contoso.com", None, START, 480, True
-    )
+    return PassRequest(Origin("hires.csv", row), user or f"user{row}@contoso.com", None, START,
+                       480, True)
 
 
 def created(value: str = "+Secret1") -> CreatedPass:
@@ -91,26 +90,13 @@ class Ran:
     unclear: dict[Origin, float]
 
 
-def run(
-    requests: list[PassRequest],
-    create: Callable,
-    clock: FakeClock | None = None,
-    *,
-    concurrency: int = 4,
-    max_attempts: int = 5,
-    create_batch: Callable | None = None,
-    batch_size: int = 1,
-    stop: asyncio.Event | None = None,
-    durable: Callable[[], Awaitable[None]] | None = None,
-) -> Ran:
+def run(requests: list[PassRequest], create: Callable, clock: FakeClock | None = None, *,
+        concurrency: int = 4, max_attempts: int = 5, create_batch: Callable | None = None,
+        batch_size: int = 1, stop: asyncio.Event | None = None,
+        durable: Callable[[], Awaitable[None]] | None = None) -> Ran:
     clock = clock or FakeClock()
-    settings = RunSettings(
-        concurrency=concurrency,
-        max_attempts=max_attempts,
-        backoff_seconds=1.0,
-        backoff_max_seconds=8.0,
-        batch_size=batch_size,
-    )
+    settings = RunSettings(concurrency=concurrency, max_attempts=max_attempts, backoff_seconds=1.0,
+                           backoff_max_seconds=8.0, batch_size=batch_size)
     sender = Sender(create, create_batch, no_current, explain, unusable_pass)
     sink = Collected(durable)
     result = asyncio.run(issue_all(requests, sender, sink, settings, stop, sleep=clock.sleep))
@@ -122,13 +108,8 @@ async def no_current(user: str) -> str | None:
 
 
 def throttled(seconds: float | None = 2.0) -> ThrottledError:
-    return ThrottledError(
-        "Too many requests",
-        status=429,
-        code="TooManyRequests",
-        request_id="req-429",
-        retry_after=seconds,
-    )
+    return ThrottledError("Too many requests", status=429, code="TooManyRequests",
+                          request_id="req-429", retry_after=seconds)
 
 
 def test_429_then_success_is_retried_after_retry_after() -> None:
@@ -158,26 +139,12 @@ def test_503_then_success_backs_off_exponentially() -> None:
 
 def test_404_and_403_are_not_retried() -> None:
     """Definite answers fail the row after one attempt, with status, code and request id."""
-    script = Script(
-        {
-            "user2@contoso.com": [
-                GraphError(
-                    "Resource 'x' does not exist",
-                    status=404,
-                    code="Request_ResourceNotFound",
-                    request_id="r404",
-                )
-            ],
-            "user3@contoso.com": [
-                GraphError(
-                    "Request Authorization failed",
-                    status=403,
-                    code="accessDenied",
-                    request_id="r403",
-                )
-            ],
-        }
-    )
+    script = Script({
+        "user2@contoso.com": [GraphError("Resource 'x' does not exist", status=404,
+                                         code="Request_ResourceNotFound", request_id="r404")],
+        "user3@contoso.com": [GraphError("Request Authorization failed", status=403,
+                                         code="accessDenied", request_id="r403")],
+    })
     result = run([request(2), request(3)], script)
     assert len(script.calls) == 2
     failed = sorted(result.outcomes, key=lambda o: o.origin.row)
@@ -192,10 +159,7 @@ def test_policy_refusal_is_translated() -> None:
     """Graph's 'Converged UserCredentialPolicy' message becomes advice on the pass policy."""
     refusal = GraphError(
         "Converged UserCredentialPolicy does not allow creating or updating this authentication "
-        "method. AuthMethodType [TemporaryAccessPass].",
-        status=400,
-        code="badRequest",
-    )
+        "method. AuthMethodType [TemporaryAccessPass].", status=400, code="badRequest")
     result = run([request(2)], Script({"user2@contoso.com": [refusal]}))
     (failed,) = result.outcomes
     assert isinstance(failed, Failed)
@@ -220,9 +184,8 @@ def test_auth_failure_stops_the_pool_and_every_row_gets_an_outcome() -> None:
     assert result.aborted is not None
     rows = sorted(o.origin.row for o in result.outcomes)
     assert rows == [2, 3, 4, 5, 6, 7]
-    assert all(
-        isinstance(o, Failed) and o.reason == "Not sent: run stopped" for o in result.outcomes
-    )
+    assert all(isinstance(o, Failed) and o.reason == "Not sent: run stopped"
+               for o in result.outcomes)
     assert len(script.calls) == 1
 
 
@@ -256,7 +219,8 @@ def test_issued_repr_hides_the_pass() -> None:
 class BatchScript:
     """A fake create_passes(): per user, a list of answers (errors or None for a pass)."""
 
-    def __init__(self, answers: dict[str, list[Exception | None]], clock: FakeClock, lost: int = 0):
+    def __init__(self, answers: dict[str, list[Exception | None]], clock: FakeClock,
+                 lost: int = 0):
         self.answers = answers
         self.clock = clock
         self.lost = lost  # this many whole batches lose their answer first
@@ -280,25 +244,13 @@ def test_batch_sub_responses_each_end_as_their_own_outcome() -> None:
     """In one batch, a 201, a 404 and a 429 become issued, failed and (retried) issued rows;
     the throttled row alone is sent again, after its own Retry-After."""
     clock = FakeClock()
-    script = BatchScript(
-        {
-            "user3@contoso.com": [
-                GraphError(
-                    "Resource 'x' does not exist", status=404, code="Request_ResourceNotFound"
-                )
-            ],
-            "user4@contoso.com": [throttled(1.5)],
-        },
-        clock,
-    )
-    result = run(
-        [request(2), request(3), request(4)],
-        Script({}),
-        clock,
-        concurrency=1,
-        create_batch=script,
-        batch_size=20,
-    )
+    script = BatchScript({
+        "user3@contoso.com": [GraphError("Resource 'x' does not exist", status=404,
+                                         code="Request_ResourceNotFound")],
+        "user4@contoso.com": [throttled(1.5)],
+    }, clock)
+    result = run([request(2), request(3), request(4)], Script({}), clock, concurrency=1,
+                 create_batch=script, batch_size=20)
     outcomes = {o.origin.row: o for o in result.outcomes}
     assert isinstance(outcomes[2], Issued) and outcomes[2].attempts == 1
     assert isinstance(outcomes[3], Failed) and outcomes[3].reason == "User not found"
@@ -315,14 +267,8 @@ def test_lost_batch_answer_makes_every_row_in_it_unclear_and_sends_them_again() 
     """A batch whose answer is lost is sent again; its passes are flagged to be confirmed."""
     clock = FakeClock()
     script = BatchScript({}, clock, lost=1)
-    result = run(
-        [request(n) for n in range(2, 6)],
-        Script({}),
-        clock,
-        concurrency=1,
-        create_batch=script,
-        batch_size=2,
-    )
+    result = run([request(n) for n in range(2, 6)], Script({}), clock, concurrency=1,
+                 create_batch=script, batch_size=2)
     assert len(script.batches) == 3  # [2,3] lost, [2,3] again, [4,5]
     issued = {o.origin.row: o for o in result.outcomes}
     assert all(isinstance(o, Issued) for o in issued.values())
@@ -335,15 +281,8 @@ def test_batch_rows_that_keep_failing_give_up_with_their_own_last_answer() -> No
     """A row throttled on every attempt fails after max_attempts; its batch-mates are issued."""
     clock = FakeClock()
     script = BatchScript({"user2@contoso.com": [throttled(0.5) for _ in range(10)]}, clock)
-    result = run(
-        [request(2), request(3)],
-        Script({}),
-        clock,
-        concurrency=1,
-        max_attempts=3,
-        create_batch=script,
-        batch_size=5,
-    )
+    result = run([request(2), request(3)], Script({}), clock, concurrency=1, max_attempts=3,
+                 create_batch=script, batch_size=5)
     outcomes = {o.origin.row: o for o in result.outcomes}
     assert isinstance(outcomes[3], Issued)
     failed = outcomes[2]
@@ -373,13 +312,8 @@ def test_a_journal_that_cannot_be_written_stops_the_pool_with_its_error() -> Non
         calls = {"n": 0}
         stop = asyncio.Event()
         with pytest.raises(JournalWriteError):
-            run(
-                [request(n) for n in range(2, 30)],
-                Script({}),
-                stop=stop,
-                concurrency=4,
-                durable=failing_once(stop, stop_first, calls),
-            )
+            run([request(n) for n in range(2, 30)], Script({}), stop=stop, concurrency=4,
+                durable=failing_once(stop, stop_first, calls))
         assert calls["n"] < 30  # stopped, not carried on row after row
 
 

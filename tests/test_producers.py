@@ -35,7 +35,6 @@ def read_files(config, paths, now):  # type: ignore[no-untyped-def]
     """The input files as `onboard run` reads them."""
     return read_all(paths, config.input, config.pass_, now)
 
-
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -382,9 +381,7 @@ def test_columns_onboard_does_not_read_reach_the_audit(tmp_path: Path) -> None:
     found = read_input(path, load_config(None).input, PassSettings(timezone="UTC"), now=NOW)
     (request,) = found.requests
     assert request.extra == (
-        ("Email", "ada.home@example.com"),
-        ("Employee ID", "E1001"),
-        ("Department", "Finance"),
+        ("Email", "ada.home@example.com"), ("Employee ID", "E1001"), ("Department", "Finance")
     )
 
 
@@ -393,7 +390,9 @@ def test_a_totals_row_in_another_language_is_below_the_data(tmp_path: Path, labe
     """An Excel table's totals row as German, Dutch, Italian or French Excel labels it, with its
     count in the UPN column: skipped as below the data, not a hire that fails."""
     path = tmp_path / "table.csv"
-    path.write_text(f"Name,UPN,Start Date\nAda,ada@contoso.com,2027-01-05\n{label},1,\n", "utf-8")
+    path.write_text(
+        f"Name,UPN,Start Date\nAda,ada@contoso.com,2027-01-05\n{label},1,\n", "utf-8"
+    )
     found = read_input(path, load_config(None).input, PassSettings(timezone="UTC"), now=NOW)
     assert found.failed == [] and len(found.requests) == 1
     (skipped,) = found.skipped

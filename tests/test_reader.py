@@ -42,27 +42,15 @@ def test_valid_rows_become_requests_with_utc_start(tmp_path: Path) -> None:
     result = read_input(path, SETTINGS, london, now=NOW)
     assert result.failed == [] and result.skipped == []
     assert result.requests == [
-        PassRequest(
-            Origin("hires.csv", 2),
-            "ada@contoso.com",
-            "Ada Lovelace",
-            datetime(2027, 1, 4, 8, 0, tzinfo=timezone.utc),
-            480,
-            True,
-            start_date=date(2027, 1, 4),
-            intended_start=datetime(2027, 1, 4, 8, 0, tzinfo=timezone.utc),
-        ),
+        PassRequest(Origin("hires.csv", 2), "ada@contoso.com", "Ada Lovelace",
+                    datetime(2027, 1, 4, 8, 0, tzinfo=timezone.utc), 480, True,
+                    start_date=date(2027, 1, 4),
+                    intended_start=datetime(2027, 1, 4, 8, 0, tzinfo=timezone.utc)),
         # British Summer Time: 08:00 local is 07:00 UTC
-        PassRequest(
-            Origin("hires.csv", 3),
-            "alan@contoso.com",
-            "Alan Turing",
-            datetime(2027, 7, 5, 7, 0, tzinfo=timezone.utc),
-            240,
-            False,
-            start_date=date(2027, 7, 5),
-            intended_start=datetime(2027, 7, 5, 7, 0, tzinfo=timezone.utc),
-        ),
+        PassRequest(Origin("hires.csv", 3), "alan@contoso.com", "Alan Turing",
+                    datetime(2027, 7, 5, 7, 0, tzinfo=timezone.utc), 240, False,
+                    start_date=date(2027, 7, 5),
+                    intended_start=datetime(2027, 7, 5, 7, 0, tzinfo=timezone.utc)),
     ]
     assert result.row_count == 2
     assert len(result.sha256) == 64
@@ -108,17 +96,15 @@ def test_each_bad_cell_fails_its_row_naming_the_column(tmp_path: Path) -> None:
 def test_start_in_the_past_means_usable_at_once_with_a_note(tmp_path: Path) -> None:
     """A start date already past (within 30 days: a late hire) is sent without a start time,
     and the audit note says so; further back is a typo, and the row fails."""
-    path = write_csv(
-        tmp_path, "UPN,Start Date\nold@contoso.com,2026-11-05\nolder@contoso.com,2026-10-28\n"
-    )
+    path = write_csv(tmp_path, "UPN,Start Date\nold@contoso.com,2026-11-05\n"
+                               "older@contoso.com,2026-10-28\n")
     result = read_input(path, SETTINGS, UTC8, now=NOW)
     (request,) = result.requests
     assert request.start is None
     assert request.note == "start 2026-11-05 08:00 UTC is in the past: pass usable at once"
     (failed,) = result.failed
-    assert failed.detail == (
-        "Start Date '2026-10-28' is 2026-10-28, more than 30 days ago: check the year"
-    )
+    assert failed.detail == ("Start Date '2026-10-28' is 2026-10-28, more than 30 days ago: "
+                             "check the year")
 
 
 def test_guest_users_fail_before_sending(tmp_path: Path) -> None:
@@ -142,9 +128,8 @@ def test_xlsx_with_real_dates_serials_and_booleans(tmp_path: Path) -> None:
     path = tmp_path / "hires.xlsx"
     book.save(path)
     result = read_input(path, SETTINGS, UTC8, now=NOW)
-    assert [
-        (r.origin.row, r.user, r.start, r.usable_once, r.display_name) for r in result.requests
-    ] == [
+    assert [(r.origin.row, r.user, r.start, r.usable_once, r.display_name)
+            for r in result.requests] == [
         (2, "a@contoso.com", datetime(2027, 3, 1, 8, tzinfo=timezone.utc), True, "Ana"),
         (3, "b@contoso.com", datetime(2027, 1, 1, 8, tzinfo=timezone.utc), False, None),
         (5, "c@contoso.com", datetime(2027, 3, 2, 8, tzinfo=timezone.utc), True, "Cy"),
@@ -173,12 +158,9 @@ def test_sheet_is_found_by_its_user_column(tmp_path: Path) -> None:
     [
         (None, "missing.xlsx", "missing.xlsx: file not found"),
         (b"hello", "renamed.xlsx", "is a text file (a CSV?), not an .xlsx workbook"),
-        (
-            b"Name,Department\nAda,Eng\n",
-            "hires.csv",
-            "no user column in the first 30 rows: expected a header named one of "
-            "userPrincipalName, UPN, Work Email, Email; first row with text: 'Name', 'Department'",
-        ),
+        (b"Name,Department\nAda,Eng\n", "hires.csv",
+         "no user column in the first 30 rows: expected a header named one of "
+         "userPrincipalName, UPN, Work Email, Email; first row with text: 'Name', 'Department'"),
         (b"", "empty.csv", "the file is empty"),
         (b"a,b", "hires.pdf", "unsupported file type '.pdf'"),
         (b"\x00\x01\x02garbage\x00", "binary.csv", "contains binary data"),
@@ -207,56 +189,41 @@ def test_csv_with_bom_and_semicolons(tmp_path: Path) -> None:
 
 def test_plan_keeps_one_request_per_user() -> None:
     """Identical repeats are skipped as 'same as row N'; disagreeing repeats all fail."""
-
     def req(row: int, user: str, lifetime: int = 480) -> PassRequest:
         return PassRequest(Origin("a.csv", row), user, None, None, lifetime, True)
 
-    requests, failed, skipped = plan(
-        [
-            input_file(
-                req(2, "a@x.com"),
-                req(3, "A@X.com"),
-                req(4, "b@x.com", 60),
-                req(5, "b@x.com", 120),
-                req(6, "c@x.com"),
-            )
-        ]
-    )
+    requests, failed, skipped = plan([input_file(req(2, "a@x.com"), req(3, "A@X.com"),
+                                                 req(4, "b@x.com", 60), req(5, "b@x.com", 120),
+                                                 req(6, "c@x.com"))])
     assert [r.origin.row for r in requests] == [2, 6]
     assert skipped == [Skipped(Origin("a.csv", 3), "A@X.com", Reason.REPEATED, "same as row 2")]
     assert [(f.origin.row, f.reason) for f in failed] == [
-        (4, "Conflicting rows"),
-        (5, "Conflicting rows"),
-    ]
+        (4, "Conflicting rows"), (5, "Conflicting rows")]
     assert isinstance(failed[0], Failed) and "a.csv row 4, a.csv row 5" in failed[0].detail
 
 
 @pytest.mark.parametrize(
     ("value", "order", "expected"),
-    [
-        ("2027-01-04", None, (date(2027, 1, 4), None)),
-        ("2027-01-04 00:00:00", None, (date(2027, 1, 4), None)),
-        ("2027-01-04T09:30", None, (date(2027, 1, 4), time(9, 30))),
-        (46388, None, (date(2027, 1, 1), None)),
-        (46388.0, None, (date(2027, 1, 1), None)),
-        (46388.375, None, (date(2027, 1, 1), time(9, 0))),
-        (datetime(2027, 1, 4, 10, 15), None, (date(2027, 1, 4), time(10, 15))),
-        (date(2027, 1, 4), None, (date(2027, 1, 4), None)),
-        ("25/12/2026", None, (date(2026, 12, 25), None)),
-        ("12/25/2026", None, (date(2026, 12, 25), None)),
-        ("04/01/2027", "DMY", (date(2027, 1, 4), None)),
-        ("04/01/2027", "MDY", (date(2027, 4, 1), None)),
-        ("4.1.27", "DMY", (date(2027, 1, 4), None)),
-        ("05/05/2027", None, (date(2027, 5, 5), None)),
-        ("2027/01/04", "YMD", (date(2027, 1, 4), None)),
-        ("1 Dec 2026", None, (date(2026, 12, 1), None)),
-        ("01-Dec-2026", None, (date(2026, 12, 1), None)),
-        ("December 1, 2026", None, (date(2026, 12, 1), None)),
-        ("01/12/2026 13:45", "DMY", (date(2026, 12, 1), time(13, 45))),
-        ("27-01-11", "YMD", (date(2027, 1, 11), None)),
-        ("2026-12-07", "DMY", (date(2026, 12, 7), None)),
-        ("46363", None, (date(2026, 12, 7), None)),
-    ],
+    [("2027-01-04", None, (date(2027, 1, 4), None)),
+     ("2027-01-04 00:00:00", None, (date(2027, 1, 4), None)),
+     ("2027-01-04T09:30", None, (date(2027, 1, 4), time(9, 30))),
+     (46388, None, (date(2027, 1, 1), None)), (46388.0, None, (date(2027, 1, 1), None)),
+     (46388.375, None, (date(2027, 1, 1), time(9, 0))),
+     (datetime(2027, 1, 4, 10, 15), None, (date(2027, 1, 4), time(10, 15))),
+     (date(2027, 1, 4), None, (date(2027, 1, 4), None)),
+     ("25/12/2026", None, (date(2026, 12, 25), None)),
+     ("12/25/2026", None, (date(2026, 12, 25), None)),
+     ("04/01/2027", "DMY", (date(2027, 1, 4), None)),
+     ("04/01/2027", "MDY", (date(2027, 4, 1), None)),
+     ("4.1.27", "DMY", (date(2027, 1, 4), None)),
+     ("05/05/2027", None, (date(2027, 5, 5), None)),
+     ("2027/01/04", "YMD", (date(2027, 1, 4), None)),
+     ("1 Dec 2026", None, (date(2026, 12, 1), None)),
+     ("01-Dec-2026", None, (date(2026, 12, 1), None)),
+     ("December 1, 2026", None, (date(2026, 12, 1), None)),
+     ("01/12/2026 13:45", "DMY", (date(2026, 12, 1), time(13, 45))),
+     ("27-01-11", "YMD", (date(2027, 1, 11), None)),
+     ("2026-12-07", "DMY", (date(2026, 12, 7), None)), ("46363", None, (date(2026, 12, 7), None))],
 )
 def test_parse_start(value: object, order: str | None, expected: tuple[date, time | None]) -> None:
     """Excel dates, datetimes and serials, ISO text, text in the configured order, month names."""
@@ -265,17 +232,11 @@ def test_parse_start(value: object, order: str | None, expected: tuple[date, tim
 
 @pytest.mark.parametrize(
     ("value", "order", "message"),
-    [
-        ("04/01/2027", None, "could be 4 January 2027 or 1 April 2027: set input.date_order"),
-        ("2027-13-01", None, "not a valid date"),
-        ("12/25/2026", "DMY", "not a valid date in DMY"),
-        ("04/01/2027", "YMD", "not written year first"),
-        (12, None, "is a number, not a date"),
-        ("", None, "is not a date"),
-        (True, None, "is not a date"),
-        ("soon", None, "is not a date"),
-        ("01/12/2026 25:00", "DMY", "not HH:MM"),
-    ],
+    [("04/01/2027", None, "could be 4 January 2027 or 1 April 2027: set input.date_order"),
+     ("2027-13-01", None, "not a valid date"), ("12/25/2026", "DMY", "not a valid date in DMY"),
+     ("04/01/2027", "YMD", "not written year first"), (12, None, "is a number, not a date"),
+     ("", None, "is not a date"), (True, None, "is not a date"), ("soon", None, "is not a date"),
+     ("01/12/2026 25:00", "DMY", "not HH:MM")],
 )
 def test_parse_start_refuses(value: object, order: str | None, message: str) -> None:
     """Ambiguous text without input.date_order, impossible dates, and text in another order."""
@@ -298,9 +259,8 @@ def test_sample_sheet_has_the_intended_rows() -> None:
 
 def test_control_characters_and_far_starts_fail_the_row(tmp_path: Path) -> None:
     """A UPN with a control character, or a start more than a year ahead, fails its row."""
-    path = write_csv(
-        tmp_path, "UPN,Start Date\nbo\x01b@contoso.com,2027-01-04\nfar@contoso.com,2029-01-04\n"
-    )
+    path = write_csv(tmp_path, "UPN,Start Date\nbo\x01b@contoso.com,2027-01-04\n"
+                     "far@contoso.com,2029-01-04\n")
     result = read_input(path, SETTINGS, UTC8, now=NOW)
     assert result.requests == []
     assert [(f.origin.row, f.column) for f in result.failed] == [(2, "UPN"), (3, "Start Date")]

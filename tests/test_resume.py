@@ -45,11 +45,7 @@ def run_cli(config: Path, *args: str) -> subprocess.Popen[str]:
     env["ONBOARD_CLIENT_SECRET"] = "simulator-secret"
     return subprocess.Popen(
         [sys.executable, "-m", "onboard", "run", *args, "-c", str(config)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
 
 
@@ -82,9 +78,8 @@ def kill_after_creates(config: Path, sheet: Path, state: SimulatorState, creates
 
 def held_values(journal: Path) -> int:
     with sqlite3.connect(journal) as db:
-        return int(
-            db.execute("SELECT count(*) FROM rows WHERE pass_value IS NOT NULL").fetchone()[0]
-        )
+        return int(db.execute("SELECT count(*) FROM rows WHERE pass_value IS NOT NULL")
+                   .fetchone()[0])
 
 
 def test_kill_9_at_several_points_then_the_same_command_finishes_the_job(
@@ -99,13 +94,10 @@ def test_kill_9_at_several_points_then_the_same_command_finishes_the_job(
         seed=3,
     )
     sim = serve_simulator(state)
-    sheet = write_sheet(
-        tmp_path / "hires.csv", [(u, SOON) for u in HIRES] + [("ghost@contoso.com", SOON)]
-    )
-    config = sim.config(
-        tmp_path / "c.yaml",
-        run={"concurrency": 3, "timeout_seconds": 0.3, "settle_seconds": 2.0, "max_attempts": 10},
-    )
+    sheet = write_sheet(tmp_path / "hires.csv",
+                        [(u, SOON) for u in HIRES] + [("ghost@contoso.com", SOON)])
+    config = sim.config(tmp_path / "c.yaml", run={"concurrency": 3, "timeout_seconds": 0.3,
+                                                  "settle_seconds": 2.0, "max_attempts": 10})
     journal = tmp_path / "state" / "journal.sqlite"
     for created in (5, 20, 35):  # kill at three different points
         kill_after_creates(config, sheet, state, created)
@@ -150,9 +142,8 @@ def test_rerun_of_a_finished_sheet_sends_nothing_and_reissue_user_overrides(
     sheets = audit(audit_path_from(out))
     assert sheets["Issued"] == []
     assert {r["Previous run"] for r in sheets["Skipped"]} == {first_run}
-    assert all(
-        str(r["Reason"]).startswith("already issued") and r["Issued at"] for r in sheets["Skipped"]
-    )
+    assert all(str(r["Reason"]).startswith("already issued") and r["Issued at"]
+               for r in sheets["Skipped"])
 
     assert main(["run", str(sheet), "-c", str(config), "--reissue-user", HIRES[4].upper()]) == 0
     sheets = audit(audit_path_from(capsys.readouterr().out))
@@ -193,10 +184,8 @@ def test_due_within_issues_only_rows_starting_soon(
     state = SimulatorState(users(*HIRES[:4]))
     sim = serve_simulator(state)
     config = sim.config(tmp_path / "c.yaml")
-    sheet = write_sheet(
-        tmp_path / "hires.csv",
-        [(HIRES[0], SOON), (HIRES[1], LATER), (HIRES[2], SOON), (HIRES[3], LATER)],
-    )
+    sheet = write_sheet(tmp_path / "hires.csv", [(HIRES[0], SOON), (HIRES[1], LATER),
+                                                  (HIRES[2], SOON), (HIRES[3], LATER)])
     assert main(["run", str(sheet), "-c", str(config), "--due-within", "7"]) == EXIT_OK
     out = capsys.readouterr().out
     assert "(2 not yet due)" in out
@@ -211,17 +200,14 @@ def test_due_within_issues_only_rows_starting_soon(
     assert len(state.issued) == 4
     # a narrow window again: rows that already have a pass say so, not "not yet due"
     later_still = (date.today() + timedelta(days=50)).isoformat()
-    write_sheet(
-        sheet, [(HIRES[0], SOON), (HIRES[1], LATER), (HIRES[2], SOON), (HIRES[3], later_still)]
-    )
+    write_sheet(sheet, [(HIRES[0], SOON), (HIRES[1], LATER), (HIRES[2], SOON),
+                        (HIRES[3], later_still)])
     assert main(["run", str(sheet), "-c", str(config), "--due-within", "7"]) == EXIT_OK
     sheets = audit(audit_path_from(capsys.readouterr().out))
     reasons = {r["User"]: str(r["Reason"]) for r in sheets["Skipped"]}
     assert reasons[HIRES[1]].startswith("already issued")
-    assert (
-        reasons[HIRES[3]].startswith("not yet due")
-        and f"start moved from {LATER}" in (reasons[HIRES[3]])
-    )
+    assert reasons[HIRES[3]].startswith("not yet due") and f"start moved from {LATER}" in (
+        reasons[HIRES[3]])
     assert len(state.issued) == 4
     assert main(["run", str(sheet), "-c", str(config), "--reissue-user", "nobody@x.com"]) == 2
     assert "--reissue-user names no row" in capsys.readouterr().err
@@ -347,11 +333,8 @@ def test_a_killed_run_of_an_edited_sheet_is_recovered_and_its_users_checked(
     write_sheet(sheet, [(u, SOON) for u in HIRES[:41]])  # HR added a row
     assert main(["run", str(sheet), "-c", str(config)]) == EXIT_OK
     out = capsys.readouterr().out
-    recovered = [
-        p
-        for p in (tmp_path / "audit").glob("onboard-*.xlsx")
-        if summary(audit(p))["Status"] == "recovered from the journal"
-    ]
+    recovered = [p for p in (tmp_path / "audit").glob("onboard-*.xlsx")
+                 if summary(audit(p))["Status"] == "recovered from the journal"]
     (path,) = recovered
     old = audit(path)
     rows = sorted(r["Row"] for n in ("Issued", "Failed", "Skipped") for r in old[n])
@@ -385,17 +368,10 @@ def test_readme_crontab_line_works(tmp_path: Path) -> None:
         "export ONBOARD_SIMULATOR_TENANT=null\n"  # every name@domain exists
     )
     tomorrow = (date.today() + timedelta(days=1)).isoformat()
-    sheet = write_sheet(
-        tmp_path / "hires.csv",
-        [
-            ("a@contoso.com", tomorrow),
-            ("b@contoso.com", tomorrow),
-            ("c@contoso.com", LATER),
-            ("d@contoso.com", "someday"),
-            ("e@contoso.com", LATER),
-            ("f@contoso.com", tomorrow),
-        ],
-    )
+    sheet = write_sheet(tmp_path / "hires.csv", [
+        ("a@contoso.com", tomorrow), ("b@contoso.com", tomorrow), ("c@contoso.com", LATER),
+        ("d@contoso.com", "someday"), ("e@contoso.com", LATER), ("f@contoso.com", tomorrow),
+    ])
     for old, new in {
         "/opt/onboard": str(ROOT),
         "/etc/onboard/env": str(env_file),
@@ -409,9 +385,8 @@ def test_readme_crontab_line_works(tmp_path: Path) -> None:
     mail_at = command.index("mail ")
     command = command[:mail_at] + f"cat > {tmp_path / 'mail'}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("ONBOARD_")}
-    done = subprocess.run(
-        ["/bin/sh", "-c", command], env=env, timeout=120, capture_output=True, text=True
-    )
+    done = subprocess.run(["/bin/sh", "-c", command], env=env, timeout=120,
+                          capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     log = (tmp_path / "onboard.log").read_text()
     assert stat.S_IMODE((tmp_path / "onboard.log").stat().st_mode) == 0o600  # umask 077
@@ -533,9 +508,8 @@ def test_a_killed_request_that_lands_after_the_resend_is_caught(
     """Killed while its create was at Graph; that create lands after the resumed run's new one.
     The resumed run checks with Graph after settling and issues again."""
     user = HIRES[0]
-    state = SimulatorState(
-        users(user), faults=Faults(late_create_rate=1.0, late_create_seconds=2.5)
-    )
+    state = SimulatorState(users(user), faults=Faults(late_create_rate=1.0,
+                                                     late_create_seconds=2.5))
     sim = serve_simulator(state)
     sheet = write_sheet(tmp_path / "hires.csv", [(user, SOON)])
     config = sim.config(tmp_path / "c.yaml", run={"timeout_seconds": 30, "settle_seconds": 3})
@@ -590,10 +564,8 @@ def test_reissue_user_whose_rows_failed_does_not_stop_the_run(
     state = SimulatorState(users(*HIRES[:3]))
     sim = serve_simulator(state)
     config = sim.config(tmp_path / "c.yaml")
-    sheet = write_sheet(
-        tmp_path / "hires.csv",
-        [(HIRES[0], SOON), (HIRES[0], LATER), (HIRES[1], SOON), (HIRES[2], SOON)],
-    )
+    sheet = write_sheet(tmp_path / "hires.csv", [(HIRES[0], SOON), (HIRES[0], LATER),
+                                                  (HIRES[1], SOON), (HIRES[2], SOON)])
     code = main(["run", str(sheet), "-c", str(config), "--reissue-user", f" {HIRES[0].upper()} "])
     captured = capsys.readouterr()
     assert code == EXIT_ROWS_FAILED  # the conflicting rows fail; the others are issued

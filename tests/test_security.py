@@ -74,26 +74,14 @@ def only_audit(directory: Path, suffix: str = ".xlsx") -> Path:
 
 # --- the encrypted workbook ------------------------------------------------------------------
 
-
 def issued_rows(n: int) -> list[Issued]:
-    return [
-        Issued(
-            PassRequest(Origin("hires.csv", i + 2), f"u{i}@contoso.com", None, START, 60, True),
-            f"TapValue{i:04d}!x",
-            f"m-{i}",
-            START,
-            START,
-            60,
-            True,
-            START,
-            1,
-            None,
-        )
-        for i in range(n)
-    ]
+    return [Issued(PassRequest(Origin("hires.csv", i + 2), f"u{i}@contoso.com", None, START, 60,
+                               True), f"TapValue{i:04d}!x", f"m-{i}", START, START, 60, True,
+                   START, 1, None) for i in range(n)]
 
 
-SUMMARY = RunSummary("run-1", START, START, "0", [FileSummary("hires.csv", "ab" * 32, 3, None)], [])
+SUMMARY = RunSummary("run-1", START, START, "0", [FileSummary("hires.csv", "ab" * 32, 3, None)],
+                     [])
 
 
 def watch_disk(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
@@ -132,9 +120,8 @@ def test_encrypted_workbook_never_puts_plain_bytes_on_disk(
     an unencrypted write does see the plain sheets (so the watch itself works)."""
     rows = issued_rows(300)
     seen = watch_disk(monkeypatch)
-    path = write_audit(
-        tmp_path / "out" / "a.xlsx", SUMMARY, rows, [], [], AuditOptions(WORKBOOK_PASSWORD)
-    )
+    path = write_audit(tmp_path / "out" / "a.xlsx", SUMMARY, rows, [], [],
+                       AuditOptions(WORKBOOK_PASSWORD))
     assert seen and all(blob.startswith(b"\xd0\xcf\x11\xe0") for blob in seen)
     assert not any(b"TapValue" in blob for blob in seen)
     assert not zipfile.is_zipfile(path)
@@ -173,9 +160,8 @@ def test_encrypted_write_opens_no_file_but_its_own_sealed_one(tmp_path: Path) ->
 
     _OPENED = []
     try:
-        path = write_audit(
-            tmp_path / "out" / "a.xlsx", SUMMARY, rows, [], [], AuditOptions(WORKBOOK_PASSWORD)
-        )
+        path = write_audit(tmp_path / "out" / "a.xlsx", SUMMARY, rows, [], [],
+                           AuditOptions(WORKBOOK_PASSWORD))
         sealed = written()
         _OPENED = []
         write_audit(tmp_path / "plain" / "a.xlsx", SUMMARY, rows, [], [])
@@ -195,14 +181,8 @@ def test_redacted_copy_has_everything_but_the_passes(tmp_path: Path) -> None:
     """The pass-free copy: same rows and columns, the pass column masked, no value anywhere."""
     rows = issued_rows(5)
     failed = Failed(Origin("hires.csv", 9), "x@contoso.com", Reason.USER_NOT_FOUND, "no such user")
-    path = write_audit(
-        tmp_path / "a.xlsx",
-        SUMMARY,
-        rows,
-        [failed],
-        [],
-        AuditOptions(WORKBOOK_PASSWORD, redacted_copy=True),
-    )
+    path = write_audit(tmp_path / "a.xlsx", SUMMARY, rows, [failed], [],
+                       AuditOptions(WORKBOOK_PASSWORD, redacted_copy=True))
     copy = redacted_path(path)
     assert copy.name == "a-redacted.xlsx" and stat.S_IMODE(copy.stat().st_mode) == 0o600
     with zipfile.ZipFile(copy) as archive:
@@ -210,11 +190,8 @@ def test_redacted_copy_has_everything_but_the_passes(tmp_path: Path) -> None:
     full = load_workbook(decrypt(path, WORKBOOK_PASSWORD))
     masked = load_workbook(copy)
     for name in ("Issued", "Failed", "Skipped"):
-        for whole, cut in zip(
-            full[name].iter_rows(values_only=True),
-            masked[name].iter_rows(values_only=True),
-            strict=True,
-        ):
+        for whole, cut in zip(full[name].iter_rows(values_only=True),
+                              masked[name].iter_rows(values_only=True), strict=True):
             expected = list(whole)
             if name == "Issued" and whole[0] != "Source file":
                 expected[4] = REDACTED
@@ -224,10 +201,7 @@ def test_redacted_copy_has_everything_but_the_passes(tmp_path: Path) -> None:
 
 
 def test_run_encrypts_the_audit_and_writes_the_copy(
-    tmp_path: Path,
-    serve_simulator,
-    secret_env,
-    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, serve_simulator, secret_env, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """output.password_env + output.redacted_copy through the CLI: the passes Graph issued are
@@ -235,9 +209,8 @@ def test_run_encrypts_the_audit_and_writes_the_copy(
     run before anything is sent."""
     state = SimulatorState(users(*HIRES))
     sim = serve_simulator(state)
-    config = sim.config(
-        tmp_path / "c.yaml", output={"password_env": "AUDIT_PW", "redacted_copy": True}
-    )
+    config = sim.config(tmp_path / "c.yaml",
+                        output={"password_env": "AUDIT_PW", "redacted_copy": True})
     code = main(["run", str(sheet(tmp_path)), "-c", str(config)])
     assert code == EXIT_BAD_INPUT
     err = capsys.readouterr().err
@@ -258,9 +231,8 @@ def test_run_encrypts_the_audit_and_writes_the_copy(
     assert not any(p.value.encode() in blob for p in state.issued)
 
 
-def killed_before_the_audit(
-    tmp_path: Path, serve_simulator, monkeypatch: pytest.MonkeyPatch, password: str | None
-) -> tuple[SimulatorState, Path, bytes]:
+def killed_before_the_audit(tmp_path: Path, serve_simulator, monkeypatch: pytest.MonkeyPatch,
+                            password: str | None) -> tuple[SimulatorState, Path, bytes]:
     """Run until every pass is issued, then die before writing the audit (as kill -9 would):
     the simulator, the config, and every byte of the journal's files at that moment."""
     from onboard import job
@@ -283,17 +255,14 @@ def killed_before_the_audit(
 
 
 def test_with_a_password_the_journal_holds_no_pass_in_clear(
-    tmp_path: Path,
-    serve_simulator,
-    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, serve_simulator, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Mid-run the journal keeps every issued pass (a crash must not lose one): encrypted with
     output.password when it is set. The killed run's passes reach its encrypted audit through
     `onboard report` with that password, and not with a wrong one."""
-    state, config, on_disk = killed_before_the_audit(
-        tmp_path, serve_simulator, monkeypatch, WORKBOOK_PASSWORD
-    )
+    state, config, on_disk = killed_before_the_audit(tmp_path, serve_simulator, monkeypatch,
+                                                     WORKBOOK_PASSWORD)
     assert len(state.issued) == len(HIRES)
     assert not [p.value for p in state.issued if p.value.encode() in on_disk]
     from onboard.journal import Journal
@@ -321,7 +290,6 @@ def test_without_a_password_the_journal_holds_passes_until_the_audit(
 
 # --- owner-only files ------------------------------------------------------------------------
 
-
 def test_every_file_and_folder_onboard_creates_is_owner_only(
     tmp_path: Path, serve_simulator, secret_env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -333,38 +301,29 @@ def test_every_file_and_folder_onboard_creates_is_owner_only(
         shared.mkdir(mode=0o775)
         shared.chmod(0o775)
         sim = serve_simulator(SimulatorState(users(*HIRES)))
-        config = sim.config(
-            tmp_path / "c.yaml",
-            output={"dir": str(shared / "audits" / "2026" / "12"), "redacted_copy": True},
-            state={"path": str(shared / "state" / "deep" / "j.sqlite")},
-        )
+        config = sim.config(tmp_path / "c.yaml",
+                            output={"dir": str(shared / "audits" / "2026" / "12"),
+                                    "redacted_copy": True},
+                            state={"path": str(shared / "state" / "deep" / "j.sqlite")})
         log = shared / "onboard.log"
         assert main(["run", str(sheet(tmp_path)), "-c", str(config), "--log-file", str(log)]) == 0
     finally:
         os.umask(old)
     assert stat.S_IMODE(shared.stat().st_mode) == 0o775  # existing: left as it was
-    made = [
-        shared / "audits",
-        shared / "audits" / "2026",
-        shared / "audits" / "2026" / "12",
-        shared / "state",
-        shared / "state" / "deep",
-    ]
+    made = [shared / "audits", shared / "audits" / "2026", shared / "audits" / "2026" / "12",
+            shared / "state", shared / "state" / "deep"]
     assert {d.name: oct(stat.S_IMODE(d.stat().st_mode)) for d in made} == {
-        d.name: "0o700" for d in made
-    }
+        d.name: "0o700" for d in made}
     files = [p for p in shared.rglob("*") if p.is_file()]
     names = {p.name for p in files}
     assert {"onboard.log", "j.sqlite"} <= names
     assert any(n.endswith("-redacted.xlsx") for n in names)
     assert any(n.startswith("j.sqlite") and n != "j.sqlite" for n in names)  # -wal, -shm, lock
     assert {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in files} == {
-        p.name: "0o600" for p in files
-    }
+        p.name: "0o600" for p in files}
 
 
 # --- nothing leaks ---------------------------------------------------------------------------
-
 
 def leaked(text: str, secrets: set[str]) -> list[str]:
     return sorted(s for s in secrets if s and s in text)
@@ -378,32 +337,16 @@ def test_nothing_secret_in_any_output_at_the_most_verbose_level(
     faults = Faults(fault_rate=0.2, throttle_rate=60, throttle_burst=5, lost_response_rate=0.1)
     state = SimulatorState(users(*HIRES), faults=faults, client_secret=CLIENT_SECRET, seed=7)
     sim = serve_simulator(state)
-    config = sim.config(
-        tmp_path / "c.yaml", output={"password_env": "AUDIT_PW"}, run={"settle_seconds": 0.05}
-    )
+    config = sim.config(tmp_path / "c.yaml", output={"password_env": "AUDIT_PW"},
+                        run={"settle_seconds": 0.05})
     log = tmp_path / "run.log"
-    hires = sheet(
-        tmp_path, ["Ghost,ghost@contoso.com," + SOON, "Guest,guest_x.com#EXT#@contoso.com," + SOON]
-    )
+    hires = sheet(tmp_path, ["Ghost,ghost@contoso.com," + SOON,
+                             "Guest,guest_x.com#EXT#@contoso.com," + SOON])
     env = {**os.environ, "ONBOARD_CLIENT_SECRET": CLIENT_SECRET, "AUDIT_PW": WORKBOOK_PASSWORD}
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "onboard",
-            "run",
-            str(hires),
-            "-c",
-            str(config),
-            "-vv",
-            "--log-file",
-            str(log),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
+        [sys.executable, "-m", "onboard", "run", str(hires), "-c", str(config), "-vv",
+         "--log-file", str(log)],
+        capture_output=True, text=True, env=env, timeout=120, check=False,
     )
     assert done.returncode == EXIT_ROWS_FAILED, done.stderr[-2000:]
     printed = done.stdout + done.stderr + log.read_text(encoding="utf-8")
@@ -411,9 +354,8 @@ def test_nothing_secret_in_any_output_at_the_most_verbose_level(
     assert state.counts.get("429", 0) and state.counts.get("503", 0), state.counts
     assert "HTTP 503" in printed and "ghost@contoso.com" in printed
     assert state.issued and state.tokens
-    secrets = (
-        {p.value for p in state.issued} | set(state.tokens) | {CLIENT_SECRET, WORKBOOK_PASSWORD}
-    )
+    secrets = {p.value for p in state.issued} | set(state.tokens) | {CLIENT_SECRET,
+                                                                      WORKBOOK_PASSWORD}
     assert leaked(printed, secrets) == []
 
 
@@ -423,22 +365,13 @@ def test_certificate_password_never_shows(tmp_path: Path, serve_simulator) -> No
     pem, _ = make_certificate(tmp_path, cert_password.encode())
     state = SimulatorState(users(*HIRES), certificates=[certificate_of(pem)])
     sim = serve_simulator(state)
-    config = sim.config(
-        tmp_path / "c.yaml",
-        auth={
-            "method": "certificate",
-            "certificate_path": str(pem),
-            "certificate_password_env": "CERT_PW",
-        },
-    )
+    config = sim.config(tmp_path / "c.yaml", auth={
+        "method": "certificate", "certificate_path": str(pem),
+        "certificate_password_env": "CERT_PW"})
     env = {**os.environ, "CERT_PW": cert_password}
     done = subprocess.run(
         [sys.executable, "-m", "onboard", "run", str(sheet(tmp_path)), "-c", str(config), "-vv"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
+        capture_output=True, text=True, env=env, timeout=120, check=False,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     printed = done.stdout + done.stderr
@@ -448,9 +381,7 @@ def test_certificate_password_never_shows(tmp_path: Path, serve_simulator) -> No
 
 
 def test_a_crash_traceback_hides_passes_and_secrets(
-    tmp_path: Path,
-    serve_simulator,
-    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, serve_simulator, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """A bug whose exception quotes a pass (as a library's message might) is logged at -vv
@@ -480,39 +411,23 @@ def test_a_crash_traceback_hides_passes_and_secrets(
 def test_reprs_hide_every_secret(tmp_path: Path) -> None:
     """Objects that hold a secret show where it comes from, never what it is."""
     config_file = tmp_path / "c.yaml"
-    config_file.write_text(
-        yaml.safe_dump(
-            {
-                "graph": {"endpoint": "simulator"},
-                "auth": {"client_secret": CLIENT_SECRET},
-                "output": {"password": WORKBOOK_PASSWORD},
-            }
-        )
-    )
+    config_file.write_text(yaml.safe_dump({"graph": {"endpoint": "simulator"},
+                                           "auth": {"client_secret": CLIENT_SECRET},
+                                           "output": {"password": WORKBOOK_PASSWORD}}))
     config_file.chmod(0o600)
     config = load_config(config_file)
     (issued,) = issued_rows(1)
-    shown = " ".join(
-        [
-            repr(config),
-            str(config.public_settings()),
-            repr(issued),
-            repr(AuditOptions(WORKBOOK_PASSWORD)),
-            repr(Credential("id", CLIENT_SECRET)),
-            repr(Secret("k", inline=CLIENT_SECRET)),
-        ]
-    )
+    shown = " ".join([repr(config), str(config.public_settings()), repr(issued),
+                      repr(AuditOptions(WORKBOOK_PASSWORD)), repr(Credential("id", CLIENT_SECRET)),
+                      repr(Secret("k", inline=CLIENT_SECRET))])
     assert leaked(shown, {CLIENT_SECRET, WORKBOOK_PASSWORD, issued.temporary_access_pass}) == []
     assert "auth.client_secret in the config file" in shown
 
 
 # --- secrets in ------------------------------------------------------------------------------
 
-
 def test_inline_secret_needs_an_owner_only_config(
-    tmp_path: Path,
-    serve_simulator,
-    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path, serve_simulator, capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A secret written into config.yaml: refused (exit 2, saying why and what to do) while
@@ -542,12 +457,8 @@ def test_a_broken_config_never_quotes_its_secret(tmp_path: Path) -> None:
     assert "(line 2, column" in str(caught.value) and CLIENT_SECRET not in str(caught.value)
 
 
-def test_secret_from_a_file(
-    tmp_path: Path,
-    serve_simulator,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
+def test_secret_from_a_file(tmp_path: Path, serve_simulator, monkeypatch: pytest.MonkeyPatch,
+                            capsys: pytest.CaptureFixture[str]) -> None:
     """auth.client_secret_file (a mounted secret, say) is read, trailing newline dropped; a
     file others can read is used with a warning to chmod it."""
     monkeypatch.delenv("ONBOARD_CLIENT_SECRET", raising=False)
@@ -559,12 +470,8 @@ def test_secret_from_a_file(
     config = sim.config(tmp_path / "c.yaml", auth={"client_secret_file": str(secret_file)})
     assert main(["run", str(sheet(tmp_path)), "-c", str(config)]) == 0
     err = capsys.readouterr().err
-    assert (
-        f"the file {secret_file} (auth.client_secret_file) can be read by other users "
-        "(mode 0644): chmod 600 it"
-        in err
-        and CLIENT_SECRET not in err
-    )
+    assert f"the file {secret_file} (auth.client_secret_file) can be read by other users " \
+           "(mode 0644): chmod 600 it" in err and CLIENT_SECRET not in err
     other = tmp_path / "other"
     other.mkdir()
     missing = sim.config(other / "d.yaml", auth={"client_secret_file": str(tmp_path / "no")})
@@ -578,11 +485,8 @@ def test_secrets_never_come_from_arguments_or_settings_variables(tmp_path: Path)
     commands = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
     options = [o for sub in commands.values() for a in sub._actions for o in a.option_strings]
     assert options and not [o for o in options if re.search("secret|password|token|key", o)]
-    with pytest.raises(
-        ConfigError,
-        match=r"ONBOARD_AUTH_CLIENT_SECRET is not read: a secret "
-        r"comes from the variable that auth\.client_secret_env names",
-    ):
+    with pytest.raises(ConfigError, match=r"ONBOARD_AUTH_CLIENT_SECRET is not read: a secret "
+                       r"comes from the variable that auth\.client_secret_env names"):
         load_config(None, {"ONBOARD_AUTH_CLIENT_SECRET": "x"})
 
 
@@ -594,8 +498,7 @@ def test_the_console_shows_input_text_escaped(
     sim = serve_simulator(SimulatorState(users(*HIRES)))
     name = os.fsdecode(b"hires-\xff.csv")
     path = sheet(tmp_path, ["Evil,\x1b]0;owned\x07\x1b[2Jx@contoso.com," + SOON]).rename(
-        tmp_path / name
-    )
+        tmp_path / name)
     code = main(["run", str(path), "-c", str(sim.config(tmp_path / "c.yaml")), "-v"])
     out, err = capsys.readouterr()
     assert code == EXIT_ROWS_FAILED
@@ -612,13 +515,8 @@ def test_text_xml_cannot_hold_keeps_the_workbook_readable(
     ends normally, the workbook opens (the characters shown escaped), and the console and log
     show no raw control character."""
     sim = serve_simulator(SimulatorState(users(*HIRES, "amara@contoso.com")))
-    path = sheet(
-        tmp_path,
-        [
-            f"Amara\uffff Okafor,amara@contoso.com,{SOON}",
-            f"Guest,x\x1b]0;PWNED\x07#EXT#@contoso.com,{SOON}",
-        ],
-    )
+    path = sheet(tmp_path, [f"Amara\uffff Okafor,amara@contoso.com,{SOON}",
+                            f"Guest,x\x1b]0;PWNED\x07#EXT#@contoso.com,{SOON}"])
     path = path.rename(tmp_path / "hires\ufffe.csv")
     code = main(["run", str(path), "-c", str(sim.config(tmp_path / "c.yaml"))])
     out, err = capsys.readouterr()
@@ -636,34 +534,23 @@ def test_a_password_that_is_not_text_is_refused(tmp_path: Path) -> None:
     from onboard.audit import audit_options
 
     config = tmp_path / "c.yaml"
-    config.write_text(
-        yaml.safe_dump({"graph": {"endpoint": "simulator"}, "output": {"password_env": "AUDIT_PW"}})
-    )
+    config.write_text(yaml.safe_dump({"graph": {"endpoint": "simulator"},
+                                      "output": {"password_env": "AUDIT_PW"}}))
     settings = load_config(config).output
-    with pytest.raises(
-        ConfigError,
-        match=r"output\.password from the environment variable "
-        r"AUDIT_PW .* is not UTF-8 text",
-    ):
+    with pytest.raises(ConfigError, match=r"output\.password from the environment variable "
+                       r"AUDIT_PW .* is not UTF-8 text"):
         audit_options(settings, {"AUDIT_PW": os.fsdecode(b"pass\xff")})
 
 
 # --- transport -------------------------------------------------------------------------------
 
-
 @pytest.mark.parametrize(
     ("key", "url", "ok"),
-    [
-        ("endpoint", "http://graph.example.com", False),
-        ("endpoint", "http://10.0.0.5:8080", False),
-        ("endpoint", "ftp://graph.example.com", False),
-        ("endpoint", "http://127.0.0.1:8443", True),
-        ("endpoint", "http://localhost:8443", True),
-        ("endpoint", "http://[::1]:8443", True),
-        ("endpoint", "https://graph.example.com", True),
-        ("authority", "http://login.example.com", False),
-        ("authority", "http://127.0.0.1:9", True),
-    ],
+    [("endpoint", "http://graph.example.com", False), ("endpoint", "http://10.0.0.5:8080", False),
+     ("endpoint", "ftp://graph.example.com", False), ("endpoint", "http://127.0.0.1:8443", True),
+     ("endpoint", "http://localhost:8443", True), ("endpoint", "http://[::1]:8443", True),
+     ("endpoint", "https://graph.example.com", True),
+     ("authority", "http://login.example.com", False), ("authority", "http://127.0.0.1:9", True)],
 )
 def test_plain_http_only_to_this_machine(tmp_path: Path, key: str, url: str, ok: bool) -> None:
     section = "graph" if key == "endpoint" else "auth"
@@ -689,17 +576,9 @@ def test_no_setting_turns_verification_off() -> None:
 # --- request paths ---------------------------------------------------------------------------
 
 TAIL = "authentication/temporaryAccessPassMethods"
-TRICKS = [
-    "a/../../me@contoso.com",
-    "a?b=1@contoso.com",
-    "a#frag@contoso.com",
-    "a%2Fb@contoso.com",
-    "a\r\nX-Evil: 1@contoso.com",
-    "..@contoso.com",
-    "a b@contoso.com",
-    "\u2215etc@contoso.com",
-    "$admin@contoso.com",
-]
+TRICKS = ["a/../../me@contoso.com", "a?b=1@contoso.com", "a#frag@contoso.com",
+          "a%2Fb@contoso.com", "a\r\nX-Evil: 1@contoso.com", "..@contoso.com",
+          "a b@contoso.com", "\u2215etc@contoso.com", "$admin@contoso.com"]
 
 
 def test_user_values_cannot_change_the_request() -> None:
@@ -712,20 +591,14 @@ def test_user_values_cannot_change_the_request() -> None:
         if request.path.endswith("$batch"):
             items = (await request.json())["requests"]
             seen.extend(("BATCH", item["url"]) for item in items)
-            return web.json_response(
-                {"responses": [{"id": i["id"], "status": 201, "body": pass_body()} for i in items]}
-            )
+            return web.json_response({"responses": [
+                {"id": i["id"], "status": 201, "body": pass_body()} for i in items]})
         return web.json_response(pass_body(), status=201)
 
     def pass_body() -> dict[str, object]:
-        return {
-            "id": "m",
-            "temporaryAccessPass": "x",
-            "createdDateTime": "2027-01-04T08:00:00Z",
-            "startDateTime": "2027-01-04T08:00:00Z",
-            "lifetimeInMinutes": 60,
-            "isUsableOnce": True,
-        }
+        return {"id": "m", "temporaryAccessPass": "x", "createdDateTime": "2027-01-04T08:00:00Z",
+                "startDateTime": "2027-01-04T08:00:00Z", "lifetimeInMinutes": 60,
+                "isUsableOnce": True}
 
     class Tokens:
         async def token(self) -> str:
@@ -746,12 +619,9 @@ def test_user_values_cannot_change_the_request() -> None:
                 for n, user in enumerate(TRICKS):
                     request = PassRequest(Origin("t.csv", n + 2), user, None, None, 60, True)
                     await client.create_pass(request)
-                await client.create_passes(
-                    [
-                        PassRequest(Origin("t.csv", n + 2), u, None, None, 60, True)
-                        for n, u in enumerate(TRICKS)
-                    ]
-                )
+                await client.create_passes([
+                    PassRequest(Origin("t.csv", n + 2), u, None, None, 60, True)
+                    for n, u in enumerate(TRICKS)])
         finally:
             await runner.cleanup()
 
@@ -759,16 +629,13 @@ def test_user_values_cannot_change_the_request() -> None:
     singles = [path for method, path in seen if method == "POST" and "$batch" not in path]
     batched = [path for method, path in seen if method == "BATCH"]
     assert len(singles) == len(batched) == len(TRICKS)
-    shape = re.compile(
-        r"^/users(/[^/?#]+|\('[^/?#]+'\))/authentication/"
-        r"temporaryAccessPassMethods$"
-    )
+    shape = re.compile(r"^/users(/[^/?#]+|\('[^/?#]+'\))/authentication/"
+                       r"temporaryAccessPassMethods$")
     for user, single, inner in zip(TRICKS, singles, batched, strict=True):
         # aiohttp may re-encode characters a path allows as they are ('=' for '%3D'): the
         # same path to the server; '/', '?', '#' and controls stay encoded.
         assert unquote(single) == "/v1.0" + unquote(inner) == f"/v1.0/users/{user}/{TAIL}" or (
-            user.startswith("$") and unquote(inner) == f"/users('{user}')/{TAIL}"
-        )
+            user.startswith("$") and unquote(inner) == f"/users('{user}')/{TAIL}")
         assert shape.match(single.removeprefix("/v1.0")) and shape.match(inner), inner
         assert f"/{user_path(user)}/" in inner
         assert not re.search(r"[\x00-\x20\x7f]", single)
@@ -778,49 +645,21 @@ def test_user_values_cannot_change_the_request() -> None:
 
 # --- text stays text -------------------------------------------------------------------------
 
-RISKY = [
-    '=HYPERLINK("http://evil","x")',
-    "+SUM(1,2)",
-    "-2+3",
-    "@SUM(A1)",
-    "\tTAB=1",
-    "\r=1",
-    "=cmd|' /C calc'!A0",
-    "#N/A",
-]
+RISKY = ["=HYPERLINK(\"http://evil\",\"x\")", "+SUM(1,2)", "-2+3", "@SUM(A1)",
+         "\tTAB=1", "\r=1", "=cmd|' /C calc'!A0", "#N/A"]
 
 
 def test_risky_text_is_stored_as_text_and_passes_stay_exact(tmp_path: Path) -> None:
     """Text from the input starting with = + - @ tab or CR is a string cell in the saved file
     (no formula element anywhere), in the workbook, its encrypted form and the copy; a pass
     starting with + or = reads back exactly."""
-    rows = [
-        Issued(
-            PassRequest(Origin(f"{text}.csv", n + 2), f"{text}@contoso.com", text, START, 60, True),
-            ["+Plus1234", "=Eq12345"][n % 2],
-            f"m{n}",
-            START,
-            START,
-            60,
-            True,
-            START,
-            1,
-            None,
-        )
-        for n, text in enumerate(RISKY)
-    ]
-    failed = [
-        Failed(Origin("x.csv", 40 + n), text, Reason.REFUSED, text, column=text, label=text)
-        for n, text in enumerate(RISKY)
-    ]
-    path = write_audit(
-        tmp_path / "a.xlsx",
-        SUMMARY,
-        rows,
-        failed,
-        [],
-        AuditOptions(WORKBOOK_PASSWORD, redacted_copy=True),
-    )
+    rows = [Issued(PassRequest(Origin(f"{text}.csv", n + 2), f"{text}@contoso.com", text,
+                               START, 60, True), ["+Plus1234", "=Eq12345"][n % 2], f"m{n}",
+                   START, START, 60, True, START, 1, None) for n, text in enumerate(RISKY)]
+    failed = [Failed(Origin("x.csv", 40 + n), text, Reason.REFUSED, text, column=text, label=text)
+              for n, text in enumerate(RISKY)]
+    path = write_audit(tmp_path / "a.xlsx", SUMMARY, rows, failed, [],
+                       AuditOptions(WORKBOOK_PASSWORD, redacted_copy=True))
     for data in (decrypt(path, WORKBOOK_PASSWORD).getvalue(), redacted_path(path).read_bytes()):
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             sheets = [n for n in archive.namelist() if n.startswith("xl/worksheets/sheet")]
@@ -828,8 +667,7 @@ def test_risky_text_is_stored_as_text_and_passes_stay_exact(tmp_path: Path) -> N
                 xml = archive.read(name)
                 assert b"<f>" not in xml and b"<f " not in xml, name
                 for cell in ElementTree.fromstring(xml).iter(
-                    "{http://schemas.openxmlformats.org/spreadsheetml/2006/main}c"
-                ):
+                        "{http://schemas.openxmlformats.org/spreadsheetml/2006/main}c"):
                     assert cell.get("t") in (None, "n", "s", "inlineStr", "b", "d"), cell.get("t")
         book = load_workbook(io.BytesIO(data))
         issued = list(issued_sheet(book).iter_rows(min_row=2, values_only=True))
@@ -840,8 +678,7 @@ def test_risky_text_is_stored_as_text_and_passes_stay_exact(tmp_path: Path) -> N
                 assert cell.data_type == "s", (sheet_name, cell.coordinate, cell.value)
     full = load_workbook(decrypt(path, WORKBOOK_PASSWORD))
     assert sorted(c.value for c in issued_sheet(full)["E"][1:]) == sorted(
-        r.temporary_access_pass for r in rows
-    )
+        r.temporary_access_pass for r in rows)
     for cell in issued_sheet(full)["E"][1:]:
         assert cell.data_type == "s" and cell.quotePrefix
 
@@ -860,9 +697,8 @@ def test_a_library_log_line_quoting_a_token_answer_is_scrubbed() -> None:
     from onboard.redact import HIDDEN, Formatter
 
     token = "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.eyJ0aWQiOiJ4eXoiLCJleHAiOjF9.c2lnbmF0dXJl"
-    line = (
-        f'Token response is not in json format: {{"token_type": "Bearer", "access_token": "{token}'
-    )
+    line = ('Token response is not in json format: {"token_type": "Bearer", '
+            f'"access_token": "{token}')
     record = logging.LogRecord("msal", logging.ERROR, __file__, 1, line, None, None)
     shown = Formatter("%(message)s").format(record)
     assert token not in shown and "eyJ0eXAi" not in shown and HIDDEN in shown

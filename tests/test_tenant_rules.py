@@ -382,10 +382,8 @@ def test_a_resumed_run_keeps_what_it_issued_when_the_policy_has_changed(
     failed = {str(r["User"]): r for r in sheets["Failed"]}
     assert len(before) - len(set(before) & set(issued)) <= 2  # at most the two in flight
     for user in set(before) - set(issued):  # in flight at the kill: its answer never came
-        assert (
-            "An earlier request for this row (a run that stopped) may have created a pass"
+        assert "An earlier request for this row (a run that stopped) may have created a pass" \
             in str(failed[user]["Detail"])
-        )
     for user, row in issued.items():
         assert row["Temporary Access Pass"] == state.current_pass(user)
         assert row["Found by (sheet value)"] == f"M.{user}"
@@ -448,8 +446,7 @@ def test_a_pass_that_ends_before_the_start_is_not_kept_silently(
     assert "ends " in str(failed["Detail"]) and "--reissue-user" in str(failed["Detail"])
     assert state.current_pass("ada@contoso.com") == "handed-out"
     assert "row 2 ada@contoso.com: Holds a pass that ends before the start" in (
-        capsys.readouterr().err
-    )
+        capsys.readouterr().err)
 
 
 def test_reissue_user_by_the_upn_found_under_match_by_mail(

@@ -78,32 +78,26 @@ def sign_in_app(on_token: Callable[[str], web.Response]) -> Handler:
     async def handle(request: web.BaseRequest) -> web.Response:
         base = f"https://{request.host}/{TENANT}"
         if request.path.endswith("/.well-known/openid-configuration"):
-            return web.json_response(
-                {
-                    "token_endpoint": f"{base}/oauth2/v2.0/token",
-                    "authorization_endpoint": f"{base}/oauth2/v2.0/authorize",
-                    "issuer": f"{base}/v2.0",
-                }
-            )
+            return web.json_response({
+                "token_endpoint": f"{base}/oauth2/v2.0/token",
+                "authorization_endpoint": f"{base}/oauth2/v2.0/authorize",
+                "issuer": f"{base}/v2.0",
+            })
         return on_token(await request.text())
 
     return handle
 
 
-def secret_provider(
-    authority: str, ca_file: Path | None, tenant: str = TENANT
-) -> MsalTokenProvider:
+def secret_provider(authority: str, ca_file: Path | None,
+                    tenant: str = TENANT) -> MsalTokenProvider:
     return MsalTokenProvider(
-        method="client_secret",
-        credential=Credential(CLIENT_ID, SECRET),
-        authority=f"{authority}/{tenant}",
-        scope=SCOPE,
+        method="client_secret", credential=Credential(CLIENT_ID, SECRET),
+        authority=f"{authority}/{tenant}", scope=SCOPE,
         http_client=requests_session(make_ssl_context(ca_file)),
     )
 
 
 # --- redirects from the sign-in service ------------------------------------------------------
-
 
 def test_sign_in_redirect_is_refused_and_the_secret_goes_nowhere(tmp_path: Path) -> None:
     """A 307 from the sign-in host's token endpoint to a plain-http host is never followed: msal
@@ -162,20 +156,14 @@ def app_service_identity(monkeypatch: pytest.MonkeyPatch, endpoint: str) -> Msal
     monkeypatch.setenv("IDENTITY_ENDPOINT", endpoint)
     monkeypatch.setenv("IDENTITY_HEADER", "header-value")
     return MsalTokenProvider(
-        method="managed_identity",
-        credential=Credential(None, None),
-        authority="https://login.microsoftonline.com/x",
-        scope=SCOPE,
+        method="managed_identity", credential=Credential(None, None),
+        authority="https://login.microsoftonline.com/x", scope=SCOPE,
         http_client=requests_session(make_ssl_context(None)),
     )
 
 
-MSI_TOKEN = {
-    "access_token": "mi-token",
-    "expires_on": "4102444800",
-    "token_type": "Bearer",
-    "resource": "https://graph.microsoft.com",
-}
+MSI_TOKEN = {"access_token": "mi-token", "expires_on": "4102444800", "token_type": "Bearer",
+             "resource": "https://graph.microsoft.com"}
 
 
 def test_plain_http_to_another_host_is_never_sent(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -210,19 +198,9 @@ def test_plain_http_to_this_machine_is_allowed(monkeypatch: pytest.MonkeyPatch) 
 
 @pytest.mark.parametrize(
     ("host", "allowed"),
-    [
-        ("127.0.0.1", True),
-        ("127.8.9.10", True),
-        ("localhost", True),
-        ("::1", True),
-        ("169.254.169.254", True),
-        ("fe80::1", True),
-        ("10.0.0.5", False),
-        ("192.0.2.10", False),
-        ("login.example.com", False),
-        ("::ffff:8.8.8.8", False),
-        (None, False),
-    ],
+    [("127.0.0.1", True), ("127.8.9.10", True), ("localhost", True), ("::1", True),
+     ("169.254.169.254", True), ("fe80::1", True), ("10.0.0.5", False), ("192.0.2.10", False),
+     ("login.example.com", False), ("::ffff:8.8.8.8", False), (None, False)],
 )
 def test_plain_http_only_to_loopback_or_link_local(host: str | None, allowed: bool) -> None:
     """Plain http is allowed to loopback and link-local addresses (Azure's managed-identity
@@ -260,7 +238,6 @@ def test_session_refuses_a_redirect_whatever_allow_redirects_says() -> None:
 
 # --- redirects from Graph --------------------------------------------------------------------
 
-
 class Tokens:
     async def token(self) -> str:
         return "t"
@@ -274,14 +251,9 @@ def pass_request(user: str = "ada@contoso.com", row: int = 2) -> PassRequest:
     return PassRequest(Origin("t.csv", row), user, None, start, 120, True)
 
 
-PASS_BODY = {
-    "id": "m1",
-    "temporaryAccessPass": "Elsewhere-Pass-1",
-    "lifetimeInMinutes": 120,
-    "isUsableOnce": True,
-    "createdDateTime": "2027-01-04T08:00:00Z",
-    "startDateTime": "2027-01-04T08:00:00Z",
-}
+PASS_BODY = {"id": "m1", "temporaryAccessPass": "Elsewhere-Pass-1", "lifetimeInMinutes": 120,
+             "isUsableOnce": True, "createdDateTime": "2027-01-04T08:00:00Z",
+             "startDateTime": "2027-01-04T08:00:00Z"}
 Operation = Callable[[GraphClient], Awaitable[object]]
 OPERATIONS: dict[str, Operation] = {
     "create": lambda c: c.create_pass(pass_request()),
@@ -297,8 +269,7 @@ async def elsewhere_answer(request: web.BaseRequest) -> web.Response:
     if request.path.endswith("$batch"):
         items = (await request.json())["requests"]
         return web.json_response(
-            {"responses": [{"id": i["id"], "status": 201, "body": PASS_BODY} for i in items]}
-        )
+            {"responses": [{"id": i["id"], "status": 201, "body": PASS_BODY} for i in items]})
     if request.method == "POST":
         return web.json_response(PASS_BODY, status=201)
     return web.json_response({"value": []})
@@ -338,7 +309,6 @@ def test_graph_redirect_is_refused_never_followed(operation: str, status: int) -
 
 
 # --- answer size -----------------------------------------------------------------------------
-
 
 @dataclass
 class Flood:
@@ -399,17 +369,8 @@ def test_oversized_answer_is_not_read(operation: str, limit: int, declare: bool)
 def test_a_large_page_within_its_cap_is_read() -> None:
     """A 2 MB lookup page (over a single answer's cap, within a page's) is read whole."""
     padding = "x" * 1000
-    page = {
-        "value": [
-            {
-                "id": f"id-{n}",
-                "userPrincipalName": f"u{n}@contoso.com",
-                "mail": "ada@contoso.com",
-                "department": padding,
-            }
-            for n in range(2000)
-        ]
-    }
+    page = {"value": [{"id": f"id-{n}", "userPrincipalName": f"u{n}@contoso.com",
+                       "mail": "ada@contoso.com", "department": padding} for n in range(2000)]}
     body = json.dumps(page).encode()
     assert ANSWER_LIMIT < len(body) < PAGE_LIMIT
 
@@ -428,7 +389,7 @@ def test_a_large_page_within_its_cap_is_read() -> None:
 LIBRARY_LINE = (
     "HTTPSConnectionPool(host='login.microsoftonline.com', port=443): Max retries exceeded with "
     "url: /0b5b7a3e-6f0c-4b5e-9d53-2d3d2a1c9f10/v2.0/.well-known/openid-configuration (Caused by "
-    'NameResolutionError("<urllib3.connection.HTTPSConnection object at 0x7f2a5c1e3d90>: Failed '
+    "NameResolutionError(\"<urllib3.connection.HTTPSConnection object at 0x7f2a5c1e3d90>: Failed "
     "to resolve 'login.microsoftonline.com' ([Errno -2] Name or service not known)\"))"
 )
 
@@ -481,8 +442,7 @@ def test_an_overlong_sign_in_error_description_is_cut_between_words(tmp_path: Pa
 
     def refuse(body: str) -> web.Response:
         return web.json_response(
-            {"error": "invalid_client", "error_description": description}, status=401
-        )
+            {"error": "invalid_client", "error_description": description}, status=401)
 
     async def main() -> AuthError:
         async with serving(sign_in_app(refuse), certs.server_context()) as authority:
