@@ -111,7 +111,9 @@ async def _sign_in(
         http_client=http,
     )
     token = await tokens.token()  # fail fast, before any pass is created
-    connector = aiohttp.TCPConnector(ssl=context, limit=config.run.concurrency * 2)
+    # creates (run.concurrency), checks ahead of them (2x, each up to two reads at once), and
+    # the odd token or confirm read: a create never waits for a socket a read holds
+    connector = aiohttp.TCPConnector(ssl=context, limit=config.run.concurrency * 6)
     # HTTPS_PROXY / NO_PROXY are read once here, not by aiohttp on every request (its
     # trust_env looks them up, and ~/.netrc, in a thread per request).
     proxy, proxy_auth = None, None

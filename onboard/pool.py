@@ -46,6 +46,10 @@ Current = Callable[[str], Awaitable[str | None]]
 Explain = Callable[[GraphError, str, int], tuple[Reason, str]]
 Check = Callable[[PassRequest], Awaitable[PassRequest | Outcome]]
 AHEAD = 2  # rows checked ahead of the creates, per worker
+# A row's check is two round trips one after the other (its pass, then its roles and methods
+# at once) where its create is one: twice the workers keep the creates fed when answers are
+# slow; the read budget's own controller still paces them.
+CHECKERS_PER_WORKER = 2
 Unusable = Callable[[CreatedPass, str], tuple[Reason, str]]
 CREATED = 201  # the status of a create Graph accepted, shown on a row whose pass is unusable
 CONFIRM_ROUNDS = 3
@@ -195,8 +199,8 @@ async def issue_all(
     """Issue one pass per request, run.concurrency workers; every row gets an outcome.
 
     With `check`, each row is checked first (reads: the pass its user holds, the account)
-    by run.concurrency workers of their own, running ahead of the creates as far as AHEAD
-    rows per worker: the creates never wait for a read, and memory stays bounded. A row the
+    by CHECKERS_PER_WORKER x run.concurrency workers of their own, running ahead of the
+    creates as far as AHEAD rows per worker: the creates never wait for a read, and memory stays bounded. A row the
     check decides goes to the sink with its outcome. With run.batch_size > 1 (and a batch
     create), a worker sends up to that many rows in one JSON batch. Before every request the
     sink hears of it (and the worker waits until that is durable); each outcome goes to the
@@ -207,7 +211,7 @@ async def issue_all(
     issuer = _Issuer(sender, sink, retries_for(run, sleep), result)
     size = run.batch_size if sender.create_batch is not None and run.batch_size > 1 else 1
     feed = _Feed(requests, check, sink, result, stop, ahead=AHEAD * max(run.concurrency, size))
-    checking = asyncio.create_task(feed.run(run.concurrency))
+    checking = asyncio.create_task(feed.run(CHECKERS_PER_WORKER * run.concurrency))
     try:
         await run_taking(
             lambda: feed.take(size),

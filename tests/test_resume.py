@@ -458,7 +458,10 @@ def test_second_signal_stops_at_once_and_the_same_command_resumes(
     state = SimulatorState(users(*HIRES), faults=Faults(latency_ms=80))
     sim = serve_simulator(state)
     sheet = write_sheet(tmp_path / "hires.csv", [(u, SOON) for u in HIRES])
-    config = sim.config(tmp_path / "c.yaml", run={"concurrency": 2})
+    # Creates only (no reads ahead of them), so that creates are in flight at the signal: a
+    # stop abandons reads at once, but gives requests that may make a pass their grace.
+    config = sim.config(tmp_path / "c.yaml", run={"concurrency": 2},
+                        **{"pass": {"existing": "replace", "allow_existing_accounts": True}})  # fmt: skip
     proc = run_cli(config, str(sheet))
     wait_until(lambda: len(state.issued) >= 5)
     # Hold the answers to the requests in flight, so the run cannot finish them (and write its
