@@ -200,12 +200,12 @@ async def issue_all(
 
     With `check`, each row is checked first (reads: the pass its user holds, the account)
     by CHECKERS_PER_WORKER x run.concurrency workers of their own, running ahead of the
-    creates as far as AHEAD rows per worker: the creates never wait for a read, and memory stays bounded. A row the
-    check decides goes to the sink with its outcome. With run.batch_size > 1 (and a batch
-    create), a worker sends up to that many rows in one JSON batch. Before every request the
-    sink hears of it (and the worker waits until that is durable); each outcome goes to the
-    sink as soon as it is known. Once `stop` is set no new row is started; rows in flight get
-    run.stop_grace_seconds to finish, then are cancelled.
+    creates as far as AHEAD rows per worker: the creates never wait for a read, and memory
+    stays bounded. A row the check decides goes to the sink with its outcome. With
+    run.batch_size > 1 (and a batch create), a worker sends up to that many rows in one JSON
+    batch. Before every request the sink hears of it (and the worker waits until that is
+    durable); each outcome goes to the sink as soon as it is known. Once `stop` is set no new
+    row is started; rows in flight get run.stop_grace_seconds to finish, then are cancelled.
     """
     result = result if result is not None else PoolResult()
     issuer = _Issuer(sender, sink, retries_for(run, sleep), result)

@@ -460,8 +460,8 @@ def test_second_signal_stops_at_once_and_the_same_command_resumes(
     sheet = write_sheet(tmp_path / "hires.csv", [(u, SOON) for u in HIRES])
     # Creates only (no reads ahead of them), so that creates are in flight at the signal: a
     # stop abandons reads at once, but gives requests that may make a pass their grace.
-    config = sim.config(tmp_path / "c.yaml", run={"concurrency": 2},
-                        **{"pass": {"existing": "replace", "allow_existing_accounts": True}})  # fmt: skip
+    creates_only = {"existing": "replace", "allow_existing_accounts": True}
+    config = sim.config(tmp_path / "c.yaml", run={"concurrency": 2}, **{"pass": creates_only})
     proc = run_cli(config, str(sheet))
     wait_until(lambda: len(state.issued) >= 5)
     # Hold the answers to the requests in flight, so the run cannot finish them (and write its
