@@ -19,6 +19,7 @@ import pytest
 from conftest import read_audit, users
 from openpyxl import load_workbook
 
+from onboard import job
 from onboard.cli import (
     EXIT_ABORTED,
     EXIT_BAD_INPUT,
@@ -59,47 +60,24 @@ def latest_audit(directory: Path) -> Path:
     return path
 
 
-def test_run_with_throttling_and_faults_accounts_for_every_row(
+def test_run_at_vv_logs_requests_and_prints_no_pass(
     tmp_path: Path, serve_simulator, secret_env, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Throttled, flaky Graph losing answers: every row ends once, each pass is Graph's own."""
-    state = SimulatorState(
-        users(*GOOD, "outsider@contoso.com", "admin@contoso.com",
-              outsider={"in_pass_policy": False}, admin={"forbidden": True}),
-        faults=Faults(latency_ms=2, fault_rate=0.15, lost_response_rate=0.1,
-                      throttle_rate=100, throttle_burst=3),
-        seed=11,
-    )
+    """-vv logs every request with Graph's request-id; a failed row exits 1; no pass value
+    and no client secret is printed or logged (what the run does with faults and throttling:
+    test_api.test_run_with_throttling_and_faults_accounts_for_every_row)."""
+    state = SimulatorState(users(*GOOD[:8]), faults=Faults(lost_response_rate=0.5), seed=11)
     sim = serve_simulator(state)
-    extra = (f"Ghost,ghost@contoso.com,{SOON[0]},\n"
-             f"Out,outsider@contoso.com,{SOON[0]},\n"
-             f"Admin,admin@contoso.com,{SOON[0]},\n"
-             "Bad date,baddate@contoso.com,someday,\n"
-             f"Again,{GOOD[3]},{SOON[3]},\n")
-    path = sheet(tmp_path, extra)
-    # A ceiling well above the budget, so the start is sure to run into 429s.
-    config = sim.config(tmp_path / "config.yaml", run={"max_attempts": 20, "max_rate": 1000})
+    path = tmp_path / "hires.csv"
+    path.write_text("UPN,Start Date\n" + "".join(f"{upn},{SOON[0]}\n" for upn in GOOD[:8])
+                    + f"ghost@contoso.com,{SOON[0]}\n", encoding="utf-8")
+    config = sim.config(tmp_path / "config.yaml", run={"max_attempts": 20})
     code = main(["run", str(path), "-c", str(config), "-vv"])
     printed = capsys.readouterr()
     assert code == EXIT_ROWS_FAILED
-    rows = audit_rows(latest_audit(tmp_path / "audit"))
-
-    seen = [r["Row"] for sheet_rows in rows.values() for r in sheet_rows]
-    assert sorted(seen) == list(range(2, 2 + len(GOOD) + 5))  # every row exactly once
-    assert {r["User"]: r["Reason"] for r in rows["Failed"]} == {
-        "ghost@contoso.com": "User not found",
-        "outsider@contoso.com": "Outside the pass policy",
-        "admin@contoso.com": "Permission denied",
-        "baddate@contoso.com": "Invalid Start Date",
-    }
-    assert [(r["Row"], r["Reason"]) for r in rows["Skipped"]] == [(46, "same as row 5")]
-    assert len(rows["Issued"]) == len(GOOD)
-    for row in rows["Issued"]:  # the audited pass is the one Graph holds now
-        assert row["Temporary Access Pass"] == state.current_pass(str(row["User"]))
-    assert state.counts.get("429", 0) > 0 and state.counts.get("lost", 0) > 0
-    assert max(r["Attempts"] for r in rows["Issued"]) > 1
     everything = printed.out + printed.err
     assert "request-id" in everything  # -vv really logged requests
+    assert state.issued and state.counts.get("lost", 0) > 0
     for created in state.issued:  # no pass value, current or replaced, was printed or logged
         assert created.value not in everything
     assert "simulator-secret" not in everything
@@ -260,53 +238,22 @@ def test_simulate_serves_a_tenant_a_config_can_point_at(
         server.wait(10)
 
 
-def test_late_completing_requests_are_caught_and_issued_again(
-    tmp_path: Path, serve_simulator, secret_env, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """A create that times out but completes at Graph after its retry is found and fixed."""
-    state = SimulatorState(
-        users(*GOOD[:12]),
-        faults=Faults(late_create_rate=0.4, late_create_seconds=0.5),
-        seed=5,
-    )
-    sim = serve_simulator(state)
-    lines = ["UPN,Start Date"] + [f"{upn},{SOON[0]}" for upn in GOOD[:12]]
-    path = tmp_path / "hires.csv"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    config = sim.config(tmp_path / "c.yaml",
-                        run={"timeout_seconds": 0.2, "settle_seconds": 0.6, "max_attempts": 10})
-    code = main(["run", str(path), "-c", str(config)])
-    capsys.readouterr()
-    assert code == EXIT_OK
-    assert state.counts.get("late", 0) > 0
-    rows = audit_rows(latest_audit(tmp_path / "audit"))
-    assert len(rows["Issued"]) == 12
-    for row in rows["Issued"]:
-        assert row["Temporary Access Pass"] == state.current_pass(str(row["User"]))
-    notes = " ".join(str(r["Note"]) for r in rows["Issued"])
-    assert "confirmed with Graph" in notes or "issued again" in notes
-
-
-def test_internal_error_still_writes_the_audit(
+def test_internal_error_exits_4_with_a_short_message(
     tmp_path: Path, serve_simulator, secret_env, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """A bug mid-run exits 4 with a short message; the rows are all in the workbook (none was
-    sent before the bug, so each is "not sent", holding no pass)."""
-    from onboard import job
+    """A bug in the run exits 4 naming only its type, never its message (it may hold data);
+    the audit the run still writes: test_api.test_internal_error_still_writes_the_audit."""
 
     async def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("secret detail")
 
-    monkeypatch.setattr(job, "_issue", broken)
+    monkeypatch.setattr(job, "run", broken)
     sim = serve_simulator(SimulatorState(users(*GOOD)))
     code = main(["run", str(sheet(tmp_path)), "-c", str(sim.config(tmp_path / "c.yaml"))])
     err = capsys.readouterr().err
     assert code == EXIT_INTERNAL
     assert "internal error (RuntimeError)" in err and "secret detail" not in err
-    rows = audit_rows(latest_audit(tmp_path / "audit"))
-    assert [r["Reason"] for r in rows["Failed"]] == ["Not sent: run stopped"] * len(GOOD)
-    assert all("an internal error, RuntimeError" in str(r["Detail"]) for r in rows["Failed"])
 
 
 def test_same_file_twice_and_same_names_in_two_folders(
