@@ -33,7 +33,17 @@ if TYPE_CHECKING:
         RunStopped,
     )
     from .job import run
-    from .outcomes import Failed, Issued, Origin, Outcome, PassRequest, Reason, Skipped
+    from .outcomes import (
+        REASON_HELP,
+        Failed,
+        Issued,
+        Origin,
+        Outcome,
+        PassRequest,
+        Reason,
+        ReasonHelp,
+        Skipped,
+    )
     from .report import RunReport, RunStatus, StopCause
     from .validation import Validation, validate
 
@@ -57,6 +67,8 @@ _HOMES = {
     "PassRequest": "outcomes",
     "Origin": "outcomes",
     "Reason": "outcomes",
+    "ReasonHelp": "outcomes",
+    "REASON_HELP": "outcomes",
     "OnboardError": "errors",
     "ConfigError": "errors",
     "InputFileError": "errors",
@@ -69,6 +81,7 @@ _HOMES = {
 }
 
 __all__ = [
+    "REASON_HELP",
     "AuditWriteError",
     "AuthError",
     "Config",
@@ -85,6 +98,7 @@ __all__ = [
     "Outcome",
     "PassRequest",
     "Reason",
+    "ReasonHelp",
     "RunReport",
     "RunStatus",
     "RunStopped",

@@ -3,9 +3,11 @@ onboard.testing's fake tenant, asserting on the RunReport."""
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import contextlib
 import importlib
+import inspect
 import io
 import logging
 import re
@@ -121,6 +123,35 @@ def test_run_on_requests_reports_each_row_and_graph_holds_the_issued_passes(
     assert str(inputs[0]["Detail"]).startswith(f"SHA-256 {report.files[0].sha256}")
 
 
+def test_the_sample_fails_the_rows_it_is_meant_to(tmp_path: Path) -> None:
+    """The README's demo as a library call: the shipped config and sample against the
+    built-in simulator (its tenant, without the demo's latency and faults: what the demo
+    prints under them, test_cli.test_quick_start_demo_prints_what_the_readme_shows); the four
+    rows meant to fail fail, each with its reason, in the report and in the audit workbook."""
+    config = onboard.load_config(ROOT / "config.yaml", env={
+        "ONBOARD_OUTPUT_DIR": str(tmp_path / "audit"),
+        "ONBOARD_STATE_PATH": str(tmp_path / "journal.sqlite"),
+        "ONBOARD_SIMULATOR_LATENCY_MS": "0",
+        "ONBOARD_SIMULATOR_FAULT_RATE": "0",
+        "ONBOARD_SIMULATOR_THROTTLE_BURST": "1000",
+    })  # fmt: skip
+    report = asyncio.run(onboard.run(config, [ROOT / "samples" / "new_hires.xlsx"]))
+    assert (len(report.issued), len(report.failed), len(report.skipped)) == (50, 4, 1)
+    assert {f.reason for f in report.failed} == {
+        Reason.LIFETIME_OUTSIDE_POLICY,
+        Reason.INVALID,
+        Reason.USER_NOT_FOUND,
+        Reason.OUTSIDE_POLICY,
+    }
+    assert report.audit_path is not None
+    assert {r["Reason"] for r in read_audit(report.audit_path)["Failed"]} == {
+        "Lifetime outside the pass policy",
+        "Invalid Start Date",
+        "User not found",
+        "Outside the pass policy",
+    }
+
+
 def test_the_same_requests_again_are_skipped_as_already_issued(tmp_path: Path) -> None:
     """Requests are journalled: running them again skips each issued row, naming the run."""
     config = config_for(tmp_path)
@@ -214,7 +245,8 @@ def test_validate_offline_knows_what_runs_on_the_fake_tenant_issued(tmp_path: Pa
     report = against(lambda: fake_tenant(["ada@contoso.com"]), work)
     found = asyncio.run(onboard.validate(config, requests=hires))
     assert found.ready == [] and [(s.reason, s.previous_run) for s in found.skipped] == [
-        (Reason.ALREADY_ISSUED, report.run_id)]
+        (Reason.ALREADY_ISSUED, report.run_id)
+    ]
     assert found.journal is not None and found.journal.startswith("checked against the journal")
 
 
@@ -414,6 +446,9 @@ def test_import_is_light_and_every_export_resolves() -> None:
         capture_output=True, text=True, check=True, cwd=ROOT,
     )  # fmt: skip
     assert done.stdout.strip() == "['onboard']"
+    assert {"run", "validate", "load_config", "RunReport", "RunStatus", "Validation", "Issued",
+            "Failed", "Skipped", "PassRequest", "Origin", "Reason", "ReasonHelp",
+            "REASON_HELP"} <= set(onboard.__all__)  # fmt: skip
     for name in onboard.__all__:
         assert getattr(onboard, name) is not None, name
     module = importlib.import_module("onboard.validation")
@@ -434,3 +469,36 @@ def test_the_docs_example_runs_and_prints_what_the_docs_show(
     with contextlib.redirect_stdout(out):
         exec(compile(code.group(1), "docs/api.md", "exec"), {"__name__": "docs_example"})
     assert out.getvalue() == shown.group(1)
+
+
+def documented_signatures(page: str) -> dict[str, ast.arguments]:
+    """The functions whose signatures docs/api.md shows, as parsed from its code blocks."""
+    found = {}
+    for block in re.findall(r"```python\n(.*?)```", page, re.S):
+        if re.match(r"(@\w+\n)?(async )?def ", block):
+            tree = ast.parse(block.rstrip() + ": ...\n")
+            function = tree.body[0]
+            assert isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef)
+            found[function.name] = function.args
+    return found
+
+
+def test_the_docs_show_each_signature_as_the_code_has_it() -> None:
+    """docs/api.md's run, validate, load_config and fake_tenant: the same parameters, in the
+    same order, of the same kind, with the same defaults as the functions themselves."""
+    page = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
+    shown = documented_signatures(page)
+    functions = {"run": onboard.run, "validate": onboard.validate,
+                 "load_config": onboard.load_config, "fake_tenant": fake_tenant}  # fmt: skip
+    assert sorted(shown) == sorted(functions)
+    for name, function in functions.items():
+        args = shown[name]
+        given = [(a.arg, "positional") for a in args.args]
+        given += [(a.arg, "keyword") for a in args.kwonlyargs]
+        defaults = [*([None] * (len(args.args) - len(args.defaults))), *args.defaults]
+        written = [None if d is None else ast.unparse(d) for d in [*defaults, *args.kw_defaults]]
+        params = inspect.signature(function).parameters.values()
+        actual = [(p.name, "keyword" if p.kind is p.KEYWORD_ONLY else "positional")
+                  for p in params]  # fmt: skip
+        assert given == actual, name
+        assert written == [None if p.default is p.empty else repr(p.default) for p in params]
