@@ -28,8 +28,7 @@ from typing import Any, NamedTuple, TextIO
 
 from tqdm import tqdm
 
-from . import __version__, history, job, redact
-from . import validate as validation
+from . import __version__, history, job, redact, validation
 from .audit import SIMULATED, audit_options, redacted_path, write_problems
 from .config import (
     AUTH_METHODS,

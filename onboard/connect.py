@@ -19,7 +19,7 @@ import aiohttp
 from aiohttp.helpers import get_env_proxy_for_url
 from yarl import URL
 
-from .auth import Credential, MsalTokenProvider, load_credential
+from .auth import Credential, MsalTokenProvider, TokenProvider, load_credential
 from .config import CLOUDS, Config
 from .errors import RunStopped
 from .graph import GraphClient
@@ -47,7 +47,8 @@ class Endpoint:
 @dataclass(frozen=True, slots=True)
 class Connection:
     """A signed-in client, the tenant its token names, and what the operator must hear (a
-    certificate about to expire)."""
+    certificate about to expire). `onboard.run(..., client=...)` takes one instead of signing
+    in; onboard.testing.fake_tenant yields one."""
 
     client: GraphClient
     tenant: Tenant
@@ -111,18 +112,30 @@ async def _sign_in(
         http_client=http,
     )
     token = await tokens.token()  # fail fast, before any pass is created
-    # creates (run.concurrency), checks ahead of them (2x, each up to two reads at once), and
-    # the odd token or confirm read: a create never waits for a socket a read holds
-    connector = aiohttp.TCPConnector(ssl=context, limit=config.run.concurrency * 6)
+    connector = aiohttp.TCPConnector(ssl=context, limit=connector_limit(config))
     # HTTPS_PROXY / NO_PROXY are read once here, not by aiohttp on every request (its
     # trust_env looks them up, and ~/.netrc, in a thread per request).
     proxy, proxy_auth = None, None
     with contextlib.suppress(LookupError):
         proxy, proxy_auth = get_env_proxy_for_url(URL(endpoint.graph_url))
     session = await stack.enter_async_context(aiohttp.ClientSession(connector=connector))
-    client = GraphClient(
+    client = graph_client(config, session, endpoint.graph_url, tokens, proxy, proxy_auth)
+    return client, token, credential
+
+
+def graph_client(
+    config: Config,
+    session: aiohttp.ClientSession,
+    graph_url: str,
+    tokens: TokenProvider,
+    proxy: URL | None = None,
+    proxy_auth: aiohttp.BasicAuth | None = None,
+) -> GraphClient:
+    """The Graph client a run uses, with the run's settings (onboard.testing builds its fake
+    tenant's the same way)."""
+    return GraphClient(
         session,
-        endpoint.graph_url,
+        graph_url,
         tokens,
         api_version=config.graph.api_version,
         timeout_seconds=config.run.timeout_seconds,
@@ -130,7 +143,13 @@ async def _sign_in(
         proxy=proxy,
         proxy_auth=proxy_auth,
     )
-    return client, token, credential
+
+
+def connector_limit(config: Config) -> int:
+    """The most connections a run's HTTP session opens to Graph at once: creates
+    (run.concurrency), the checks ahead of them (twice as many workers, each up to two reads at
+    once), and the odd token or confirm read; a create never waits for a socket a read holds."""
+    return config.run.concurrency * 6
 
 
 @contextlib.asynccontextmanager

@@ -14,7 +14,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 from .audit import AuditOptions, audit_options, audit_path, free_path, write_audit
@@ -26,7 +26,7 @@ from .checks import (
     within_policy,
 )
 from .config import Config
-from .connect import connect, unless_stopped
+from .connect import Connection, connect, unless_stopped
 from .decide import CheckFirst, Named, Options, decide_all, finished
 from .errors import (
     AuditWriteError,
@@ -37,6 +37,7 @@ from .errors import (
     first_line,
 )
 from .files import check_free_space, check_output_dir
+from .given import Clock, clock_of, read_inputs
 from .graph import GraphClient, explain, unusable_pass
 from .history import (
     adopted,
@@ -52,7 +53,7 @@ from .history import (
 from .journal import Journal, RowRecord, RunStatus
 from .outcomes import Failed, Origin, PassRequest, Skipped
 from .pool import Check, Sender, send
-from .reader import InputFile, check_rows, read_all
+from .reader import InputFile, check_rows
 from .record import OnOutcome, RunRows, crashed
 from .report import STOPPED, RunReport, StopCause
 from .retrying import retries_for
@@ -65,9 +66,12 @@ log = logging.getLogger(__name__)
 
 async def run(
     config: Config,
-    inputs: Sequence[str | Path],
+    inputs: Sequence[str | Path] = (),
     *,
-    env: Mapping[str, str],
+    requests: Sequence[PassRequest] | None = None,
+    env: Mapping[str, str] | None = None,
+    client: Connection | None = None,
+    now: Clock | None = None,
     out_dir: Path | None = None,
     on_outcome: OnOutcome | None = None,
     on_start: Callable[[int], None] | None = None,
@@ -78,16 +82,20 @@ async def run(
     allow_users: Collection[str] = (),
     on_phase: Callable[[str], None] | None = None,
 ) -> RunReport:
-    """Run the whole job, journalled: safe to kill, to re-run, and to schedule.
+    """Run the whole job on the `inputs` files and the `requests` handed in (docs/api.md),
+    journalled: safe to kill, to re-run, and to schedule.
 
-    Raises ConfigError, InputFileError, JournalLocked or AuthError before any pass is created.
-    Every run signs in first (one token request: an expired secret is found on a day with
-    nothing to send too) and belongs to the tenant its token names. Running the same inputs
-    again after a crash resumes that run; re-running a finished sheet skips users who already
-    got a pass for the same start and end in that tenant (unless `reissue`). Once `stop` is set,
-    no new row is started and the audit is written for what was done.
+    Raises ConfigError, InputFileError, JournalLocked or AuthError (ValueError for requests
+    no row could become) before any pass is created. Every run signs in first (one token
+    request, so an expired secret is found on a day with nothing to send too), unless given a
+    `client`, and belongs to the tenant its token names. Running the same inputs again after
+    a crash resumes that run; re-running a finished sheet skips users who already got a pass
+    for the same start and end in that tenant (unless `reissue`). Once `stop` is set, no new
+    row is started and the audit is written for what was done.
     """
-    started = datetime.now(UTC)
+    clock = clock_of(now)
+    started = clock()
+    env = env or {}
     if out_dir is not None:
         config = config.model_copy(
             update={"output": config.output.model_copy(update={"dir": out_dir})}
@@ -97,59 +105,73 @@ async def run(
         update={"run": config.run.model_copy(update={"due_within_days": due})}
     )
     options = audit_options(config.output, env)  # a missing password stops the run here
-    if not config.graph.is_simulator:
+    if client is None and not config.graph.is_simulator:
         warm_tls(config.graph.ca_bundle)  # while the spreadsheet is read
-    files = read_all(inputs, config.input, config.pass_, started)
-    requests, checked = check_rows(files)
-    named = Named.check(config.input.match_by, requests, checked, reissue_users, allow_users)
+    files = read_inputs(inputs, requests, config.input, config.pass_, started)
+    wanted, checked = check_rows(files)
+    named = Named.check(config.input.match_by, wanted, checked, reissue_users, allow_users)
     check_output_dir(config.output.dir)
     journal = Journal(config.state.path, options.password).open()
     try:
-        check_free_space(
-            [config.output.dir, config.state.path.parent], len(requests) + len(checked)
-        )
+        check_free_space([config.output.dir, config.state.path.parent], len(wanted) + len(checked))
         async with contextlib.AsyncExitStack() as stack:
-            rows = await _begin(config, env, journal, files, started, stop, stack, options)
+            connection = client or await _connect(config, env, journal, files, stop, stack)
+            rows = await _begin(config, connection, journal, files, started, stack, options,
+                                owned=client is None and config.graph.is_simulator)  # fmt: skip
             rows.on_outcome = on_outcome
             report = rows.report
             if on_start is not None:
-                on_start(len(requests) + len(checked))
+                on_start(len(wanted) + len(checked))
             choices = Options(due, reissue, frozenset(named.reissue), config.pass_.existing)
             try:
-                await _rows(config, rows, requests, checked, named, choices, stop, options,
-                            on_phase or (lambda doing: None))  # fmt: skip
+                await _rows(config, rows, wanted, checked, named, choices, stop, options,
+                            on_phase or (lambda doing: None), clock)  # fmt: skip
             except (AuthError, ConfigError, JournalWriteError) as exc:
                 if report.resumed or report.issued:
                     exc.kept = (report.run_id, len(report.issued))
                 elif not isinstance(exc, JournalWriteError):  # no pass is held: close it
                     journal.finish(report.run_id, RunStatus.ABORTED, None)
                 raise
-            _finish(journal, config, report, options)
+            _finish(journal, config, report, options, clock)
             return report
     finally:
         journal.close()
 
 
-async def _begin(
+async def _connect(
     config: Config,
     env: Mapping[str, str],
     journal: Journal,
     files: list[InputFile],
-    started: datetime,
     stop: asyncio.Event | None,
     stack: contextlib.AsyncExitStack,
-    options: AuditOptions,
-) -> RunRows:
-    """Sign in, hold the tenant, recover other unfinished runs, and begin (or resume) this one."""
-    key = files_key(files)
+) -> Connection:
+    """Sign in as the config says; a run stopped here says which passes wait in the journal."""
     try:
         # Nothing is sent yet; a signal during a slow sign-in stops it at once.
-        connection = await unless_stopped(connect(config, env, stack), stop)
+        return await unless_stopped(connect(config, env, stack), stop)
     except (AuthError, ConfigError) as exc:
-        exc.kept = kept_by_unfinished(journal, key)
+        exc.kept = kept_by_unfinished(journal, files_key(files))
         raise
+
+
+async def _begin(
+    config: Config,
+    connection: Connection,
+    journal: Journal,
+    files: list[InputFile],
+    started: datetime,
+    stack: contextlib.AsyncExitStack,
+    options: AuditOptions,
+    *,
+    owned: bool,
+) -> RunRows:
+    """Hold the tenant, recover other unfinished runs, and begin (or resume) this one.
+
+    `owned`: the tenant is the built-in simulator this run started, so no other run meets it."""
+    key = files_key(files)
     tenant = connection.tenant
-    if not config.graph.is_simulator:  # the built-in one is this run's own tenant
+    if not owned:
         lock = TenantLock(tenant)
         lock.acquire(f"journal {journal.path}")
         stack.callback(lock.release)
@@ -178,6 +200,7 @@ async def _rows(
     stop: asyncio.Event | None,
     options: AuditOptions,
     phase: Callable[[str], None],
+    clock: Clock,
 ) -> None:
     """Decide every row, check the ones to send, send them."""
     report, client = rows.report, rows.client
@@ -197,7 +220,7 @@ async def _rows(
         rows.add(outcome)
     tenant = report.tenant.key if report.tenant else None
     history = history_for(rows.journal, report.run_id, tenant, requests, known)
-    decided = decide_all(requests, history, datetime.now(UTC), choices)
+    decided = decide_all(requests, history, clock(), choices)
     for kept in decided.decided:
         rows.add(kept)
     report.not_yet_due += decided.not_yet_due
@@ -219,7 +242,8 @@ async def _rows(
     if to_send or to_check or rows.unconfirmed():
         rows.pending.update((r.origin, r) for r in to_send)
         rows.pending.update((c.request.origin, c.request) for c in to_check)
-        await _check_and_send(config, rows, to_send, to_check, stop, options, phase, named.allow)
+        await _check_and_send(config, rows, to_send, to_check, stop, options, phase,
+                              named.allow, clock)  # fmt: skip
 
 
 async def _check_and_send(
@@ -231,6 +255,7 @@ async def _check_and_send(
     options: AuditOptions,
     phase: Callable[[str], None],
     allowed: frozenset[str],
+    clock: Clock,
 ) -> None:
     """Check, then issue; whatever happens once passes may exist, the audit gets written.
 
@@ -262,7 +287,7 @@ async def _check_and_send(
     except BaseException as exc:
         crashed(rows, exc)
         broken = isinstance(exc, JournalWriteError)
-        _finish(journal, config, report, options, journal_ok=not broken)
+        _finish(journal, config, report, options, clock, journal_ok=not broken)
         if isinstance(exc, OnboardError):
             exc.audit_path = report.audit_path
         raise
@@ -331,13 +356,14 @@ def _finish(
     config: Config,
     report: RunReport,
     options: AuditOptions,
+    clock: Clock,
     *,
     journal_ok: bool = True,
 ) -> None:
     """Write the audit workbook, then (only then) mark the run finished and wipe its passes.
 
     `journal_ok` False: the journal could not be written, so only the workbook is written."""
-    report.finished = datetime.now(UTC)
+    report.finished = clock()
     summary = report.summary(config.public_settings(), config.pass_.timezone)
     path = free_path(audit_path(config.output.dir, report.run_id, simulated=report.simulated))
     try:

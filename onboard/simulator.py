@@ -375,6 +375,13 @@ class SimulatorState:
         found = self.find_user(user)
         return 0 if found is None else sum(1 for p in self.issued if p.user_id == found.id)
 
+    def issue_token(self) -> str:
+        """A new access token for the app, as the token endpoint grants one once the
+        credential checks out (onboard.testing hands it over without a sign-in)."""
+        token = _access_token(self)
+        self.tokens[token] = self.clock() + self.faults.token_lifetime
+        return token
+
     def revoke_tokens(self) -> None:
         """Make every issued access token invalid, as if it had expired early."""
         self.tokens.clear()
@@ -717,8 +724,7 @@ async def _token(request: web.Request) -> web.Response:
             "client secret value, not the client secret ID, for a secret added to app "
             f"'{client_id}'.",
         )
-    token = _access_token(state, request)
-    state.tokens[token] = state.clock() + state.faults.token_lifetime
+    token = state.issue_token()
     return web.json_response(
         {
             "token_type": "Bearer",
@@ -819,7 +825,7 @@ def _registered_certificate(
     return None, "(none: no x5t#S256 or x5t header)"
 
 
-def _access_token(state: SimulatorState, request: web.Request) -> str:
+def _access_token(state: SimulatorState) -> str:
     """A token shaped like Entra's (a JWT: header, claims, signature; the signature is random):
     clients read the tenant from its `tid` claim, as they do from a real one."""
 
