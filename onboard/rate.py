@@ -1,11 +1,14 @@
-"""One sending rate for the whole run: a token bucket whose rate follows Graph's answers.
+"""A sending rate per Graph budget: token buckets whose rates follow Graph's answers.
 
-Every request to Graph (creates, pass look-ups, the policy read) asks the controller first.
-The bucket's rate starts at the ceiling (`run.max_rate`) and adapts below it:
+Graph budgets writes (creates, deletes) apart from the resource units every request spends
+(reads above all), so a run has one controller per budget (`Pacing`): each request asks the
+controller of the budget it spends first. Each controller's rate starts at its ceiling
+(`run.max_rate` for writes, `run.max_read_rate` for resource units) and adapts below it:
 
-- a 429 pauses *every* request until its Retry-After has passed (requests sent while
-  throttled still count against the tenant's budget) and cuts the rate to CUT of what it was;
-  the 429s of requests that were already on their way when the rate was cut do not cut again;
+- a 429 on its budget pauses the requests that spend that budget (and only those) until its
+  Retry-After has passed (requests sent while throttled still count against the budget) and
+  cuts the rate to CUT of what it was; the 429s of requests that were already on their way
+  when the rate was cut do not cut again;
 - `x-ms-throttle-limit-percentage` (sent by Graph once more than 80% of the budget is used)
   steers the rate before any 429: down as the figure rises, up as it falls, towards keeping
   TARGET_USAGE of the budget used;
