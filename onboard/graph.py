@@ -532,6 +532,12 @@ class GraphClient:
             raise _error(status, data, request_id, None)
         return data
 
+    def _charged(self, booked: int, header: str | None) -> None:
+        """A read that cost more resource units (x-ms-resource-unit) than were booked for it:
+        the next reads wait for the difference."""
+        charged = _whole(header)
+        self.pacing.reads.book((charged or booked) - booked)
+
     async def _send(
         self,
         method: str,
@@ -551,11 +557,7 @@ class GraphClient:
             if budget is Budget.WRITES:
                 self.pacing.reads.book(cost)
             client_request_id = str(uuid.uuid4())
-            headers = {
-                "Authorization": f"Bearer {token}",
-                "client-request-id": client_request_id,
-                "Accept": "application/json",
-            }
+            headers = _headers(token, client_request_id)
             try:
                 async with self._session.request(
                     method,
@@ -578,9 +580,7 @@ class GraphClient:
                     if judge or status != 200:
                         self._judge(budget, ticket, [(status, response.headers)])
                     if budget is Budget.READS:
-                        # A read that cost more resource units than were booked for it.
-                        charged = _whole(response.headers.get(RESOURCE_UNIT_HEADER))
-                        self.pacing.reads.book((charged or cost) - cost)
+                        self._charged(cost, response.headers.get(RESOURCE_UNIT_HEADER))
             except aiohttp.ClientConnectorCertificateError as exc:
                 raise AuthError(
                     f"TLS certificate of {exc.host} is not trusted: {exc.certificate_error}; "
@@ -614,6 +614,14 @@ class GraphClient:
                 raise _error(status, data, request_id, retry_after)
             return status, data, request_id, ticket
         raise AssertionError("unreachable")
+
+
+def _headers(token: str, client_request_id: str) -> dict[str, str]:
+    return {
+        "Authorization": f"Bearer {token}",
+        "client-request-id": client_request_id,
+        "Accept": "application/json",
+    }
 
 
 async def _json(response: aiohttp.ClientResponse, limit: int) -> dict[str, Any]:
