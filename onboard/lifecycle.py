@@ -499,6 +499,7 @@ class _Revoker:
         self.report = report
         self.retries: Retries = retries_for(config.run)
         self.done: dict[str, Revocation] = {}  # method id -> what became of it
+        self.seen: dict[str, PassState] = {}  # method id -> its state when revoke looked first
         tenant = report.tenant.key
         self.before = journal.revocations(tenant)  # what earlier revokes recorded
 
@@ -560,6 +561,7 @@ class _Revoker:
             if await self._kept(p, answer, now):
                 continue
             state = pass_state(p.method_id, p.expires, answer, now)
+            self.seen[p.method_id] = state
             self._settle(p, RevokeAction.WOULD_DELETE, state)
             to_delete.append(p)
         return to_delete
@@ -592,20 +594,16 @@ class _Revoker:
         return False
 
     async def _one(self, p: RecordedPass) -> None:
-        """Look at this pass at Graph again, and delete it if it is still the run's own."""
+        """Delete this pass if Graph still holds it. A DELETE names its method id, so it is
+        sent without looking first, except where the state decides (--unused) or an earlier
+        DELETE's fate is unknown (journaled DELETING: Graph is asked, not sent it again)."""
         address = _address(p)
         now = datetime.now(UTC)
-        try:
-            held = await with_retries(lambda _: self.client.current_pass(address), self.retries)
-        except GraphError as exc:
-            if _user_gone(exc):
-                await self._kept(p, None, now, user_gone=True)
-            else:
-                self._settle(p, RevokeAction.FAILED, None, f"pass not read: {_why(exc)}")
-            return
-        if await self._kept(p, held, now):
-            return
-        state = pass_state(p.method_id, p.expires, held, now)
+        state = self.seen.get(p.method_id)
+        if self.report.unused or self.before.get(p.method_id) is RevokeState.DELETING:
+            settled, state = await self._look(p, now)
+            if settled:
+                return
         await self._journal(p, RevokeState.DELETING)
         unclear: list[bool] = []
 
@@ -625,9 +623,27 @@ class _Revoker:
         if deleted or any(unclear):  # a 404 after a DELETE of unknown fate: that one did it
             await self._journal(p, RevokeState.DELETED)
             self._settle(p, RevokeAction.DELETED, state)
-        else:  # gone between the look and the DELETE (expired and cleared, or deleted)
-            await self._journal(p, RevokeState.GONE)
-            self._settle(p, RevokeAction.GONE, state, "gone before the DELETE reached it")
+            return
+        # 404: Graph holds no pass of that id. Gone, or replaced by one issued since: look.
+        settled, _ = await self._look(p, now)
+        if not settled:  # Graph lists the very pass it just said it lacks: ask again later
+            self._settle(p, RevokeAction.FAILED, state, "Graph answered 404 yet lists the pass")
+
+    async def _look(self, p: RecordedPass, now: datetime) -> tuple[bool, PassState | None]:
+        """Ask Graph for the user's pass: (True, None) when that settled it (gone, replaced,
+        spent under --unused, or not readable); else (False, its state)."""
+        address = _address(p)
+        try:
+            held = await with_retries(lambda _: self.client.current_pass(address), self.retries)
+        except GraphError as exc:
+            if _user_gone(exc):
+                await self._kept(p, None, now, user_gone=True)
+            else:
+                self._settle(p, RevokeAction.FAILED, None, f"pass not read: {_why(exc)}")
+            return True, None
+        if await self._kept(p, held, now):
+            return True, None
+        return False, pass_state(p.method_id, p.expires, held, now)
 
     async def _journal(self, p: RecordedPass, state: RevokeState) -> None:
         """Commit where this pass's revoking stands (in a thread: the loop goes on)."""
