@@ -406,6 +406,25 @@ def write_problems(path: Path, rows: Sequence[Failed | Skipped]) -> Path:
     return path
 
 
+def write_table(
+    path: Path,
+    title: str,
+    columns: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    *,
+    banner: str | None = None,
+) -> Path:
+    """A one-sheet workbook that holds no pass (`onboard status`, `onboard revoke`): written
+    whole and owner-only, as the audit is; text never read as a formula; `banner` (bold) above
+    the header. Times are written in UTC, as their headers must say."""
+    private_dir(path.parent)
+    with _scratch(path) as scratch:
+        workbook = Workbook(write_only=True)
+        _Sheets(workbook, scratch).add(title, columns, rows, banner=banner)
+        _save_atomically(path, scratch, lambda handle: _save(workbook, handle))
+    return path
+
+
 @contextlib.contextmanager
 def _scratch(path: Path) -> Iterator[Path]:
     """An owner-only folder beside `path` for the write's temporary files (`.<name>.partial`,

@@ -140,6 +140,16 @@ class HeldPass:
         return ends is None or now < ends  # cannot tell: assume it is in force
 
 
+@dataclass(frozen=True, slots=True)
+class RegisteredMethod:
+    """One of a user's authentication methods, as listed: its @odata.type, and when it was
+    registered (None where Graph does not say: phones, and Authenticator without passwordless
+    sign-in)."""
+
+    kind: str
+    created: datetime | None
+
+
 # methodUsabilityReason's documented values (temporaryAccessPassAuthenticationMethod resource).
 ENABLED_BY_POLICY = "EnabledByPolicy"
 NOT_YET_VALID = "NotYetValid"
@@ -471,6 +481,26 @@ class GraphClient:
             usability=_text(item.get("methodUsabilityReason")),
             usable=_flag(item.get("isUsable")),
         )
+
+    async def delete_pass(self, user: str, method_id: str) -> bool:
+        """DELETE this very pass (a write). True: Graph deleted it (204); False: Graph holds no
+        pass of that id (404): one issued since has another id and is never touched."""
+        url = f"{self._root}/{user_path(user)}/{TAP_PATH}/{quote(method_id, safe='')}"
+        status, data, request_id, _ = await self._send("DELETE", url, None)
+        if status == 404:
+            return False
+        if not 200 <= status < 300:
+            raise _error(status, data, request_id, None)
+        return True
+
+    async def registered_methods(self, user: str) -> list[RegisteredMethod]:
+        """Every authentication method a user has registered, with when, where Graph says
+        (needs UserAuthenticationMethod.Read.All)."""
+        found = await self._pages(f"{self._root}/{user_path(user)}/{METHODS_PATH}")
+        return [
+            RegisteredMethod(str(m.get("@odata.type") or ""), _parse_time(m.get("createdDateTime")))
+            for m in found
+        ]
 
     async def find_users(self, field: str, values: Sequence[str]) -> list[dict[str, Any]]:
         """The directory's users whose `field` (userPrincipalName, mail, employeeId or id) is

@@ -17,6 +17,10 @@ It serves, over HTTPS with a throwaway certificate authority:
 - ``GET /{version}/policies/authenticationMethodsPolicy/authenticationMethodConfigurations/
   temporaryAccessPass``.
 
+After the pass is issued, its life (tests call SimulatorState; `onboard simulate` users POST to
+``/_simulator/{sign-in,replace,remove,register,advance}``): a sign-in with it, another admin
+replacing or deleting it, methods the user registers, and the tenant's time moving on.
+
 Errors have Graph's shape. Latency, transient 503/504 answers, responses lost after the pass was
 created, and throttling (a token bucket answering 429 with Retry-After) can be switched on.
 `SimulatorState` keeps every pass it issued so tests can check an audit against it.
@@ -265,6 +269,7 @@ class SimulatorState:
         auto_users: bool = False,
         seed: int | None = None,
         clock: Callable[[], float] = time.monotonic,
+        now: Callable[[], dt.datetime] | None = None,
     ) -> None:
         self.users: dict[str, SimUser] = {}
         for user in users or []:
@@ -279,6 +284,14 @@ class SimulatorState:
         self.auto_users = auto_users
         self.random = random.Random(seed)
         self.clock = clock
+        # The tenant's time, which passes start, expire and are used by: the wall clock (or
+        # `now`), moved on by `advance` so that a test or a demo sees a pass expire at once.
+        self._wall = now or _now
+        self.offset = dt.timedelta(0)
+        self.started = self.now()  # methods a user came with were registered before this
+        self.registered_at: dict[tuple[str, str], dt.datetime] = {}  # (user id, kind) -> when
+        self.delete_requests: dict[str, int] = {}  # method id -> DELETEs that reached it
+        self.deleted: list[str] = []  # method ids deleted (204), in order
         self.passes: dict[str, SimPass] = {}  # user id -> the one current pass
         self.issued: list[SimPass] = []  # every pass ever created, in order
         self.tokens: dict[str, float] = {}  # access token -> expiry (clock)
@@ -316,10 +329,11 @@ class SimulatorState:
         self, user: str, *, start: dt.datetime | None = None, lifetime_minutes: int = 480,
         created: dt.datetime | None = None, usable_once: bool = True,
     ) -> SimPass:  # fmt: skip
-        """A pass issued outside onboard (the portal, a helpdesk): tests only."""
+        """A pass issued outside onboard (the portal, a helpdesk): tests, and the `replace`
+        control (another admin replacing the pass onboard issued)."""
         found = self.find_user(user)
         assert found is not None, user
-        made = created or _now()
+        made = created or self.now()
         held = SimPass(str(uuid.uuid4()), found.id, "handed-out", made, start or made,
                        lifetime_minutes, usable_once)  # fmt: skip
         self.passes[found.id] = held
@@ -333,10 +347,35 @@ class SimulatorState:
         held = None if found is None else self.passes.get(found.id)
         if found is None or held is None or (value is not None and value != held.value):
             return False
-        if self.usability(found, held, _now()) != ENABLED_BY_POLICY:
+        if self.usability(found, held, self.now()) != ENABLED_BY_POLICY:
             return False
         held.used = held.usable_once
         return True
+
+    def now(self) -> dt.datetime:
+        """The tenant's time now (see `advance`)."""
+        return self._wall() + self.offset
+
+    def advance(self, seconds: float) -> dt.datetime:
+        """Move the tenant's time on by `seconds`: passes start and expire by it (a test, or
+        the demo's POST /_simulator/advance). Returns the new time."""
+        self.offset += dt.timedelta(seconds=seconds)
+        return self.now()
+
+    def remove_pass(self, user: str) -> bool:
+        """Another admin deletes the user's pass (the portal): True if there was one."""
+        found = self.find_user(user)
+        return found is not None and self.passes.pop(found.id, None) is not None
+
+    def register_method(self, user: str, kind: str) -> None:
+        """The user registers a sign-in method (`kind` as in SimUser.methods, e.g.
+        "microsoftAuthenticator", "fido2", "phone"), now by the tenant's time."""
+        found = self.find_user(user)
+        if found is None:
+            raise KeyError(user)
+        if kind not in found.methods:
+            found.methods.append(kind)
+        self.registered_at[(found.id, kind)] = self.now()
 
     def in_policy(self, user: SimUser) -> bool:
         """Whether the pass policy targets this user: one of its includeTargets (all_users,
@@ -998,7 +1037,7 @@ async def _create_pass(call: Call, state: SimulatorState, key: str) -> Answer:
     usable_once = body.get("isUsableOnce", policy["isUsableOnce"])
     if policy.get("isUsableOnce") and usable_once is False:
         return _graph_error(call, 400, "badRequest", MULTI_USE_REFUSAL)
-    now = _now()
+    now = state.now()
     start = now
     if body.get("startDateTime") is not None:
         text = str(body["startDateTime"])
@@ -1041,7 +1080,7 @@ def _pass_json(
     state: SimulatorState, user: SimUser, held: SimPass, *, value: bool = True
 ) -> dict[str, Any]:
     """A pass as Graph shows it: its value only in the create's answer (null when listed)."""
-    reason = state.usability(user, held, _now())
+    reason = state.usability(user, held, state.now())
     return {
         "@odata.type": PASS_TYPE,
         "id": held.id,
@@ -1057,6 +1096,10 @@ def _pass_json(
 
 _ROLES_PATH = "transitiveMemberOf/microsoft.graph.directoryRole"
 _METHODS_PATH = "authentication/methods"
+# The methods Graph lists with a createdDateTime (phones, OATH codes and email have none).
+DATED_METHODS = frozenset(
+    {"microsoftAuthenticator", "fido2", "windowsHelloForBusiness", "platformCredential"}
+)
 _DENIED = "Insufficient privileges to complete the operation."
 
 
@@ -1094,19 +1137,22 @@ def _list_methods(call: Call, state: SimulatorState, key: str) -> Answer:
             "id": "28c10230-6103-485e-b985-444c60001490",  # Graph's fixed id for the password
         }
     ]
-    methods += [
-        {
+    for kind in user.methods:
+        method = {
             "@odata.type": f"#microsoft.graph.{kind}AuthenticationMethod",
             "id": _stable_id(f"{user.id}:{kind}"),
         }
-        for kind in user.methods
-    ]
+        if kind in DATED_METHODS:  # others carry no createdDateTime at Graph
+            when = state.registered_at.get((user.id, kind), state.started)
+            method["createdDateTime"] = _iso(when)
+        methods.append(method)
     held = state.passes.get(user.id)
     if held is not None:
         methods.append(
             {
                 "@odata.type": "#microsoft.graph.temporaryAccessPassAuthenticationMethod",
                 "id": held.id,
+                "createdDateTime": _iso(held.created, digits=6),
             }
         )
     return 200, {}, {"@odata.context": _context(call, "authenticationMethods"), "value": methods}
@@ -1128,17 +1174,63 @@ def _list_passes(call: Call, state: SimulatorState, key: str) -> Answer:
 
 
 def _delete_pass(call: Call, state: SimulatorState, key: str, method_id: str) -> Answer:
+    """DELETE .../temporaryAccessPassMethods/{id}: 204, or 404 when the user holds no pass of
+    that id (gone, or replaced by another)."""
+    method_id = unquote(method_id)
+    state.delete_requests[method_id] = state.delete_requests.get(method_id, 0) + 1
     user = state.find_user(key)
     current = None if user is None else state.passes.get(user.id)
     if user is None or current is None or current.id != method_id:
         return _not_found(call, method_id)
     del state.passes[user.id]
+    state.deleted.append(method_id)
+    state.count("deleted")
     return 204, {}, None
 
 
 async def _counts(request: web.Request) -> web.Response:
     """What the simulator has seen (requests, 429s, passes made): for benchmarks and demos."""
     return web.json_response(_state(request).counts)
+
+
+async def _control(request: web.Request) -> web.Response:
+    """POST /_simulator/{what}: what happens to a pass after it is issued, for the demo (`onboard
+    simulate`) as tests do it through SimulatorState. A JSON body names the user:
+    sign-in {"user", "value"?}: sign in with the pass (a one-time pass is then used);
+    replace {"user"}: another admin issues a new pass; remove {"user"}: another admin deletes it;
+    register {"user", "method"}: the user registers a method ("microsoftAuthenticator", ...);
+    advance {"seconds"}: the tenant's time moves on (passes expire)."""
+    state = _state(request)
+    what = request.match_info["what"]
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        body = None
+    if not isinstance(body, dict):
+        return web.json_response({"error": "a JSON object, please"}, status=400)
+    if what == "advance":
+        seconds = body.get("seconds")
+        if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or seconds < 0:
+            return web.json_response({"error": "seconds: a number, 0 or more"}, status=400)
+        return web.json_response({"now": _iso(state.advance(float(seconds)))})
+    user = str(body.get("user") or "")
+    if state.find_user(user) is None:
+        return web.json_response({"error": f"no user {user!r}"}, status=404)
+    if what == "sign-in":
+        value = body.get("value")
+        accepted = state.sign_in_with(user, str(value) if value is not None else None)
+        return web.json_response({"accepted": accepted})
+    if what == "replace":
+        return web.json_response({"id": state.give_pass(user).id})
+    if what == "remove":
+        return web.json_response({"removed": state.remove_pass(user)})
+    if what == "register":
+        method = str(body.get("method") or "")
+        if not re.fullmatch(r"[a-zA-Z0-9]+", method):
+            return web.json_response({"error": "method: e.g. microsoftAuthenticator"}, status=400)
+        state.register_method(user, method)
+        return web.json_response({"methods": state.find_user(user).methods})  # type: ignore[union-attr]
+    return web.json_response({"error": f"no control {what!r}"}, status=404)
 
 
 def make_app(state: SimulatorState) -> web.Application:
@@ -1148,6 +1240,7 @@ def make_app(state: SimulatorState) -> web.Application:
     app.router.add_get("/{tenant}/v2.0/.well-known/openid-configuration", _openid_configuration)
     app.router.add_post("/{tenant}/oauth2/v2.0/token", _token)
     app.router.add_get("/_simulator/counts", _counts)
+    app.router.add_post("/_simulator/{what}", _control)
     app.router.add_route("*", "/v1.0/{path:.*}", _graph)
     app.router.add_route("*", "/beta/{path:.*}", _graph)
     return app
