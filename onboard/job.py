@@ -28,6 +28,7 @@ from .checks import (
 from .config import Config
 from .connect import connect, unless_stopped
 from .decide import CheckFirst, Named, Options, decide_all, finished
+from .deliver import DeliveryReport, Sending, check_sender, deliver, hires_of, prepare, sending_for
 from .errors import (
     AuditWriteError,
     AuthError,
@@ -77,6 +78,7 @@ async def run(
     due_within_days: int | None = None,
     allow_users: Collection[str] = (),
     on_phase: Callable[[str], None] | None = None,
+    preview: Path | None = None,
 ) -> RunReport:
     """Run the whole job, journalled: safe to kill, to re-run, and to schedule.
 
@@ -85,7 +87,8 @@ async def run(
     nothing to send too) and belongs to the tenant its token names. Running the same inputs
     again after a crash resumes that run; re-running a finished sheet skips users who already
     got a pass for the same start and end in that tenant (unless `reissue`). Once `stop` is set,
-    no new row is started and the audit is written for what was done.
+    no new row is started and the audit is written for what was done. With delivery.method
+    mail (or a `preview` folder) the passes issued are then delivered (deliver.py).
     """
     started = datetime.now(UTC)
     if out_dir is not None:
@@ -101,6 +104,11 @@ async def run(
         warm_tls(config.graph.ca_bundle)  # while the spreadsheet is read
     files = read_all(inputs, config.input, config.pass_, started)
     requests, checked = check_rows(files)
+    mailing = config.delivery.method == "mail" and preview is None
+    templates = None  # delivery's, tried before anything is sent
+    if mailing or preview is not None:
+        templates = prepare(config.delivery, requests, timezone=config.pass_.timezone,
+                            columns=config.input.columns["deliver_to"])  # fmt: skip
     named = Named.check(config.input.match_by, requests, checked, reissue_users, allow_users)
     check_output_dir(config.output.dir)
     journal = Journal(config.state.path, options.password).open()
@@ -116,8 +124,16 @@ async def run(
                 on_start(len(requests) + len(checked))
             choices = Options(due, reissue, frozenset(named.reissue), config.pass_.existing)
             try:
+                sender = None  # checked before the first pass: a wrong sender issues nothing
+                if mailing:
+                    retries = retries_for(config.run)
+                    sender = await check_sender(rows.client, config.delivery, retries)
                 await _rows(config, rows, requests, checked, named, choices, stop, options,
                             on_phase or (lambda doing: None))  # fmt: skip
+                if templates is not None:
+                    how = sending_for(config, templates, simulated=report.simulated,
+                                      preview=preview, sender=sender)  # fmt: skip
+                    report.delivery = await _deliver(rows, how, stop)
             except (AuthError, ConfigError, JournalWriteError) as exc:
                 if report.resumed or report.issued:
                     exc.kept = (report.run_id, len(report.issued))
@@ -288,6 +304,19 @@ async def _issue(
         report.stop(STOPPED)
 
 
+async def _deliver(rows: RunRows, how: Sending, stop: asyncio.Event | None) -> DeliveryReport:
+    """Mail the passes issued (and kept, when resumed); once stopped, `onboard deliver` does."""
+    report = rows.report
+    hires = hires_of(report.issued)
+    if report.stopped is not None:
+        return DeliveryReport(report.run_id, [h.origin for h in hires],
+                              not_started=f"the run {report.stopped} before delivery")  # fmt: skip
+    delivered = await deliver(rows.client, rows.journal, report.run_id, hires, how, stop=stop)
+    if stop is not None and stop.is_set():
+        report.stop(STOPPED)
+    return delivered
+
+
 async def _adopt(
     config: Config,
     rows: RunRows,
@@ -341,9 +370,11 @@ def _finish(
     summary = report.summary(config.public_settings(), config.pass_.timezone)
     path = free_path(audit_path(config.output.dir, report.run_id, simulated=report.simulated))
     try:
+        delivered = report.delivery.audited() if report.delivery else None
         report.audit_path = write_audit(
-            path, summary, report.issued, report.failed, report.skipped, options
-        )
+            path, summary, report.issued, report.failed, report.skipped, options,
+            deliveries=delivered,
+        )  # fmt: skip
     except Exception as exc:  # a full disk, or the encryption failing: the passes are not lost
         what = exc.strerror if isinstance(exc, OSError) and exc.strerror else first_line(exc)
         sealed = "sealed (encrypted)" if options.password else "kept"
