@@ -48,6 +48,7 @@ from .config import (
     timezone_problem,
 )
 from .connect import simulator_state
+from .deliver import DeliveryReport, State, redeliver
 from .errors import (
     AuditWriteError,
     AuthError,
@@ -64,6 +65,7 @@ from .journal import Journal, RunInfo
 from .outcomes import Failed, Outcome, Skipped
 from .redact import printable
 from .report import RunReport, RunStatus
+from .simulator import SimMail
 from .tenant import SIMULATOR_CLIENT_ID, SIMULATOR_TENANT
 
 EXIT_OK = 0
@@ -93,12 +95,15 @@ EXIT_CODES: dict[int, ExitMeaning] = {
     EXIT_ROWS_FAILED: ExitMeaning(
         "the run finished, but some rows failed, or some users hold a pass this journal did not"
         " issue (nobody here can vouch it was handed out), or a check needs attention (a"
-        " certificate that expires within 30 days, a check onboard had no permission to make);"
-        " for `validate`: a problem was found; for `status`: a hire whose start has passed has"
-        " neither a usable pass nor a registered method; for `revoke`: a pass was not deleted",
+        " certificate that expires within 30 days, a check onboard had no permission to make),"
+        " or, delivering by mail, a pass was mailed to nobody or a message failed or may not"
+        " have arrived; for `validate`: a problem was found; for `status`: a hire whose start"
+        " has passed has neither a usable pass nor a registered method; for `revoke`: a pass"
+        " was not deleted",
         "read the `Failed` sheet, fix the sheet, run it again (rows already issued are skipped);"
         " for a pass held elsewhere, replace it with `--reissue-user` if nobody has it; for"
-        " `status`, see the hires it marks `!`",
+        " delivery, the Issued sheet's `Delivery` column says what to do; for `status`, see the"
+        " hires it marks `!`",
     ),
     EXIT_BAD_INPUT: ExitMeaning(
         "bad usage, config or input file (missing, unreadable, no user column, unwritable"
@@ -267,6 +272,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add_command in (
         _add_run,
+        _add_deliver,
         _add_report,
         _add_runs,
         _add_status,
@@ -338,9 +344,45 @@ def _add_run(commands: _Commands[argparse.ArgumentParser]) -> None:
     run.add_argument(
         "--log-file", metavar="FILE", help="also append timestamped log lines to FILE (owner-only)"
     )
+    _preview(run)
     _json_option(run)
     _common_options(run, "more log output: -v a line per row, -vv a line per request")
     run.set_defaults(handler=_run)
+
+
+def _preview(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--preview",
+        metavar="DIR",
+        help="write each delivery message to DIR as an owner-only .eml file and send none "
+        "(whatever delivery.method says)",
+    )
+
+
+def _add_deliver(commands: _Commands[argparse.ArgumentParser]) -> None:
+    """`onboard deliver`: a finished run's passes mailed (again), from its audit workbook."""
+    deliver_command = commands.add_parser(
+        "deliver",
+        help="mail a finished run's passes (or some of them again) to their recipients",
+        description="Deliver a finished run's passes by mail as delivery.* says, reading them "
+        "from the run's audit workbook: every hire not yet mailed (a run made with "
+        "delivery.method none, a recipient found since, a message that failed). A message sent "
+        "or of unknown fate is sent again only to the addresses --to names.",
+    )
+    deliver_command.add_argument(
+        "run_id", metavar="RUN_ID", help="a run id, as 'onboard runs' lists"
+    )
+    deliver_command.add_argument(
+        "--to",
+        action="append",
+        default=[],
+        metavar="ADDRESS",
+        help="send this recipient's message again, on purpose, whatever became of it "
+        "(repeatable); the run's other messages are left alone",
+    )
+    _preview(deliver_command)
+    _common_options(deliver_command)
+    deliver_command.set_defaults(handler=_deliver)
 
 
 def _add_report(commands: _Commands[argparse.ArgumentParser]) -> None:
@@ -671,6 +713,7 @@ async def _run_until_signalled(
             reissue_users=args.reissue_user,
             allow_users=args.allow_user,
             due_within_days=args.due_within,
+            preview=Path(args.preview) if args.preview else None,
         )
     finally:
         ticker.cancel()
@@ -716,7 +759,8 @@ def _run_exit_code(report: RunReport, received: list[signal.Signals]) -> int:
     # A pass nobody here can vouch for, or a check that could not be made, is not a
     # success: a person must look (and cron's mail goes out on anything but 0).
     attention = report.failed or report.held_elsewhere or report.attention
-    return EXIT_ROWS_FAILED if attention else EXIT_OK
+    mailing = report.delivery is not None and report.delivery.problems
+    return EXIT_ROWS_FAILED if attention or mailing else EXIT_OK
 
 
 @contextlib.contextmanager
@@ -788,6 +832,8 @@ def _print_report(report: RunReport, config: Config) -> None:
         )
     for line in report.attention:
         print(f"  needs attention: {line}")
+    if report.delivery is not None:
+        _print_delivery(report.delivery)
     if report.audit_path is not None:
         print(f"audit workbook: {report.audit_path}")
         if report.issued:
@@ -799,6 +845,78 @@ def _print_report(report: RunReport, config: Config) -> None:
         _print_protection(config, report.audit_path)
     if report.simulated:
         print(SIMULATED)
+
+
+def _print_delivery(delivery: DeliveryReport) -> None:
+    """What became of the messages: the counts, then each that needs a person (up to
+    SHOW_FAILURES of them). Never a pass: a message's subject and body are not printed."""
+    nobody, run_id = delivery.nobody, delivery.run_id
+    if delivery.preview is not None:
+        written = delivery.count(State.PREVIEWED)
+        print(f"delivery preview: {_count(written, 'message')} written to {delivery.preview} "
+              f"(nothing sent); {len(nobody)} mailed to nobody")  # fmt: skip
+    else:
+        now = (
+            f" ({delivery.sent_now} just now)"
+            if delivery.sent_now != delivery.count(State.SENT)
+            else ""
+        )
+        print(
+            f"delivery by mail: {_count(delivery.count(State.SENT), 'message')} sent{now}, "
+            f"{delivery.count(State.FAILED)} failed, "
+            f"{delivery.count(State.UNKNOWN) + delivery.count(State.SENDING)} of unknown fate, "
+            f"{delivery.count(State.TO_SEND) + len(delivery.unsent)} not sent; "
+            f"{len(nobody)} {'hire' if len(nobody) == 1 else 'hires'} mailed to nobody"
+        )
+    if delivery.not_started:
+        print(f"  not delivered: {delivery.not_started}; 'onboard deliver {run_id}' sends them")
+    lines = []
+    for m in sorted(delivery.current(), key=lambda m: m.number):
+        where = ", ".join(f"{o.source} row {o.row}" for o in m.origins[:3])
+        if not m.to and m.why is not None:
+            user = delivery.users.get(m.origins[0], "-")
+            lines.append(f"  nobody  {where}  {user}: {m.why.value}")
+        elif m.state in (State.FAILED, State.UNKNOWN) and m.why is not None:
+            lines.append(f"  {m.state.value:<7} {m.to} ({where}): {m.why.value}")
+    for line in lines[:SHOW_FAILURES]:
+        print(printable(line))
+    if len(lines) > SHOW_FAILURES:
+        print(f"  ... and {len(lines) - SHOW_FAILURES} more in the Delivery column")
+    if delivery.count(State.UNKNOWN) + delivery.count(State.SENDING):
+        print(f"  a message of unknown fate may have arrived: ask its recipient; 'onboard "
+              f"deliver {run_id} --to ADDRESS' sends it again")  # fmt: skip
+    elif delivery.count(State.TO_SEND) + delivery.count(State.FAILED) + len(delivery.unsent):
+        print(f"  'onboard deliver {run_id}' sends the rest")
+
+
+def _deliver(args: argparse.Namespace) -> int:
+    """`onboard deliver`: mail a finished run's passes; exit 1 if any message (or hire) needs
+    a person."""
+    config = _load(args, sends=True)  # a preview too reads the recipients from the tenant
+    received: list[signal.Signals] = []
+    preview = Path(args.preview) if args.preview else None
+
+    async def until_signalled() -> DeliveryReport:
+        stop = asyncio.Event()
+        _stop_on_signals(stop, received)
+        return await redeliver(
+            config, args.run_id, env=os.environ, to=args.to, preview=preview, stop=stop
+        )
+
+    try:
+        report = asyncio.run(until_signalled())
+    except asyncio.CancelledError:
+        return _stopped(
+            SIGNAL_EXIT[received[-1]] if received else EXIT_INTERRUPTED,
+            "onboard: stopped at once; the journal keeps what was sent",
+        )
+    with _stdout_may_close():
+        _print_delivery(report)
+        if report.audit_path is not None:
+            print(f"audit workbook updated: {report.audit_path}")
+    if received:
+        return SIGNAL_EXIT[received[0]]
+    return EXIT_ROWS_FAILED if report.problems else EXIT_OK
 
 
 def _print_protection(config: Config, path: Path) -> None:
@@ -905,6 +1023,7 @@ def _simulate(args: argparse.Namespace) -> int:
             except NotImplementedError:  # Windows: Ctrl-C raises KeyboardInterrupt instead
                 break
         state = simulator_state(config)
+        state.on_mail = _show_mail
         async with contextlib.AsyncExitStack() as stack:
             try:
                 running = await stack.enter_async_context(
@@ -935,6 +1054,8 @@ def _simulate(args: argparse.Namespace) -> int:
                 f"{DEFAULT_CLIENT_SECRET}",
                 flush=True,
             )
+            where = f"written to {state.mail_dir}" if state.mail_dir else "kept in memory"
+            print(f"mail it accepts (sendMail) is listed here and {where}", flush=True)
             await stop.wait()
         return None
 
@@ -948,6 +1069,13 @@ def _simulate(args: argparse.Namespace) -> int:
     # Stopping is how a simulator ends: a normal end, not an interrupted job.
     print("simulator stopped", file=sys.stderr)
     return EXIT_OK
+
+
+def _show_mail(mail: SimMail) -> None:
+    """`onboard simulate`: a line for each message the simulator accepted (never its body)."""
+    where = f" -> {mail.path}" if mail.path else ""
+    said = f"mail from {mail.sender} to {', '.join(mail.to)}: {mail.subject!r}{where}"
+    print(printable(said), flush=True)
 
 
 def _init(args: argparse.Namespace, ask: Ask | None = None) -> int:

@@ -139,7 +139,11 @@ def graph_client(
         tokens,
         api_version=config.graph.api_version,
         timeout_seconds=config.run.timeout_seconds,
-        pacing=Pacing(config.run.max_rate, config.run.max_read_rate),
+        pacing=Pacing(
+            config.run.max_rate,
+            config.run.max_read_rate,
+            max_mail_per_minute=config.delivery.max_per_minute,
+        ),
         proxy=proxy,
         proxy_auth=proxy_auth,
     )
@@ -187,10 +191,12 @@ def simulator_state(config: Config) -> SimulatorState:
         read_burst=s.read_burst,
         retry_after_seconds=s.retry_after_seconds,
         lost_response_rate=s.lost_response_rate,
+        mail_per_minute=s.mail_per_minute,
+        mail_concurrency=s.mail_concurrency,
     )
     if s.tenant is not None:
-        return SimulatorState.from_file(s.tenant, faults=faults, seed=s.seed)
-    return SimulatorState(faults=faults, auto_users=True, seed=s.seed)
+        return SimulatorState.from_file(s.tenant, faults=faults, seed=s.seed, mail_dir=s.mail_dir)
+    return SimulatorState(faults=faults, auto_users=True, seed=s.seed, mail_dir=s.mail_dir)
 
 
 @contextlib.asynccontextmanager

@@ -234,6 +234,33 @@ class Policy:
         return None
 
 
+# What delivery reads of a person (the hire's manager or sponsor, the sender): who they are
+# and their mailbox address (`mail` is null for a user without a mailbox).
+PERSON_FIELDS = "id,displayName,mail,userPrincipalName"
+MANAGER_PATH = "manager"
+SPONSORS_PATH = "sponsors"
+SEND_MAIL_PATH = "sendMail"
+
+
+@dataclass(frozen=True, slots=True)
+class DirectoryPerson:
+    """A user as delivery reads one: the mailbox address is None when the user has none."""
+
+    id: str
+    upn: str
+    name: str
+    mail: str | None
+
+    @classmethod
+    def from_graph(cls, data: Mapping[str, Any]) -> DirectoryPerson:
+        return cls(
+            str(data.get("id") or ""),
+            str(data.get("userPrincipalName") or ""),
+            str(data.get("displayName") or ""),
+            _text(data.get("mail")),
+        )
+
+
 FILTER_VALUES = 15  # Graph's default limit on the values of one `in` filter
 USER_PAGE = 999  # users per page of a lookup ($top): Graph's maximum
 USER_FIELDS = "id,userPrincipalName,mail,employeeId,userType,creationType,externalUserState"
@@ -568,6 +595,45 @@ class GraphClient:
         charged = _whole(header)
         self.pacing.reads.book((charged or booked) - booked)
 
+    # --- delivery by mail (deliver.py): people, their managers and sponsors, sendMail -----
+    async def person(self, user: str) -> DirectoryPerson:
+        """A user's name and mailbox address (User.Read.All); raises GraphError (404: none)."""
+        url = f"{self._root}/{user_path(user)}?$select={PERSON_FIELDS}"
+        status, data, request_id, _ = await self._send("GET", url, None)
+        if status != 200:
+            raise _error(status, data, request_id, None)
+        return DirectoryPerson.from_graph(data)
+
+    async def manager(self, user: str) -> DirectoryPerson | None:
+        """The user's manager (User.Read.All); None when none is set (Graph answers 404)."""
+        url = f"{self._root}/{user_path(user)}/{MANAGER_PATH}?$select={PERSON_FIELDS}"
+        status, data, request_id, _ = await self._send("GET", url, None)
+        if status == 404:
+            return None
+        if status != 200:
+            raise _error(status, data, request_id, None)
+        return DirectoryPerson.from_graph(data)
+
+    async def sponsors(self, user: str) -> list[DirectoryPerson]:
+        """The user's sponsors (User.Read.All), every page."""
+        found = await self._pages(
+            f"{self._root}/{user_path(user)}/{SPONSORS_PATH}?$select={PERSON_FIELDS}"
+        )
+        return [DirectoryPerson.from_graph(item) for item in found]
+
+    async def send_mail(
+        self, sender: str, message: dict[str, Any], *, save_to_sent_items: bool
+    ) -> str | None:
+        """POST /users/{sender}/sendMail, paced by the mail budget (Exchange's limits per
+        mailbox). Graph answers 202 with no body: the message is queued, and there is no
+        message id; returns the request id. Raises GraphError on any other answer."""
+        url = f"{self._root}/{user_path(sender)}/{SEND_MAIL_PATH}"
+        body = {"message": message, "saveToSentItems": save_to_sent_items}
+        status, data, request_id, _ = await self._send("POST", url, body, budget=Budget.MAIL)
+        if status != 202:
+            raise _error(status, data, request_id, None)
+        return request_id
+
     async def _send(
         self,
         method: str,
@@ -577,10 +643,12 @@ class GraphClient:
         cost: int = 1,
         judge: bool = True,
         limit: int = ANSWER_LIMIT,
+        budget: Budget | None = None,
     ) -> tuple[int, dict[str, Any], str | None, Ticket]:
         """One request, paced by the budget it spends (a GET: resource units; anything else:
-        writes, each of which spends a resource unit too)."""
-        budget = Budget.READS if method == "GET" else Budget.WRITES
+        writes, each of which spends a resource unit too; `budget` names another: mail)."""
+        if budget is None:
+            budget = Budget.READS if method == "GET" else Budget.WRITES
         token = await self._tokens.token()
         for attempt in (1, 2):
             ticket = await self.pacing[budget].acquire(cost)

@@ -28,6 +28,15 @@ from .checks import (
 from .config import Config
 from .connect import Connection, connect, unless_stopped
 from .decide import CheckFirst, Named, Options, decide_all, finished
+from .deliver import (
+    DeliveryReport,
+    Sending,
+    check_sender,
+    deliver,
+    hires_of,
+    sending_for,
+    templates_for,
+)
 from .errors import (
     AuditWriteError,
     AuthError,
@@ -40,8 +49,7 @@ from .files import check_free_space, check_output_dir
 from .given import Clock, clock_of, read_inputs
 from .graph import GraphClient, explain, unusable_pass
 from .history import (
-    adopted,
-    audited_in_flight,
+    adopt_audited,
     begin,
     files_key,
     history_for,
@@ -50,14 +58,13 @@ from .history import (
     resumable,
     warn_untied,
 )
-from .journal import Journal, RowRecord, RunStatus
-from .outcomes import Failed, Origin, PassRequest, Skipped
+from .journal import Journal, RunStatus
+from .outcomes import Failed, PassRequest, Skipped
 from .pool import Check, Sender, send
 from .reader import InputFile, check_rows
 from .record import OnOutcome, RunRows, crashed
 from .report import STOPPED, RunReport, StopCause
 from .retrying import retries_for
-from .runner import ask_all
 from .tenant import TenantLock
 from .tls import warm as warm_tls
 
@@ -81,6 +88,7 @@ async def run(
     due_within_days: int | None = None,
     allow_users: Collection[str] = (),
     on_phase: Callable[[str], None] | None = None,
+    preview: Path | None = None,
 ) -> RunReport:
     """Run the whole job on the `inputs` files and the `requests` handed in (docs/api.md),
     journalled: safe to kill, to re-run, and to schedule.
@@ -91,24 +99,21 @@ async def run(
     `client`, and belongs to the tenant its token names. Running the same inputs again after
     a crash resumes that run; re-running a finished sheet skips users who already got a pass
     for the same start and end in that tenant (unless `reissue`). Once `stop` is set, no new
-    row is started and the audit is written for what was done.
+    row is started and the audit is written for what was done. With delivery.method mail (or
+    a `preview` folder) the passes issued are then delivered (deliver.py).
     """
     clock = clock_of(now)
     started = clock()
     env = env or {}
-    if out_dir is not None:
-        config = config.model_copy(
-            update={"output": config.output.model_copy(update={"dir": out_dir})}
-        )
-    due = due_within_days if due_within_days is not None else config.run.due_within_days
-    config = config.model_copy(
-        update={"run": config.run.model_copy(update={"due_within_days": due})}
-    )
+    config = _as_asked(config, out_dir, due_within_days)
+    due = config.run.due_within_days
     options = audit_options(config.output, env)  # a missing password stops the run here
     if client is None and not config.graph.is_simulator:
         warm_tls(config.graph.ca_bundle)  # while the spreadsheet is read
     files = read_inputs(inputs, requests, config.input, config.pass_, started)
     wanted, checked = check_rows(files)
+    mailing = config.delivery.method == "mail" and preview is None
+    templates = templates_for(config, wanted, preview)
     named = Named.check(config.input.match_by, wanted, checked, reissue_users, allow_users)
     check_output_dir(config.output.dir)
     journal = Journal(config.state.path, options.password).open()
@@ -124,8 +129,16 @@ async def run(
                 on_start(len(wanted) + len(checked))
             choices = Options(due, reissue, frozenset(named.reissue), config.pass_.existing)
             try:
+                sender = None  # checked before the first pass: a wrong sender issues nothing
+                if mailing:
+                    retries = retries_for(config.run)
+                    sender = await check_sender(rows.client, config.delivery, retries)
                 await _rows(config, rows, wanted, checked, named, choices, stop, options,
                             on_phase or (lambda doing: None), clock)  # fmt: skip
+                if templates is not None:
+                    how = sending_for(config, templates, simulated=report.simulated,
+                                      preview=preview, sender=sender)  # fmt: skip
+                    report.delivery = await _deliver(rows, how, stop)
             except (AuthError, ConfigError, JournalWriteError) as exc:
                 if report.resumed or report.issued:
                     exc.kept = (report.run_id, len(report.issued))
@@ -136,6 +149,19 @@ async def run(
             return report
     finally:
         journal.close()
+
+
+def _as_asked(config: Config, out_dir: Path | None, due_within_days: int | None) -> Config:
+    """The config with the command line's --out and --due-within in place of its own."""
+    if out_dir is not None:
+        config = config.model_copy(
+            update={"output": config.output.model_copy(update={"dir": out_dir})}
+        )
+    if due_within_days is None:
+        return config
+    return config.model_copy(
+        update={"run": config.run.model_copy(update={"due_within_days": due_within_days})}
+    )
 
 
 async def _connect(
@@ -208,7 +234,7 @@ async def _rows(
     # others are looked up and checked again.
     known = rows.journal.rows(report.run_id)
     if report.resumed:
-        requests = await _adopt(config, rows, requests, known, options)
+        requests = await adopt_audited(config, rows, requests, known, options)
     open_rows = [r for r in requests if not finished(known.get(r.origin))]
     if config.input.match_by != "upn" and open_rows:
         phase("finding people")
@@ -313,42 +339,17 @@ async def _issue(
         report.stop(STOPPED)
 
 
-async def _adopt(
-    config: Config,
-    rows: RunRows,
-    requests: list[PassRequest],
-    known: Mapping[Origin, RowRecord],
-    options: AuditOptions,
-) -> list[PassRequest]:
-    """A resumed run whose journal failed mid-run keeps the passes its first audit workbook
-    lists where Graph still holds them (history.adopted). Returns the rows still to decide."""
+async def _deliver(rows: RunRows, how: Sending, stop: asyncio.Event | None) -> DeliveryReport:
+    """Mail the passes issued (and kept, when resumed); once stopped, `onboard deliver` does."""
     report = rows.report
-    path = audit_path(config.output.dir, report.run_id, simulated=report.simulated)
-    audited = audited_in_flight(path, options.password, requests, known)
-    if not audited:
-        return requests
-    answers = await ask_all(
-        [request.user for request, _ in audited.values()],
-        rows.client.current_pass_id,
-        concurrency=config.run.concurrency,
-        retries=retries_for(config.run),
-    )
-    kept: set[Origin] = set()
-    for origin, (request, issued) in audited.items():
-        held = answers.get(request.user)
-        asked = not isinstance(held, Exception)
-        keep = adopted(issued, held if isinstance(held, str) else None, asked=asked)
-        if keep is not None:
-            rows.add(keep)
-            kept.add(origin)
-    if kept:
-        log.warning(
-            "%d pass(es) listed in the audit workbook %s, written when the journal failed, "
-            "kept rather than replaced: see their Notes",
-            len(kept),
-            path,
-        )
-    return [r for r in requests if r.origin not in kept]
+    hires = hires_of(report.issued)
+    if report.stopped is not None:
+        return DeliveryReport(report.run_id, [h.origin for h in hires],
+                              not_started=f"the run {report.stopped} before delivery")  # fmt: skip
+    delivered = await deliver(rows.client, rows.journal, report.run_id, hires, how, stop=stop)
+    if stop is not None and stop.is_set():
+        report.stop(STOPPED)
+    return delivered
 
 
 def _finish(
@@ -367,9 +368,11 @@ def _finish(
     summary = report.summary(config.public_settings(), config.pass_.timezone)
     path = free_path(audit_path(config.output.dir, report.run_id, simulated=report.simulated))
     try:
+        delivered = report.delivery.audited() if report.delivery else None
         report.audit_path = write_audit(
-            path, summary, report.issued, report.failed, report.skipped, options
-        )
+            path, summary, report.issued, report.failed, report.skipped, options,
+            deliveries=delivered,
+        )  # fmt: skip
     except Exception as exc:  # a full disk, or the encryption failing: the passes are not lost
         what = exc.strerror if isinstance(exc, OSError) and exc.strerror else first_line(exc)
         sealed = "sealed (encrypted)" if options.password else "kept"

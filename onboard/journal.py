@@ -810,6 +810,11 @@ class Journal:
             run_id, True, start_key, _time(issued_at), method_id, value_kept=state != "failed"
         )
 
+    # --- a stage's own table (deliver.py keeps its messages here) -----------------------------
+    def transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        """One write transaction, as the rows get (a failure is a JournalWriteError)."""
+        return self._transaction()
+
 
 def _person_match(tenant: str, person: Person, excluding: str) -> tuple[str, tuple[Any, ...]]:
     """The WHERE clause for a person's rows in finished runs of a tenant (not `excluding`).

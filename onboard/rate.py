@@ -198,10 +198,12 @@ class RateController:
 class Budget(StrEnum):
     """Graph's budgets (per app and tenant): writes (creates, deletes: 3,000 per 150 s), and
     resource units, which every request spends (reads: 3,500 to 8,000 per 10 s by tenant size).
-    A read never waits on the write pacing, and a 429 on one budget pauses only its own."""
+    A read never waits on the write pacing, and a 429 on one budget pauses only its own.
+    Mail (sendMail) has Exchange's own limits per sending mailbox, apart from both."""
 
     WRITES = "writes"
     READS = "resource units"
+    MAIL = "mail"
 
 
 # x-ms-throttle-information names the budget a 429 came from; without it, the request's own.
@@ -213,25 +215,42 @@ THROTTLE_INFORMATION = {
 RESOURCE_UNIT_HEADER = "x-ms-resource-unit"
 # Graph's resource-unit budget for the largest tenants: 8,000 per 10 s (GRAPH_FACTS.md).
 DEFAULT_MAX_READ_RATE = 800.0
+# Exchange Online's sending limits per mailbox (GRAPH_FACTS.md, "Delivering passes by mail"):
+# 30 messages a minute, 4 concurrent requests, 10,000 recipients a day. A 429 beyond them says
+# ApplicationThrottled and carries a Retry-After.
+MAILBOX_MESSAGES_PER_MINUTE = 30
+MAILBOX_CONCURRENCY = 4
+MAILBOX_RECIPIENTS_PER_DAY = 10_000
+SECONDS_PER_MINUTE = 60.0
+# Exchange counts a minute by when messages arrive, not when they were sent: pacing a little
+# under the limit keeps network jitter from tipping the 31st message of a minute into a 429.
+MAIL_HEADROOM = 0.95
 
 
 class Pacing:
     """A rate controller per budget: `writes` in requests per second, `reads` in resource
-    units per second. Each write also spends a resource unit: booked on the read side without
-    waiting, so reads leave room for it."""
+    units per second, `mail` in messages per second (per sending mailbox: a run sends from
+    one). Each write also spends a resource unit: booked on the read side without waiting, so
+    reads leave room for it."""
 
     def __init__(
         self,
         max_rate: float = DEFAULT_MAX_RATE,
         max_read_rate: float = DEFAULT_MAX_READ_RATE,
         *,
+        max_mail_per_minute: float = MAILBOX_MESSAGES_PER_MINUTE,
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
         self.writes = RateController(max_rate, clock=clock, sleep=sleep)
         self.reads = RateController(max_read_rate, clock=clock, sleep=sleep)
+        self.mail = RateController(
+            max_mail_per_minute * MAIL_HEADROOM / SECONDS_PER_MINUTE, clock=clock, sleep=sleep
+        )
 
     def __getitem__(self, budget: Budget) -> RateController:
+        if budget is Budget.MAIL:
+            return self.mail
         return self.writes if budget is Budget.WRITES else self.reads
 
     def throttled_budget(self, information: str | None, own: Budget) -> Budget:

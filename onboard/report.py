@@ -14,6 +14,7 @@ from pathlib import Path
 
 from . import __version__
 from .audit import FileSummary, Note, RunSummary
+from .deliver import DeliveryReport
 from .journal import RunStatus
 from .outcomes import Failed, Issued, Skipped
 from .rate import Budget, Pacing
@@ -63,6 +64,7 @@ class RunReport:
     # What the operator must hear though no row failed (a check that could not be made, a
     # certificate about to expire): the run exits 1, so cron's mail goes out.
     attention: list[str] = field(default_factory=list)
+    delivery: DeliveryReport | None = None  # delivery by mail (or its preview), when asked for
 
     @property
     def status(self) -> RunStatus:
@@ -108,6 +110,7 @@ class RunReport:
             ("Not yet due", self.not_yet_due),
             ("Retries", self.retries),
             *_rate_notes(self.pacing),
+            *self._delivery_notes(),
         ]
         assert self.finished is not None
         return RunSummary(
@@ -122,6 +125,12 @@ class RunReport:
             timezone=timezone,
             simulated=self.simulated,
         )
+
+    def _delivery_notes(self) -> list[Note]:
+        """Delivery's lines on the Summary (none when it was not asked for)."""
+        if self.delivery is None:
+            return []
+        return self.delivery.notes(self.pacing.mail if self.pacing else None)
 
 
 def _rate_notes(pacing: Pacing | None) -> list[Note]:

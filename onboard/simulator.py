@@ -15,7 +15,13 @@ It serves, over HTTPS with a throwaway certificate authority:
   and their methodUsabilityReason (EnabledByPolicy, NotYetValid, Expired, OneTimeUsed after
   `SimulatorState.sign_in_with`, DisabledByPolicy), and refusals Graph's documented texts;
 - ``GET /{version}/policies/authenticationMethodsPolicy/authenticationMethodConfigurations/
-  temporaryAccessPass``.
+  temporaryAccessPass``;
+- for delivery by mail: ``GET /{version}/users/{id|upn}`` (name and mailbox address),
+  ``.../manager`` (404 when none is set) and ``.../sponsors``; and
+  ``POST .../users/{sender}/sendMail`` with Exchange's limits per mailbox (messages a minute,
+  requests at once: 429 ApplicationThrottled with a Retry-After beyond them) and its refusals
+  (404 ErrorInvalidUser, MailboxNotEnabledForRESTAPI for a user without a mailbox). Accepted
+  messages are kept (`SimulatorState.mail`) and, with a mail folder, written there as .eml.
 
 After the pass is issued, its life (tests call SimulatorState; `onboard simulate` users POST to
 ``/_simulator/{sign-in,replace,remove,register,advance}``): a sign-in with it, another admin
@@ -43,8 +49,9 @@ import ssl
 import tempfile
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, parse_qsl, unquote
@@ -71,6 +78,8 @@ from .graph import (
     POLICY_REFUSAL,
     START_IN_PAST_REFUSAL,
 )
+from .mail import address, eml, write_private
+from .rate import MAILBOX_CONCURRENCY, MAILBOX_MESSAGES_PER_MINUTE, SECONDS_PER_MINUTE
 from .tenant import SIMULATOR_CLIENT_ID
 
 DEFAULT_CLIENT_SECRET = "simulator-secret"
@@ -133,6 +142,10 @@ class SimUser:
     methods: list[str] = field(default_factory=list)
     # The ids of the groups the user belongs to (the pass policy targets groups by id).
     groups: list[str] = field(default_factory=list)
+    # The user's manager and sponsors (each a UPN or an id of another user); a user has a
+    # mailbox when `mail` is set.
+    manager: str | None = None
+    sponsors: list[str] = field(default_factory=list)
 
     @property
     def external(self) -> bool:
@@ -143,6 +156,15 @@ class SimUser:
             or self.creation_type == INVITATION
             or bool(self.external_user_state)
         )
+
+    def as_person(self) -> dict[str, Any]:
+        """The user as GET /users/{id}?$select=id,displayName,mail,userPrincipalName shows it."""
+        return {
+            "id": self.id,
+            "displayName": self.display_name or None,
+            "mail": self.mail,
+            "userPrincipalName": self.user_principal_name,
+        }
 
     def as_graph(self) -> dict[str, Any]:
         """The user as GET /users lists it (USER_FIELDS)."""
@@ -185,6 +207,27 @@ class Faults:
     retry_after_seconds: float | None = None  # fixed Retry-After; None: time until a token
     conflict_on_existing: bool = False  # old behaviour: 409 while a valid pass exists
     token_lifetime: int = DEFAULT_TOKEN_LIFETIME
+    # Exchange's limits per sending mailbox (None: no limit on messages a minute).
+    mail_per_minute: int | None = MAILBOX_MESSAGES_PER_MINUTE
+    mail_concurrency: int = MAILBOX_CONCURRENCY
+    mail_latency_ms: float = 0.0  # how long sendMail holds its request (a concurrency slot)
+    mail_lost_rate: float = 0.0  # the message is accepted, then the answer is a 504
+
+
+@dataclass(frozen=True, slots=True)
+class SimMail:
+    """A message sendMail accepted: who from and to, its subject and body (it holds passes:
+    kept out of repr), and the .eml file it was written to, if any."""
+
+    sender: str
+    to: tuple[str, ...]
+    cc: tuple[str, ...]
+    subject: str
+    body: str = field(repr=False)
+    content_type: str
+    save_to_sent_items: bool
+    received: dt.datetime
+    path: Path | None = None
 
 
 WRITE_LIMIT = "WriteLimitExceeded"  # x-ms-throttle-information, as Graph names the budgets
@@ -270,6 +313,7 @@ class SimulatorState:
         seed: int | None = None,
         clock: Callable[[], float] = time.monotonic,
         now: Callable[[], dt.datetime] | None = None,
+        mail_dir: Path | None = None,
     ) -> None:
         self.users: dict[str, SimUser] = {}
         for user in users or []:
@@ -312,6 +356,14 @@ class SimulatorState:
             WRITE_LIMIT: Bucket(lambda: (f.throttle_rate, f.throttle_burst), clock()),
             RESOURCE_UNIT_LIMIT: Bucket(lambda: (f.read_rate, f.read_burst), clock()),
         }
+        # Mail: what was accepted, where it is written, who hears of it (`onboard simulate`).
+        self.mail: list[SimMail] = []
+        self.mail_dir = mail_dir
+        self.on_mail: Callable[[SimMail], None] | None = None
+        self.mail_requests = 0  # sendMail requests that reached the handler
+        self._mail_sent: dict[str, deque[float]] = {}  # mailbox -> clock() of recent messages
+        self._mail_in_flight: dict[str, int] = {}
+        self.mail_in_flight_peak = 0
 
     # --- tenant ---------------------------------------------------------------------------
     def add_user(self, user: SimUser) -> None:
@@ -428,6 +480,33 @@ class SimulatorState:
     def count(self, name: str) -> None:
         self.counts[name] = self.counts.get(name, 0) + 1
 
+    # --- mail ---------------------------------------------------------------------------
+    def set_manager(self, user: str, manager: str | None) -> None:
+        """Make `manager` (a UPN or id; None: nobody) the user's manager (tests, demos)."""
+        found = self.find_user(user)
+        assert found is not None, user
+        found.manager = manager
+
+    def mail_to(self, address: str) -> list[SimMail]:
+        """The accepted messages addressed (To) to `address`, in order."""
+        key = address.casefold()
+        return [m for m in self.mail if key in (t.casefold() for t in m.to)]
+
+    def _mail_refusal(self, mailbox: str) -> float | None:
+        """Exchange's limits per mailbox: None if one more message may go now (it is then
+        counted), else the seconds until one may (a Retry-After)."""
+        limit = self.faults.mail_per_minute
+        if limit is None:
+            return None
+        now = self.clock()
+        sent = self._mail_sent.setdefault(mailbox, deque())
+        while sent and sent[0] <= now - SECONDS_PER_MINUTE:
+            sent.popleft()
+        if len(sent) >= limit:
+            return sent[0] + SECONDS_PER_MINUTE - now
+        sent.append(now)
+        return None
+
     # --- throttling -----------------------------------------------------------------------
     def exhaust(self, budget: str) -> None:
         """Spend a budget (WRITE_LIMIT or RESOURCE_UNIT_LIMIT) to empty: the next request
@@ -483,6 +562,8 @@ class SimulatorState:
                     roles=[str(r) for r in entry.get("roles") or []],
                     methods=[str(m) for m in entry.get("methods") or []],
                     groups=[str(g) for g in entry.get("groups") or []],
+                    manager=_optional(entry.get("manager")),
+                    sponsors=[str(g) for g in entry.get("sponsors") or []],
                 )
             )
         return cls(users, policy=data.get("policy"), **kwargs)
@@ -612,6 +693,9 @@ async def _call(state: SimulatorState, call: Call) -> Answer:
     """Throttling and faults, then the request itself: the same for a batch's sub-requests."""
     faults = state.faults
     state.count("graph_requests")
+    if call.method == "POST" and call.path.endswith(f"/{_SEND_MAIL}"):
+        # Outlook's own limits per mailbox, not the directory's budgets.
+        return await _mail_call(state, call)
     refusal, units, usage = state.spend(call)
     if refusal is not None:
         state.count("429")
@@ -941,6 +1025,14 @@ async def _route(state: SimulatorState, call: Call) -> Answer:
                 return _list_roles(call, state, key)
             elif remainder == _METHODS_PATH and call.method == "GET":
                 return _list_methods(call, state, key)
+            elif remainder == "" and call.method == "GET":
+                return _get_person(call, state, key)
+            elif remainder == _MANAGER and call.method == "GET":
+                return _get_manager(call, state, key)
+            elif remainder == _SPONSORS and call.method == "GET":
+                return _list_sponsors(call, state, key)
+            elif remainder == _SEND_MAIL and call.method == "POST":
+                return await _send_mail(call, state, key)
     return _graph_error(
         call, 400, "BadRequest", f"Resource not found for the segment '{rest.split('/')[0]}'."
     )
@@ -1186,6 +1278,150 @@ def _delete_pass(call: Call, state: SimulatorState, key: str, method_id: str) ->
     state.deleted.append(method_id)
     state.count("deleted")
     return 204, {}, None
+
+
+# --- delivery by mail: people, managers, sponsors, sendMail -------------------------------
+_MANAGER = "manager"
+_SPONSORS = "sponsors"
+_SEND_MAIL = "sendMail"
+MAILBOX_CONCURRENCY_REFUSAL = "Application is over its MailboxConcurrency limit."
+# Exchange's text for the messages-a-minute limit is not documented: the simulator's own.
+MAILBOX_RATE_REFUSAL = "Application is over its MailboxMessagesPerMinute limit."
+NO_MAILBOX_REFUSAL = "The mailbox is either inactive, soft-deleted, or is hosted on-premise."
+CONCURRENCY_RETRY_AFTER = 1.0  # seconds a request refused for concurrency is told to wait
+
+
+def _get_person(call: Call, state: SimulatorState, key: str) -> Answer:
+    user = state.find_user(key)
+    if user is None:
+        return _not_found(call, key)
+    return 200, {}, {"@odata.context": _context(call, "users/$entity"), **user.as_person()}
+
+
+def _get_manager(call: Call, state: SimulatorState, key: str) -> Answer:
+    """GET /users/{id}/manager: 404 Request_ResourceNotFound when none is set."""
+    user = state.find_user(key)
+    if user is None:
+        return _not_found(call, key)
+    manager = None if user.manager is None else state.find_user(user.manager)
+    if manager is None:
+        return _not_found(call, "manager")
+    return 200, {}, {"@odata.type": "#microsoft.graph.user", **manager.as_person()}
+
+
+def _list_sponsors(call: Call, state: SimulatorState, key: str) -> Answer:
+    user = state.find_user(key)
+    if user is None:
+        return _not_found(call, key)
+    sponsors = [state.find_user(s) for s in user.sponsors]
+    value = [{"@odata.type": "#microsoft.graph.user", **s.as_person()} for s in sponsors if s]
+    return 200, {}, {"@odata.context": _context(call, "directoryObjects"), "value": value}
+
+
+async def _mail_call(state: SimulatorState, call: Call) -> Answer:
+    """sendMail: random faults as any request, then the request itself."""
+    if state.faults.fault_rate and state.random.random() < state.faults.fault_rate:
+        state.count("503")
+        return _graph_error(
+            call, 503, "serviceNotAvailable", "The service is temporarily unavailable."
+        )
+    return await _route(state, call)
+
+
+def _mail_throttled(call: Call, state: SimulatorState, message: str, wait: float) -> Answer:
+    state.count("429")
+    state.count("429 mail")
+    shown = f"{math.ceil(max(wait, 0.001) * 1000) / 1000:.3f}".rstrip("0").rstrip(".")
+    return _graph_error(call, 429, "ApplicationThrottled", message, {"Retry-After": shown})
+
+
+async def _send_mail(call: Call, state: SimulatorState, key: str) -> Answer:
+    """POST /users/{sender}/sendMail: 202 and no body; the message is kept (and written)."""
+    state.mail_requests += 1
+    sender = state.find_user(key)
+    if sender is None:
+        invalid = f"The requested user '{key}' is invalid."
+        return _graph_error(call, 404, "ErrorInvalidUser", invalid)
+    if not sender.mail:
+        return _graph_error(call, 404, "MailboxNotEnabledForRESTAPI", NO_MAILBOX_REFUSAL)
+    body = call.body if isinstance(call.body, dict) else {}
+    message = body.get("message")
+    parsed = _message(message) if isinstance(message, dict) else None
+    if parsed is None:
+        return _graph_error(
+            call, 400, "ErrorInvalidRecipients", "At least one recipient is not valid."
+        )
+    faults, mailbox = state.faults, sender.id
+    if state._mail_in_flight.get(mailbox, 0) >= faults.mail_concurrency:
+        return _mail_throttled(call, state, MAILBOX_CONCURRENCY_REFUSAL, CONCURRENCY_RETRY_AFTER)
+    wait = state._mail_refusal(mailbox)
+    if wait is not None:
+        return _mail_throttled(call, state, MAILBOX_RATE_REFUSAL, wait)
+    state._mail_in_flight[mailbox] = state._mail_in_flight.get(mailbox, 0) + 1
+    state.mail_in_flight_peak = max(state.mail_in_flight_peak, state._mail_in_flight[mailbox])
+    try:
+        if faults.mail_latency_ms:
+            await asyncio.sleep(faults.mail_latency_ms / 1000)
+    finally:
+        state._mail_in_flight[mailbox] -= 1
+    to, cc, subject, content, kind = parsed
+    accepted = SimMail(
+        sender.mail, to, cc, subject, content, kind, body.get("saveToSentItems") is not False,
+        _now(),
+    )  # fmt: skip
+    if state.mail_dir is not None:
+        # Named by when it came, so messages of simulators started one after the other (each
+        # `onboard run`) never take each other's place.
+        name = f"{accepted.received:%Y%m%dT%H%M%S%f}-{len(state.mail) + 1:05d}-{_safe(to[0])}.eml"
+        data = eml(
+            sender.mail, [address(a) for a in to], [address(a) for a in cc], subject,
+            html=content if kind.lower() == "html" else None,
+            text=None if kind.lower() == "html" else content,
+        )  # fmt: skip
+        accepted = replace(accepted, path=write_private(state.mail_dir / name, data))
+    state.mail.append(accepted)
+    state.count("mail_accepted")
+    if state.on_mail is not None:
+        state.on_mail(accepted)
+    if faults.mail_lost_rate and state.random.random() < faults.mail_lost_rate:
+        state.count("mail_lost")
+        return _graph_error(call, 504, "gatewayTimeout", "The gateway timed out.")
+    return 202, {}, None
+
+
+def _message(
+    message: dict[str, Any],
+) -> tuple[tuple[str, ...], tuple[str, ...], str, str, str] | None:
+    """A sendMail message's recipients, subject, body and its content type; None if it has no
+    valid recipient."""
+
+    def addresses(key: str) -> tuple[str, ...] | None:
+        listed = message.get(key) or []
+        found = []
+        for item in listed if isinstance(listed, list) else [None]:
+            mail = (item or {}).get("emailAddress") if isinstance(item, dict) else None
+            text = mail.get("address") if isinstance(mail, dict) else None
+            if not isinstance(text, str) or "@" not in text:
+                return None
+            try:
+                address(text)
+            except ValueError:
+                return None
+            found.append(text)
+        return tuple(found)
+
+    to, cc = addresses("toRecipients"), addresses("ccRecipients")
+    given = message.get("body")
+    body: dict[str, Any] = given if isinstance(given, dict) else {}
+    if not to or cc is None:
+        return None
+    return (to, cc, str(message.get("subject") or ""), str(body.get("content") or ""),
+            str(body.get("contentType") or "Text"))  # fmt: skip
+
+
+def _safe(text: str) -> str:
+    """A file-name part from an address: letters, digits, @ . - _ only."""
+    return re.sub(r"[^A-Za-z0-9@._-]", "_", text)[:80]
 
 
 async def _counts(request: web.Request) -> web.Response:

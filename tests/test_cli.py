@@ -177,8 +177,8 @@ def test_every_command_has_help() -> None:
     """Each subcommand documents itself."""
     parser = _parser()
     commands = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
-    assert set(commands) == {"run", "validate", "simulate", "report", "runs", "status", "revoke",
-                             "init"}
+    assert set(commands) == {"run", "deliver", "validate", "simulate", "report", "runs", "status",
+                             "revoke", "init"}
     for name, sub in commands.items():
         assert sub.description, name
         assert all(a.help for a in sub._actions if a.dest != "help"), name
