@@ -5,6 +5,8 @@ The command line is a thin layer over this library (docs/api.md):
     run(config, inputs=(), *, requests=None, client=None, now=None, ...) -> RunReport
     validate(config, inputs=(), *, requests=None, online=False, ...) -> Validation
     load_config(path, env=None) -> Config
+    status(config, run_id=None, *, env, ...) -> StatusReport   (each pass's PassState)
+    revoke(config, run_id, *, env, users=(), unused=False, dry_run=False, ...) -> RevokeReport
 
 A run's rows end as Issued, Failed or Skipped (each not issued with its Reason); the
 RunReport's RunStatus says how the run ended. onboard.testing holds a fake tenant for tests.
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
         RunStopped,
     )
     from .job import run
+    from .lifecycle import PassState, RevokeReport, StatusReport, revoke, status
     from .outcomes import (
         REASON_HELP,
         Failed,
@@ -55,6 +58,11 @@ _HOMES = {
     "validate": "validation",
     "Validation": "validation",
     "load_config": "config",
+    "status": "lifecycle",
+    "revoke": "lifecycle",
+    "StatusReport": "lifecycle",
+    "RevokeReport": "lifecycle",
+    "PassState": "lifecycle",
     "Config": "config",
     "Connection": "connect",
     "RunReport": "report",
@@ -97,17 +105,22 @@ __all__ = [
     "Origin",
     "Outcome",
     "PassRequest",
+    "PassState",
     "Reason",
     "ReasonHelp",
+    "RevokeReport",
     "RunReport",
     "RunStatus",
     "RunStopped",
     "Skipped",
+    "StatusReport",
     "StopCause",
     "Validation",
     "__version__",
     "load_config",
+    "revoke",
     "run",
+    "status",
     "validate",
 ]
 

@@ -484,12 +484,13 @@ def documented_signatures(page: str) -> dict[str, ast.arguments]:
 
 
 def test_the_docs_show_each_signature_as_the_code_has_it() -> None:
-    """docs/api.md's run, validate, load_config and fake_tenant: the same parameters, in the
-    same order, of the same kind, with the same defaults as the functions themselves."""
+    """docs/api.md's run, validate, load_config, fake_tenant, status and revoke: the same
+    parameters, in the same order, of the same kind, with the same defaults as the code's."""
     page = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
     shown = documented_signatures(page)
     functions = {"run": onboard.run, "validate": onboard.validate,
-                 "load_config": onboard.load_config, "fake_tenant": fake_tenant}  # fmt: skip
+                 "load_config": onboard.load_config, "fake_tenant": fake_tenant,
+                 "status": onboard.status, "revoke": onboard.revoke}  # fmt: skip
     assert sorted(shown) == sorted(functions)
     for name, function in functions.items():
         args = shown[name]
