@@ -37,7 +37,7 @@ from .errors import (
     first_line,
 )
 from .files import check_free_space, check_output_dir
-from .given import Clock, clock_of, read_inputs
+from .given import Clock, check_arguments, clock_of, read_inputs
 from .graph import GraphClient, explain, unusable_pass
 from .history import (
     adopted,
@@ -93,12 +93,15 @@ async def run(
     for the same start and end in that tenant (unless `reissue`). Once `stop` is set, no new
     row is started and the audit is written for what was done.
     """
+    check_arguments(config, inputs, requests,
+                    [("reissue_users", reissue_users), ("allow_users", allow_users)],
+                    due_within_days)  # fmt: skip
     clock = clock_of(now)
     started = clock()
     env = env or {}
     if out_dir is not None:
         config = config.model_copy(
-            update={"output": config.output.model_copy(update={"dir": out_dir})}
+            update={"output": config.output.model_copy(update={"dir": Path(out_dir)})}
         )
     due = due_within_days if due_within_days is not None else config.run.due_within_days
     config = config.model_copy(

@@ -239,6 +239,17 @@ class Pacing:
         request's own (`information` is a header value, compared as Graph documents it)."""
         return THROTTLE_INFORMATION.get((information or "").strip(), own)
 
+    def throttled(
+        self, own: Budget, spent: Budget, ticket: Ticket, retry_after: float, count: int = 1
+    ) -> None:
+        """`count` 429s from the budget `spent`, for requests of the budget `own`. A write
+        refused for resource units (which it spends too) holds the writes as well, without a
+        cut: sent during that pause, each create would be refused again, spend one of its row's
+        attempts, and (being sent after the cut) cut the resource-unit rate once more."""
+        self[spent].throttled(ticket, retry_after, count)
+        if spent is not own:
+            self[own].hold(retry_after)
+
     @property
     def requests(self) -> int:
         return self.writes.requests + self.reads.requests

@@ -12,7 +12,7 @@ from .config import Config
 from .connect import Connection, connect
 from .decide import Named
 from .errors import PolicyDisabled
-from .given import Clock, clock_of, read_inputs
+from .given import Clock, check_arguments, clock_of, read_inputs
 from .history import dry_run
 from .outcomes import Failed, Origin, PassRequest, Reason, Skipped
 from .reader import InputFile, check_rows
@@ -51,6 +51,7 @@ async def validate(
     directory (by UPN, object id, mail or employee id), signed in as the config says or
     through `client`. `env` and `now` as for `run`. Raises as `run` does for an unusable file,
     configuration or sign-in."""
+    check_arguments(config, inputs, requests, [("allow_users", allow_users)])
     today = clock_of(now)()
     files = read_inputs(inputs, requests, config.input, config.pass_, today)
     wanted, checked = check_rows(files)

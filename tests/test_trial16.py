@@ -1,0 +1,184 @@
+"""Defects found by hostile testing of the pipelined checks and the per-budget pacing."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import ssl
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from conftest import Served, users
+
+import onboard
+from onboard.config import Config, load_config
+from onboard.errors import GraphError, ProtocolError, ThrottledError
+from onboard.graph import MAX_PAGES, GraphClient
+from onboard.outcomes import Origin, PassRequest
+from onboard.rate import Pacing
+from onboard.simulator import RESOURCE_UNIT_LIMIT, Faults, SimulatorState
+from onboard.testing import fake_tenant
+
+TOKEN = "trial16-token"
+PEOPLE = ("ada@contoso.com", "alan@contoso.com", "grace@contoso.com")
+
+
+class Tokens:
+    async def token(self) -> str:
+        return TOKEN
+
+    async def refresh(self, rejected: str) -> str:
+        return TOKEN
+
+
+def pass_request(user: str) -> PassRequest:
+    start = dt.datetime.now(dt.UTC) + dt.timedelta(days=3)
+    return PassRequest(Origin("hires.csv", 2), user, None, start, 480, True)
+
+
+def with_client(served: Served, work: Callable[[GraphClient], Awaitable[Any]]) -> Any:
+    """Run `work` with a Graph client of the production code path against the simulator."""
+    served.state.tokens[TOKEN] = float("inf")
+
+    async def main() -> Any:
+        context = ssl.create_default_context(cafile=str(served.ca_file))
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as http:
+            client = GraphClient(http, served.url, Tokens(), pacing=Pacing())  # type: ignore[arg-type]
+            return await asyncio.wait_for(work(client), timeout=20)
+
+    return asyncio.run(main())
+
+
+def test_a_create_refused_for_resource_units_holds_the_creates(
+    serve_simulator: Callable[..., Served],
+) -> None:
+    """A create refused by the resource-unit budget (which creates spend too) pauses the
+    creates for its Retry-After, and cuts the resource-unit rate once, not per create."""
+    faults = Faults(read_rate=1, read_burst=1, retry_after_seconds=30)
+    state = SimulatorState(users(*PEOPLE), faults=faults, clock=lambda: 0.0)
+    served = serve_simulator(state)
+    state.exhaust(RESOURCE_UNIT_LIMIT)
+
+    async def work(client: GraphClient) -> tuple[float, float, float]:
+        with pytest.raises(ThrottledError):
+            await client.create_pass(pass_request(PEOPLE[0]))
+        rate = client.pacing.reads.rate
+        return client.pacing.writes.wait_for(), client.pacing.reads.wait_for(), rate
+
+    write_wait, read_wait, read_rate = with_client(served, work)
+    assert write_wait > 25 and read_wait > 25
+    assert state.counts["429 ResourceUnitLimitExceeded"] == 1
+    assert read_rate < Pacing().reads.rate
+
+
+def api_config(tmp_path: Path) -> Config:
+    return load_config(
+        None,
+        env={
+            "ONBOARD_GRAPH_ENDPOINT": "simulator",
+            "ONBOARD_OUTPUT_DIR": str(tmp_path / "audit"),
+            "ONBOARD_STATE_PATH": str(tmp_path / "state" / "journal.sqlite"),
+        },
+    )
+
+
+def hire(**fields: Any) -> PassRequest:
+    given: dict[str, Any] = {
+        "origin": Origin("hr-feed", 1),
+        "user": "ada@contoso.com",
+        "display_name": "Ada Lovelace",
+        "start": None,
+        "lifetime_minutes": 480,
+        "usable_once": False,
+    }
+    return PassRequest(**{**given, **fields})
+
+
+@pytest.mark.parametrize(
+    ("arguments", "error", "named"),
+    [
+        ({"inputs": "hires.csv"}, TypeError, "inputs"),
+        ({"inputs": Path("hires.csv")}, TypeError, "inputs"),
+        ({"requests": hire()}, TypeError, "requests"),
+        ({"requests": [{"user": "ada@contoso.com"}]}, TypeError, r"requests\[0\]"),
+        ({"requests": [hire(start=dt.date(2027, 1, 4))]}, TypeError, "start="),
+        ({"requests": [hire(start="2027-01-04")]}, TypeError, "start="),
+        ({"requests": [hire(usable_once="no")]}, TypeError, "usable_once="),
+        ({"requests": [hire(lifetime_minutes="480")]}, TypeError, "lifetime_minutes="),
+        ({"requests": [hire(lifetime_minutes=True)]}, TypeError, "lifetime_minutes="),
+        ({"requests": [hire(user=None)]}, TypeError, "user="),
+        ({"requests": [hire(origin=("hr-feed", 1))]}, TypeError, "Origin"),
+        ({"requests": [hire(origin=Origin("hr-feed", "1"))]}, TypeError, "row"),
+        ({"requests": [hire()], "now": lambda: "2027-01-01"}, TypeError, "now="),
+        ({"requests": [hire()], "allow_users": "ada@contoso.com"}, TypeError, "allow_users"),
+        ({"requests": [hire()], "reissue_users": "ada@contoso.com"}, TypeError, "reissue_users"),
+        ({"requests": [hire()], "due_within_days": "3"}, TypeError, "due_within_days"),
+        ({"requests": [hire()], "due_within_days": -1}, ValueError, "due_within_days"),
+    ],
+)
+def test_run_names_the_argument_given_wrong(
+    tmp_path: Path, arguments: dict[str, Any], error: type[Exception], named: str
+) -> None:
+    """A wrong argument to onboard.run is refused naming it, before anything is read or sent."""
+    with pytest.raises(error, match=named):
+        asyncio.run(onboard.run(api_config(tmp_path), **arguments))
+    assert not (tmp_path / "state").exists()
+
+
+@pytest.mark.parametrize("config", [None, Path("config.yaml")])
+def test_run_and_validate_want_a_config(tmp_path: Path, config: Any) -> None:
+    """onboard.run and onboard.validate given no Config say so (not an AttributeError)."""
+    with pytest.raises(TypeError, match="load_config"):
+        asyncio.run(onboard.run(config, requests=[hire()]))
+    with pytest.raises(TypeError, match="load_config"):
+        asyncio.run(onboard.validate(config, requests=[hire()]))
+
+
+def test_run_takes_out_dir_as_text(tmp_path: Path) -> None:
+    """out_dir given as a str is a folder like a Path (no AttributeError mid-run)."""
+
+    async def main() -> onboard.RunReport:
+        async with fake_tenant(["ada@contoso.com"]) as tenant:
+            return await onboard.run(
+                api_config(tmp_path), requests=[hire()], client=tenant, out_dir=str(tmp_path / "o")
+            )
+
+    report = asyncio.run(main())
+    assert report.audit_path is not None and report.audit_path.parent == tmp_path / "o"
+    assert [i.request.user for i in report.issued] == ["ada@contoso.com"]
+
+
+def test_a_listing_that_never_ends_fails_the_read() -> None:
+    """A server whose next page never runs out (a new link each time, or one read before)
+    gets a ProtocolError after MAX_PAGES pages, not a run that reads forever."""
+    asked: list[str] = []
+
+    async def page(request: web.Request) -> web.Response:
+        asked.append(request.path_qs)
+        number = int(request.query.get("page", "0"))
+        link = str(request.url.with_query(page=str(number + 1)))
+        if request.match_info["user"] == "loop@contoso.com":
+            link = str(request.url)
+        return web.json_response({"value": [], "@odata.nextLink": link})
+
+    async def main() -> tuple[GraphError, GraphError]:
+        app = web.Application()
+        app.router.add_get("/v1.0/users/{user}/authentication/methods", page)
+        async with TestServer(app) as server, aiohttp.ClientSession() as http:
+            root = str(server.make_url("")).rstrip("/")
+            client = GraphClient(http, root, Tokens(), pacing=Pacing())  # type: ignore[arg-type]
+            errors = []
+            for user in ("pages@contoso.com", "loop@contoso.com"):
+                with pytest.raises(ProtocolError) as caught:
+                    await asyncio.wait_for(client.methods(user), timeout=20)
+                errors.append(caught.value)
+            return errors[0], errors[1]
+
+    endless, looping = asyncio.run(main())
+    assert endless.status == looping.status == 200
+    assert len(asked) == MAX_PAGES + 1  # every page of the first, the loop's first only
