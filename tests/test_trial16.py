@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
+import signal
 import ssl
+import subprocess
+import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -182,3 +187,30 @@ def test_a_listing_that_never_ends_fails_the_read() -> None:
     endless, looping = asyncio.run(main())
     assert endless.status == looping.status == 200
     assert len(asked) == MAX_PAGES + 1  # every page of the first, the loop's first only
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads /proc/<pid>/maps")
+def test_ctrl_c_while_the_cli_loads_ends_without_a_traceback(tmp_path: Path) -> None:
+    """Ctrl-C in the second or so `onboard` takes to load its modules ends it as SIGINT ends
+    a process (the shell sees 130), with no traceback."""
+    env = {**os.environ, "PYTHONPATH": str(Path(onboard.__file__).parent.parent)}
+    child = subprocess.Popen(
+        [sys.executable, "-m", "onboard", "--version"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        maps = Path(f"/proc/{child.pid}/maps")
+        deadline = time.monotonic() + 30
+        # A library the CLI's imports load early on (by cryptography): loading has begun.
+        while "_cffi_backend" not in maps.read_text() and time.monotonic() < deadline:
+            time.sleep(0.001)
+        child.send_signal(signal.SIGINT)
+        _out, err = child.communicate(timeout=30)
+    finally:
+        child.kill()
+    assert child.returncode == -signal.SIGINT
+    assert "Traceback" not in err
