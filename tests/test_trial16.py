@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import gc
+import io
+import logging
 import os
 import signal
 import ssl
@@ -21,10 +24,12 @@ from aiohttp.test_utils import TestServer
 from conftest import Served, users
 
 import onboard
-from onboard.config import Config, load_config
-from onboard.errors import GraphError, ProtocolError, ThrottledError
-from onboard.graph import MAX_PAGES, GraphClient
-from onboard.outcomes import Origin, PassRequest
+from onboard.config import Config, RunSettings, load_config
+from onboard.errors import GraphError, JournalWriteError, ProtocolError, ThrottledError
+from onboard.graph import MAX_PAGES, CreatedPass, GraphClient, explain, unusable_pass
+from onboard.journal import Journal
+from onboard.outcomes import Origin, PassRequest, Reason
+from onboard.pool import Sender, issue_all
 from onboard.rate import Pacing
 from onboard.simulator import RESOURCE_UNIT_LIMIT, Faults, SimulatorState
 from onboard.testing import fake_tenant
@@ -214,3 +219,131 @@ def test_ctrl_c_while_the_cli_loads_ends_without_a_traceback(tmp_path: Path) -> 
         child.kill()
     assert child.returncode == -signal.SIGINT
     assert "Traceback" not in err
+
+
+def failing_run(tmp_path: Path) -> onboard.RunReport:
+    """A run of the docs' example: one user the tenant does not know."""
+
+    async def main() -> onboard.RunReport:
+        async with fake_tenant(["ada@contoso.com"]) as tenant:
+            hires = [hire(), hire(origin=Origin("hr-feed", 2), user="alan@contoso.com")]
+            return await onboard.run(api_config(tmp_path), requests=hires, client=tenant)
+
+    return asyncio.run(main())
+
+
+def test_the_api_prints_nothing_where_logging_is_not_configured(tmp_path: Path) -> None:
+    """A program that calls onboard.run and configures no logging gets no log lines on its
+    stderr (Python's last-resort handler): the library's loggers end in a NullHandler."""
+    root = logging.getLogger()
+    root.handlers[:] = []  # as in a program that never configured logging
+    printed = io.StringIO()
+    last_resort = logging.lastResort
+    logging.lastResort = logging.StreamHandler(printed)
+    try:
+        report = failing_run(tmp_path)
+    finally:
+        logging.lastResort = last_resort
+    assert [f.reason for f in report.failed] == [Reason.USER_NOT_FOUND]
+    assert printed.getvalue() == ""
+
+
+def test_a_row_its_check_fails_is_logged_with_graphs_request_id(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The warning for a row the checks failed (a user Graph does not know) names Graph's
+    request id, as the audit's Failed sheet does."""
+    caplog.set_level(logging.WARNING, logger="onboard")
+    report = failing_run(tmp_path)
+    (failed,) = report.failed
+    assert failed.request_id
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(failed.request_id in line and failed.user in line for line in warned), warned
+
+
+class BrokenJournal:
+    """A sink whose journal fails on its second commit, as a full disk makes it."""
+
+    def __init__(self) -> None:
+        self.commits = 0
+
+    def sending(self, request: PassRequest) -> None:
+        pass
+
+    def outcome(self, outcome: object, *, again: bool = False) -> None:
+        pass
+
+    async def durable(self) -> None:
+        self.commits += 1
+        if self.commits == 2:
+            raise JournalWriteError("cannot write the run journal: disk full")
+
+    def flush(self) -> None:
+        pass
+
+    def unconfirmed(self) -> list[Any]:
+        return []
+
+
+def test_no_check_outlives_the_pool_that_stopped_on_a_journal_error() -> None:
+    """The journal fails mid-run while rows are being checked: when the pool gives up, no
+    check is left running (none may read on through the Graph session the run closes next,
+    fail on it, and be reported as an internal error)."""
+    start = dt.datetime.now(dt.UTC) + dt.timedelta(days=3)
+
+    async def check(request: PassRequest) -> PassRequest:
+        for _ in range(20):  # reads take longer than creates: none wait to be sent
+            await asyncio.sleep(0)
+        return request
+
+    async def create(request: PassRequest) -> CreatedPass:
+        await asyncio.sleep(0)
+        return CreatedPass("+value", "method", start, start, 480, True, "request")
+
+    async def current(user: str) -> str | None:
+        return None
+
+    async def main() -> list[asyncio.Task[Any]]:
+        requests = [
+            PassRequest(Origin("hires.csv", n), f"u{n}@contoso.com", None, start, 480, True)
+            for n in range(2, 202)
+        ]
+        sender = Sender(create, None, current, explain, unusable_pass)
+        with pytest.raises(JournalWriteError):
+            await issue_all(requests, sender, BrokenJournal(), RunSettings(concurrency=4),
+                            check=check)  # fmt: skip
+        return [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()]
+
+    assert asyncio.run(main()) == []
+
+
+def test_a_journal_commit_that_fails_unwatched_is_not_reported_as_never_retrieved(
+    tmp_path: Path,
+) -> None:
+    """A journal commit fails after every worker waiting for it was cancelled (stopping the
+    pool on another error): asyncio does not print "Task exception was never retrieved" with
+    a traceback; the failure is not lost either (flush raises it)."""
+    journal = Journal(tmp_path / "journal.sqlite").open()
+    writer = journal.writer("run-1")
+    start = dt.datetime.now(dt.UTC) + dt.timedelta(days=3)
+    writer.add(PassRequest(Origin("hires.csv", 2), "ada@contoso.com", None, start, 480, True))
+    unreported: list[dict[str, Any]] = []
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_exception_handler(
+            lambda _, context: unreported.append(context)
+        )
+        journal.db.close()  # every write now fails, as on a full disk
+        waiter = asyncio.ensure_future(writer.durable())
+        await asyncio.sleep(0)  # the commit has started, in its thread
+        waiter.cancel()
+        await asyncio.gather(waiter, return_exceptions=True)
+        await asyncio.get_running_loop().shutdown_default_executor()  # the commit's thread
+        for _ in range(3):  # its task takes the thread's error
+            await asyncio.sleep(0)
+        gc.collect()
+
+    asyncio.run(main())
+    assert unreported == []
+    with pytest.raises(JournalWriteError):
+        writer.flush()
