@@ -347,3 +347,35 @@ def test_a_journal_commit_that_fails_unwatched_is_not_reported_as_never_retrieve
     assert unreported == []
     with pytest.raises(JournalWriteError):
         writer.flush()
+
+
+def test_validate_online_decides_each_row_as_run_does(tmp_path: Path) -> None:
+    """After a run, validate --online on the same rows says what the next run does: a hire
+    who has since registered Authenticator is already issued (not a problem), a user holding
+    a helpdesk pass is skipped (not ready), the rest ready."""
+    config = api_config(tmp_path)
+    people = ["ada@contoso.com", "alan@contoso.com", "grace@contoso.com"]
+    hires = [hire(origin=Origin("hr-feed", n), user=u) for n, u in enumerate(people, start=1)]
+
+    async def main() -> tuple[onboard.Validation, onboard.RunReport]:
+        async with fake_tenant(people) as tenant:
+            await onboard.run(config, requests=hires[:1], client=tenant)
+            ada = tenant.state.find_user(people[0])
+            assert ada is not None
+            ada.methods.append("microsoftAuthenticator")  # she set up her phone
+            tenant.state.give_pass(people[1])  # the helpdesk gave Alan one
+            found = await onboard.validate(config, requests=hires, online=True, client=tenant)
+            return found, await onboard.run(config, requests=hires, client=tenant)
+
+    found, report = asyncio.run(main())
+    assert found.problems == [] and report.failed == []
+    assert [r.user for r in found.ready] == [i.request.user for i in report.issued] == people[2:]
+    skipped = [(s.user, s.reason) for s in found.skipped]
+    assert (
+        skipped
+        == [(s.user, s.reason) for s in report.skipped]
+        == [
+            (people[0], Reason.ALREADY_ISSUED),
+            (people[1], Reason.HELD_ELSEWHERE),
+        ]
+    )
