@@ -18,7 +18,13 @@ config check) and no module of the package has to import another at load time to
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import TYPE_CHECKING, Any
+
+# A library logs; the program that uses it decides where the log goes (the CLI, to stderr and
+# --log-file). Without this, Python's last-resort handler would print every warning (each
+# failed row) to an API caller's stderr.
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 if TYPE_CHECKING:
     from .config import Config, load_config

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
-from .config import InputSettings, PassSettings
+from .config import Config, InputSettings, PassSettings
 from .outcomes import Origin, PassRequest
 from .reader import InputFile, read_all
 
@@ -37,6 +39,11 @@ def clock_of(now: Clock | None) -> Clock:
 
     def read() -> datetime:
         moment = given()
+        if not isinstance(moment, datetime):
+            raise TypeError(
+                f"the clock (now=) returned {type(moment).__name__} {moment!r}: return an aware "
+                "datetime, e.g. datetime.now(UTC)"
+            )
         if moment.utcoffset() is None:
             raise ValueError(
                 f"the clock (now=) returned {moment.isoformat()}, a time without a zone: "
@@ -45,6 +52,48 @@ def clock_of(now: Clock | None) -> Clock:
         return moment.astimezone(UTC)
 
     return read
+
+
+def check_arguments(
+    config: object,
+    inputs: object,
+    requests: object,
+    names: Collection[tuple[str, object]] = (),
+    due_within_days: object = None,
+) -> None:
+    """TypeError (or ValueError) naming the argument a caller of `run` or `validate` got wrong,
+    before anything is read: a lone path or name where a list goes would otherwise be read a
+    character at a time. `names`: (argument, value) of the options that list users."""
+    if not isinstance(config, Config):
+        raise TypeError(
+            f"config must be a Config (from onboard.load_config), not {type(config).__name__}"
+        )
+    _sequence("inputs", inputs, "paths: inputs=[path]")
+    if requests is not None:
+        for index, request in enumerate(_sequence("requests", requests, "PassRequests")):
+            if not isinstance(request, PassRequest):
+                raise TypeError(
+                    f"requests[{index}] is a {type(request).__name__}, not a PassRequest"
+                )
+    for name, value in names:
+        _sequence(name, value, f"user names: {name}=[upn]")
+    if due_within_days is not None and (
+        not isinstance(due_within_days, int) or isinstance(due_within_days, bool)
+    ):
+        raise TypeError(
+            f"due_within_days must be a whole number of days or None, not {due_within_days!r}"
+        )
+    if due_within_days is not None and due_within_days < 0:
+        raise ValueError(f"due_within_days must be 0 or more, not {due_within_days}")
+
+
+def _sequence(name: str, value: object, what: str) -> Collection[object]:
+    """`value`, if it is a collection of several (a str or a path is one thing)."""
+    if isinstance(value, str | bytes | os.PathLike | PassRequest) or not isinstance(
+        value, Collection
+    ):
+        raise TypeError(f"{name} takes a list of {what}, not a {type(value).__name__}")
+    return value
 
 
 def read_inputs(
@@ -78,6 +127,7 @@ def given_files(
     completes a row (see `completed`)."""
     by_source: dict[str, list[PassRequest]] = {}
     for request in requests:
+        _check_types(request)
         if request.origin in taken:
             raise ValueError(
                 f"two rows have the Origin {request.origin.source!r} row {request.origin.row}: "
@@ -122,6 +172,38 @@ def completed(request: PassRequest, zone: ZoneInfo, now: datetime) -> PassReques
         start_date=day,
         note=note,
     )
+
+
+# The fields of a PassRequest a caller fills in: the types each takes, and what to give.
+_FIELD_TYPES: tuple[tuple[str, type | tuple[type, ...], str], ...] = (
+    ("user", str, "give the user's UPN or object id as a str"),
+    ("display_name", (str, type(None)), "give a str, or None"),
+    ("start", (datetime, type(None)), "give an aware datetime, or None (usable at once)"),
+    ("lifetime_minutes", int, "give the minutes as an int"),
+    ("usable_once", bool, "give True or False"),
+    ("note", str, "give a str"),
+)
+
+
+def _check_types(request: PassRequest) -> None:
+    """TypeError naming the request and its field whose value has the wrong type (a date for
+    a start, "no" for usable_once): never sent as it is, nor failing later on the way."""
+    origin: Any = request.origin
+    if not isinstance(origin, Origin):
+        raise TypeError(
+            f"the request for {request.user!r} has origin {origin!r}: give an Origin(source, row)"
+        )
+    if not isinstance(origin.source, str) or not isinstance(origin.row, int):
+        raise TypeError(
+            f"the request for {request.user!r} has {origin!r}: its source is a str, its row an int"
+        )
+    for name, kinds, wanted in _FIELD_TYPES:
+        value = getattr(request, name)
+        # A bool is an int to isinstance: a lifetime of True is refused too.
+        if not isinstance(value, kinds) or (name == "lifetime_minutes" and isinstance(value, bool)):
+            raise TypeError(
+                f"the request {origin.source!r} row {origin.row} has {name}={value!r}: {wanted}"
+            )
 
 
 def _digest(rows: Sequence[PassRequest]) -> str:

@@ -263,6 +263,9 @@ class DirectoryPerson:
 
 FILTER_VALUES = 15  # Graph's default limit on the values of one `in` filter
 USER_PAGE = 999  # users per page of a lookup ($top): Graph's maximum
+# The most pages one listing may take (a user's roles or methods, a lookup of 15 values: one
+# or two pages at Graph); beyond it, or at a next page already read, the listing never ends.
+MAX_PAGES = 100
 USER_FIELDS = "id,userPrincipalName,mail,employeeId,userType,creationType,externalUserState"
 INVITATION = "Invitation"  # creationType of an account invited from another organisation (B2B)
 
@@ -417,7 +420,7 @@ class GraphClient:
         for spent, waits in throttled.items():
             known = [p for p in waits if p is not None]
             pause = max(known) if known else PAUSE_WITHOUT_RETRY_AFTER
-            self.pacing[spent].throttled(ticket, pause, count=len(waits))
+            self.pacing.throttled(budget, spent, ticket, pause, count=len(waits))
         if throttled or len(retry) == len(answers):  # nothing came back clean: no speeding up
             return
         usages = [_usage(h.get("x-ms-throttle-limit-percentage")) for _, h in answers]
@@ -563,7 +566,15 @@ class GraphClient:
         """Every item of a listing, following @odata.nextLink (only under this Graph root)."""
         found: list[dict[str, Any]] = []
         next_url: str | None = url
+        read: set[str] = set()
         while next_url is not None:
+            if next_url in read or len(read) == MAX_PAGES:
+                raise ProtocolError(
+                    f"Graph's listing did not end (a next page read before, or more than "
+                    f"{MAX_PAGES} pages)",
+                    status=200,
+                )
+            read.add(next_url)
             status, data, request_id, _ = await self._send("GET", next_url, None, limit=PAGE_LIMIT)
             if status != 200:
                 raise _error(status, data, request_id, None)

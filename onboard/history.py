@@ -8,9 +8,10 @@ first recovers it here, so its passes reach a workbook before any new pass is cr
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,9 +28,18 @@ from .audit import (
     write_audit,
 )
 from .config import Config
-from .decide import History, Options, Skip, decide, finished
+from .decide import History, Options, Send, Skip, decide, finished
 from .errors import ConfigError, first_line
-from .journal import Journal, Person, RowRecord, RowState, RunInfo, RunStatus, input_key
+from .journal import (
+    Journal,
+    Person,
+    PreviousPass,
+    RowRecord,
+    RowState,
+    RunInfo,
+    RunStatus,
+    input_key,
+)
 from .outcomes import Failed, Issued, Origin, Outcome, PassRequest, Skipped, interrupted
 from .reader import InputFile
 from .record import RunRows
@@ -40,6 +50,7 @@ from .tenant import SIMULATOR_ROOT, SIMULATOR_TENANT, Tenant
 
 log = logging.getLogger(__name__)
 
+IssuedBy = Callable[[str], PreviousPass | None]
 SIMULATED_KEY = "simulated"  # the run's meta: True when its passes came from the simulator
 TIMEZONE_SETTING = "pass.timezone"  # the recorded setting the Issued sheet's times are shown in
 UNCONFIRMED = (
@@ -286,7 +297,8 @@ def dry_run(
     same auth.tenant_id and Graph root (the journal records both)."""
     path = config.state.path
     if not path.exists():
-        return requests, [], f"no journal yet at {path}: no row was issued before"
+        ready, skipped = _decided(config, requests, History({}, {}), now)
+        return ready, skipped, f"no journal yet at {path}: no row was issued before"
     simulator = config.graph.is_simulator
     root = SIMULATOR_ROOT if simulator else config.graph.endpoint
     name = config.auth.tenant_id or (SIMULATOR_TENANT if simulator else None)
@@ -306,6 +318,15 @@ def dry_run(
         history = history_for(journal, "", key, requests, {})
     finally:
         journal.close()
+    ready, skipped = _decided(config, requests, history, now)
+    return ready, skipped, f"checked against the journal {path} (tenant {key.split()[0]})"
+
+
+def _decided(
+    config: Config, requests: list[PassRequest], history: History, now: datetime
+) -> tuple[list[PassRequest], list[Skipped]]:
+    """The rows `run` would send (marked, as it marks them, where it would first ask Graph for
+    a pass the user holds), and the ones it would skip."""
     choices = Options(config.run.due_within_days, existing=config.pass_.existing)
     ready: list[PassRequest] = []
     skipped: list[Skipped] = []
@@ -314,8 +335,24 @@ def dry_run(
         if isinstance(decision, Skip):
             skipped.append(decision.outcome)
         else:
-            ready.append(request)
-    return ready, skipped, f"checked against the journal {path} (tenant {key.split()[0]})"
+            asks = isinstance(decision, Send) and decision.request.ask_existing
+            ready.append(replace(request, ask_existing=asks))
+    return ready, skipped
+
+
+@contextlib.contextmanager
+def passes_issued(config: Config, tenant: Tenant | None) -> Iterator[IssuedBy]:
+    """The journal's record of a pass by its method id, if a run of `tenant` issued it (as a
+    run's checks look a pass Graph holds up), read without taking the journal's lock."""
+    path = config.state.path
+    if tenant is None or not path.exists():
+        yield lambda method_id: None
+        return
+    journal = Journal(path).open(lock=False)
+    try:
+        yield lambda method_id: journal.issued_by(tenant.key, method_id)
+    finally:
+        journal.close()
 
 
 async def adopt_audited(

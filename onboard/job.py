@@ -46,7 +46,7 @@ from .errors import (
     first_line,
 )
 from .files import check_free_space, check_output_dir
-from .given import Clock, clock_of, read_inputs
+from .given import Clock, check_arguments, clock_of, read_inputs
 from .graph import GraphClient, explain, unusable_pass
 from .history import (
     adopt_audited,
@@ -102,6 +102,9 @@ async def run(
     row is started and the audit is written for what was done. With delivery.method mail (or
     a `preview` folder) the passes issued are then delivered (deliver.py).
     """
+    check_arguments(config, inputs, requests,
+                    [("reissue_users", reissue_users), ("allow_users", allow_users)],
+                    due_within_days)  # fmt: skip
     clock = clock_of(now)
     started = clock()
     env = env or {}
@@ -155,7 +158,7 @@ def _as_asked(config: Config, out_dir: Path | None, due_within_days: int | None)
     """The config with the command line's --out and --due-within in place of its own."""
     if out_dir is not None:
         config = config.model_copy(
-            update={"output": config.output.model_copy(update={"dir": out_dir})}
+            update={"output": config.output.model_copy(update={"dir": Path(out_dir)})}
         )
     if due_within_days is None:
         return config

@@ -1171,6 +1171,8 @@ class RowWriter:
         while self._committed < target:
             if self._commit is None:
                 self._commit = asyncio.ensure_future(self._commit_queued())
+                # Its waiters may all be cancelled before it fails: `flush` raises it again.
+                self._commit.add_done_callback(lambda done: done.cancelled() or done.exception())
             await asyncio.shield(self._commit)
 
     def flush(self) -> None:

@@ -229,6 +229,8 @@ async def issue_all(
             issuer.ended(not_sent(request, cause))
     finally:
         checking.cancel()
+        # No check reads on once the pool is done: the run closes its Graph session next.
+        await asyncio.gather(checking, return_exceptions=True)
         sink.flush()  # the rows the pool ended itself (interrupted, not sent), or on a crash
     return result
 
@@ -344,7 +346,8 @@ def _log_decided(outcome: Failed | Skipped) -> None:
     """The log line of a row its check decided (--log-file gets one per row)."""
     where = f"{outcome.origin.source} row {outcome.origin.row} {outcome.user or '-'}"
     if isinstance(outcome, Failed):
-        log.warning("%s: %s: %s", where, outcome.shown, outcome.detail)
+        graph_said = f" (request-id {outcome.request_id})" if outcome.request_id else ""
+        log.warning("%s: %s: %s%s", where, outcome.shown, outcome.detail, graph_said)
     else:
         log.info("%s: skipped: %s", where, outcome.detail)
 

@@ -8,7 +8,8 @@ controller of the budget it spends first. Each controller's rate starts at its c
 - a 429 on its budget pauses the requests that spend that budget (and only those) until its
   Retry-After has passed (requests sent while throttled still count against the budget) and
   cuts the rate to CUT of what it was; the 429s of requests that were already on their way
-  when the rate was cut do not cut again;
+  when the rate was cut do not cut again (a create refused for resource units, which creates
+  spend too, pauses the creates as well: `Pacing.throttled`);
 - `x-ms-throttle-limit-percentage` (sent by Graph once more than 80% of the budget is used)
   steers the rate before any 429: down as the figure rises, up as it falls, towards keeping
   TARGET_USAGE of the budget used;
@@ -198,8 +199,9 @@ class RateController:
 class Budget(StrEnum):
     """Graph's budgets (per app and tenant): writes (creates, deletes: 3,000 per 150 s), and
     resource units, which every request spends (reads: 3,500 to 8,000 per 10 s by tenant size).
-    A read never waits on the write pacing, and a 429 on one budget pauses only its own.
-    Mail (sendMail) has Exchange's own limits per sending mailbox, apart from both."""
+    A read never waits on the write pacing, and a 429 on one budget pauses only the requests
+    that spend it. Mail (sendMail) has Exchange's own limits per sending mailbox, apart from
+    both."""
 
     WRITES = "writes"
     READS = "resource units"
@@ -257,6 +259,17 @@ class Pacing:
         """The budget a 429 was for: as x-ms-throttle-information names it, else the
         request's own (`information` is a header value, compared as Graph documents it)."""
         return THROTTLE_INFORMATION.get((information or "").strip(), own)
+
+    def throttled(
+        self, own: Budget, spent: Budget, ticket: Ticket, retry_after: float, count: int = 1
+    ) -> None:
+        """`count` 429s from the budget `spent`, for requests of the budget `own`. A write
+        refused for resource units (which it spends too) holds the writes as well, without a
+        cut: sent during that pause, each create would be refused again, spend one of its row's
+        attempts, and (being sent after the cut) cut the resource-unit rate once more."""
+        self[spent].throttled(ticket, retry_after, count)
+        if spent is not own:
+            self[own].hold(retry_after)
 
     @property
     def requests(self) -> int:

@@ -80,8 +80,9 @@ async def run_taking(
     try:
         await _until_done_or_stopped(workers, stop, grace_seconds)
     except BaseException:
-        for task in workers:
-            task.cancel()
+        # Stopped from outside (a second signal, an error elsewhere): no worker goes on after
+        # this returns, to a session or journal its caller is about to close.
+        await _stop_all(workers)
         raise
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from .checks import RowChecks, check_all, find_people, read_policy, within_policy
@@ -12,8 +13,8 @@ from .config import Config
 from .connect import Connection, connect
 from .decide import Named
 from .errors import PolicyDisabled
-from .given import Clock, clock_of, read_inputs
-from .history import dry_run
+from .given import Clock, check_arguments, clock_of, read_inputs
+from .history import dry_run, passes_issued
 from .outcomes import Failed, Origin, PassRequest, Reason, Skipped
 from .reader import InputFile, check_rows
 from .tenant import Tenant
@@ -51,6 +52,7 @@ async def validate(
     directory (by UPN, object id, mail or employee id), signed in as the config says or
     through `client`. `env` and `now` as for `run`. Raises as `run` does for an unusable file,
     configuration or sign-in."""
+    check_arguments(config, inputs, requests, [("allow_users", allow_users)])
     today = clock_of(now)()
     files = read_inputs(inputs, requests, config.input, config.pass_, today)
     wanted, checked = check_rows(files)
@@ -62,9 +64,10 @@ async def validate(
             connection = client or await connect(config, env or {}, stack)
             found.tenant, found.attention = connection.tenant, list(connection.attention)
             wanted = await _validate_online(config, connection, wanted, checked, found,
-                                            named.allow)  # fmt: skip
-        wanted, decided, found.journal = dry_run(config, wanted, today, found.tenant)
-        checked.extend(decided)
+                                            named.allow, today)  # fmt: skip
+        else:
+            wanted, decided, found.journal = dry_run(config, wanted, today, found.tenant)
+            checked.extend(decided)
     order = sorted(checked, key=lambda o: (o.origin.source, o.origin.row))
     found.ready = wanted
     found.problems = [o for o in order if isinstance(o, Failed)]
@@ -79,8 +82,11 @@ async def _validate_online(
     checked: list[Failed | Skipped],
     found: Validation,
     allowed: frozenset[str],
+    today: datetime,
 ) -> list[PassRequest]:
-    """The pass policy, the people in the directory, their accounts: read, nothing created."""
+    """The pass policy, the people in the directory, then (as `run` orders it) the journal's
+    decisions, and for each row `run` would send the checks it makes before creating: the
+    pass its user holds, the account. Read only, nothing created."""
     client = connection.client
     policy = None
     try:
@@ -89,11 +95,13 @@ async def _validate_online(
         found.policy = "disabled"
         checked.append(Failed(Origin("(tenant)", 0), "", Reason.POLICY_OFF, str(exc)))
     requests, looked_up = await find_people(config, client, requests)
+    requests, decided, found.journal = dry_run(config, requests, today, connection.tenant)
     requests, refused = within_policy(policy, requests)
-    checks = RowChecks(config, client, len(requests), allowed=allowed)
-    keep, screened = await check_all(checks, requests)
+    with passes_issued(config, connection.tenant) as issued_by:
+        checks = RowChecks(config, client, len(requests), allowed=allowed, issued_by=issued_by)
+        keep, screened = await check_all(checks, requests)
     if requests:
         found.checks, unchecked = checks.summary()
         found.attention.extend(unchecked)
-    checked.extend([*looked_up, *refused, *screened])  # type: ignore[list-item]
+    checked.extend([*looked_up, *decided, *refused, *screened])  # type: ignore[list-item]
     return keep
