@@ -815,7 +815,7 @@ def _print_report(report: RunReport, config: Config) -> None:
     if report.tenant is not None:
         print(f"tenant: {report.tenant.describe()}")
     if report.stopped:
-        print(f"the run stopped early ({report.stopped}); run the same command again to finish")
+        print(f"the run stopped early ({report.stopped}); {_to_finish(report)}")
     failures = sorted(report.failures, key=lambda f: (f.origin.source, f.origin.row))
     for f in failures[:SHOW_FAILURES]:
         print(f"  failed  {f.origin.source} row {f.origin.row}  {f.user or '-'}: {f.shown}")
@@ -845,6 +845,18 @@ def _print_report(report: RunReport, config: Config) -> None:
         _print_protection(config, report.audit_path)
     if report.simulated:
         print(SIMULATED)
+
+
+def _to_finish(report: RunReport) -> str:
+    """What finishes a stopped run. Delivery starts once every row is done, so a run stopped
+    while delivering has nothing left to issue: the same command again would start a new run
+    that issues, so mails, nothing; `onboard deliver` sends the rest."""
+    delivery = report.delivery
+    if delivery is None or delivery.not_started is not None:
+        return "run the same command again to finish"
+    if delivery.preview is not None:
+        return f"'onboard deliver {report.run_id} --preview DIR' writes every message"
+    return f"every pass is issued; 'onboard deliver {report.run_id}' sends the messages not sent"
 
 
 def _print_delivery(delivery: DeliveryReport) -> None:

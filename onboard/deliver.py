@@ -27,6 +27,7 @@ import contextlib
 import json
 import logging
 import re
+import tempfile
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -47,6 +48,7 @@ from .audit import (
 from .config import ADDRESS, Config, DeliverySettings
 from .connect import connect
 from .errors import ConfigError, GraphError, TransientError, first_line
+from .files import private_dir
 from .graph import DirectoryPerson, GraphClient
 from .journal import WIPED, Journal, RunStatus
 from .mail import Letter, MailPass, Templates, address, write_private
@@ -103,6 +105,7 @@ class Why(StrEnum):
     UNCONFIRMED = "pass not confirmed"
     NO_VALUE = "pass value not at hand"
     TEMPLATE = "template failed"
+    NOT_WRITTEN = "preview not written"  # --preview: its .eml file could not be written
     REFUSED = "refused by Graph"
     GAVE_UP = "gave up after retries"
     LOST_ANSWER = "answer lost"
@@ -128,6 +131,7 @@ class Hire:
     def of_issued(cls, issued: Issued) -> Hire:
         request = issued.request
         value = issued.temporary_access_pass
+        redact.remember(value)  # a resumed run's, read back from the journal, too
         return cls(
             issued.origin, request.user, request.display_name,
             None if value == WIPED else value, issued.starts, issued.expires,
@@ -358,6 +362,12 @@ def prepare(
 ) -> Templates:
     """The templates, compiled and tried once; ConfigError if they fail, or if `to: column`
     and no input file has the column (nothing is sent then)."""
+    for key, given in [("sender", settings.sender), *(("cc", a) for a in settings.cc)]:
+        if given is not None and not _mailable(given):
+            raise ConfigError(
+                f"delivery.{key} {given!r} is not an email address a message can carry "
+                "(name@domain, the domain without empty parts): fix it"
+            )
     templates = Templates(settings)
     templates.check(timezone=timezone)
     if settings.to == "column" and requests and not any(r.header(DELIVER_TO) for r in requests):
@@ -557,7 +567,7 @@ def _from_sheet(hire: Hire, again: str) -> Recipient | NoRecipient:
             f"The row gives no address in its input.columns.deliver_to column for {hire.user}: "
             f"fill it in, then '{again}' mails this pass.",
         )
-    if not (given.isprintable() and ADDRESS.fullmatch(given)):
+    if not (given.isprintable() and ADDRESS.fullmatch(given) and _mailable(given)):
         return NoRecipient(
             Why.BAD_ADDRESS,
             f"The row's address for {hire.user} is not an email address: fix it in the sheet, "
@@ -580,7 +590,28 @@ def _manager(hire: Hire, person: DirectoryPerson | None, again: str) -> Recipien
             f"The manager of {hire.user}, {who}, has no mailbox: hand this pass out from this "
             f"workbook, or give the manager a mailbox and run '{again}'.",
         )
+    if not _mailable(person.mail):
+        return _bad_directory_mail(hire, "manager", person, again)
     return Recipient(person.mail, person.name)
+
+
+def _mailable(given: str) -> bool:
+    """Whether a message can be addressed to `given` (the mail parser takes it whole)."""
+    try:
+        address(given)
+    except ValueError:
+        return False
+    return True
+
+
+def _bad_directory_mail(hire: Hire, role: str, person: DirectoryPerson, again: str) -> NoRecipient:
+    who = person.name or person.upn or person.id
+    return NoRecipient(
+        Why.BAD_ADDRESS,
+        f"The {role} of {hire.user}, {who}, has a mail address in the directory that is not "
+        f"an email address ({person.mail!r}): correct it, then '{again}' mails this pass; or "
+        "hand it out from this workbook.",
+    )
 
 
 def _sponsor(hire: Hire, people: Sequence[object], again: str) -> Recipient | NoRecipient:
@@ -603,6 +634,8 @@ def _sponsor(hire: Hire, people: Sequence[object], again: str) -> Recipient | No
             f"{hire.user} has {len(mailed)} sponsors with a mailbox, and a pass goes to one "
             "person only: name who gets it with delivery.to column.",
         )
+    if not _mailable(str(mailed[0].mail)):
+        return _bad_directory_mail(hire, "sponsor", mailed[0], again)
     return Recipient(str(mailed[0].mail), mailed[0].name)
 
 
@@ -669,7 +702,13 @@ async def _send_one(
         return failed
     if how.preview is not None:
         name = f"{message.number:04d}-{re.sub(r'[^A-Za-z0-9@._-]', '_', message.to)[:80]}.eml"
-        path = write_private(how.preview / name, letter.eml(how.sender or how.settings.sender))
+        data = letter.eml(how.sender or how.settings.sender)
+        try:
+            path = write_private(how.preview / name, data)
+        except OSError as exc:  # a symlink planted there (never followed), a full disk...
+            detail = f"Could not write {how.preview / name}: {exc.strerror or exc}."
+            log.warning("message %d to %s: %s", message.number, message.to, detail)
+            return replace(message, state=State.FAILED, why=Why.NOT_WRITTEN, detail=detail)
         return replace(message, state=State.PREVIEWED, path=path)
     outbox.mark(replace(message, state=State.SENDING))  # on disk before the request goes
     done = await _post(client, message, letter, how, run_id)
@@ -809,6 +848,8 @@ async def redeliver(
     from its audit workbook (the journal no longer holds them), and record what became of the
     messages in that workbook and the journal. ConfigError for a run that cannot be."""
     settings = config.delivery
+    if preview is not None:
+        check_preview(preview)
     if preview is None and settings.sender is None:
         raise ConfigError(
             "delivery.sender is not set: name the mailbox that sends the passes (or give "
@@ -877,8 +918,25 @@ async def redeliver(
 def templates_for(
     config: Config, wanted: Sequence[PassRequest], preview: Path | None
 ) -> Templates | None:
-    """Delivery's templates, tried on the rows before anything is sent (None: no delivery)."""
+    """Delivery's templates, tried on the rows before anything is sent (None: no delivery),
+    and the --preview folder made and tried."""
     if config.delivery.method != "mail" and preview is None:
         return None
+    if preview is not None:
+        check_preview(preview)
     return prepare(config.delivery, wanted, timezone=config.pass_.timezone,
                    columns=config.input.columns["deliver_to"])  # fmt: skip
+
+
+def check_preview(folder: Path) -> None:
+    """Make the --preview folder (owner-only) and prove a file can be written in it, before
+    anything is sent: ConfigError otherwise, naming it."""
+    try:
+        private_dir(folder)  # a file of that name is left as it is: the next line says so
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write the messages into --preview {folder}: {exc.strerror or exc}; name "
+            "a folder (it is made owner-only if missing)"
+        ) from None

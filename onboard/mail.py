@@ -16,6 +16,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from email.errors import MessageError
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
@@ -28,6 +29,7 @@ from jinja2.sandbox import SandboxedEnvironment
 from .config import DeliverySettings
 from .errors import ConfigError, first_line
 from .files import NotAFile, private_dir, read_small
+from .redact import HIDDEN
 
 HTML_TEMPLATE = "mail.html.j2"
 TEXT_TEMPLATE = "mail.txt.j2"
@@ -100,7 +102,7 @@ def eml(
     writes what sendMail gave it: one body)."""
     message = EmailMessage(policy=email.policy.SMTP)
     if sender:
-        message["From"] = Address(addr_spec=sender)
+        message["From"] = address(sender)
     message["To"] = to
     if cc:
         message["Cc"] = cc
@@ -117,10 +119,13 @@ def eml(
 
 
 def address(addr_spec: str, name: str = "") -> Address:
-    """An address for a header; ValueError if it is not one (a bad address in the sheet)."""
+    """An address for a header; ValueError if it is not one (a bad address in the sheet, the
+    directory or the config)."""
     try:
         return Address(display_name=one_line(name), addr_spec=addr_spec.strip())
-    except (ValueError, IndexError) as exc:  # the email package's parser raises both
+    # The email package's parser raises all of these on malformed input ('x@y..com' a
+    # HeaderParseError, 'x@[y.com' an AttributeError from inside the parser).
+    except (ValueError, IndexError, AttributeError, MessageError) as exc:
         raise ValueError(f"not an email address: {first_line(exc)}") from None
 
 
@@ -198,8 +203,12 @@ class Templates:
             subject = one_line(self.subject.render(context))
             html = self.html.render(context)
             text = self.text.render(context)
-        except jinja2.TemplateError as exc:
-            raise ConfigError(f"{self.source} or delivery.subject failed: {_said(exc)}") from None
+        # A template is the operator's code: whatever it raises (a Jinja2 error, or a Python
+        # one from a filter given a value: TypeError, ValueError...) is its failure. Such an
+        # error may quote the value it choked on, so the passes are hidden from what it says.
+        except Exception as exc:
+            said = _hidden(_said(exc), [h.value for h in hires])
+            raise ConfigError(f"{self.source} or delivery.subject failed: {said}") from None
         if simulated:
             subject = SIMULATED_PREFIX + subject.removeprefix(SIMULATED_PREFIX)
         return Letter((to,), tuple(cc), subject, html, text)
@@ -229,6 +238,14 @@ def _environment(*, autoescape: bool) -> SandboxedEnvironment:
     )
 
 
-def _said(exc: jinja2.TemplateError) -> str:
+def _said(exc: Exception) -> str:
     line = getattr(exc, "lineno", None)
     return f"{first_line(exc)}" + (f" (line {line})" if line else "")
+
+
+def _hidden(text: str, values: Sequence[str]) -> str:
+    """`text` with each value replaced by redact.HIDDEN: as it is, and as an error message
+    quotes it (its repr escapes a backslash)."""
+    for value in sorted(filter(None, values), key=len, reverse=True):
+        text = text.replace(value, HIDDEN).replace(repr(value)[1:-1], HIDDEN)
+    return text
