@@ -618,8 +618,9 @@ class OutputSettings(Settings):
 
 
 class DeliverySettings(Settings):
-    """Delivering the passes: one message per recipient (a manager, a sponsor, or an address
-    in the sheet) listing all of their hires' passes."""
+    """Delivering the passes: one message per recipient, listing all of their hires' passes.
+
+    The recipient is each hire's manager, sponsor, or an address in the sheet (delivery.to)."""
 
     method: Annotated[DeliveryMethod, Stripped] = Field(
         "none",
