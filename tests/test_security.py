@@ -23,9 +23,8 @@ import msoffcrypto
 import pytest
 import yaml
 from aiohttp import web
-from conftest import CLIENT_ID, TENANT, issued_sheet, users
+from conftest import CLIENT_ID, TENANT, certificate_of, issued_sheet, make_certificate, users
 from openpyxl import load_workbook
-from test_auth_graph import certificate_of, make_certificate
 
 from onboard import audit, redact
 from onboard.audit import (

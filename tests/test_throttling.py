@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import users
+from conftest import GOOD, SOON, FakeClock, audit_rows, latest_audit, users
 from openpyxl import load_workbook
-from test_cli import GOOD, SOON, audit_rows, latest_audit
 
 from onboard.cli import EXIT_ROWS_FAILED, main
 from onboard.simulator import Faults, SimulatorState
@@ -16,8 +15,8 @@ from onboard.simulator import Faults, SimulatorState
 def test_simulator_bucket_refused_requests_still_spend_budget() -> None:
     """Burst 5 at 10/s: five pass, the sixth is refused; refusing more deepens the debt, so
     the wait grows; usage is reported once more than 80% is spent."""
-    now = [0.0]
-    state = SimulatorState(faults=Faults(throttle_rate=10, throttle_burst=5), clock=lambda: now[0])
+    clock = FakeClock()
+    state = SimulatorState(faults=Faults(throttle_rate=10, throttle_burst=5), clock=clock)
     answers = [state.take_token() for _ in range(5)]
     assert [wait for wait, _ in answers] == [None] * 5
     assert [usage is not None for _, usage in answers] == [False, False, False, False, True]
@@ -25,7 +24,7 @@ def test_simulator_bucket_refused_requests_still_spend_budget() -> None:
     assert first_wait == pytest.approx(0.2) and usage is not None and usage > 1.0
     second_wait, _ = state.take_token()
     assert second_wait == pytest.approx(0.3)  # the refused request counted
-    now[0] = 0.3  # waiting it out is enough
+    clock.now = 0.3  # waiting it out is enough
     assert state.take_token()[0] is None
 
 
