@@ -17,7 +17,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from onboard.reader import read_all
 def read_files(config, paths, now):  # type: ignore[no-untyped-def]
     """The input files as `onboard run` reads them."""
     return read_all(paths, config.input, config.pass_, now)
+
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -58,7 +58,9 @@ def read_one(path: Path) -> dict[str, float]:
     from onboard.config import load_config
 
     config = load_config(None)
-    config = replace(config, input=replace(config.input, date_order="DMY"))
+    config = config.model_copy(
+        update={"input": config.input.model_copy(update={"date_order": "DMY"})}
+    )
     started = time.perf_counter()
     (read,) = read_files(config, [path], NOW)
     seconds = time.perf_counter() - started

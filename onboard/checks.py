@@ -157,7 +157,6 @@ async def _look_up(
             return match_by
         return "id" if GUID.match(value) else "userPrincipalName"
 
-    label = {"mail": "mail", "employeeId": "employee id", "upn": "UPN"}[match_by]
     # One lookup per distinct value (compared without regard to case), sent as the sheet
     # wrote it: Graph compares case-insensitively itself (casefold() would turn ß into ss).
     wanted: dict[str, dict[str, str]] = {}
@@ -200,7 +199,7 @@ async def _look_up(
             continue
         people = matches[key]
         error = errors.get(key)
-        refused = _refused(request.user, label, people, error)
+        refused = _refused(request.user, match_by, people, error)
         if refused is not None:
             reason, shown, detail = refused
             guest = error is None and len(people) == 1 and _is_external(people[0])
@@ -218,11 +217,16 @@ async def _look_up(
     return found, failed
 
 
+# How a message names each input.match_by field.
+_MATCH_LABELS = {"mail": "mail", "employeeId": "employee id", "upn": "UPN"}
+
+
 def _refused(
-    value: str, label: str, people: list[dict[str, Any]], error: GraphError | None
+    value: str, match_by: str, people: list[dict[str, Any]], error: GraphError | None
 ) -> tuple[Reason, str | None, str] | None:
     """Why a row cannot go on after its lookup (reason, the label to show when the reason's own
     is too general, what to do); None if it can."""
+    label = _MATCH_LABELS[match_by]
     if error is not None:
         needs = (
             " Finding people needs User.Read.All for the app: grant it with admin consent."
@@ -237,7 +241,7 @@ def _refused(
                 f"{error.code or '-'}: {error.message}).{needs}"
             ),
         )
-    if not people and label == "UPN":
+    if not people and match_by == "upn":
         return (
             Reason.USER_NOT_FOUND,
             None,
@@ -249,7 +253,7 @@ def _refused(
     if not people:
         return (
             Reason.NO_MATCH,
-            f"No user with this {label}",
+            Reason.NO_MATCH.labelled(label),
             (
                 f"No user in the tenant has {label} '{value}'. Check the sheet, or wait until the "
                 f"account exists with its {label} set, then run again for this row."
@@ -259,7 +263,7 @@ def _refused(
     if len(people) > 1:
         return (
             Reason.SEVERAL_MATCHES,
-            f"Several users with this {label}",
+            Reason.SEVERAL_MATCHES.labelled(label),
             (
                 f"{len(people)} users have {label} '{value}': {', '.join(upns)}. Give this "
                 "person's UPN instead (a sheet with input.match_by: upn), or fix the directory "
@@ -340,51 +344,74 @@ async def existing_passes(
             keep.append(request)  # not asked: the run was asked to stop, so it is not sent
             continue
         held = answers.get(request.user) if request.ask_existing else None
-        outcome: Outcome | None = None
+        fate: PassRequest | Outcome = request
         if isinstance(held, GraphError) and held.status != 404 and replacing:
             pass  # replace issues anyway: the listing only looked for this journal's own pass
         elif isinstance(held, GraphError):
-            reason, detail = explain(held, request.user, config.run.max_attempts)
-            if held.status != 404:
-                reason = Reason.EXISTING_UNKNOWN
-                detail = (
-                    f"pass.existing is skip, and Graph would not list this user's current pass "
-                    f"(HTTP {held.status}: {held.message}), so none was created. Run again "
-                    "later; or set pass.existing: replace to issue without checking."
-                )
-            outcome = Failed(request.origin, request.user, reason, detail,
-                             http_status=held.status, graph_code=held.code,
-                             request_id=held.request_id)  # fmt: skip
+            fate = _not_listed(request, held, config.run.max_attempts)
         elif held is not None and held.in_force(now):
             ours = issued_by(held.method_id)
-            if ours is not None and not ours.value_kept:
-                note = (
-                    f"replaces the pass run {ours.run_id} created while it could not be used "
-                    "(outside the pass policy's groups: its value was not kept)"
-                )
-                request = replace(request, note=f"{request.note}; {note}".lstrip("; "))
-            elif ours is not None and ours.start_key == request.start_key:
-                outcome = already_issued(request, ours, confirmed=True)
-            elif ours is not None:
-                note = (
-                    f"start moved from {shown_window(ours.start_key)} to "
-                    f"{shown_window(request.start_key)}: this pass replaces the one run "
-                    f"{ours.run_id} issued"
-                )
-                request = replace(request, note=f"{request.note}; {note}".lstrip("; "))
-            elif replacing:
-                note = (
-                    f"replaces a pass created {_when(held.created)} that this journal did not "
-                    "issue (pass.existing: replace)"
-                )
-                request = replace(request, note=f"{request.note}; {note}".lstrip("; "))
-            else:
-                outcome = _held_elsewhere(request, held, now)
-        if outcome is None:
-            keep.append(request)
+            fate = _pass_in_force(request, held, ours, now, replacing=replacing)
+        if isinstance(fate, PassRequest):
+            keep.append(fate)
         else:
-            decided.append(outcome)
+            decided.append(fate)
     return keep, decided
+
+
+def _not_listed(request: PassRequest, error: GraphError, max_attempts: int) -> Failed:
+    """A row whose user's current pass Graph would not list: under pass.existing skip nothing
+    is sent without knowing; a 404 (no such user) fails the row as any lookup of one does."""
+    reason, detail = explain(error, request.user, max_attempts)
+    if error.status != 404:
+        reason = Reason.EXISTING_UNKNOWN
+        detail = (
+            f"pass.existing is skip, and Graph would not list this user's current pass "
+            f"(HTTP {error.status}: {error.message}), so none was created. Run again "
+            "later; or set pass.existing: replace to issue without checking."
+        )
+    return Failed(request.origin, request.user, reason, detail,
+                  http_status=error.status, graph_code=error.code,
+                  request_id=error.request_id)  # fmt: skip
+
+
+def _pass_in_force(
+    request: PassRequest,
+    held: HeldPass,
+    ours: PreviousPass | None,
+    now: datetime,
+    *,
+    replacing: bool,
+) -> PassRequest | Outcome:
+    """A row whose user holds a pass in force: the row, to send (with a note on the pass it
+    replaces), or its outcome. `ours` is the journal's record of that pass, if it issued it."""
+    if ours is not None and not ours.value_kept:
+        return _with_note(
+            request,
+            f"replaces the pass run {ours.run_id} created while it could not be used "
+            "(outside the pass policy's groups: its value was not kept)",
+        )
+    if ours is not None and ours.start_key == request.start_key:
+        return already_issued(request, ours, confirmed=True)
+    if ours is not None:
+        return _with_note(
+            request,
+            f"start moved from {shown_window(ours.start_key)} to "
+            f"{shown_window(request.start_key)}: this pass replaces the one run "
+            f"{ours.run_id} issued",
+        )
+    if replacing:
+        return _with_note(
+            request,
+            f"replaces a pass created {_when(held.created)} that this journal did not "
+            "issue (pass.existing: replace)",
+        )
+    return _held_elsewhere(request, held, now)
+
+
+def _with_note(request: PassRequest, note: str) -> PassRequest:
+    """The request with `note` added to its audit note (after any it already has)."""
+    return replace(request, note=f"{request.note}; {note}".lstrip("; "))
 
 
 # How much earlier than the row's start a pass may start, or later it may end, and still be
@@ -517,70 +544,82 @@ async def screen_accounts(
     )
     # The app lacks the permission when Graph refuses every user alike; a refusal for some
     # users only is about those users, and fails their rows (never a pass unchecked).
-    unread = {
-        "roles": bool(roles) and all(_denied(a) for a in roles.values()),
-        "methods": bool(methods) and all(_denied(a) for a in methods.values()),
-    }
-    notes = [
-        ("Admin roles", f"not checked: the app lacks {ROLES_PERMISSION}")
-        if unread["roles"]
-        else ("Admin roles", "checked: users holding a directory role are refused"),
-        ("Sign-in methods", f"not checked: the app lacks {METHODS_PERMISSION}")
-        if unread["methods"]
-        else ("Sign-in methods", "checked: users who already have strong methods are refused"),
-    ]
-    if unread["roles"]:
-        log.warning(
-            "cannot read users' directory roles (the app lacks %s): a user holding an admin role "
-            "is not refused; grant it so that a sheet cannot name an administrator",
-            ROLES_PERMISSION,
-        )
-    if unread["methods"]:
-        log.warning(
-            "cannot list users' authentication methods (the app lacks %s): a user who already "
-            "signs in with Authenticator, a security key or Windows Hello is not refused",
-            METHODS_PERMISSION,
-        )
-    unchecked = [
-        *(
-            [f"users' admin roles were not checked: grant the app {ROLES_PERMISSION}, or set "
-             "pass.allow_existing_accounts: true to accept that a sheet may name an admin"]
-            if unread["roles"] else []
-        ),
-        *(
-            [f"users' sign-in methods were not checked: grant the app {METHODS_PERMISSION}, or "
-             "set pass.allow_existing_accounts: true"]
-            if unread["methods"] else []
-        ),
-    ]  # fmt: skip
+    unread_roles = bool(roles) and all(_denied(a) for a in roles.values())
+    unread_methods = bool(methods) and all(_denied(a) for a in methods.values())
+    notes, unchecked = _what_was_checked(unread_roles=unread_roles, unread_methods=unread_methods)
     keep: list[PassRequest] = []
     refused: list[Failed] = []
     for request in requests:
         if request.user not in roles or request.user not in methods:
             keep.append(request)  # not asked: the run was asked to stop, so it is not sent
             continue
-        held_roles, registered = roles[request.user], methods[request.user]
         problem = _account_problem(
             request,
-            [] if unread["roles"] else held_roles,
-            [] if unread["methods"] else registered,
+            [] if unread_roles else roles[request.user],
+            [] if unread_methods else methods[request.user],
         )
         if problem is None:
             keep.append(request)
         elif request.key in allowed or (request.sheet_value or "").casefold() in allowed:
             note = f"issued on purpose (--allow-user): {problem[1].split('. ')[0]}"
-            keep.append(replace(request, note=f"{request.note}; {note}".lstrip("; ")))
+            keep.append(_with_note(request, note))
         else:
-            reason, detail, error = problem
-            earlier = request.prior_attempts > 0 or request.doubtful
-            refused.append(Failed(
-                request.origin, request.user, reason, detail,
-                http_status=error.status if error else None,
-                graph_code=error.code if error else None,
-                request_id=error.request_id if error else None,
-                column=request.header(config.input.key_column), may_have_pass=earlier,
-            ))  # fmt: skip
+            refused.append(_refused_account(request, problem, config.input.key_column))
     return Screening(keep, refused, notes, unchecked)
+
+
+def _what_was_checked(
+    *, unread_roles: bool, unread_methods: bool
+) -> tuple[list[tuple[str, str]], list[str]]:
+    """The Summary's lines on the account checks, and the checks that could not be made (for
+    the run's attention list); a check the app may not make is also logged, once, with the
+    permission that would allow it."""
+    notes = [
+        ("Admin roles", f"not checked: the app lacks {ROLES_PERMISSION}")
+        if unread_roles
+        else ("Admin roles", "checked: users holding a directory role are refused"),
+        ("Sign-in methods", f"not checked: the app lacks {METHODS_PERMISSION}")
+        if unread_methods
+        else ("Sign-in methods", "checked: users who already have strong methods are refused"),
+    ]
+    unchecked: list[str] = []
+    if unread_roles:
+        log.warning(
+            "cannot read users' directory roles (the app lacks %s): a user holding an admin role "
+            "is not refused; grant it so that a sheet cannot name an administrator",
+            ROLES_PERMISSION,
+        )
+        unchecked.append(
+            f"users' admin roles were not checked: grant the app {ROLES_PERMISSION}, or set "
+            "pass.allow_existing_accounts: true to accept that a sheet may name an admin"
+        )
+    if unread_methods:
+        log.warning(
+            "cannot list users' authentication methods (the app lacks %s): a user who already "
+            "signs in with Authenticator, a security key or Windows Hello is not refused",
+            METHODS_PERMISSION,
+        )
+        unchecked.append(
+            f"users' sign-in methods were not checked: grant the app {METHODS_PERMISSION}, or "
+            "set pass.allow_existing_accounts: true"
+        )
+    return notes, unchecked
+
+
+def _refused_account(
+    request: PassRequest, problem: tuple[Reason, str, GraphError | None], key_column: str
+) -> Failed:
+    """The row of a user who may not get a pass from a sheet. An earlier send for the row (a
+    stopped run, a doubtful request) may have made a pass all the same: the row says so."""
+    reason, detail, error = problem
+    earlier = request.prior_attempts > 0 or request.doubtful
+    return Failed(
+        request.origin, request.user, reason, detail,
+        http_status=error.status if error else None,
+        graph_code=error.code if error else None,
+        request_id=error.request_id if error else None,
+        column=request.header(key_column), may_have_pass=earlier,
+    )  # fmt: skip
 
 
 def _denied(answer: object) -> bool:

@@ -228,7 +228,17 @@ def _note_in_log_file(message: str, level: int) -> None:
             handler.note(message, level)
 
 
+# Said in the top-level help and in each command's: -c works before or after the command.
+_CONFIG_HELP = (
+    f"configuration file (default: ./{DEFAULT_CONFIG}; 'run' and 'validate --online' "
+    "refuse to start without one); before or after the command"
+)
+_Commands = argparse._SubParsersAction  # the object add_subparsers returns
+
+
 def _parser() -> argparse.ArgumentParser:
+    """The command line: the options every command takes, then one sub-parser per command,
+    each built by its own function below so that a command's options read in one place."""
     parser = argparse.ArgumentParser(
         prog="onboard",
         description="Issue Microsoft Entra ID Temporary Access Passes for a new-hire spreadsheet.",
@@ -239,22 +249,33 @@ def _parser() -> argparse.ArgumentParser:
         "143 stopped by SIGTERM.",
     )
     parser.add_argument("--version", action="version", version=f"onboard {__version__}")
-    config_help = (
-        f"configuration file (default: ./{DEFAULT_CONFIG}; 'run' and 'validate --online' "
-        "refuse to start without one); before or after the command"
-    )
-    parser.add_argument("-c", "--config", metavar="FILE", help=config_help)
+    parser.add_argument("-c", "--config", metavar="FILE", help=_CONFIG_HELP)
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add_command in (
+        _add_run,
+        _add_report,
+        _add_runs,
+        _add_validate,
+        _add_simulate,
+        _add_init,
+    ):
+        add_command(commands)
+    return parser
 
-    def common(p: argparse.ArgumentParser, verbose: str = "more log output") -> None:
-        # SUPPRESS: given after the command they count; not given, the subcommand leaves the
-        # value given before it (`onboard -c x.yaml run ...`) alone.
-        p.add_argument(
-            "-c", "--config", metavar="FILE", default=argparse.SUPPRESS, help=config_help
-        )
-        p.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help=verbose)
 
+def _common_options(command: argparse.ArgumentParser, verbose: str = "more log output") -> None:
+    """-c and -v after the command as well as before it."""
+    # SUPPRESS: given after the command they count; not given, the subcommand leaves the
+    # value given before it (`onboard -c x.yaml run ...`) alone.
+    command.add_argument(
+        "-c", "--config", metavar="FILE", default=argparse.SUPPRESS, help=_CONFIG_HELP
+    )
+    command.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help=verbose)
+
+
+def _add_run(commands: _Commands[argparse.ArgumentParser]) -> None:
+    """`onboard run`: the one command that creates passes."""
     run = commands.add_parser(
         "run",
         help="issue passes for every row and write the audit workbook",
@@ -287,9 +308,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--log-file", metavar="FILE", help="also append timestamped log lines to FILE (owner-only)"
     )
-    common(run, "more log output: -v a line per row, -vv a line per request")
+    _common_options(run, "more log output: -v a line per row, -vv a line per request")
     run.set_defaults(handler=_run)
 
+
+def _add_report(commands: _Commands[argparse.ArgumentParser]) -> None:
+    """`onboard report`: a past run's workbook, again, from the journal."""
     report = commands.add_parser(
         "report",
         help="rebuild the audit workbook of a past run from the journal",
@@ -299,17 +323,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     report.add_argument("run_id", metavar="RUN_ID", help="a run id, as 'onboard runs' lists")
     report.add_argument("--out", metavar="DIR", help="folder for the workbook (output.dir)")
-    common(report)
+    _common_options(report)
     report.set_defaults(handler=_report)
 
+
+def _add_runs(commands: _Commands[argparse.ArgumentParser]) -> None:
+    """`onboard runs`: the journal's runs, listed."""
     runs = commands.add_parser(
         "runs",
         help="list past runs from the journal, with their counts",
         description="List the runs the journal knows, oldest first, with their outcome counts.",
     )
-    common(runs)
+    _common_options(runs)
     runs.set_defaults(handler=_runs)
 
+
+def _add_validate(commands: _Commands[argparse.ArgumentParser]) -> None:
+    """`onboard validate`: every check a run makes before its first create, creating nothing."""
     validate = commands.add_parser(
         "validate",
         help="check the spreadsheets without sending anything",
@@ -327,9 +357,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     validate.add_argument("--out", metavar="DIR", help="folder for the workbook (output.dir)")
     _allow_user(validate)
-    common(validate)
+    _common_options(validate)
     validate.set_defaults(handler=_validate)
 
+
+def _add_simulate(commands: _Commands[argparse.ArgumentParser]) -> None:
+    """`onboard simulate`: the Graph simulator served on loopback, as a tenant's URL would be."""
     simulate = commands.add_parser(
         "simulate",
         help="serve the built-in Graph simulator until Ctrl-C",
@@ -345,9 +378,13 @@ def _parser() -> argparse.ArgumentParser:
         default="simulator-certs",
         help="where to write the simulator's CA certificate (default ./simulator-certs)",
     )
-    common(simulate)
+    _common_options(simulate)
     simulate.set_defaults(handler=_simulate)
 
+
+def _add_init(commands: _Commands[argparse.ArgumentParser]) -> None:
+    """`onboard init`: a config file for a real tenant. It takes no -c/-v of its own: PATH (or
+    the -c before the command) is the file it writes."""
     init = commands.add_parser(
         "init",
         help="write a commented config.yaml for your tenant",
@@ -383,7 +420,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     init.add_argument("--force", action="store_true", help="replace the file if it exists")
     init.set_defaults(handler=_init)
-    return parser
 
 
 def _load(args: argparse.Namespace, *, sends: bool = False) -> Config:
@@ -488,61 +524,13 @@ class _AboveTheBar(logging.StreamHandler[TextIO]):
 
 
 def _run(args: argparse.Namespace) -> int:
+    """`onboard run`: issue the passes, print what became of the rows, and exit with the code
+    that says it (a signal's own code when one stopped the run)."""
     config = _load(args, sends=True)
     progress = _Progress()
-    out = Path(args.out) if args.out else None
     received: list[signal.Signals] = []
-
-    async def run_until_signalled() -> RunReport:
-        # The first SIGINT or SIGTERM (Ctrl-C, cron's timeout, systemd, a container stop) stops
-        # taking rows, lets requests in flight finish and writes the audit; a second stops now.
-        task = asyncio.current_task()
-        assert task is not None
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-
-        def on_signal(signum: signal.Signals) -> None:
-            received.append(signum)
-            if stop.is_set():
-                print(
-                    "onboard: stopping at once; the journal keeps every pass issued so far",
-                    file=sys.stderr,
-                )
-                task.cancel()
-                return
-            stop.set()
-            print(
-                f"onboard: {signum.name}: finishing the requests in flight, then writing the "
-                "audit (send it again to stop at once)",
-                file=sys.stderr,
-            )
-
-        for signum in SIGNAL_EXIT:
-            try:
-                loop.add_signal_handler(signum, on_signal, signum)
-            except NotImplementedError:  # Windows: Ctrl-C stops at once; the journal resumes
-                break
-        ticker = asyncio.create_task(progress.keep_fresh())
-        try:
-            return await job.run(
-                config,
-                args.inputs,
-                env=os.environ,
-                out_dir=out,
-                on_outcome=progress,
-                on_start=progress.start,
-                on_phase=progress.phase,
-                stop=stop,
-                reissue=args.reissue,
-                reissue_users=args.reissue_user,
-                allow_users=args.allow_user,
-                due_within_days=args.due_within,
-            )
-        finally:
-            ticker.cancel()
-
     try:
-        report = asyncio.run(run_until_signalled())
+        report = asyncio.run(_run_until_signalled(args, config, progress, received))
     except RunStopped as exc:
         progress.close()
         code = SIGNAL_EXIT[received[0]] if received else EXIT_INTERRUPTED
@@ -559,21 +547,85 @@ def _run(args: argparse.Namespace) -> int:
         progress.close()
     with _stdout_may_close():
         _print_report(report, config)
-    if received:
-        code = SIGNAL_EXIT[received[0]]
-    elif report.status is RunStatus.ABORTED:
-        code = EXIT_ABORTED
-    else:
-        # A pass nobody here can vouch for, or a check that could not be made, is not a
-        # success: a person must look (and cron's mail goes out on anything but 0).
-        attention = report.failed or report.held_elsewhere or report.attention
-        code = EXIT_ROWS_FAILED if attention else EXIT_OK
+    code = _run_exit_code(report, received)
     early = f", stopped early ({report.stopped})" if report.stopped else ""
     _note_in_log_file(
         f"run {report.run_id}: {_counts(report)}{early} (exit {code})",
         logging.INFO if code == EXIT_OK else logging.WARNING,
     )
     return code
+
+
+async def _run_until_signalled(
+    args: argparse.Namespace,
+    config: Config,
+    progress: _Progress,
+    received: list[signal.Signals],
+) -> RunReport:
+    """The run, with the progress kept fresh and the signals it gets appended to `received`."""
+    stop = asyncio.Event()
+    _stop_on_signals(stop, received)
+    ticker = asyncio.create_task(progress.keep_fresh())
+    try:
+        return await job.run(
+            config,
+            args.inputs,
+            env=os.environ,
+            out_dir=Path(args.out) if args.out else None,
+            on_outcome=progress,
+            on_start=progress.start,
+            on_phase=progress.phase,
+            stop=stop,
+            reissue=args.reissue,
+            reissue_users=args.reissue_user,
+            allow_users=args.allow_user,
+            due_within_days=args.due_within,
+        )
+    finally:
+        ticker.cancel()
+
+
+def _stop_on_signals(stop: asyncio.Event, received: list[signal.Signals]) -> None:
+    """The first SIGINT or SIGTERM (Ctrl-C, cron's timeout, systemd, a container stop) sets
+    `stop`: the run takes no more rows, lets requests in flight finish and writes the audit.
+    A second cancels the running task at once (the journal keeps what was issued)."""
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: signal.Signals) -> None:
+        received.append(signum)
+        if stop.is_set():
+            print(
+                "onboard: stopping at once; the journal keeps every pass issued so far",
+                file=sys.stderr,
+            )
+            task.cancel()
+            return
+        stop.set()
+        print(
+            f"onboard: {signum.name}: finishing the requests in flight, then writing the "
+            "audit (send it again to stop at once)",
+            file=sys.stderr,
+        )
+
+    for signum in SIGNAL_EXIT:
+        try:
+            loop.add_signal_handler(signum, on_signal, signum)
+        except NotImplementedError:  # Windows: Ctrl-C stops at once; the journal resumes
+            break
+
+
+def _run_exit_code(report: RunReport, received: list[signal.Signals]) -> int:
+    """The exit code of a run that wrote its audit: the first signal's, if one stopped it."""
+    if received:
+        return SIGNAL_EXIT[received[0]]
+    if report.status is RunStatus.ABORTED:
+        return EXIT_ABORTED
+    # A pass nobody here can vouch for, or a check that could not be made, is not a
+    # success: a person must look (and cron's mail goes out on anything but 0).
+    attention = report.failed or report.held_elsewhere or report.attention
+    return EXIT_ROWS_FAILED if attention else EXIT_OK
 
 
 @contextlib.contextmanager
@@ -817,15 +869,9 @@ def _init(args: argparse.Namespace, ask: Ask | None = None) -> int:
         path = path / DEFAULT_CONFIG
     if path.exists() and not args.force:
         return _refused(f"{path} already exists: nothing was written (--force replaces it)")
-    for flag, value, check in (
-        ("--tenant-id", args.tenant_id, tenant_problem),
-        ("--client-id", args.client_id, client_id_problem),
-        ("--timezone", args.timezone, timezone_problem),
-        ("--certificate-path", args.certificate_path, _path_problem),
-    ):
-        problem = None if value is None else check(value)
-        if problem is not None:
-            return _refused(f"{flag}: {problem}")
+    problem = _init_option_problem(args)
+    if problem is not None:
+        return _refused(problem)
     try:
         setup = _setup(args, ask)
     except _Missing as missing:
@@ -850,6 +896,28 @@ def _init(args: argparse.Namespace, ask: Ask | None = None) -> int:
         return _refused(f"{path} already exists: nothing was written (--force replaces it)")
     except OSError as exc:
         return _refused(f"cannot write {path}: {exc.strerror}")
+    _print_next_steps(path, setup)
+    return EXIT_OK
+
+
+def _init_option_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the first init option given a bad value, named by its flag: checked
+    before anything is asked, so nobody answers prompts for a file that cannot be written."""
+    for flag, value, check in (
+        ("--tenant-id", args.tenant_id, tenant_problem),
+        ("--client-id", args.client_id, client_id_problem),
+        ("--timezone", args.timezone, timezone_problem),
+        ("--certificate-path", args.certificate_path, _path_problem),
+    ):
+        problem = None if value is None else check(value)
+        if problem is not None:
+            return f"{flag}: {problem}"
+    return None
+
+
+def _print_next_steps(path: Path, setup: TenantSetup) -> None:
+    """What init wrote, then what is left to do before the first run: the permissions to
+    grant, where the credential comes from (never the file), and the command that checks it."""
     app = f"app {setup.client_id}" if setup.client_id else "system-assigned managed identity"
     print(
         f"wrote {path}: tenant {setup.tenant_id}, {app}, {setup.method}, "
@@ -883,7 +951,6 @@ def _init(args: argparse.Namespace, ask: Ask | None = None) -> int:
         f"  3. onboard validate --online HIRES.xlsx{given}   (signs in and checks the sheet; "
         "creates nothing)"
     )
-    return EXIT_OK
 
 
 class _Missing(Exception):

@@ -90,9 +90,13 @@ async def run(
     """
     started = datetime.now(UTC)
     if out_dir is not None:
-        config = replace(config, output=replace(config.output, dir=out_dir))
+        config = config.model_copy(
+            update={"output": config.output.model_copy(update={"dir": out_dir})}
+        )
     due = due_within_days if due_within_days is not None else config.run.due_within_days
-    config = replace(config, run=replace(config.run, due_within_days=due))
+    config = config.model_copy(
+        update={"run": config.run.model_copy(update={"due_within_days": due})}
+    )
     options = audit_options(config.output, env)  # a missing password stops the run here
     if not config.graph.is_simulator:
         warm_tls(config.graph.ca_bundle)  # while the spreadsheet is read

@@ -937,57 +937,33 @@ def from_record(data: dict[str, Any], value: str | None) -> Outcome:
             method_id=data.get("method_id"),
             label=data.get("label", label),
         )
-    # Journals written before reasons were categories kept the text alone, as "reason".
-    detail = data.get("detail", data["reason"])
-    legacy = Reason.HELD_ELSEWHERE if data.get("held_elsewhere") else _skip(detail)
+    # A journal written before reasons were values kept a skip's text alone, as "reason": of
+    # its kind, only "held elsewhere" is a value (its flag), and it is the only one code reads.
+    # The text is kept as the detail people see.
+    old = Reason.HELD_ELSEWHERE if data.get("held_elsewhere") else Reason.ALREADY_ISSUED
     return Skipped(
         origin,
         data["user"],
-        Reason(data["reason"]) if "detail" in data else legacy,
-        detail,
+        Reason(data["reason"]) if "detail" in data else old,
+        data.get("detail", data["reason"]),
         data["previous_run"],
         _time(data["issued_at"]),
     )
 
 
-# Labels journals written before reasons were categories may hold, and what they are now.
+# The labels of failures in journals written before reasons were values, where a reason was
+# renamed since; any other old label is shown as it was recorded.
 _OLD_FAILURES = {
     "Lifetime refused by the pass policy": Reason.LIFETIME_OUTSIDE_POLICY,
     "Start refused": Reason.START_IN_PAST,
 }
-_OLD_LABELS = (("Invalid ", Reason.INVALID), ("No user with this ", Reason.NO_MATCH),
-               ("Several users with this ", Reason.SEVERAL_MATCHES))  # fmt: skip
+_REASONS = {reason.value: reason for reason in Reason}
 
 
-def _failure(text: str) -> tuple[Reason, str | None]:
+def _failure(recorded: str) -> tuple[Reason, str | None]:
     """A recorded failure's reason, and the label it was shown with when that was its own."""
-    try:
-        return Reason(text), None
-    except ValueError:
-        pass
-    if text in _OLD_FAILURES:
-        return _OLD_FAILURES[text], None
-    for prefix, reason in _OLD_LABELS:
-        if text.startswith(prefix):
-            return reason, text
-    return Reason.REFUSED, text  # an old label no longer used: shown as it was
-
-
-_OLD_SKIPS = (
-    ("blank row", Reason.BLANK_ROW),
-    ("below the data", Reason.BELOW_THE_DATA),
-    ("same as", Reason.REPEATED),
-    ("already", Reason.ALREADY_ISSUED),
-    ("not yet due", Reason.NOT_YET_DUE),
-)
-
-
-def _skip(text: str) -> Reason:
-    """An old skipped row's reason, from the text it was recorded with."""
-    for prefix, reason in _OLD_SKIPS:
-        if text.startswith(prefix):
-            return reason
-    return Reason.HELD_ELSEWHERE if "did not issue" in text else Reason.ALREADY_ISSUED
+    reason = _REASONS.get(recorded) or _OLD_FAILURES.get(recorded)
+    return (reason, None) if reason is not None else (Reason.REFUSED, recorded)
 
 
 WIPED = "(not kept: see the run's own audit workbook)"

@@ -168,58 +168,21 @@ def read_input(
     now = now or datetime.now(UTC)
     data = _read_bytes(path, settings.max_mb)
     digest = hashlib.sha256(data).hexdigest()
-    suffix = path.suffix.lower()
     order, pattern = _date_order_for(path, settings)
-    if suffix in EXCEL_SUFFIXES:
-        read = _read_excel(data, path, settings)
-    elif suffix in CSV_SUFFIXES:
-        read = _Table(None, _read_csv(data, path, settings.max_rows))
-    else:
-        raise InputFileError(
-            f"unsupported file type '{path.suffix}'; use .xlsx or .csv", path=str(path)
-        )
-    sheet, table = read.sheet, read.rows
-    if not table:
-        raise InputFileError("the file is empty: no header row found", path=str(path))
-    top = find_header(table, settings)
-    if top is None:
-        raise InputFileError(_no_key_column(table, settings), path=str(path))
-    headers = tuple(_text(h) or "" for h in table[top])
-    columns = _map_columns(headers, settings)
-    below = _second_header(table, top, headers, columns, settings)
-    if below is not None:  # a two-row header (group titles merged over the names): one row
-        headers, top = below, top + 1
-        columns = _map_columns(headers, settings)
-    # A number in a zero-padding format is the text Excel shows (001001), except where onboard
-    # reads the number itself (a date serial, minutes, 1/0).
-    numeric = {
-        columns[k] for k in ("start_date", "lifetime_minutes", "usable_once") if k in columns
-    }
-    for (row, column), text in read.shown.items():
-        if column not in numeric and row < len(table) and column < len(table[row]):
-            table[row][column] = text
-    dates = _Dates(order, read.epoch)
-    if len(table) - top - 1 > settings.max_rows:  # read up to the limit and one more: more there
-        where = f"sheet '{sheet}' has" if sheet else "has"
-        raise InputFileError(
-            f"{where} more than {settings.max_rows:,} rows, blank rows included (input.max_rows):"
-            " refused; delete the rows below the data, split the file, or raise input.max_rows "
-            "if it really is one batch",
-            path=str(path),
-        )
+    read = _read_table(data, path, settings)
+    table = read.rows
+    top, headers, columns = _headers_of(table, path, settings)
+    _show_formatted_numbers(read, columns)
+    _check_row_count(table, top, read.sheet, path, settings)
     body = table[top + 1 :]
     while body and all(_blank(v) for v in body[-1]):
         body.pop()
     _check_cells(table, path)
     footer = _footer_start(body, columns, settings)
-    result = InputFile(path, digest, sheet, headers, len(body), header_row=top + 1,
+    result = InputFile(path, digest, read.sheet, headers, len(body), header_row=top + 1,
                        date_order=order, order_pattern=pattern)  # fmt: skip
-    # The columns onboard reads: every other one (a private address in an Email column onboard
-    # does not match by, say) goes to the audit as the sheet has it.
-    read_fields = (settings.key_column, "start_date", "lifetime_minutes", "usable_once",
-                   "display_name")  # fmt: skip
-    used = {columns[f] for f in read_fields if f in columns}
-    others = [(i, _clean(h)) for i, h in enumerate(headers) if i not in used and _clean(h)]
+    others = _unread_columns(headers, columns, settings)
+    dates = _Dates(order, read.epoch)
     date_at = columns.get("start_date")
     for index, values in enumerate(body):
         origin = Origin(source or path.name, top + index + 2)
@@ -227,15 +190,7 @@ def read_input(
             result.skipped.append(Skipped(origin, "", Reason.BLANK_ROW, "blank row"))
             continue
         if index >= footer:
-            text = " ".join(_clean(_text(v) or "") for v in values if not _blank(v))
-            result.skipped.append(
-                Skipped(
-                    origin,
-                    "",
-                    Reason.BELOW_THE_DATA,
-                    f"below the data (a total or a note): {_shown(text)}",
-                )
-            )
+            result.skipped.append(_below_the_data(origin, values))
             continue
         if date_at is not None and date_at < len(values) and isinstance(values[date_at], str):
             _note_order(result.date_evidence, values[date_at], origin.row)
@@ -247,6 +202,84 @@ def read_input(
         else:
             result.requests.append(outcome)
     return result
+
+
+def _read_table(data: bytes, path: Path, settings: InputSettings) -> _Table:
+    """The file's cells, by the reader its suffix names; any other suffix is refused."""
+    suffix = path.suffix.lower()
+    if suffix in EXCEL_SUFFIXES:
+        return _read_excel(data, path, settings)
+    if suffix in CSV_SUFFIXES:
+        return _Table(None, _read_csv(data, path, settings.max_rows))
+    raise InputFileError(
+        f"unsupported file type '{path.suffix}'; use .xlsx or .csv", path=str(path)
+    )
+
+
+def _headers_of(
+    table: list[list[Any]], path: Path, settings: InputSettings
+) -> tuple[int, tuple[str, ...], dict[str, int]]:
+    """Where the header row is (titles may sit above it), its names, and the column of each
+    field onboard reads. A two-row header (group titles merged over the names) counts as its
+    lower row. Refused when no row names the key column: nothing could say who a row is for."""
+    if not table:
+        raise InputFileError("the file is empty: no header row found", path=str(path))
+    top = find_header(table, settings)
+    if top is None:
+        raise InputFileError(_no_key_column(table, settings), path=str(path))
+    headers = tuple(_text(h) or "" for h in table[top])
+    columns = _map_columns(headers, settings)
+    below = _second_header(table, top, headers, columns, settings)
+    if below is not None:
+        headers, top = below, top + 1
+        columns = _map_columns(headers, settings)
+    return top, headers, columns
+
+
+def _show_formatted_numbers(read: _Table, columns: Mapping[str, int]) -> None:
+    """Put the text Excel shows (001001) in place of a number in a zero-padding format,
+    except where onboard reads the number itself (a date serial, minutes, 1/0)."""
+    numeric = {
+        columns[k] for k in ("start_date", "lifetime_minutes", "usable_once") if k in columns
+    }
+    table = read.rows
+    for (row, column), text in read.shown.items():
+        if column not in numeric and row < len(table) and column < len(table[row]):
+            table[row][column] = text
+
+
+def _check_row_count(
+    table: list[list[Any]], top: int, sheet: str | None, path: Path, settings: InputSettings
+) -> None:
+    """Refuse a sheet with more rows below its header than input.max_rows: it is read up to
+    the limit and one more, so one more there means more."""
+    if len(table) - top - 1 > settings.max_rows:
+        where = f"sheet '{sheet}' has" if sheet else "has"
+        raise InputFileError(
+            f"{where} more than {settings.max_rows:,} rows, blank rows included (input.max_rows):"
+            " refused; delete the rows below the data, split the file, or raise input.max_rows "
+            "if it really is one batch",
+            path=str(path),
+        )
+
+
+def _unread_columns(
+    headers: Sequence[str], columns: Mapping[str, int], settings: InputSettings
+) -> list[tuple[int, str]]:
+    """The named columns onboard does not read, (index, header): they go to the audit as the
+    sheet has them (a private address in an Email column onboard does not match by, say)."""
+    read_fields = (settings.key_column, "start_date", "lifetime_minutes", "usable_once",
+                   "display_name")  # fmt: skip
+    used = {columns[f] for f in read_fields if f in columns}
+    return [(i, _clean(h)) for i, h in enumerate(headers) if i not in used and _clean(h)]
+
+
+def _below_the_data(origin: Origin, values: Sequence[Any]) -> Skipped:
+    """A row under the last person (a total, a note): skipped, quoting what it says."""
+    text = " ".join(_clean(_text(v) or "") for v in values if not _blank(v))
+    return Skipped(
+        origin, "", Reason.BELOW_THE_DATA, f"below the data (a total or a note): {_shown(text)}"
+    )
 
 
 def _date_order_for(path: Path, settings: InputSettings) -> tuple[str | None, str | None]:
@@ -803,7 +836,8 @@ def _read_csv(data: bytes, path: Path, max_rows: int) -> list[list[Any]]:
         reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep)
         rows = list(itertools.islice(reader, max_rows + HEADER_SEARCH_ROWS + 1))
     except csv.Error as exc:
-        if "field larger than field limit" in str(exc):
+        # csv says "field larger than field limit" only in its message: measure it instead.
+        if _longest_cell(text, sep) > csv.field_size_limit():
             raise InputFileError(
                 f"line {reader.line_num}: a cell of more than {csv.field_size_limit():,} "
                 f"characters (Excel's limit is {MAX_CELL_CHARS:,}; no new-hire field comes "
@@ -814,6 +848,15 @@ def _read_csv(data: bytes, path: Path, max_rows: int) -> list[list[Any]]:
     while rows and not rows[-1]:
         rows.pop()
     return [[_csv_cell(v) if v[:1] in _CSV_MARKS else v or None for v in row] for row in rows]
+
+
+def _longest_cell(text: str, sep: str) -> int:
+    """The most characters in one cell of a CSV text, as the csv module reads it (give or take
+    its quotes): a cell that opens with a quote runs to the closing one and on to a separator or
+    a line break; any other cell, to a separator or a line break."""
+    stop = f"{re.escape(sep)}\\r\\n"
+    cell = re.compile(rf'"[^"]*(?:""[^"]*)*"?[^{stop}]*|[^{stop}"][^{stop}]*')
+    return max((len(found.group()) for found in cell.finditer(text)), default=0)
 
 
 # A first character that may start Excel's ="...", an error value, or LibreOffice's Err:NNN.
@@ -912,6 +955,41 @@ def _map_columns(headers: Sequence[str], settings: InputSettings) -> dict[str, i
     return found
 
 
+# What a key column must hold, as a message about an empty or unreadable cell asks for it.
+_WANTED = {
+    "user": "the user's UPN (name@domain)",
+    "mail": "the user's email address",
+    "employee_id": "the user's employee id",
+}
+# The fields onboard reads from a row: an error cell in any other column is the sheet's own.
+_READ_FIELDS = ("lifetime_minutes", "usable_once", "start_date", "display_name")
+# A column's header and what is wrong with the row's cell there.
+_Problem = tuple[str, str]
+# When a row's pass starts: as _start_of gives it (all None when the row has no usable date).
+_Start = tuple[datetime | None, datetime | None, date | None, str]
+
+
+@dataclass(frozen=True, slots=True)
+class _Row:
+    """One data row's cells, found by field (user, start_date...) through the sheet's header."""
+
+    values: Sequence[Any]
+    columns: Mapping[str, int]
+    headers: Sequence[str]
+
+    def cell(self, key: str) -> Any:
+        """The cell of a field: None when the sheet has no such column or the row stops short."""
+        index = self.columns.get(key)
+        return self.values[index] if index is not None and index < len(self.values) else None
+
+    def header(self, key: str) -> str:
+        return self.headers[self.columns[key]]
+
+    def given(self, key: str, broken: Mapping[str, CellError]) -> bool:
+        """Whether the row gives its own value for a field the sheet has (not an error cell)."""
+        return key in self.columns and key not in broken and not _blank(self.cell(key))
+
+
 def _validate_row(
     origin: Origin,
     values: Sequence[Any],
@@ -922,104 +1000,40 @@ def _validate_row(
     settings: InputSettings,
     dates: _Dates,
 ) -> PassRequest | Failed:
-    def cell(key: str) -> Any:
-        index = columns.get(key)
-        return values[index] if index is not None and index < len(values) else None
-
-    def header(key: str) -> str:
-        return headers[columns[key]]
-
+    """One data row as a PassRequest, or a Failed naming every column with a problem at once
+    (so the sheet is fixed in one pass, not one column per run). Each kind of column is read
+    by its own function below; pass.* gives what the row leaves out."""
+    row = _Row(values, columns, headers)
     key = settings.key_column
-    # An error cell (#N/A from a lookup that found nothing) in a column onboard reads fails the
-    # row, naming it: it is never read as empty (a hire would vanish) nor as a value.
-    read = (key, "lifetime_minutes", "usable_once", "start_date", "display_name")
-    broken = (
-        {k: v for k in read if isinstance(v := cell(k), CellError)}
-        if any(isinstance(v, CellError) for v in values)
-        else {}
-    )
-    problems: list[tuple[str, str]] = [
-        (header(k), f"is {error}: {error.meaning}") for k, error in broken.items()
+    broken = _error_cells(row, key)
+    problems: list[_Problem] = [
+        (row.header(k), f"is {error}: {error.meaning}") for k, error in broken.items()
     ]
-    user = "" if key in broken else _clean(_text(cell(key)) or "")
-    if key == "employee_id":
-        user = user.removesuffix(".0") if re.fullmatch(r"\d+\.0", user) else user
-    wanted = {
-        "user": "the user's UPN (name@domain)",
-        "mail": "the user's email address",
-        "employee_id": "the user's employee id",
-    }[key]
-    if key in broken:
-        pass
-    elif not user:
-        problems.append((header(key), f"is empty; enter {wanted}"))
-    elif GUEST_MARKER.casefold() in user.casefold():
+    user = "" if key in broken else _user_of(row, key)
+    if key not in broken and GUEST_MARKER.casefold() in user.casefold():
         return Failed(
             origin,
             printable(user),
             Reason.EXTERNAL_GUEST,
             f"{GUEST_REFUSAL} {GUESTS_ADVICE}",
-            column=header(key),
+            column=row.header(key),
         )
-    elif key == "user" and not ((_UPN.match(user) or GUID.match(user)) and user.isprintable()):
-        problems.append(
-            (header(key), f"{_shown(user)} is not a UPN (name@domain) or an object id (GUID)")
+    user_problem = None if key in broken else _user_problem(user, key)
+    lifetime, lifetime_problem = _lifetime_of(row, broken, defaults)
+    usable_once, usable_problem = _usable_once_of(row, broken, defaults)
+    (start, intended, start_day, note), start_problem = _start_cell(
+        row, broken, defaults, dates, now
+    )
+    problems += [
+        (row.header(column), problem)
+        for column, problem in (
+            (key, user_problem),
+            ("lifetime_minutes", lifetime_problem),
+            ("usable_once", usable_problem),
+            ("start_date", start_problem),
         )
-    elif key == "mail" and not (_UPN.match(user) and user.isprintable()):
-        problems.append((header(key), f"{_shown(user)} is not an email address (name@domain)"))
-    elif not user.isprintable() or len(user) > MAX_ID_CHARS:
-        problems.append((header(key), f"{_shown(user)} is not {wanted}"))
-
-    lifetime = defaults.lifetime_minutes
-    given = cell("lifetime_minutes")
-    if "lifetime_minutes" in columns and "lifetime_minutes" not in broken and not _blank(given):
-        parsed = _parse_int(given)
-        if parsed is None or not MIN_LIFETIME_MINUTES <= parsed <= MAX_LIFETIME_MINUTES:
-            problems.append(
-                (
-                    header("lifetime_minutes"),
-                    f"{_shown(given)} is not a whole number of minutes between "
-                    f"{MIN_LIFETIME_MINUTES} and {MAX_LIFETIME_MINUTES}",
-                )
-            )
-        else:
-            lifetime = parsed
-
-    usable_once = defaults.usable_once
-    given = cell("usable_once")
-    if "usable_once" in columns and "usable_once" not in broken and not _blank(given):
-        flag = _parse_bool(given)
-        if flag is None:
-            problems.append(
-                (
-                    header("usable_once"),
-                    f"{_shown(given)} is not yes/no, true/false (also as Excel writes them in "
-                    "other languages: WAHR/FALSCH, VRAI/FAUX...) or 1/0",
-                )
-            )
-        else:
-            usable_once = flag
-
-    start: datetime | None = None
-    intended: datetime | None = None
-    start_day: date | None = None
-    note = ""
-    if "start_date" in broken:
-        pass
-    elif "start_date" in columns:
-        raw = cell("start_date")
-        if _blank(raw):
-            problems.append(
-                (header("start_date"), "is empty; enter the first working day as YYYY-MM-DD")
-            )
-        else:
-            try:
-                start, intended, start_day, note = _start_of(raw, defaults, dates, now)
-            except ValueError as exc:
-                problems.append((header("start_date"), str(exc)))
-    else:
-        note = "no start date column: pass usable at once"
-
+        if problem is not None
+    ]
     if problems:
         return Failed(
             origin,
@@ -1027,9 +1041,9 @@ def _validate_row(
             Reason.INVALID,
             "; ".join(f"{column} {problem}" for column, problem in problems),
             column=", ".join(column for column, _ in problems),
-            label=None if len(problems) > 1 else f"Invalid {problems[0][0]}",
+            label=None if len(problems) > 1 else Reason.INVALID.labelled(problems[0][0]),
         )
-    display = " ".join(_clean(_text(cell("display_name")) or "").split()) or None
+    display = " ".join(_clean(_text(row.cell("display_name")) or "").split()) or None
     return PassRequest(
         origin, user, display, start, lifetime, usable_once, note, start_date=start_day,
         sheet_value=None if key == "user" else user,
@@ -1037,6 +1051,92 @@ def _validate_row(
         intended_start=intended,
         object_id=user if key == "user" and GUID.match(user) else None,
     )  # fmt: skip
+
+
+def _error_cells(row: _Row, key: str) -> dict[str, CellError]:
+    """The error cells (#N/A from a lookup that found nothing) in the columns onboard reads:
+    each fails the row, naming it, and is never read as empty (a hire would vanish) nor as a
+    value."""
+    if not any(isinstance(v, CellError) for v in row.values):
+        return {}
+    return {k: v for k in (key, *_READ_FIELDS) if isinstance(v := row.cell(k), CellError)}
+
+
+def _user_of(row: _Row, key: str) -> str:
+    """The key column's text: an employee id a spreadsheet stored as a number (1001.0) as the
+    id HR typed (1001)."""
+    user = _clean(_text(row.cell(key)) or "")
+    if key == "employee_id":
+        user = user.removesuffix(".0") if re.fullmatch(r"\d+\.0", user) else user
+    return user
+
+
+def _user_problem(user: str, key: str) -> str | None:
+    """What is wrong with the key column's value for its kind (UPN or object id, address,
+    employee id), or None."""
+    if not user:
+        return f"is empty; enter {_WANTED[key]}"
+    if key == "user" and not ((_UPN.match(user) or GUID.match(user)) and user.isprintable()):
+        return f"{_shown(user)} is not a UPN (name@domain) or an object id (GUID)"
+    if key == "mail" and not (_UPN.match(user) and user.isprintable()):
+        return f"{_shown(user)} is not an email address (name@domain)"
+    if not user.isprintable() or len(user) > MAX_ID_CHARS:
+        return f"{_shown(user)} is not {_WANTED[key]}"
+    return None
+
+
+def _lifetime_of(
+    row: _Row, broken: Mapping[str, CellError], defaults: PassSettings
+) -> tuple[int, str | None]:
+    """The row's pass lifetime in minutes (pass.lifetime_minutes when it gives none), and what
+    is wrong with its cell: Graph's bounds are checked here, before anything is sent."""
+    if not row.given("lifetime_minutes", broken):
+        return defaults.lifetime_minutes, None
+    given = row.cell("lifetime_minutes")
+    parsed = _parse_int(given)
+    if parsed is None or not MIN_LIFETIME_MINUTES <= parsed <= MAX_LIFETIME_MINUTES:
+        return defaults.lifetime_minutes, (
+            f"{_shown(given)} is not a whole number of minutes between "
+            f"{MIN_LIFETIME_MINUTES} and {MAX_LIFETIME_MINUTES}"
+        )
+    return parsed, None
+
+
+def _usable_once_of(
+    row: _Row, broken: Mapping[str, CellError], defaults: PassSettings
+) -> tuple[bool, str | None]:
+    """Whether the row's pass is one-time (pass.usable_once when it does not say), and what is
+    wrong with its cell: yes/no in the forms HR's sheets write it."""
+    if not row.given("usable_once", broken):
+        return defaults.usable_once, None
+    given = row.cell("usable_once")
+    flag = _parse_bool(given)
+    if flag is None:
+        return defaults.usable_once, (
+            f"{_shown(given)} is not yes/no, true/false (also as Excel writes them in "
+            "other languages: WAHR/FALSCH, VRAI/FAUX...) or 1/0"
+        )
+    return flag, None
+
+
+def _start_cell(
+    row: _Row, broken: Mapping[str, CellError], defaults: PassSettings, dates: _Dates, now: datetime
+) -> tuple[_Start, str | None]:
+    """When the row's pass starts (see _start_of), and what is wrong with its start date. A
+    sheet without a start date column issues passes usable at once, and says so in the audit;
+    a sheet with one must give every row a date."""
+    nothing: _Start = (None, None, None, "")
+    if "start_date" in broken:
+        return nothing, None
+    if "start_date" not in row.columns:
+        return (None, None, None, "no start date column: pass usable at once"), None
+    raw = row.cell("start_date")
+    if _blank(raw):
+        return nothing, "is empty; enter the first working day as YYYY-MM-DD"
+    try:
+        return _start_of(raw, defaults, dates, now), None
+    except ValueError as exc:
+        return nothing, str(exc)
 
 
 def _start_of(

@@ -29,6 +29,7 @@ import base64
 import contextlib
 import datetime as dt
 import hashlib
+import ipaddress
 import json
 import math
 import random
@@ -48,7 +49,9 @@ import jwt
 import yaml
 from aiohttp import web
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from .errors import ConfigError
 from .graph import (
@@ -1067,26 +1070,50 @@ class Certificates:
         return context
 
 
+# How long the throwaway certificates are valid: from an hour ago (a clock a little behind
+# still accepts them) for as long as any simulator run or test session lasts.
+_CERT_BACKDATE = dt.timedelta(hours=1)
+_CERT_LIFETIME = dt.timedelta(days=30)
+
+
 def make_certificates(directory: Path) -> Certificates:
     """Write a new CA and a server certificate for localhost/127.0.0.1 into directory."""
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
     now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_cert = _ca_certificate(ca_key, now)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = _server_certificate(key, ca_cert.subject, ca_key, now)
+    directory.mkdir(parents=True, exist_ok=True)
+    files = Certificates(
+        directory / "simulator-ca.pem",
+        directory / "simulator-cert.pem",
+        directory / "simulator-key.pem",
+    )
+    files.ca_file.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    files.cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    files.key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    files.key_file.chmod(0o600)
+    return files
+
+
+def _ca_certificate(ca_key: ec.EllipticCurvePrivateKey, now: dt.datetime) -> x509.Certificate:
+    """A self-signed CA that may sign server certificates and nothing below them: the file a
+    config's graph.ca_bundle names, so the client checks TLS as it would against Graph."""
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "onboard simulator CA")])
-    ca_cert = (
+    return (
         x509.CertificateBuilder()
         .subject_name(ca_name)
         .issuer_name(ca_name)
         .public_key(ca_key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + dt.timedelta(days=30))
+        .not_valid_before(now - _CERT_BACKDATE)
+        .not_valid_after(now + _CERT_LIFETIME)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(
@@ -1107,15 +1134,24 @@ def make_certificates(directory: Path) -> Certificates:
         )
         .sign(ca_key, hashes.SHA256())
     )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
+
+
+def _server_certificate(
+    key: ec.EllipticCurvePrivateKey,
+    ca_name: x509.Name,
+    ca_key: ec.EllipticCurvePrivateKey,
+    now: dt.datetime,
+) -> x509.Certificate:
+    """The simulator's own certificate, signed by the CA: for localhost and 127.0.0.1 (the
+    names a loopback URL uses), for serving TLS only."""
+    return (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
         .issuer_name(ca_name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + dt.timedelta(days=30))
+        .not_valid_before(now - _CERT_BACKDATE)
+        .not_valid_after(now + _CERT_LIFETIME)
         .add_extension(
             x509.SubjectAlternativeName(
                 [
@@ -1133,23 +1169,6 @@ def make_certificates(directory: Path) -> Certificates:
         )
         .sign(ca_key, hashes.SHA256())
     )
-    directory.mkdir(parents=True, exist_ok=True)
-    files = Certificates(
-        directory / "simulator-ca.pem",
-        directory / "simulator-cert.pem",
-        directory / "simulator-key.pem",
-    )
-    files.ca_file.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    files.cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    files.key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    files.key_file.chmod(0o600)
-    return files
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ import re
 import sys
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
@@ -747,11 +747,10 @@ PRODUCERS = [
 def config_for(fixture: Fixture) -> Config:
     """The defaults, with the fixture's input.* and pass.* settings (pass.timezone UTC)."""
     base = load_config(None)
-    return replace(
-        base,
-        input=replace(base.input, **fixture.settings),
-        pass_=replace(PassSettings(timezone="UTC"), **fixture.passes),
-    )
+    return base.model_copy(update={
+        "input": base.input.model_copy(update=fixture.settings),
+        "pass_": PassSettings(timezone="UTC").model_copy(update=fixture.passes),
+    })
 
 
 def outcomes(

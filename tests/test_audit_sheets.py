@@ -312,6 +312,30 @@ def test_journal_keeps_the_other_columns(tmp_path: Path) -> None:
     assert isinstance(old, Issued) and old.request.extra == ()
 
 
+def test_an_old_journal_record_is_read_by_its_values_not_its_words() -> None:
+    """A record from before reasons were values: a skip is held elsewhere by its flag alone,
+    whatever its text says; a failure shows the label it was recorded with (a renamed one, its
+    reason's label today)."""
+    skip = to_record(Skipped(Origin("a.xlsx", 3), "ada@contoso.com", Reason.REPEATED, "x"))
+    del skip["detail"]
+    words = "kept: a pass this journal did not issue"
+    for flag, held in ((False, False), (True, True)):
+        old = from_record({**skip, "reason": words, "held_elsewhere": flag}, None)
+        assert isinstance(old, Skipped)
+        assert (old.held_elsewhere, old.detail) == (held, words)
+    failed = to_record(Failed(Origin("a.xlsx", 4), "bo@contoso.com", Reason.REFUSED, "why"))
+    del failed["label"]
+    read = {
+        recorded: from_record({**failed, "reason": recorded}, None)
+        for recorded in ("Start refused", "Invalid Start Date", "Interrupted")
+    }
+    assert {k: (f.reason, f.shown) for k, f in read.items() if isinstance(f, Failed)} == {
+        "Start refused": (Reason.START_IN_PAST, "Start in the past"),
+        "Invalid Start Date": (Reason.REFUSED, "Invalid Start Date"),
+        "Interrupted": (Reason.INTERRUPTED, "Interrupted"),
+    }
+
+
 def test_other_columns_after_the_pass_columns_union_in_order(tmp_path: Path) -> None:
     """Two files with different extra headers: their union, in order of first appearance
     (case aside), between the pass columns and the technical ones; a missing one left empty."""

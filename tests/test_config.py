@@ -9,19 +9,26 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from onboard.config import (
     CLOUDS,
     SETTINGS,
     SIMULATOR_TIMEZONE,
+    InputSettings,
     Kind,
     Setting,
     config_keys,
     default_value,
     env_override_names,
+    generated,
     load_config,
     machine_zone,
+    reference_markdown,
 )
+from onboard.config.reference import REGENERATE
 from onboard.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -250,24 +257,31 @@ def test_the_shipped_config_lists_every_key_and_notes_each_changed_default() -> 
             assert re.search(r"#.*\bdefault\b", line), f"{key}: {line}"
 
 
-def _readme_cell(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, list):
-        return ", ".join(value)
-    return f'"{value}"' if value == "08:00" else str(value)
+def test_the_reference_gives_the_defaults_of_the_models() -> None:
+    """The configuration reference documents every key, each with its default (read back as
+    YAML), and the ONBOARD_* variable that overrides it."""
+    rows = re.findall(r"^\| `([a-z_.]+)` \| `([^`]*)` \|.*\| ([^|]*) \|$", reference_markdown(),
+                      re.MULTILINE)
+    table = {key: (yaml.safe_load(cell), variable) for key, cell, variable in rows}
+    assert table == {k: (default_value(k), f"`{SETTINGS[k].env}`" if SETTINGS[k].env else "(none)")
+                     for k in config_keys()}
 
 
-def test_the_readme_table_gives_the_defaults_of_config_py() -> None:
-    """The configuration reference documents every key, each with config.py's default."""
-    readme = (ROOT / "docs" / "reference" / "configuration.md").read_text(encoding="utf-8")
-    table = dict(re.findall(r"^\| `([a-z_.]+)` \| `?([^|`]*)`? \|", readme, re.MULTILINE))
-    assert {k: table.get(k) for k in config_keys()} == {
-        k: _readme_cell(default_value(k)) for k in config_keys()}
+def test_the_reference_and_the_shipped_config_are_generated_from_the_models() -> None:
+    """docs/reference/configuration.md and config.yaml are the text the models generate: a
+    key changed in onboard/config/settings.py fails here until they are regenerated."""
+    for path, text in generated().items():
+        committed = ROOT / path
+        assert committed.is_file() and committed.read_text(encoding="utf-8") == text, (
+            f"{path} differs from the settings models: regenerate it with `{REGENERATE}`, "
+            "from the repository's root")
+
+
+def test_every_key_has_a_doc_that_fits_a_comment() -> None:
+    """Each key's description starts with a one-line doc short enough for a config file's
+    comment; the cloud choices are the clouds onboard knows."""
+    assert {k: s.summary for k, s in SETTINGS.items() if not 0 < len(s.summary) <= 70} == {}
+    assert SETTINGS["graph.cloud"].choices == tuple(CLOUDS)
 
 
 WRONG = {  # YAML text of values no key but a few accepts
@@ -326,6 +340,7 @@ def test_every_key_refuses_a_value_of_the_wrong_kind(tmp_path: Path, key: str, n
     message = str(caught.value)
     assert message.startswith(f"{path}: ")
     assert key in message or key.rpartition(".")[0] in message
+    assert not re.search("pydantic|Input should|validation error", message), message
     if _setting(key).kind is Kind.SECRET:
         assert "(not shown)" in message
 
@@ -344,6 +359,7 @@ def test_every_variable_refuses_a_value_of_the_wrong_kind(
     with pytest.raises(ConfigError) as caught:
         load_config(write(tmp_path, SIM), {variable: WRONG[name]})
     assert str(caught.value).startswith(f"environment variable {variable}: {key} ")
+    assert not re.search("pydantic|Input should|validation error", str(caught.value))
 
 
 NUMBERS = [key for key in config_keys() if _setting(key).kind in (Kind.WHOLE, Kind.NUMBER)]
@@ -475,3 +491,120 @@ def test_yaml_nested_thousands_deep_is_refused_not_a_crash(tmp_path: Path) -> No
         load_config(path)
     with pytest.raises(ConfigError, match="nested too deeply"):
         load_config(None, {"ONBOARD_RUN_CONCURRENCY": "[" * 5000 + "]" * 5000})
+
+
+SECTIONS_KNOWN = "graph, auth, input, pass, run, output, state, simulator"
+COLUMNS_KNOWN = ("user, start_date, lifetime_minutes, usable_once, display_name, mail, "
+                 "employee_id")
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "message"),
+    [
+        (SIM + "run:\n  concurrency: many\n", {},
+         "{path}: run.concurrency must be a whole number between 1 and 256, got 'many'"),
+        (SIM + "pass:\n  usable_once: maybe\n", {},
+         "{path}: pass.usable_once must be true or false, got 'maybe'"),
+        (SIM + "pass:\n  lifetime_minutes: 5\n", {},
+         "{path}: pass.lifetime_minutes must be between 10 and 43200, got 5"),
+        (SIM + "simulator:\n  fault_rate: 1.5\n", {},
+         "{path}: simulator.fault_rate is too large: at most 1, got 1.5"),
+        ("graph:\n  endpont: x\n", {},
+         "{path}: unknown key(s) in 'graph': endpont; known: cloud, endpoint, api_version, "
+         "ca_bundle"),
+        ("grpah: {}\npas: {}\n", {},
+         "{path}: unknown section(s): grpah, pas; known: " + SECTIONS_KNOWN),
+        ("graph:\n  endpoint: simulator\n  cloud: mars\n", {},
+         "{path}: graph.cloud must be global | usgov | usgov-dod | china, got 'mars'"),
+        (SIM + "input:\n  date_order: DYM\n", {},
+         "{path}: input.date_order must be DMY | MDY | YMD (or null), got 'DYM'"),
+        (SIM + "input:\n  columns:\n    usr: [Person]\n", {},
+         "{path}: unknown key(s) in 'input.columns': usr; known: " + COLUMNS_KNOWN),
+        (SIM + "input:\n  columns:\n    user: 5\n", {},
+         "{path}: input.columns.user must be a list of header names, got 5"),
+        (SIM + "input:\n  columns: [user]\n", {},
+         "{path}: input.columns must be a mapping of keys, got ['user']"),
+        (SIM, {"ONBOARD_PASS_EXISTING": "keep"},
+         "environment variable ONBOARD_PASS_EXISTING: pass.existing must be skip | replace, "
+         "got 'keep'"),
+        (SIM, {"ONBOARD_OUTPUT_PASSWORD": "x"},
+         "environment variable ONBOARD_OUTPUT_PASSWORD is not read: a secret comes from the "
+         "variable that output.password_env names, or the file output.password_file names"),
+        (REAL + "graph:\n  cloud: china\n  api_version: beta\npass:\n  timezone: UTC\n",
+         {"ONBOARD_GRAPH_API_VERSION": "v1.0"},
+         "environment variable ONBOARD_GRAPH_API_VERSION: graph.cloud china: Graph documents "
+         "the Temporary Access Pass endpoints there only in beta; set graph.api_version: beta"),
+        (REAL + "  method: certificate\npass:\n  timezone: UTC\n", {},
+         "{path}: auth.method certificate needs auth.certificate_path"),
+    ],
+)
+def test_each_kind_of_mistake_in_words(
+    tmp_path: Path, text: str, env: dict[str, str], message: str
+) -> None:
+    """A wrong type, a value out of bounds, an unknown key or section, a bad choice, a bad
+    variable: one sentence naming the file or variable, the key and what it takes."""
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, env)
+    assert str(caught.value) == message.format(path=path)
+
+
+def test_unknown_keys_come_before_a_bad_value_and_missing_keys_after() -> None:
+    """With several mistakes, the one reported is the one that was reported before the
+    settings were models: unknown keys first, then values in order, then what a real tenant
+    lacks."""
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, {"ONBOARD_RUN_CONCURRENCY": "0", "ONBOARD_INPUT_MAX_ROWS": "x"})
+    assert str(caught.value).startswith(
+        "environment variable ONBOARD_INPUT_MAX_ROWS: input.max_rows must be a whole number")
+
+
+def test_settings_are_frozen_and_copied_with_their_source(tmp_path: Path) -> None:
+    """A loaded configuration cannot be changed in place; a copy with one section replaced
+    keeps the file it came from."""
+    path = write(tmp_path, SIM)
+    config = load_config(path)
+    with pytest.raises(ValidationError):
+        config.run.concurrency = 3  # type: ignore[misc]
+    copied = config.model_copy(update={"run": config.run.model_copy(update={"concurrency": 3})})
+    assert (copied.source, copied.run.concurrency, config.run.concurrency) == (path, 3, 20)
+
+
+def test_columns_read_as_a_mapping_of_header_names(tmp_path: Path) -> None:
+    """input.columns keeps its defaults for the columns a file leaves out, and reads as a
+    mapping (the reader looks a column up by name and walks them in order)."""
+    config = load_config(write(tmp_path, SIM + "input:\n  columns:\n    user: Person\n"))
+    columns = config.input.columns
+    assert columns["user"] == ("Person",)
+    assert columns["start_date"] == InputSettings().columns["start_date"] == (
+        "Start Date", "Hire Date")
+    assert [name for name, _ in columns.items()] == [
+        k.rpartition(".")[2] for k in config_keys() if k.startswith("input.columns.")]
+    with pytest.raises(KeyError):
+        columns["items"]
+
+
+VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner,
+                                                                 max_size=3),
+    max_leaves=5,
+)
+
+
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(key=st.sampled_from(config_keys()), value=VALUES)
+def test_any_value_for_any_key_loads_or_is_refused_in_words(
+    tmp_path: Path, key: str, value: object
+) -> None:
+    """Whatever a key is given, in the file or its variable: it loads, or a ConfigError names
+    where and says why in onboard's words (never pydantic's, never another exception)."""
+    raw = yaml.safe_dump(value, default_flow_style=True, width=2**16).removesuffix("\n...\n")
+    path = _file_with(tmp_path, key, raw.strip())
+    variable = f"ONBOARD_{key.replace('.', '_').upper()}"
+    for loading in ((path, {}), (write(tmp_path, SIM), {variable: raw})):
+        try:
+            load_config(*loading)
+        except ConfigError as exc:
+            assert not re.search("pydantic|Input should|validation error", str(exc)), str(exc)

@@ -8,6 +8,7 @@ from pathlib import Path
 from urllib.parse import unquote
 
 from onboard import cli
+from onboard.outcomes import REASON_HELP, Reason
 
 ROOT = Path(__file__).resolve().parent.parent
 README_MAX_BYTES = 15_000  # the front door is one page; the manual lives in docs/
@@ -95,6 +96,7 @@ def test_generated_docs_match_the_code() -> None:
     """The exit-code reference and the README's table are what docs/generate.py writes."""
     expected = runpy.run_path(str(ROOT / "docs" / "generate.py"))["expected"]()
     assert ROOT / "docs" / "reference" / "exit-codes.md" in expected
+    assert ROOT / "docs" / "reference" / "failure-reasons.md" in expected
     stale = [
         str(path.relative_to(ROOT))
         for path, text in expected.items()
@@ -114,6 +116,31 @@ def test_every_exit_code_is_explained_once_in_one_line() -> None:
     for said in cli.EXIT_CODES.values():
         assert said.meaning.strip() and said.action.strip()
         assert "\n" not in said.meaning + said.action
+
+
+def test_every_reason_is_explained_in_one_line() -> None:
+    """Each Reason has what it means and what to do, each a single line; a label has one
+    placeholder, which its reason fills in."""
+    assert list(REASON_HELP) == list(Reason)  # every one, in the enum's order
+    for reason, said in REASON_HELP.items():
+        assert said.meaning.strip() and said.action.strip(), reason
+        assert "\n" not in said.meaning + said.action + said.label, reason
+        if said.label:
+            assert re.fullmatch(r"[^<>]*<[^<>]+>[^<>]*", said.label), reason
+            assert "Start Date" in reason.labelled("Start Date")
+        else:
+            assert reason.labelled("Start Date") == reason.value
+    assert Reason.INVALID.labelled("Start Date") == "Invalid Start Date"
+    assert Reason.NO_MATCH.labelled(r"employee id \1") == r"No user with this employee id \1"
+
+
+def test_the_failure_reference_lists_each_reason_under_its_kind() -> None:
+    """The generated page has one table row per reason: failures first, then skips."""
+    page = (ROOT / "docs" / "reference" / "failure-reasons.md").read_text(encoding="utf-8")
+    failed, skipped = page.split("\n## Failed rows\n")[1].split("\n## Skipped rows\n")
+    for reason, said in REASON_HELP.items():
+        row = f"| `{said.label or reason.value}` | "
+        assert (row in skipped) == reason.skip and (row in failed) != reason.skip, reason
 
 
 def test_the_readme_is_one_page() -> None:

@@ -13,6 +13,7 @@ from conftest import CLIENT_ID, TENANT, users
 from onboard.cli import EXIT_BAD_INPUT, EXIT_OK, _init, _parser, main
 from onboard.config import (
     CLOUDS,
+    SETTINGS,
     TenantSetup,
     config_keys,
     default_value,
@@ -176,6 +177,26 @@ def test_the_written_file_lists_every_key_with_its_default_and_a_comment() -> No
             assert line.endswith(":") or " # " in line, line
     assert values["auth.client_secret"] is None
     assert "export ONBOARD_CLIENT_SECRET=" in text
+
+
+def test_the_written_file_comments_each_key_with_its_doc() -> None:
+    """Each key's comment is the first sentence of its description in the settings models
+    (after its choices, when it has some): the file is generated, never typed twice."""
+    text = render_config(TenantSetup(TENANT, CLIENT_ID, "Europe/Paris"))
+    lines = text.splitlines()
+    found: dict[str, str] = {}
+
+    def walk(node: yaml.Node, prefix: str) -> None:
+        for key, value in node.value:
+            found[prefix + key.value] = lines[key.start_mark.line].partition(" # ")[2]
+            if isinstance(value, yaml.MappingNode):
+                walk(value, f"{prefix}{key.value}.")
+
+    walk(yaml.compose(text), "")
+    for key, setting in SETTINGS.items():
+        choices = " | ".join(setting.choices)
+        assert found[key].startswith(choices), key
+        assert found[key].endswith(setting.summary[1:]), key
 
 
 def test_validate_online_with_the_written_file_signs_in(

@@ -3,7 +3,6 @@ the outcome written down for it, traced to its file and sheet row."""
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -59,8 +58,8 @@ def test_two_sheets_with_the_user_column_are_refused_not_guessed(tmp_path: Path)
           ("Oslo", [HEADERS, *_rows(("bo", date(2026, 12, 7), 480))]))(path)  # fmt: skip
     with pytest.raises(InputFileError, match="sheets 'London', 'Oslo' each have a user column"):
         read_files(load_config(None), [path], NOW)
-    settings = replace(InputSettings(), sheet="Oslo")
-    (read,) = read_files(replace(load_config(None), input=settings), [path], NOW)
+    settings = InputSettings(sheet="Oslo")
+    (read,) = read_files(load_config(None).model_copy(update={"input": settings}), [path], NOW)
     assert [r.user for r in read.requests] == ["bo@contoso.com"]
 
 
@@ -89,14 +88,16 @@ def test_employee_ids_from_excel_numbers_and_mail_need_their_column(tmp_path: Pa
     _xlsx(("Sheet1", [["Employee ID", "Start Date"], [1001, date(2026, 12, 7)],
                       ["E-2002", date(2026, 12, 7)], [None, date(2026, 12, 7)]]))(path)  # fmt: skip
     config = load_config(None)
-    by_id = replace(config, input=replace(config.input, match_by="employeeId"))
+    by_id = config.model_copy(
+        update={"input": config.input.model_copy(update={"match_by": "employeeId"})})
     (read,) = read_files(by_id, [path], NOW)
     assert [(r.user, r.sheet_value) for r in read.requests] == [
         ("1001", "1001"),
         ("E-2002", "E-2002"),
     ]
     assert [(f.origin.row, f.shown) for f in read.failed] == [(4, "Invalid Employee ID")]
-    by_mail = replace(config, input=replace(config.input, match_by="mail"))
+    by_mail = config.model_copy(
+        update={"input": config.input.model_copy(update={"match_by": "mail"})})
     with pytest.raises(InputFileError, match=r"no mail column \(input.match_by: mail\)"):
         read_files(by_mail, [path], NOW)
 

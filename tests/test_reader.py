@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 from datetime import date, datetime, time, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 from openpyxl import Workbook
@@ -277,3 +279,36 @@ def test_mixing_object_ids_and_upns_fails_the_id_rows() -> None:
     assert [(f.origin.row, f.reason) for f in failed] == [(3, "Mixed user identifiers")]
     only_ids, failed, _ = plan([input_file(by_id)])
     assert [r.user for r in only_ids] == [guid] and failed == []
+
+
+def test_a_huge_csv_cell_is_refused_by_its_size_not_by_csvs_wording(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cell over csv's field limit is named as such, however csv words its error (another
+    Python's wording here); a quoted one holding a separator, quotes and a line break too."""
+    real_reader = csv.reader
+
+    class Reworded:
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            self.rows = real_reader(*args, **kwargs)
+
+        @property
+        def line_num(self) -> int:
+            return self.rows.line_num
+
+        def __iter__(self) -> Reworded:
+            return self
+
+        def __next__(self) -> list[str]:
+            try:
+                return next(self.rows)
+            except csv.Error:
+                raise csv.Error("the field is too long") from None
+
+    monkeypatch.setattr(csv, "reader", Reworded)
+    huge = "x" * (csv.field_size_limit() + 1)
+    for line, cell in ((2, huge), (3, f'"a, ""b""\n{huge}"')):  # csv counts the line it read
+        path = write_csv(tmp_path, f"UPN,Name\nada@contoso.com,{cell}\n")
+        with pytest.raises(InputFileError) as caught:
+            read_input(path, SETTINGS, UTC8, now=NOW)
+        assert f"line {line}: a cell of more than 131,072 characters" in str(caught.value)

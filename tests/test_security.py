@@ -37,7 +37,7 @@ from onboard.audit import (
 )
 from onboard.auth import Credential
 from onboard.cli import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_ROWS_FAILED, _parser, main
-from onboard.config import _DEFAULTS, Secret, load_config
+from onboard.config import Secret, config_keys, load_config
 from onboard.errors import ConfigError
 from onboard.graph import GraphClient, user_path
 from onboard.outcomes import Failed, Issued, Origin, PassRequest, Reason
@@ -566,7 +566,7 @@ def test_plain_http_only_to_this_machine(tmp_path: Path, key: str, url: str, ok:
 
 def test_no_setting_turns_verification_off() -> None:
     """No config key, and so no ONBOARD_* variable, can disable TLS verification."""
-    keys = [f"{s}.{k}" for s, values in _DEFAULTS.items() for k in values]
+    keys = config_keys()
     assert not [k for k in keys if re.search("verify|insecure|ssl|tls", k)]
     with pytest.raises(ConfigError, match="ONBOARD_GRAPH_VERIFY is not a setting"):
         load_config(None, {"ONBOARD_GRAPH_VERIFY": "false"})
