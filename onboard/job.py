@@ -63,6 +63,9 @@ from .tls import warm as warm_tls
 
 log = logging.getLogger(__name__)
 
+WRITING_AUDIT = "writing the audit workbook"
+"""The phase `run` reports last, once every row has its outcome in the journal."""
+
 
 async def run(
     config: Config,
@@ -116,15 +119,17 @@ async def run(
             if on_start is not None:
                 on_start(len(requests) + len(checked))
             choices = Options(due, reissue, frozenset(named.reissue), config.pass_.existing)
+            phase = on_phase or (lambda doing: None)
             try:
                 await _rows(config, rows, requests, checked, named, choices, stop, options,
-                            on_phase or (lambda doing: None))  # fmt: skip
+                            phase)  # fmt: skip
             except (AuthError, ConfigError, JournalWriteError) as exc:
                 if report.resumed or report.issued:
                     exc.kept = (report.run_id, len(report.issued))
                 elif not isinstance(exc, JournalWriteError):  # no pass is held: close it
                     journal.finish(report.run_id, RunStatus.ABORTED, None)
                 raise
+            phase(WRITING_AUDIT)
             _finish(journal, config, report, options)
             return report
     finally:

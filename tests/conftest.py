@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import fcntl
 import heapq
+import json
 import logging
 import os
 import select
@@ -44,6 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TENANT = "contoso.onmicrosoft.com"
 CLIENT_ID = "11111111-2222-3333-4444-555555555555"
 SCOPE = "https://graph.microsoft.com/.default"
+MAX_RATE = 10_000  # run.max_rate's upper bound: the simulator's runs are not paced
 # Forty users who all exist, and five start dates a month or so ahead (row n starts on SOON[n % 5]).
 GOOD = [f"hire{n:02d}@contoso.com" for n in range(40)]
 SOON = [(dt.date.today() + dt.timedelta(days=30 + n)).isoformat() for n in range(5)]
@@ -54,28 +57,7 @@ class Served:
     url: str
     ca_file: Path
     state: SimulatorState
-    loop: asyncio.AbstractEventLoop  # the simulator's: `freeze` holds every answer a while
-
-    def freeze(self, seconds: float) -> None:
-        """Hold every answer (in flight or not) for `seconds`: the simulator's thread sleeps."""
-        self.loop.call_soon_threadsafe(time.sleep, seconds)
-
-    @contextmanager
-    def hold(self) -> Iterator[None]:
-        """Hold every answer (in flight or not) until the block ends: the simulator's thread
-        waits, so whatever the block does happens while a client is still waiting on Graph."""
-        holding, release = threading.Event(), threading.Event()
-
-        def wait() -> None:
-            holding.set()
-            release.wait(60)
-
-        self.loop.call_soon_threadsafe(wait)
-        assert holding.wait(10), "the simulator did not stop to hold"
-        try:
-            yield
-        finally:
-            release.set()
+    loop: asyncio.AbstractEventLoop  # the simulator's
 
     @contextmanager
     def hold_after(self, creates: int) -> Iterator[threading.Event]:
@@ -104,8 +86,14 @@ class Served:
             "graph": {"endpoint": self.url, "ca_bundle": str(self.ca_file)},
             "auth": {"tenant_id": TENANT, "client_id": CLIENT_ID, "authority": self.url},
             "pass": {"timezone": "UTC"},
-            "run": {"concurrency": 4, "backoff_seconds": 0.01, "backoff_max_seconds": 0.05,
-                    "settle_seconds": 0.2},
+            # No ceiling on the rate to speak of: tests that are about the rate set their own.
+            "run": {
+                "concurrency": 4,
+                "backoff_seconds": 0.01,
+                "backoff_max_seconds": 0.05,
+                "settle_seconds": 0.2,
+                "max_rate": MAX_RATE,
+            },
             "output": {"dir": str(path.parent / "audit")},
             "state": {"path": str(path.parent / "state" / "journal.sqlite")},
         }
@@ -213,12 +201,6 @@ class FakeClock:
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    """A fresh fake clock at 0."""
-    return FakeClock()
-
-
-@pytest.fixture
 def serve_simulator(tmp_path: Path) -> Iterator[Any]:
     """Start a simulator for a given state in a thread; stopped at the end of the test."""
     stops: list[tuple[asyncio.AbstractEventLoop, asyncio.Event, threading.Thread]] = []
@@ -248,6 +230,20 @@ def serve_simulator(tmp_path: Path) -> Iterator[Any]:
         loop.call_soon_threadsafe(stop.set)
         thread.join(10)
         loop.close()
+
+
+def once_per_run(factory: pytest.TempPathFactory, name: str, make: Callable[[], Any]) -> Any:
+    """`make()`'s JSON-able result, made by whichever pytest-xdist worker asks first and read
+    back from a file by the others (a session fixture alone is made once per worker)."""
+    shared = factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # each worker's basetemp is in the run's own
+        shared = shared.parent
+    path = shared / f"{name}.json"
+    with (shared / f"{name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not path.exists():
+            path.write_text(json.dumps(make()), encoding="utf-8")
+        return json.loads(path.read_text(encoding="utf-8"))
 
 
 @pytest.fixture(autouse=True)

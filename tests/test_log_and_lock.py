@@ -14,14 +14,16 @@ import stat
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import users
 
 from onboard import job
-from onboard import journal as journal_module
 from onboard.cli import (
     EXIT_ABORTED,
     EXIT_BAD_INPUT,
@@ -110,18 +112,30 @@ def test_a_fifo_with_a_reader_is_refused_and_never_chmodded(
     assert "is a pipe or a socket: give a file" in capsys.readouterr().err
 
 
-def test_a_fifo_nobody_reads_stops_the_run_at_once(tmp_path: Path) -> None:
+def test_a_fifo_nobody_reads_stops_the_run_at_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """With no reader, opening a FIFO would wait for ever: exit 2 at once instead."""
     fifo = tmp_path / "log.fifo"
     os.mkfifo(fifo)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ONBOARD_")}
-    done = subprocess.run(
-        [sys.executable, "-m", "onboard", "run", str(sheet(tmp_path)),
-         "-c", str(config_file(tmp_path)), "--log-file", str(fifo)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert done.returncode == EXIT_BAD_INPUT
-    assert f"cannot write the log file {fifo}: a FIFO nobody reads" in done.stderr
+    returned = threading.Event()
+
+    def reader_after_all() -> None:
+        # Were the run to wait on the FIFO, a reader comes after 30 s: the test fails, not hangs.
+        if not returned.wait(30):
+            os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))
+
+    watchdog = threading.Thread(target=reader_after_all, daemon=True)
+    watchdog.start()
+    started = time.monotonic()
+    try:
+        code = run(tmp_path, "--log-file", str(fifo))
+    finally:
+        returned.set()
+        watchdog.join()
+    assert time.monotonic() - started < 30
+    assert code == EXIT_BAD_INPUT
+    assert f"cannot write the log file {fifo}: a FIFO nobody reads" in capsys.readouterr().err
     assert not (tmp_path / "audit").exists()
 
 
@@ -423,16 +437,16 @@ def test_a_journal_in_a_folder_it_cannot_write_is_read_as_immutable(
     open (no -wal) is read as immutable; one with a -wal is refused, saying so."""
     assert run(tmp_path) == EXIT_OK
     path = tmp_path / "state" / "journal.sqlite"
-    real = journal_module._connect_to_read
+    real = sqlite3.connect
     tried: list[str] = []
 
-    def read_only_folder(uri: str) -> sqlite3.Connection:
-        tried.append(uri)
-        if "immutable=1" not in uri:
+    def read_only_folder(database: str, *args: Any, **kwargs: Any) -> sqlite3.Connection:
+        tried.append(database)
+        if "immutable=1" not in database:
             raise sqlite3.OperationalError("unable to open database file")
-        return real(uri)
+        return real(database, *args, **kwargs)
 
-    monkeypatch.setattr(journal_module, "_connect_to_read", read_only_folder)
+    monkeypatch.setattr(sqlite3, "connect", read_only_folder)
     reader = Journal(path).open(lock=False)
     assert len(reader.runs()) == 1
     reader.close()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import GOOD, SOON, FakeClock, audit_rows, latest_audit, users
@@ -99,20 +101,20 @@ def test_a_journal_that_cannot_be_written_stops_the_run(
     passes it cannot keep; the audit still holds every pass Graph returned before that."""
     import sqlite3
 
-    from onboard.journal import Journal
-
     state = SimulatorState(users(*GOOD), seed=1)
     sim = serve_simulator(state)
-    original = Journal._write
     calls = {"n": 0}
 
-    def failing(self: Journal, steps: object) -> None:
-        calls["n"] += 1
-        if calls["n"] > 6:
-            raise sqlite3.OperationalError("database or disk is full")
-        original(self, steps)  # type: ignore[arg-type]
+    class FillsUp(sqlite3.Connection):
+        """A database whose disk is full after a few batches of rows are written."""
 
-    monkeypatch.setattr(Journal, "_write", failing)
+        def executemany(self, sql: str, params: Any, /) -> sqlite3.Cursor:
+            calls["n"] += 1
+            if calls["n"] > 6:
+                raise sqlite3.OperationalError("database or disk is full")
+            return super().executemany(sql, params)
+
+    monkeypatch.setattr(sqlite3, "connect", functools.partial(sqlite3.connect, factory=FillsUp))
     lines = ["Name,Work Email,Start Date,Lifetime"]
     lines += [f"Hire {n},{upn},{SOON[n % 5]}," for n, upn in enumerate(GOOD)]
     path = tmp_path / "hires.csv"
