@@ -4,8 +4,11 @@ journal without its lock (`runs`, `report`, `validate` never stand in a run's wa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import fcntl
+import functools
+import gc
 import hashlib
 import logging
 import os
@@ -36,6 +39,7 @@ from onboard.cli import (
 from onboard.config import load_config
 from onboard.files import LockFile
 from onboard.journal import SCHEMA, Journal
+from onboard.outcomes import Origin, PassRequest
 from onboard.simulator import SimulatorState
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -454,3 +458,38 @@ def test_a_journal_in_a_folder_it_cannot_write_is_read_as_immutable(
     path.with_name(path.name + "-wal").write_bytes(b"")
     with pytest.raises(Exception, match="cannot read the run journal"):
         Journal(path).open(lock=False)
+
+
+def test_a_failed_group_commit_nobody_awaits_any_more_is_reported_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The run stops on the first journal failure and cancels the workers waiting on a group
+    commit: that commit's failure is not logged a second time, as a task nobody retrieved."""
+
+    class Full(sqlite3.Connection):
+        """A journal whose disk fills up at the first row written."""
+
+        def executemany(self, sql: str, params: Any, /) -> sqlite3.Cursor:
+            raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(sqlite3, "connect", functools.partial(sqlite3.connect, factory=Full))
+    journal = Journal(tmp_path / "journal.sqlite").open()
+    journal.begin("r1", datetime.now(UTC), "[]", {}, tenant="t", tenant_name=None,
+                  simulated=True)  # fmt: skip
+    writer = journal.writer("r1")
+
+    async def cancelled_while_committing() -> None:
+        writer.add(PassRequest(Origin("hires.csv", 2), "ann@contoso.com", None, None, 480, True))
+        waiting = asyncio.ensure_future(writer.durable())
+        await asyncio.sleep(0)  # the commit has started, in its thread
+        waiting.cancel()  # as the run stopping cancels its workers
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiting
+        # The commit ends, failing, with nobody waiting for it.
+        await asyncio.wait(asyncio.all_tasks() - {asyncio.current_task()})
+
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        asyncio.run(cancelled_while_committing())
+        gc.collect()  # a task whose error nobody retrieved says so when it is collected
+    journal.close()
+    assert "never retrieved" not in caplog.text

@@ -73,13 +73,15 @@ def test_lost_batch_answers_are_confirmed_with_graph(
 ) -> None:
     """Batches whose answers are lost after the passes were made: the rows are sent again,
     confirmed with Graph, and the audit holds exactly the passes Graph holds."""
-    state = SimulatorState(users(*GOOD), faults=Faults(lost_response_rate=0.3), seed=3)
+    state = SimulatorState(users(*GOOD), faults=Faults(lost_response_rate=0.3), seed=1)
     sim = serve_simulator(state)
     lines = ["Name,Work Email,Start Date,Lifetime"]
     lines += [f"Hire {n},{upn},{SOON[n % 5]}," for n, upn in enumerate(GOOD)]
     path = tmp_path / "hires.csv"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    config = sim.config(tmp_path / "c.yaml", run={"batch_size": 10, "max_attempts": 20})
+    # One request at a time: the seeded faults fall on the same requests whatever the load.
+    config = sim.config(tmp_path / "c.yaml", run={"batch_size": 10, "max_attempts": 20,
+                                                  "concurrency": 1})  # fmt: skip
     assert main(["run", str(path), "-c", str(config)]) == 0
     rows = audit_rows(latest_audit(tmp_path / "audit"))
     assert state.counts.get("lost_batch", 0) > 0
