@@ -37,7 +37,7 @@ from openpyxl.writer.excel import ExcelWriter
 
 from .config import OutputSettings
 from .files import private_dir
-from .outcomes import Failed, Issued, PassRequest, Skipped
+from .outcomes import Failed, Issued, Origin, PassRequest, Skipped
 
 UTC_ZONE = "UTC"
 # The person and the pass first: what whoever hands the passes out reads. The pass's start and
@@ -55,6 +55,9 @@ PASS_COLUMNS = (
     "Note",
     "Found by (sheet value)",  # input.match_by mail / employeeId: what the sheet named them by
 )
+# With delivery by mail (delivery.method, `onboard deliver`), after the pass columns: who the
+# pass was mailed to, when (UTC), and how that went (sent, failed: why, unknown, not sent).
+DELIVERY_COLUMNS = ("Delivered to", "Delivered at", "Delivery")
 # Then the input sheet's own other columns, then these, for support and for checking.
 TECHNICAL_COLUMNS = ("Method ID", "Created (UTC)", "Attempts", "Request ID")
 UTC_COLUMNS = ("Starts (UTC)", "Expires (UTC)")  # only when the pass time zone is not UTC
@@ -119,6 +122,9 @@ _WIDTHS = {
     "Previous run": 22,
     "Issued at": 20,
     HELD_ELSEWHERE: 20,
+    "Delivered to": 30,
+    "Delivered at": 20,
+    "Delivery": 40,
 }
 # A column not in _WIDTHS (the sheet's own, the time zone's) is as wide as its header, within these.
 WIDTH_RANGE = (16, 40)
@@ -158,6 +164,16 @@ class RunSummary:
 
 
 @dataclass(frozen=True, slots=True)
+class Delivered:
+    """A pass's delivery as the Issued sheet shows it: the address it was mailed to (empty:
+    nobody), when it was sent (UTC), and how that went, for people ("sent", "failed: ...")."""
+
+    to: str
+    at: datetime | None
+    state: str
+
+
+@dataclass(frozen=True, slots=True)
 class AuditOptions:
     """How the workbook is protected: the password that encrypts it (None: not encrypted), and
     whether a pass-free copy is written too. The repr never shows the password."""
@@ -188,18 +204,23 @@ def write_audit(
     failed: Sequence[Failed],
     skipped: Sequence[Skipped],
     options: AuditOptions = AuditOptions(),
+    *,
+    deliveries: Mapping[Origin, Delivered] | None = None,
 ) -> Path:
     """Write the workbook atomically at `path` (mode 0600), encrypted when options has a
     password, and with `redacted_copy` also its pass-free copy at `redacted_path(path)`.
+    `deliveries` (delivery by mail was on): the Issued sheet's delivery columns.
 
     Unencrypted, openpyxl's per-sheet scratch files go to an owner-only folder beside the
     workbook (`.<name>.partial`), removed once it is in place (one left by a killed write is
     cleared by the next write). Encrypted, nothing but the encrypted bytes is written.
     """
     private_dir(path.parent)
-    _write(path, summary, issued, failed, skipped, password=options.password, masked=False)
+    _write(path, summary, issued, failed, skipped, password=options.password, masked=False,
+           deliveries=deliveries)  # fmt: skip
     if options.redacted_copy:
-        _write(redacted_path(path), summary, issued, failed, skipped, password=None, masked=True)
+        _write(redacted_path(path), summary, issued, failed, skipped, password=None, masked=True,
+               deliveries=deliveries)  # fmt: skip
     return path
 
 
@@ -212,6 +233,7 @@ def _write(
     *,
     password: str | None,
     masked: bool,
+    deliveries: Mapping[Origin, Delivered] | None = None,
 ) -> None:
     with _scratch(path) as scratch:
         in_memory = password is not None
@@ -222,7 +244,7 @@ def _write(
                 summary, notes=(*summary.notes, ("Pass values", REDACTED)), pass_values=False
             )
         _summary_sheet(sheets, summary, issued, failed, skipped)
-        _issued_sheet(sheets, summary, issued, masked=masked)
+        _issued_sheet(sheets, summary, issued, masked=masked, deliveries=deliveries)
         sheets.add(
             "Failed",
             FAILED_COLUMNS,
@@ -276,15 +298,19 @@ def issued_title(*, simulated: bool) -> str:
     return f"{ISSUED_SHEET} (SIMULATED)" if simulated else ISSUED_SHEET
 
 
-def issued_columns(timezone: str = UTC_ZONE, extra: Sequence[str] = ()) -> tuple[str, ...]:
+def issued_columns(
+    timezone: str = UTC_ZONE, extra: Sequence[str] = (), *, delivery: bool = False
+) -> tuple[str, ...]:
     """The Issued sheet's header: the pass columns (Starts and Expires labelled with the pass
-    time zone), the input sheet's other columns (`extra`), then the technical columns, and the
-    UTC start and end last, unless the pass time zone is UTC (the columns would repeat)."""
+    time zone), the delivery columns (`delivery`), the input sheet's other columns (`extra`),
+    then the technical columns, and the UTC start and end last, unless the pass time zone is
+    UTC (the columns would repeat)."""
     labelled = tuple(
         f"{name} ({timezone})" if name in ("Starts", "Expires") else name for name in PASS_COLUMNS
     )
+    mailed = DELIVERY_COLUMNS if delivery else ()
     tail = () if timezone == UTC_ZONE else UTC_COLUMNS
-    return (*labelled, *extra, *TECHNICAL_COLUMNS, *tail)
+    return (*labelled, *mailed, *extra, *TECHNICAL_COLUMNS, *tail)
 
 
 # The Issued header of a run whose pass time zone is UTC, from a sheet with no other columns.
@@ -292,12 +318,26 @@ ISSUED_COLUMNS = issued_columns()
 
 
 def _issued_sheet(
-    sheets: _Sheets, summary: RunSummary, issued: Sequence[Issued], *, masked: bool
+    sheets: _Sheets,
+    summary: RunSummary,
+    issued: Sequence[Issued],
+    *,
+    masked: bool,
+    deliveries: Mapping[Origin, Delivered] | None = None,
 ) -> None:
     zone, name = _zone(summary.timezone)
     rows = sorted(issued, key=lambda i: (i.origin.source, i.origin.row))
-    extra = _ExtraColumns(rows, taken=issued_columns(name))
+    mailed = deliveries is not None
+    extra = _ExtraColumns(rows, taken=issued_columns(name, delivery=mailed))
     in_utc = name == UTC_ZONE
+
+    def delivery(i: Issued) -> tuple[Any, ...]:
+        if deliveries is None:
+            return ()
+        said = deliveries.get(i.origin)
+        if said is None:
+            return (None, None, None)
+        return (_Text(said.to) if said.to else None, said.at, _Text(said.state))
 
     def row(i: Issued) -> tuple[Any, ...]:
         pass_part = (
@@ -315,11 +355,11 @@ def _issued_sheet(
         )
         technical = (i.method_id, i.created, i.attempts, i.request_id)
         utc = () if in_utc else (i.starts, i.expires)
-        return (*pass_part, *extra.values(i.request), *technical, *utc)
+        return (*pass_part, *delivery(i), *extra.values(i.request), *technical, *utc)
 
     sheets.add(
         issued_title(simulated=summary.simulated),
-        issued_columns(name, extra.headers),
+        issued_columns(name, extra.headers, delivery=mailed),
         (row(i) for i in rows),
     )
 
@@ -402,6 +442,25 @@ def write_problems(path: Path, rows: Sequence[Failed | Skipped]) -> Path:
                 for o in rows
             ),
         )
+        _save_atomically(path, scratch, lambda handle: _save(workbook, handle))
+    return path
+
+
+def write_table(
+    path: Path,
+    title: str,
+    columns: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    *,
+    banner: str | None = None,
+) -> Path:
+    """A one-sheet workbook that holds no pass (`onboard status`, `onboard revoke`): written
+    whole and owner-only, as the audit is; text never read as a formula; `banner` (bold) above
+    the header. Times are written in UTC, as their headers must say."""
+    private_dir(path.parent)
+    with _scratch(path) as scratch:
+        workbook = Workbook(write_only=True)
+        _Sheets(workbook, scratch).add(title, columns, rows, banner=banner)
         _save_atomically(path, scratch, lambda handle: _save(workbook, handle))
     return path
 
@@ -719,11 +778,15 @@ class AuditedPass:
     method_id: str
     starts: datetime | None  # UTC
     expires: datetime | None  # UTC
+    display_name: str | None = None
+    usable_once: bool | None = None  # None: the sheet does not say
+    # Every other cell of the row by its header (the input sheet's own columns among them),
+    # as text; empty cells left out.
+    cells: Mapping[str, str] = field(default_factory=dict, repr=False)
 
 
-def read_issued(path: Path, password: str | None = None) -> list[AuditedPass]:
-    """The passes an audit workbook onboard wrote holds (decrypted with `password` when it is
-    encrypted). Raises OSError or ValueError when it cannot be read as one."""
+def _plain_bytes(path: Path, password: str | None) -> bytes:
+    """The workbook's bytes, decrypted with `password` when it is encrypted."""
     data = path.read_bytes()
     if password is not None and not data.startswith(b"PK"):
         office = msoffcrypto.OfficeFile(io.BytesIO(data))
@@ -731,6 +794,13 @@ def read_issued(path: Path, password: str | None = None) -> list[AuditedPass]:
         plain = io.BytesIO()
         office.decrypt(plain)
         data = plain.getvalue()
+    return data
+
+
+def read_issued(path: Path, password: str | None = None) -> list[AuditedPass]:
+    """The passes an audit workbook onboard wrote holds (decrypted with `password` when it is
+    encrypted). Raises OSError or ValueError when it cannot be read as one."""
+    data = _plain_bytes(path, password)
     book = load_workbook(io.BytesIO(data), read_only=True, data_only=True)
     try:
         sheet = next(ws for ws in book.worksheets if ws.title.split(" (")[0] == ISSUED_SHEET)
@@ -742,6 +812,7 @@ def read_issued(path: Path, password: str | None = None) -> list[AuditedPass]:
             value, method = cell.get("Temporary Access Pass"), cell.get("Method ID")
             if not isinstance(value, str) or not isinstance(method, str):
                 continue
+            name, once = cell.get("Display name"), cell.get("One-time")
             found.append(
                 AuditedPass(
                     str(cell.get("Source file") or ""),
@@ -751,6 +822,9 @@ def read_issued(path: Path, password: str | None = None) -> list[AuditedPass]:
                     method,
                     _utc(cell.get("Starts (UTC)")),
                     _utc(cell.get("Expires (UTC)")),
+                    str(name) if name else None,
+                    {"yes": True, "no": False}.get(str(once)) if once is not None else None,
+                    {h: str(v) for h, v in cell.items() if h and v not in (None, "")},
                 )
             )
         return found
@@ -773,3 +847,69 @@ def free_path(path: Path) -> Path:
         number += 1
         candidate = path.with_name(f"{path.stem}-{number}{path.suffix}")
     return candidate
+
+
+def mark_delivered(
+    path: Path,
+    deliveries: Mapping[tuple[str, int], Delivered],
+    notes: Sequence[tuple[str, NoteValue]],
+    password: str | None = None,
+) -> Path:
+    """`onboard deliver`: a run's own audit workbook, its Issued sheet's delivery columns
+    filled in (added when the run did not deliver) for the rows in `deliveries` (by source
+    file and row), and `notes` (item, value) set on its Summary. Written whole and in place,
+    atomically, encrypted again with `password`: the same evidence, with what became of the
+    messages. Raises OSError or ValueError when it cannot be read as an audit workbook."""
+    book = load_workbook(io.BytesIO(_plain_bytes(path, password)))
+    try:
+        sheet = next(ws for ws in book.worksheets if ws.title.split(" (")[0] == ISSUED_SHEET)
+    except StopIteration:
+        raise ValueError(f"{path} has no Issued sheet") from None
+    header = [str(c.value) if c.value is not None else "" for c in sheet[1]]
+    where = {}
+    for name in DELIVERY_COLUMNS:
+        if name not in header:
+            header.append(name)
+            _put(sheet.cell(1, len(header)), _Heading(name))
+            sheet.cell(1, len(header)).font = _BOLD
+        where[name] = header.index(name) + 1
+    source, row = header.index("Source file") + 1, header.index("Row") + 1
+    for number in range(2, sheet.max_row + 1):
+        key = (str(sheet.cell(number, source).value), sheet.cell(number, row).value)
+        said = deliveries.get(key)
+        if said is None:
+            continue
+        _put(sheet.cell(number, where["Delivered to"]), said.to or None)
+        at = said.at.astimezone(UTC).replace(tzinfo=None) if said.at else None
+        sheet.cell(number, where["Delivered at"]).value = at
+        _put(sheet.cell(number, where["Delivery"]), said.state)
+    summary = book["Summary"]
+    items = {str(summary.cell(n, 1).value): n for n in range(1, summary.max_row + 1)}
+    for item, value in notes:
+        number = items.get(item) or summary.max_row + 1
+        _put(summary.cell(number, 1), item)
+        summary.cell(number, 2).value = value if not isinstance(value, str) else None
+        if isinstance(value, str):
+            _put(summary.cell(number, 2), value)
+    plain = io.BytesIO()
+    book.save(plain)
+    data = plain.getvalue()
+    if password is not None:
+        sealed = io.BytesIO()
+        OOXMLFile(io.BytesIO(data)).encrypt(password, sealed)
+        data = sealed.getvalue()
+    with _scratch(path) as scratch:
+        _save_atomically(path, scratch, lambda handle: handle.write(data))
+    return path
+
+
+def _put(cell: Any, text: str | None) -> None:
+    """Text into a cell of a loaded workbook, kept text: never read as a formula."""
+    if text is None:
+        cell.value = None
+        return
+    value = _ILLEGAL.sub(_escape, text)
+    cell.value = value
+    if value.startswith(FORMULA_PREFIXES) or value in ERROR_CODES:
+        cell.data_type = "s"
+        cell.quotePrefix = True

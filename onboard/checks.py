@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -34,8 +34,8 @@ from .graph import (
 from .journal import PreviousPass
 from .outcomes import Failed, Outcome, PassRequest, Reason, Skipped, not_sent, shown_window
 from .reader import GUID, one_per_user
-from .retrying import retries_for
-from .runner import ask_all, stopped_within
+from .retrying import retries_for, with_retries
+from .runner import ask_all, run_each, stopped_within
 
 log = logging.getLogger(__name__)
 
@@ -306,59 +306,6 @@ def _is_external(user: Mapping[str, Any]) -> bool:
     return invited or bool(user.get("externalUserState")) or GUEST_MARKER in _upn(user).upper()
 
 
-async def existing_passes(
-    config: Config,
-    client: GraphClient,
-    requests: list[PassRequest],
-    stop: asyncio.Event | None,
-    *,
-    issued_by: Callable[[str], PreviousPass | None] = lambda method_id: None,
-) -> tuple[list[PassRequest], list[Outcome]]:
-    """List the current pass of each row marked `ask_existing` and decide the rows whose user
-    holds one that is usable or not yet valid (pass.existing skip: someone may have handed it
-    out; replace: only this journal's own is kept). Returns the rows still to send, and the
-    outcomes of the others.
-
-    `issued_by(method_id)`: the journal's record of that pass, if a run of this tenant issued
-    it. Such a pass is this journal's own (the row names the person differently now): skipped
-    as already issued for the same start, replaced for a moved one. Any other pass in force is
-    not this journal's to vouch for: skipped, counted apart (`held_elsewhere`), or failed when
-    it cannot serve the row's first day.
-    """
-    ask = [r.user for r in requests if r.ask_existing]
-    if not ask:
-        return requests, []
-    answers = await ask_all(
-        ask,
-        client.current_pass,
-        concurrency=config.run.concurrency,
-        retries=retries_for(config.run),
-        stop=stop,
-    )
-    now = datetime.now(UTC)
-    replacing = config.pass_.existing == "replace"
-    keep: list[PassRequest] = []
-    decided: list[Outcome] = []
-    for request in requests:
-        if request.ask_existing and request.user not in answers:
-            keep.append(request)  # not asked: the run was asked to stop, so it is not sent
-            continue
-        held = answers.get(request.user) if request.ask_existing else None
-        fate: PassRequest | Outcome = request
-        if isinstance(held, GraphError) and held.status != 404 and replacing:
-            pass  # replace issues anyway: the listing only looked for this journal's own pass
-        elif isinstance(held, GraphError):
-            fate = _not_listed(request, held, config.run.max_attempts)
-        elif held is not None and held.in_force(now):
-            ours = issued_by(held.method_id)
-            fate = _pass_in_force(request, held, ours, now, replacing=replacing)
-        if isinstance(fate, PassRequest):
-            keep.append(fate)
-        else:
-            decided.append(fate)
-    return keep, decided
-
-
 def _not_listed(request: PassRequest, error: GraphError, max_attempts: int) -> Failed:
     """A row whose user's current pass Graph would not list: under pass.existing skip nothing
     is sent without knowing; a 404 (no such user) fails the row as any lookup of one does."""
@@ -501,71 +448,205 @@ ROLES_PERMISSION = "RoleManagement.Read.Directory (or Directory.Read.All)"
 METHODS_PERMISSION = "UserAuthenticationMethod.Read.All"
 
 
-@dataclass(frozen=True, slots=True)
-class Screening:
-    """The rows whose user may get a pass from a sheet, the rows refused, and what the Summary
-    says was checked (or could not be)."""
+class Permission:
+    """Whether the app may read one kind of thing (users' roles, or their methods), as Graph's
+    answers tell. Once one read succeeds, a 403 is about that user (the row fails: never a
+    pass unchecked). When the first `probe` reads were all refused (403), or every row that
+    reads has been refused, the app lacks the permission: the check is left out for every row
+    and said once (the Summary, the run's attention). Until one of those, a row refused 403
+    waits to learn which it is."""
 
-    keep: list[PassRequest]
-    refused: list[Failed]
-    notes: list[tuple[str, str]]
-    # Checks that could not be made (the app may not read roles or methods): the run goes on,
-    # and says so where cron's operator hears it (exit 1).
-    unchecked: list[str] = field(default_factory=list)
+    def __init__(self, probe: int, rows: int) -> None:
+        self.probe = max(1, probe)
+        self.possible = rows  # rows that may still read it
+        self.seen = 0
+        self.denials = 0
+        self.successes = 0
+        self.app_denied = False
+        self.known = asyncio.Event()
+
+    @property
+    def denied(self) -> bool:
+        """The app may not read this at all (so nobody is asked)."""
+        return self.app_denied
+
+    def answered(self, answer: object) -> None:
+        self.seen += 1
+        if _denied(answer):
+            self.denials += 1
+        elif not isinstance(answer, GraphError):
+            self.successes += 1
+        self._decide()
+
+    def gone(self) -> None:
+        """A row that will not read it (decided before, or not screened)."""
+        self.possible -= 1
+        self._decide()
+
+    def _decide(self) -> None:
+        if self.known.is_set():
+            return
+        everyone = self.seen >= self.possible
+        if self.successes:
+            self.known.set()
+        elif self.denials >= self.probe or (everyone and self.denials == self.seen > 0):
+            self.app_denied = True
+            self.known.set()
+        elif everyone:
+            self.known.set()  # refusals of other kinds: about those users
+
+    async def settled(self, stop: asyncio.Event | None) -> bool:
+        """Wait until it is known what a 403 means (False: stopped first)."""
+        if self.known.is_set():
+            return True
+        if stop is None:
+            await self.known.wait()
+            return True
+        waits = {asyncio.ensure_future(self.known.wait()), asyncio.ensure_future(stop.wait())}
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in waits:
+                task.cancel()
+        return self.known.is_set()
 
 
-async def screen_accounts(
-    config: Config,
-    client: GraphClient,
-    requests: list[PassRequest],
-    stop: asyncio.Event | None,
-    *,
-    allowed: frozenset[str] = frozenset(),
-) -> Screening:
-    """Refuse rows whose user is not a new hire: one who holds a directory role (a pass for a
-    Global Administrator is a takeover, and whoever can edit HR's sheet could add one), or
-    already has strong sign-in methods registered. Reads only.
+class RowChecks:
+    """Every check a row takes before its create, one row at a time, so that they run ahead
+    of the creates (reads spend their own budget): the pass its user holds now (rows marked
+    `ask_existing`, under pass.existing), then the account (no pass for a user who holds a
+    directory role or already has strong sign-in methods). Reads only.
 
-    `allowed` (--allow-user, casefolded UPNs or sheet values) lets a deliberate exception
-    through with a note in the audit; pass.allow_existing_accounts turns the check off. Where
-    the app may not read roles or methods (403), the run says once what it could not check and
-    goes on; any other failure to check fails the row (never issue for an unchecked account).
+    `check(row)` returns the row to send (perhaps with a note) or its outcome. Where the app
+    may not read roles or methods (403 for everyone), the run says once what it could not
+    check and goes on; any other failure to check fails the row (never issue for an unchecked
+    account). `issued_by(method_id)`: the journal's record of a pass, if a run of this tenant
+    issued it. `allowed` (--allow-user, casefolded UPNs or sheet values) lets a deliberate
+    exception through with a note; pass.allow_existing_accounts turns the account check off.
     """
-    if config.pass_.allow_existing_accounts:
-        note = "not checked (pass.allow_existing_accounts: true)"
-        return Screening(requests, [], [("Existing accounts", note)])
-    if not requests:
-        return Screening(requests, [], [])
-    users = list(dict.fromkeys(r.user for r in requests))
-    concurrency, retries = config.run.concurrency, retries_for(config.run)
-    roles, methods = await asyncio.gather(
-        ask_all(users, client.directory_roles, concurrency=concurrency, retries=retries, stop=stop),
-        ask_all(users, client.methods, concurrency=concurrency, retries=retries, stop=stop),
-    )
-    # The app lacks the permission when Graph refuses every user alike; a refusal for some
-    # users only is about those users, and fails their rows (never a pass unchecked).
-    unread_roles = bool(roles) and all(_denied(a) for a in roles.values())
-    unread_methods = bool(methods) and all(_denied(a) for a in methods.values())
-    notes, unchecked = _what_was_checked(unread_roles=unread_roles, unread_methods=unread_methods)
-    keep: list[PassRequest] = []
-    refused: list[Failed] = []
-    for request in requests:
-        if request.user not in roles or request.user not in methods:
-            keep.append(request)  # not asked: the run was asked to stop, so it is not sent
-            continue
-        problem = _account_problem(
-            request,
-            [] if unread_roles else roles[request.user],
-            [] if unread_methods else methods[request.user],
+
+    def __init__(
+        self,
+        config: Config,
+        client: GraphClient,
+        rows: int,
+        stop: asyncio.Event | None = None,
+        *,
+        issued_by: Callable[[str], PreviousPass | None] = lambda method_id: None,
+        allowed: frozenset[str] = frozenset(),
+    ) -> None:
+        self.config = config
+        self.client = client
+        self.stop = stop
+        self.issued_by = issued_by
+        self.allowed = allowed
+        self.retries = retries_for(config.run)
+        probe = min(rows, config.run.concurrency)
+        self.roles = Permission(probe, rows)
+        self.methods = Permission(probe, rows)
+        self.screening = not config.pass_.allow_existing_accounts
+        self.asked_existing = False
+
+    async def check(self, request: PassRequest) -> PassRequest | Outcome:
+        if request.ask_existing:
+            self.asked_existing = True
+            fate = await self._existing(request)
+            if not isinstance(fate, PassRequest):
+                self.roles.gone()
+                self.methods.gone()
+                return fate
+            request = fate
+        if not self.screening:
+            return request
+        return await self._screen(request)
+
+    async def _ask(self, ask: Callable[[str], Any], user: str) -> Any:
+        """One read, retried as a create would be: the answer, or the GraphError that ended
+        its tries."""
+        try:
+            return await with_retries(lambda _: ask(user), self.retries)
+        except GraphError as exc:
+            return exc
+
+    async def _existing(self, request: PassRequest) -> PassRequest | Outcome:
+        """Decide the row whose user holds a pass usable or not yet valid (pass.existing
+        skip: someone may have handed it out; replace: only this journal's own is kept).
+
+        A pass this journal issued (found by its method id: the row names the person
+        differently now) is skipped as already issued for the same start, replaced for a
+        moved one. Any other pass in force is not this journal's to vouch for: skipped,
+        counted apart (`held_elsewhere`), or failed when it cannot serve the first day."""
+        held = await self._ask(self.client.current_pass, request.user)
+        replacing = self.config.pass_.existing == "replace"
+        if isinstance(held, GraphError) and held.status != 404 and replacing:
+            return request  # replace issues anyway: the listing only looked for our own pass
+        if isinstance(held, GraphError):
+            return _not_listed(request, held, self.config.run.max_attempts)
+        now = datetime.now(UTC)
+        if held is not None and held.in_force(now):
+            ours = self.issued_by(held.method_id)
+            return _pass_in_force(request, held, ours, now, replacing=replacing)
+        return request
+
+    async def _screen(self, request: PassRequest) -> PassRequest | Outcome:
+        roles, methods = await asyncio.gather(
+            self._read(self.roles, self.client.directory_roles, request.user),
+            self._read(self.methods, self.client.methods, request.user),
         )
+        if roles is None or methods is None:
+            return not_sent(request)  # stopped before it was known what a 403 meant
+        problem = _account_problem(request, roles, methods)
         if problem is None:
-            keep.append(request)
-        elif request.key in allowed or (request.sheet_value or "").casefold() in allowed:
-            note = f"issued on purpose (--allow-user): {problem[1].split('. ')[0]}"
-            keep.append(_with_note(request, note))
+            return request
+        if request.key in self.allowed or (request.sheet_value or "").casefold() in self.allowed:
+            return _with_note(
+                request, f"issued on purpose (--allow-user): {problem[1].split('. ')[0]}"
+            )
+        return _refused_account(request, problem, self.config.input.key_column)
+
+    async def _read(
+        self, permission: Permission, ask: Callable[[str], Any], user: str
+    ) -> list[str] | GraphError | None:
+        """A user's roles or methods: [] where the app may not read them at all, the
+        GraphError where Graph would not say for this user, None if stopped meanwhile."""
+        if permission.denied:
+            return []  # not asked: the app may not (saves the budget too)
+        answer = await self._ask(ask, user)
+        permission.answered(answer)
+        if not _denied(answer):
+            return answer  # type: ignore[no-any-return]
+        if not await permission.settled(self.stop):
+            return None
+        return [] if permission.denied else answer  # type: ignore[no-any-return]
+
+    def summary(self) -> tuple[list[tuple[str, str]], list[str]]:
+        """The Summary's lines on the account checks, and the checks that could not be made."""
+        if not self.screening:
+            return [("Existing accounts", "not checked (pass.allow_existing_accounts: true)")], []
+        return _what_was_checked(unread_roles=self.roles.denied, unread_methods=self.methods.denied)
+
+
+async def check_all(
+    checks: RowChecks, requests: list[PassRequest]
+) -> tuple[list[PassRequest], list[Outcome]]:
+    """`checks.check` for every row (`onboard validate`, which sends nothing): the rows that
+    would be sent, and every other row's outcome."""
+    fates: dict[int, PassRequest | Outcome] = {}
+
+    async def one(index: int) -> None:
+        fates[index] = await checks.check(requests[index])
+
+    await run_each(range(len(requests)), one, concurrency=checks.config.run.concurrency,
+                   stop=checks.stop, grace_seconds=0)  # fmt: skip
+    keep: list[PassRequest] = []
+    decided: list[Outcome] = []
+    for index, request in enumerate(requests):
+        fate = fates.get(index, request)  # not asked: the run was asked to stop
+        if isinstance(fate, PassRequest):
+            keep.append(fate)
         else:
-            refused.append(_refused_account(request, problem, config.input.key_column))
-    return Screening(keep, refused, notes, unchecked)
+            decided.append(fate)
+    return keep, decided
 
 
 def _what_was_checked(

@@ -13,7 +13,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import contextvars
 import errno
+import json
 import logging
 import os
 import signal
@@ -28,8 +30,7 @@ from typing import Any, NamedTuple, TextIO
 
 from tqdm import tqdm
 
-from . import __version__, history, job, redact
-from . import validate as validation
+from . import __version__, history, job, lifecycle, output, redact, validation
 from .audit import SIMULATED, audit_options, redacted_path, write_problems
 from .config import (
     AUTH_METHODS,
@@ -47,6 +48,7 @@ from .config import (
     timezone_problem,
 )
 from .connect import simulator_state
+from .deliver import DeliveryReport, State, redeliver
 from .errors import (
     AuditWriteError,
     AuthError,
@@ -63,6 +65,7 @@ from .journal import Journal, RunInfo
 from .outcomes import Failed, Outcome, Skipped
 from .redact import printable
 from .report import RunReport, RunStatus
+from .simulator import SimMail
 from .tenant import SIMULATOR_CLIENT_ID, SIMULATOR_TENANT
 
 EXIT_OK = 0
@@ -92,10 +95,15 @@ EXIT_CODES: dict[int, ExitMeaning] = {
     EXIT_ROWS_FAILED: ExitMeaning(
         "the run finished, but some rows failed, or some users hold a pass this journal did not"
         " issue (nobody here can vouch it was handed out), or a check needs attention (a"
-        " certificate that expires within 30 days, a check onboard had no permission to make);"
-        " for `validate`: a problem was found",
+        " certificate that expires within 30 days, a check onboard had no permission to make),"
+        " or, delivering by mail, a pass was mailed to nobody or a message failed or may not"
+        " have arrived; for `validate`: a problem was found; for `status`: a hire whose start"
+        " has passed has neither a usable pass nor a registered method; for `revoke`: a pass"
+        " was not deleted",
         "read the `Failed` sheet, fix the sheet, run it again (rows already issued are skipped);"
-        " for a pass held elsewhere, replace it with `--reissue-user` if nobody has it",
+        " for a pass held elsewhere, replace it with `--reissue-user` if nobody has it; for"
+        " delivery, the Issued sheet's `Delivery` column says what to do; for `status`, see the"
+        " hires it marks `!`",
     ),
     EXIT_BAD_INPUT: ExitMeaning(
         "bad usage, config or input file (missing, unreadable, no user column, unwritable"
@@ -143,6 +151,8 @@ NO_CONFIG = (
 )
 
 Ask = Callable[[str], str]  # shows a prompt, returns the answer (input, or a test's fake)
+# --json: standard output is one JSON value, also when the command stops (see _stopped).
+_JSON_OUT = contextvars.ContextVar("json_out", default=False)
 
 log = logging.getLogger("onboard")
 
@@ -160,6 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(argv: Sequence[str] | None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    _JSON_OUT.set(bool(getattr(args, "json", False)))
     try:
         _setup_logging(args.verbose, getattr(args, "log_file", None))
     except _LogFileRefused as exc:
@@ -217,8 +228,15 @@ def _stopped(code: int, *said: str) -> int:
     said = tuple(printable(line) for line in said)
     for line in said:
         print(line, file=sys.stderr)
+    _json_error(code, *said)
     _note_in_log_file(f"{'; '.join(said).removeprefix('onboard: ')} (exit {code})", logging.ERROR)
     return code
+
+
+def _json_error(code: int, *said: str) -> None:
+    """With --json, a command that stops still prints its one JSON value: why, and its code."""
+    if _JSON_OUT.get():
+        _print_json(output.error_json(code, "; ".join(said).removeprefix("onboard: ")))
 
 
 def _note_in_log_file(message: str, level: int) -> None:
@@ -254,8 +272,11 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add_command in (
         _add_run,
+        _add_deliver,
         _add_report,
         _add_runs,
+        _add_status,
+        _add_revoke,
         _add_validate,
         _add_simulate,
         _add_init,
@@ -272,6 +293,21 @@ def _common_options(command: argparse.ArgumentParser, verbose: str = "more log o
         "-c", "--config", metavar="FILE", default=argparse.SUPPRESS, help=_CONFIG_HELP
     )
     command.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help=verbose)
+
+
+def _json_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON value on standard output and nothing else (logs stay on standard "
+        "error; exit codes are the same)",
+    )
+
+
+def _print_json(value: Any) -> None:
+    """The command's one JSON value, on standard output."""
+    with _stdout_may_close():
+        print(json.dumps(value, ensure_ascii=False, indent=2))
 
 
 def _add_run(commands: _Commands[argparse.ArgumentParser]) -> None:
@@ -308,8 +344,45 @@ def _add_run(commands: _Commands[argparse.ArgumentParser]) -> None:
     run.add_argument(
         "--log-file", metavar="FILE", help="also append timestamped log lines to FILE (owner-only)"
     )
+    _preview(run)
+    _json_option(run)
     _common_options(run, "more log output: -v a line per row, -vv a line per request")
     run.set_defaults(handler=_run)
+
+
+def _preview(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--preview",
+        metavar="DIR",
+        help="write each delivery message to DIR as an owner-only .eml file and send none "
+        "(whatever delivery.method says)",
+    )
+
+
+def _add_deliver(commands: _Commands[argparse.ArgumentParser]) -> None:
+    """`onboard deliver`: a finished run's passes mailed (again), from its audit workbook."""
+    deliver_command = commands.add_parser(
+        "deliver",
+        help="mail a finished run's passes (or some of them again) to their recipients",
+        description="Deliver a finished run's passes by mail as delivery.* says, reading them "
+        "from the run's audit workbook: every hire not yet mailed (a run made with "
+        "delivery.method none, a recipient found since, a message that failed). A message sent "
+        "or of unknown fate is sent again only to the addresses --to names.",
+    )
+    deliver_command.add_argument(
+        "run_id", metavar="RUN_ID", help="a run id, as 'onboard runs' lists"
+    )
+    deliver_command.add_argument(
+        "--to",
+        action="append",
+        default=[],
+        metavar="ADDRESS",
+        help="send this recipient's message again, on purpose, whatever became of it "
+        "(repeatable); the run's other messages are left alone",
+    )
+    _preview(deliver_command)
+    _common_options(deliver_command)
+    deliver_command.set_defaults(handler=_deliver)
 
 
 def _add_report(commands: _Commands[argparse.ArgumentParser]) -> None:
@@ -323,6 +396,7 @@ def _add_report(commands: _Commands[argparse.ArgumentParser]) -> None:
     )
     report.add_argument("run_id", metavar="RUN_ID", help="a run id, as 'onboard runs' lists")
     report.add_argument("--out", metavar="DIR", help="folder for the workbook (output.dir)")
+    _json_option(report)
     _common_options(report)
     report.set_defaults(handler=_report)
 
@@ -334,6 +408,7 @@ def _add_runs(commands: _Commands[argparse.ArgumentParser]) -> None:
         help="list past runs from the journal, with their counts",
         description="List the runs the journal knows, oldest first, with their outcome counts.",
     )
+    _json_option(runs)
     _common_options(runs)
     runs.set_defaults(handler=_runs)
 
@@ -357,8 +432,61 @@ def _add_validate(commands: _Commands[argparse.ArgumentParser]) -> None:
     )
     validate.add_argument("--out", metavar="DIR", help="folder for the workbook (output.dir)")
     _allow_user(validate)
+    _json_option(validate)
     _common_options(validate)
     validate.set_defaults(handler=_validate)
+
+
+def _add_status(commands: _Commands[argparse.ArgumentParser]) -> None:
+    """`onboard status`: how a run's passes stand at Graph now (reads only)."""
+    status = commands.add_parser(
+        "status",
+        help="show how each pass of a run stands now: used, usable, expired, replaced...",
+        description="For each pass a run issued, read the user's pass and sign-in methods "
+        f"from Graph (reads only): the pass's state ({', '.join(lifecycle.PassState)}) and "
+        "the strong methods registered since. Prints a table, writes "
+        "onboard-status-RUN_ID.xlsx (no pass values). Exit 1 when a hire whose start has "
+        "passed has neither a usable pass nor a registered method.",
+    )
+    status.add_argument(
+        "run_id",
+        nargs="?",
+        metavar="RUN_ID",
+        help="a run id, as 'onboard runs' lists (default: the latest run that issued a pass)",
+    )
+    status.add_argument("--out", metavar="DIR", help="folder for the workbook (output.dir)")
+    _json_option(status)
+    _common_options(status)
+    status.set_defaults(handler=_status)
+
+
+def _add_revoke(commands: _Commands[argparse.ArgumentParser]) -> None:
+    """`onboard revoke`: delete a run's passes that Graph still holds."""
+    revoke = commands.add_parser(
+        "revoke",
+        help="delete the passes a run issued (a cancelled start, a duplicate run, a leak)",
+        description="Delete the passes a run issued, each only while Graph still holds that "
+        "very pass (a pass issued since is never touched). On a terminal it lists them and "
+        "asks; otherwise it needs --yes. Every deletion is journaled (run it again after a "
+        "stop: nothing is deleted twice) and written to onboard-revoke-RUN_ID-TIME.xlsx.",
+    )
+    revoke.add_argument("run_id", metavar="RUN_ID", help="a run id, as 'onboard runs' lists")
+    revoke.add_argument(
+        "--user",
+        action="append",
+        default=[],
+        metavar="UPN",
+        help="only this user's pass (repeatable)",
+    )
+    revoke.add_argument("--unused", action="store_true", help="leave used and expired passes alone")
+    revoke.add_argument(
+        "--dry-run", action="store_true", help="show what would be deleted; delete nothing"
+    )
+    revoke.add_argument("--yes", action="store_true", help="do not ask (needed off a terminal)")
+    revoke.add_argument("--out", metavar="DIR", help="folder for the workbook (output.dir)")
+    _json_option(revoke)
+    _common_options(revoke)
+    revoke.set_defaults(handler=_revoke)
 
 
 def _add_simulate(commands: _Commands[argparse.ArgumentParser]) -> None:
@@ -537,16 +665,21 @@ def _run(args: argparse.Namespace) -> int:
         return _stopped(code, f"onboard: {exc}")
     except asyncio.CancelledError:
         progress.close()
-        print(
+        said = (
             "onboard: stopped before writing the audit workbook. Run the same command again: it "
-            "resumes this run and writes it.",
-            file=sys.stderr,
+            "resumes this run and writes it."
         )
-        return SIGNAL_EXIT[received[-1]] if received else EXIT_INTERRUPTED
+        print(said, file=sys.stderr)
+        code = SIGNAL_EXIT[received[-1]] if received else EXIT_INTERRUPTED
+        _json_error(code, said)
+        return code
     finally:
         progress.close()
-    with _stdout_may_close():
-        _print_report(report, config)
+    if args.json:
+        _print_json(output.run_json(report))
+    else:
+        with _stdout_may_close():
+            _print_report(report, config)
     code = _run_exit_code(report, received)
     early = f", stopped early ({report.stopped})" if report.stopped else ""
     _note_in_log_file(
@@ -580,6 +713,7 @@ async def _run_until_signalled(
             reissue_users=args.reissue_user,
             allow_users=args.allow_user,
             due_within_days=args.due_within,
+            preview=Path(args.preview) if args.preview else None,
         )
     finally:
         ticker.cancel()
@@ -625,7 +759,8 @@ def _run_exit_code(report: RunReport, received: list[signal.Signals]) -> int:
     # A pass nobody here can vouch for, or a check that could not be made, is not a
     # success: a person must look (and cron's mail goes out on anything but 0).
     attention = report.failed or report.held_elsewhere or report.attention
-    return EXIT_ROWS_FAILED if attention else EXIT_OK
+    mailing = report.delivery is not None and report.delivery.problems
+    return EXIT_ROWS_FAILED if attention or mailing else EXIT_OK
 
 
 @contextlib.contextmanager
@@ -697,6 +832,8 @@ def _print_report(report: RunReport, config: Config) -> None:
         )
     for line in report.attention:
         print(f"  needs attention: {line}")
+    if report.delivery is not None:
+        _print_delivery(report.delivery)
     if report.audit_path is not None:
         print(f"audit workbook: {report.audit_path}")
         if report.issued:
@@ -708,6 +845,78 @@ def _print_report(report: RunReport, config: Config) -> None:
         _print_protection(config, report.audit_path)
     if report.simulated:
         print(SIMULATED)
+
+
+def _print_delivery(delivery: DeliveryReport) -> None:
+    """What became of the messages: the counts, then each that needs a person (up to
+    SHOW_FAILURES of them). Never a pass: a message's subject and body are not printed."""
+    nobody, run_id = delivery.nobody, delivery.run_id
+    if delivery.preview is not None:
+        written = delivery.count(State.PREVIEWED)
+        print(f"delivery preview: {_count(written, 'message')} written to {delivery.preview} "
+              f"(nothing sent); {len(nobody)} mailed to nobody")  # fmt: skip
+    else:
+        now = (
+            f" ({delivery.sent_now} just now)"
+            if delivery.sent_now != delivery.count(State.SENT)
+            else ""
+        )
+        print(
+            f"delivery by mail: {_count(delivery.count(State.SENT), 'message')} sent{now}, "
+            f"{delivery.count(State.FAILED)} failed, "
+            f"{delivery.count(State.UNKNOWN) + delivery.count(State.SENDING)} of unknown fate, "
+            f"{delivery.count(State.TO_SEND) + len(delivery.unsent)} not sent; "
+            f"{len(nobody)} {'hire' if len(nobody) == 1 else 'hires'} mailed to nobody"
+        )
+    if delivery.not_started:
+        print(f"  not delivered: {delivery.not_started}; 'onboard deliver {run_id}' sends them")
+    lines = []
+    for m in sorted(delivery.current(), key=lambda m: m.number):
+        where = ", ".join(f"{o.source} row {o.row}" for o in m.origins[:3])
+        if not m.to and m.why is not None:
+            user = delivery.users.get(m.origins[0], "-")
+            lines.append(f"  nobody  {where}  {user}: {m.why.value}")
+        elif m.state in (State.FAILED, State.UNKNOWN) and m.why is not None:
+            lines.append(f"  {m.state.value:<7} {m.to} ({where}): {m.why.value}")
+    for line in lines[:SHOW_FAILURES]:
+        print(printable(line))
+    if len(lines) > SHOW_FAILURES:
+        print(f"  ... and {len(lines) - SHOW_FAILURES} more in the Delivery column")
+    if delivery.count(State.UNKNOWN) + delivery.count(State.SENDING):
+        print(f"  a message of unknown fate may have arrived: ask its recipient; 'onboard "
+              f"deliver {run_id} --to ADDRESS' sends it again")  # fmt: skip
+    elif delivery.count(State.TO_SEND) + delivery.count(State.FAILED) + len(delivery.unsent):
+        print(f"  'onboard deliver {run_id}' sends the rest")
+
+
+def _deliver(args: argparse.Namespace) -> int:
+    """`onboard deliver`: mail a finished run's passes; exit 1 if any message (or hire) needs
+    a person."""
+    config = _load(args, sends=True)  # a preview too reads the recipients from the tenant
+    received: list[signal.Signals] = []
+    preview = Path(args.preview) if args.preview else None
+
+    async def until_signalled() -> DeliveryReport:
+        stop = asyncio.Event()
+        _stop_on_signals(stop, received)
+        return await redeliver(
+            config, args.run_id, env=os.environ, to=args.to, preview=preview, stop=stop
+        )
+
+    try:
+        report = asyncio.run(until_signalled())
+    except asyncio.CancelledError:
+        return _stopped(
+            SIGNAL_EXIT[received[-1]] if received else EXIT_INTERRUPTED,
+            "onboard: stopped at once; the journal keeps what was sent",
+        )
+    with _stdout_may_close():
+        _print_delivery(report)
+        if report.audit_path is not None:
+            print(f"audit workbook updated: {report.audit_path}")
+    if received:
+        return SIGNAL_EXIT[received[0]]
+    return EXIT_ROWS_FAILED if report.problems else EXIT_OK
 
 
 def _print_protection(config: Config, path: Path) -> None:
@@ -730,8 +939,11 @@ def _validate(args: argparse.Namespace) -> int:
     path = out / f"onboard-validate-{datetime.now(UTC):%Y%m%d-%H%M%S}.xlsx"
     check_output_dir(out)
     write_problems(path, rows)
-    with _stdout_may_close():
-        _print_validation(found, rows, path, online=args.online)
+    if args.json:
+        _print_json(output.validate_json(found, path, online=args.online))
+    else:
+        with _stdout_may_close():
+            _print_validation(found, rows, path, online=args.online)
     return EXIT_ROWS_FAILED if found.problems or found.attention else EXIT_OK
 
 
@@ -811,6 +1023,7 @@ def _simulate(args: argparse.Namespace) -> int:
             except NotImplementedError:  # Windows: Ctrl-C raises KeyboardInterrupt instead
                 break
         state = simulator_state(config)
+        state.on_mail = _show_mail
         async with contextlib.AsyncExitStack() as stack:
             try:
                 running = await stack.enter_async_context(
@@ -841,6 +1054,8 @@ def _simulate(args: argparse.Namespace) -> int:
                 f"{DEFAULT_CLIENT_SECRET}",
                 flush=True,
             )
+            where = f"written to {state.mail_dir}" if state.mail_dir else "kept in memory"
+            print(f"mail it accepts (sendMail) is listed here and {where}", flush=True)
             await stop.wait()
         return None
 
@@ -854,6 +1069,13 @@ def _simulate(args: argparse.Namespace) -> int:
     # Stopping is how a simulator ends: a normal end, not an interrupted job.
     print("simulator stopped", file=sys.stderr)
     return EXIT_OK
+
+
+def _show_mail(mail: SimMail) -> None:
+    """`onboard simulate`: a line for each message the simulator accepted (never its body)."""
+    where = f" -> {mail.path}" if mail.path else ""
+    said = f"mail from {mail.sender} to {', '.join(mail.to)}: {mail.subject!r}{where}"
+    print(printable(said), flush=True)
 
 
 def _init(args: argparse.Namespace, ask: Ask | None = None) -> int:
@@ -1082,6 +1304,9 @@ def _report(args: argparse.Namespace) -> int:
     if found is not None and found.status is RunStatus.RUNNING:
         with Journal(config.state.path, options.password) as journal:
             path, run, with_values = history.report(journal, args.run_id, out, options)
+    if args.json:
+        _print_json(output.report_json(run, path, pass_values=with_values))
+        return EXIT_OK
     if run.simulated:
         print(SIMULATED)
     print(f"run {run.run_id} ({run.status}): audit workbook rebuilt from the journal: {path}")
@@ -1100,7 +1325,10 @@ def _report(args: argparse.Namespace) -> int:
 def _runs(args: argparse.Namespace) -> int:
     config = _load(args)
     if not config.state.path.exists():
-        print(f"no runs yet (no journal at {config.state.path})")
+        if args.json:
+            _print_json([])
+        else:
+            print(f"no runs yet (no journal at {config.state.path})")
         return EXIT_OK
     # Read only, never locked: a run starting meanwhile must not find `runs` in its way.
     journal = Journal(config.state.path).open(lock=False)
@@ -1112,14 +1340,20 @@ def _runs(args: argparse.Namespace) -> int:
         live = journal.lock_held() or live
     finally:
         journal.close()
+    if args.json:
+        _print_json(output.runs_json(runs, live=live))
+        return EXIT_OK
     if not runs:
         print(f"no runs yet (the journal {config.state.path} is empty)")
         return EXIT_OK
     tenants = [_tenant_cell(r) for r in runs]
     width = max([len("tenant"), *map(len, tenants)])
+    # A column once there is something in it: passes `onboard revoke` deleted.
+    revoked = any(r.revoked for r in runs)
     print(
         f"{'run id':<24} {'started (UTC)':<20} {'status':<22} {'tenant':<{width}} {'issued':>6} "
-        f"{'failed':>6} {'skipped':>7} {'held':>4} {'not sent':>8} {'in flight':>9}  audit workbook"
+        f"{'failed':>6} {'skipped':>7} {'held':>4} {'not sent':>8} {'in flight':>9} "
+        f"{' revoked' if revoked else ''}  audit workbook"
     )
     for r, tenant in zip(runs, tenants, strict=True):
         c = r.counts
@@ -1130,7 +1364,8 @@ def _runs(args: argparse.Namespace) -> int:
             f"{r.run_id:<24} {r.started:%Y-%m-%d %H:%M:%S} {status:<22} {tenant:<{width}} "
             f"{c.get('issued', 0) + c.get('unclear', 0):>6} {c.get('failed', 0):>6} "
             f"{c.get('skipped', 0):>7} {c.get('held', 0):>4} {c.get('not_sent', 0):>8} "
-            f"{c.get('in_flight', 0) + c.get('interrupted', 0):>9}  {r.audit_path or '-'}"
+            f"{c.get('in_flight', 0) + c.get('interrupted', 0):>9}"
+            f"{f' {r.revoked:>7}' if revoked else ''}  {r.audit_path or '-'}"
         )
     if any(r.counts.get("held") for r in runs):
         print(
@@ -1139,6 +1374,157 @@ def _runs(args: argparse.Namespace) -> int:
     if any(r.simulated for r in runs):
         print("SIMULATED: runs marked so issued no pass in a tenant")
     return EXIT_OK
+
+
+def _status(args: argparse.Namespace) -> int:
+    """`onboard status`: the run's passes as Graph holds them now; exit 1 when a hire whose
+    start has passed has neither a usable pass nor a registered method (cron can alert)."""
+    config = _load(args, sends=True)
+    out = Path(args.out) if args.out else None
+    report = asyncio.run(lifecycle.status(config, args.run_id, env=os.environ, out_dir=out))
+    if args.json:
+        _print_json(output.status_json(report))
+    else:
+        with _stdout_may_close():
+            _print_status(report)
+    return EXIT_ROWS_FAILED if report.attention else EXIT_OK
+
+
+def _print_status(report: lifecycle.StatusReport) -> None:
+    if report.simulated:
+        print(SIMULATED)
+    counts = ", ".join(f"{n} {state}" for state, n in report.counts().items())
+    print(
+        f"onboard status of run {report.run.run_id}: {_passes(len(report.passes))}"
+        f"{': ' + counts if counts else ''} (at {report.checked:%Y-%m-%d %H:%M} UTC)"
+    )
+    print(f"tenant: {report.tenant.describe()}")
+    rows = [
+        (
+            "!" if p.needs_attention else "",
+            printable(p.user),
+            str(p.state) if p.state is not None else "unknown",
+            "(not read)" if p.registered is None else ", ".join(p.registered) or "-",
+            printable(p.note),
+        )
+        for p in report.passes
+    ]
+    if rows:
+        print()
+        print(_columns(("", "USER", "STATE", "REGISTERED SINCE", "NOTE"), rows))
+    attention = report.attention
+    if attention:
+        print()
+        print(
+            f"needs attention (!): {_count(len(attention), 'hire')} whose start has passed with "
+            "neither a usable pass nor a registered sign-in method, or whose pass Graph would "
+            "not show"
+        )
+    print(f"status workbook: {report.workbook}")
+    if report.simulated:
+        print(SIMULATED)
+
+
+def _revoke(args: argparse.Namespace, ask: Ask | None = None) -> int:
+    """`onboard revoke`: delete the run's passes Graph still holds. On a terminal it lists
+    them and asks first (`ask`, by default a prompt on standard error); off one it needs
+    --yes. Stopped by a signal, it finishes the deletes in flight and writes its workbook."""
+    config = _load(args, sends=True)
+    confirm = None
+    if not args.yes and not args.dry_run:
+        if ask is None and not sys.stdin.isatty():
+            return _stopped(
+                EXIT_BAD_INPUT,
+                "onboard: revoke deletes passes, so it asks first, and there is no terminal to "
+                "ask on: give --yes (or --dry-run to see what it would delete); nothing was "
+                "deleted.",
+            )
+        confirm = _confirm_revoke(ask or _ask_on_stderr)
+    received: list[signal.Signals] = []
+
+    async def until_signalled() -> lifecycle.RevokeReport:
+        stop = asyncio.Event()
+        _stop_on_signals(stop, received)
+        return await lifecycle.revoke(
+            config, args.run_id, env=os.environ, users=args.user, unused=args.unused,
+            dry_run=args.dry_run, confirm=confirm, stop=stop,
+            out_dir=Path(args.out) if args.out else None,
+        )  # fmt: skip
+
+    try:
+        report = asyncio.run(until_signalled())
+    except RunStopped as exc:
+        return _stopped(SIGNAL_EXIT[received[0]] if received else EXIT_INTERRUPTED, str(exc))
+    if args.json:
+        _print_json(output.revoke_json(report))
+    else:
+        with _stdout_may_close():
+            _print_revoke(report)
+    if received:
+        return SIGNAL_EXIT[received[0]]
+    return EXIT_ROWS_FAILED if report.failed else EXIT_OK
+
+
+def _ask_on_stderr(prompt: str) -> str:
+    """A question on standard error (standard output may be --json's), the answer from stdin."""
+    print(prompt, end="", file=sys.stderr, flush=True)
+    line = sys.stdin.readline()
+    if not line:
+        raise EOFError
+    return line
+
+
+def _confirm_revoke(ask: Ask) -> lifecycle.Confirm:
+    """Show the passes about to be deleted (on standard error) and ask; anything but yes is no."""
+
+    def confirm(passes: Sequence[lifecycle.Revocation]) -> bool:
+        rows = [(printable(r.user), str(r.state or ""), r.recorded.method_id) for r in passes]
+        print(_columns(("USER", "STATE", "METHOD ID"), rows), file=sys.stderr)
+        try:
+            these = "this pass" if len(passes) == 1 else f"these {len(passes)} passes"
+            answer = ask(f"delete {these}? [y/N] ")
+        except (EOFError, KeyboardInterrupt):
+            print(file=sys.stderr)
+            return False
+        return answer.strip().lower() in ("y", "yes")
+
+    return confirm
+
+
+def _print_revoke(report: lifecycle.RevokeReport) -> None:
+    if report.simulated:
+        print(SIMULATED)
+    counts = ", ".join(f"{n} {action}" for action, n in report.counts().items())
+    dry = " (dry run: nothing deleted)" if report.dry_run else ""
+    print(
+        f"onboard revoke of run {report.run.run_id}{dry}: "
+        f"{_passes(len(report.revocations))}{': ' + counts if counts else ''}"
+    )
+    print(f"tenant: {report.tenant.describe()}")
+    rows = [
+        (printable(r.user), str(r.action), str(r.state or ""), printable(r.detail))
+        for r in report.revocations
+    ]
+    if rows:
+        print()
+        print(_columns(("USER", "ACTION", "STATE", "DETAIL"), rows))
+    if report.declined:
+        print("not confirmed: nothing was deleted")
+    if report.stopped:
+        print("the revoke stopped early: run the same command again to finish (a pass already "
+              "deleted is not sent again)")  # fmt: skip
+    print(f"revoke workbook: {report.workbook}")
+    if report.simulated:
+        print(SIMULATED)
+
+
+def _columns(heads: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A plain table: every column but the last as wide as its widest cell (at most 40)."""
+    widths = [min(max(len(r[i]) for r in [heads, *rows]), 40) for i in range(len(heads) - 1)]
+    return "\n".join(
+        "  ".join([*(c.ljust(w) for c, w in zip(row, widths, strict=False)), row[-1]]).rstrip()
+        for row in [heads, *rows]
+    )
 
 
 def _tenant_cell(run: RunInfo) -> str:
@@ -1181,6 +1567,10 @@ def _days(text: str) -> int:
 
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _passes(n: int) -> str:
+    return "1 pass" if n == 1 else f"{n} passes"
 
 
 class _LogFileRefused(Exception):

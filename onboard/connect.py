@@ -19,11 +19,11 @@ import aiohttp
 from aiohttp.helpers import get_env_proxy_for_url
 from yarl import URL
 
-from .auth import Credential, MsalTokenProvider, load_credential
+from .auth import Credential, MsalTokenProvider, TokenProvider, load_credential
 from .config import CLOUDS, Config
 from .errors import RunStopped
 from .graph import GraphClient
-from .rate import RateController
+from .rate import Pacing
 from .simulator import DEFAULT_CLIENT_SECRET, Faults, RunningSimulator, SimulatorState, serve
 from .tenant import SIMULATOR_ROOT, SIMULATOR_TENANT, Tenant, tenant_of
 from .tls import IDENTITY_ENDPOINT, SIGN_IN_SERVICE, make_ssl_context, requests_session
@@ -47,7 +47,8 @@ class Endpoint:
 @dataclass(frozen=True, slots=True)
 class Connection:
     """A signed-in client, the tenant its token names, and what the operator must hear (a
-    certificate about to expire)."""
+    certificate about to expire). `onboard.run(..., client=...)` takes one instead of signing
+    in; onboard.testing.fake_tenant yields one."""
 
     client: GraphClient
     tenant: Tenant
@@ -111,24 +112,48 @@ async def _sign_in(
         http_client=http,
     )
     token = await tokens.token()  # fail fast, before any pass is created
-    connector = aiohttp.TCPConnector(ssl=context, limit=config.run.concurrency * 2)
+    connector = aiohttp.TCPConnector(ssl=context, limit=connector_limit(config))
     # HTTPS_PROXY / NO_PROXY are read once here, not by aiohttp on every request (its
     # trust_env looks them up, and ~/.netrc, in a thread per request).
     proxy, proxy_auth = None, None
     with contextlib.suppress(LookupError):
         proxy, proxy_auth = get_env_proxy_for_url(URL(endpoint.graph_url))
     session = await stack.enter_async_context(aiohttp.ClientSession(connector=connector))
-    client = GraphClient(
+    client = graph_client(config, session, endpoint.graph_url, tokens, proxy, proxy_auth)
+    return client, token, credential
+
+
+def graph_client(
+    config: Config,
+    session: aiohttp.ClientSession,
+    graph_url: str,
+    tokens: TokenProvider,
+    proxy: URL | None = None,
+    proxy_auth: aiohttp.BasicAuth | None = None,
+) -> GraphClient:
+    """The Graph client a run uses, with the run's settings (onboard.testing builds its fake
+    tenant's the same way)."""
+    return GraphClient(
         session,
-        endpoint.graph_url,
+        graph_url,
         tokens,
         api_version=config.graph.api_version,
         timeout_seconds=config.run.timeout_seconds,
-        rate=RateController(config.run.max_rate),
+        pacing=Pacing(
+            config.run.max_rate,
+            config.run.max_read_rate,
+            max_mail_per_minute=config.delivery.max_per_minute,
+        ),
         proxy=proxy,
         proxy_auth=proxy_auth,
     )
-    return client, token, credential
+
+
+def connector_limit(config: Config) -> int:
+    """The most connections a run's HTTP session opens to Graph at once: creates
+    (run.concurrency), the checks ahead of them (twice as many workers, each up to two reads at
+    once), and the odd token or confirm read; a create never waits for a socket a read holds."""
+    return config.run.concurrency * 6
 
 
 @contextlib.asynccontextmanager
@@ -162,12 +187,16 @@ def simulator_state(config: Config) -> SimulatorState:
         fault_rate=s.fault_rate,
         throttle_rate=s.throttle_rate,
         throttle_burst=s.throttle_burst,
+        read_rate=s.read_rate,
+        read_burst=s.read_burst,
         retry_after_seconds=s.retry_after_seconds,
         lost_response_rate=s.lost_response_rate,
+        mail_per_minute=s.mail_per_minute,
+        mail_concurrency=s.mail_concurrency,
     )
     if s.tenant is not None:
-        return SimulatorState.from_file(s.tenant, faults=faults, seed=s.seed)
-    return SimulatorState(faults=faults, auto_users=True, seed=s.seed)
+        return SimulatorState.from_file(s.tenant, faults=faults, seed=s.seed, mail_dir=s.mail_dir)
+    return SimulatorState(faults=faults, auto_users=True, seed=s.seed, mail_dir=s.mail_dir)
 
 
 @contextlib.asynccontextmanager

@@ -25,7 +25,7 @@ from . import redact
 from .auth import TokenProvider
 from .errors import AuthError, GraphError, ProtocolError, ThrottledError, TransientError
 from .outcomes import PassRequest, Reason
-from .rate import RateController, Ticket
+from .rate import RESOURCE_UNIT_HEADER, Budget, Pacing, Ticket
 from .retrying import RETRYABLE_STATUS, parse_retry_after
 from .tls import redirect_refused
 
@@ -80,6 +80,7 @@ START_MARGIN = timedelta(minutes=2)
 MAX_BATCH = 20  # Graph's limit on requests in one $batch
 # Graph sends Retry-After with every 429; if one ever comes without, everybody pauses this long.
 PAUSE_WITHOUT_RETRY_AFTER = 1.0
+THROTTLE_INFORMATION = "x-ms-throttle-information"  # names the budget a 429 came from
 # The most of an answer onboard reads (a few kB is usual); a larger one fails its request.
 MB = 1024 * 1024
 ANSWER_LIMIT = 1 * MB  # about one pass, one user's passes or the policy
@@ -137,6 +138,16 @@ class HeldPass:
             return not cannot_be_used(self.usable, self.usability, starts_later=later)
         ends = self.expires
         return ends is None or now < ends  # cannot tell: assume it is in force
+
+
+@dataclass(frozen=True, slots=True)
+class RegisteredMethod:
+    """One of a user's authentication methods, as listed: its @odata.type, and when it was
+    registered (None where Graph does not say: phones, and Authenticator without passwordless
+    sign-in)."""
+
+    kind: str
+    created: datetime | None
 
 
 # methodUsabilityReason's documented values (temporaryAccessPassAuthenticationMethod resource).
@@ -223,6 +234,33 @@ class Policy:
         return None
 
 
+# What delivery reads of a person (the hire's manager or sponsor, the sender): who they are
+# and their mailbox address (`mail` is null for a user without a mailbox).
+PERSON_FIELDS = "id,displayName,mail,userPrincipalName"
+MANAGER_PATH = "manager"
+SPONSORS_PATH = "sponsors"
+SEND_MAIL_PATH = "sendMail"
+
+
+@dataclass(frozen=True, slots=True)
+class DirectoryPerson:
+    """A user as delivery reads one: the mailbox address is None when the user has none."""
+
+    id: str
+    upn: str
+    name: str
+    mail: str | None
+
+    @classmethod
+    def from_graph(cls, data: Mapping[str, Any]) -> DirectoryPerson:
+        return cls(
+            str(data.get("id") or ""),
+            str(data.get("userPrincipalName") or ""),
+            str(data.get("displayName") or ""),
+            _text(data.get("mail")),
+        )
+
+
 FILTER_VALUES = 15  # Graph's default limit on the values of one `in` filter
 USER_PAGE = 999  # users per page of a lookup ($top): Graph's maximum
 USER_FIELDS = "id,userPrincipalName,mail,employeeId,userType,creationType,externalUserState"
@@ -253,7 +291,7 @@ class GraphClient:
         *,
         api_version: str = "v1.0",
         timeout_seconds: float = 60.0,
-        rate: RateController | None = None,
+        pacing: Pacing | None = None,
         proxy: URL | None = None,
         proxy_auth: aiohttp.BasicAuth | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -263,7 +301,7 @@ class GraphClient:
         self._session = session
         self._root = f"{base_url.rstrip('/')}/{api_version}"
         self._tokens = tokens
-        self.rate = rate or RateController()
+        self.pacing = pacing or Pacing()
         self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
         self._now = now
 
@@ -353,29 +391,38 @@ class GraphClient:
             else:
                 retry_after = parse_retry_after(sub_headers.get("retry-after"))
                 results.append(_error(sub_status, answer_body, sub_id, retry_after))
-        self._judge(ticket, judged)
+        self._judge(Budget.WRITES, ticket, judged)
         return results
 
-    def _judge(self, ticket: Ticket, answers: Sequence[tuple[int, Mapping[str, str]]]) -> None:
-        """Tell the rate controller what Graph answered, once per request sent: one answer, or
+    def _judge(
+        self, budget: Budget, ticket: Ticket, answers: Sequence[tuple[int, Mapping[str, str]]]
+    ) -> None:
+        """Tell the rate controllers what Graph answered, once per request sent: one answer, or
         a batch's sub-answers (sent together, so the highest budget usage or the longest
-        Retry-After speaks for them). Header names are looked up in lower case."""
+        Retry-After speaks for them). A 429 goes to the controller of the budget it names
+        (x-ms-throttle-information), which alone pauses; the rest to the request's own.
+        Header names are looked up in lower case."""
+        rate = self.pacing[budget]
         retry = [h for status, h in answers if status in RETRYABLE_STATUS and status != 429]
         pauses = [parse_retry_after(h.get("retry-after")) for h in retry]
         if any(p is not None for p in pauses):
-            self.rate.hold(max(p for p in pauses if p is not None))
-        throttled = [h for status, h in answers if status == 429]
-        if throttled:
-            pauses = [parse_retry_after(h.get("retry-after")) for h in throttled]
-            known = [p for p in pauses if p is not None]
+            rate.hold(max(p for p in pauses if p is not None))
+        throttled: dict[Budget, list[float | None]] = {}
+        for status, headers in answers:
+            if status == 429:
+                spent = self.pacing.throttled_budget(headers.get(THROTTLE_INFORMATION), budget)
+                throttled.setdefault(spent, []).append(
+                    parse_retry_after(headers.get("retry-after"))
+                )
+        for spent, waits in throttled.items():
+            known = [p for p in waits if p is not None]
             pause = max(known) if known else PAUSE_WITHOUT_RETRY_AFTER
-            self.rate.throttled(ticket, pause, count=len(throttled))
-            return
-        if len(retry) == len(answers):  # nothing came back clean: no reason to speed up
+            self.pacing[spent].throttled(ticket, pause, count=len(waits))
+        if throttled or len(retry) == len(answers):  # nothing came back clean: no speeding up
             return
         usages = [_usage(h.get("x-ms-throttle-limit-percentage")) for _, h in answers]
         seen = [u for u in usages if u is not None]
-        self.rate.answered(ticket, max(seen) if seen else None)
+        rate.answered(ticket, max(seen) if seen else None)
 
     def _pass_body(self, request: PassRequest) -> tuple[dict[str, Any], str]:
         body: dict[str, Any] = {
@@ -462,6 +509,26 @@ class GraphClient:
             usable=_flag(item.get("isUsable")),
         )
 
+    async def delete_pass(self, user: str, method_id: str) -> bool:
+        """DELETE this very pass (a write). True: Graph deleted it (204); False: Graph holds no
+        pass of that id (404): one issued since has another id and is never touched."""
+        url = f"{self._root}/{user_path(user)}/{TAP_PATH}/{quote(method_id, safe='')}"
+        status, data, request_id, _ = await self._send("DELETE", url, None)
+        if status == 404:
+            return False
+        if not 200 <= status < 300:
+            raise _error(status, data, request_id, None)
+        return True
+
+    async def registered_methods(self, user: str) -> list[RegisteredMethod]:
+        """Every authentication method a user has registered, with when, where Graph says
+        (needs UserAuthenticationMethod.Read.All)."""
+        found = await self._pages(f"{self._root}/{user_path(user)}/{METHODS_PATH}")
+        return [
+            RegisteredMethod(str(m.get("@odata.type") or ""), _parse_time(m.get("createdDateTime")))
+            for m in found
+        ]
+
     async def find_users(self, field: str, values: Sequence[str]) -> list[dict[str, Any]]:
         """The directory's users whose `field` (userPrincipalName, mail, employeeId or id) is
         one of `values` (at most FILTER_VALUES: Graph's limit for `in`), every page."""
@@ -522,6 +589,51 @@ class GraphClient:
             raise _error(status, data, request_id, None)
         return data
 
+    def _charged(self, booked: int, header: str | None) -> None:
+        """A read that cost more resource units (x-ms-resource-unit) than were booked for it:
+        the next reads wait for the difference."""
+        charged = _whole(header)
+        self.pacing.reads.book((charged or booked) - booked)
+
+    # --- delivery by mail (deliver.py): people, their managers and sponsors, sendMail -----
+    async def person(self, user: str) -> DirectoryPerson:
+        """A user's name and mailbox address (User.Read.All); raises GraphError (404: none)."""
+        url = f"{self._root}/{user_path(user)}?$select={PERSON_FIELDS}"
+        status, data, request_id, _ = await self._send("GET", url, None)
+        if status != 200:
+            raise _error(status, data, request_id, None)
+        return DirectoryPerson.from_graph(data)
+
+    async def manager(self, user: str) -> DirectoryPerson | None:
+        """The user's manager (User.Read.All); None when none is set (Graph answers 404)."""
+        url = f"{self._root}/{user_path(user)}/{MANAGER_PATH}?$select={PERSON_FIELDS}"
+        status, data, request_id, _ = await self._send("GET", url, None)
+        if status == 404:
+            return None
+        if status != 200:
+            raise _error(status, data, request_id, None)
+        return DirectoryPerson.from_graph(data)
+
+    async def sponsors(self, user: str) -> list[DirectoryPerson]:
+        """The user's sponsors (User.Read.All), every page."""
+        found = await self._pages(
+            f"{self._root}/{user_path(user)}/{SPONSORS_PATH}?$select={PERSON_FIELDS}"
+        )
+        return [DirectoryPerson.from_graph(item) for item in found]
+
+    async def send_mail(
+        self, sender: str, message: dict[str, Any], *, save_to_sent_items: bool
+    ) -> str | None:
+        """POST /users/{sender}/sendMail, paced by the mail budget (Exchange's limits per
+        mailbox). Graph answers 202 with no body: the message is queued, and there is no
+        message id; returns the request id. Raises GraphError on any other answer."""
+        url = f"{self._root}/{user_path(sender)}/{SEND_MAIL_PATH}"
+        body = {"message": message, "saveToSentItems": save_to_sent_items}
+        status, data, request_id, _ = await self._send("POST", url, body, budget=Budget.MAIL)
+        if status != 202:
+            raise _error(status, data, request_id, None)
+        return request_id
+
     async def _send(
         self,
         method: str,
@@ -531,16 +643,19 @@ class GraphClient:
         cost: int = 1,
         judge: bool = True,
         limit: int = ANSWER_LIMIT,
+        budget: Budget | None = None,
     ) -> tuple[int, dict[str, Any], str | None, Ticket]:
+        """One request, paced by the budget it spends (a GET: resource units; anything else:
+        writes, each of which spends a resource unit too; `budget` names another: mail)."""
+        if budget is None:
+            budget = Budget.READS if method == "GET" else Budget.WRITES
         token = await self._tokens.token()
         for attempt in (1, 2):
-            ticket = await self.rate.acquire(cost)
+            ticket = await self.pacing[budget].acquire(cost)
+            if budget is Budget.WRITES:
+                self.pacing.reads.book(cost)
             client_request_id = str(uuid.uuid4())
-            headers = {
-                "Authorization": f"Bearer {token}",
-                "client-request-id": client_request_id,
-                "Accept": "application/json",
-            }
+            headers = _headers(token, client_request_id)
             try:
                 async with self._session.request(
                     method,
@@ -561,7 +676,9 @@ class GraphClient:
                     data = await _json(response, limit)
                     status = response.status
                     if judge or status != 200:
-                        self._judge(ticket, [(status, response.headers)])
+                        self._judge(budget, ticket, [(status, response.headers)])
+                    if budget is Budget.READS:
+                        self._charged(cost, response.headers.get(RESOURCE_UNIT_HEADER))
             except aiohttp.ClientConnectorCertificateError as exc:
                 raise AuthError(
                     f"TLS certificate of {exc.host} is not trusted: {exc.certificate_error}; "
@@ -595,6 +712,14 @@ class GraphClient:
                 raise _error(status, data, request_id, retry_after)
             return status, data, request_id, ticket
         raise AssertionError("unreachable")
+
+
+def _headers(token: str, client_request_id: str) -> dict[str, str]:
+    return {
+        "Authorization": f"Bearer {token}",
+        "client-request-id": client_request_id,
+        "Accept": "application/json",
+    }
 
 
 async def _json(response: aiohttp.ClientResponse, limit: int) -> dict[str, Any]:
@@ -648,6 +773,18 @@ def _error(
         request_id=request_id,
         retry_after=retry_after,
     )
+
+
+def _whole(value: str | None) -> int | None:
+    """A header's positive whole number (x-ms-resource-unit), or None."""
+    try:
+        number = int((value or "").strip())
+    except ValueError:
+        return None
+    return number if 0 < number <= MAX_RESOURCE_UNITS else None
+
+
+MAX_RESOURCE_UNITS = 100  # a read costs 1 to 5 units: a larger figure is not Graph's
 
 
 def _usage(value: str | None) -> float | None:

@@ -32,7 +32,10 @@ from .errors import ConfigError, first_line
 from .journal import Journal, Person, RowRecord, RowState, RunInfo, RunStatus, input_key
 from .outcomes import Failed, Issued, Origin, Outcome, PassRequest, Skipped, interrupted
 from .reader import InputFile
+from .record import RunRows
 from .report import RunReport
+from .retrying import retries_for
+from .runner import ask_all
 from .tenant import SIMULATOR_ROOT, SIMULATOR_TENANT, Tenant
 
 log = logging.getLogger(__name__)
@@ -313,3 +316,41 @@ def dry_run(
         else:
             ready.append(request)
     return ready, skipped, f"checked against the journal {path} (tenant {key.split()[0]})"
+
+
+async def adopt_audited(
+    config: Config,
+    rows: RunRows,
+    requests: list[PassRequest],
+    known: Mapping[Origin, RowRecord],
+    options: AuditOptions,
+) -> list[PassRequest]:
+    """A resumed run whose journal failed mid-run keeps the passes its first audit workbook
+    lists where Graph still holds them (history.adopted). Returns the rows still to decide."""
+    report = rows.report
+    path = audit_path(config.output.dir, report.run_id, simulated=report.simulated)
+    audited = audited_in_flight(path, options.password, requests, known)
+    if not audited:
+        return requests
+    answers = await ask_all(
+        [request.user for request, _ in audited.values()],
+        rows.client.current_pass_id,
+        concurrency=config.run.concurrency,
+        retries=retries_for(config.run),
+    )
+    kept: set[Origin] = set()
+    for origin, (request, issued) in audited.items():
+        held = answers.get(request.user)
+        asked = not isinstance(held, Exception)
+        keep = adopted(issued, held if isinstance(held, str) else None, asked=asked)
+        if keep is not None:
+            rows.add(keep)
+            kept.add(origin)
+    if kept:
+        log.warning(
+            "%d pass(es) listed in the audit workbook %s, written when the journal failed, "
+            "kept rather than replaced: see their Notes",
+            len(kept),
+            path,
+        )
+    return [r for r in requests if r.origin not in kept]

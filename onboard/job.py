@@ -14,21 +14,29 @@ import contextlib
 import logging
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 from .audit import AuditOptions, audit_options, audit_path, free_path, write_audit
 from .checks import (
+    RowChecks,
     check_first,
-    existing_passes,
     find_people,
     read_policy,
-    screen_accounts,
     within_policy,
 )
 from .config import Config
-from .connect import connect, unless_stopped
+from .connect import Connection, connect, unless_stopped
 from .decide import CheckFirst, Named, Options, decide_all, finished
+from .deliver import (
+    DeliveryReport,
+    Sending,
+    check_sender,
+    deliver,
+    hires_of,
+    sending_for,
+    templates_for,
+)
 from .errors import (
     AuditWriteError,
     AuthError,
@@ -38,10 +46,10 @@ from .errors import (
     first_line,
 )
 from .files import check_free_space, check_output_dir
+from .given import Clock, clock_of, read_inputs
 from .graph import GraphClient, explain, unusable_pass
 from .history import (
-    adopted,
-    audited_in_flight,
+    adopt_audited,
     begin,
     files_key,
     history_for,
@@ -50,28 +58,27 @@ from .history import (
     resumable,
     warn_untied,
 )
-from .journal import Journal, RowRecord, RunStatus
-from .outcomes import Failed, Origin, PassRequest, Skipped
-from .pool import Sender, send
-from .reader import InputFile, check_rows, read_all
+from .journal import Journal, RunStatus
+from .outcomes import Failed, PassRequest, Skipped
+from .pool import Check, Sender, send
+from .reader import InputFile, check_rows
 from .record import OnOutcome, RunRows, crashed
-from .report import STOPPED, RunReport, StopCause
+from .report import STOPPED, WRITING_AUDIT, RunReport, StopCause
 from .retrying import retries_for
-from .runner import ask_all
 from .tenant import TenantLock
 from .tls import warm as warm_tls
 
 log = logging.getLogger(__name__)
 
-WRITING_AUDIT = "writing the audit workbook"
-"""The phase `run` reports last, once every row has its outcome in the journal."""
-
 
 async def run(
     config: Config,
-    inputs: Sequence[str | Path],
+    inputs: Sequence[str | Path] = (),
     *,
-    env: Mapping[str, str],
+    requests: Sequence[PassRequest] | None = None,
+    env: Mapping[str, str] | None = None,
+    client: Connection | None = None,
+    now: Clock | None = None,
     out_dir: Path | None = None,
     on_outcome: OnOutcome | None = None,
     on_start: Callable[[int], None] | None = None,
@@ -81,48 +88,58 @@ async def run(
     due_within_days: int | None = None,
     allow_users: Collection[str] = (),
     on_phase: Callable[[str], None] | None = None,
+    preview: Path | None = None,
 ) -> RunReport:
-    """Run the whole job, journalled: safe to kill, to re-run, and to schedule.
+    """Run the whole job on the `inputs` files and the `requests` handed in (docs/api.md),
+    journalled: safe to kill, to re-run, and to schedule.
 
-    Raises ConfigError, InputFileError, JournalLocked or AuthError before any pass is created.
-    Every run signs in first (one token request: an expired secret is found on a day with
-    nothing to send too) and belongs to the tenant its token names. Running the same inputs
-    again after a crash resumes that run; re-running a finished sheet skips users who already
-    got a pass for the same start and end in that tenant (unless `reissue`). Once `stop` is set,
-    no new row is started and the audit is written for what was done.
+    Raises ConfigError, InputFileError, JournalLocked or AuthError (ValueError for requests
+    no row could become) before any pass is created. Every run signs in first (one token
+    request, so an expired secret is found on a day with nothing to send too), unless given a
+    `client`, and belongs to the tenant its token names. Running the same inputs again after
+    a crash resumes that run; re-running a finished sheet skips users who already got a pass
+    for the same start and end in that tenant (unless `reissue`). Once `stop` is set, no new
+    row is started and the audit is written for what was done. With delivery.method mail (or
+    a `preview` folder) the passes issued are then delivered (deliver.py).
     """
-    started = datetime.now(UTC)
-    if out_dir is not None:
-        config = config.model_copy(
-            update={"output": config.output.model_copy(update={"dir": out_dir})}
-        )
-    due = due_within_days if due_within_days is not None else config.run.due_within_days
-    config = config.model_copy(
-        update={"run": config.run.model_copy(update={"due_within_days": due})}
-    )
+    clock = clock_of(now)
+    started = clock()
+    env = env or {}
+    config = _as_asked(config, out_dir, due_within_days)
+    due = config.run.due_within_days
     options = audit_options(config.output, env)  # a missing password stops the run here
-    if not config.graph.is_simulator:
+    if client is None and not config.graph.is_simulator:
         warm_tls(config.graph.ca_bundle)  # while the spreadsheet is read
-    files = read_all(inputs, config.input, config.pass_, started)
-    requests, checked = check_rows(files)
-    named = Named.check(config.input.match_by, requests, checked, reissue_users, allow_users)
+    files = read_inputs(inputs, requests, config.input, config.pass_, started)
+    wanted, checked = check_rows(files)
+    mailing = config.delivery.method == "mail" and preview is None
+    templates = templates_for(config, wanted, preview)
+    named = Named.check(config.input.match_by, wanted, checked, reissue_users, allow_users)
     check_output_dir(config.output.dir)
     journal = Journal(config.state.path, options.password).open()
     try:
-        check_free_space(
-            [config.output.dir, config.state.path.parent], len(requests) + len(checked)
-        )
+        check_free_space([config.output.dir, config.state.path.parent], len(wanted) + len(checked))
         async with contextlib.AsyncExitStack() as stack:
-            rows = await _begin(config, env, journal, files, started, stop, stack, options)
+            connection = client or await _connect(config, env, journal, files, stop, stack)
+            rows = await _begin(config, connection, journal, files, started, stack, options,
+                                owned=client is None and config.graph.is_simulator)  # fmt: skip
             rows.on_outcome = on_outcome
             report = rows.report
             if on_start is not None:
-                on_start(len(requests) + len(checked))
+                on_start(len(wanted) + len(checked))
             choices = Options(due, reissue, frozenset(named.reissue), config.pass_.existing)
             phase = on_phase or (lambda doing: None)
             try:
-                await _rows(config, rows, requests, checked, named, choices, stop, options,
-                            phase)  # fmt: skip
+                sender = None  # checked before the first pass: a wrong sender issues nothing
+                if mailing:
+                    retries = retries_for(config.run)
+                    sender = await check_sender(rows.client, config.delivery, retries)
+                await _rows(config, rows, wanted, checked, named, choices, stop, options,
+                            phase, clock)  # fmt: skip
+                if templates is not None:
+                    how = sending_for(config, templates, simulated=report.simulated,
+                                      preview=preview, sender=sender)  # fmt: skip
+                    report.delivery = await _deliver(rows, how, stop)
             except (AuthError, ConfigError, JournalWriteError) as exc:
                 if report.resumed or report.issued:
                     exc.kept = (report.run_id, len(report.issued))
@@ -130,32 +147,59 @@ async def run(
                     journal.finish(report.run_id, RunStatus.ABORTED, None)
                 raise
             phase(WRITING_AUDIT)
-            _finish(journal, config, report, options)
+            _finish(journal, config, report, options, clock)
             return report
     finally:
         journal.close()
 
 
-async def _begin(
+def _as_asked(config: Config, out_dir: Path | None, due_within_days: int | None) -> Config:
+    """The config with the command line's --out and --due-within in place of its own."""
+    if out_dir is not None:
+        config = config.model_copy(
+            update={"output": config.output.model_copy(update={"dir": out_dir})}
+        )
+    if due_within_days is None:
+        return config
+    return config.model_copy(
+        update={"run": config.run.model_copy(update={"due_within_days": due_within_days})}
+    )
+
+
+async def _connect(
     config: Config,
     env: Mapping[str, str],
     journal: Journal,
     files: list[InputFile],
-    started: datetime,
     stop: asyncio.Event | None,
     stack: contextlib.AsyncExitStack,
-    options: AuditOptions,
-) -> RunRows:
-    """Sign in, hold the tenant, recover other unfinished runs, and begin (or resume) this one."""
-    key = files_key(files)
+) -> Connection:
+    """Sign in as the config says; a run stopped here says which passes wait in the journal."""
     try:
         # Nothing is sent yet; a signal during a slow sign-in stops it at once.
-        connection = await unless_stopped(connect(config, env, stack), stop)
+        return await unless_stopped(connect(config, env, stack), stop)
     except (AuthError, ConfigError) as exc:
-        exc.kept = kept_by_unfinished(journal, key)
+        exc.kept = kept_by_unfinished(journal, files_key(files))
         raise
+
+
+async def _begin(
+    config: Config,
+    connection: Connection,
+    journal: Journal,
+    files: list[InputFile],
+    started: datetime,
+    stack: contextlib.AsyncExitStack,
+    options: AuditOptions,
+    *,
+    owned: bool,
+) -> RunRows:
+    """Hold the tenant, recover other unfinished runs, and begin (or resume) this one.
+
+    `owned`: the tenant is the built-in simulator this run started, so no other run meets it."""
+    key = files_key(files)
     tenant = connection.tenant
-    if not config.graph.is_simulator:  # the built-in one is this run's own tenant
+    if not owned:
         lock = TenantLock(tenant)
         lock.acquire(f"journal {journal.path}")
         stack.callback(lock.release)
@@ -169,7 +213,7 @@ async def _begin(
             other.audit_path,
         )
     report = begin(journal, config, files, started, tenant, resumed)
-    report.rate = connection.client.rate
+    report.pacing = connection.client.pacing
     report.attention.extend(connection.attention)
     return RunRows(report, journal, connection.client)
 
@@ -184,6 +228,7 @@ async def _rows(
     stop: asyncio.Event | None,
     options: AuditOptions,
     phase: Callable[[str], None],
+    clock: Clock,
 ) -> None:
     """Decide every row, check the ones to send, send them."""
     report, client = rows.report, rows.client
@@ -191,7 +236,7 @@ async def _rows(
     # others are looked up and checked again.
     known = rows.journal.rows(report.run_id)
     if report.resumed:
-        requests = await _adopt(config, rows, requests, known, options)
+        requests = await adopt_audited(config, rows, requests, known, options)
     open_rows = [r for r in requests if not finished(known.get(r.origin))]
     if config.input.match_by != "upn" and open_rows:
         phase("finding people")
@@ -203,7 +248,7 @@ async def _rows(
         rows.add(outcome)
     tenant = report.tenant.key if report.tenant else None
     history = history_for(rows.journal, report.run_id, tenant, requests, known)
-    decided = decide_all(requests, history, datetime.now(UTC), choices)
+    decided = decide_all(requests, history, clock(), choices)
     for kept in decided.decided:
         rows.add(kept)
     report.not_yet_due += decided.not_yet_due
@@ -225,7 +270,8 @@ async def _rows(
     if to_send or to_check or rows.unconfirmed():
         rows.pending.update((r.origin, r) for r in to_send)
         rows.pending.update((c.request.origin, c.request) for c in to_check)
-        await _check_and_send(config, rows, to_send, to_check, stop, options, phase, named.allow)
+        await _check_and_send(config, rows, to_send, to_check, stop, options, phase,
+                              named.allow, clock)  # fmt: skip
 
 
 async def _check_and_send(
@@ -237,37 +283,31 @@ async def _check_and_send(
     options: AuditOptions,
     phase: Callable[[str], None],
     allowed: frozenset[str],
+    clock: Clock,
 ) -> None:
     """Check, then issue; whatever happens once passes may exist, the audit gets written.
 
     Every row about to be sent, however it got here (a new row, a resumed one, one whose
-    earlier pass Graph no longer holds), is screened first: no pass for an admin or an
-    account already in use (checks.screen_accounts)."""
+    earlier pass Graph no longer holds), is checked first, as the creates go (checks.RowChecks:
+    the pass its user holds, and no pass for an admin or an account already in use)."""
     report, client, journal = rows.report, rows.client, rows.journal
     tenant = report.tenant.key if report.tenant else None
     try:
-        if any(r.ask_existing for r in requests):
-            phase("checking existing passes")
-        requests, decided = await existing_passes(
-            config, client, requests, stop,
-            issued_by=lambda method_id: journal.issued_by(tenant, method_id),
-        )  # fmt: skip
         again, confirmed = await check_first(config.run, client, to_check, stop)
-        for outcome in [*decided, *confirmed]:
+        for outcome in confirmed:
             rows.add(outcome, later=True)
         await rows.durable()
         requests = requests + again
+        checks = RowChecks(
+            config, client, len(requests), stop,
+            issued_by=lambda method_id: journal.issued_by(tenant, method_id), allowed=allowed,
+        )  # fmt: skip
+        phase("checking and issuing passes")
+        await _issue(config, client, requests, rows, stop, checks.check)
         if requests:
-            phase("checking the accounts")
-            screened = await screen_accounts(config, client, requests, stop, allowed=allowed)
-            requests = screened.keep
-            report.notes.extend(screened.notes)
-            report.attention.extend(screened.unchecked)
-            for failed in screened.refused:
-                rows.add(failed, later=True)
-            await rows.durable()
-        phase("issuing passes")
-        await _issue(config, client, requests, rows, stop)
+            notes, unchecked = checks.summary()
+            report.notes.extend(notes)
+            report.attention.extend(unchecked)
     except (asyncio.CancelledError, KeyboardInterrupt):
         # Stopped at once: the journal holds every outcome and pass so far, and the rows in
         # flight; running the same command again resumes this run and writes its audit.
@@ -275,7 +315,7 @@ async def _check_and_send(
     except BaseException as exc:
         crashed(rows, exc)
         broken = isinstance(exc, JournalWriteError)
-        _finish(journal, config, report, options, journal_ok=not broken)
+        _finish(journal, config, report, options, clock, journal_ok=not broken)
         if isinstance(exc, OnboardError):
             exc.audit_path = report.audit_path
         raise
@@ -287,11 +327,12 @@ async def _issue(
     requests: list[PassRequest],
     rows: RunRows,
     stop: asyncio.Event | None,
+    check: Check,
 ) -> None:
     sender = Sender(
         client.create_pass, client.create_passes, client.current_pass_id, explain, unusable_pass
     )
-    result = await send(requests, sender, rows, config.run, stop)
+    result = await send(requests, sender, rows, config.run, stop, check=check)
     report = rows.report
     report.retries += result.retries
     if result.aborted is not None:
@@ -300,42 +341,17 @@ async def _issue(
         report.stop(STOPPED)
 
 
-async def _adopt(
-    config: Config,
-    rows: RunRows,
-    requests: list[PassRequest],
-    known: Mapping[Origin, RowRecord],
-    options: AuditOptions,
-) -> list[PassRequest]:
-    """A resumed run whose journal failed mid-run keeps the passes its first audit workbook
-    lists where Graph still holds them (history.adopted). Returns the rows still to decide."""
+async def _deliver(rows: RunRows, how: Sending, stop: asyncio.Event | None) -> DeliveryReport:
+    """Mail the passes issued (and kept, when resumed); once stopped, `onboard deliver` does."""
     report = rows.report
-    path = audit_path(config.output.dir, report.run_id, simulated=report.simulated)
-    audited = audited_in_flight(path, options.password, requests, known)
-    if not audited:
-        return requests
-    answers = await ask_all(
-        [request.user for request, _ in audited.values()],
-        rows.client.current_pass_id,
-        concurrency=config.run.concurrency,
-        retries=retries_for(config.run),
-    )
-    kept: set[Origin] = set()
-    for origin, (request, issued) in audited.items():
-        held = answers.get(request.user)
-        asked = not isinstance(held, Exception)
-        keep = adopted(issued, held if isinstance(held, str) else None, asked=asked)
-        if keep is not None:
-            rows.add(keep)
-            kept.add(origin)
-    if kept:
-        log.warning(
-            "%d pass(es) listed in the audit workbook %s, written when the journal failed, "
-            "kept rather than replaced: see their Notes",
-            len(kept),
-            path,
-        )
-    return [r for r in requests if r.origin not in kept]
+    hires = hires_of(report.issued)
+    if report.stopped is not None:
+        return DeliveryReport(report.run_id, [h.origin for h in hires],
+                              not_started=f"the run {report.stopped} before delivery")  # fmt: skip
+    delivered = await deliver(rows.client, rows.journal, report.run_id, hires, how, stop=stop)
+    if stop is not None and stop.is_set():
+        report.stop(STOPPED)
+    return delivered
 
 
 def _finish(
@@ -343,19 +359,22 @@ def _finish(
     config: Config,
     report: RunReport,
     options: AuditOptions,
+    clock: Clock,
     *,
     journal_ok: bool = True,
 ) -> None:
     """Write the audit workbook, then (only then) mark the run finished and wipe its passes.
 
     `journal_ok` False: the journal could not be written, so only the workbook is written."""
-    report.finished = datetime.now(UTC)
+    report.finished = clock()
     summary = report.summary(config.public_settings(), config.pass_.timezone)
     path = free_path(audit_path(config.output.dir, report.run_id, simulated=report.simulated))
     try:
+        delivered = report.delivery.audited() if report.delivery else None
         report.audit_path = write_audit(
-            path, summary, report.issued, report.failed, report.skipped, options
-        )
+            path, summary, report.issued, report.failed, report.skipped, options,
+            deliveries=delivered,
+        )  # fmt: skip
     except Exception as exc:  # a full disk, or the encryption failing: the passes are not lost
         what = exc.strerror if isinstance(exc, OSError) and exc.strerror else first_line(exc)
         sealed = "sealed (encrypted)" if options.password else "kept"

@@ -16,6 +16,10 @@ records of the tenant the run signed in to; records written before runs were bou
 are "tenant unknown" and never trusted for a skip. Which record is the latest is told by a
 sequence number the journal counts up, never by the wall clock (which can step back).
 
+What `onboard revoke` did is kept per tenant and method id (the `revocations` table): a DELETE
+is recorded before it is sent and again when answered, so a revoke stopped part-way and run
+again never sends one for a pass already deleted.
+
 A lock file beside the journal's real path (symlinks resolved) keeps two runs from using it at
 once, however each reached it.
 """
@@ -84,6 +88,16 @@ CREATE TABLE IF NOT EXISTS rows (
     PRIMARY KEY (run_id, source, row)
 );
 CREATE TABLE IF NOT EXISTS settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS revocations (
+    tenant TEXT NOT NULL,            -- tenant.Tenant.key of the run that issued the pass
+    method_id TEXT NOT NULL,         -- the pass, as Graph names it: never its value
+    run_id TEXT NOT NULL,            -- the run that issued it
+    user_key TEXT NOT NULL,
+    state TEXT NOT NULL,             -- see RevokeState
+    revoke_id TEXT NOT NULL,         -- the `onboard revoke` that wrote it last
+    updated TEXT NOT NULL,
+    PRIMARY KEY (tenant, method_id)
+);
 """
 # Columns added since the first journals: added to an older journal when it is opened. A run or
 # row without a tenant was written before runs were bound to one: "tenant unknown".
@@ -137,6 +151,20 @@ class RowState(StrEnum):
     HELD = "held"  # skipped: the user holds a pass no record of this journal explains
 
 
+class RevokeState(StrEnum):
+    """Where the revoking of one pass stands (the `revocations` table's `state` column)."""
+
+    DELETING = "deleting"  # a DELETE was sent, no answer recorded yet
+    DELETED = "deleted"  # Graph answered 204: this revoke deleted it
+    GONE = "gone"  # Graph held no pass of that id: nothing to delete
+    REPLACED = "replaced"  # Graph holds another pass (someone issued one since): kept
+
+
+# Revocations that are over: Graph no longer holds that method id, so no revoke sends
+# anything for it again. DELETING is not: Graph is asked again.
+REVOKED_FOR_GOOD = frozenset({RevokeState.DELETED, RevokeState.GONE, RevokeState.REPLACED})
+
+
 # Rows a resumed run decides again rather than keeping.
 REDECIDE = frozenset(
     {RowState.IN_FLIGHT, RowState.INTERRUPTED, RowState.NOT_SENT, RowState.SKIPPED, RowState.HELD}
@@ -156,6 +184,7 @@ class RunInfo:
     tenant: str | None = None  # tenant.Tenant.key; None: written before runs had a tenant
     tenant_name: str | None = None
     simulated: bool = False
+    revoked: int = 0  # passes of this run `onboard revoke` deleted
 
     @property
     def tenant_shown(self) -> str:
@@ -189,6 +218,23 @@ class PreviousPass:
     # False: Graph made this pass but it could not be used when it was made (outside the
     # policy's groups), so its value was never kept: nobody can hand it out.
     value_kept: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedPass:
+    """A pass a run made, as the journal keeps it for ever: who, its method id and its times,
+    never its value (status and revoke work from these)."""
+
+    origin: Origin
+    user: str  # as the request named the user (a UPN, or an object id)
+    user_key: str
+    object_id: str | None
+    method_id: str
+    state: RowState  # ISSUED or UNCLEAR; FAILED: a pass Graph made that nobody can use
+    starts: datetime | None = None  # None for a FAILED row's pass (not recorded)
+    expires: datetime | None = None
+    created: datetime | None = None
+    hire_starts: datetime | None = None  # when the sheet says the hire starts (UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -446,6 +492,12 @@ class Journal:
             "SELECT run_id, state, count(*) FROM rows GROUP BY run_id, state"
         ):
             counts.setdefault(run_id, {})[state] = n
+        revoked = dict(
+            self.db.execute(
+                "SELECT run_id, count(*) FROM revocations WHERE state=? GROUP BY run_id",
+                (RevokeState.DELETED,),
+            ).fetchall()
+        )
         return [
             RunInfo(
                 r[0],
@@ -459,6 +511,7 @@ class Journal:
                 r[7],
                 r[8],
                 bool(r[9]),
+                revoked.get(r[0], 0),
             )
             for r in rows
         ]
@@ -606,6 +659,63 @@ class Journal:
             )
         return found
 
+    def passes(self, run_id: str) -> list[RecordedPass]:
+        """The passes a run made that Graph may still hold, by source row: issued ones, and
+        ones Graph made that nobody can use (a failed row with a method id). Never a value."""
+        found = []
+        for source, row, state, user_key, method_id, object_id, record in self.db.execute(
+            "SELECT source, row, state, user_key, method_id, object_id, record FROM rows "
+            "WHERE run_id=? AND method_id IS NOT NULL AND record IS NOT NULL "
+            "AND state IN ('issued', 'unclear', 'failed') ORDER BY source, row",
+            (run_id,),
+        ):
+            data = json.loads(record)
+            origin = Origin(source, row)
+            if data["kind"] == "issued":
+                request = data["request"]
+                found.append(
+                    RecordedPass(
+                        origin,
+                        str(request["user"]),
+                        user_key,
+                        object_id or request.get("object_id"),
+                        method_id,
+                        RowState(state),
+                        _time(data["starts"]),
+                        _time(data["expires"]),
+                        _time(data["created"]),
+                        _time(request.get("intended_start") or request.get("start")),
+                    )
+                )
+            else:
+                user = str(data["user"])
+                found.append(
+                    RecordedPass(origin, user, user_key, object_id, method_id, RowState(state))
+                )
+        return found
+
+    def revocations(self, tenant: str) -> dict[str, RevokeState]:
+        """What `onboard revoke` recorded for this tenant's passes, by method id."""
+        return {
+            method_id: RevokeState(state)
+            for method_id, state in self.db.execute(
+                "SELECT method_id, state FROM revocations WHERE tenant=?", (tenant,)
+            )
+        }
+
+    def revoking(
+        self, tenant: str, run_id: str, recorded: RecordedPass, state: RevokeState, revoke_id: str
+    ) -> None:
+        """Record where the revoking of one pass stands, and commit: DELETING before its
+        DELETE is sent, then what Graph answered."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO revocations (tenant, method_id, run_id, user_key, state, revoke_id, "
+                "updated) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(tenant, method_id) DO UPDATE "
+                "SET state=excluded.state, revoke_id=excluded.revoke_id, updated=excluded.updated",
+                (tenant, recorded.method_id, run_id, recorded.user_key, state, revoke_id, _now()),
+            )
+
     # --- what earlier runs of the same tenant did -----------------------------------------
     def previous_pass(
         self, tenant: str | None, person: Person, *, excluding: str
@@ -700,6 +810,11 @@ class Journal:
             run_id, True, start_key, _time(issued_at), method_id, value_kept=state != "failed"
         )
 
+    # --- a stage's own table (deliver.py keeps its messages here) -----------------------------
+    def transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        """One write transaction, as the rows get (a failure is a JournalWriteError)."""
+        return self._transaction()
+
 
 def _person_match(tenant: str, person: Person, excluding: str) -> tuple[str, tuple[Any, ...]]:
     """The WHERE clause for a person's rows in finished runs of a tenant (not `excluding`).
@@ -741,6 +856,11 @@ def _as_today(db: sqlite3.Connection) -> None:
         return
     if "settings" not in tables:  # older than the journal's settings: nothing sealed in it
         db.execute("CREATE TEMP TABLE settings (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    if "revocations" not in tables:  # older than `onboard revoke`: nothing revoked
+        db.execute(
+            "CREATE TEMP TABLE revocations (tenant TEXT, method_id TEXT, run_id TEXT, "
+            "user_key TEXT, state TEXT, revoke_id TEXT, updated TEXT)"
+        )
     for table, columns in ADDED_COLUMNS.items():
         present = {row[1] for row in db.execute(f"PRAGMA main.table_info({table})")}
         made_up = [

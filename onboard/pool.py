@@ -11,8 +11,11 @@ AuthError stops the pool: rows not yet sent end as "Not sent".
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
@@ -27,12 +30,13 @@ from .outcomes import (
     Outcome,
     PassRequest,
     Reason,
+    Skipped,
     interrupted,
     not_sent,
     refused_before_stop,
 )
 from .retrying import RETRYABLE, Retries, Sleep, is_unclear, retries_for, with_retries
-from .runner import ask_all, run_each, stopped_within
+from .runner import ask_all, run_taking, stopped_within
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +44,12 @@ Create = Callable[[PassRequest], Awaitable[CreatedPass]]
 CreateBatch = Callable[[Sequence[PassRequest]], Awaitable[list[CreatedPass | GraphError]]]
 Current = Callable[[str], Awaitable[str | None]]
 Explain = Callable[[GraphError, str, int], tuple[Reason, str]]
+Check = Callable[[PassRequest], Awaitable[PassRequest | Outcome]]
+AHEAD = 2  # rows checked ahead of the creates, per worker
+# A row's check is two round trips one after the other (its pass, then its roles and methods
+# at once) where its create is one: twice the workers keep the creates fed when answers are
+# slow; the read budget's own controller still paces them.
+CHECKERS_PER_WORKER = 2
 Unusable = Callable[[CreatedPass, str], tuple[Reason, str]]
 CREATED = 201  # the status of a create Graph accepted, shown on a row whose pass is unusable
 CONFIRM_ROUNDS = 3
@@ -97,13 +107,15 @@ async def send(
     stop: asyncio.Event | None = None,
     *,
     sleep: Sleep = asyncio.sleep,
+    check: Check | None = None,
 ) -> PoolResult:
-    """Issue a pass for each request, then make sure each pass issued after an unclear attempt
+    """Issue a pass for each request (each first passing `check`, run ahead of the creates),
+    then make sure each pass issued after an unclear attempt
     is the one Graph holds: once run.settle_seconds have passed since that attempt, ask Graph;
     issue again where a slower request replaced it (CONFIRM_ROUNDS times at most)."""
     result = PoolResult()
     try:
-        await _send(requests, sender, sink, run, stop, sleep, result)
+        await _send(requests, sender, sink, run, stop, sleep, check, result)
     finally:
         sink.flush()
     return result
@@ -116,9 +128,10 @@ async def _send(
     run: RunSettings,
     stop: asyncio.Event | None,
     sleep: Sleep,
+    check: Check | None,
     result: PoolResult,
 ) -> None:
-    await issue_all(requests, sender, sink, run, stop, sleep=sleep, result=result)
+    await issue_all(requests, sender, sink, run, stop, sleep=sleep, check=check, result=result)
     if stop is not None and stop.is_set():
         result.stopped = True
     sent_at = dict(result.unclear)  # resumed ones: now, later than any of the stopped run's
@@ -180,21 +193,28 @@ async def issue_all(
     stop: asyncio.Event | None = None,
     *,
     sleep: Sleep = asyncio.sleep,
+    check: Check | None = None,
     result: PoolResult | None = None,
 ) -> PoolResult:
     """Issue one pass per request, run.concurrency workers; every row gets an outcome.
 
-    With run.batch_size > 1 (and a batch create), a worker sends up to that many rows in one
-    JSON batch. Before every request the sink hears of it (and the worker waits until that is
+    With `check`, each row is checked first (reads: the pass its user holds, the account)
+    by CHECKERS_PER_WORKER x run.concurrency workers of their own, running ahead of the
+    creates as far as AHEAD rows per worker: the creates never wait for a read, and memory
+    stays bounded. A row the check decides goes to the sink with its outcome. With
+    run.batch_size > 1 (and a batch create), a worker sends up to that many rows in one JSON
+    batch. Before every request the sink hears of it (and the worker waits until that is
     durable); each outcome goes to the sink as soon as it is known. Once `stop` is set no new
     row is started; rows in flight get run.stop_grace_seconds to finish, then are cancelled.
     """
     result = result if result is not None else PoolResult()
     issuer = _Issuer(sender, sink, retries_for(run, sleep), result)
     size = run.batch_size if sender.create_batch is not None and run.batch_size > 1 else 1
+    feed = _Feed(requests, check, sink, result, stop, ahead=AHEAD * max(run.concurrency, size))
+    checking = asyncio.create_task(feed.run(CHECKERS_PER_WORKER * run.concurrency))
     try:
-        unsent = await run_each(
-            _batches(requests, size),
+        await run_taking(
+            lambda: feed.take(size),
             issuer.handle,
             concurrency=run.concurrency,
             stop=stop,
@@ -203,13 +223,143 @@ async def issue_all(
         )
         for request in list(issuer.in_hand.values()):
             issuer.ended(issuer.stopped(request))
-        cause = str(result.aborted) if result.aborted else None
-        for batch in unsent:
-            for request in batch:
-                issuer.ended(not_sent(request, cause))
+        await feed.close(checking)
+        cause = f"sign-in failed: {result.aborted}" if result.aborted else None
+        for request in feed.leftover():
+            issuer.ended(not_sent(request, cause))
     finally:
+        checking.cancel()
         sink.flush()  # the rows the pool ended itself (interrupted, not sent), or on a crash
     return result
+
+
+class _Feed:
+    """The rows ready to send: checked first when there is a `check` (its own workers, ahead
+    of the creates by at most `ahead` rows), else simply in order."""
+
+    def __init__(
+        self,
+        requests: Sequence[PassRequest],
+        check: Check | None,
+        sink: Sink,
+        result: PoolResult,
+        stop: asyncio.Event | None,
+        *,
+        ahead: int,
+    ) -> None:
+        self.todo: Iterator[PassRequest] = iter(requests)
+        self.check = check
+        self.sink = sink
+        self.result = result
+        self.stop = stop
+        self.ready: deque[PassRequest] = deque()
+        self.checking: dict[Origin, PassRequest] = {}  # rows whose check is under way
+        self.space = asyncio.Semaphore(max(1, ahead))
+        self.changed = asyncio.Event()
+        self.done = check is None  # unchecked rows are taken straight from `todo`
+
+    def stopping(self) -> bool:
+        return self.result.aborted is not None or (self.stop is not None and self.stop.is_set())
+
+    async def run(self, concurrency: int) -> None:
+        """Check every row (`concurrency` at once) and queue those to send."""
+        if self.check is None:
+            return
+        try:
+            await run_taking(
+                self._next,
+                self._one,
+                concurrency=concurrency,
+                stop=self.stop,
+                grace_seconds=0,
+                halt=lambda: self.result.aborted is not None,
+            )
+        finally:
+            self.done = True
+            self.changed.set()
+
+    async def _next(self) -> PassRequest | None:
+        return next(self.todo, None)
+
+    async def _one(self, request: PassRequest) -> None:
+        assert self.check is not None
+        self.checking[request.origin] = request
+        try:
+            fate = await self.check(request)
+        except AuthError as exc:
+            if self.result.aborted is None:
+                self.result.aborted = exc
+            return  # left over: not sent
+        except Exception as exc:  # a bug must not lose a row: report it and go on
+            log.exception("unexpected error checking row %s", request.origin.row)
+            fate = Failed(request.origin, request.user, Reason.INTERNAL_ERROR,
+                          f"{type(exc).__name__} while checking; report this to onboard's "
+                          "maintainers", may_have_pass=request.prior_attempts > 0)  # fmt: skip
+        if not isinstance(fate, PassRequest):
+            del self.checking[request.origin]
+            if not isinstance(fate, Issued):
+                _log_decided(fate)
+            self.sink.outcome(fate)
+            return
+        await self.space.acquire()  # far enough ahead: wait for the creates to take some
+        del self.checking[request.origin]
+        self.ready.append(fate)
+        self.changed.set()
+
+    async def take(self, size: int) -> list[PassRequest] | None:
+        """`size` rows ready to send (fewer only once the checks are over: a batch is not sent
+        a row at a time while more are coming), or None when there are no more, or the run is
+        stopping. The checks may run `ahead` >= 2 x size rows ahead, so a full batch comes."""
+        while not self.stopping():
+            if self.check is None:
+                batch = list(itertools.islice(self.todo, size))
+                return batch or None
+            if len(self.ready) >= size or (self.ready and self.done):
+                batch = [self.ready.popleft() for _ in range(min(size, len(self.ready)))]
+                for _ in batch:
+                    self.space.release()
+                return batch
+            if self.done:
+                return None
+            self.changed.clear()
+            await _first(self.changed, self.stop)
+        return None
+
+    async def close(self, checking: asyncio.Task[None]) -> None:
+        """The checks are over, or stopped: a stop leaves reads in flight unanswered."""
+        if self.stopping():
+            checking.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await checking
+
+    def leftover(self) -> list[PassRequest]:
+        """The rows never sent: checked and waiting, being checked, or never checked."""
+        rows = [*self.ready, *self.checking.values(), *self.todo]
+        self.ready.clear()
+        self.checking.clear()
+        return rows
+
+
+def _log_decided(outcome: Failed | Skipped) -> None:
+    """The log line of a row its check decided (--log-file gets one per row)."""
+    where = f"{outcome.origin.source} row {outcome.origin.row} {outcome.user or '-'}"
+    if isinstance(outcome, Failed):
+        log.warning("%s: %s: %s", where, outcome.shown, outcome.detail)
+    else:
+        log.info("%s: skipped: %s", where, outcome.detail)
+
+
+async def _first(event: asyncio.Event, stop: asyncio.Event | None) -> None:
+    """Wait until `event` or `stop` is set."""
+    if stop is None:
+        await event.wait()
+        return
+    waits = {asyncio.ensure_future(event.wait()), asyncio.ensure_future(stop.wait())}
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in waits:
+            task.cancel()
 
 
 @dataclass(slots=True)
@@ -243,7 +393,7 @@ class _Issuer:
                 if request.origin in self.in_hand:
                     # the request refused for the token made no pass; earlier ones may have
                     self.flying.discard(request.origin)
-                    self.ended(self.stopped(request, str(exc)))
+                    self.ended(self.stopped(request, f"sign-in failed: {exc}"))
         except JournalWriteError:
             raise  # stop the run: no pass may be handed out that the journal cannot keep
         except Exception as exc:  # a bug must not lose a row: report it and go on
@@ -463,11 +613,6 @@ class _Again:
 
     def unconfirmed(self) -> list[Issued]:
         return self._sink.unconfirmed()
-
-
-def _batches(requests: Sequence[PassRequest], size: int) -> Iterator[list[PassRequest]]:
-    for start in range(0, len(requests), size):
-        yield list(requests[start : start + size])
 
 
 @dataclass(slots=True)

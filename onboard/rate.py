@@ -1,11 +1,14 @@
-"""One sending rate for the whole run: a token bucket whose rate follows Graph's answers.
+"""A sending rate per Graph budget: token buckets whose rates follow Graph's answers.
 
-Every request to Graph (creates, pass look-ups, the policy read) asks the controller first.
-The bucket's rate starts at the ceiling (`run.max_rate`) and adapts below it:
+Graph budgets writes (creates, deletes) apart from the resource units every request spends
+(reads above all), so a run has one controller per budget (`Pacing`): each request asks the
+controller of the budget it spends first. Each controller's rate starts at its ceiling
+(`run.max_rate` for writes, `run.max_read_rate` for resource units) and adapts below it:
 
-- a 429 pauses *every* request until its Retry-After has passed (requests sent while
-  throttled still count against the tenant's budget) and cuts the rate to CUT of what it was;
-  the 429s of requests that were already on their way when the rate was cut do not cut again;
+- a 429 on its budget pauses the requests that spend that budget (and only those) until its
+  Retry-After has passed (requests sent while throttled still count against the budget) and
+  cuts the rate to CUT of what it was; the 429s of requests that were already on their way
+  when the rate was cut do not cut again;
 - `x-ms-throttle-limit-percentage` (sent by Graph once more than 80% of the budget is used)
   steers the rate before any 429: down as the figure rises, up as it falls, towards keeping
   TARGET_USAGE of the budget used;
@@ -23,6 +26,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from enum import StrEnum
 
 Sleep = Callable[[float], Awaitable[None]]
 Clock = Callable[[], float]
@@ -181,3 +185,83 @@ class RateController:
             return None
         elapsed = self._last_answer - self._first_send
         return self.requests / elapsed if elapsed > 0 else None
+
+    def book(self, count: float) -> None:
+        """Count `count` units spent without waiting for them (a write's resource unit, or a
+        read that cost more than it was booked for): the next request waits for them."""
+        if count <= 0:
+            return
+        now = self._clock()
+        self._next = max(self._next, now) + count / self.rate
+
+
+class Budget(StrEnum):
+    """Graph's budgets (per app and tenant): writes (creates, deletes: 3,000 per 150 s), and
+    resource units, which every request spends (reads: 3,500 to 8,000 per 10 s by tenant size).
+    A read never waits on the write pacing, and a 429 on one budget pauses only its own.
+    Mail (sendMail) has Exchange's own limits per sending mailbox, apart from both."""
+
+    WRITES = "writes"
+    READS = "resource units"
+    MAIL = "mail"
+
+
+# x-ms-throttle-information names the budget a 429 came from; without it, the request's own.
+THROTTLE_INFORMATION = {
+    "WriteLimitExceeded": Budget.WRITES,
+    "ResourceUnitLimitExceeded": Budget.READS,
+}
+# The resource units Graph charged for a request (reads cost 1 to 5 by path and query).
+RESOURCE_UNIT_HEADER = "x-ms-resource-unit"
+# Graph's resource-unit budget for the largest tenants: 8,000 per 10 s (GRAPH_FACTS.md).
+DEFAULT_MAX_READ_RATE = 800.0
+# Exchange Online's sending limits per mailbox (GRAPH_FACTS.md, "Delivering passes by mail"):
+# 30 messages a minute, 4 concurrent requests, 10,000 recipients a day. A 429 beyond them says
+# ApplicationThrottled and carries a Retry-After.
+MAILBOX_MESSAGES_PER_MINUTE = 30
+MAILBOX_CONCURRENCY = 4
+MAILBOX_RECIPIENTS_PER_DAY = 10_000
+SECONDS_PER_MINUTE = 60.0
+# Exchange counts a minute by when messages arrive, not when they were sent: pacing a little
+# under the limit keeps network jitter from tipping the 31st message of a minute into a 429.
+MAIL_HEADROOM = 0.95
+
+
+class Pacing:
+    """A rate controller per budget: `writes` in requests per second, `reads` in resource
+    units per second, `mail` in messages per second (per sending mailbox: a run sends from
+    one). Each write also spends a resource unit: booked on the read side without waiting, so
+    reads leave room for it."""
+
+    def __init__(
+        self,
+        max_rate: float = DEFAULT_MAX_RATE,
+        max_read_rate: float = DEFAULT_MAX_READ_RATE,
+        *,
+        max_mail_per_minute: float = MAILBOX_MESSAGES_PER_MINUTE,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self.writes = RateController(max_rate, clock=clock, sleep=sleep)
+        self.reads = RateController(max_read_rate, clock=clock, sleep=sleep)
+        self.mail = RateController(
+            max_mail_per_minute * MAIL_HEADROOM / SECONDS_PER_MINUTE, clock=clock, sleep=sleep
+        )
+
+    def __getitem__(self, budget: Budget) -> RateController:
+        if budget is Budget.MAIL:
+            return self.mail
+        return self.writes if budget is Budget.WRITES else self.reads
+
+    def throttled_budget(self, information: str | None, own: Budget) -> Budget:
+        """The budget a 429 was for: as x-ms-throttle-information names it, else the
+        request's own (`information` is a header value, compared as Graph documents it)."""
+        return THROTTLE_INFORMATION.get((information or "").strip(), own)
+
+    @property
+    def requests(self) -> int:
+        return self.writes.requests + self.reads.requests
+
+    @property
+    def throttles(self) -> int:
+        return self.writes.throttles + self.reads.throttles

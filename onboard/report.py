@@ -14,9 +14,10 @@ from pathlib import Path
 
 from . import __version__
 from .audit import FileSummary, Note, RunSummary
+from .deliver import DeliveryReport
 from .journal import RunStatus
 from .outcomes import Failed, Issued, Skipped
-from .rate import RateController
+from .rate import Budget, Pacing
 from .reader import InputFile
 from .tenant import Tenant
 
@@ -37,8 +38,10 @@ class StopCause:
 
 
 STOPPED = StopCause(RunStatus.STOPPED)
+# The phase job.run reports (on_phase) last, once every row's outcome is in the journal.
+WRITING_AUDIT = "writing the audit workbook"
 
-__all__ = ["STOPPED", "RunReport", "RunStatus", "StopCause"]
+__all__ = ["STOPPED", "WRITING_AUDIT", "RunReport", "RunStatus", "StopCause"]
 
 
 @dataclass(slots=True)
@@ -57,12 +60,13 @@ class RunReport:
     resumed: bool = False  # this run continues one that was killed before it finished
     not_yet_due: int = 0
     retries: int = 0
-    rate: RateController | None = None  # how fast requests went, 429s, time paused
+    pacing: Pacing | None = None  # how fast requests went, per budget: 429s, time paused
     notes: list[tuple[str, str]] = field(default_factory=list)
     tenant: Tenant | None = None  # the tenant the run signed in to
     # What the operator must hear though no row failed (a check that could not be made, a
     # certificate about to expire): the run exits 1, so cron's mail goes out.
     attention: list[str] = field(default_factory=list)
+    delivery: DeliveryReport | None = None  # delivery by mail (or its preview), when asked for
 
     @property
     def status(self) -> RunStatus:
@@ -107,7 +111,8 @@ class RunReport:
             *self.notes,
             ("Not yet due", self.not_yet_due),
             ("Retries", self.retries),
-            *_rate_notes(self.rate),
+            *_rate_notes(self.pacing),
+            *self._delivery_notes(),
         ]
         assert self.finished is not None
         return RunSummary(
@@ -123,17 +128,30 @@ class RunReport:
             simulated=self.simulated,
         )
 
+    def _delivery_notes(self) -> list[Note]:
+        """Delivery's lines on the Summary (none when it was not asked for)."""
+        if self.delivery is None:
+            return []
+        return self.delivery.notes(self.pacing.mail if self.pacing else None)
 
-def _rate_notes(rate: RateController | None) -> list[Note]:
-    """How close to Graph's limit the run went, for the Summary sheet (numbers as numbers)."""
-    if rate is None:
+
+def _rate_notes(pacing: Pacing | None) -> list[Note]:
+    """How close to Graph's limits the run went, for the Summary sheet (numbers as numbers):
+    creates against the write budget, reads against the resource units."""
+    if pacing is None:
         return [("429 answers", 0)]
-    effective = rate.effective_rate
+    writes, reads = pacing[Budget.WRITES], pacing[Budget.READS]
+    effective = writes.effective_rate
     return [
-        ("Requests to Graph", rate.requests),
-        ("Effective rate", "-" if effective is None else round(effective, 1), "requests/s"),
-        ("Rate ceiling (run.max_rate)", rate.max_rate, "requests/s"),
-        ("429 answers", rate.throttles),
-        ("Throttle warnings (x-ms-throttle-limit-percentage)", rate.warnings),
-        ("Time paused by Retry-After", round(rate.paused_seconds, 1), "s"),
+        ("Requests to Graph", pacing.requests),
+        ("Writes to Graph", writes.requests),
+        ("Effective write rate", "-" if effective is None else round(effective, 1), "requests/s"),
+        ("Write rate ceiling (run.max_rate)", writes.max_rate, "requests/s"),
+        ("Read rate ceiling (run.max_read_rate)", reads.max_rate, "resource units/s"),
+        ("429 answers", pacing.throttles),
+        ("429 answers on the write budget", writes.throttles),
+        ("429 answers on the resource-unit budget", reads.throttles),
+        ("Throttle warnings (x-ms-throttle-limit-percentage)", writes.warnings + reads.warnings),
+        ("Time paused by Retry-After (writes)", round(writes.paused_seconds, 1), "s"),
+        ("Time paused by Retry-After (reads)", round(reads.paused_seconds, 1), "s"),
     ]

@@ -1,6 +1,7 @@
 """How many at once, and how to stop: a bounded runner for any work, apart from the work itself.
 
     run_each(items, work, concurrency=..., stop=..., grace_seconds=...)
+    run_taking(take, work, ...)   the same, each worker awaiting take() for its next item
         `concurrency` workers take items from one iterator (100,000 items cost no waiting
         tasks) and await `work(item)`. Once `stop` is set (or `halt()` says so) no new item is
         taken; work in flight gets `grace_seconds` to finish, then is cancelled. An exception
@@ -45,14 +46,33 @@ async def run_each(
     items never taken."""
     todo: Iterator[T] = iter(items)
 
+    async def take() -> T | None:
+        return next(todo, None)
+
+    await run_taking(take, work, concurrency=concurrency, stop=stop,
+                     grace_seconds=grace_seconds, halt=halt)  # fmt: skip
+    return list(todo)
+
+
+async def run_taking(
+    take: Callable[[], Awaitable[T | None]],
+    work: Callable[[T], Awaitable[None]],
+    *,
+    concurrency: int,
+    stop: asyncio.Event | None = None,
+    grace_seconds: float = DEFAULT_GRACE_SECONDS,
+    halt: Callable[[], bool] = lambda: False,
+) -> None:
+    """As run_each, but each worker awaits `take()` for its next item (None: no more): items
+    that become ready as others are worked on (rows checked ahead of their create)."""
+
     def taking() -> bool:
         return not halt() and not (stop is not None and stop.is_set())
 
     async def worker() -> None:
         while taking():
-            try:
-                item = next(todo)
-            except StopIteration:
+            item = await take()
+            if item is None:
                 return
             await work(item)
 
@@ -63,7 +83,6 @@ async def run_each(
         for task in workers:
             task.cancel()
         raise
-    return list(todo)
 
 
 async def ask_all(

@@ -15,7 +15,17 @@ It serves, over HTTPS with a throwaway certificate authority:
   and their methodUsabilityReason (EnabledByPolicy, NotYetValid, Expired, OneTimeUsed after
   `SimulatorState.sign_in_with`, DisabledByPolicy), and refusals Graph's documented texts;
 - ``GET /{version}/policies/authenticationMethodsPolicy/authenticationMethodConfigurations/
-  temporaryAccessPass``.
+  temporaryAccessPass``;
+- for delivery by mail: ``GET /{version}/users/{id|upn}`` (name and mailbox address),
+  ``.../manager`` (404 when none is set) and ``.../sponsors``; and
+  ``POST .../users/{sender}/sendMail`` with Exchange's limits per mailbox (messages a minute,
+  requests at once: 429 ApplicationThrottled with a Retry-After beyond them) and its refusals
+  (404 ErrorInvalidUser, MailboxNotEnabledForRESTAPI for a user without a mailbox). Accepted
+  messages are kept (`SimulatorState.mail`) and, with a mail folder, written there as .eml.
+
+After the pass is issued, its life (tests call SimulatorState; `onboard simulate` users POST to
+``/_simulator/{sign-in,replace,remove,register,advance}``): a sign-in with it, another admin
+replacing or deleting it, methods the user registers, and the tenant's time moving on.
 
 Errors have Graph's shape. Latency, transient 503/504 answers, responses lost after the pass was
 created, and throttling (a token bucket answering 429 with Retry-After) can be switched on.
@@ -39,11 +49,12 @@ import ssl
 import tempfile
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, unquote
+from urllib.parse import parse_qs, parse_qsl, unquote
 
 import jwt
 import yaml
@@ -67,6 +78,9 @@ from .graph import (
     POLICY_REFUSAL,
     START_IN_PAST_REFUSAL,
 )
+from .mail import address, eml, write_private
+from .rate import MAILBOX_CONCURRENCY, MAILBOX_MESSAGES_PER_MINUTE, SECONDS_PER_MINUTE
+from .tenant import SIMULATOR_CLIENT_ID
 
 DEFAULT_CLIENT_SECRET = "simulator-secret"
 DEFAULT_TOKEN_LIFETIME = 3599
@@ -76,6 +90,7 @@ ASSERTION_ALGORITHMS = ("RS256", "PS256")
 ASSERTION_CLOCK_SKEW_SECONDS = 300  # leeway on exp / nbf, as Entra's five minutes
 # The simulated tenant's id (the `tid` claim of its tokens), whatever name a config gives it.
 SIMULATED_TENANT_ID = "00000000-0000-4000-8000-00000000c0de"
+SIMULATED_APP_ID = SIMULATOR_CLIENT_ID  # the app a 429's x-ms-throttle-scope names
 # A claim only the simulator's tokens carry: a run that meets it says everywhere that it was
 # simulated, even when the simulator is reached by URL like a real tenant (`onboard simulate`).
 SIMULATED_CLAIM = "onboard_simulated"
@@ -97,6 +112,7 @@ DEFAULT_POLICY: dict[str, Any] = {
 }
 _TAP_PATH = "authentication/temporaryAccessPassMethods"
 WARNING_USAGE = 0.8  # Graph sends x-ms-throttle-limit-percentage above this share of the budget
+MAX_REPORTED_USAGE = 1.8  # ... and never more than this (GRAPH_FACTS.md)
 MAX_BATCH = 20
 MAX_FILTER_VALUES = 15  # values in one `in` filter
 REQUEST_ID_KEY = web.RequestKey("request_id", str)
@@ -126,6 +142,10 @@ class SimUser:
     methods: list[str] = field(default_factory=list)
     # The ids of the groups the user belongs to (the pass policy targets groups by id).
     groups: list[str] = field(default_factory=list)
+    # The user's manager and sponsors (each a UPN or an id of another user); a user has a
+    # mailbox when `mail` is set.
+    manager: str | None = None
+    sponsors: list[str] = field(default_factory=list)
 
     @property
     def external(self) -> bool:
@@ -136,6 +156,15 @@ class SimUser:
             or self.creation_type == INVITATION
             or bool(self.external_user_state)
         )
+
+    def as_person(self) -> dict[str, Any]:
+        """The user as GET /users/{id}?$select=id,displayName,mail,userPrincipalName shows it."""
+        return {
+            "id": self.id,
+            "displayName": self.display_name or None,
+            "mail": self.mail,
+            "userPrincipalName": self.user_principal_name,
+        }
 
     def as_graph(self) -> dict[str, Any]:
         """The user as GET /users lists it (USER_FIELDS)."""
@@ -171,11 +200,102 @@ class Faults:
     lost_response_rate: float = 0.0  # create succeeds, then the answer is a 504
     late_create_rate: float = 0.0  # the create waits `late_create_seconds`, then happens anyway
     late_create_seconds: float = 1.0  # (longer than the client's timeout: it finishes late)
-    throttle_rate: float | None = None  # requests per second; None: never throttle
+    throttle_rate: float | None = None  # writes per second; None: never throttle
     throttle_burst: int = 100
+    read_rate: float | None = None  # resource units per second; None: never throttle
+    read_burst: int = 8000
     retry_after_seconds: float | None = None  # fixed Retry-After; None: time until a token
     conflict_on_existing: bool = False  # old behaviour: 409 while a valid pass exists
     token_lifetime: int = DEFAULT_TOKEN_LIFETIME
+    # Exchange's limits per sending mailbox (None: no limit on messages a minute).
+    mail_per_minute: int | None = MAILBOX_MESSAGES_PER_MINUTE
+    mail_concurrency: int = MAILBOX_CONCURRENCY
+    mail_latency_ms: float = 0.0  # how long sendMail holds its request (a concurrency slot)
+    mail_lost_rate: float = 0.0  # the message is accepted, then the answer is a 504
+
+
+@dataclass(frozen=True, slots=True)
+class SimMail:
+    """A message sendMail accepted: who from and to, its subject and body (it holds passes:
+    kept out of repr), and the .eml file it was written to, if any."""
+
+    sender: str
+    to: tuple[str, ...]
+    cc: tuple[str, ...]
+    subject: str
+    body: str = field(repr=False)
+    content_type: str
+    save_to_sent_items: bool
+    received: dt.datetime
+    path: Path | None = None
+
+
+WRITE_LIMIT = "WriteLimitExceeded"  # x-ms-throttle-information, as Graph names the budgets
+RESOURCE_UNIT_LIMIT = "ResourceUnitLimitExceeded"
+THROTTLE_SCOPE = {WRITE_LIMIT: "Write", RESOURCE_UNIT_LIMIT: "ReadWrite"}
+# Base resource-unit costs of the reads onboard makes that Graph documents above 1
+# (throttling-limits.md, identity and access): listing users, and a user's transitive
+# memberships (me/transitiveMemberOf, which applies to users/{id} too). Any other costs 1.
+LIST_USERS_COST = 2
+TRANSITIVE_MEMBER_OF_COST = 2
+
+
+def resource_units(call: Call) -> int:
+    """What a request costs in resource units, as Graph's identity service counts them: a
+    base cost by path, $select -1, $expand +1, $top under 20 -1, never below 1."""
+    if call.method != "GET":
+        return 1
+    parts = call.path.strip("/").split("/")
+    cost = 1
+    if parts == ["users"]:
+        cost = LIST_USERS_COST
+    elif len(parts) >= 3 and parts[0] == "users" and parts[2] == "transitiveMemberOf":
+        cost = TRANSITIVE_MEMBER_OF_COST
+    query = dict(parse_qsl(call.query))
+    cost += ("$expand" in query) - ("$select" in query)
+    top = query.get("$top", "")
+    if top.isdigit() and int(top) < 20:
+        cost -= 1
+    return max(1, cost)
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    budget: str  # WRITE_LIMIT or RESOURCE_UNIT_LIMIT
+    wait: float  # seconds until the budget allows one more
+
+
+class Bucket:
+    """One budget: a token bucket of `burst` that refills at `rate` per second (a rate of
+    None: it never runs out). `limits` gives (rate, burst) as the faults say now."""
+
+    def __init__(self, limits: Callable[[], tuple[float | None, int]], now: float) -> None:
+        self.limits = limits
+        self.level = float(limits()[1])
+        self.at = now
+
+    def refused(self, amount: float, now: float) -> float | None:
+        """Refill to `now`; if `amount` is not there, spend it as debt and return the seconds
+        until one more is allowed."""
+        rate, burst = self.limits()
+        if rate is None:
+            return None
+        self.level = min(burst, self.level + (now - self.at) * rate)
+        self.at = now
+        if self.level >= amount:
+            return None
+        self.level = max(self.level - amount, -burst)
+        return (amount - self.level) / rate
+
+    def take(self, amount: float) -> None:
+        if self.limits()[0] is not None:
+            self.level -= amount
+
+    @property
+    def usage(self) -> float:
+        """The share of the budget spent (1.0 and more: throttled); 0 for an endless one."""
+        rate, burst = self.limits()
+        return 0.0 if rate is None else (burst - self.level) / burst
 
 
 class SimulatorState:
@@ -192,6 +312,8 @@ class SimulatorState:
         auto_users: bool = False,
         seed: int | None = None,
         clock: Callable[[], float] = time.monotonic,
+        now: Callable[[], dt.datetime] | None = None,
+        mail_dir: Path | None = None,
     ) -> None:
         self.users: dict[str, SimUser] = {}
         for user in users or []:
@@ -206,6 +328,14 @@ class SimulatorState:
         self.auto_users = auto_users
         self.random = random.Random(seed)
         self.clock = clock
+        # The tenant's time, which passes start, expire and are used by: the wall clock (or
+        # `now`), moved on by `advance` so that a test or a demo sees a pass expire at once.
+        self._wall = now or _now
+        self.offset = dt.timedelta(0)
+        self.started = self.now()  # methods a user came with were registered before this
+        self.registered_at: dict[tuple[str, str], dt.datetime] = {}  # (user id, kind) -> when
+        self.delete_requests: dict[str, int] = {}  # method id -> DELETEs that reached it
+        self.deleted: list[str] = []  # method ids deleted (204), in order
         self.passes: dict[str, SimPass] = {}  # user id -> the one current pass
         self.issued: list[SimPass] = []  # every pass ever created, in order
         self.tokens: dict[str, float] = {}  # access token -> expiry (clock)
@@ -220,8 +350,20 @@ class SimulatorState:
         # UserAuthMethod-TAP.* permission): listing a user's methods is refused (403).
         self.methods_forbidden = False
         self.tenant_id = SIMULATED_TENANT_ID  # the `tid` claim of the tokens it issues
-        self._bucket = float(self.faults.throttle_burst)
-        self._bucket_at = clock()
+        # Graph's two budgets per app and tenant (GRAPH_FACTS.md, "Throttling").
+        f = self.faults  # read at each request: a test may change them as it goes
+        self.budgets = {
+            WRITE_LIMIT: Bucket(lambda: (f.throttle_rate, f.throttle_burst), clock()),
+            RESOURCE_UNIT_LIMIT: Bucket(lambda: (f.read_rate, f.read_burst), clock()),
+        }
+        # Mail: what was accepted, where it is written, who hears of it (`onboard simulate`).
+        self.mail: list[SimMail] = []
+        self.mail_dir = mail_dir
+        self.on_mail: Callable[[SimMail], None] | None = None
+        self.mail_requests = 0  # sendMail requests that reached the handler
+        self._mail_sent: dict[str, deque[float]] = {}  # mailbox -> clock() of recent messages
+        self._mail_in_flight: dict[str, int] = {}
+        self.mail_in_flight_peak = 0
 
     # --- tenant ---------------------------------------------------------------------------
     def add_user(self, user: SimUser) -> None:
@@ -239,10 +381,11 @@ class SimulatorState:
         self, user: str, *, start: dt.datetime | None = None, lifetime_minutes: int = 480,
         created: dt.datetime | None = None, usable_once: bool = True,
     ) -> SimPass:  # fmt: skip
-        """A pass issued outside onboard (the portal, a helpdesk): tests only."""
+        """A pass issued outside onboard (the portal, a helpdesk): tests, and the `replace`
+        control (another admin replacing the pass onboard issued)."""
         found = self.find_user(user)
         assert found is not None, user
-        made = created or _now()
+        made = created or self.now()
         held = SimPass(str(uuid.uuid4()), found.id, "handed-out", made, start or made,
                        lifetime_minutes, usable_once)  # fmt: skip
         self.passes[found.id] = held
@@ -256,10 +399,35 @@ class SimulatorState:
         held = None if found is None else self.passes.get(found.id)
         if found is None or held is None or (value is not None and value != held.value):
             return False
-        if self.usability(found, held, _now()) != ENABLED_BY_POLICY:
+        if self.usability(found, held, self.now()) != ENABLED_BY_POLICY:
             return False
         held.used = held.usable_once
         return True
+
+    def now(self) -> dt.datetime:
+        """The tenant's time now (see `advance`)."""
+        return self._wall() + self.offset
+
+    def advance(self, seconds: float) -> dt.datetime:
+        """Move the tenant's time on by `seconds`: passes start and expire by it (a test, or
+        the demo's POST /_simulator/advance). Returns the new time."""
+        self.offset += dt.timedelta(seconds=seconds)
+        return self.now()
+
+    def remove_pass(self, user: str) -> bool:
+        """Another admin deletes the user's pass (the portal): True if there was one."""
+        found = self.find_user(user)
+        return found is not None and self.passes.pop(found.id, None) is not None
+
+    def register_method(self, user: str, kind: str) -> None:
+        """The user registers a sign-in method (`kind` as in SimUser.methods, e.g.
+        "microsoftAuthenticator", "fido2", "phone"), now by the tenant's time."""
+        found = self.find_user(user)
+        if found is None:
+            raise KeyError(user)
+        if kind not in found.methods:
+            found.methods.append(kind)
+        self.registered_at[(found.id, kind)] = self.now()
 
     def in_policy(self, user: SimUser) -> bool:
         """Whether the pass policy targets this user: one of its includeTargets (all_users,
@@ -298,6 +466,13 @@ class SimulatorState:
         found = self.find_user(user)
         return 0 if found is None else sum(1 for p in self.issued if p.user_id == found.id)
 
+    def issue_token(self) -> str:
+        """A new access token for the app, as the token endpoint grants one once the
+        credential checks out (onboard.testing hands it over without a sign-in)."""
+        token = _access_token(self)
+        self.tokens[token] = self.clock() + self.faults.token_lifetime
+        return token
+
     def revoke_tokens(self) -> None:
         """Make every issued access token invalid, as if it had expired early."""
         self.tokens.clear()
@@ -305,26 +480,62 @@ class SimulatorState:
     def count(self, name: str) -> None:
         self.counts[name] = self.counts.get(name, 0) + 1
 
-    # --- throttling -----------------------------------------------------------------------
-    def take_token(self) -> tuple[float | None, float | None]:
-        """Spend one request from the bucket: (seconds to wait if refused, usage if over 80%).
+    # --- mail ---------------------------------------------------------------------------
+    def set_manager(self, user: str, manager: str | None) -> None:
+        """Make `manager` (a UPN or id; None: nobody) the user's manager (tests, demos)."""
+        found = self.find_user(user)
+        assert found is not None, user
+        found.manager = manager
 
-        As at Graph, a refused request still counts against the budget: the bucket goes into
-        debt (at most one burst deep), so a client that keeps sending while throttled waits
-        longer. Usage is the share of the budget spent (1.0 and more: throttled).
-        """
-        rate = self.faults.throttle_rate
-        if rate is None:
-            return None, None
-        burst = float(self.faults.throttle_burst)
+    def mail_to(self, address: str) -> list[SimMail]:
+        """The accepted messages addressed (To) to `address`, in order."""
+        key = address.casefold()
+        return [m for m in self.mail if key in (t.casefold() for t in m.to)]
+
+    def _mail_refusal(self, mailbox: str) -> float | None:
+        """Exchange's limits per mailbox: None if one more message may go now (it is then
+        counted), else the seconds until one may (a Retry-After)."""
+        limit = self.faults.mail_per_minute
+        if limit is None:
+            return None
         now = self.clock()
-        self._bucket = min(burst, self._bucket + (now - self._bucket_at) * rate)
-        self._bucket_at = now
-        allowed = self._bucket >= 1
-        self._bucket = max(self._bucket - 1, -burst)
-        used = (burst - self._bucket) / burst
-        usage = used if used > WARNING_USAGE else None
-        return (None if allowed else (1 - self._bucket) / rate), usage
+        sent = self._mail_sent.setdefault(mailbox, deque())
+        while sent and sent[0] <= now - SECONDS_PER_MINUTE:
+            sent.popleft()
+        if len(sent) >= limit:
+            return sent[0] + SECONDS_PER_MINUTE - now
+        sent.append(now)
+        return None
+
+    # --- throttling -----------------------------------------------------------------------
+    def exhaust(self, budget: str) -> None:
+        """Spend a budget (WRITE_LIMIT or RESOURCE_UNIT_LIMIT) to empty: the next request
+        that needs it is refused (tests, demos)."""
+        self.budgets[budget].level = 0.0
+
+    def spend(self, call: Call) -> tuple[Refusal | None, int, float | None]:
+        """Spend what `call` costs from Graph's budgets: a write spends one write and one
+        resource unit, a read its resource units (by path and query, as Graph documents).
+
+        Returns the refusal (the budget that ran out, and the seconds until it allows one
+        more) or None, the resource units charged, and the budget usage Graph reports once it
+        is over 80% (of the most used budget the request spends). As at Graph, a refused
+        request still counts against the budget that refused it: it goes into debt (at most
+        one burst deep), so a client that keeps sending while throttled waits longer.
+        """
+        units = resource_units(call)
+        spends = [(RESOURCE_UNIT_LIMIT, float(units))]
+        if call.method != "GET":
+            spends.insert(0, (WRITE_LIMIT, 1.0))
+        now = self.clock()
+        for name, amount in spends:
+            wait = self.budgets[name].refused(amount, now)
+            if wait is not None:
+                return Refusal(name, wait), units, self.budgets[name].usage
+        for name, amount in spends:
+            self.budgets[name].take(amount)
+        usage = max(self.budgets[name].usage for name, _ in spends)
+        return None, units, usage if usage > WARNING_USAGE else None
 
     @classmethod
     def from_file(cls, path: Path, **kwargs: Any) -> SimulatorState:
@@ -351,6 +562,8 @@ class SimulatorState:
                     roles=[str(r) for r in entry.get("roles") or []],
                     methods=[str(m) for m in entry.get("methods") or []],
                     groups=[str(g) for g in entry.get("groups") or []],
+                    manager=_optional(entry.get("manager")),
+                    sponsors=[str(g) for g in entry.get("sponsors") or []],
                 )
             )
         return cls(users, policy=data.get("policy"), **kwargs)
@@ -480,9 +693,14 @@ async def _call(state: SimulatorState, call: Call) -> Answer:
     """Throttling and faults, then the request itself: the same for a batch's sub-requests."""
     faults = state.faults
     state.count("graph_requests")
-    wait, usage = state.take_token()
-    if wait is not None:
+    if call.method == "POST" and call.path.endswith(f"/{_SEND_MAIL}"):
+        # Outlook's own limits per mailbox, not the directory's budgets.
+        return await _mail_call(state, call)
+    refusal, units, usage = state.spend(call)
+    if refusal is not None:
         state.count("429")
+        state.count(f"429 {refusal.budget}")
+        wait = refusal.wait
         retry_after = faults.retry_after_seconds if faults.retry_after_seconds is not None else wait
         # Graph sends whole seconds ("10") and decimals ("2.128"): so does the simulator,
         # rounding up: a wait of a second or more half the time in whole seconds.
@@ -497,8 +715,9 @@ async def _call(state: SimulatorState, call: Call) -> Answer:
             "Too many requests.",
             {
                 "Retry-After": shown,
-                "x-ms-throttle-scope": "Tenant_Application/WriteLimit",
-                "x-ms-throttle-information": "WriteLimitExceeded",
+                "x-ms-throttle-scope": f"Tenant_Application/{THROTTLE_SCOPE[refusal.budget]}/"
+                f"{SIMULATED_APP_ID}/{state.tenant_id}",
+                "x-ms-throttle-information": refusal.budget,
             },
         )
     elif faults.fault_rate and state.random.random() < faults.fault_rate:
@@ -508,8 +727,9 @@ async def _call(state: SimulatorState, call: Call) -> Answer:
         )
     else:
         answer = await _route(state, call)
+    answer[1]["x-ms-resource-unit"] = str(units)
     if usage is not None:
-        answer[1]["x-ms-throttle-limit-percentage"] = f"{usage:.2f}"
+        answer[1]["x-ms-throttle-limit-percentage"] = f"{min(usage, MAX_REPORTED_USAGE):.2f}"
     return answer
 
 
@@ -627,8 +847,7 @@ async def _token(request: web.Request) -> web.Response:
             "client secret value, not the client secret ID, for a secret added to app "
             f"'{client_id}'.",
         )
-    token = _access_token(state, request)
-    state.tokens[token] = state.clock() + state.faults.token_lifetime
+    token = state.issue_token()
     return web.json_response(
         {
             "token_type": "Bearer",
@@ -729,7 +948,7 @@ def _registered_certificate(
     return None, "(none: no x5t#S256 or x5t header)"
 
 
-def _access_token(state: SimulatorState, request: web.Request) -> str:
+def _access_token(state: SimulatorState) -> str:
     """A token shaped like Entra's (a JWT: header, claims, signature; the signature is random):
     clients read the tenant from its `tid` claim, as they do from a real one."""
 
@@ -806,6 +1025,14 @@ async def _route(state: SimulatorState, call: Call) -> Answer:
                 return _list_roles(call, state, key)
             elif remainder == _METHODS_PATH and call.method == "GET":
                 return _list_methods(call, state, key)
+            elif remainder == "" and call.method == "GET":
+                return _get_person(call, state, key)
+            elif remainder == _MANAGER and call.method == "GET":
+                return _get_manager(call, state, key)
+            elif remainder == _SPONSORS and call.method == "GET":
+                return _list_sponsors(call, state, key)
+            elif remainder == _SEND_MAIL and call.method == "POST":
+                return await _send_mail(call, state, key)
     return _graph_error(
         call, 400, "BadRequest", f"Resource not found for the segment '{rest.split('/')[0]}'."
     )
@@ -902,7 +1129,7 @@ async def _create_pass(call: Call, state: SimulatorState, key: str) -> Answer:
     usable_once = body.get("isUsableOnce", policy["isUsableOnce"])
     if policy.get("isUsableOnce") and usable_once is False:
         return _graph_error(call, 400, "badRequest", MULTI_USE_REFUSAL)
-    now = _now()
+    now = state.now()
     start = now
     if body.get("startDateTime") is not None:
         text = str(body["startDateTime"])
@@ -945,7 +1172,7 @@ def _pass_json(
     state: SimulatorState, user: SimUser, held: SimPass, *, value: bool = True
 ) -> dict[str, Any]:
     """A pass as Graph shows it: its value only in the create's answer (null when listed)."""
-    reason = state.usability(user, held, _now())
+    reason = state.usability(user, held, state.now())
     return {
         "@odata.type": PASS_TYPE,
         "id": held.id,
@@ -961,6 +1188,10 @@ def _pass_json(
 
 _ROLES_PATH = "transitiveMemberOf/microsoft.graph.directoryRole"
 _METHODS_PATH = "authentication/methods"
+# The methods Graph lists with a createdDateTime (phones, OATH codes and email have none).
+DATED_METHODS = frozenset(
+    {"microsoftAuthenticator", "fido2", "windowsHelloForBusiness", "platformCredential"}
+)
 _DENIED = "Insufficient privileges to complete the operation."
 
 
@@ -998,19 +1229,22 @@ def _list_methods(call: Call, state: SimulatorState, key: str) -> Answer:
             "id": "28c10230-6103-485e-b985-444c60001490",  # Graph's fixed id for the password
         }
     ]
-    methods += [
-        {
+    for kind in user.methods:
+        method = {
             "@odata.type": f"#microsoft.graph.{kind}AuthenticationMethod",
             "id": _stable_id(f"{user.id}:{kind}"),
         }
-        for kind in user.methods
-    ]
+        if kind in DATED_METHODS:  # others carry no createdDateTime at Graph
+            when = state.registered_at.get((user.id, kind), state.started)
+            method["createdDateTime"] = _iso(when)
+        methods.append(method)
     held = state.passes.get(user.id)
     if held is not None:
         methods.append(
             {
                 "@odata.type": "#microsoft.graph.temporaryAccessPassAuthenticationMethod",
                 "id": held.id,
+                "createdDateTime": _iso(held.created, digits=6),
             }
         )
     return 200, {}, {"@odata.context": _context(call, "authenticationMethods"), "value": methods}
@@ -1032,17 +1266,207 @@ def _list_passes(call: Call, state: SimulatorState, key: str) -> Answer:
 
 
 def _delete_pass(call: Call, state: SimulatorState, key: str, method_id: str) -> Answer:
+    """DELETE .../temporaryAccessPassMethods/{id}: 204, or 404 when the user holds no pass of
+    that id (gone, or replaced by another)."""
+    method_id = unquote(method_id)
+    state.delete_requests[method_id] = state.delete_requests.get(method_id, 0) + 1
     user = state.find_user(key)
     current = None if user is None else state.passes.get(user.id)
     if user is None or current is None or current.id != method_id:
         return _not_found(call, method_id)
     del state.passes[user.id]
+    state.deleted.append(method_id)
+    state.count("deleted")
     return 204, {}, None
+
+
+# --- delivery by mail: people, managers, sponsors, sendMail -------------------------------
+_MANAGER = "manager"
+_SPONSORS = "sponsors"
+_SEND_MAIL = "sendMail"
+MAILBOX_CONCURRENCY_REFUSAL = "Application is over its MailboxConcurrency limit."
+# Exchange's text for the messages-a-minute limit is not documented: the simulator's own.
+MAILBOX_RATE_REFUSAL = "Application is over its MailboxMessagesPerMinute limit."
+NO_MAILBOX_REFUSAL = "The mailbox is either inactive, soft-deleted, or is hosted on-premise."
+CONCURRENCY_RETRY_AFTER = 1.0  # seconds a request refused for concurrency is told to wait
+
+
+def _get_person(call: Call, state: SimulatorState, key: str) -> Answer:
+    user = state.find_user(key)
+    if user is None:
+        return _not_found(call, key)
+    return 200, {}, {"@odata.context": _context(call, "users/$entity"), **user.as_person()}
+
+
+def _get_manager(call: Call, state: SimulatorState, key: str) -> Answer:
+    """GET /users/{id}/manager: 404 Request_ResourceNotFound when none is set."""
+    user = state.find_user(key)
+    if user is None:
+        return _not_found(call, key)
+    manager = None if user.manager is None else state.find_user(user.manager)
+    if manager is None:
+        return _not_found(call, "manager")
+    return 200, {}, {"@odata.type": "#microsoft.graph.user", **manager.as_person()}
+
+
+def _list_sponsors(call: Call, state: SimulatorState, key: str) -> Answer:
+    user = state.find_user(key)
+    if user is None:
+        return _not_found(call, key)
+    sponsors = [state.find_user(s) for s in user.sponsors]
+    value = [{"@odata.type": "#microsoft.graph.user", **s.as_person()} for s in sponsors if s]
+    return 200, {}, {"@odata.context": _context(call, "directoryObjects"), "value": value}
+
+
+async def _mail_call(state: SimulatorState, call: Call) -> Answer:
+    """sendMail: random faults as any request, then the request itself."""
+    if state.faults.fault_rate and state.random.random() < state.faults.fault_rate:
+        state.count("503")
+        return _graph_error(
+            call, 503, "serviceNotAvailable", "The service is temporarily unavailable."
+        )
+    return await _route(state, call)
+
+
+def _mail_throttled(call: Call, state: SimulatorState, message: str, wait: float) -> Answer:
+    state.count("429")
+    state.count("429 mail")
+    shown = f"{math.ceil(max(wait, 0.001) * 1000) / 1000:.3f}".rstrip("0").rstrip(".")
+    return _graph_error(call, 429, "ApplicationThrottled", message, {"Retry-After": shown})
+
+
+async def _send_mail(call: Call, state: SimulatorState, key: str) -> Answer:
+    """POST /users/{sender}/sendMail: 202 and no body; the message is kept (and written)."""
+    state.mail_requests += 1
+    sender = state.find_user(key)
+    if sender is None:
+        invalid = f"The requested user '{key}' is invalid."
+        return _graph_error(call, 404, "ErrorInvalidUser", invalid)
+    if not sender.mail:
+        return _graph_error(call, 404, "MailboxNotEnabledForRESTAPI", NO_MAILBOX_REFUSAL)
+    body = call.body if isinstance(call.body, dict) else {}
+    message = body.get("message")
+    parsed = _message(message) if isinstance(message, dict) else None
+    if parsed is None:
+        return _graph_error(
+            call, 400, "ErrorInvalidRecipients", "At least one recipient is not valid."
+        )
+    faults, mailbox = state.faults, sender.id
+    if state._mail_in_flight.get(mailbox, 0) >= faults.mail_concurrency:
+        return _mail_throttled(call, state, MAILBOX_CONCURRENCY_REFUSAL, CONCURRENCY_RETRY_AFTER)
+    wait = state._mail_refusal(mailbox)
+    if wait is not None:
+        return _mail_throttled(call, state, MAILBOX_RATE_REFUSAL, wait)
+    state._mail_in_flight[mailbox] = state._mail_in_flight.get(mailbox, 0) + 1
+    state.mail_in_flight_peak = max(state.mail_in_flight_peak, state._mail_in_flight[mailbox])
+    try:
+        if faults.mail_latency_ms:
+            await asyncio.sleep(faults.mail_latency_ms / 1000)
+    finally:
+        state._mail_in_flight[mailbox] -= 1
+    to, cc, subject, content, kind = parsed
+    accepted = SimMail(
+        sender.mail, to, cc, subject, content, kind, body.get("saveToSentItems") is not False,
+        _now(),
+    )  # fmt: skip
+    if state.mail_dir is not None:
+        # Named by when it came, so messages of simulators started one after the other (each
+        # `onboard run`) never take each other's place.
+        name = f"{accepted.received:%Y%m%dT%H%M%S%f}-{len(state.mail) + 1:05d}-{_safe(to[0])}.eml"
+        data = eml(
+            sender.mail, [address(a) for a in to], [address(a) for a in cc], subject,
+            html=content if kind.lower() == "html" else None,
+            text=None if kind.lower() == "html" else content,
+        )  # fmt: skip
+        accepted = replace(accepted, path=write_private(state.mail_dir / name, data))
+    state.mail.append(accepted)
+    state.count("mail_accepted")
+    if state.on_mail is not None:
+        state.on_mail(accepted)
+    if faults.mail_lost_rate and state.random.random() < faults.mail_lost_rate:
+        state.count("mail_lost")
+        return _graph_error(call, 504, "gatewayTimeout", "The gateway timed out.")
+    return 202, {}, None
+
+
+def _message(
+    message: dict[str, Any],
+) -> tuple[tuple[str, ...], tuple[str, ...], str, str, str] | None:
+    """A sendMail message's recipients, subject, body and its content type; None if it has no
+    valid recipient."""
+
+    def addresses(key: str) -> tuple[str, ...] | None:
+        listed = message.get(key) or []
+        found = []
+        for item in listed if isinstance(listed, list) else [None]:
+            mail = (item or {}).get("emailAddress") if isinstance(item, dict) else None
+            text = mail.get("address") if isinstance(mail, dict) else None
+            if not isinstance(text, str) or "@" not in text:
+                return None
+            try:
+                address(text)
+            except ValueError:
+                return None
+            found.append(text)
+        return tuple(found)
+
+    to, cc = addresses("toRecipients"), addresses("ccRecipients")
+    given = message.get("body")
+    body: dict[str, Any] = given if isinstance(given, dict) else {}
+    if not to or cc is None:
+        return None
+    return (to, cc, str(message.get("subject") or ""), str(body.get("content") or ""),
+            str(body.get("contentType") or "Text"))  # fmt: skip
+
+
+def _safe(text: str) -> str:
+    """A file-name part from an address: letters, digits, @ . - _ only."""
+    return re.sub(r"[^A-Za-z0-9@._-]", "_", text)[:80]
 
 
 async def _counts(request: web.Request) -> web.Response:
     """What the simulator has seen (requests, 429s, passes made): for benchmarks and demos."""
     return web.json_response(_state(request).counts)
+
+
+async def _control(request: web.Request) -> web.Response:
+    """POST /_simulator/{what}: what happens to a pass after it is issued, for the demo (`onboard
+    simulate`) as tests do it through SimulatorState. A JSON body names the user:
+    sign-in {"user", "value"?}: sign in with the pass (a one-time pass is then used);
+    replace {"user"}: another admin issues a new pass; remove {"user"}: another admin deletes it;
+    register {"user", "method"}: the user registers a method ("microsoftAuthenticator", ...);
+    advance {"seconds"}: the tenant's time moves on (passes expire)."""
+    state = _state(request)
+    what = request.match_info["what"]
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        body = None
+    if not isinstance(body, dict):
+        return web.json_response({"error": "a JSON object, please"}, status=400)
+    if what == "advance":
+        seconds = body.get("seconds")
+        if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or seconds < 0:
+            return web.json_response({"error": "seconds: a number, 0 or more"}, status=400)
+        return web.json_response({"now": _iso(state.advance(float(seconds)))})
+    user = str(body.get("user") or "")
+    if state.find_user(user) is None:
+        return web.json_response({"error": f"no user {user!r}"}, status=404)
+    if what == "sign-in":
+        value = body.get("value")
+        accepted = state.sign_in_with(user, str(value) if value is not None else None)
+        return web.json_response({"accepted": accepted})
+    if what == "replace":
+        return web.json_response({"id": state.give_pass(user).id})
+    if what == "remove":
+        return web.json_response({"removed": state.remove_pass(user)})
+    if what == "register":
+        method = str(body.get("method") or "")
+        if not re.fullmatch(r"[a-zA-Z0-9]+", method):
+            return web.json_response({"error": "method: e.g. microsoftAuthenticator"}, status=400)
+        state.register_method(user, method)
+        return web.json_response({"methods": state.find_user(user).methods})  # type: ignore[union-attr]
+    return web.json_response({"error": f"no control {what!r}"}, status=404)
 
 
 def make_app(state: SimulatorState) -> web.Application:
@@ -1052,6 +1476,7 @@ def make_app(state: SimulatorState) -> web.Application:
     app.router.add_get("/{tenant}/v2.0/.well-known/openid-configuration", _openid_configuration)
     app.router.add_post("/{tenant}/oauth2/v2.0/token", _token)
     app.router.add_get("/_simulator/counts", _counts)
+    app.router.add_post("/_simulator/{what}", _control)
     app.router.add_route("*", "/v1.0/{path:.*}", _graph)
     app.router.add_route("*", "/beta/{path:.*}", _graph)
     return app

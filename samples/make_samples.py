@@ -1,6 +1,7 @@
 """Regenerate the sample new-hire sheet, its CSV twin, and the simulator's sample tenant.
 
-    python samples/make_samples.py
+    python samples/make_samples.py            all three
+    python samples/make_samples.py tenant     the tenant alone (the sheets' bytes stay)
 
 Deterministic: running it again gives the same rows. Four rows are meant to fail (an unknown
 user, a lifetime the policy refuses, an unreadable date, a user outside the pass policy) and
@@ -44,6 +45,16 @@ MANAGERS = {
     "Support": "Arjun Mehta", "Marketing": "Claire Dupont", "People": "Sara Lind",
     "Legal": "Michael O'Neill",
 }
+# The managers' accounts: each hire's manager in the directory, so delivery by mail
+# (delivery.method: mail) has someone to mail. Michael O'Neill has no mailbox: the Legal
+# hires' passes are mailed to nobody, and the audit says why.
+MANAGER_UPNS = {
+    "Ruth Adeyemi": "ruth.adeyemi", "Tom Becker": "tom.becker", "Lucia Ferreira": "lucia.ferreira",
+    "Arjun Mehta": "arjun.mehta", "Claire Dupont": "claire.dupont", "Sara Lind": "sara.lind",
+    "Michael O'Neill": "michael.oneill",
+}
+NO_MAILBOX = {"Michael O'Neill"}
+SENDER = "onboarding"  # the mailbox the demo's delivery sends from (delivery.sender)
 # The group the sample tenant's pass policy excludes: Pat Contractor is in it, so Graph creates
 # Pat a pass that cannot be used (DisabledByPolicy), and the row fails.
 CONTRACTORS_GROUP = "5b3f2c9e-8d41-4f6a-9c2e-7a1d0e4b6c38"
@@ -117,7 +128,16 @@ def write_tenant(rows: list[list[object]], path: Path) -> None:
         }
         if email.startswith("pat.contractor"):
             user["groups"] = [CONTRACTORS_GROUP]
+            user["sponsors"] = [f"{MANAGER_UPNS[str(row[4])]}@{DOMAIN}"]
+        user["manager"] = f"{MANAGER_UPNS[str(row[4])]}@{DOMAIN}"
         users.append(user)
+    for name, upn in MANAGER_UPNS.items():
+        manager: dict[str, object] = {"userPrincipalName": f"{upn}@{DOMAIN}", "displayName": name}
+        if name not in NO_MAILBOX:
+            manager["mail"] = f"{upn}@{DOMAIN}"
+        users.append(manager)
+    users.append({"userPrincipalName": f"{SENDER}@{DOMAIN}", "displayName": "Onboarding",
+                  "mail": f"{SENDER}@{DOMAIN}"})
     tenant = {
         # The simulator's default policy: the portal's defaults, lifetimes 60..480 minutes,
         # for all users but the contractors group.
@@ -135,8 +155,11 @@ def write_tenant(rows: list[list[object]], path: Path) -> None:
 
 
 if __name__ == "__main__":
+    import sys
+
     sample_rows = build_rows()
-    write_xlsx(sample_rows, HERE / "new_hires.xlsx")
-    write_csv(sample_rows, HERE / "new_hires.csv")
     write_tenant(sample_rows, HERE / "tenant.yaml")
-    print(f"wrote {len(sample_rows)} rows to samples/new_hires.xlsx and samples/new_hires.csv")
+    if sys.argv[1:] != ["tenant"]:
+        write_xlsx(sample_rows, HERE / "new_hires.xlsx")
+        write_csv(sample_rows, HERE / "new_hires.csv")
+        print(f"wrote {len(sample_rows)} rows to samples/new_hires.xlsx and samples/new_hires.csv")

@@ -280,6 +280,12 @@ def run_cli(config: Path, *args: str) -> subprocess.Popen[str]:
     )  # fmt: skip
 
 
+def run_id_from(stdout: str) -> str:
+    """The run id a run's output names ("onboard run RUN_ID: ...")."""
+    line = next(line for line in stdout.splitlines() if line.startswith("onboard run "))
+    return line.split()[2].rstrip(":")
+
+
 def audit_path_from(stdout: str) -> Path:
     """The audit workbook a run's output names."""
     line = next(line for line in stdout.splitlines() if line.startswith("audit workbook: "))

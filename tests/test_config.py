@@ -493,9 +493,9 @@ def test_yaml_nested_thousands_deep_is_refused_not_a_crash(tmp_path: Path) -> No
         load_config(None, {"ONBOARD_RUN_CONCURRENCY": "[" * 5000 + "]" * 5000})
 
 
-SECTIONS_KNOWN = "graph, auth, input, pass, run, output, state, simulator"
+SECTIONS_KNOWN = "graph, auth, input, pass, run, output, delivery, state, simulator"
 COLUMNS_KNOWN = ("user, start_date, lifetime_minutes, usable_once, display_name, mail, "
-                 "employee_id")
+                 "employee_id, deliver_to")
 
 
 @pytest.mark.parametrize(

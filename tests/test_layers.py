@@ -37,6 +37,7 @@ CLI_IMPORTERS = {"__main__"}
 BELOW_THE_JOB = {
     "reader", "decide", "checks", "pool", "runner", "graph", "journal", "audit", "report",
     "connect", "config", "outcomes", "errors", "rate", "retrying", "simulator",
+    "deliver", "mail", "lifecycle",
 }  # fmt: skip
 # Names that reach the console stream objects, on `sys`.
 STREAMS = {"stdout", "stderr", "__stdout__", "__stderr__"}

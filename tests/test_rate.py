@@ -11,7 +11,7 @@ import pytest
 from conftest import FakeClock
 
 from onboard.graph import GraphClient
-from onboard.rate import CUT, RateController, Ticket
+from onboard.rate import CUT, Budget, Pacing, RateController, Ticket
 
 
 def controller(max_rate: float = 10.0) -> tuple[RateController, FakeClock]:
@@ -77,11 +77,14 @@ def test_decimal_and_date_retry_after_both_pause_for_that_long() -> None:
     """Retry-After '2.128' pauses 2.128 s; an HTTP date 7 s ahead pauses about 7 s."""
     for header, seconds in (
         ("2.128", 2.128),
-        (format_datetime(datetime.now(timezone.utc) + timedelta(seconds=7), usegmt=True), 7.0),
+        # An HTTP date has whole seconds: 7.5 s ahead, cut to the second, is 6.5 to 7.5 s away.
+        (format_datetime(datetime.now(timezone.utc) + timedelta(seconds=7.5), usegmt=True), 7.0),
     ):
-        rate, time = controller(10.0)
-        client = GraphClient(None, "https://graph.invalid", None, rate=rate)  # type: ignore[arg-type]
-        client._judge(Ticket(0.0), [(429, {"retry-after": header})])
+        time = FakeClock()
+        pacing = Pacing(10.0, clock=time, sleep=time.sleep)
+        rate = pacing.writes
+        client = GraphClient(None, "https://graph.invalid", None, pacing=pacing)  # type: ignore[arg-type]
+        client._judge(Budget.WRITES, Ticket(0.0), [(429, {"retry-after": header})])
 
         async def main(rate: RateController = rate) -> float:
             return (await rate.acquire()).sent_at

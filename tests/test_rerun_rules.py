@@ -21,9 +21,9 @@ from onboard import job
 from onboard.cli import EXIT_ABORTED, EXIT_OK, main
 from onboard.config import load_config
 from onboard.decide import settle_wait
-from onboard.journal import Journal, Person
+from onboard.journal import Journal, Person, RunStatus
 from onboard.outcomes import Issued, Origin, Outcome, PassRequest
-from onboard.simulator import Faults, SimulatorState
+from onboard.simulator import WRITE_LIMIT, Faults, SimulatorState
 
 ROOT = Path(__file__).resolve().parent.parent
 SOON = (date.today() + timedelta(days=5)).isoformat()
@@ -136,8 +136,8 @@ def test_a_row_answered_429_before_a_stop_holds_no_pass_and_is_checked_next_time
     state = SimulatorState(users("ada@contoso.com"),
                            faults=Faults(throttle_rate=0.001, throttle_burst=1,
                                          retry_after_seconds=30))  # fmt: skip
+    state.exhaust(WRITE_LIMIT)  # the create is refused (429) until long after the stop
     sim = serve_simulator(state)
-    # Only the policy read spends the budget before the create (no account checks).
     sending = {"existing": "replace", "timezone": "UTC", "allow_existing_accounts": True}
     replace = sim.config(tmp_path / "r.yaml", run={"stop_grace_seconds": 0.1},
                          **{"pass": sending})  # fmt: skip
@@ -412,26 +412,27 @@ def test_a_sign_in_failure_during_the_checks_leaves_unsent_rows_without_a_pass(
     tmp_path: Path, serve_simulator
 ) -> None:
     """Graph stops taking the token while the existing passes are listed (the secret was
-    rotated): the rows never sent are "not sent" (no pass), not "Not finished ... internal
-    error"; the next run lists them first, so a helpdesk pass is kept, not replaced blindly."""
+    rotated): the run stops as aborted (exit 3), the rows never sent are "not sent" (no pass),
+    not "Not finished ... internal error"; the next run lists them first, so a helpdesk pass is
+    kept, not replaced blindly. The checks run row by row ahead of the creates: bo (first) is
+    listed and skipped, ada's listing is the third read, and her account check meets the
+    refusal."""
     state = SimulatorState(users("ada@contoso.com", "bo@contoso.com"), faults=Faults(latency_ms=20))
     sim = serve_simulator(state)
     state.give_pass("bo@contoso.com", lifetime_minutes=43_200)
     config = sim.config(tmp_path / "c.yaml", run={"concurrency": 1})
-    path = sheet(tmp_path / "hires.csv", [("ada@contoso.com", SOON), ("bo@contoso.com", SOON)])
+    path = sheet(tmp_path / "hires.csv", [("bo@contoso.com", SOON), ("ada@contoso.com", SOON)])
 
     async def rotated() -> None:
-        checks = 1 + 2  # the policy, then each user's current pass; then the account checks
+        checks = 1 + 2  # the policy, then bo's current pass, then ada's
         watch = asyncio.create_task(_stop_when(
             lambda: state.counts.get("graph_requests", 0) >= checks, asyncio.Event()))  # fmt: skip
         task = asyncio.create_task(job.run(load_config(config, ENV), [path], env=ENV))
         await watch
         state.client_secret = "rotated"
         state.revoke_tokens()
-        with pytest.raises(AuthError):
-            await task
-
-    from onboard.errors import AuthError
+        report = await task
+        assert report.status is RunStatus.ABORTED and not report.issued
 
     asyncio.run(rotated())
     (first,) = (tmp_path / "audit").glob("onboard-*.xlsx")

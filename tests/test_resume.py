@@ -21,6 +21,7 @@ from conftest import (
     kill_after_creates,
     read_audit,
     run_cli,
+    run_id_from,
     stderr_until,
     summary_of,
     users,
@@ -43,11 +44,6 @@ LATER = (date.today() + timedelta(days=40)).isoformat()
 def write_sheet(path: Path, rows: list[tuple[str, str]]) -> Path:
     path.write_text("UPN,Start Date\n" + "".join(f"{u},{d}\n" for u, d in rows), encoding="utf-8")
     return path
-
-
-def run_id_from(stdout: str) -> str:
-    line = next(line for line in stdout.splitlines() if line.startswith("onboard run "))
-    return line.split()[2].rstrip(":")
 
 
 def held_values(journal: Path) -> int:
@@ -436,7 +432,10 @@ def test_second_signal_stops_at_once_and_the_same_command_resumes(
     state = SimulatorState(users(*hires))
     sim = serve_simulator(state)
     sheet = write_sheet(tmp_path / "hires.csv", [(u, SOON) for u in hires])
-    config = sim.config(tmp_path / "c.yaml", run={"concurrency": 2})
+    # Creates only (no reads ahead of them), so that creates are in flight at the signal: a
+    # stop abandons reads at once, but gives requests that may make a pass their grace.
+    creates_only = {"existing": "replace", "allow_existing_accounts": True}
+    config = sim.config(tmp_path / "c.yaml", run={"concurrency": 2}, **{"pass": creates_only})
     # Hold the answers to the requests in flight, so the run cannot finish them (and write its
     # audit) between the two signals.
     with sim.hold_after(5) as reached:

@@ -11,7 +11,7 @@ from conftest import GOOD, SOON, FakeClock, audit_rows, latest_audit, users
 from openpyxl import load_workbook
 
 from onboard.cli import EXIT_ROWS_FAILED, main
-from onboard.simulator import Faults, SimulatorState
+from onboard.simulator import Call, Faults, SimulatorState
 
 
 def test_simulator_bucket_refused_requests_still_spend_budget() -> None:
@@ -19,15 +19,18 @@ def test_simulator_bucket_refused_requests_still_spend_budget() -> None:
     the wait grows; usage is reported once more than 80% is spent."""
     clock = FakeClock()
     state = SimulatorState(faults=Faults(throttle_rate=10, throttle_burst=5), clock=clock)
-    answers = [state.take_token() for _ in range(5)]
-    assert [wait for wait, _ in answers] == [None] * 5
-    assert [usage is not None for _, usage in answers] == [False, False, False, False, True]
-    first_wait, usage = state.take_token()
-    assert first_wait == pytest.approx(0.2) and usage is not None and usage > 1.0
-    second_wait, _ = state.take_token()
-    assert second_wait == pytest.approx(0.3)  # the refused request counted
+    create = Call("POST", "users/ada@contoso.com/authentication/temporaryAccessPassMethods", {},
+                  "r", "c", "https://graph.invalid")  # fmt: skip
+    answers = [state.spend(create) for _ in range(5)]
+    assert [refusal for refusal, _, _ in answers] == [None] * 5
+    assert [usage is not None for _, _, usage in answers] == [False, False, False, False, True]
+    first, _, usage = state.spend(create)
+    assert first is not None and first.budget == "WriteLimitExceeded"
+    assert first.wait == pytest.approx(0.2) and usage is not None and usage > 1.0
+    second, _, _ = state.spend(create)
+    assert second is not None and second.wait == pytest.approx(0.3)  # the refused one counted
     clock.now = 0.3  # waiting it out is enough
-    assert state.take_token()[0] is None
+    assert state.spend(create)[0] is None
 
 
 def test_batching_mixed_answers_end_as_the_right_outcomes(
@@ -64,7 +67,7 @@ def test_batching_mixed_answers_end_as_the_right_outcomes(
     assert max(r["Attempts"] for r in rows["Issued"]) > 1  # ... and sent again
     summary = {r[0]: r[1:] for r in load_workbook(audit)["Summary"].iter_rows(values_only=True)}
     assert summary["429 answers"][0] == state.counts["429"]
-    rate, unit = summary["Effective rate"]
+    rate, unit = summary["Effective write rate"]
     assert isinstance(rate, (int, float)) and rate > 0 and unit == "requests/s"
 
 
@@ -96,7 +99,10 @@ def test_lost_batch_answers_are_confirmed_with_graph(
 
 
 def test_a_journal_that_cannot_be_written_stops_the_run(
-    tmp_path: Path, serve_simulator, secret_env, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    serve_simulator,
+    secret_env,
+    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """A full disk under the journal stops the run with exit 3 instead of handing out more
@@ -128,6 +134,7 @@ def test_a_journal_that_cannot_be_written_stops_the_run(
     rows = audit_rows(latest_audit(tmp_path / "audit"))
     for row in rows["Issued"]:
         assert row["Temporary Access Pass"] == state.current_pass(str(row["User"]))
+
     def ids(sheet: list[dict[str, object]]) -> set[str]:
         return {state.find_user(str(r["User"])).id for r in sheet}  # type: ignore[union-attr]
 

@@ -20,6 +20,7 @@ from .load import load_config
 from .reference import TenantSetup, generated, reference_markdown, render_config
 from .secret import Secret
 from .settings import (
+    ADDRESS,
     AUTH_METHODS,
     CLOUDS,
     DEFAULT_CLIENT_SECRET_ENV,
@@ -29,6 +30,7 @@ from .settings import (
     AuthSettings,
     Columns,
     Config,
+    DeliverySettings,
     GraphSettings,
     InputSettings,
     OutputSettings,
@@ -48,6 +50,7 @@ from .values import (
 )
 
 __all__ = [
+    "ADDRESS",
     "AUTH_METHODS",
     "CERTIFICATE_FILE_LIMIT",
     "CLOUDS",
@@ -60,6 +63,7 @@ __all__ = [
     "AuthSettings",
     "Columns",
     "Config",
+    "DeliverySettings",
     "GraphSettings",
     "InputSettings",
     "Kind",

@@ -43,6 +43,7 @@ class Kind(Enum):
     CHOICE = "one of"  # the message lists the choices instead
     SHEET = "a sheet name or a 0-based sheet index"
     HEADERS = "a list of header names"
+    ADDRESSES = "a list of email addresses"
     ORDER_BY_FILE = "a mapping of file-name patterns to DMY, MDY or YMD"
 
 
@@ -173,6 +174,9 @@ NULL_IS_DEFAULT = BeforeValidator(_null_is_default)  # null (or "") stands for t
 DefaultPath = Annotated[PathName, NULL_IS_DEFAULT]
 Clock = Annotated[time, Kind.TEXT, BeforeValidator(_clock)]
 Headers = Annotated[tuple[Annotated[str, Strict()], ...], Kind.HEADERS, BeforeValidator(_listed)]
+Addresses = Annotated[
+    tuple[Annotated[str, Strict()], ...], Kind.ADDRESSES, BeforeValidator(_listed)
+]
 OrdersByFile = Annotated[tuple[tuple[str, str], ...], Kind.ORDER_BY_FILE, BeforeValidator(_orders)]
 SheetIndex = Annotated[int, BeforeValidator(_whole), Ge(0), Le(MAX_SHEET_INDEX)]
 Sheet = Annotated[

@@ -30,11 +30,16 @@ DEMO: dict[str, tuple[Any, str]] = {
     "auth.client_id": ("00000000-0000-0000-0000-0000000000aa", "the simulator's demo app"),
     "pass.timezone": ("Europe/London", "a demo value; a real tenant must set its own"),
     "run.concurrency": (8, "lower here for the demo"),
+    "delivery.sender": (
+        "onboarding@contoso.com",
+        "the sample tenant's mailbox: set method: mail to see delivery",
+    ),
     "simulator.tenant": ("samples/tenant.yaml", "the sample tenant"),
     "simulator.latency_ms": (20, "slow on purpose"),
     "simulator.fault_rate": (0.05, "flaky on purpose: 503s are retried"),
     "simulator.throttle_rate": (40, "throttled on purpose: 429s are waited out"),
     "simulator.throttle_burst": (20, "a small burst, so throttling starts soon"),
+    "simulator.mail_dir": ("simulator-mail", "the demo's mail, as .eml files"),
 }
 
 

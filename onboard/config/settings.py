@@ -8,6 +8,7 @@ into what the code uses (the cloud's Graph root), so settings made in code get i
 defaults describe a real tenant: ``graph.endpoint`` null means the cloud's Graph root, and only
 ``graph.endpoint: simulator`` uses the built-in simulator."""
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import time
@@ -27,10 +28,16 @@ from pydantic import (
     model_validator,
 )
 
-from ..rate import DEFAULT_MAX_RATE
+from ..rate import (
+    DEFAULT_MAX_RATE,
+    DEFAULT_MAX_READ_RATE,
+    MAILBOX_CONCURRENCY,
+    MAILBOX_MESSAGES_PER_MINUTE,
+)
 from .fields import (
     MAX_SHEET_INDEX,
     NULL_IS_DEFAULT,
+    Addresses,
     Capitals,
     Clock,
     DateOrder,
@@ -101,6 +108,16 @@ MATCH_BY: tuple[str, ...] = get_args(MatchBy)
 MATCH_COLUMN = {"upn": "user", "mail": "mail", "employeeId": "employee_id"}
 Existing = Literal["skip", "replace"]
 EXISTING: tuple[str, ...] = get_args(Existing)
+DeliveryMethod = Literal["none", "mail"]
+DeliverTo = Literal["manager", "sponsor", "column"]
+# The subject of a delivery message: a Jinja2 template (docs/guide/delivery.md lists what it
+# may use); a simulated run's subject is prefixed "SIMULATED: " whatever the template says.
+DEFAULT_SUBJECT = (
+    "Temporary Access {{ 'Pass' if count == 1 else 'Passes' }} for your new "
+    "{{ 'hire' if count == 1 else 'hires' }}"
+)
+# An address as Exchange takes one: something@domain.tld, no spaces, no angle brackets.
+ADDRESS = re.compile(r"[^@\s<>,;\\\"]+@[^@\s<>,;\\\"]+\.[^@\s<>,;\\\".]+")
 SecretKey = Annotated[InstanceOf[Secret], Kind.SECRET]
 
 
@@ -383,6 +400,10 @@ class Columns(Settings):
         ("employeeId", "Employee ID", "Employee Number", "Employee No"),
         description="With match_by employeeId: the people's employee ids.",
     )
+    deliver_to: Headers = Field(
+        ("Deliver To", "Send Pass To"),
+        description="With delivery.to column: the address each row's pass is mailed to.",
+    )
 
     def __getitem__(self, column: str) -> tuple[str, ...]:
         if column not in type(self).model_fields:
@@ -510,8 +531,15 @@ class RunSettings(Settings):
         DEFAULT_MAX_RATE,
         ge=0.1,
         le=10_000,
-        description="The ceiling on requests per second; the rate adapts below it. All workers "
-        "together; lower it to leave room for other apps in the tenant.",
+        description="The ceiling on creates per second. The rate adapts below it, to Graph's "
+        "write budget; all workers together; lower it to leave room for other apps.",
+    )
+    max_read_rate: Number = Field(
+        DEFAULT_MAX_READ_RATE,
+        ge=0.1,
+        le=100_000,
+        description="The ceiling on resource units per second for reads. Checks and lookups "
+        "adapt below it to Graph's resource-unit budget, apart from the creates.",
     )
     batch_size: Whole = Field(
         1,
@@ -589,6 +617,86 @@ class OutputSettings(Settings):
         return secret_of(cls, value, info)
 
 
+class DeliverySettings(Settings):
+    """Delivering the passes: one message per recipient (a manager, a sponsor, or an address
+    in the sheet) listing all of their hires' passes."""
+
+    method: Annotated[DeliveryMethod, Stripped] = Field(
+        "none",
+        description="How the passes reach whoever hands them over. none: from the audit "
+        "workbook only; mail: after the passes are issued, each recipient gets one message "
+        "for the run listing all of their hires, sent through Graph (Mail.Send).",
+    )
+    sender: MaybeText = Field(
+        None,
+        description="The mailbox that sends, e.g. onboarding@contoso.com; required with "
+        "method mail. Checked before the first pass is created: a sender without a mailbox "
+        "stops the run.",
+    )
+    to: Annotated[DeliverTo, Stripped] = Field(
+        "manager",
+        description="Who gets a hire's pass. manager: the directory's manager "
+        "(User.Read.All); sponsor: the hire's one sponsor; column: an address in the sheet's "
+        "input.columns.deliver_to column. A hire with none, or whose recipient has no "
+        "mailbox, is mailed to nobody: the pass stays in the audit.",
+    )
+    cc: Addresses = Field(
+        (),
+        description="Addresses copied on every message. Each gets every pass of the run.",
+    )
+    subject: Text = Field(
+        DEFAULT_SUBJECT,
+        description="The subject, a Jinja2 template (placeholders: docs/guide/delivery.md). "
+        'A simulated run\'s subject starts "SIMULATED: ".',
+    )
+    template: MaybePath = Field(
+        None,
+        description="An HTML body template file; null: the built-in one. Jinja2, "
+        "autoescaped; the plain-text part stays the built-in one.",
+    )
+    save_to_sent_items: Flag = Field(
+        False,
+        description="Keep a copy of each message in the sender's Sent Items. false: a copy "
+        "of every pass would otherwise stay in that mailbox.",
+    )
+    max_per_minute: Number = Field(
+        float(MAILBOX_MESSAGES_PER_MINUTE),
+        ge=0.1,
+        le=100_000,
+        description="The most messages a minute. Exchange Online allows 30 per mailbox; "
+        "onboard paces at 95% of this, and a 429 pauses mail alone. More only against the "
+        "simulator.",
+    )
+
+    @field_validator("sender")
+    @classmethod
+    def _sender(cls, value: str | None) -> str | None:
+        address = None if value is None else value.strip()
+        if address is not None and not ADDRESS.fullmatch(address):
+            raise problem(f"must be an email address (name@domain), got {address!r}")
+        return address
+
+    @field_validator("cc")
+    @classmethod
+    def _copies(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        addresses = tuple(a.strip() for a in value)
+        for address in addresses:
+            if not (address.isprintable() and ADDRESS.fullmatch(address)):
+                raise problem(f"must be email addresses (name@domain), got {address!r}")
+        return addresses
+
+    @model_validator(mode="after")
+    def _needs_sender(self) -> Self:
+        if self.method == "mail" and self.sender is None:
+            raise problem(
+                "is mail, so delivery.sender must name the mailbox that sends (e.g. "
+                "onboarding@contoso.com)",
+                key="method",
+                at="sender",
+            )
+        return self
+
+
 class StateSettings(Settings):
     """What onboard remembers between runs."""
 
@@ -623,11 +731,24 @@ class SimulatorSettings(Settings):
         None,
         ge=0.001,
         le=1_000_000,
-        description="Requests per second before 429s; null: never throttle. The budget's "
-        "refill rate.",
+        description="Writes per second before 429s; null: never throttle. The write budget's "
+        "refill rate (429s say WriteLimitExceeded).",
     )
     throttle_burst: Whole = Field(
-        100, ge=1, le=1_000_000, description="Requests allowed in a burst. The budget's size."
+        100, ge=1, le=1_000_000, description="Writes allowed in a burst. The write budget's size."
+    )
+    read_rate: Number | None = Field(
+        None,
+        ge=0.001,
+        le=1_000_000,
+        description="Resource units per second before 429s; null: never throttle. Every request "
+        "spends them, reads 1 to 2 each, writes 1 (429s say ResourceUnitLimitExceeded).",
+    )
+    read_burst: Whole = Field(
+        8000,
+        ge=1,
+        le=1_000_000,
+        description="Resource units allowed in a burst. The resource-unit budget's size.",
     )
     retry_after_seconds: Number | None = Field(
         None,
@@ -640,6 +761,25 @@ class SimulatorSettings(Settings):
         ge=0,
         le=2**63 - 1,
         description="A random seed, for a repeatable pattern of faults.",
+    )
+    mail_per_minute: Whole = Field(
+        MAILBOX_MESSAGES_PER_MINUTE,
+        ge=1,
+        le=1_000_000,
+        description="Messages a mailbox may send a minute before 429s (Exchange: 30). "
+        "Answered 429 ApplicationThrottled with a Retry-After, as Exchange does.",
+    )
+    mail_concurrency: Whole = Field(
+        MAILBOX_CONCURRENCY,
+        ge=1,
+        le=1_000,
+        description="sendMail requests a mailbox may have in flight (Exchange: 4).",
+    )
+    mail_dir: MaybePath = Field(
+        None,
+        description="Where accepted mail is written as .eml files; null: memory only. "
+        "Owner-only files, one per message the simulator accepted; `onboard simulate` lists "
+        "them.",
     )
 
 
@@ -654,6 +794,7 @@ class Config(Settings):
     pass_: PassSettings = Field(default_factory=dict, validate_default=True, alias="pass")
     run: RunSettings = Field(default_factory=dict, validate_default=True)
     output: OutputSettings = Field(default_factory=dict, validate_default=True)
+    delivery: DeliverySettings = Field(default_factory=dict, validate_default=True)
     state: StateSettings = Field(default_factory=dict, validate_default=True)
     simulator: SimulatorSettings = Field(default_factory=dict, validate_default=True)
     _source: Path | None = PrivateAttr(None)

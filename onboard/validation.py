@@ -5,17 +5,17 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
-from .checks import find_people, read_policy, screen_accounts, within_policy
+from .checks import RowChecks, check_all, find_people, read_policy, within_policy
 from .config import Config
 from .connect import Connection, connect
 from .decide import Named
 from .errors import PolicyDisabled
+from .given import Clock, clock_of, read_inputs
 from .history import dry_run
 from .outcomes import Failed, Origin, PassRequest, Reason, Skipped
-from .reader import InputFile, check_rows, read_all
+from .reader import InputFile, check_rows
 from .tenant import Tenant
 
 
@@ -36,33 +36,37 @@ class Validation:
 
 async def validate(
     config: Config,
-    inputs: Sequence[str | Path],
+    inputs: Sequence[str | Path] = (),
     *,
-    env: Mapping[str, str],
-    online: bool,
+    requests: Sequence[PassRequest] | None = None,
+    env: Mapping[str, str] | None = None,
+    online: bool = False,
+    client: Connection | None = None,
+    now: Clock | None = None,
     allow_users: Collection[str] = (),
 ) -> Validation:
-    """Every check a run makes before its first create, without creating anything: the files,
-    their columns and cells, repeats; the journal (the rows `run` would skip as already issued
-    or not yet due); and `online`, the pass policy and each person in the directory (by UPN,
-    object id, mail or employee id). Raises as `run` does for an unusable file, configuration
-    or sign-in."""
-    now = datetime.now(UTC)
-    files = read_all(inputs, config.input, config.pass_, now)
-    requests, checked = check_rows(files)
+    """Every check a run makes before its first create, without creating anything: the files
+    (and `requests`), their columns and cells, repeats; the journal (the rows `run` would skip
+    as already issued or not yet due); and `online`, the pass policy and each person in the
+    directory (by UPN, object id, mail or employee id), signed in as the config says or
+    through `client`. `env` and `now` as for `run`. Raises as `run` does for an unusable file,
+    configuration or sign-in."""
+    today = clock_of(now)()
+    files = read_inputs(inputs, requests, config.input, config.pass_, today)
+    wanted, checked = check_rows(files)
     # The same typo check `run` makes (so validate is a true dry run of it).
-    named = Named.check(config.input.match_by, requests, checked, (), allow_users)
+    named = Named.check(config.input.match_by, wanted, checked, (), allow_users)
     found = Validation(files, [], [], [])
     async with contextlib.AsyncExitStack() as stack:
-        if online and requests:
-            connection = await connect(config, env, stack)
-            found.tenant, found.attention = connection.tenant, connection.attention
-            requests = await _validate_online(config, connection, requests, checked, found,
-                                              named.allow)  # fmt: skip
-        requests, decided, found.journal = dry_run(config, requests, now, found.tenant)
+        if online and wanted:
+            connection = client or await connect(config, env or {}, stack)
+            found.tenant, found.attention = connection.tenant, list(connection.attention)
+            wanted = await _validate_online(config, connection, wanted, checked, found,
+                                            named.allow)  # fmt: skip
+        wanted, decided, found.journal = dry_run(config, wanted, today, found.tenant)
         checked.extend(decided)
     order = sorted(checked, key=lambda o: (o.origin.source, o.origin.row))
-    found.ready = requests
+    found.ready = wanted
     found.problems = [o for o in order if isinstance(o, Failed)]
     found.skipped = [o for o in order if isinstance(o, Skipped)]
     return found
@@ -86,8 +90,10 @@ async def _validate_online(
         checked.append(Failed(Origin("(tenant)", 0), "", Reason.POLICY_OFF, str(exc)))
     requests, looked_up = await find_people(config, client, requests)
     requests, refused = within_policy(policy, requests)
-    screened = await screen_accounts(config, client, requests, None, allowed=allowed)
-    found.checks = screened.notes
-    found.attention.extend(screened.unchecked)
-    checked.extend([*looked_up, *refused, *screened.refused])
-    return screened.keep
+    checks = RowChecks(config, client, len(requests), allowed=allowed)
+    keep, screened = await check_all(checks, requests)
+    if requests:
+        found.checks, unchecked = checks.summary()
+        found.attention.extend(unchecked)
+    checked.extend([*looked_up, *refused, *screened])  # type: ignore[list-item]
+    return keep
