@@ -63,7 +63,7 @@ from .outcomes import Failed, PassRequest, Skipped
 from .pool import Check, Sender, send
 from .reader import InputFile, check_rows
 from .record import OnOutcome, RunRows, crashed
-from .report import STOPPED, RunReport, StopCause
+from .report import STOPPED, WRITING_AUDIT, RunReport, StopCause
 from .retrying import retries_for
 from .tenant import TenantLock
 from .tls import warm as warm_tls
@@ -131,13 +131,14 @@ async def run(
             if on_start is not None:
                 on_start(len(wanted) + len(checked))
             choices = Options(due, reissue, frozenset(named.reissue), config.pass_.existing)
+            phase = on_phase or (lambda doing: None)
             try:
                 sender = None  # checked before the first pass: a wrong sender issues nothing
                 if mailing:
                     retries = retries_for(config.run)
                     sender = await check_sender(rows.client, config.delivery, retries)
                 await _rows(config, rows, wanted, checked, named, choices, stop, options,
-                            on_phase or (lambda doing: None), clock)  # fmt: skip
+                            phase, clock)  # fmt: skip
                 if templates is not None:
                     how = sending_for(config, templates, simulated=report.simulated,
                                       preview=preview, sender=sender)  # fmt: skip
@@ -148,6 +149,7 @@ async def run(
                 elif not isinstance(exc, JournalWriteError):  # no pass is held: close it
                     journal.finish(report.run_id, RunStatus.ABORTED, None)
                 raise
+            phase(WRITING_AUDIT)
             _finish(journal, config, report, options, clock)
             return report
     finally:

@@ -1142,6 +1142,12 @@ def _derive_key(password: str, salt: bytes) -> bytes:
     return base64.urlsafe_b64encode(key)
 
 
+def _seen(done: asyncio.Future[None]) -> None:
+    """Mark a finished commit's error as seen (whoever awaits it still gets it)."""
+    if not done.cancelled():
+        done.exception()
+
+
 class RowWriter:
     """Rows' journal writes, grouped: `add` queues a row about to be sent (a PassRequest) or an
     outcome; `await durable()` commits everything queued in the same moment in one transaction,
@@ -1171,8 +1177,10 @@ class RowWriter:
         while self._committed < target:
             if self._commit is None:
                 self._commit = asyncio.ensure_future(self._commit_queued())
-                # Its waiters may all be cancelled before it fails: `flush` raises it again.
-                self._commit.add_done_callback(lambda done: done.cancelled() or done.exception())
+                # Every worker waiting on a failed commit may have been cancelled by then (the
+                # run stops on the first failure): its error is reported once, not again as
+                # "Task exception was never retrieved".
+                self._commit.add_done_callback(_seen)
             await asyncio.shield(self._commit)
 
     def flush(self) -> None:

@@ -38,8 +38,10 @@ class StopCause:
 
 
 STOPPED = StopCause(RunStatus.STOPPED)
+# The phase job.run reports (on_phase) last, once every row's outcome is in the journal.
+WRITING_AUDIT = "writing the audit workbook"
 
-__all__ = ["STOPPED", "RunReport", "RunStatus", "StopCause"]
+__all__ = ["STOPPED", "WRITING_AUDIT", "RunReport", "RunStatus", "StopCause"]
 
 
 @dataclass(slots=True)

@@ -9,31 +9,15 @@ from typing import ClassVar
 
 import aiohttp
 import pytest
-from conftest import CLIENT_ID, TENANT, users
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.hazmat.primitives.serialization import pkcs12
-from cryptography.x509.oid import NameOID
+from conftest import CLIENT_ID, SCOPE, certificate_of, make_certificate, provider, users
 
 from onboard.auth import Credential, MsalTokenProvider, load_credential
 from onboard.config import AuthSettings, Secret
 from onboard.errors import AuthError, ConfigError, GraphError
 from onboard.graph import GraphClient, user_path
 from onboard.outcomes import Origin, PassRequest
-from onboard.simulator import DEFAULT_CLIENT_SECRET, SimulatorState
-from onboard.tls import make_ssl_context, requests_session
-
-SCOPE = "https://graph.microsoft.com/.default"
-
-
-def provider(url: str, ca_file: Path | None, material: object = DEFAULT_CLIENT_SECRET,
-             method: str = "client_secret") -> MsalTokenProvider:
-    return MsalTokenProvider(
-        method=method, credential=Credential(CLIENT_ID, material),
-        authority=f"{url}/{TENANT}", scope=SCOPE,
-        http_client=requests_session(make_ssl_context(ca_file)),
-    )
+from onboard.simulator import SimulatorState
+from onboard.tls import make_ssl_context
 
 
 def pass_request(user: str, row: int = 2) -> PassRequest:
@@ -97,30 +81,6 @@ def test_untrusted_certificate_is_refused(serve_simulator) -> None:
     sim = serve_simulator(SimulatorState())
     with pytest.raises(AuthError, match=r"is not trusted; if a proxy inspects TLS, set graph\.ca"):
         asyncio.run(provider(sim.url, None).token())
-
-
-def make_certificate(tmp_path: Path, password: bytes | None) -> tuple[Path, Path]:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "onboard test")])
-    now = dt.datetime.now(dt.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(1)
-            .not_valid_before(now).not_valid_after(now + dt.timedelta(days=365))
-            .sign(key, hashes.SHA256()))
-    encryption = (serialization.BestAvailableEncryption(password) if password
-                  else serialization.NoEncryption())
-    pem = tmp_path / "app.pem"
-    pem.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                      serialization.PrivateFormat.PKCS8, encryption)
-                    + cert.public_bytes(serialization.Encoding.PEM))
-    pfx = tmp_path / "app.pfx"
-    pfx.write_bytes(pkcs12.serialize_key_and_certificates(b"app", key, cert, None, encryption))
-    return pem, pfx
-
-
-def certificate_of(pem: Path) -> x509.Certificate:
-    """The certificate in a PEM made by make_certificate: register it with the simulator."""
-    return x509.load_pem_x509_certificate(pem.read_bytes())
 
 
 @pytest.mark.parametrize("kind", ["pem", "pfx"])

@@ -11,7 +11,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import Served, users
+from conftest import FakeClock, Served, users
 
 from onboard.errors import ThrottledError
 from onboard.graph import GraphClient
@@ -52,9 +52,9 @@ def with_client(served: Served, work: Callable[[GraphClient], Awaitable[Any]]) -
 def test_a_read_429_does_not_pause_creates(serve_simulator: Callable[..., Served]) -> None:
     """The resource-unit budget refuses a read (Retry-After 30 s): reads wait, a create goes
     at once, and is issued."""
-    now = [0.0]  # the simulator's clock: its budgets refill only when the test says so
+    clock = FakeClock()  # the simulator's: its budgets refill only when the test says so
     faults = Faults(read_rate=1, read_burst=1, retry_after_seconds=30)
-    state = SimulatorState(users(*PEOPLE), faults=faults, clock=lambda: now[0])
+    state = SimulatorState(users(*PEOPLE), faults=faults, clock=clock)
     served = serve_simulator(state)
 
     async def work(client: GraphClient) -> tuple[float, float, str]:
@@ -62,7 +62,7 @@ def test_a_read_429_does_not_pause_creates(serve_simulator: Callable[..., Served
         with pytest.raises(ThrottledError):
             await client.current_pass(PEOPLE[1])
         waits = client.pacing[Budget.READS].wait_for(), client.pacing[Budget.WRITES].wait_for()
-        now[0] = 10.0  # the budget has refilled: Graph takes the create
+        clock.now = 10.0  # the budget has refilled: Graph takes the create
         created = await client.create_pass(pass_request(PEOPLE[2]))
         return *waits, created.value
 
@@ -75,7 +75,7 @@ def test_a_read_429_does_not_pause_creates(serve_simulator: Callable[..., Served
 def test_a_write_429_does_not_pause_reads(serve_simulator: Callable[..., Served]) -> None:
     """The write budget refuses a create (Retry-After 30 s): creates wait, reads go at once."""
     faults = Faults(throttle_rate=1, throttle_burst=1, retry_after_seconds=30)
-    state = SimulatorState(users(*PEOPLE), faults=faults, clock=lambda: 0.0)
+    state = SimulatorState(users(*PEOPLE), faults=faults, clock=FakeClock())
     served = serve_simulator(state)
 
     async def work(client: GraphClient) -> tuple[float, float, object]:
@@ -97,7 +97,7 @@ def test_429s_name_their_budget_as_graph_does(serve_simulator: Callable[..., Ser
     the write budget, ReadWrite for resource units, which every request spends); every answer
     carries x-ms-resource-unit."""
     faults = Faults(throttle_rate=1, throttle_burst=1, read_rate=1, read_burst=2)
-    state = SimulatorState(users(*PEOPLE), faults=faults, clock=lambda: 0.0)
+    state = SimulatorState(users(*PEOPLE), faults=faults, clock=FakeClock())
     served = serve_simulator(state)
     state.tokens[TOKEN] = float("inf")
     tap = f"{served.url}/v1.0/users/{PEOPLE[0]}/authentication/temporaryAccessPassMethods"

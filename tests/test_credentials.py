@@ -190,9 +190,10 @@ def credential_files() -> dict[
     }
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def app_certificate() -> tuple[rsa.RSAPrivateKey, x509.Certificate, x509.Certificate]:
-    """An app key, its certificate issued by a CA, and that CA's certificate."""
+    """An app key, its certificate issued by a CA, and that CA's certificate (made once per
+    module: keys and certificates are immutable)."""
     ca_key = rsa_key()
     ca = certificate(ca_key, "onboard CA")
     key = rsa_key()

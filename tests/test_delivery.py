@@ -17,8 +17,15 @@ from typing import Any
 import aiohttp
 import markupsafe
 import pytest
-from conftest import Served, read_audit
-from test_resume import audit_path_from, run_cli, run_id_from, wait_until
+from conftest import (
+    FakeClock,
+    Served,
+    audit_path_from,
+    read_audit,
+    run_cli,
+    run_id_from,
+    wait_until,
+)
 
 from onboard.cli import EXIT_BAD_INPUT, EXIT_OK, EXIT_ROWS_FAILED, main
 from onboard.config import DeliverySettings
@@ -168,7 +175,8 @@ def test_a_rerun_of_the_sheet_sends_nothing(
 
 
 def test_kill_9_during_delivery_then_resume_sends_no_message_twice_and_every_unsent_one(
-    tmp_path: Path, serve_simulator: Callable[..., Served], secret_env: dict[str, str]
+    tmp_path: Path, serve_simulator: Callable[..., Served], secret_env: dict[str, str],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """SIGKILL while messages are on their way, then the same command: no manager gets two
     messages, every message not sent yet is sent, and one whose request was out is reported
@@ -187,14 +195,14 @@ def test_kill_9_during_delivery_then_resume_sends_no_message_twice_and_every_uns
     before = {m: len(state.mail_to(m)) for m in managers}
     assert 3 <= sum(before.values()) < len(managers)
 
-    again = run_cli(cfg, str(path))
-    out, err = again.communicate(timeout=60)
+    code = main(["run", str(path), "-c", str(cfg)])  # the same command, in this process
+    out, err = capsys.readouterr()
     assert "resumed run" in out, err
     run_id = run_id_from(out)
     rows = read_audit(audit_path_from(out))["Issued"]
     fate = {r["Delivered to"]: str(r["Delivery"]) for r in rows}
     unknown = sorted(m for m, said in fate.items() if said.startswith("unknown"))
-    assert unknown and "of unknown fate" in out and again.returncode == EXIT_ROWS_FAILED
+    assert unknown and "of unknown fate" in out and code == EXIT_ROWS_FAILED
     for manager in managers:
         got = len(state.mail_to(manager))
         assert got == 1 or (got == 0 and manager in unknown), (manager, got)
@@ -263,20 +271,6 @@ class Tokens:
         return TOKEN
 
 
-class FakeTime:
-    """A clock that moves only when something sleeps on it: no test waits for real."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.now += max(seconds, 0.0)
-        await asyncio.sleep(0)
-
-
 def with_client(served: Served, work: Callable[[GraphClient], Any], pacing: Pacing | None = None
                 ) -> Any:  # fmt: skip
     """Run `work` with a Graph client of the production code path against the simulator."""
@@ -292,7 +286,7 @@ def with_client(served: Served, work: Callable[[GraphClient], Any], pacing: Paci
 
 
 def deliver_to_many(
-    tmp_path: Path, served: Served, clock: FakeTime, per_minute: float, count: int
+    tmp_path: Path, served: Served, clock: FakeClock, per_minute: float, count: int
 ) -> tuple[Pacing, list[float]]:
     """`count` hires, each under a manager of their own, delivered by the deliver stage with
     the client pacing mail at `per_minute`, on the fake clock. Returns the pacing and the
@@ -325,7 +319,7 @@ def test_delivery_is_paced_under_thirty_a_minute(
     """45 messages at the default pace, against Exchange's 30 a minute: never more than 30 in
     any simulated minute, each accepted once, spread over at least 93 simulated seconds (one
     every 2.1 s: 95% of the limit) rather than sent in a burst."""
-    clock = FakeTime()
+    clock = FakeClock()
     hires = {f"h{n}@contoso.com": f"m{n}@contoso.com" for n in range(45)}
     state = tenant(hires, list(hires.values()), faults=Faults(), clock=clock)
     _, accepted = deliver_to_many(
@@ -343,7 +337,7 @@ def test_a_sendmail_429_pauses_only_mail_and_every_message_goes_once(
     """A client set faster than Exchange allows meets 429 ApplicationThrottled: mail waits its
     Retry-After (the write and read budgets never pause), no simulated minute takes more than
     30, and each of the 70 messages is accepted exactly once."""
-    clock = FakeTime()
+    clock = FakeClock()
     hires = {f"h{n}@contoso.com": f"m{n}@contoso.com" for n in range(70)}
     state = tenant(hires, list(hires.values()), faults=Faults(), clock=clock)
     pacing, accepted = deliver_to_many(tmp_path, serve_simulator(state), clock, 600, 70)

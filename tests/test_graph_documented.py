@@ -15,10 +15,7 @@ from typing import Any, TypeVar
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from conftest import TENANT, users
-from test_auth_graph import provider
-from test_cli import SOON, audit_rows, latest_audit
-from test_pool import run
+from conftest import SOON, TENANT, audit_rows, latest_audit, provider, run_pool, users
 
 from onboard.cli import EXIT_ROWS_FAILED, main
 from onboard.config import load_config
@@ -208,7 +205,7 @@ def test_pool_fails_an_unusable_201_single_and_batched() -> None:
 
     requests = [pass_request(u, row=n + 2) for n, u in enumerate(said)]
     for kwargs in ({}, {"create_batch": create_batch, "batch_size": 3}):
-        outcomes = {o.origin.row: o for o in run(requests, create, **kwargs).outcomes}
+        outcomes = {o.origin.row: o for o in run_pool(requests, create, **kwargs).outcomes}
         assert isinstance(outcomes[2], Failed) and isinstance(outcomes[3], Failed)
         assert (outcomes[2].reason, outcomes[2].method_id) == ("Outside the pass policy", "m-2")
         assert (outcomes[3].reason, outcomes[3].method_id) == ("Pass not usable", "m-3")

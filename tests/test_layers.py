@@ -15,6 +15,7 @@ from functools import cache
 from pathlib import Path
 
 import pytest
+from conftest import once_per_run
 
 import onboard
 
@@ -140,22 +141,27 @@ def console_writes(tree: ast.Module) -> list[str]:
     return found
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def import_failures(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """Each module imported alone, in one fresh interpreter: {module: traceback} for those
-    that fail."""
-    env = {**os.environ, "PYTHONPATH": str(PACKAGE.parent), "PYTHONDONTWRITEBYTECODE": "1"}
-    done = subprocess.run(
-        [sys.executable, "-c", IMPORT_EACH, *(f"onboard.{name}" for name in IMPORTABLE)],
-        cwd=tmp_path_factory.mktemp("imports"),
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    failures: dict[str, str] = json.loads(done.stdout.splitlines()[-1])
-    return failures
+    """Each module imported alone, in one fresh interpreter (once in the whole run):
+    {module: traceback} for those that fail."""
+
+    def import_each() -> dict[str, str]:
+        env = {**os.environ, "PYTHONPATH": str(PACKAGE.parent), "PYTHONDONTWRITEBYTECODE": "1"}
+        done = subprocess.run(
+            [sys.executable, "-c", IMPORT_EACH, *(f"onboard.{name}" for name in IMPORTABLE)],
+            cwd=tmp_path_factory.mktemp("imports"),
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+        failures: dict[str, str] = json.loads(done.stdout.splitlines()[-1])
+        return failures
+
+    made: dict[str, str] = once_per_run(tmp_path_factory, "import_failures", import_each)
+    return made
 
 
 @pytest.mark.parametrize("module", IMPORTABLE)

@@ -4,8 +4,11 @@ journal without its lock (`runs`, `report`, `validate` never stand in a run's wa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import fcntl
+import functools
+import gc
 import hashlib
 import logging
 import os
@@ -14,14 +17,16 @@ import stat
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import users
 
 from onboard import job
-from onboard import journal as journal_module
 from onboard.cli import (
     EXIT_ABORTED,
     EXIT_BAD_INPUT,
@@ -34,6 +39,7 @@ from onboard.cli import (
 from onboard.config import load_config
 from onboard.files import LockFile
 from onboard.journal import SCHEMA, Journal
+from onboard.outcomes import Origin, PassRequest
 from onboard.simulator import SimulatorState
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -110,18 +116,30 @@ def test_a_fifo_with_a_reader_is_refused_and_never_chmodded(
     assert "is a pipe or a socket: give a file" in capsys.readouterr().err
 
 
-def test_a_fifo_nobody_reads_stops_the_run_at_once(tmp_path: Path) -> None:
+def test_a_fifo_nobody_reads_stops_the_run_at_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """With no reader, opening a FIFO would wait for ever: exit 2 at once instead."""
     fifo = tmp_path / "log.fifo"
     os.mkfifo(fifo)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ONBOARD_")}
-    done = subprocess.run(
-        [sys.executable, "-m", "onboard", "run", str(sheet(tmp_path)),
-         "-c", str(config_file(tmp_path)), "--log-file", str(fifo)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert done.returncode == EXIT_BAD_INPUT
-    assert f"cannot write the log file {fifo}: a FIFO nobody reads" in done.stderr
+    returned = threading.Event()
+
+    def reader_after_all() -> None:
+        # Were the run to wait on the FIFO, a reader comes after 30 s: the test fails, not hangs.
+        if not returned.wait(30):
+            os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))
+
+    watchdog = threading.Thread(target=reader_after_all, daemon=True)
+    watchdog.start()
+    started = time.monotonic()
+    try:
+        code = run(tmp_path, "--log-file", str(fifo))
+    finally:
+        returned.set()
+        watchdog.join()
+    assert time.monotonic() - started < 30
+    assert code == EXIT_BAD_INPUT
+    assert f"cannot write the log file {fifo}: a FIFO nobody reads" in capsys.readouterr().err
     assert not (tmp_path / "audit").exists()
 
 
@@ -423,16 +441,16 @@ def test_a_journal_in_a_folder_it_cannot_write_is_read_as_immutable(
     open (no -wal) is read as immutable; one with a -wal is refused, saying so."""
     assert run(tmp_path) == EXIT_OK
     path = tmp_path / "state" / "journal.sqlite"
-    real = journal_module._connect_to_read
+    real = sqlite3.connect
     tried: list[str] = []
 
-    def read_only_folder(uri: str) -> sqlite3.Connection:
-        tried.append(uri)
-        if "immutable=1" not in uri:
+    def read_only_folder(database: str, *args: Any, **kwargs: Any) -> sqlite3.Connection:
+        tried.append(database)
+        if "immutable=1" not in database:
             raise sqlite3.OperationalError("unable to open database file")
-        return real(uri)
+        return real(database, *args, **kwargs)
 
-    monkeypatch.setattr(journal_module, "_connect_to_read", read_only_folder)
+    monkeypatch.setattr(sqlite3, "connect", read_only_folder)
     reader = Journal(path).open(lock=False)
     assert len(reader.runs()) == 1
     reader.close()
@@ -440,3 +458,38 @@ def test_a_journal_in_a_folder_it_cannot_write_is_read_as_immutable(
     path.with_name(path.name + "-wal").write_bytes(b"")
     with pytest.raises(Exception, match="cannot read the run journal"):
         Journal(path).open(lock=False)
+
+
+def test_a_failed_group_commit_nobody_awaits_any_more_is_reported_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The run stops on the first journal failure and cancels the workers waiting on a group
+    commit: that commit's failure is not logged a second time, as a task nobody retrieved."""
+
+    class Full(sqlite3.Connection):
+        """A journal whose disk fills up at the first row written."""
+
+        def executemany(self, sql: str, params: Any, /) -> sqlite3.Cursor:
+            raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(sqlite3, "connect", functools.partial(sqlite3.connect, factory=Full))
+    journal = Journal(tmp_path / "journal.sqlite").open()
+    journal.begin("r1", datetime.now(UTC), "[]", {}, tenant="t", tenant_name=None,
+                  simulated=True)  # fmt: skip
+    writer = journal.writer("r1")
+
+    async def cancelled_while_committing() -> None:
+        writer.add(PassRequest(Origin("hires.csv", 2), "ann@contoso.com", None, None, 480, True))
+        waiting = asyncio.ensure_future(writer.durable())
+        await asyncio.sleep(0)  # the commit has started, in its thread
+        waiting.cancel()  # as the run stopping cancels its workers
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiting
+        # The commit ends, failing, with nobody waiting for it.
+        await asyncio.wait(asyncio.all_tasks() - {asyncio.current_task()})
+
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        asyncio.run(cancelled_while_committing())
+        gc.collect()  # a task whose error nobody retrieved says so when it is collected
+    journal.close()
+    assert "never retrieved" not in caplog.text

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from onboard.config import RunSettings
+from conftest import FakeClock, run_pool
+
 from onboard.errors import AuthError, GraphError, ThrottledError, TransientError
-from onboard.graph import CreatedPass, explain, unusable_pass
-from onboard.outcomes import Failed, Issued, Origin, Outcome, PassRequest
-from onboard.pool import Sender, issue_all
+from onboard.graph import CreatedPass
+from onboard.outcomes import Failed, Issued, Origin, PassRequest
 from onboard.retrying import Retries
 
 START = datetime(2027, 1, 4, 8, tzinfo=timezone.utc)
@@ -24,18 +22,6 @@ def request(row: int, user: str | None = None) -> PassRequest:
 
 def created(value: str = "+Secret1") -> CreatedPass:
     return CreatedPass(value, "method-1", START, START, 480, True, "req-ok")
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.now += seconds
-        await asyncio.sleep(0)
 
 
 class Script:
@@ -55,58 +41,6 @@ class Script:
         return created(f"+pass-{req.user}")
 
 
-class Collected:
-    """A pool Sink that keeps what it is told (a run's is the report, journal and progress)."""
-
-    def __init__(self, durable: Callable[[], Awaitable[None]] | None = None) -> None:
-        self.outcomes: list[Outcome] = []
-        self.sent: list[PassRequest] = []
-        self._durable = durable
-
-    def sending(self, request: PassRequest) -> None:
-        self.sent.append(request)
-
-    def outcome(self, outcome: Outcome, *, again: bool = False) -> None:
-        if again:
-            self.outcomes = [o for o in self.outcomes if o.origin != outcome.origin]
-        self.outcomes.append(outcome)
-
-    async def durable(self) -> None:
-        if self._durable is not None:
-            await self._durable()
-
-    def flush(self) -> None:
-        pass
-
-    def unconfirmed(self) -> list[Issued]:
-        return [o for o in self.outcomes if isinstance(o, Issued) and o.unconfirmed]
-
-
-@dataclass
-class Ran:
-    outcomes: list[Outcome]
-    retries: int
-    aborted: AuthError | None
-    unclear: dict[Origin, float]
-
-
-def run(requests: list[PassRequest], create: Callable, clock: FakeClock | None = None, *,
-        concurrency: int = 4, max_attempts: int = 5, create_batch: Callable | None = None,
-        batch_size: int = 1, stop: asyncio.Event | None = None,
-        durable: Callable[[], Awaitable[None]] | None = None) -> Ran:
-    clock = clock or FakeClock()
-    settings = RunSettings(concurrency=concurrency, max_attempts=max_attempts, backoff_seconds=1.0,
-                           backoff_max_seconds=8.0, batch_size=batch_size)
-    sender = Sender(create, create_batch, no_current, explain, unusable_pass)
-    sink = Collected(durable)
-    result = asyncio.run(issue_all(requests, sender, sink, settings, stop, sleep=clock.sleep))
-    return Ran(sink.outcomes, result.retries, result.aborted, result.unclear)
-
-
-async def no_current(user: str) -> str | None:
-    raise AssertionError("these tests never confirm a pass")
-
-
 def throttled(seconds: float | None = 2.0) -> ThrottledError:
     return ThrottledError("Too many requests", status=429, code="TooManyRequests",
                           request_id="req-429", retry_after=seconds)
@@ -116,7 +50,7 @@ def test_429_then_success_is_retried_after_retry_after() -> None:
     """A 429 with Retry-After 2 is retried once 2 s have passed; the pass is issued."""
     clock = FakeClock()
     script = Script({"user2@contoso.com": [throttled(2.0)]}, clock)
-    result = run([request(2)], script, clock)
+    result = run_pool([request(2)], script, clock)
     (outcome,) = result.outcomes
     assert isinstance(outcome, Issued)
     assert (outcome.attempts, outcome.temporary_access_pass) == (2, "+pass-user2@contoso.com")
@@ -129,7 +63,7 @@ def test_503_then_success_backs_off_exponentially() -> None:
     clock = FakeClock()
     boom = [TransientError("unavailable", status=503) for _ in range(2)]
     script = Script({"user2@contoso.com": boom}, clock)
-    result = run([request(2)], script, clock)
+    result = run_pool([request(2)], script, clock)
     times = [t for _, t in script.calls]
     assert times[0] == 0.0
     assert 1.0 <= times[1] <= 2.0
@@ -145,7 +79,7 @@ def test_404_and_403_are_not_retried() -> None:
         "user3@contoso.com": [GraphError("Request Authorization failed", status=403,
                                          code="accessDenied", request_id="r403")],
     })
-    result = run([request(2), request(3)], script)
+    result = run_pool([request(2), request(3)], script)
     assert len(script.calls) == 2
     failed = sorted(result.outcomes, key=lambda o: o.origin.row)
     assert [(f.reason, f.http_status, f.graph_code, f.attempts, f.request_id) for f in failed] == [
@@ -160,7 +94,7 @@ def test_policy_refusal_is_translated() -> None:
     refusal = GraphError(
         "Converged UserCredentialPolicy does not allow creating or updating this authentication "
         "method. AuthMethodType [TemporaryAccessPass].", status=400, code="badRequest")
-    result = run([request(2)], Script({"user2@contoso.com": [refusal]}))
+    result = run_pool([request(2)], Script({"user2@contoso.com": [refusal]}))
     (failed,) = result.outcomes
     assert isinstance(failed, Failed)
     assert failed.reason == "Outside the pass policy"
@@ -170,7 +104,7 @@ def test_policy_refusal_is_translated() -> None:
 def test_retries_stop_at_max_attempts() -> None:
     """A row throttled on every attempt fails after max_attempts with the last status."""
     script = Script({"user2@contoso.com": [throttled(0.5) for _ in range(10)]})
-    result = run([request(2)], script, max_attempts=3)
+    result = run_pool([request(2)], script, max_attempts=3)
     (failed,) = result.outcomes
     assert isinstance(failed, Failed)
     assert (failed.reason, failed.attempts, failed.http_status) == ("Gave up after retries", 3, 429)
@@ -180,7 +114,7 @@ def test_retries_stop_at_max_attempts() -> None:
 def test_auth_failure_stops_the_pool_and_every_row_gets_an_outcome() -> None:
     """An AuthError stops new sends; the rows not sent fail as 'Not sent', none are lost."""
     script = Script({"user2@contoso.com": [AuthError("token refused")]})
-    result = run([request(n) for n in range(2, 8)], script, concurrency=1)
+    result = run_pool([request(n) for n in range(2, 8)], script, concurrency=1)
     assert result.aborted is not None
     rows = sorted(o.origin.row for o in result.outcomes)
     assert rows == [2, 3, 4, 5, 6, 7]
@@ -203,14 +137,14 @@ def test_never_more_in_flight_than_concurrency() -> None:
         in_flight -= 1
         return created()
 
-    result = run([request(n) for n in range(2, 22)], create, concurrency=3)
+    result = run_pool([request(n) for n in range(2, 22)], create, concurrency=3)
     assert peak == 3
     assert len(result.outcomes) == 20
 
 
 def test_issued_repr_hides_the_pass() -> None:
     """The record holding a pass never shows it in its repr."""
-    result = run([request(2)], Script({}))
+    result = run_pool([request(2)], Script({}))
     (issued,) = result.outcomes
     assert "+pass-" not in repr(issued)
     assert "+pass-" not in repr(created("+pass-x"))
@@ -249,7 +183,7 @@ def test_batch_sub_responses_each_end_as_their_own_outcome() -> None:
                                          code="Request_ResourceNotFound")],
         "user4@contoso.com": [throttled(1.5)],
     }, clock)
-    result = run([request(2), request(3), request(4)], Script({}), clock, concurrency=1,
+    result = run_pool([request(2), request(3), request(4)], Script({}), clock, concurrency=1,
                  create_batch=script, batch_size=20)
     outcomes = {o.origin.row: o for o in result.outcomes}
     assert isinstance(outcomes[2], Issued) and outcomes[2].attempts == 1
@@ -267,7 +201,7 @@ def test_lost_batch_answer_makes_every_row_in_it_unclear_and_sends_them_again() 
     """A batch whose answer is lost is sent again; its passes are flagged to be confirmed."""
     clock = FakeClock()
     script = BatchScript({}, clock, lost=1)
-    result = run([request(n) for n in range(2, 6)], Script({}), clock, concurrency=1,
+    result = run_pool([request(n) for n in range(2, 6)], Script({}), clock, concurrency=1,
                  create_batch=script, batch_size=2)
     assert len(script.batches) == 3  # [2,3] lost, [2,3] again, [4,5]
     issued = {o.origin.row: o for o in result.outcomes}
@@ -281,7 +215,7 @@ def test_batch_rows_that_keep_failing_give_up_with_their_own_last_answer() -> No
     """A row throttled on every attempt fails after max_attempts; its batch-mates are issued."""
     clock = FakeClock()
     script = BatchScript({"user2@contoso.com": [throttled(0.5) for _ in range(10)]}, clock)
-    result = run([request(2), request(3)], Script({}), clock, concurrency=1, max_attempts=3,
+    result = run_pool([request(2), request(3)], Script({}), clock, concurrency=1, max_attempts=3,
                  create_batch=script, batch_size=5)
     outcomes = {o.origin.row: o for o in result.outcomes}
     assert isinstance(outcomes[3], Issued)
@@ -312,7 +246,7 @@ def test_a_journal_that_cannot_be_written_stops_the_pool_with_its_error() -> Non
         calls = {"n": 0}
         stop = asyncio.Event()
         with pytest.raises(JournalWriteError):
-            run([request(n) for n in range(2, 30)], Script({}), stop=stop, concurrency=4,
+            run_pool([request(n) for n in range(2, 30)], Script({}), stop=stop, concurrency=4,
                 durable=failing_once(stop, stop_first, calls))
         assert calls["n"] < 30  # stopped, not carried on row after row
 

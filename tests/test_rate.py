@@ -3,54 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import heapq
 import itertools
-from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
-from typing import Any
 
 import pytest
+from conftest import FakeClock
 
 from onboard.graph import GraphClient
 from onboard.rate import CUT, Budget, Pacing, RateController, Ticket
 
 
-class VirtualTime:
-    """A clock and a sleep for many tasks at once: time jumps to the next wake-up only when
-    every task is waiting, so concurrent sleepers see the same timeline as they would for real."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
-        self._count = 0
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        future = asyncio.get_running_loop().create_future()
-        self._count += 1
-        heapq.heappush(self._sleepers, (self.now + max(0.0, seconds), self._count, future))
-        await future
-
-    def run(self, main: Callable[[], Awaitable[Any]]) -> Any:
-        async def driver() -> Any:
-            task = asyncio.ensure_future(main())
-            while not task.done():
-                for _ in range(20):  # let every runnable task reach its next wait
-                    await asyncio.sleep(0)
-                if self._sleepers and not task.done():
-                    when, _, future = heapq.heappop(self._sleepers)
-                    self.now = max(self.now, when)
-                    future.set_result(None)
-            return task.result()
-
-        return asyncio.run(driver())
-
-
-def controller(max_rate: float = 10.0) -> tuple[RateController, VirtualTime]:
-    time = VirtualTime()
+def controller(max_rate: float = 10.0) -> tuple[RateController, FakeClock]:
+    time = FakeClock()
     return RateController(max_rate, clock=time, sleep=time.sleep), time
 
 
@@ -112,9 +77,10 @@ def test_decimal_and_date_retry_after_both_pause_for_that_long() -> None:
     """Retry-After '2.128' pauses 2.128 s; an HTTP date 7 s ahead pauses about 7 s."""
     for header, seconds in (
         ("2.128", 2.128),
-        (format_datetime(datetime.now(timezone.utc) + timedelta(seconds=7), usegmt=True), 7.0),
+        # An HTTP date has whole seconds: 7.5 s ahead, cut to the second, is 6.5 to 7.5 s away.
+        (format_datetime(datetime.now(timezone.utc) + timedelta(seconds=7.5), usegmt=True), 7.0),
     ):
-        time = VirtualTime()
+        time = FakeClock()
         pacing = Pacing(10.0, clock=time, sleep=time.sleep)
         rate = pacing.writes
         client = GraphClient(None, "https://graph.invalid", None, pacing=pacing)  # type: ignore[arg-type]

@@ -100,24 +100,29 @@ def test_a_pass_left_unconfirmed_is_checked_only_once_earlier_requests_settled(
 
 
 def test_the_latest_pass_is_the_journals_latest_write_whatever_the_clock_says(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
 ) -> None:
-    """Two finished runs issued a pass for one person; the clock stepped back between them.
-    The later run's pass is the last one, not the one with the later timestamp."""
-    from onboard import journal as journal_module
-
+    """Two finished runs issued a pass for one person; the clock stepped back an hour between
+    them, so every time the journal holds for the later run is earlier. The later run's pass
+    is the last one, not the one with the later timestamp."""
     tenant, person = "t root", Person("ada@contoso.com")
-    clock = iter(["2026-12-01T12:00:00+00:00", "2026-12-01T12:00:01+00:00",
-                  "2026-12-01T11:00:00+00:00", "2026-12-01T11:00:01+00:00"])  # fmt: skip
-    monkeypatch.setattr(journal_module, "_now", lambda: next(clock))
+    noon = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+    stepped = {"run-1": noon, "run-2": noon - timedelta(hours=1)}  # NTP stepped the clock back
     request = PassRequest(Origin("hires.csv", 2), "ada@contoso.com", None, None, 480, True)
-    with Journal(tmp_path / "j.sqlite") as journal:
+    path = tmp_path / "j.sqlite"
+    with Journal(path) as journal:
         for run_id, method in (("run-1", "m-old"), ("run-2", "m-new")):
-            journal.begin(run_id, datetime.now(UTC), "k", {}, tenant=tenant, tenant_name=None,
-                          simulated=False)  # fmt: skip
-            journal.record(run_id, Issued(request, "value", method, datetime.now(UTC),
-                                          datetime.now(UTC), 480, True, None, 1, None))  # fmt: skip
+            at = stepped[run_id]
+            journal.begin(run_id, at, "k", {}, tenant=tenant, tenant_name=None, simulated=False)
+            journal.record(run_id, Issued(request, "value", method, at, at, 480, True, at, 1,
+                                          None))  # fmt: skip
             journal.finish(run_id, "completed", None)
+    # The times the journal stamps itself (a row's last write, a run's end) read that clock too.
+    with sqlite3.connect(path) as db:
+        for run_id, at in stepped.items():
+            db.execute("UPDATE rows SET updated=? WHERE run_id=?", (at.isoformat(), run_id))
+            db.execute("UPDATE runs SET finished=? WHERE run_id=?", (at.isoformat(), run_id))
+    with Journal(path) as journal:
         previous = journal.previous_pass(tenant, person, excluding="run-3")
     assert previous is not None and (previous.run_id, previous.method_id) == ("run-2", "m-new")
 
@@ -344,11 +349,13 @@ def test_each_already_issued_skip_gets_a_line_at_v(
 def test_a_journal_that_cannot_be_written_is_exit_3_with_a_true_message(tmp_path: Path) -> None:
     """A file size limit (ulimit -f) reached mid-run: exit 3, no "internal error", and the
     message says where what was done is (the audit, written whole) or that nothing was."""
-    rows = [(f"u{n}@contoso.com", SOON) for n in range(400)]
+    rows = [(f"u{n}@contoso.com", SOON) for n in range(80)]
     path = sheet(tmp_path / "hires.csv", rows)
     config = tmp_path / "c.yaml"
     config.write_text("graph:\n  endpoint: simulator\npass:\n  timezone: UTC\n", "utf-8")
-    limit = 1000 * 1024  # the journal outgrows it part-way through 400 rows
+    # The journal outgrows it part-way through 80 rows (from 300 KB to 600 KB it still does);
+    # the audit workbook of 80 rows (12 KB) fits.
+    limit = 400 * 1024
 
     def small_files() -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
@@ -485,12 +492,12 @@ def test_after_a_journal_failure_the_passes_in_the_first_audit_are_kept_not_repl
     journal never recorded. Running the same command again keeps those passes (Graph still
     holds them), instead of replacing what the admin may have handed out, and writes its own
     workbook beside the first, never over it."""
-    hires = [f"u{n:03d}@contoso.com" for n in range(300)]
+    hires = [f"u{n:03d}@contoso.com" for n in range(80)]
     state = SimulatorState(users(*hires))
     sim = serve_simulator(state)
     config = sim.config(tmp_path / "c.yaml", run={"concurrency": 8})
     path = sheet(tmp_path / "hires.csv", [(u, SOON) for u in hires])
-    limit = 600 * 1024
+    limit = 400 * 1024  # the journal outgrows it part-way through 80 rows; the audit fits
 
     def small_files() -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))

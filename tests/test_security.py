@@ -10,7 +10,6 @@ import os
 import re
 import shutil
 import stat
-import subprocess
 import sys
 import zipfile
 from datetime import datetime, timedelta, timezone
@@ -23,11 +22,10 @@ import msoffcrypto
 import pytest
 import yaml
 from aiohttp import web
-from conftest import CLIENT_ID, TENANT, issued_sheet, users
+from conftest import CLIENT_ID, TENANT, certificate_of, issued_sheet, make_certificate, users
 from openpyxl import load_workbook
-from test_auth_graph import certificate_of, make_certificate
 
-from onboard import audit, redact
+from onboard import audit, job, redact
 from onboard.audit import (
     REDACTED,
     AuditOptions,
@@ -235,10 +233,10 @@ def killed_before_the_audit(tmp_path: Path, serve_simulator, monkeypatch: pytest
                             password: str | None) -> tuple[SimulatorState, Path, bytes]:
     """Run until every pass is issued, then die before writing the audit (as kill -9 would):
     the simulator, the config, and every byte of the journal's files at that moment."""
-    from onboard import job
 
-    def killed(*args: object, **kwargs: object) -> None:
-        raise KeyboardInterrupt
+    def killed(doing: str) -> None:
+        if doing == job.WRITING_AUDIT:
+            raise KeyboardInterrupt
 
     monkeypatch.setenv("ONBOARD_CLIENT_SECRET", CLIENT_SECRET)
     state = SimulatorState(users(*HIRES), client_secret=CLIENT_SECRET)
@@ -247,9 +245,10 @@ def killed_before_the_audit(tmp_path: Path, serve_simulator, monkeypatch: pytest
     config = sim.config(tmp_path / "c.yaml", output=output)
     if password:
         monkeypatch.setenv("AUDIT_PW", password)
-    with monkeypatch.context() as patch:
-        patch.setattr(job, "_finish", killed)
-        assert main(["run", str(sheet(tmp_path)), "-c", str(config)]) == 130
+    with pytest.raises(KeyboardInterrupt):
+        asyncio.run(job.run(load_config(config, os.environ), [sheet(tmp_path)], env=os.environ,
+                            on_phase=killed))  # fmt: skip
+    assert not list((tmp_path / "audit").glob("onboard-*"))
     on_disk = b"".join(p.read_bytes() for p in (tmp_path / "state").iterdir())
     return state, config, on_disk
 
@@ -330,7 +329,8 @@ def leaked(text: str, secrets: set[str]) -> list[str]:
 
 
 def test_nothing_secret_in_any_output_at_the_most_verbose_level(
-    tmp_path: Path, serve_simulator
+    tmp_path: Path, serve_simulator, monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
 ) -> None:
     """The whole CLI at -vv, with faults, throttling, lost answers, failed rows and retries:
     no pass, token, client secret or workbook password in stdout, stderr or the log file."""
@@ -342,14 +342,12 @@ def test_nothing_secret_in_any_output_at_the_most_verbose_level(
     log = tmp_path / "run.log"
     hires = sheet(tmp_path, ["Ghost,ghost@contoso.com," + SOON,
                              "Guest,guest_x.com#EXT#@contoso.com," + SOON])
-    env = {**os.environ, "ONBOARD_CLIENT_SECRET": CLIENT_SECRET, "AUDIT_PW": WORKBOOK_PASSWORD}
-    done = subprocess.run(
-        [sys.executable, "-m", "onboard", "run", str(hires), "-c", str(config), "-vv",
-         "--log-file", str(log)],
-        capture_output=True, text=True, env=env, timeout=120, check=False,
-    )
-    assert done.returncode == EXIT_ROWS_FAILED, done.stderr[-2000:]
-    printed = done.stdout + done.stderr + log.read_text(encoding="utf-8")
+    monkeypatch.setenv("ONBOARD_CLIENT_SECRET", CLIENT_SECRET)
+    monkeypatch.setenv("AUDIT_PW", WORKBOOK_PASSWORD)
+    code = main(["run", str(hires), "-c", str(config), "-vv", "--log-file", str(log)])
+    done = capfd.readouterr()  # what reached the process's own stdout and stderr
+    assert code == EXIT_ROWS_FAILED, done.err[-2000:]
+    printed = done.out + done.err + log.read_text(encoding="utf-8")
     # The noisy paths did run: throttling, faults, lost answers, failed rows.
     assert state.counts.get("429", 0) and state.counts.get("503", 0), state.counts
     assert "HTTP 503" in printed and "ghost@contoso.com" in printed
@@ -359,7 +357,10 @@ def test_nothing_secret_in_any_output_at_the_most_verbose_level(
     assert leaked(printed, secrets) == []
 
 
-def test_certificate_password_never_shows(tmp_path: Path, serve_simulator) -> None:
+def test_certificate_password_never_shows(
+    tmp_path: Path, serve_simulator, monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
     """A certificate sign-in at -vv shows neither the certificate password nor the key."""
     cert_password = "Cert-Pass-4471"
     pem, _ = make_certificate(tmp_path, cert_password.encode())
@@ -368,13 +369,11 @@ def test_certificate_password_never_shows(tmp_path: Path, serve_simulator) -> No
     config = sim.config(tmp_path / "c.yaml", auth={
         "method": "certificate", "certificate_path": str(pem),
         "certificate_password_env": "CERT_PW"})
-    env = {**os.environ, "CERT_PW": cert_password}
-    done = subprocess.run(
-        [sys.executable, "-m", "onboard", "run", str(sheet(tmp_path)), "-c", str(config), "-vv"],
-        capture_output=True, text=True, env=env, timeout=120, check=False,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    printed = done.stdout + done.stderr
+    monkeypatch.setenv("CERT_PW", cert_password)
+    code = main(["run", str(sheet(tmp_path)), "-c", str(config), "-vv"])
+    done = capfd.readouterr()
+    assert code == 0, done.err[-2000:]
+    printed = done.out + done.err
     key_line = pem.read_text().splitlines()[1]
     secrets = {cert_password, key_line} | {p.value for p in state.issued} | set(state.tokens)
     assert leaked(printed, secrets) == []
@@ -386,18 +385,21 @@ def test_a_crash_traceback_hides_passes_and_secrets(
 ) -> None:
     """A bug whose exception quotes a pass (as a library's message might) is logged at -vv
     with the value hidden; the audit still holds the pass."""
-    from onboard import cli
-
     monkeypatch.setenv("ONBOARD_CLIENT_SECRET", CLIENT_SECRET)
     state = SimulatorState(users(*HIRES), client_secret=CLIENT_SECRET)
     sim = serve_simulator(state)
 
-    def broken(report: object, config: object) -> None:
-        value = report.issued[0].temporary_access_pass  # type: ignore[attr-defined]
-        token = next(iter(state.tokens))
-        raise ValueError(f"could not show {value!r} with secret {CLIENT_SECRET} token {token}")
+    class Broken(io.StringIO):
+        """Standard output that fails once the audit is written, as the results are shown."""
 
-    monkeypatch.setattr(cli, "_print_report", broken)
+        def write(self, text: str) -> int:
+            if list((tmp_path / "audit").glob("onboard-*.xlsx")):
+                value, token = state.issued[0].value, next(iter(state.tokens))
+                raise ValueError(f"could not show {value!r} with secret {CLIENT_SECRET} "
+                                 f"token {token}")  # fmt: skip
+            return super().write(text)
+
+    monkeypatch.setattr(sys, "stdout", Broken())
     code = main(["run", str(sheet(tmp_path)), "-c", str(sim.config(tmp_path / "c.yaml")), "-vv"])
     err = capsys.readouterr().err
     assert code == EXIT_INTERNAL

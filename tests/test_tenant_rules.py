@@ -7,9 +7,16 @@ import datetime as dt
 from pathlib import Path
 
 import pytest
-from conftest import users
+from conftest import (
+    SOON,
+    audit_path_from,
+    audit_rows,
+    kill_after_creates,
+    latest_audit,
+    read_audit,
+    users,
+)
 from openpyxl import Workbook
-from test_cli import SOON, audit_rows, latest_audit
 
 from onboard.checks import on_conflict
 from onboard.cli import EXIT_ABORTED, EXIT_OK, EXIT_ROWS_FAILED, main
@@ -356,28 +363,24 @@ def test_reissue_user_names_people_as_the_sheet_does_under_match_by_mail(
 
 
 def test_a_resumed_run_keeps_what_it_issued_when_the_policy_has_changed(
-    tmp_path: Path, serve_simulator
+    tmp_path: Path, serve_simulator, secret_env, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Killed part-way (match_by mail), then the policy's maximum drops below the sheet's
     lifetime: the resumed run keeps every pass it issued before the kill (with what HR wrote),
     and fails only the rows still to send, naming the new range."""
-    from test_resume import audit, audit_path_from, kill_after_creates, run_cli
-
-    hires = [f"new{n:02d}@contoso.com" for n in range(30)]
+    hires = [f"new{n:02d}@contoso.com" for n in range(16)]
     flags = {u.split("@")[0]: {"mail": f"M.{u}"} for u in hires}
-    state = SimulatorState(users(*hires, **flags), faults=Faults(latency_ms=40), seed=1)
+    state = SimulatorState(users(*hires, **flags), seed=1)
     sim = serve_simulator(state)
     sheet = write(tmp_path, "Email,Start Date", *(f"M.{u},{SOON[0]}" for u in hires))
     config = sim.config(tmp_path / "c.yaml", input={"match_by": "mail"},
                         run={"concurrency": 2})  # fmt: skip
-    kill_after_creates(config, sheet, state, 8)
+    kill_after_creates(sim, config, sheet, 8)
     before = {u: state.current_pass(u) for u in hires if state.current_pass(u) is not None}
     assert 8 <= len(before) < len(hires)
     state.policy["maximumLifetimeInMinutes"] = 240  # the sheet's passes are 480 minutes
-    final = run_cli(config, str(sheet))
-    out, err = final.communicate(timeout=120)
-    assert final.returncode == EXIT_ROWS_FAILED, err
-    sheets = audit(audit_path_from(out))
+    assert main(["run", str(sheet), "-c", str(config)]) == EXIT_ROWS_FAILED
+    sheets = read_audit(audit_path_from(capsys.readouterr().out))
     issued = {str(r["User"]): r for r in sheets["Issued"]}
     failed = {str(r["User"]): r for r in sheets["Failed"]}
     assert len(before) - len(set(before) & set(issued)) <= 2  # at most the two in flight

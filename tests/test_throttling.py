@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
+from typing import Any
 
 import pytest
-from conftest import users
+from conftest import GOOD, SOON, FakeClock, audit_rows, latest_audit, users
 from openpyxl import load_workbook
-from test_cli import GOOD, SOON, audit_rows, latest_audit
 
 from onboard.cli import EXIT_ROWS_FAILED, main
 from onboard.simulator import Call, Faults, SimulatorState
@@ -16,8 +17,8 @@ from onboard.simulator import Call, Faults, SimulatorState
 def test_simulator_bucket_refused_requests_still_spend_budget() -> None:
     """Burst 5 at 10/s: five pass, the sixth is refused; refusing more deepens the debt, so
     the wait grows; usage is reported once more than 80% is spent."""
-    now = [0.0]
-    state = SimulatorState(faults=Faults(throttle_rate=10, throttle_burst=5), clock=lambda: now[0])
+    clock = FakeClock()
+    state = SimulatorState(faults=Faults(throttle_rate=10, throttle_burst=5), clock=clock)
     create = Call("POST", "users/ada@contoso.com/authentication/temporaryAccessPassMethods", {},
                   "r", "c", "https://graph.invalid")  # fmt: skip
     answers = [state.spend(create) for _ in range(5)]
@@ -28,7 +29,7 @@ def test_simulator_bucket_refused_requests_still_spend_budget() -> None:
     assert first.wait == pytest.approx(0.2) and usage is not None and usage > 1.0
     second, _, _ = state.spend(create)
     assert second is not None and second.wait == pytest.approx(0.3)  # the refused one counted
-    now[0] = 0.3  # waiting it out is enough
+    clock.now = 0.3  # waiting it out is enough
     assert state.spend(create)[0] is None
 
 
@@ -75,13 +76,15 @@ def test_lost_batch_answers_are_confirmed_with_graph(
 ) -> None:
     """Batches whose answers are lost after the passes were made: the rows are sent again,
     confirmed with Graph, and the audit holds exactly the passes Graph holds."""
-    state = SimulatorState(users(*GOOD), faults=Faults(lost_response_rate=0.3), seed=3)
+    state = SimulatorState(users(*GOOD), faults=Faults(lost_response_rate=0.3), seed=1)
     sim = serve_simulator(state)
     lines = ["Name,Work Email,Start Date,Lifetime"]
     lines += [f"Hire {n},{upn},{SOON[n % 5]}," for n, upn in enumerate(GOOD)]
     path = tmp_path / "hires.csv"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    config = sim.config(tmp_path / "c.yaml", run={"batch_size": 10, "max_attempts": 20})
+    # One request at a time: the seeded faults fall on the same requests whatever the load.
+    config = sim.config(tmp_path / "c.yaml", run={"batch_size": 10, "max_attempts": 20,
+                                                  "concurrency": 1})  # fmt: skip
     assert main(["run", str(path), "-c", str(config)]) == 0
     rows = audit_rows(latest_audit(tmp_path / "audit"))
     assert state.counts.get("lost_batch", 0) > 0
@@ -106,20 +109,20 @@ def test_a_journal_that_cannot_be_written_stops_the_run(
     passes it cannot keep; the audit still holds every pass Graph returned before that."""
     import sqlite3
 
-    from onboard.journal import Journal
-
     state = SimulatorState(users(*GOOD), seed=1)
     sim = serve_simulator(state)
-    original = Journal._write
     calls = {"n": 0}
 
-    def failing(self: Journal, steps: object) -> None:
-        calls["n"] += 1
-        if calls["n"] > 6:
-            raise sqlite3.OperationalError("database or disk is full")
-        original(self, steps)  # type: ignore[arg-type]
+    class FillsUp(sqlite3.Connection):
+        """A database whose disk is full after a few batches of rows are written."""
 
-    monkeypatch.setattr(Journal, "_write", failing)
+        def executemany(self, sql: str, params: Any, /) -> sqlite3.Cursor:
+            calls["n"] += 1
+            if calls["n"] > 6:
+                raise sqlite3.OperationalError("database or disk is full")
+            return super().executemany(sql, params)
+
+    monkeypatch.setattr(sqlite3, "connect", functools.partial(sqlite3.connect, factory=FillsUp))
     lines = ["Name,Work Email,Start Date,Lifetime"]
     lines += [f"Hire {n},{upn},{SOON[n % 5]}," for n, upn in enumerate(GOOD)]
     path = tmp_path / "hires.csv"
