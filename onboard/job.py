@@ -28,15 +28,7 @@ from .checks import (
 from .config import Config
 from .connect import Connection, connect, unless_stopped
 from .decide import CheckFirst, Named, Options, decide_all, finished
-from .deliver import (
-    DeliveryReport,
-    Sending,
-    check_sender,
-    deliver,
-    hires_of,
-    sending_for,
-    templates_for,
-)
+from .deliver import check_sender, deliver_run, sending_for, templates_for
 from .errors import (
     AuditWriteError,
     AuthError,
@@ -115,7 +107,6 @@ async def run(
         warm_tls(config.graph.ca_bundle)  # while the spreadsheet is read
     files = read_inputs(inputs, requests, config.input, config.pass_, started)
     wanted, checked = check_rows(files)
-    mailing = config.delivery.method == "mail" and preview is None
     templates = templates_for(config, wanted, preview)
     named = Named.check(config.input.match_by, wanted, checked, reissue_users, allow_users)
     check_output_dir(config.output.dir)
@@ -133,16 +124,13 @@ async def run(
             choices = Options(due, reissue, frozenset(named.reissue), config.pass_.existing)
             phase = on_phase or (lambda doing: None)
             try:
-                sender = None  # checked before the first pass: a wrong sender issues nothing
-                if mailing:
-                    retries = retries_for(config.run)
-                    sender = await check_sender(rows.client, config.delivery, retries)
+                sender = await _sender(config, rows, preview)
                 await _rows(config, rows, wanted, checked, named, choices, stop, options,
                             phase, clock)  # fmt: skip
                 if templates is not None:
                     how = sending_for(config, templates, simulated=report.simulated,
                                       preview=preview, sender=sender)  # fmt: skip
-                    report.delivery = await _deliver(rows, how, stop)
+                    report.delivery = await deliver_run(rows, how, stop)
             except (AuthError, ConfigError, JournalWriteError) as exc:
                 if report.resumed or report.issued:
                     exc.kept = (report.run_id, len(report.issued))
@@ -154,6 +142,14 @@ async def run(
             return report
     finally:
         journal.close()
+
+
+async def _sender(config: Config, rows: RunRows, preview: Path | None) -> str | None:
+    """The mailbox that sends the passes, checked before the first pass: a wrong sender
+    issues nothing (None: no mail is sent)."""
+    if config.delivery.method != "mail" or preview is not None:
+        return None
+    return await check_sender(rows.client, config.delivery, retries_for(config.run))
 
 
 def _as_asked(config: Config, out_dir: Path | None, due_within_days: int | None) -> Config:
@@ -342,19 +338,6 @@ async def _issue(
         report.stop(StopCause(RunStatus.ABORTED, str(result.aborted)))
     if result.stopped:
         report.stop(STOPPED)
-
-
-async def _deliver(rows: RunRows, how: Sending, stop: asyncio.Event | None) -> DeliveryReport:
-    """Mail the passes issued (and kept, when resumed); once stopped, `onboard deliver` does."""
-    report = rows.report
-    hires = hires_of(report.issued)
-    if report.stopped is not None:
-        return DeliveryReport(report.run_id, [h.origin for h in hires],
-                              not_started=f"the run {report.stopped} before delivery")  # fmt: skip
-    delivered = await deliver(rows.client, rows.journal, report.run_id, hires, how, stop=stop)
-    if stop is not None and stop.is_set():
-        report.stop(STOPPED)
-    return delivered
 
 
 def _finish(
