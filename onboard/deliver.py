@@ -54,8 +54,6 @@ from .journal import WIPED, Journal, RunStatus
 from .mail import Letter, MailPass, Templates, address, write_private
 from .outcomes import Issued, Origin, PassRequest
 from .rate import MAILBOX_CONCURRENCY, RateController
-from .record import RunRows
-from .report import STOPPED
 from .retrying import Retries, is_unclear, retries_for, with_retries
 from .runner import DEFAULT_GRACE_SECONDS, ask_all, run_each
 
@@ -942,16 +940,3 @@ def check_preview(folder: Path) -> None:
             f"cannot write the messages into --preview {folder}: {exc.strerror or exc}; name "
             "a folder (it is made owner-only if missing)"
         ) from None
-
-
-async def deliver_run(rows: RunRows, how: Sending, stop: asyncio.Event | None) -> DeliveryReport:
-    """Mail the passes issued (and kept, when resumed); once stopped, `onboard deliver` does."""
-    report = rows.report
-    hires = hires_of(report.issued)
-    if report.stopped is not None:
-        return DeliveryReport(report.run_id, [h.origin for h in hires],
-                              not_started=f"the run {report.stopped} before delivery")  # fmt: skip
-    delivered = await deliver(rows.client, rows.journal, report.run_id, hires, how, stop=stop)
-    if stop is not None and stop.is_set():
-        report.stop(STOPPED)
-    return delivered

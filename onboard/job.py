@@ -28,7 +28,15 @@ from .checks import (
 from .config import Config
 from .connect import Connection, connect, unless_stopped
 from .decide import CheckFirst, Named, Options, decide_all, finished
-from .deliver import check_sender, deliver_run, sending_for, templates_for
+from .deliver import (
+    DeliveryReport,
+    Sending,
+    check_sender,
+    deliver,
+    hires_of,
+    sending_for,
+    templates_for,
+)
 from .errors import (
     AuditWriteError,
     AuthError,
@@ -100,7 +108,7 @@ async def run(
     clock = clock_of(now)
     started = clock()
     env = env or {}
-    config = _as_asked(config, out_dir, due_within_days)
+    config = config.overridden(out_dir=out_dir, due_within_days=due_within_days)
     due = config.run.due_within_days
     options = audit_options(config.output, env)  # a missing password stops the run here
     if client is None and not config.graph.is_simulator:
@@ -130,7 +138,7 @@ async def run(
                 if templates is not None:
                     how = sending_for(config, templates, simulated=report.simulated,
                                       preview=preview, sender=sender)  # fmt: skip
-                    report.delivery = await deliver_run(rows, how, stop)
+                    report.delivery = await _deliver(rows, how, stop)
             except (AuthError, ConfigError, JournalWriteError) as exc:
                 if report.resumed or report.issued:
                     exc.kept = (report.run_id, len(report.issued))
@@ -150,19 +158,6 @@ async def _sender(config: Config, rows: RunRows, preview: Path | None) -> str | 
     if config.delivery.method != "mail" or preview is not None:
         return None
     return await check_sender(rows.client, config.delivery, retries_for(config.run))
-
-
-def _as_asked(config: Config, out_dir: Path | None, due_within_days: int | None) -> Config:
-    """The config with the command line's --out and --due-within in place of its own."""
-    if out_dir is not None:
-        config = config.model_copy(
-            update={"output": config.output.model_copy(update={"dir": Path(out_dir)})}
-        )
-    if due_within_days is None:
-        return config
-    return config.model_copy(
-        update={"run": config.run.model_copy(update={"due_within_days": due_within_days})}
-    )
 
 
 async def _connect(
@@ -338,6 +333,19 @@ async def _issue(
         report.stop(StopCause(RunStatus.ABORTED, str(result.aborted)))
     if result.stopped:
         report.stop(STOPPED)
+
+
+async def _deliver(rows: RunRows, how: Sending, stop: asyncio.Event | None) -> DeliveryReport:
+    """Mail the passes issued (and kept, when resumed); once stopped, `onboard deliver` does."""
+    report = rows.report
+    hires = hires_of(report.issued)
+    if report.stopped is not None:
+        return DeliveryReport(report.run_id, [h.origin for h in hires],
+                              not_started=f"the run {report.stopped} before delivery")  # fmt: skip
+    delivered = await deliver(rows.client, rows.journal, report.run_id, hires, how, stop=stop)
+    if stop is not None and stop.is_set():
+        report.stop(STOPPED)
+    return delivered
 
 
 def _finish(

@@ -810,6 +810,17 @@ class Config(Settings):
         self._source = None if context is None else context.source
         return self
 
+    def overridden(self, *, out_dir: Path | str | None, due_within_days: int | None) -> Self:
+        """This config with a command's --out and --due-within in place of its own."""
+        config = self
+        if out_dir is not None:
+            output = self.output.model_copy(update={"dir": Path(out_dir)})
+            config = config.model_copy(update={"output": output})
+        if due_within_days is not None:
+            run = self.run.model_copy(update={"due_within_days": due_within_days})
+            config = config.model_copy(update={"run": run})
+        return config
+
     def sections(self) -> list[tuple[str, Settings]]:
         """(name in the file, settings) for each section."""
         return [
