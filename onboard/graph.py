@@ -85,6 +85,9 @@ THROTTLE_INFORMATION = "x-ms-throttle-information"  # names the budget a 429 cam
 MB = 1024 * 1024
 ANSWER_LIMIT = 1 * MB  # about one pass, one user's passes or the policy
 PAGE_LIMIT = 4 * MB  # a page of a user lookup (up to 999 users) or a $batch answer
+# The most pages of one listing onboard follows: a listing it reads is one user's methods or
+# roles, or at most FILTER_VALUES people, a page or two; Graph pages roles at 100.
+MAX_PAGES = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +131,10 @@ class HeldPass:
     def expires(self) -> datetime | None:
         if self.starts is None or self.lifetime_minutes is None:
             return None
-        return self.starts + timedelta(minutes=self.lifetime_minutes)
+        try:
+            return self.starts + timedelta(minutes=self.lifetime_minutes)
+        except OverflowError:  # a listing's times beyond the calendar: its end is not known
+            return None
 
     def in_force(self, now: datetime) -> bool:
         """Usable now, or not yet valid: a pass someone may have handed out. One that is
@@ -563,6 +569,7 @@ class GraphClient:
         """Every item of a listing, following @odata.nextLink (only under this Graph root)."""
         found: list[dict[str, Any]] = []
         next_url: str | None = url
+        pages = 0
         while next_url is not None:
             status, data, request_id, _ = await self._send("GET", next_url, None, limit=PAGE_LIMIT)
             if status != 200:
@@ -577,6 +584,13 @@ class GraphClient:
             found.extend(page)
             link = data.get("@odata.nextLink")
             next_url = link if isinstance(link, str) else None
+            pages += 1
+            if next_url is not None and pages >= MAX_PAGES:
+                # Endless (a next page that links on for ever): memory and time without end.
+                raise ProtocolError(
+                    f"Graph's listing went on past {MAX_PAGES} pages: not read",
+                    status=status, request_id=request_id,
+                )  # fmt: skip
             if next_url is not None and not next_url.startswith(f"{self._root}/"):
                 # Following it would send the token elsewhere; dropping it would miss people.
                 raise GraphError(f"Graph's next page is not under {self._root}", status=200)
