@@ -174,7 +174,9 @@ def _main(argv: Sequence[str] | None) -> int:
     try:
         _setup_logging(args.verbose, getattr(args, "log_file", None))
     except _LogFileRefused as exc:
-        print(f"onboard: {exc}; nothing was sent to Graph.", file=sys.stderr)
+        refused = f"onboard: {exc}; nothing was sent to Graph."
+        print(refused, file=sys.stderr)
+        _json_error(EXIT_BAD_INPUT, refused)
         return EXIT_BAD_INPUT
     try:
         return int(args.handler(args))
@@ -1467,6 +1469,13 @@ def _revoke(args: argparse.Namespace, ask: Ask | None = None) -> int:
         report = asyncio.run(until_signalled())
     except RunStopped as exc:
         return _stopped(SIGNAL_EXIT[received[0]] if received else EXIT_INTERRUPTED, str(exc))
+    except asyncio.CancelledError:  # a second signal: the deletes in flight were cut short
+        return _stopped(
+            SIGNAL_EXIT[received[-1]] if received else EXIT_INTERRUPTED,
+            "onboard: revoke stopped at once, before writing its workbook; the journal keeps "
+            "every deletion sent: run the same command again to finish (nothing is deleted "
+            "twice).",
+        )
     if args.json:
         _print_json(output.revoke_json(report))
     else:
@@ -1478,12 +1487,28 @@ def _revoke(args: argparse.Namespace, ask: Ask | None = None) -> int:
 
 
 def _ask_on_stderr(prompt: str) -> str:
-    """A question on standard error (standard output may be --json's), the answer from stdin."""
+    """A question on standard error (standard output may be --json's), the answer from stdin.
+
+    It is asked with the event loop waiting, whose signal handlers would only run once a line
+    came: Ctrl-C (or SIGTERM) must end the question itself, as KeyboardInterrupt. The signal
+    still reaches the loop afterwards (its wakeup fd), so the exit code says it."""
     print(prompt, end="", file=sys.stderr, flush=True)
-    line = sys.stdin.readline()
+    # A handler not set from Python (None) cannot be put back: that signal is left alone.
+    before = {s: h for s in SIGNAL_EXIT if (h := signal.getsignal(s)) is not None}
+    try:
+        for signum in before:
+            signal.signal(signum, _interrupt)
+        line = sys.stdin.readline()
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
     if not line:
         raise EOFError
     return line
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _confirm_revoke(ask: Ask) -> lifecycle.Confirm:

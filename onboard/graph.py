@@ -85,6 +85,10 @@ THROTTLE_INFORMATION = "x-ms-throttle-information"  # names the budget a 429 cam
 MB = 1024 * 1024
 ANSWER_LIMIT = 1 * MB  # about one pass, one user's passes or the policy
 PAGE_LIMIT = 4 * MB  # a page of a user lookup (up to 999 users) or a $batch answer
+# The most pages of one listing onboard follows: a listing it reads is one user's methods or
+# roles, or at most FILTER_VALUES people, a page or two (Graph pages roles at 100); beyond it,
+# or at a next page already read, the listing never ends.
+MAX_PAGES = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +132,10 @@ class HeldPass:
     def expires(self) -> datetime | None:
         if self.starts is None or self.lifetime_minutes is None:
             return None
-        return self.starts + timedelta(minutes=self.lifetime_minutes)
+        try:
+            return self.starts + timedelta(minutes=self.lifetime_minutes)
+        except OverflowError:  # a listing's times beyond the calendar: its end is not known
+            return None
 
     def in_force(self, now: datetime) -> bool:
         """Usable now, or not yet valid: a pass someone may have handed out. One that is
@@ -263,9 +270,6 @@ class DirectoryPerson:
 
 FILTER_VALUES = 15  # Graph's default limit on the values of one `in` filter
 USER_PAGE = 999  # users per page of a lookup ($top): Graph's maximum
-# The most pages one listing may take (a user's roles or methods, a lookup of 15 values: one
-# or two pages at Graph); beyond it, or at a next page already read, the listing never ends.
-MAX_PAGES = 100
 USER_FIELDS = "id,userPrincipalName,mail,employeeId,userType,creationType,externalUserState"
 INVITATION = "Invitation"  # creationType of an account invited from another organisation (B2B)
 

@@ -515,6 +515,8 @@ class _Revoker:
                 todo.append(p)
         if todo and (report.dry_run or confirm is not None):
             todo = await self._look_first(todo, stop)
+            if not report.dry_run and stop is not None and stop.is_set():
+                self._listed(todo)  # not "would delete": left to be settled as not done
             if report.dry_run or (stop is not None and stop.is_set()):
                 todo = []
             elif todo and confirm is not None and not confirm(self._listed(todo)):

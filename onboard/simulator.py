@@ -1448,6 +1448,10 @@ async def _control(request: web.Request) -> web.Response:
         seconds = body.get("seconds")
         if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or seconds < 0:
             return web.json_response({"error": "seconds: a number, 0 or more"}, status=400)
+        if not seconds + state.offset.total_seconds() <= MAX_ADVANCE_SECONDS:  # NaN too
+            # Beyond it the tenant's time would pass the calendar's end: every answer a 500.
+            said = f"seconds: at most {MAX_ADVANCE_SECONDS:.0f} in all (a hundred years)"
+            return web.json_response({"error": said}, status=400)
         return web.json_response({"now": _iso(state.advance(float(seconds)))})
     user = str(body.get("user") or "")
     if state.find_user(user) is None:
@@ -1467,6 +1471,9 @@ async def _control(request: web.Request) -> web.Response:
         state.register_method(user, method)
         return web.json_response({"methods": state.find_user(user).methods})  # type: ignore[union-attr]
     return web.json_response({"error": f"no control {what!r}"}, status=404)
+
+
+MAX_ADVANCE_SECONDS = 100 * 365 * 86400  # how far the advance control moves the tenant's time
 
 
 def make_app(state: SimulatorState) -> web.Application:
