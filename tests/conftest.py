@@ -80,6 +80,10 @@ class Served:
         finally:
             release.set()
 
+    def freeze(self, seconds: float) -> None:
+        """Hold every answer (in flight or not) for `seconds`: the simulator's thread sleeps."""
+        self.loop.call_soon_threadsafe(time.sleep, seconds)
+
     def config(self, path: Path, **sections: dict[str, Any]) -> Path:
         """Write a config.yaml pointing at this simulator as if it were a real tenant."""
         data: dict[str, Any] = {
