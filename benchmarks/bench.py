@@ -72,8 +72,8 @@ SCENARIOS = {
         0,
         0,
         ALL,
-        (("max_rate", 10_000),),
-        (("sequential", 10_000), ("msgraph-sdk", 2_000)),
+        onboard_run=(("max_rate", 10_000), ("max_read_rate", 100_000)),
+        capped=(("sequential", 10_000), ("msgraph-sdk", 2_000)),
     ),
 }
 
