@@ -18,12 +18,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import markupsafe
 import pytest
 import yaml
 from cryptography import x509
@@ -39,7 +40,14 @@ from onboard.errors import AuthError
 from onboard.graph import explain, unusable_pass
 from onboard.outcomes import Issued, Origin, Outcome, PassRequest
 from onboard.pool import Sender, issue_all
-from onboard.simulator import DEFAULT_CLIENT_SECRET, Faults, SimulatorState, SimUser, serve
+from onboard.simulator import (
+    DEFAULT_CLIENT_SECRET,
+    Faults,
+    SimMail,
+    SimulatorState,
+    SimUser,
+    serve,
+)
 from onboard.tls import make_ssl_context, requests_session
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -422,6 +430,58 @@ def run_pool(requests: list[PassRequest], create: Callable[..., Any],
     sink = Collected(durable)
     result = asyncio.run(issue_all(requests, sender, sink, settings, stop, sleep=clock.sleep))
     return Ran(sink.outcomes, result.retries, result.aborted, result.unclear)
+
+
+# --- delivery by mail: a tenant with managers and a sender's mailbox ------------------------
+MAIL_SENDER = "onboarding@contoso.com"
+MAIL_FAST = {"max_per_minute": 60_000}  # the client's pace, for tests that are not about pacing
+MAIL_START = (dt.date.today() + dt.timedelta(days=3)).isoformat()  # the hires' start date
+
+
+def mail_tenant(
+    hires: dict[str, str | None],
+    managers: Sequence[str] = (),
+    *,
+    no_mailbox: Sequence[str] = (),
+    faults: Faults | None = None,
+    **extra: Any,
+) -> SimulatorState:
+    """A tenant of hires (UPN: manager UPN or None), their managers (with a mailbox unless
+    listed in `no_mailbox`) and the sender's mailbox. Mail limits off unless `faults` says."""
+    people = [SimUser(f"00000000-0000-0000-0000-{n:012d}", upn, manager=manager)
+              for n, (upn, manager) in enumerate(hires.items())]  # fmt: skip
+    for n, upn in enumerate([*managers, MAIL_SENDER]):
+        name = upn.split("@")[0].title()
+        mail = None if upn in no_mailbox else upn
+        people.append(SimUser(f"10000000-0000-0000-0000-{n:012d}", upn, name, mail=mail))
+    return SimulatorState(people, faults=faults or Faults(mail_per_minute=None), **extra)
+
+
+def mail_sheet(path: Path, upns: Sequence[str], **columns: Sequence[str]) -> Path:
+    """A CSV of hires starting soon; `columns` adds columns (header: one value per hire)."""
+    headers = ["UPN", "Start Date", *columns]
+    lines = [",".join(headers)]
+    for n, upn in enumerate(upns):
+        lines.append(",".join([upn, MAIL_START, *(values[n] for values in columns.values())]))
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def mail_config(sim: Served, tmp_path: Path, **delivery: Any) -> Path:
+    """A config for `sim` that delivers by mail from MAIL_SENDER (unpaced unless told)."""
+    return sim.config(tmp_path / "c.yaml", delivery={"method": "mail", "sender": MAIL_SENDER,
+                                                     **MAIL_FAST, **delivery})  # fmt: skip
+
+
+def passes_in(mail: SimMail, state: SimulatorState, upns: Sequence[str]) -> set[str]:
+    """Which of these hires' current passes the message holds (in its HTML, escaped: a pass
+    may hold an & or a <)."""
+    return {u for u in upns if shown_in_html(state.current_pass(u) or "\0") in mail.body}
+
+
+def shown_in_html(value: str) -> str:
+    """A value as an HTML body shows it."""
+    return str(markupsafe.escape(value))
 
 
 __all__ = ["CLIENT_ID", "TENANT", "Faults", "Served", "SimulatorState", "users"]

@@ -10,20 +10,25 @@ import signal
 import ssl
 import stat
 from collections.abc import Callable, Sequence
-from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import markupsafe
 import pytest
 from conftest import (
+    MAIL_FAST,
+    MAIL_SENDER,
     FakeClock,
     Served,
     audit_path_from,
+    mail_config,
+    mail_sheet,
+    mail_tenant,
+    passes_in,
     read_audit,
     run_cli,
     run_id_from,
+    shown_in_html,
     wait_until,
 )
 
@@ -36,57 +41,9 @@ from onboard.mail import Templates
 from onboard.outcomes import Origin
 from onboard.rate import MAIL_HEADROOM, MAILBOX_CONCURRENCY, MAILBOX_MESSAGES_PER_MINUTE, Pacing
 from onboard.retrying import Retries
-from onboard.simulator import Faults, SimMail, SimulatorState, SimUser
+from onboard.simulator import Faults
 
-SENDER = "onboarding@contoso.com"
-SOON = (date.today() + timedelta(days=3)).isoformat()
-FAST = {"max_per_minute": 60_000}  # the client's pace, for tests that are not about pacing
 TOKEN = "delivery-test-token"
-
-
-def tenant(
-    hires: dict[str, str | None],
-    managers: Sequence[str] = (),
-    *,
-    no_mailbox: Sequence[str] = (),
-    faults: Faults | None = None,
-    **extra: Any,
-) -> SimulatorState:
-    """A tenant of hires (UPN: manager UPN or None), their managers (with a mailbox unless
-    listed in `no_mailbox`) and the sender's mailbox. Mail limits off unless `faults` says."""
-    people = [SimUser(f"00000000-0000-0000-0000-{n:012d}", upn, manager=manager)
-              for n, (upn, manager) in enumerate(hires.items())]  # fmt: skip
-    for n, upn in enumerate([*managers, SENDER]):
-        name = upn.split("@")[0].title()
-        mail = None if upn in no_mailbox else upn
-        people.append(SimUser(f"10000000-0000-0000-0000-{n:012d}", upn, name, mail=mail))
-    return SimulatorState(people, faults=faults or Faults(mail_per_minute=None), **extra)
-
-
-def sheet(path: Path, upns: Sequence[str], **columns: Sequence[str]) -> Path:
-    """A CSV of hires starting soon; `columns` adds columns (header: one value per hire)."""
-    headers = ["UPN", "Start Date", *columns]
-    lines = [",".join(headers)]
-    for n, upn in enumerate(upns):
-        lines.append(",".join([upn, SOON, *(values[n] for values in columns.values())]))
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
-
-
-def config(sim: Served, tmp_path: Path, **delivery: Any) -> Path:
-    return sim.config(tmp_path / "c.yaml", delivery={"method": "mail", "sender": SENDER, **FAST,
-                                                     **delivery})  # fmt: skip
-
-
-def passes_in(mail: SimMail, state: SimulatorState, upns: Sequence[str]) -> set[str]:
-    """Which of these hires' current passes the message holds (in its HTML, escaped: a pass
-    may hold an & or a <)."""
-    return {u for u in upns if shown(state.current_pass(u) or "\0") in mail.body}
-
-
-def shown(value: str) -> str:
-    """A value as an HTML body shows it."""
-    return str(markupsafe.escape(value))
 
 
 def test_every_manager_gets_one_message_with_exactly_their_hires_passes(
@@ -100,17 +57,17 @@ def test_every_manager_gets_one_message_with_exactly_their_hires_passes(
     teams = {"ann@contoso.com": 3, "bob@contoso.com": 4, "cy@contoso.com": 1}
     led_by = [manager for manager, size in teams.items() for _ in range(size)]
     hires: dict[str, str | None] = {f"hire{n}@contoso.com": m for n, m in enumerate(led_by)}
-    state = tenant(hires, list(teams), faults=Faults(mail_per_minute=None, mail_latency_ms=50))
+    state = mail_tenant(hires, list(teams), faults=Faults(mail_per_minute=None, mail_latency_ms=50))
     sim = serve_simulator(state)
-    path = sheet(tmp_path / "hires.csv", list(hires))
-    assert main(["run", str(path), "-c", str(config(sim, tmp_path))]) == EXIT_OK
+    path = mail_sheet(tmp_path / "hires.csv", list(hires))
+    assert main(["run", str(path), "-c", str(mail_config(sim, tmp_path))]) == EXIT_OK
     out = capsys.readouterr().out
     assert "delivery by mail: 3 messages sent, 0 failed, 0 of unknown fate" in out
     assert len(state.mail) == 3
     for manager in teams:
         (mail,) = state.mail_to(manager)
         assert passes_in(mail, state, list(hires)) == {h for h, m in hires.items() if m == manager}
-        assert mail.sender == SENDER and mail.content_type == "HTML"
+        assert mail.sender == MAIL_SENDER and mail.content_type == "HTML"
         assert mail.save_to_sent_items is False
     assert state.mail_in_flight_peak <= MAILBOX_CONCURRENCY
     rows = read_audit(audit_path_from(out))["Issued"]
@@ -132,11 +89,11 @@ def test_a_hire_without_a_manager_or_whose_manager_has_no_mailbox_is_mailed_to_n
     delivery fails with its reason, the pass stays in the audit, and the run exits 1."""
     hires = {"lone@contoso.com": None, "far@contoso.com": "nomail@contoso.com",
              "ok@contoso.com": "boss@contoso.com"}  # fmt: skip
-    state = tenant(hires, ["boss@contoso.com", "nomail@contoso.com"],
+    state = mail_tenant(hires, ["boss@contoso.com", "nomail@contoso.com"],
                    no_mailbox=["nomail@contoso.com"])  # fmt: skip
     sim = serve_simulator(state)
-    path = sheet(tmp_path / "hires.csv", list(hires))
-    assert main(["run", str(path), "-c", str(config(sim, tmp_path))]) == EXIT_ROWS_FAILED
+    path = mail_sheet(tmp_path / "hires.csv", list(hires))
+    assert main(["run", str(path), "-c", str(mail_config(sim, tmp_path))]) == EXIT_ROWS_FAILED
     out = capsys.readouterr().out
     assert "2 hires mailed to nobody" in out
     (mail,) = state.mail
@@ -163,9 +120,9 @@ def test_a_rerun_of_the_sheet_sends_nothing(
 ) -> None:
     """The same sheet again: every pass was issued before, so no message is sent."""
     hires = {"a@contoso.com": "boss@contoso.com", "b@contoso.com": "boss@contoso.com"}
-    state = tenant(hires, ["boss@contoso.com"])
+    state = mail_tenant(hires, ["boss@contoso.com"])
     sim = serve_simulator(state)
-    path, cfg = sheet(tmp_path / "hires.csv", list(hires)), config(sim, tmp_path)
+    path, cfg = mail_sheet(tmp_path / "hires.csv", list(hires)), mail_config(sim, tmp_path)
     assert main(["run", str(path), "-c", str(cfg)]) == EXIT_OK
     assert (len(state.mail), state.mail_requests) == (1, 1)
     assert main(["run", str(path), "-c", str(cfg)]) == EXIT_OK
@@ -183,10 +140,10 @@ def test_kill_9_during_delivery_then_resume_sends_no_message_twice_and_every_uns
     as of unknown fate (not resent) until `onboard deliver --to` sends it on purpose."""
     managers = [f"m{n:02d}@contoso.com" for n in range(12)]
     hires = {f"h{n:02d}@contoso.com": managers[n % 12] for n in range(24)}
-    state = tenant(hires, managers, faults=Faults(mail_per_minute=None, mail_latency_ms=300))
+    state = mail_tenant(hires, managers, faults=Faults(mail_per_minute=None, mail_latency_ms=300))
     sim = serve_simulator(state)
-    path, cfg = sheet(tmp_path / "hires.csv", list(hires)), config(sim, tmp_path)
-    sender_id = state.find_user(SENDER).id  # type: ignore[union-attr]
+    path, cfg = mail_sheet(tmp_path / "hires.csv", list(hires)), mail_config(sim, tmp_path)
+    sender_id = state.find_user(MAIL_SENDER).id  # type: ignore[union-attr]
     proc = run_cli(cfg, str(path))
     wait_until(lambda: len(state.mail) >= 3 and state._mail_in_flight.get(sender_id, 0) > 0)
     proc.send_signal(signal.SIGKILL)
@@ -226,11 +183,11 @@ def test_a_sender_without_a_mailbox_stops_the_run_before_any_pass(
 ) -> None:
     """delivery.sender is a user without a mailbox, or nobody: exit 2, naming the key, before
     the first pass is created."""
-    state = tenant({"a@contoso.com": "boss@contoso.com"}, ["boss@contoso.com",
+    state = mail_tenant({"a@contoso.com": "boss@contoso.com"}, ["boss@contoso.com",
                    "nomailbox@contoso.com"], no_mailbox=["nomailbox@contoso.com"])  # fmt: skip
     sim = serve_simulator(state)
-    path = sheet(tmp_path / "hires.csv", ["a@contoso.com"])
-    assert main(["run", str(path), "-c", str(config(sim, tmp_path, sender=sender))]) == (
+    path = mail_sheet(tmp_path / "hires.csv", ["a@contoso.com"])
+    assert main(["run", str(path), "-c", str(mail_config(sim, tmp_path, sender=sender))]) == (
         EXIT_BAD_INPUT
     )
     err = capsys.readouterr().err
@@ -243,14 +200,14 @@ def test_sendmail_rejects_a_sender_without_a_mailbox_as_exchange_does(
 ) -> None:
     """The simulator's sendMail: 404 MailboxNotEnabledForRESTAPI for a user without a mailbox,
     404 ErrorInvalidUser for nobody, 202 for a mailbox."""
-    state = tenant({}, ["nomailbox@contoso.com"], no_mailbox=["nomailbox@contoso.com"])
+    state = mail_tenant({}, ["nomailbox@contoso.com"], no_mailbox=["nomailbox@contoso.com"])
     served = serve_simulator(state)
     message = {"subject": "s", "body": {"contentType": "Text", "content": "x"},
                "toRecipients": [{"emailAddress": {"address": "a@contoso.com"}}]}  # fmt: skip
 
     async def work(client: GraphClient) -> list[tuple[int | None, str | None]]:
         answers: list[tuple[int | None, str | None]] = []
-        for sender in ("nomailbox@contoso.com", "ghost@contoso.com", SENDER):
+        for sender in ("nomailbox@contoso.com", "ghost@contoso.com", MAIL_SENDER):
             try:
                 await client.send_mail(sender, message, save_to_sent_items=False)
                 answers.append((202, None))
@@ -294,7 +251,7 @@ def deliver_to_many(
     state = served.state
     accepted: list[float] = []
     state.on_mail = lambda mail: accepted.append(clock())
-    settings = DeliverySettings(method="mail", sender=SENDER, max_per_minute=per_minute)
+    settings = DeliverySettings(method="mail", sender=MAIL_SENDER, max_per_minute=per_minute)
     how = Sending(settings, Templates(settings), "UTC", True,
                   Retries(30, 0.01, 0.05, sleep=clock.sleep))  # fmt: skip
     hires = [Hire(Origin("hires.csv", n + 2), f"h{n}@contoso.com", None, f"value-{n:04d}",
@@ -321,7 +278,7 @@ def test_delivery_is_paced_under_thirty_a_minute(
     every 2.1 s: 95% of the limit) rather than sent in a burst."""
     clock = FakeClock()
     hires = {f"h{n}@contoso.com": f"m{n}@contoso.com" for n in range(45)}
-    state = tenant(hires, list(hires.values()), faults=Faults(), clock=clock)
+    state = mail_tenant(hires, list(hires.values()), faults=Faults(), clock=clock)
     _, accepted = deliver_to_many(
         tmp_path, serve_simulator(state), clock, MAILBOX_MESSAGES_PER_MINUTE, 45
     )
@@ -339,7 +296,7 @@ def test_a_sendmail_429_pauses_only_mail_and_every_message_goes_once(
     30, and each of the 70 messages is accepted exactly once."""
     clock = FakeClock()
     hires = {f"h{n}@contoso.com": f"m{n}@contoso.com" for n in range(70)}
-    state = tenant(hires, list(hires.values()), faults=Faults(), clock=clock)
+    state = mail_tenant(hires, list(hires.values()), faults=Faults(), clock=clock)
     pacing, accepted = deliver_to_many(tmp_path, serve_simulator(state), clock, 600, 70)
     assert state.counts["429 mail"] > 0 and pacing.mail.throttles > 0
     assert pacing.mail.paused_seconds > 0
@@ -358,9 +315,9 @@ def test_preview_sends_nothing_and_writes_owner_only_eml_files(
     owner-only folder, holding their hires' passes; then `onboard deliver` sends them."""
     hires = {"a@contoso.com": "boss@contoso.com", "b@contoso.com": "boss@contoso.com",
              "c@contoso.com": "chief@contoso.com"}  # fmt: skip
-    state = tenant(hires, ["boss@contoso.com", "chief@contoso.com"])
+    state = mail_tenant(hires, ["boss@contoso.com", "chief@contoso.com"])
     sim = serve_simulator(state)
-    path, cfg = sheet(tmp_path / "hires.csv", list(hires)), config(sim, tmp_path)
+    path, cfg = mail_sheet(tmp_path / "hires.csv", list(hires)), mail_config(sim, tmp_path)
     preview = tmp_path / "preview"
     assert main(["run", str(path), "-c", str(cfg), "--preview", str(preview)]) == EXIT_OK
     out = capsys.readouterr().out
@@ -376,7 +333,7 @@ def test_preview_sends_nothing_and_writes_owner_only_eml_files(
         manager = parsed["To"].addresses[0].addr_spec
         mine = {h for h, m in hires.items() if m == manager}
         assert {h for h in hires if state.current_pass(h) in text} == mine
-        assert {h for h in hires if shown(state.current_pass(h) or "\0") in html} == mine
+        assert {h for h in hires if shown_in_html(state.current_pass(h) or "\0") in html} == mine
     assert read_audit(audit_path_from(out))["Issued"][0]["Delivery"].startswith("previewed")
 
     run_id = run_id_from(out)
@@ -389,11 +346,11 @@ def test_a_display_name_from_the_sheet_cannot_inject_html(
 ) -> None:
     """Display names like <script> or <a href=...> reach the message as text, escaped."""
     hires = {"a@contoso.com": "boss@contoso.com", "b@contoso.com": "boss@contoso.com"}
-    state = tenant(hires, ["boss@contoso.com"])
+    state = mail_tenant(hires, ["boss@contoso.com"])
     sim = serve_simulator(state)
     names = ['"<script>alert(1)</script>"', '"<a href=""https://evil.example"">click</a>"']
-    path = sheet(tmp_path / "hires.csv", list(hires), **{"Display Name": names})
-    assert main(["run", str(path), "-c", str(config(sim, tmp_path))]) == EXIT_OK
+    path = mail_sheet(tmp_path / "hires.csv", list(hires), **{"Display Name": names})
+    assert main(["run", str(path), "-c", str(mail_config(sim, tmp_path))]) == EXIT_OK
     (mail,) = state.mail
     assert "<script>" not in mail.body and "&lt;script&gt;alert(1)&lt;/script&gt;" in mail.body
     assert "<a href=" not in mail.body.replace('<a href="https://myaccount', "").replace(
@@ -414,12 +371,12 @@ def test_a_lost_answer_is_reported_never_resent_and_deliver_to_resends_from_the_
     passes from the encrypted audit workbook, and records it there."""
     monkeypatch.setenv("AUDIT_PW", "correct horse")
     hires = {"a@contoso.com": "boss@contoso.com", "b@contoso.com": "boss@contoso.com"}
-    state = tenant(hires, ["boss@contoso.com"], faults=Faults(mail_per_minute=None,
+    state = mail_tenant(hires, ["boss@contoso.com"], faults=Faults(mail_per_minute=None,
                                                              mail_lost_rate=1.0))  # fmt: skip
     sim = serve_simulator(state)
-    path = sheet(tmp_path / "hires.csv", list(hires))
+    path = mail_sheet(tmp_path / "hires.csv", list(hires))
     cfg = sim.config(tmp_path / "c.yaml", output={"password_env": "AUDIT_PW"},
-                     delivery={"method": "mail", "sender": SENDER, **FAST})  # fmt: skip
+                     delivery={"method": "mail", "sender": MAIL_SENDER, **MAIL_FAST})  # fmt: skip
     assert main(["run", str(path), "-c", str(cfg)]) == EXIT_ROWS_FAILED
     out = capsys.readouterr().out
     assert "1 of unknown fate" in out and "--to ADDRESS" in out
@@ -456,10 +413,10 @@ def test_no_pass_value_reaches_the_log_the_console_or_the_journal(
     """After a run that mailed the passes, with -vv and a log file, no pass value is in the
     console output, the log file, or any of the journal's files."""
     hires = {"a@contoso.com": "boss@contoso.com", "b@contoso.com": None}
-    state = tenant(hires, ["boss@contoso.com"])
+    state = mail_tenant(hires, ["boss@contoso.com"])
     sim = serve_simulator(state)
-    path, log = sheet(tmp_path / "hires.csv", list(hires)), tmp_path / "run.log"
-    argv = ["-vv", "run", str(path), "-c", str(config(sim, tmp_path)), "--log-file", str(log)]
+    path, log = mail_sheet(tmp_path / "hires.csv", list(hires)), tmp_path / "run.log"
+    argv = ["-vv", "run", str(path), "-c", str(mail_config(sim, tmp_path)), "--log-file", str(log)]
     assert main(argv) == EXIT_ROWS_FAILED
     said = capsys.readouterr()
     values = [state.current_pass(h) for h in hires]
@@ -479,15 +436,15 @@ def test_deliver_to_a_column_of_the_sheet_and_a_missing_column_stops_before_any_
     """delivery.to column mails each pass to the sheet's Deliver To address (a blank or bad
     one: to nobody); a sheet without that column stops the run (exit 2) before any pass."""
     hires = {"a@contoso.com": None, "b@contoso.com": None, "c@contoso.com": None}
-    state = tenant(hires, ["desk@contoso.com"])
+    state = mail_tenant(hires, ["desk@contoso.com"])
     sim = serve_simulator(state)
-    cfg = config(sim, tmp_path, to="column")
-    bare = sheet(tmp_path / "bare.csv", list(hires))
+    cfg = mail_config(sim, tmp_path, to="column")
+    bare = mail_sheet(tmp_path / "bare.csv", list(hires))
     assert main(["run", str(bare), "-c", str(cfg)]) == EXIT_BAD_INPUT
     assert "input.columns.deliver_to" in capsys.readouterr().err and state.issued == []
 
     given = ["desk@contoso.com", "", "not-an-address"]
-    path = sheet(tmp_path / "hires.csv", list(hires), **{"Deliver To": given})
+    path = mail_sheet(tmp_path / "hires.csv", list(hires), **{"Deliver To": given})
     assert main(["run", str(path), "-c", str(cfg)]) == EXIT_ROWS_FAILED
     (mail,) = state.mail
     assert mail.to == ("desk@contoso.com",)
@@ -507,12 +464,12 @@ def test_a_sponsor_gets_the_pass_and_two_sponsors_get_nothing(
     """delivery.to sponsor: the one sponsor with a mailbox is mailed; a hire with two sponsors
     is mailed to nobody (a pass goes to one person)."""
     hires = {"g1@contoso.com": None, "g2@contoso.com": None}
-    state = tenant(hires, ["s1@contoso.com", "s2@contoso.com"])
+    state = mail_tenant(hires, ["s1@contoso.com", "s2@contoso.com"])
     state.find_user("g1@contoso.com").sponsors = ["s1@contoso.com"]  # type: ignore[union-attr]
     state.find_user("g2@contoso.com").sponsors = ["s1@contoso.com", "s2@contoso.com"]  # type: ignore[union-attr]
     sim = serve_simulator(state)
-    path = sheet(tmp_path / "hires.csv", list(hires))
-    assert main(["run", str(path), "-c", str(config(sim, tmp_path, to="sponsor"))]) == (
+    path = mail_sheet(tmp_path / "hires.csv", list(hires))
+    assert main(["run", str(path), "-c", str(mail_config(sim, tmp_path, to="sponsor"))]) == (
         EXIT_ROWS_FAILED
     )
     (mail,) = state.mail
@@ -529,15 +486,15 @@ def test_delivery_settings_and_templates_are_checked_before_anything_is_sent(
 ) -> None:
     """method mail without a sender, and a body template naming what does not exist: exit 2,
     naming the key, and no request is made."""
-    state = tenant({"a@contoso.com": "boss@contoso.com"}, ["boss@contoso.com"])
+    state = mail_tenant({"a@contoso.com": "boss@contoso.com"}, ["boss@contoso.com"])
     sim = serve_simulator(state)
-    path = sheet(tmp_path / "hires.csv", ["a@contoso.com"])
+    path = mail_sheet(tmp_path / "hires.csv", ["a@contoso.com"])
     cfg = sim.config(tmp_path / "c.yaml", delivery={"method": "mail"})
     assert main(["run", str(path), "-c", str(cfg)]) == EXIT_BAD_INPUT
     assert "delivery.sender" in capsys.readouterr().err
     template = tmp_path / "body.html"
     template.write_text("<p>{{ hires[0].nickname }}</p>", encoding="utf-8")
-    cfg = config(sim, tmp_path, template=str(template))
+    cfg = mail_config(sim, tmp_path, template=str(template))
     assert main(["run", str(path), "-c", str(cfg)]) == EXIT_BAD_INPUT
     assert f"delivery.template {template}" in capsys.readouterr().err
     assert state.counts.get("graph_requests", 0) == 0 and state.issued == []

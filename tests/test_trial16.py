@@ -21,7 +21,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from conftest import Served, users
+from conftest import FakeClock, Served, users
 
 import onboard
 from onboard.config import Config, RunSettings, load_config
@@ -70,7 +70,7 @@ def test_a_create_refused_for_resource_units_holds_the_creates(
     """A create refused by the resource-unit budget (which creates spend too) pauses the
     creates for its Retry-After, and cuts the resource-unit rate once, not per create."""
     faults = Faults(read_rate=1, read_burst=1, retry_after_seconds=30)
-    state = SimulatorState(users(*PEOPLE), faults=faults, clock=lambda: 0.0)
+    state = SimulatorState(users(*PEOPLE), faults=faults, clock=FakeClock())
     served = serve_simulator(state)
     state.exhaust(RESOURCE_UNIT_LIMIT)
 

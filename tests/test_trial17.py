@@ -10,9 +10,18 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import Served, read_audit
-from test_delivery import config, passes_in, sheet, tenant
-from test_resume import audit_path_from, run_cli, run_id_from, wait_until
+from conftest import (
+    Served,
+    audit_path_from,
+    mail_config,
+    mail_sheet,
+    mail_tenant,
+    passes_in,
+    read_audit,
+    run_cli,
+    run_id_from,
+    wait_until,
+)
 
 from onboard.cli import EXIT_BAD_INPUT, EXIT_ROWS_FAILED, main
 from onboard.simulator import Faults
@@ -31,12 +40,12 @@ def test_a_manager_whose_directory_mail_is_malformed_is_mailed_to_nobody(
     crash, and a second run of the same command finishes the same way."""
     hires = {"a@contoso.com": "odd@contoso.com", "b@contoso.com": "dots@contoso.com",
              "c@contoso.com": BOSS}  # fmt: skip
-    state = tenant(hires, ["odd@contoso.com", "dots@contoso.com", BOSS])
+    state = mail_tenant(hires, ["odd@contoso.com", "dots@contoso.com", BOSS])
     state.find_user("odd@contoso.com").mail = "<odd@contoso.com>"  # type: ignore[union-attr]
     state.find_user("dots@contoso.com").mail = "dots@contoso..com"  # type: ignore[union-attr]
     sim = serve_simulator(state)
-    path = sheet(tmp_path / "hires.csv", list(hires))
-    assert main(["run", str(path), "-c", str(config(sim, tmp_path))]) == EXIT_ROWS_FAILED
+    path = mail_sheet(tmp_path / "hires.csv", list(hires))
+    assert main(["run", str(path), "-c", str(mail_config(sim, tmp_path))]) == EXIT_ROWS_FAILED
     out = capsys.readouterr().out
     (mail,) = state.mail
     assert mail.to == (BOSS,) and passes_in(mail, state, list(hires)) == {"c@contoso.com"}
@@ -55,11 +64,11 @@ def test_a_sheet_address_the_mail_parser_refuses_is_mailed_to_nobody(
     """delivery.to column with a typo the loose pattern lets through ('desk@contoso..com'):
     that hire is mailed to nobody, the other is mailed, exit 1 (never 4)."""
     hires = {"a@contoso.com": None, "b@contoso.com": None}
-    state = tenant(hires, ["desk@contoso.com"])
+    state = mail_tenant(hires, ["desk@contoso.com"])
     sim = serve_simulator(state)
     given = ["desk@contoso..com", "desk@contoso.com"]
-    path = sheet(tmp_path / "hires.csv", list(hires), **{"Deliver To": given})
-    cfg = config(sim, tmp_path, to="column")
+    path = mail_sheet(tmp_path / "hires.csv", list(hires), **{"Deliver To": given})
+    cfg = mail_config(sim, tmp_path, to="column")
     assert main(["run", str(path), "-c", str(cfg)]) == EXIT_ROWS_FAILED
     (mail,) = state.mail
     assert passes_in(mail, state, list(hires)) == {"b@contoso.com"}
@@ -84,10 +93,10 @@ def test_a_cc_or_sender_address_no_message_could_carry_stops_the_run_before_any_
     """A delivery.cc or delivery.sender address that no message could carry (the loose
     pattern of the config lets it through): exit 2 naming the key, before any pass is issued,
     a preview too (not a crash, nor every message failing after the passes)."""
-    state = tenant({"a@contoso.com": BOSS}, [BOSS])
+    state = mail_tenant({"a@contoso.com": BOSS}, [BOSS])
     sim = serve_simulator(state)
-    path = sheet(tmp_path / "hires.csv", ["a@contoso.com"])
-    cfg = config(sim, tmp_path, **{key: value})
+    path = mail_sheet(tmp_path / "hires.csv", ["a@contoso.com"])
+    cfg = mail_config(sim, tmp_path, **{key: value})
     preview = ["--preview", str(tmp_path / "preview")]
     assert main(["run", str(path), "-c", str(cfg), *preview]) == EXIT_BAD_INPUT
     assert f"delivery.{key}" in capsys.readouterr().err
@@ -113,12 +122,12 @@ def test_a_template_failing_on_the_real_values_fails_its_message_and_shows_no_va
     real hires: the message fails ("template failed"), exit 1, no crash; no pass value in the
     console, the log, the journal, or the Delivery cell's reason."""
     hires = {"a@contoso.com": BOSS, "b@contoso.com": BOSS}
-    state = tenant(hires, [BOSS])
+    state = mail_tenant(hires, [BOSS])
     sim = serve_simulator(state)
     template = tmp_path / "body.html"
     template.write_text(f"<p>{body}</p>", encoding="utf-8")
-    path, log = sheet(tmp_path / "hires.csv", list(hires)), tmp_path / "run.log"
-    cfg = config(sim, tmp_path, template=str(template))
+    path, log = mail_sheet(tmp_path / "hires.csv", list(hires)), tmp_path / "run.log"
+    cfg = mail_config(sim, tmp_path, template=str(template))
     argv = ["-vv", "run", str(path), "-c", str(cfg), "--log-file", str(log)]
     assert main(argv) == EXIT_ROWS_FAILED
     said = capsys.readouterr()
@@ -139,14 +148,13 @@ def test_a_template_raising_a_python_error_stops_the_run_before_any_pass(
 ) -> None:
     """A body template whose expression raises a Python error (a TypeError, not a Jinja2
     one) on any value: exit 2 naming delivery.template, no pass issued."""
-    state = tenant({"a@contoso.com": BOSS}, [BOSS])
+    state = mail_tenant({"a@contoso.com": BOSS}, [BOSS])
     sim = serve_simulator(state)
     template = tmp_path / "body.html"
     template.write_text("<p>{{ hires[0].value / 2 }}</p>", encoding="utf-8")
-    path = sheet(tmp_path / "hires.csv", ["a@contoso.com"])
-    assert main(["run", str(path), "-c", str(config(sim, tmp_path, template=str(template)))]) == (
-        EXIT_BAD_INPUT
-    )
+    path = mail_sheet(tmp_path / "hires.csv", ["a@contoso.com"])
+    config = mail_config(sim, tmp_path, template=str(template))
+    assert main(["run", str(path), "-c", str(config)]) == EXIT_BAD_INPUT
     assert f"delivery.template {template}" in capsys.readouterr().err
     assert state.issued == []
 
@@ -159,9 +167,9 @@ def test_run_preview_into_a_folder_that_cannot_be_one_stops_before_any_pass(
 ) -> None:
     """--preview naming a file, or a folder under a file: exit 2 naming the folder, before
     any pass is issued (`run`) or anything is read from Graph (`deliver`)."""
-    state = tenant({"a@contoso.com": BOSS}, [BOSS])
+    state = mail_tenant({"a@contoso.com": BOSS}, [BOSS])
     sim = serve_simulator(state)
-    path, cfg = sheet(tmp_path / "hires.csv", ["a@contoso.com"]), config(sim, tmp_path)
+    path, cfg = mail_sheet(tmp_path / "hires.csv", ["a@contoso.com"]), mail_config(sim, tmp_path)
     a_file = tmp_path / "a-file"
     a_file.write_text("x", encoding="utf-8")
     for preview in (a_file, a_file / "sub"):
@@ -187,9 +195,9 @@ def test_a_preview_file_that_cannot_be_written_fails_its_message_not_the_run(
     """A symlink planted where a preview file goes: never followed; that message fails
     ("preview not written"), the other is written, exit 1 (never 4)."""
     hires = {"a@contoso.com": BOSS, "b@contoso.com": "chief@contoso.com"}
-    state = tenant(hires, [BOSS, "chief@contoso.com"])
+    state = mail_tenant(hires, [BOSS, "chief@contoso.com"])
     sim = serve_simulator(state)
-    path, cfg = sheet(tmp_path / "hires.csv", list(hires)), config(sim, tmp_path)
+    path, cfg = mail_sheet(tmp_path / "hires.csv", list(hires)), mail_config(sim, tmp_path)
     preview, victim = tmp_path / "preview", tmp_path / "victim"
     preview.mkdir(mode=0o700)
     (preview / f"0001-{BOSS}.eml").symlink_to(victim)
@@ -209,9 +217,9 @@ def test_a_signal_during_delivery_says_to_deliver_the_rest_and_deliver_sends_the
     sends every message not sent, each manager exactly once."""
     managers = [f"m{n:02d}@contoso.com" for n in range(10)]
     hires = {f"h{n:02d}@contoso.com": managers[n] for n in range(10)}
-    state = tenant(hires, managers, faults=Faults(mail_per_minute=None, mail_latency_ms=200))
+    state = mail_tenant(hires, managers, faults=Faults(mail_per_minute=None, mail_latency_ms=200))
     sim = serve_simulator(state)
-    path, cfg = sheet(tmp_path / "hires.csv", list(hires)), config(sim, tmp_path)
+    path, cfg = mail_sheet(tmp_path / "hires.csv", list(hires)), mail_config(sim, tmp_path)
     proc = run_cli(cfg, str(path))
     wait_until(lambda: len(state.mail) >= 2)
     proc.send_signal(signal.SIGINT)
