@@ -35,6 +35,7 @@ from cryptography.x509.oid import NameOID
 from openpyxl import load_workbook
 
 from onboard.auth import Credential, MsalTokenProvider
+from onboard.cli import EXIT_OK, main
 from onboard.config import RunSettings
 from onboard.errors import AuthError
 from onboard.graph import explain, unusable_pass
@@ -485,3 +486,52 @@ def shown_in_html(value: str) -> str:
 
 
 __all__ = ["CLIENT_ID", "TENANT", "Faults", "Served", "SimulatorState", "users"]
+
+
+# --- after the run (status, revoke): shared by test_lifecycle.py and test_trial18.py ----------
+PAST = (dt.date.today() - dt.timedelta(days=1)).isoformat()  # started: the pass is usable at once
+LATER = (dt.date.today() + dt.timedelta(days=5)).isoformat()  # not started: the pass not yet valid
+SHORT, LONG = 60, 480  # lifetimes (minutes) the simulator's default policy allows
+
+
+def write_sheet(path: Path, rows: list[tuple[str, str, int]]) -> Path:
+    lines = ["UPN,Start Date,Lifetime"] + [f"{u},{d},{m}" for u, d, m in rows]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def json_out(capsys: pytest.CaptureFixture[str]) -> Any:
+    """Standard output, which must be exactly one JSON value."""
+    return json.loads(capsys.readouterr().out)
+
+
+def issue(
+    sim: Any, tmp_path: Path, rows: list[tuple[str, str, int]], capsys: pytest.CaptureFixture[str]
+) -> tuple[Path, str]:
+    """Run the sheet against the simulator: the config and the run id."""
+    config = sim.config(tmp_path / "c.yaml")
+    sheet = write_sheet(tmp_path / "hires.csv", rows)
+    assert main(["run", str(sheet), "-c", str(config), "--json"]) == EXIT_OK
+    return config, json_out(capsys)["run_id"]
+
+
+def revoke_process(config: Path, run_id: str, *args: str) -> subprocess.Popen[str]:
+    """`onboard revoke RUN_ID --yes` in a process of its own."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ONBOARD_")}
+    env["ONBOARD_CLIENT_SECRET"] = "simulator-secret"
+    return subprocess.Popen(
+        [sys.executable, "-m", "onboard", "revoke", run_id, "--yes", "-c", str(config), *args],
+        cwd=Path(__file__).resolve().parent.parent,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for_deletes(state: SimulatorState, proc: subprocess.Popen[str], count: int) -> None:
+    """Poll (the simulator answers in another thread) until it has deleted `count` passes."""
+    deadline = time.monotonic() + 60
+    while len(state.deleted) < count:
+        assert time.monotonic() < deadline and proc.poll() is None, "revoke did not get going"
+        time.sleep(0.01)

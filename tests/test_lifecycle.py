@@ -7,22 +7,31 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import os
 import signal
 import sqlite3
 import ssl
 import stat
-import subprocess
 import sys
-import time
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 import requests
-from conftest import read_audit, users
+from conftest import (
+    LATER,
+    LONG,
+    PAST,
+    SHORT,
+    issue,
+    json_out,
+    read_audit,
+    revoke_process,
+    users,
+    wait_for_deletes,
+    write_sheet,
+)
 
 from onboard.cli import EXIT_BAD_INPUT, EXIT_OK, EXIT_ROWS_FAILED, EXIT_TERMINATED, main
 from onboard.graph import GraphClient, HeldPass, RegisteredMethod
@@ -31,30 +40,6 @@ from onboard.lifecycle import PassState, pass_state, registered_since
 from onboard.simulator import SimulatorState
 
 ROOT = Path(__file__).resolve().parent.parent
-PAST = (date.today() - timedelta(days=1)).isoformat()  # started: the pass is usable at once
-LATER = (date.today() + timedelta(days=5)).isoformat()  # not started: the pass not yet valid
-SHORT, LONG = 60, 480  # lifetimes (minutes) the simulator's default policy allows
-
-
-def write_sheet(path: Path, rows: list[tuple[str, str, int]]) -> Path:
-    lines = ["UPN,Start Date,Lifetime"] + [f"{u},{d},{m}" for u, d, m in rows]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
-
-
-def json_out(capsys: pytest.CaptureFixture[str]) -> Any:
-    """Standard output, which must be exactly one JSON value."""
-    return json.loads(capsys.readouterr().out)
-
-
-def issue(
-    sim: Any, tmp_path: Path, rows: list[tuple[str, str, int]], capsys: pytest.CaptureFixture[str]
-) -> tuple[Path, str]:
-    """Run the sheet against the simulator: the config and the run id."""
-    config = sim.config(tmp_path / "c.yaml")
-    sheet = write_sheet(tmp_path / "hires.csv", rows)
-    assert main(["run", str(sheet), "-c", str(config), "--json"]) == EXIT_OK
-    return config, json_out(capsys)["run_id"]
 
 
 def status(config: Path, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, Any]:
@@ -525,28 +510,6 @@ def test_sigterm_during_revoke_finishes_the_deletes_in_flight_and_writes_the_wor
         user for user, action in actions.items() if action == "not done"
     }
     assert all(n == 1 for n in state.delete_requests.values())
-
-
-def revoke_process(config: Path, run_id: str, *args: str) -> subprocess.Popen[str]:
-    """`onboard revoke RUN_ID --yes` in a process of its own."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ONBOARD_")}
-    env["ONBOARD_CLIENT_SECRET"] = "simulator-secret"
-    return subprocess.Popen(
-        [sys.executable, "-m", "onboard", "revoke", run_id, "--yes", "-c", str(config), *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def wait_for_deletes(state: SimulatorState, proc: subprocess.Popen[str], count: int) -> None:
-    """Poll (the simulator answers in another thread) until it has deleted `count` passes."""
-    deadline = time.monotonic() + 60
-    while len(state.deleted) < count:
-        assert time.monotonic() < deadline and proc.poll() is None, "revoke did not get going"
-        time.sleep(0.01)
 
 
 def test_the_simulators_controls_drive_a_pass_through_its_life(

@@ -16,8 +16,7 @@ from typing import Any
 import pytest
 import requests
 from aiohttp import web
-from conftest import Served, users
-from test_lifecycle import LONG, PAST, issue, revoke_process, wait_for_deletes, write_sheet
+from conftest import LONG, PAST, Served, issue, revoke_process, users, wait_for_deletes, write_sheet
 
 from onboard import lifecycle
 from onboard.cli import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_ROWS_FAILED, main
