@@ -660,7 +660,8 @@ def _run(args: argparse.Namespace) -> int:
     progress = _Progress()
     received: list[signal.Signals] = []
     try:
-        report = asyncio.run(_run_until_signalled(args, config, progress, received))
+        with _ignored_once_stopping(received):
+            report = asyncio.run(_run_until_signalled(args, config, progress, received))
     except RunStopped as exc:
         progress.close()
         code = SIGNAL_EXIT[received[0]] if received else EXIT_INTERRUPTED
@@ -750,6 +751,20 @@ def _stop_on_signals(stop: asyncio.Event, received: list[signal.Signals]) -> Non
             loop.add_signal_handler(signum, on_signal, signum)
         except NotImplementedError:  # Windows: Ctrl-C stops at once; the journal resumes
             break
+
+
+@contextlib.contextmanager
+def _ignored_once_stopping(received: list[signal.Signals]) -> Iterator[None]:
+    """After a loop that was signalled to stop: further SIGINT/SIGTERM are ignored. The loop's
+    own handlers are gone once it has closed, and the process is about to exit with the first
+    signal's code anyway: a second Ctrl-C then must not kill it mid-print (exit -2, no JSON)."""
+    try:
+        yield
+    finally:
+        if received:
+            for signum in SIGNAL_EXIT:
+                with contextlib.suppress(ValueError, OSError):  # not the main thread
+                    signal.signal(signum, signal.SIG_IGN)
 
 
 def _run_exit_code(report: RunReport, received: list[signal.Signals]) -> int:
@@ -918,7 +933,8 @@ def _deliver(args: argparse.Namespace) -> int:
         )
 
     try:
-        report = asyncio.run(until_signalled())
+        with _ignored_once_stopping(received):
+            report = asyncio.run(until_signalled())
     except asyncio.CancelledError:
         return _stopped(
             SIGNAL_EXIT[received[-1]] if received else EXIT_INTERRUPTED,
@@ -1466,7 +1482,8 @@ def _revoke(args: argparse.Namespace, ask: Ask | None = None) -> int:
         )  # fmt: skip
 
     try:
-        report = asyncio.run(until_signalled())
+        with _ignored_once_stopping(received):
+            report = asyncio.run(until_signalled())
     except RunStopped as exc:
         return _stopped(SIGNAL_EXIT[received[0]] if received else EXIT_INTERRUPTED, str(exc))
     except asyncio.CancelledError:  # a second signal: the deletes in flight were cut short
