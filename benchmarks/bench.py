@@ -84,32 +84,25 @@ def upns(rows: int) -> list[str]:
 
 # --- the parent: simulators, children, the table ---------------------------------------
 def start_simulator(scenario: Scenario, work: Path) -> tuple[subprocess.Popen[str], str, str]:
-    config = work / "simulator.yaml"
-    simulator = {"tenant": None, "latency_ms": scenario.latency_ms}
+    simulator: dict[str, Any] = {"tenant": None, "latency_ms": scenario.latency_ms}
     if scenario.rate is not None:
         simulator |= {"throttle_rate": scenario.rate, "throttle_burst": scenario.burst}
     if scenario.read_rate is not None:
         simulator |= {"read_rate": scenario.read_rate, "read_burst": scenario.read_burst}
+    return serve_simulator(work, simulator)
+
+
+def serve_simulator(
+    work: Path, simulator: dict[str, Any]
+) -> tuple[subprocess.Popen[str], str, str]:
+    """`onboard simulate` with these simulator settings: the process, its URL and CA file."""
+    config = work / "simulator.yaml"
     config.write_text(
         json.dumps({"graph": {"endpoint": "simulator"}, "simulator": simulator}), encoding="utf-8"
     )
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "onboard",
-            "simulate",
-            "-c",
-            str(config),
-            "--port",
-            "0",
-            "--cert-dir",
-            str(work / "certs"),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=work,
-    )
+    command = [sys.executable, "-m", "onboard", "simulate", "-c", str(config), "--port", "0",
+               "--cert-dir", str(work / "certs")]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=work)
     assert process.stdout is not None
     line = process.stdout.readline()
     found = re.search(r"listening on (https://\S+)", line)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import resource
 import subprocess
 import sys
@@ -27,16 +26,15 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
+# the simulator and its demo tenant, as bench.py (beside this file) starts them
+from bench import CLIENT_ID, SECRET, TENANT, serve_simulator, simulator_counts
+
 ROOT = Path(__file__).resolve().parent.parent
-TENANT = "contoso.onmicrosoft.com"
-CLIENT_ID = "00000000-0000-0000-0000-0000000000aa"
-SECRET = "simulator-secret"
 TARGET = 1.1  # the issue's bound on the ratio to the ideal time
 
 
 def simulate(work: Path, args: argparse.Namespace) -> tuple[subprocess.Popen[str], str, str]:
     """`onboard simulate` with the budgets asked for: the process, its URL and CA file."""
-    config = work / "simulator.yaml"
     simulator = {
         "tenant": None,
         "latency_ms": args.latency_ms,
@@ -45,26 +43,7 @@ def simulate(work: Path, args: argparse.Namespace) -> tuple[subprocess.Popen[str
         "read_rate": args.read_rate,
         "read_burst": args.read_burst,
     }
-    config.write_text(json.dumps({"graph": {"endpoint": "simulator"}, "simulator": simulator}))
-    command = [sys.executable, "-m", "onboard", "simulate", "-c", str(config), "--port", "0",
-               "--cert-dir", str(work / "certs")]  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=work)
-    assert process.stdout is not None
-    line = process.stdout.readline()
-    found = re.search(r"listening on (https://\S+)", line)
-    if not found:
-        process.kill()
-        raise SystemExit(f"the simulator did not start: {line!r}")
-    return process, found.group(1), str(work / "certs" / "simulator-ca.pem")
-
-
-def counts(url: str, ca: str) -> dict[str, int]:
-    import requests
-
-    http = requests.Session()
-    http.trust_env = False
-    found: dict[str, int] = http.get(f"{url}/_simulator/counts", verify=ca, timeout=30).json()
-    return found
+    return serve_simulator(work, simulator)
 
 
 def onboard(work: Path, *args: str) -> dict[str, Any]:
@@ -159,9 +138,9 @@ def measure(work: Path, url: str, ca: str, args: argparse.Namespace) -> None:
     print(f"issued {issued['out']['counts']['issued']:,} passes in {issued['wall']:.2f} s "
           f"(run {run_id}); letting the write budget refill", file=sys.stderr)  # fmt: skip
     time.sleep(args.burst / args.rate + 1.0)  # a full bucket, as the ideal assumes
-    before = counts(url, ca)
+    before = simulator_counts(url, ca)
     revoked = onboard(work, "revoke", run_id, "--yes")
-    after = counts(url, ca)
+    after = simulator_counts(url, ca)
     done = revoked["out"]["counts"]
     ideal = (args.passes - args.burst) / args.rate
     throttled = after.get("429", 0) - before.get("429", 0)

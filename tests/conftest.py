@@ -14,6 +14,7 @@ import logging
 import os
 import select
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import markupsafe
 import pytest
 import yaml
@@ -38,9 +40,10 @@ from onboard.auth import Credential, MsalTokenProvider
 from onboard.cli import EXIT_OK, main
 from onboard.config import RunSettings
 from onboard.errors import AuthError
-from onboard.graph import explain, unusable_pass
+from onboard.graph import GraphClient, explain, unusable_pass
 from onboard.outcomes import Issued, Origin, Outcome, PassRequest
 from onboard.pool import Sender, issue_all
+from onboard.rate import Pacing
 from onboard.simulator import (
     DEFAULT_CLIENT_SECRET,
     Faults,
@@ -535,3 +538,33 @@ def wait_for_deletes(state: SimulatorState, proc: subprocess.Popen[str], count: 
     while len(state.deleted) < count:
         assert time.monotonic() < deadline and proc.poll() is None, "revoke did not get going"
         time.sleep(0.01)
+
+
+# --- a Graph client of the production code path, on a static token (test_budgets, test_trial16)
+TOKEN = "static-test-token"
+
+
+class Tokens:
+    async def token(self) -> str:
+        return TOKEN
+
+    async def refresh(self, rejected: str) -> str:
+        return TOKEN
+
+
+def pass_request(user: str) -> PassRequest:
+    start = dt.datetime.now(dt.UTC) + dt.timedelta(days=3)
+    return PassRequest(Origin("hires.csv", 2), user, None, start, 480, True)
+
+
+def with_client(served: Served, work: Callable[[GraphClient], Awaitable[Any]]) -> Any:
+    """Run `work` with a Graph client of the production code path against the simulator."""
+    served.state.tokens[TOKEN] = float("inf")
+
+    async def main() -> Any:
+        context = ssl.create_default_context(cafile=str(served.ca_file))
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as http:
+            client = GraphClient(http, served.url, Tokens(), pacing=Pacing())  # type: ignore[arg-type]
+            return await asyncio.wait_for(work(client), timeout=20)
+
+    return asyncio.run(main())

@@ -6,47 +6,20 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 import pytest
-from conftest import FakeClock, Served, users
+from conftest import TOKEN, FakeClock, Served, pass_request, users, with_client
 
 from onboard.errors import ThrottledError
 from onboard.graph import GraphClient
 from onboard.outcomes import Origin, PassRequest
-from onboard.rate import Budget, Pacing
+from onboard.rate import Budget
 from onboard.simulator import Call, Faults, SimulatorState, resource_units
 
-TOKEN = "budget-test-token"
 PEOPLE = ("ada@contoso.com", "alan@contoso.com", "grace@contoso.com")
-
-
-class Tokens:
-    async def token(self) -> str:
-        return TOKEN
-
-    async def refresh(self, rejected: str) -> str:
-        return TOKEN
-
-
-def pass_request(user: str) -> PassRequest:
-    start = dt.datetime.now(dt.UTC) + dt.timedelta(days=3)
-    return PassRequest(Origin("hires.csv", 2), user, None, start, 480, True)
-
-
-def with_client(served: Served, work: Callable[[GraphClient], Awaitable[Any]]) -> Any:
-    """Run `work` with a Graph client of the production code path against the simulator."""
-    served.state.tokens[TOKEN] = float("inf")
-
-    async def main() -> Any:
-        context = ssl.create_default_context(cafile=str(served.ca_file))
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as http:
-            client = GraphClient(http, served.url, Tokens(), pacing=Pacing())  # type: ignore[arg-type]
-            return await asyncio.wait_for(work(client), timeout=20)
-
-    return asyncio.run(main())
 
 
 def test_a_read_429_does_not_pause_creates(serve_simulator: Callable[..., Served]) -> None:

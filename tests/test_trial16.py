@@ -9,11 +9,10 @@ import io
 import logging
 import os
 import signal
-import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from conftest import FakeClock, Served, users
+from conftest import FakeClock, Served, Tokens, pass_request, users, with_client
 
 import onboard
 from onboard.config import Config, RunSettings, load_config
@@ -34,34 +33,7 @@ from onboard.rate import Pacing
 from onboard.simulator import RESOURCE_UNIT_LIMIT, Faults, SimulatorState
 from onboard.testing import fake_tenant
 
-TOKEN = "trial16-token"
 PEOPLE = ("ada@contoso.com", "alan@contoso.com", "grace@contoso.com")
-
-
-class Tokens:
-    async def token(self) -> str:
-        return TOKEN
-
-    async def refresh(self, rejected: str) -> str:
-        return TOKEN
-
-
-def pass_request(user: str) -> PassRequest:
-    start = dt.datetime.now(dt.UTC) + dt.timedelta(days=3)
-    return PassRequest(Origin("hires.csv", 2), user, None, start, 480, True)
-
-
-def with_client(served: Served, work: Callable[[GraphClient], Awaitable[Any]]) -> Any:
-    """Run `work` with a Graph client of the production code path against the simulator."""
-    served.state.tokens[TOKEN] = float("inf")
-
-    async def main() -> Any:
-        context = ssl.create_default_context(cafile=str(served.ca_file))
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as http:
-            client = GraphClient(http, served.url, Tokens(), pacing=Pacing())  # type: ignore[arg-type]
-            return await asyncio.wait_for(work(client), timeout=20)
-
-    return asyncio.run(main())
 
 
 def test_a_create_refused_for_resource_units_holds_the_creates(
