@@ -278,3 +278,26 @@ def test_the_advance_control_refuses_a_time_past_the_calendar(
         timeout=10,
     )
     assert listed.json() == {"accepted": True} and made.used
+
+
+def test_a_created_pass_with_times_beyond_the_calendar_fails_its_row_not_the_run(
+    tmp_path: Path, bent, secret_env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A 201 whose lifetime runs past year 9999 (a hostile or broken answer): the row fails
+    with a reason once its tries are spent, the run exits 1, never 4 (the pass's end is part
+    of what is handed out)."""
+    state = SimulatorState(users("a@contoso.com"))
+
+    def created(request: web.Request) -> web.StreamResponse | None:
+        if request.method == "POST" and request.path.endswith(TAP):
+            body = {"id": "m-1", "temporaryAccessPass": "+Bogus1", "lifetimeInMinutes": 10**15,
+                    "startDateTime": "2030-01-01T00:00:00Z", "isUsableOnce": True}  # fmt: skip
+            return web.json_response(body, status=201)
+        return None
+
+    sim = bent(state, [created])
+    config = sim.config(tmp_path / "c.yaml", run={"max_attempts": 2})
+    sheet = write_sheet(tmp_path / "hires.csv", [("a@contoso.com", PAST, LONG)])
+    assert main(["run", str(sheet), "-c", str(config), "--json"]) == EXIT_ROWS_FAILED
+    said = json.loads(capsys.readouterr().out)
+    assert said["counts"]["failed"] == 1 and said["counts"]["issued"] == 0
