@@ -162,6 +162,9 @@ def test_the_quick_start_sample_run_as_json(
 ) -> None:
     """The README's demo with --json: 55 rows, 50 issued, 4 failed, 1 skipped, simulated."""
     monkeypatch.setenv("ONBOARD_STATE_PATH", str(tmp_path / "journal.sqlite"))
+    # The demo's faults and throttling stay; only the client's waits before a retry are short.
+    monkeypatch.setenv("ONBOARD_RUN_BACKOFF_SECONDS", "0.01")
+    monkeypatch.setenv("ONBOARD_RUN_BACKOFF_MAX_SECONDS", "0.05")
     code = main(
         [
             "run",
